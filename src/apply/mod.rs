@@ -1,0 +1,317 @@
+//! Applying: JetStream → SQLite.
+//!
+//! One consumer task per shard ([`consumer`]) feeds this module's single applier, which owns the write
+//! connection. It applies many messages per SQLite transaction and writes each shard's applied stream position in
+//! the same transaction, so a crash neither skips nor repeats a change. A unit (the parts of one publish) is
+//! always inside one transaction, so readers never see half of a local transaction of another node.
+//!
+//! A message that cannot be applied (undecodable, unknown table or column) rolls back only its unit, pauses
+//! its shard, is counted and reported with its stream position, and is retried with backoff: a peer may be
+//! ahead in schema. The other shards go on.
+
+pub mod consumer;
+pub mod sql;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::{self, APPLIED};
+use crate::shared::Shared;
+use crate::pending::RowKey;
+use crate::wire::{self, Message};
+
+/// Most rows applied in one SQLite transaction (a larger unit is still applied whole).
+const MAX_TXN_ROWS: usize = 20_000;
+/// Most messages buffered per shard.
+const MAX_QUEUED: usize = 4_000;
+
+/// A message delivered by a shard's consumer.
+pub struct Incoming {
+    pub seq: u64,
+    pub payload: bytes::Bytes,
+}
+
+struct Decoded {
+    seq: u64,
+    msg: Result<Message, wire::WireError>,
+}
+
+struct ShardState {
+    shard: u32,
+    stream: String,
+    rx: mpsc::Receiver<Incoming>,
+    queue: VecDeque<Decoded>,
+    applied: u64,
+    paused_until: Option<Instant>,
+    backoff: Duration,
+    closed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TxnError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Capture(#[from] capture::CaptureError),
+    #[error("a local change is being published for a row in this batch")]
+    MustWait,
+}
+
+pub struct Applier {
+    shared: Arc<Shared>,
+    conn: Connection,
+    shards: Vec<ShardState>,
+    wake: Arc<Notify>,
+}
+
+impl Applier {
+    /// `receivers[i]` feeds shard `i + 1`.
+    pub fn new(shared: Arc<Shared>, conn: Connection, receivers: Vec<mpsc::Receiver<Incoming>>, wake: Arc<Notify>) -> Result<Applier, rusqlite::Error> {
+        let positions = capture::applied_positions(&conn)?;
+        let shards = receivers
+            .into_iter()
+            .enumerate()
+            .map(|(i, rx)| {
+                let shard = i as u32 + 1;
+                let stream = shared.cfg.stream_name(shard);
+                let applied = positions.get(&stream).copied().unwrap_or(0);
+                ShardState { shard, stream, rx, queue: VecDeque::new(), applied, paused_until: None, backoff: Duration::from_millis(500), closed: false }
+            })
+            .collect();
+        Ok(Applier { shared, conn, shards, wake })
+    }
+
+    pub async fn run(mut self, cancel: CancellationToken) {
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            self.fill();
+            let now = Instant::now();
+            for s in &mut self.shards {
+                if s.paused_until.is_some_and(|t| t <= now) {
+                    s.paused_until = None;
+                }
+            }
+            let plan = self.plan();
+            if plan.iter().all(|&n| n == 0) {
+                if self.shards.iter().all(|s| s.closed && s.queue.is_empty()) {
+                    return;
+                }
+                let next_retry = self.shards.iter().filter_map(|s| s.paused_until).min();
+                let sleep = next_retry.map(|t| t.saturating_duration_since(now)).unwrap_or(Duration::from_secs(1));
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(sleep) => {}
+                }
+                continue;
+            }
+            // Our own change to one of these rows is being published: wait for its position (no lock held).
+            if self.must_wait(&plan) {
+                self.shared.pending.wait_acked(Duration::from_millis(200)).await;
+                continue;
+            }
+            match tokio::task::block_in_place(|| self.apply(&plan)) {
+                Ok(()) => {}
+                Err(TxnError::MustWait) => self.shared.pending.wait_acked(Duration::from_millis(200)).await,
+                Err(e @ (TxnError::Sqlite(_) | TxnError::Capture(_))) => {
+                    // Busy or I/O trouble: nothing was applied; try again shortly.
+                    tracing::warn!(error = %e, "apply transaction failed; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Move delivered messages into the per-shard queues, decoding them.
+    fn fill(&mut self) {
+        for s in &mut self.shards {
+            while s.queue.len() < MAX_QUEUED {
+                match s.rx.try_recv() {
+                    Ok(inc) => {
+                        if inc.seq <= s.applied || s.queue.back().is_some_and(|d| d.seq >= inc.seq) {
+                            continue;
+                        }
+                        s.queue.push_back(Decoded { seq: inc.seq, msg: wire::decode(&inc.payload) });
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        s.closed = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// How many queued messages of each shard go into the next transaction: whole units only, within the
+    /// row budget (a single unit larger than the budget still goes whole).
+    fn plan(&self) -> Vec<usize> {
+        let mut budget = MAX_TXN_ROWS;
+        self.shards
+            .iter()
+            .map(|s| {
+                if s.paused_until.is_some() {
+                    return 0;
+                }
+                let mut take = 0;
+                let mut i = 0;
+                while i < s.queue.len() {
+                    let (len, rows) = match &s.queue[i].msg {
+                        Ok(m) if m.parts > 1 => {
+                            // the unit's parts must all be here, consecutive
+                            let parts = m.parts as usize;
+                            if m.part != 1 || i + parts > s.queue.len() {
+                                if m.part != 1 {
+                                    (1, 0) // a stray part (its unit was split by a restart): apply alone
+                                } else {
+                                    break;
+                                }
+                            } else {
+                                let rows = s.queue.range(i..i + parts).map(|d| d.msg.as_ref().map(row_count).unwrap_or(0)).sum();
+                                (parts, rows)
+                            }
+                        }
+                        Ok(m) => (1, row_count(m)),
+                        Err(_) => (1, 0),
+                    };
+                    if take > 0 && rows > budget {
+                        break;
+                    }
+                    budget = budget.saturating_sub(rows);
+                    take += len;
+                    i += len;
+                    if budget == 0 {
+                        break;
+                    }
+                }
+                take
+            })
+            .collect()
+    }
+
+    fn must_wait(&self, plan: &[usize]) -> bool {
+        if self.shared.pending.is_empty() {
+            return false;
+        }
+        let mut keys: Vec<RowKey> = Vec::new();
+        for (s, &n) in self.shards.iter().zip(plan) {
+            for d in s.queue.iter().take(n) {
+                if let Ok(m) = &d.msg {
+                    keys.extend(sql::row_keys(m));
+                }
+            }
+        }
+        self.shared.pending.any_sent(keys.iter())
+    }
+
+    /// Apply the planned messages in one transaction (blocking).
+    fn apply(&mut self, plan: &[usize]) -> Result<(), TxnError> {
+        let shared = self.shared.clone();
+        let cfg = &shared.cfg;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Register local changes committed since the last look, before our own writes add echo rows.
+        let before = capture::max_log_id(&tx)?;
+        let scanned = shared.pending.scanned_upto();
+        if before > scanned {
+            let cap = shared.capture();
+            let rows = capture::read_log(&tx, &cap, scanned, before)?;
+            shared.pending.record_local(
+                rows.iter().filter_map(|r| cap.table(r.table_id).map(|t| ((t.name.clone(), wire::key_bytes(&r.key)), r.id))),
+                before,
+            );
+        }
+        let mut outcome: Vec<(usize, u64, Option<String>)> = Vec::new(); // (taken, last seq, error)
+        let (mut applied_rows, mut skipped_rows) = (0u64, 0u64);
+        for (s, &n) in self.shards.iter().zip(plan) {
+            let mut taken = 0;
+            let mut last = s.applied;
+            let mut error = None;
+            let mut i = 0;
+            while i < n {
+                let unit_len = match &s.queue[i].msg {
+                    Ok(m) if m.parts > 1 && m.part == 1 => (m.parts as usize).min(n - i),
+                    _ => 1,
+                };
+                tx.execute_batch("SAVEPOINT unit")?;
+                let mut failed = None;
+                for d in s.queue.range(i..i + unit_len) {
+                    let r = match &d.msg {
+                        Ok(m) => sql::apply_message(&tx, m, d.seq, &shared, cfg),
+                        Err(e) => Err(sql::ApplyError::Decode(e.to_string())),
+                    };
+                    match r {
+                        Ok((a, sk)) => {
+                            applied_rows += a;
+                            skipped_rows += sk;
+                        }
+                        Err(sql::ApplyError::MustWait) => return Err(TxnError::MustWait),
+                        Err(e) => {
+                            failed = Some(format!("stream {} sequence {}: {e}", s.stream, d.seq));
+                            break;
+                        }
+                    }
+                }
+                if let Some(f) = failed {
+                    tx.execute_batch("ROLLBACK TO unit; RELEASE unit")?;
+                    error = Some(f);
+                    break;
+                }
+                tx.execute_batch("RELEASE unit")?;
+                last = s.queue[i + unit_len - 1].seq;
+                taken += unit_len;
+                i += unit_len;
+            }
+            if taken > 0 {
+                tx.execute(
+                    &format!("INSERT INTO {APPLIED}(stream, seq) VALUES(?1, ?2) ON CONFLICT(stream) DO UPDATE SET seq = excluded.seq"),
+                    rusqlite::params![s.stream, last as i64],
+                )?;
+            }
+            outcome.push((taken, last, error));
+        }
+        // Our applies fired the capture triggers: drop those rows so they are never published back.
+        tx.execute(&format!("DELETE FROM {} WHERE id > ?1", capture::LOG), [before])?;
+        tx.commit()?;
+
+        let stats = &shared.stats;
+        stats.applied_rows.fetch_add(applied_rows, Ordering::Relaxed);
+        stats.skipped_rows.fetch_add(skipped_rows, Ordering::Relaxed);
+        for (s, (taken, last, error)) in self.shards.iter_mut().zip(outcome) {
+            if taken > 0 {
+                s.queue.drain(..taken);
+                s.applied = last;
+                s.backoff = Duration::from_millis(500);
+                stats.applied_msgs.fetch_add(taken as u64, Ordering::Relaxed);
+                stats.set_applied(s.shard, last);
+                stats.touch();
+            }
+            if let Some(err) = error {
+                stats.apply_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(shard = s.shard, error = %err, retry_in_ms = s.backoff.as_millis() as u64,
+                    "cannot apply message; shard paused, will retry");
+                s.paused_until = Some(Instant::now() + s.backoff);
+                s.backoff = (s.backoff * 2).min(Duration::from_secs(30));
+                stats.set_paused(s.shard, Some(err));
+            } else if taken > 0 {
+                stats.set_paused(s.shard, None);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn row_count(m: &Message) -> usize {
+    m.tables.iter().map(|t| t.rows.len()).sum()
+}
+

@@ -1,0 +1,70 @@
+//! Change detection: file events on the database and its WAL wake the publisher; `polling_interval` is a
+//! fallback timer for file systems whose events are unreliable.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Keeps the file watcher alive; drop it to stop watching.
+pub struct Watch {
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+/// Watch `db_path`, `db_path-wal` and `db_path-shm` (through their directory, so files created later are
+/// seen too) and wake `wake` on every modification. With `polling_ms > 0` also wake on that period.
+pub fn start(db_path: &Path, polling_ms: u64, wake: Arc<Notify>, cancel: CancellationToken) -> Watch {
+    let names: Vec<PathBuf> = ["", "-wal", "-shm"]
+        .iter()
+        .map(|s| {
+            let mut p = db_path.as_os_str().to_owned();
+            p.push(s);
+            PathBuf::from(p).file_name().map(PathBuf::from).unwrap_or_default()
+        })
+        .collect();
+    let dir = db_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let w = wake.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else { return };
+        if matches!(ev.kind, EventKind::Access(_)) {
+            return;
+        }
+        if ev.paths.iter().any(|p| p.file_name().is_some_and(|f| names.iter().any(|n| n == f))) {
+            w.notify_one();
+        }
+    });
+    let watcher = match watcher {
+        Ok(mut watcher) => match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => Some(watcher),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch database directory; relying on polling");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "file watcher unavailable; relying on polling");
+            None
+        }
+    };
+    // Without file events, poll at least once a second so changes are never stranded.
+    let period = match (polling_ms, watcher.is_some()) {
+        (0, true) => 0,
+        (0, false) => 1000,
+        (ms, _) => ms,
+    };
+    if period > 0 {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(period));
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tick.tick() => wake.notify_one(),
+                }
+            }
+        });
+    }
+    Watch { _watcher: watcher }
+}

@@ -1,0 +1,399 @@
+//! Command-line flags of the original, in Go's single-dash form (`-config x`, `-cleanup`) and in
+//! `--double-dash` form. A small normaliser rewrites single-dash long flags before clap parses them.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser};
+
+/// Parsed command line.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cli {
+    pub config: Option<PathBuf>,
+    pub node_id: Option<u64>,
+    pub cleanup: bool,
+    pub save_snapshot: bool,
+    pub schema_status: bool,
+    pub schema_status_cluster: bool,
+    pub cluster_addr: Option<String>,
+    /// Comma-separated list split into entries (empty entries dropped).
+    pub cluster_peers: Vec<String>,
+    pub leaf_servers: Vec<String>,
+    pub pprof: Option<String>,
+    pub version: bool,
+}
+
+/// Flags that take a value (`-config x`, `-config=x`).
+const VALUE_FLAGS: &[&str] = &[
+    "config",
+    "node-id",
+    "cluster-addr",
+    "cluster-peers",
+    "leaf-servers",
+    "pprof",
+];
+
+/// The clap view of the command line; [`parse_from`] turns it into a [`Cli`].
+#[derive(Debug, Parser)]
+#[command(
+    name = "harmonylite",
+    about = "Leaderless SQLite replication over NATS JetStream.",
+    disable_version_flag = true,
+    args_override_self = true,
+    after_help = "Flags may also be written with a single dash, as in the original: -config x, -node-id=1, \
+                  -cleanup, -cleanup=false."
+)]
+struct Args {
+    /// Path of the TOML configuration file; without it the built-in defaults are used.
+    #[arg(long, value_name = "PATH")]
+    config: Option<String>,
+
+    /// This node's id (non-zero); overrides `node_id` from the configuration file.
+    #[arg(long = "node-id", value_name = "ID", value_parser = parse_go_uint)]
+    node_id: Option<u64>,
+
+    /// Remove HarmonyLite's triggers and change-log tables from the database, then exit.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", hide_default_value = true, value_parser = parse_go_bool, action = ArgAction::Set)]
+    cleanup: bool,
+
+    /// Connect to NATS, save a snapshot of the database to the snapshot store, then exit.
+    #[arg(long = "save-snapshot", value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", hide_default_value = true,
+          value_parser = parse_go_bool, action = ArgAction::Set)]
+    save_snapshot: bool,
+
+    /// Print this node's schema status, then exit.
+    #[arg(long = "schema-status", value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", hide_default_value = true,
+          value_parser = parse_go_bool, action = ArgAction::Set)]
+    schema_status: bool,
+
+    /// Print the schema status of every node in the cluster, then exit.
+    #[arg(long = "schema-status-cluster", value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", hide_default_value = true,
+          value_parser = parse_go_bool, action = ArgAction::Set)]
+    schema_status_cluster: bool,
+
+    /// Address (host:port) on which the embedded NATS server listens for cluster routes.
+    #[arg(long = "cluster-addr", value_name = "HOST:PORT")]
+    cluster_addr: Option<String>,
+
+    /// Comma-separated route URLs of the other nodes' embedded NATS servers (nats:// or dns://).
+    #[arg(long = "cluster-peers", value_name = "URLS")]
+    cluster_peers: Option<String>,
+
+    /// Comma-separated URLs of remote NATS servers to join as a leaf node (nats:// or dns://).
+    #[arg(long = "leaf-servers", value_name = "URLS")]
+    leaf_servers: Option<String>,
+
+    /// Address (host:port) of an HTTP server exposing profiling data under /debug/pprof/.
+    #[arg(long, value_name = "HOST:PORT")]
+    pprof: Option<String>,
+
+    /// Print the version and exit.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", hide_default_value = true, value_parser = parse_go_bool, action = ArgAction::Set)]
+    version: bool,
+}
+
+/// Parses the command line (`args` starts with the program name). Accepts Go's single-dash long flags as well
+/// as `--flags`. Help (`-h`, `-help`, `--help`) is returned as an error of kind
+/// [`clap::error::ErrorKind::DisplayHelp`]; call `err.exit()` to print it.
+pub fn parse_from<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, clap::Error> {
+    let args = Args::try_parse_from(normalise(args))?;
+    Ok(Cli {
+        config: args.config.filter(|p| !p.is_empty()).map(PathBuf::from),
+        node_id: args.node_id,
+        cleanup: args.cleanup,
+        save_snapshot: args.save_snapshot,
+        schema_status: args.schema_status,
+        schema_status_cluster: args.schema_status_cluster,
+        cluster_addr: args.cluster_addr.filter(|s| !s.is_empty()),
+        cluster_peers: split_list(args.cluster_peers.as_deref()),
+        leaf_servers: split_list(args.leaf_servers.as_deref()),
+        pprof: args.pprof.filter(|s| !s.is_empty()),
+        version: args.version,
+    })
+}
+
+/// Rewrites Go-style flags for clap: `-name` becomes `--name`, and a value flag followed by its value as a
+/// separate argument becomes `--name=value` (so that a value starting with `-` is not taken for a flag).
+/// Single-letter flags (`-h`), `-` and everything after `--` are left alone.
+fn normalise<I: IntoIterator<Item = String>>(args: I) -> Vec<String> {
+    let mut it = args.into_iter();
+    let mut out: Vec<String> = it.next().into_iter().collect();
+    while let Some(arg) = it.next() {
+        if arg == "--" {
+            out.push(arg);
+            out.extend(it);
+            break;
+        }
+        let body = match arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) {
+            Some(body) if body.chars().count() > 1 || arg.starts_with("--") => body,
+            _ => {
+                out.push(arg);
+                continue;
+            }
+        };
+        let name = body.split_once('=').map_or(body, |(name, _)| name);
+        if !body.contains('=') && VALUE_FLAGS.contains(&name) {
+            match it.next() {
+                Some(value) => out.push(format!("--{name}={value}")),
+                None => out.push(format!("--{name}")),
+            }
+        } else {
+            out.push(format!("--{body}"));
+        }
+    }
+    out
+}
+
+/// Splits a comma-separated list, trimming entries and dropping empty ones.
+fn split_list(list: Option<&str>) -> Vec<String> {
+    list.map(|l| {
+        l.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Go's `strconv.ParseBool`.
+fn parse_go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("{s:?} is not a boolean (expected true or false)")),
+    }
+}
+
+/// Go's `strconv.ParseUint(s, 0, 64)`, as used by the `flag` package: decimal, `0x` hex, `0o` or leading-`0`
+/// octal, `0b` binary; `_` separators only after a base prefix.
+fn parse_go_uint(s: &str) -> Result<u64, String> {
+    let err = || format!("{s:?} is not an unsigned 64-bit integer");
+    let lower = s.to_ascii_lowercase();
+    let (digits, radix, prefixed) = if let Some(d) = lower.strip_prefix("0x") {
+        (d, 16, true)
+    } else if let Some(d) = lower.strip_prefix("0o") {
+        (d, 8, true)
+    } else if let Some(d) = lower.strip_prefix("0b") {
+        (d, 2, true)
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        (&lower[1..], 8, true)
+    } else {
+        (lower.as_str(), 10, false)
+    };
+    if digits.contains('_') && (!prefixed || digits.ends_with('_') || digits.contains("__")) {
+        return Err(err());
+    }
+    let digits: String = digits.chars().filter(|&c| c != '_').collect();
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(err());
+    }
+    u64::from_str_radix(&digits, radix).map_err(|_| err())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        parse_from(
+            std::iter::once("harmonylite")
+                .chain(args.iter().copied())
+                .map(String::from),
+        )
+    }
+
+    fn ok(args: &[&str]) -> Cli {
+        parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn no_flags() {
+        assert_eq!(ok(&[]), Cli::default());
+    }
+
+    #[test]
+    fn single_and_double_dash_are_equal() {
+        let single = ok(&[
+            "-config",
+            "c.toml",
+            "-node-id",
+            "3",
+            "-cleanup",
+            "-save-snapshot",
+            "-schema-status",
+            "-schema-status-cluster",
+            "-cluster-addr",
+            "localhost:4221",
+            "-cluster-peers",
+            "nats://a:1/",
+            "-leaf-servers",
+            "nats://l:7422",
+            "-pprof",
+            ":6060",
+            "-version",
+        ]);
+        let double = ok(&[
+            "--config",
+            "c.toml",
+            "--node-id",
+            "3",
+            "--cleanup",
+            "--save-snapshot",
+            "--schema-status",
+            "--schema-status-cluster",
+            "--cluster-addr",
+            "localhost:4221",
+            "--cluster-peers",
+            "nats://a:1/",
+            "--leaf-servers",
+            "nats://l:7422",
+            "--pprof",
+            ":6060",
+            "--version",
+        ]);
+        assert_eq!(single, double);
+        assert_eq!(
+            single,
+            Cli {
+                config: Some(PathBuf::from("c.toml")),
+                node_id: Some(3),
+                cleanup: true,
+                save_snapshot: true,
+                schema_status: true,
+                schema_status_cluster: true,
+                cluster_addr: Some("localhost:4221".into()),
+                cluster_peers: vec!["nats://a:1/".into()],
+                leaf_servers: vec!["nats://l:7422".into()],
+                pprof: Some(":6060".into()),
+                version: true,
+            }
+        );
+    }
+
+    #[test]
+    fn equals_forms() {
+        assert_eq!(
+            ok(&["-config=path/x.toml"]).config,
+            Some(PathBuf::from("path/x.toml"))
+        );
+        assert_eq!(
+            ok(&["--config=a=b.toml"]).config,
+            Some(PathBuf::from("a=b.toml"))
+        );
+        assert_eq!(ok(&["-node-id=12"]).node_id, Some(12));
+        assert_eq!(ok(&["-config="]).config, None);
+    }
+
+    #[test]
+    fn go_bool_values() {
+        assert!(ok(&["-cleanup=true"]).cleanup);
+        assert!(!ok(&["-cleanup=false"]).cleanup);
+        assert!(ok(&["--cleanup=1"]).cleanup);
+        assert!(!ok(&["-version=F"]).version);
+        assert!(ok(&["-schema-status-cluster=T"]).schema_status_cluster);
+        assert!(
+            !ok(&["-cleanup", "-cleanup=false"]).cleanup,
+            "the last occurrence wins"
+        );
+        assert!(parse(&["-cleanup=maybe"]).is_err());
+    }
+
+    #[test]
+    fn go_uint_values() {
+        assert_eq!(ok(&["-node-id", "0x1f"]).node_id, Some(31));
+        assert_eq!(ok(&["-node-id", "010"]).node_id, Some(8));
+        assert_eq!(ok(&["-node-id", "0b101"]).node_id, Some(5));
+        assert_eq!(ok(&["-node-id", "0x_ff_ff"]).node_id, Some(0xffff));
+        assert_eq!(
+            ok(&["-node-id", "18446744073709551615"]).node_id,
+            Some(u64::MAX)
+        );
+        for bad in [
+            "-1",
+            "+1",
+            "1_000",
+            "abc",
+            "",
+            "18446744073709551616",
+            "09",
+            "0x",
+        ] {
+            assert!(parse(&["-node-id", bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn peers_are_split() {
+        let cli = ok(&[
+            "-cluster-peers",
+            "nats://localhost:4221/,nats://localhost:4222/",
+        ]);
+        assert_eq!(
+            cli.cluster_peers,
+            ["nats://localhost:4221/", "nats://localhost:4222/"]
+        );
+        let cli = ok(&["-leaf-servers= a:1 , ,b:2,", "-cluster-peers", ""]);
+        assert_eq!(cli.leaf_servers, ["a:1", "b:2"]);
+        assert!(cli.cluster_peers.is_empty());
+    }
+
+    #[test]
+    fn value_starting_with_dash() {
+        assert_eq!(
+            ok(&["-config", "-odd.toml"]).config,
+            Some(PathBuf::from("-odd.toml"))
+        );
+    }
+
+    #[test]
+    fn unknown_flags_and_arguments_fail() {
+        for args in [
+            &["-bogus"][..],
+            &["--bogus"],
+            &["-x"],
+            &["-leaf-server", "a"],
+            &["stray"],
+            &["-config"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
+        assert_eq!(
+            parse(&["-bogus"]).unwrap_err().kind(),
+            ErrorKind::UnknownArgument
+        );
+    }
+
+    #[test]
+    fn help_lists_every_flag() {
+        for flag in ["-h", "--help", "-help"] {
+            let err = parse(&[flag]).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::DisplayHelp, "{flag}");
+            let text = err.render().to_string();
+            for name in [
+                "config",
+                "node-id",
+                "cleanup",
+                "save-snapshot",
+                "schema-status",
+                "schema-status-cluster",
+                "cluster-addr",
+                "cluster-peers",
+                "leaf-servers",
+                "pprof",
+                "version",
+                "help",
+            ] {
+                assert!(
+                    text.contains(&format!("--{name}")),
+                    "{flag}: help lacks --{name}:\n{text}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The node's own changes that have not come back through the stream yet, and the conflict rule built on them.
+//!
+//! The final value of a row is the last change to it in stream order, on every node. A node's own write is
+//! already in its database before it reaches the stream, so an older change from another node must not
+//! overwrite it in the meantime (no flicker), while a newer one must (convergence). For each row key with a
+//! local change in flight this keeps where that change is:
+//!
+//! - `Unsent`: committed locally, not yet handed to JetStream. Its stream position will be after every
+//!   message this node has already received, so every incoming change for that key is older: skip it.
+//! - `Sent`: handed to JetStream, acknowledgement outstanding. An incoming change may be older or newer; the
+//!   applier waits for the acknowledgement (without holding the write lock) and then decides.
+//! - `Acked(seq)`: stored at `seq`. Incoming changes below `seq` are skipped; the node's own message at `seq`
+//!   is skipped too (the database already holds that value or a newer local one) and ends the entry; anything
+//!   above `seq` is applied.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+/// A row's identity: table name and canonical key bytes ([`crate::wire::key_bytes`]).
+pub type RowKey = (String, Vec<u8>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Unsent,
+    Sent,
+    Acked(u64),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// Change-log id of the newest local change to the key that this entry describes.
+    log_id: i64,
+    state: State,
+}
+
+/// What the applier does with an incoming change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Apply,
+    Skip,
+    /// Our own change to the row is being published; decide once its position is known.
+    Wait,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Change-log ids up to here have been registered.
+    scanned_upto: i64,
+    map: HashMap<RowKey, Entry>,
+}
+
+/// Shared between the publisher and the applier of one node.
+pub struct Pending {
+    enabled: bool,
+    inner: Mutex<Inner>,
+    acked: Notify,
+}
+
+impl Pending {
+    /// `enabled = false` (when the node does not publish) makes every decision `Apply`.
+    pub fn new(enabled: bool, scanned_upto: i64) -> Pending {
+        Pending { enabled, inner: Mutex::new(Inner { scanned_upto, map: HashMap::new() }), acked: Notify::new() }
+    }
+
+    pub fn scanned_upto(&self) -> i64 {
+        self.inner.lock().unwrap().scanned_upto
+    }
+
+    /// Register local changes read from the change log (ids in `(scanned_upto, upto]`).
+    pub fn record_local(&self, rows: impl IntoIterator<Item = (RowKey, i64)>, upto: i64) {
+        if !self.enabled {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap();
+        for (key, id) in rows {
+            let e = inner.map.entry(key).or_insert(Entry { log_id: 0, state: State::Unsent });
+            if id > e.log_id {
+                *e = Entry { log_id: id, state: State::Unsent };
+            }
+        }
+        inner.scanned_upto = inner.scanned_upto.max(upto);
+    }
+
+    /// The publisher is about to hand these changes (key, newest log id in the publish) to JetStream.
+    pub fn mark_sent(&self, rows: &[(RowKey, i64)]) {
+        if !self.enabled {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap();
+        for (key, id) in rows {
+            let e = inner.map.entry(key.clone()).or_insert(Entry { log_id: *id, state: State::Sent });
+            if *id >= e.log_id {
+                *e = Entry { log_id: *id, state: State::Sent };
+            }
+        }
+    }
+
+    /// JetStream stored these changes: (key, log id, stream sequence). `None` as sequence means stored earlier
+    /// at an unknown position (a retried publish found to be a duplicate): the entry is dropped.
+    pub fn mark_acked(&self, rows: impl IntoIterator<Item = (RowKey, i64, Option<u64>)>) {
+        if !self.enabled {
+            return;
+        }
+        {
+            let mut inner = self.inner.lock().unwrap();
+            for (key, id, seq) in rows {
+                if let Some(e) = inner.map.get_mut(&key) {
+                    if e.log_id == id && e.state == State::Sent {
+                        match seq {
+                            Some(s) => e.state = State::Acked(s),
+                            None => {
+                                inner.map.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.acked.notify_waiters();
+    }
+
+    /// Decide what to do with an incoming change to `key` stored at stream position `seq`.
+    pub fn decide(&self, key: &RowKey, seq: u64) -> Decision {
+        if !self.enabled {
+            return Decision::Apply;
+        }
+        let mut inner = self.inner.lock().unwrap();
+        let Some(e) = inner.map.get(key).copied() else { return Decision::Apply };
+        match e.state {
+            State::Unsent => Decision::Skip,
+            State::Sent => Decision::Wait,
+            State::Acked(a) if seq < a => Decision::Skip,
+            State::Acked(a) => {
+                inner.map.remove(key);
+                if seq == a { Decision::Skip } else { Decision::Apply }
+            }
+        }
+    }
+
+    /// True when any of `keys` waits for an acknowledgement.
+    pub fn any_sent<'a>(&self, mut keys: impl Iterator<Item = &'a RowKey>) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        let inner = self.inner.lock().unwrap();
+        keys.any(|k| inner.map.get(k).is_some_and(|e| e.state == State::Sent))
+    }
+
+    /// Wait until the next acknowledgement is recorded (or the timeout passes).
+    pub async fn wait_acked(&self, timeout: std::time::Duration) {
+        let _ = tokio::time::timeout(timeout, self.acked.notified()).await;
+    }
+
+    /// Number of rows with a local change in flight.
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap().map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(n: u8) -> RowKey {
+        ("t".into(), vec![n])
+    }
+
+    #[test]
+    fn unsent_local_change_beats_every_incoming_change() {
+        let p = Pending::new(true, 0);
+        p.record_local([(k(1), 5)], 5);
+        assert_eq!(p.decide(&k(1), 100), Decision::Skip);
+        assert_eq!(p.decide(&k(2), 100), Decision::Apply);
+    }
+
+    #[test]
+    fn acked_change_orders_by_stream_position() {
+        let p = Pending::new(true, 0);
+        p.record_local([(k(1), 5)], 5);
+        p.mark_sent(&[(k(1), 5)]);
+        assert_eq!(p.decide(&k(1), 3), Decision::Wait);
+        p.mark_acked([(k(1), 5, Some(10))]);
+        assert_eq!(p.decide(&k(1), 9), Decision::Skip, "older change from elsewhere");
+        assert_eq!(p.decide(&k(1), 10), Decision::Skip, "our own message");
+        assert_eq!(p.decide(&k(1), 11), Decision::Apply, "entry ended");
+        p.record_local([(k(1), 6)], 6);
+        p.mark_sent(&[(k(1), 6)]);
+        p.mark_acked([(k(1), 6, Some(20))]);
+        assert_eq!(p.decide(&k(1), 21), Decision::Apply, "newer change wins");
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn newer_local_write_keeps_the_key_unsent() {
+        let p = Pending::new(true, 0);
+        p.record_local([(k(1), 5)], 5);
+        p.mark_sent(&[(k(1), 5)]);
+        p.record_local([(k(1), 7)], 7);
+        p.mark_acked([(k(1), 5, Some(10))]);
+        assert_eq!(p.decide(&k(1), 50), Decision::Skip);
+        // a rescan of an older id does not downgrade the entry
+        p.record_local([(k(1), 6)], 7);
+        assert_eq!(p.decide(&k(1), 50), Decision::Skip);
+    }
+
+    #[test]
+    fn disabled_applies_everything() {
+        let p = Pending::new(false, 0);
+        p.record_local([(k(1), 5)], 5);
+        assert_eq!(p.decide(&k(1), 1), Decision::Apply);
+    }
+}

@@ -1,0 +1,372 @@
+//! Publishing: change log → messages → JetStream.
+//!
+//! A *pass* reads, inside one read transaction, every change-log row committed since the last acknowledged
+//! one (so only whole local transactions), coalesces them by row, reads each row's current values, splits them
+//! by shard and packs them into messages of at most `scan_max_changes` rows. Each shard's messages of a pass
+//! form one *unit*: one message, or a JetStream atomic batch of several, so a peer applies the unit in one
+//! SQLite transaction. All shards of a pass are published concurrently; the pass is recorded as published
+//! only when every shard is acknowledged. On any error the same messages are retried with backoff under the
+//! same message ids, so nothing is lost and nothing is stored twice.
+
+pub mod state;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use rusqlite::{Connection, OptionalExtension};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::{self, KeyKind, TableInfo, ident};
+use crate::shared::Shared;
+use crate::pending::RowKey;
+use crate::wire::{self, Message, Row, TableChanges, Value};
+use state::PublishState;
+
+/// Most change-log rows one pass reads; a larger backlog is published over several passes.
+pub const MAX_PASS_ROWS: i64 = 100_000;
+/// Soft limit on the encoded size of one message.
+const MAX_MESSAGE_BYTES: usize = 512 * 1024;
+/// JetStream's limit on messages per atomic batch.
+const MAX_BATCH_MESSAGES: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Capture(#[from] capture::CaptureError),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error("publish to {subject}: {message}")]
+    Nats { subject: String, message: String },
+}
+
+/// One shard's share of a pass.
+struct ShardUnit {
+    shard: u32,
+    msg_id: String,
+    payloads: Vec<Vec<u8>>,
+    /// Per message: the rows it carries (key, newest log id).
+    rows: Vec<Vec<(RowKey, i64)>>,
+}
+
+struct Pass {
+    end: i64,
+    rows: usize,
+    units: Vec<ShardUnit>,
+}
+
+pub struct Publisher {
+    shared: Arc<Shared>,
+    conn: Connection,
+    state: PublishState,
+    js: jetstream::Context,
+    client: async_nats::Client,
+    wake: Arc<Notify>,
+    schema_version: i64,
+}
+
+impl Publisher {
+    pub fn new(
+        shared: Arc<Shared>,
+        conn: Connection,
+        state: PublishState,
+        client: async_nats::Client,
+        js: jetstream::Context,
+        wake: Arc<Notify>,
+    ) -> Result<Publisher, PublishError> {
+        let schema_version = conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        Ok(Publisher { shared, conn, state, js, client, wake, schema_version })
+    }
+
+    pub fn published_upto(&self) -> i64 {
+        self.state.published_upto
+    }
+
+    /// Publish until cancelled: a pass at every wake-up, and published rows removed every `cleanup_interval`.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let cleanup_every = Duration::from_millis(self.shared.cfg.cleanup_interval_ms);
+        let mut cleanup = tokio::time::interval_at(tokio::time::Instant::now() + cleanup_every, cleanup_every);
+        let mut delete_below = self.state.published_upto;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.pass(&cancel).await {
+                Ok(true) => {
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
+                Ok(false) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "publish pass failed; changes stay pending");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = cleanup.tick() => {
+                    // Rows acknowledged at the previous tick have been published for at least one interval.
+                    if delete_below > 0 {
+                        let below = delete_below;
+                        match tokio::task::block_in_place(|| capture::delete_published(&self.conn, below)) {
+                            Ok(n) if n > 0 => tracing::debug!(rows = n, "removed published change-log rows"),
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "cannot remove published change-log rows"),
+                        }
+                    }
+                    delete_below = self.state.published_upto;
+                }
+            }
+        }
+    }
+
+    /// One pass. Returns true when something was published (there may be more).
+    async fn pass(&mut self, cancel: &CancellationToken) -> Result<bool, PublishError> {
+        let Some(pass) = tokio::task::block_in_place(|| self.build())? else { return Ok(false) };
+        let stats = &self.shared.stats;
+        if !self.shared.cfg.publish {
+            // publish = false: changes are read and discarded.
+            self.state.published_upto = pass.end;
+            self.state.inflight_end = pass.end;
+            self.state.save()?;
+            stats.discarded_rows.fetch_add(pass.rows as u64, Ordering::Relaxed);
+            return Ok(true);
+        }
+        let sent: Vec<(RowKey, i64)> = pass.units.iter().flat_map(|u| u.rows.iter().flatten().cloned()).collect();
+        self.shared.pending.mark_sent(&sent);
+
+        let mut acks: Vec<Option<Vec<u64>>> = vec![None; pass.units.len()];
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 0u32;
+        loop {
+            let todo: Vec<usize> = (0..pass.units.len()).filter(|&i| acks[i].is_none()).collect();
+            let results = futures::future::join_all(todo.iter().map(|&i| self.publish_unit(&pass.units[i], attempt))).await;
+            let mut failed = None;
+            for (i, r) in todo.into_iter().zip(results) {
+                match r {
+                    Ok(seqs) => acks[i] = Some(seqs),
+                    Err(e) => failed = Some(e),
+                }
+            }
+            let Some(err) = failed else { break };
+            stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "publish failed; retrying the same messages");
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            attempt += 1;
+        }
+
+        let mut acked = Vec::with_capacity(sent.len());
+        for (unit, seqs) in pass.units.iter().zip(acks) {
+            let seqs = seqs.unwrap_or_default();
+            for (i, rows) in unit.rows.iter().enumerate() {
+                let seq = seqs.get(i).copied().filter(|&s| s > 0);
+                acked.extend(rows.iter().map(|(k, id)| (k.clone(), *id, seq)));
+            }
+            stats.published_msgs.fetch_add(unit.payloads.len() as u64, Ordering::Relaxed);
+        }
+        self.shared.pending.mark_acked(acked);
+        self.state.published_upto = pass.end;
+        self.state.inflight_end = pass.end;
+        self.state.save()?;
+        stats.published_rows.fetch_add(pass.rows as u64, Ordering::Relaxed);
+        stats.touch();
+        Ok(true)
+    }
+
+    /// Publish one unit; returns the stream sequence of each of its messages (0 where unknown: a retry found
+    /// the unit already stored).
+    async fn publish_unit(&self, unit: &ShardUnit, attempt: u32) -> Result<Vec<u64>, PublishError> {
+        let subject = self.shared.cfg.subject_name(unit.shard);
+        let err = |message: String| PublishError::Nats { subject: subject.clone(), message };
+        let n = unit.payloads.len();
+        if n == 1 {
+            let mut h = HeaderMap::new();
+            h.insert("Nats-Msg-Id", unit.msg_id.as_str());
+            let ack = self
+                .js
+                .publish_with_headers(subject.clone(), h, unit.payloads[0].clone().into())
+                .await
+                .map_err(|e| err(e.to_string()))?
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            return Ok(vec![ack.sequence]);
+        }
+        let batch_id = format!("{:016x}-{attempt}", wire::fnv1_64(unit.msg_id.as_bytes()));
+        for (i, payload) in unit.payloads[..n - 1].iter().enumerate() {
+            let mut h = HeaderMap::new();
+            h.insert("Nats-Batch-Id", batch_id.as_str());
+            h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+            self.client
+                .publish_with_headers(subject.clone(), h, payload.clone().into())
+                .await
+                .map_err(|e| err(e.to_string()))?;
+        }
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Batch-Id", batch_id.as_str());
+        h.insert("Nats-Batch-Sequence", n.to_string().as_str());
+        h.insert("Nats-Batch-Commit", "1");
+        h.insert("Nats-Msg-Id", unit.msg_id.as_str());
+        let ack = self.js.publish_with_headers(subject.clone(), h, unit.payloads[n - 1].clone().into()).await;
+        let ack = match ack {
+            Ok(fut) => fut.await,
+            Err(e) => return Err(err(e.to_string())),
+        };
+        match ack {
+            Ok(ack) => {
+                let last = ack.sequence;
+                Ok((0..n as u64).map(|i| last - (n as u64 - 1 - i)).collect())
+            }
+            Err(e) if e.to_string().contains("duplicate message id") => {
+                tracing::info!(unit = %unit.msg_id, "unit was stored by an earlier attempt");
+                Ok(vec![0; n])
+            }
+            Err(e) => Err(err(e.to_string())),
+        }
+    }
+
+    /// Read the next pass from the change log (blocking; runs inside `block_in_place`).
+    fn build(&mut self) -> Result<Option<Pass>, PublishError> {
+        self.refresh_capture()?;
+        let cap = self.shared.capture();
+        let cfg = &self.shared.cfg;
+        let tx = self.conn.transaction()?;
+        let max = capture::max_log_id(&tx)?;
+        let from = self.state.published_upto;
+        if max <= from {
+            return Ok(None);
+        }
+        let end = if self.state.inflight_end > from { self.state.inflight_end.min(max) } else { max.min(from + MAX_PASS_ROWS) };
+        let log = capture::read_log(&tx, &cap, from, end)?;
+        // Coalesce: each row once, ordered by its newest change.
+        let mut newest: HashMap<(i64, Vec<u8>), usize> = HashMap::with_capacity(log.len());
+        for (i, r) in log.iter().enumerate() {
+            newest.insert((r.table_id, wire::key_bytes(&r.key)), i);
+        }
+        let mut order: Vec<usize> = newest.into_values().collect();
+        order.sort_unstable();
+
+        let mut per_shard: HashMap<u32, Vec<Message>> = HashMap::new();
+        let mut per_shard_rows: HashMap<u32, Vec<Vec<(RowKey, i64)>>> = HashMap::new();
+        let mut sizes: HashMap<u32, (usize, usize)> = HashMap::new();
+        for i in order {
+            let lr = &log[i];
+            let Some(info) = cap.table(lr.table_id) else { continue };
+            let kb = wire::key_bytes(&lr.key);
+            let shard = wire::shard_of(&info.name, &kb, cfg.replication_log.shards);
+            let row = match read_row(&tx, info, &lr.key)? {
+                Some(values) => Row::Upsert(values),
+                None => Row::Delete(lr.key.clone()),
+            };
+            let size = row.approx_size();
+            let msgs = per_shard.entry(shard).or_default();
+            let rows = per_shard_rows.entry(shard).or_default();
+            let (count, bytes) = sizes.entry(shard).or_insert((usize::MAX, 0));
+            if *count >= cfg.scan_max_changes as usize || *bytes + size > MAX_MESSAGE_BYTES {
+                msgs.push(Message {
+                    origin: cfg.node_id,
+                    unit: String::new(),
+                    part: 0,
+                    parts: 0,
+                    schema: cap.fingerprint,
+                    tables: Vec::new(),
+                });
+                rows.push(Vec::new());
+                *count = 0;
+                *bytes = 0;
+            }
+            *count += 1;
+            *bytes += size;
+            let msg = msgs.last_mut().expect("message started above");
+            match msg.tables.last_mut() {
+                Some(t) if t.table == info.name => t.rows.push(row),
+                _ => msg.tables.push(TableChanges {
+                    table: info.name.clone(),
+                    columns: info.shipped_columns(),
+                    key: info.key_names(),
+                    rows: vec![row],
+                }),
+            }
+            rows.last_mut().expect("started above").push(((info.name.clone(), kb), lr.id));
+        }
+        tx.commit()?;
+
+        let mut units = Vec::new();
+        let mut shards: Vec<u32> = per_shard.keys().copied().collect();
+        shards.sort_unstable();
+        for shard in shards {
+            let msgs = per_shard.remove(&shard).unwrap_or_default();
+            let rows = per_shard_rows.remove(&shard).unwrap_or_default();
+            // More messages than one atomic batch holds: split into several units (logged; atomicity is then
+            // per unit).
+            for (ci, (chunk, chunk_rows)) in msgs.chunks(MAX_BATCH_MESSAGES).zip(rows.chunks(MAX_BATCH_MESSAGES)).enumerate() {
+                if ci == 1 {
+                    tracing::warn!(shard, messages = msgs.len(), "pass larger than one atomic batch; split into several units");
+                }
+                let msg_id = format!("{:x}.{:x}.{:x}.{}.{}", cfg.node_id, cap.incarnation, end, shard, ci);
+                let parts = chunk.len() as u32;
+                let payloads = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(p, m)| {
+                        let mut m = m.clone();
+                        m.unit = msg_id.clone();
+                        m.part = p as u32 + 1;
+                        m.parts = parts;
+                        wire::encode(&m, cfg.replication_log.compress)
+                    })
+                    .collect();
+                units.push(ShardUnit { shard, msg_id, payloads, rows: chunk_rows.to_vec() });
+            }
+        }
+        if self.state.inflight_end != end {
+            self.state.inflight_end = end;
+            self.state.save()?;
+        }
+        Ok(Some(Pass { end, rows: log.len(), units }))
+    }
+
+    /// Re-install capture when the schema changed (new tables, new columns).
+    fn refresh_capture(&mut self) -> Result<(), PublishError> {
+        let v: i64 = self.conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        if v == self.schema_version {
+            return Ok(());
+        }
+        let cfg = &self.shared.cfg;
+        let cap = capture::install(&mut self.conn, &cfg.include_tables, &cfg.exclude_tables)?;
+        tracing::info!(tables = cap.tables.len(), "schema changed; capture re-installed");
+        self.shared.set_capture(cap);
+        self.schema_version = self.conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        Ok(())
+    }
+}
+
+/// The current values of one row, by key (`None` when the row no longer exists).
+fn read_row(conn: &Connection, info: &TableInfo, key: &[Value]) -> rusqlite::Result<Option<Vec<Value>>> {
+    let cols: Vec<String> = info.columns.iter().map(|c| ident(c)).collect();
+    let sql = match &info.key {
+        KeyKind::Rowid => format!("SELECT rowid, {} FROM {} WHERE rowid = ?1", cols.join(", "), ident(&info.name)),
+        KeyKind::RowidAlias(c) => format!("SELECT {} FROM {} WHERE {} = ?1", cols.join(", "), ident(&info.name), ident(c)),
+        KeyKind::Columns(kc) => {
+            let cond: Vec<String> = kc.iter().enumerate().map(|(i, c)| format!("{} IS ?{}", ident(c), i + 1)).collect();
+            format!("SELECT {} FROM {} WHERE {}", cols.join(", "), ident(&info.name), cond.join(" AND "))
+        }
+    };
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let n = stmt.column_count();
+    stmt.query_row(rusqlite::params_from_iter(key.iter()), |r| (0..n).map(|i| Ok(Value::from_ref(r.get_ref(i)?))).collect())
+        .optional()
+}
