@@ -60,7 +60,15 @@ impl Capture {
 
 /// Create our bookkeeping tables (if missing) and (re)create the triggers of every selected table, in one
 /// transaction. Safe to run at every start and at any time while applications write.
-pub fn install(conn: &mut Connection, include: &[String], exclude: &[String]) -> Result<Capture, CaptureError> {
+///
+/// With `previous` (a re-install while running), tables captured for the first time get every existing row
+/// recorded in the change log, so rows written between their creation and this install are published too.
+pub fn install(
+    conn: &mut Connection,
+    include: &[String],
+    exclude: &[String],
+    previous: Option<&Capture>,
+) -> Result<Capture, CaptureError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {LOG} (id INTEGER PRIMARY KEY, tbl INTEGER NOT NULL, k);
@@ -98,6 +106,13 @@ pub fn install(conn: &mut Connection, include: &[String], exclude: &[String]) ->
         let id: i64 = tx.query_row(&format!("SELECT id FROM {TABLES} WHERE name = ?1"), [&listed.name], |r| r.get(0))?;
         let info = TableInfo { id, name: listed.name, columns, key };
         tx.execute_batch(&trigger_sql(&info))?;
+        if previous.is_some_and(|p| !p.tables.iter().any(|t| t.name == info.name)) {
+            let n = tx.execute(
+                &format!("INSERT INTO {LOG}(tbl, k) SELECT {}, {} FROM {}", info.id, key_expr(&info, &ident(&info.name)), ident(&info.name)),
+                [],
+            )?;
+            tracing::info!(table = %info.name, rows = n, "new table captured");
+        }
         tables.push(info);
     }
     tx.commit()?;
@@ -214,3 +229,6 @@ fn rand_u64() -> u64 {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
     u64::from_le_bytes(b) ^ t.rotate_left(17) ^ std::process::id() as u64
 }
+
+#[cfg(test)]
+mod tests;

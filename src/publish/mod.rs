@@ -346,7 +346,8 @@ impl Publisher {
             return Ok(());
         }
         let cfg = &self.shared.cfg;
-        let cap = capture::install(&mut self.conn, &cfg.include_tables, &cfg.exclude_tables)?;
+        let previous = self.shared.capture();
+        let cap = capture::install(&mut self.conn, &cfg.include_tables, &cfg.exclude_tables, Some(&previous))?;
         tracing::info!(tables = cap.tables.len(), "schema changed; capture re-installed");
         self.shared.set_capture(cap);
         self.schema_version = self.conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;

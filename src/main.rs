@@ -1,0 +1,70 @@
+//! The `harmonylite` binary: parse flags, load the configuration, set up logging, run, map errors to exit
+//! codes (0 success, 1 runtime failure, 2 bad flags or configuration).
+
+use std::process::ExitCode;
+
+use harmonylite::config::{self, LogFormat, Overrides};
+use harmonylite::{cli, nats, node};
+
+fn init_logging(cfg: &config::LoggingConfig, node_id: u64) {
+    use tracing_subscriber::EnvFilter;
+    let default = if cfg.verbose { "debug" } else { "info" };
+    let filter = EnvFilter::try_from_env("HARMONYLITE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,harmonylite={default},nats={default}")));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Console => builder.with_target(false).init(),
+    }
+    tracing::debug!(node_id, "logging initialised");
+}
+
+fn main() -> ExitCode {
+    let cli = match cli::parse_from(std::env::args()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if cli.version {
+        println!(
+            "HarmonyLite {} (nats-server {}, {}/{})",
+            env!("CARGO_PKG_VERSION"),
+            nats::bundled_version(),
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        );
+        return ExitCode::SUCCESS;
+    }
+    let (cfg, warnings) = match config::load(cli.config.as_deref(), &Overrides { node_id: cli.node_id }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("harmonylite: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&cfg.logging, cfg.node_id);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+
+    let result = if cli.cleanup {
+        node::cleanup(&cfg)
+    } else if cli.schema_status {
+        node::schema_status(&cfg)
+    } else if cli.save_snapshot || cli.schema_status_cluster {
+        Err(anyhow::anyhow!(
+            "{} is not available in this version of HarmonyLite; a running cluster catches nodes up from the stream",
+            if cli.save_snapshot { "-save-snapshot" } else { "-schema-status-cluster" }
+        ))
+    } else {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+        rt.block_on(node::run(cfg, &cli))
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("harmonylite: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
