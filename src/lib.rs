@@ -16,6 +16,8 @@ pub mod apply;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod nats;
+pub mod node;
 pub mod pending;
 pub mod publish;
 pub mod shared;

@@ -115,12 +115,12 @@ impl Applier {
             }
             // Our own change to one of these rows is being published: wait for its position (no lock held).
             if self.must_wait(&plan) {
-                self.shared.pending.wait_acked(Duration::from_millis(200)).await;
+                self.shared.pending.wait_acked(Duration::from_millis(20)).await;
                 continue;
             }
             match tokio::task::block_in_place(|| self.apply(&plan)) {
                 Ok(()) => {}
-                Err(TxnError::MustWait) => self.shared.pending.wait_acked(Duration::from_millis(200)).await,
+                Err(TxnError::MustWait) => self.shared.pending.wait_acked(Duration::from_millis(20)).await,
                 Err(e @ (TxnError::Sqlite(_) | TxnError::Capture(_))) => {
                     // Busy or I/O trouble: nothing was applied; try again shortly.
                     tracing::warn!(error = %e, "apply transaction failed; retrying");

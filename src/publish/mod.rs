@@ -150,7 +150,9 @@ impl Publisher {
         let mut attempt = 0u32;
         loop {
             let todo: Vec<usize> = (0..pass.units.len()).filter(|&i| acks[i].is_none()).collect();
-            let results = futures::future::join_all(todo.iter().map(|&i| self.publish_unit(&pass.units[i], attempt))).await;
+            let (js, client, cfg) = (&self.js, &self.client, &self.shared.cfg);
+            let results =
+                futures::future::join_all(todo.iter().map(|&i| publish_unit(js, client, cfg, &pass.units[i], attempt))).await;
             let mut failed = None;
             for (i, r) in todo.into_iter().zip(results) {
                 match r {
@@ -185,57 +187,6 @@ impl Publisher {
         stats.published_rows.fetch_add(pass.rows as u64, Ordering::Relaxed);
         stats.touch();
         Ok(true)
-    }
-
-    /// Publish one unit; returns the stream sequence of each of its messages (0 where unknown: a retry found
-    /// the unit already stored).
-    async fn publish_unit(&self, unit: &ShardUnit, attempt: u32) -> Result<Vec<u64>, PublishError> {
-        let subject = self.shared.cfg.subject_name(unit.shard);
-        let err = |message: String| PublishError::Nats { subject: subject.clone(), message };
-        let n = unit.payloads.len();
-        if n == 1 {
-            let mut h = HeaderMap::new();
-            h.insert("Nats-Msg-Id", unit.msg_id.as_str());
-            let ack = self
-                .js
-                .publish_with_headers(subject.clone(), h, unit.payloads[0].clone().into())
-                .await
-                .map_err(|e| err(e.to_string()))?
-                .await
-                .map_err(|e| err(e.to_string()))?;
-            return Ok(vec![ack.sequence]);
-        }
-        let batch_id = format!("{:016x}-{attempt}", wire::fnv1_64(unit.msg_id.as_bytes()));
-        for (i, payload) in unit.payloads[..n - 1].iter().enumerate() {
-            let mut h = HeaderMap::new();
-            h.insert("Nats-Batch-Id", batch_id.as_str());
-            h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
-            self.client
-                .publish_with_headers(subject.clone(), h, payload.clone().into())
-                .await
-                .map_err(|e| err(e.to_string()))?;
-        }
-        let mut h = HeaderMap::new();
-        h.insert("Nats-Batch-Id", batch_id.as_str());
-        h.insert("Nats-Batch-Sequence", n.to_string().as_str());
-        h.insert("Nats-Batch-Commit", "1");
-        h.insert("Nats-Msg-Id", unit.msg_id.as_str());
-        let ack = self.js.publish_with_headers(subject.clone(), h, unit.payloads[n - 1].clone().into()).await;
-        let ack = match ack {
-            Ok(fut) => fut.await,
-            Err(e) => return Err(err(e.to_string())),
-        };
-        match ack {
-            Ok(ack) => {
-                let last = ack.sequence;
-                Ok((0..n as u64).map(|i| last - (n as u64 - 1 - i)).collect())
-            }
-            Err(e) if e.to_string().contains("duplicate message id") => {
-                tracing::info!(unit = %unit.msg_id, "unit was stored by an earlier attempt");
-                Ok(vec![0; n])
-            }
-            Err(e) => Err(err(e.to_string())),
-        }
     }
 
     /// Read the next pass from the change log (blocking; runs inside `block_in_place`).
@@ -354,6 +305,63 @@ impl Publisher {
         Ok(())
     }
 }
+
+/// Publish one unit; returns the stream sequence of each of its messages (0 where unknown: a retry found
+/// the unit already stored).
+async fn publish_unit(
+js: &jetstream::Context,
+client: &async_nats::Client,
+cfg: &crate::config::Config,
+unit: &ShardUnit,
+attempt: u32,
+) -> Result<Vec<u64>, PublishError> {
+    let subject = cfg.subject_name(unit.shard);
+    let err = |message: String| PublishError::Nats { subject: subject.clone(), message };
+    let n = unit.payloads.len();
+    if n == 1 {
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Msg-Id", unit.msg_id.as_str());
+        let ack = js
+            .publish_with_headers(subject.clone(), h, unit.payloads[0].clone().into())
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        return Ok(vec![ack.sequence]);
+    }
+    let batch_id = format!("{:016x}-{attempt}", wire::fnv1_64(unit.msg_id.as_bytes()));
+    for (i, payload) in unit.payloads[..n - 1].iter().enumerate() {
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Batch-Id", batch_id.as_str());
+        h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+        client
+            .publish_with_headers(subject.clone(), h, payload.clone().into())
+            .await
+            .map_err(|e| err(e.to_string()))?;
+    }
+    let mut h = HeaderMap::new();
+    h.insert("Nats-Batch-Id", batch_id.as_str());
+    h.insert("Nats-Batch-Sequence", n.to_string().as_str());
+    h.insert("Nats-Batch-Commit", "1");
+    h.insert("Nats-Msg-Id", unit.msg_id.as_str());
+    let ack = js.publish_with_headers(subject.clone(), h, unit.payloads[n - 1].clone().into()).await;
+    let ack = match ack {
+        Ok(fut) => fut.await,
+        Err(e) => return Err(err(e.to_string())),
+    };
+    match ack {
+        Ok(ack) => {
+            let last = ack.sequence;
+            Ok((0..n as u64).map(|i| last - (n as u64 - 1 - i)).collect())
+        }
+        Err(e) if e.to_string().contains("duplicate message id") => {
+            tracing::info!(unit = %unit.msg_id, "unit was stored by an earlier attempt");
+            Ok(vec![0; n])
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
 
 /// The current values of one row, by key (`None` when the row no longer exists).
 fn read_row(conn: &Connection, info: &TableInfo, key: &[Value]) -> rusqlite::Result<Option<Vec<Value>>> {

@@ -87,15 +87,31 @@ pub fn checksum(db: &Path, table: &str) -> (u64, u64) {
     (sum, count)
 }
 
+/// The `harmonylite` binary: `HARMONYLITE_BIN` if set, else the one cargo built for these tests, else the one
+/// next to the running executable (the bench).
+pub fn harmonylite_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HARMONYLITE_BIN") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = option_env!("CARGO_BIN_EXE_harmonylite") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    exe.with_file_name("harmonylite")
+}
+
 pub struct Node {
     pub id: u64,
     pub db: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
     pub cluster_port: u16,
+    /// Client port of the node's embedded nats-server.
+    pub client_port: u16,
     pub peers: Vec<u16>,
     child: Option<Child>,
     starts: u32,
+    log_filter: String,
 }
 
 impl Node {
@@ -108,14 +124,14 @@ impl Node {
         self.starts += 1;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let peers: Vec<String> = self.peers.iter().map(|p| format!("nats://127.0.0.1:{p}/")).collect();
-        let child = Command::new(env!("CARGO_BIN_EXE_harmonylite"))
+        let child = Command::new(harmonylite_bin())
             .arg("-config")
             .arg(&self.config)
             .arg("-cluster-addr")
             .arg(format!("127.0.0.1:{}", self.cluster_port))
             .arg("-cluster-peers")
             .arg(peers.join(","))
-            .env("HARMONYLITE_LOG", "info,harmonylite=debug")
+            .env("HARMONYLITE_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -186,11 +202,13 @@ pub struct Options {
     pub compress: bool,
     /// Extra top-level TOML lines for single nodes (index 0 = node 1).
     pub per_node_top: Vec<String>,
+    /// `[logging] verbose`.
+    pub verbose: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { nodes: 3, schema: BOOKS.to_string(), extra_top: String::new(), shards: 1, compress: true, per_node_top: Vec::new() }
+        Options { nodes: 3, schema: BOOKS.to_string(), extra_top: String::new(), shards: 1, compress: true, per_node_top: Vec::new(), verbose: true }
     }
 }
 
@@ -211,6 +229,7 @@ impl Cluster {
     pub fn new(opts: Options) -> Cluster {
         let dir = tempfile::Builder::new().prefix("hl-test-").tempdir().unwrap();
         let ports: Vec<u16> = (0..opts.nodes).map(|_| free_port()).collect();
+        let client_ports: Vec<u16> = (0..opts.nodes).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
         for i in 0..opts.nodes {
             let id = i as u64 + 1;
@@ -222,10 +241,12 @@ impl Cluster {
                 format!(
                     "node_id = {id}\ndb_path = {db:?}\nseq_map_path = {state:?}\ncleanup_interval = 1000\n{top}\n\
                      [replication_log]\nshards = {shards}\nmax_entries = 1000000\ncompress = {compress}\n\n\
-                     [nats]\nbind_address = \"127.0.0.1:-1\"\nready_timeout_seconds = 60\n\n\
-                     [logging]\nverbose = true\n",
+                     [nats]\nbind_address = \"127.0.0.1:{client_port}\"\nready_timeout_seconds = 60\n\n\
+                     [logging]\nverbose = {verbose}\n",
                     top = format!("{}\n{}", opts.extra_top, opts.per_node_top.get(i).cloned().unwrap_or_default()),
                     compress = opts.compress,
+                    client_port = client_ports[i],
+                    verbose = opts.verbose,
                     state = dir.path().join(format!("node-{id}.state")),
                     shards = opts.shards,
                 ),
@@ -238,9 +259,11 @@ impl Cluster {
                 config,
                 log: dir.path().join(format!("node-{id}.log")),
                 cluster_port: ports[i],
+                client_port: client_ports[i],
                 peers,
                 child: None,
                 starts: 0,
+                log_filter: if opts.verbose { "info,harmonylite=debug".into() } else { "info".into() },
             });
         }
         Cluster { dir, nodes }
@@ -268,10 +291,9 @@ impl Cluster {
 
     /// Wait until `table` is identical on every node; returns its (checksum, rows).
     pub fn converged(&self, table: &str, timeout: Duration) -> (u64, u64) {
-        let mut last = Vec::new();
         let start = Instant::now();
         loop {
-            last = self.nodes.iter().map(|n| checksum(&n.db, table)).collect::<Vec<_>>();
+            let last = self.nodes.iter().map(|n| checksum(&n.db, table)).collect::<Vec<_>>();
             if last.windows(2).all(|w| w[0] == w[1]) {
                 return last[0];
             }

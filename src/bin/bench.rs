@@ -1,0 +1,304 @@
+//! `bench`: HarmonyLite's own benchmark. Starts a local three-node cluster (real `harmonylite` processes with
+//! their bundled nats-servers, R3, fsync always) and prints, from one run, as a table and as JSON:
+//! plain SQLite insert rates, the cost of our capture triggers, the original's one-row-per-acked-message design
+//! on the same cluster, our sustained replicated rows/s for 1-, 10- and 100-row transactions, replication lag
+//! percentiles idle and at half the maximum rate, sidecar and nats-server RSS, and three-node cold start.
+//!
+//! `bench --quick` finishes within about a minute; `bench --json FILE` also writes the JSON there.
+
+#[path = "../../tests/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use serde_json::json;
+
+struct Scale {
+    bulk_rows: usize,
+    single_rows: usize,
+    baseline_msgs: usize,
+    run_secs: f64,
+    lag_samples: usize,
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let s = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+/// Plain vs captured insert rates on a fresh database file (WAL, default synchronous, as an application).
+fn sqlite_rates(dir: &Path, scale: &Scale) -> serde_json::Value {
+    let mut res = serde_json::Map::new();
+    for capture in [false, true] {
+        let db = dir.join(format!("local-{capture}.db"));
+        let mut conn = Connection::open(&db).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, title TEXT, author TEXT, year INTEGER);")
+            .unwrap();
+        if capture {
+            harmonylite::capture::install(&mut conn, &[], &[], None).unwrap();
+        }
+        let start = Instant::now();
+        let tx = conn.transaction().unwrap();
+        {
+            let mut st = tx.prepare("INSERT INTO t (title, author, year) VALUES (?1, ?2, ?3)").unwrap();
+            for i in 0..scale.bulk_rows {
+                st.execute(rusqlite::params![format!("title {i}"), format!("author {i}"), 1900 + (i % 100) as i64]).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        let bulk = scale.bulk_rows as f64 / start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        {
+            let mut st = conn.prepare("INSERT INTO t (title, author, year) VALUES (?1, ?2, ?3)").unwrap();
+            for i in 0..scale.single_rows {
+                st.execute(rusqlite::params![format!("single {i}"), "a", 2000]).unwrap();
+            }
+        }
+        let single = scale.single_rows as f64 / start.elapsed().as_secs_f64();
+        let key = if capture { "capture" } else { "plain" };
+        res.insert(format!("{key}_bulk_rows_per_s"), json!(bulk.round()));
+        res.insert(format!("{key}_autocommit_rows_per_s"), json!(single.round()));
+    }
+    let f = |k: &str| res[k].as_f64().unwrap();
+    let bulk = f("plain_bulk_rows_per_s") / f("capture_bulk_rows_per_s");
+    let auto = f("plain_autocommit_rows_per_s") / f("capture_autocommit_rows_per_s");
+    res.insert("bulk_overhead".into(), json!(bulk));
+    res.insert("autocommit_overhead".into(), json!(auto));
+    serde_json::Value::Object(res)
+}
+
+/// The original's design on the same cluster: one row per JetStream message, each acknowledgement awaited.
+fn baseline(rt: &tokio::runtime::Runtime, port: u16, msgs: usize) -> f64 {
+    rt.block_on(async {
+        let client = async_nats::connect(format!("127.0.0.1:{port}")).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let _ = js.delete_stream("bench-baseline").await;
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "bench-baseline".into(),
+            subjects: vec!["bench-baseline".into()],
+            num_replicas: 3,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let payload = vec![b'x'; 160]; // about one CBOR-encoded Books row
+        let start = Instant::now();
+        for _ in 0..msgs {
+            js.publish("bench-baseline", payload.clone().into()).await.unwrap().await.unwrap();
+        }
+        let rate = msgs as f64 / start.elapsed().as_secs_f64();
+        let _ = js.delete_stream("bench-baseline").await;
+        rate
+    })
+}
+
+fn count(conn: &Connection) -> i64 {
+    conn.query_row("SELECT count(*) FROM bench", [], |r| r.get(0)).unwrap()
+}
+
+/// Write on node 1 in transactions of `batch` rows for `secs`, then wait until nodes 2 and 3 have every row.
+/// Returns (replicated rows/s, local write rows/s).
+fn throughput(c: &support::Cluster, batch: usize, secs: f64, next_id: &mut i64) -> (f64, f64) {
+    let mut w = support::open(&c.node(1).db);
+    let peers: Vec<Connection> = [2, 3].iter().map(|&i| support::open(&c.node(i).db)).collect();
+    let base: Vec<i64> = peers.iter().map(count).collect();
+    let start = Instant::now();
+    let mut rows = 0i64;
+    while start.elapsed().as_secs_f64() < secs {
+        let tx = w.transaction().unwrap();
+        {
+            let mut st = tx.prepare_cached("INSERT INTO bench (id, payload, t) VALUES (?1, ?2, ?3)").unwrap();
+            for _ in 0..batch {
+                st.execute(rusqlite::params![*next_id, "payload-payload-payload-payload-payload", 0]).unwrap();
+                *next_id += 1;
+            }
+        }
+        tx.commit().unwrap();
+        rows += batch as i64;
+    }
+    let wrote = start.elapsed().as_secs_f64();
+    loop {
+        let done = peers.iter().zip(&base).all(|(p, b)| count(p) - b >= rows);
+        if done {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            panic!("replication did not catch up within 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    (rows as f64 / start.elapsed().as_secs_f64(), rows as f64 / wrote)
+}
+
+/// Replication lag of single-row writes on node 1 as seen on node 2, with an optional background load of
+/// `load_rows_per_s` (100-row transactions on node 1).
+fn lag(c: &support::Cluster, samples: usize, load_rows_per_s: f64, next_id: &mut i64) -> (f64, f64, f64) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loader = (load_rows_per_s > 0.0).then(|| {
+        let db = c.node(1).db.clone();
+        let stop = stop.clone();
+        let mut id = 1_000_000_000i64 + *next_id;
+        std::thread::spawn(move || {
+            let mut w = support::open(&db);
+            let per_txn = 100.0;
+            let interval = Duration::from_secs_f64(per_txn / load_rows_per_s);
+            let mut next = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let tx = w.transaction().unwrap();
+                for _ in 0..per_txn as usize {
+                    tx.execute("INSERT INTO bench (id, payload, t) VALUES (?1, 'load', 0)", [id]).unwrap();
+                    id += 1;
+                }
+                tx.commit().unwrap();
+                next += interval;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        })
+    });
+    let w = support::open(&c.node(1).db);
+    let r = support::open(&c.node(2).db);
+    let mut lags = Vec::new();
+    for _ in 0..samples {
+        let id = *next_id;
+        *next_id += 1;
+        let t0 = Instant::now();
+        w.execute("INSERT INTO bench (id, payload, t) VALUES (?1, 'probe', 1)", [id]).unwrap();
+        loop {
+            let seen: i64 = r.query_row("SELECT count(*) FROM bench WHERE id = ?1", [id], |x| x.get(0)).unwrap();
+            if seen == 1 {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                panic!("probe {id} not replicated within 30 s");
+            }
+            std::thread::sleep(Duration::from_micros(300));
+        }
+        lags.push(t0.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(l) = loader {
+        l.join().unwrap();
+    }
+    (percentile(&mut lags, 0.5), percentile(&mut lags, 0.99), percentile(&mut lags, 1.0))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let json_out = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
+    let scale = if quick {
+        Scale { bulk_rows: 50_000, single_rows: 300, baseline_msgs: 1_000, run_secs: 2.0, lag_samples: 40 }
+    } else {
+        Scale { bulk_rows: 200_000, single_rows: 2_000, baseline_msgs: 5_000, run_secs: 8.0, lag_samples: 300 }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let dir = tempfile::Builder::new().prefix("hl-bench-").tempdir().unwrap();
+
+    eprintln!("bench: local SQLite insert rates...");
+    let local = sqlite_rates(dir.path(), &scale);
+
+    eprintln!("bench: starting three nodes...");
+    let opts = support::Options {
+        schema: "CREATE TABLE bench (id INTEGER PRIMARY KEY, payload TEXT, t INTEGER);".into(),
+        verbose: false,
+        ..Default::default()
+    };
+    let mut c = support::Cluster::new(opts);
+    let t0 = Instant::now();
+    for n in &mut c.nodes {
+        n.start();
+    }
+    for n in &c.nodes {
+        n.wait_running(Duration::from_secs(120));
+    }
+    let cold_start = t0.elapsed().as_secs_f64();
+
+    eprintln!("bench: baseline (one row per acknowledged message)...");
+    let base = baseline(&rt, c.node(1).client_port, scale.baseline_msgs);
+
+    let mut next_id = 1i64;
+    let mut results = serde_json::Map::new();
+    let mut max_rate: f64 = 0.0;
+    let mut rss_max = 0u64;
+    let sidecar_pids: Vec<u32> = c.nodes.iter().filter_map(|n| n.pid()).collect();
+    for batch in [1usize, 10, 100] {
+        eprintln!("bench: sustained replication, {batch}-row transactions...");
+        let (repl, write) = throughput(&c, batch, scale.run_secs, &mut next_id);
+        rss_max = rss_max.max(sidecar_pids.iter().map(|&p| rss_kb(p)).max().unwrap_or(0));
+        max_rate = max_rate.max(repl);
+        results.insert(format!("txn_{batch}"), json!({"replicated_rows_per_s": repl.round(), "written_rows_per_s": write.round()}));
+    }
+    eprintln!("bench: lag idle...");
+    let (idle50, idle99, idlemax) = lag(&c, scale.lag_samples, 0.0, &mut next_id);
+    eprintln!("bench: lag at half the maximum rate ({:.0} rows/s)...", max_rate / 2.0);
+    let (load50, load99, loadmax) = lag(&c, scale.lag_samples, max_rate / 2.0, &mut next_id);
+    rss_max = rss_max.max(sidecar_pids.iter().map(|&p| rss_kb(p)).max().unwrap_or(0));
+    let nats_rss: u64 = sidecar_pids.iter().flat_map(|&p| children(p)).map(rss_kb).max().unwrap_or(0);
+
+    let report = json!({
+        "quick": quick,
+        "local_sqlite": local,
+        "baseline_one_row_per_acked_message_rows_per_s": base.round(),
+        "replication": results,
+        "max_replicated_rows_per_s": max_rate.round(),
+        "speedup_vs_baseline": max_rate / base,
+        "lag_ms": {"idle": {"p50": idle50, "p99": idle99, "max": idlemax},
+                   "half_max_rate": {"p50": load50, "p99": load99, "max": loadmax, "load_rows_per_s": (max_rate / 2.0).round()}},
+        "sidecar_rss_mb_max": rss_max as f64 / 1024.0,
+        "nats_server_rss_mb": nats_rss as f64 / 1024.0,
+        "cold_start_3_nodes_s": cold_start,
+    });
+
+    let l = &report["local_sqlite"];
+    println!("HarmonyLite bench{}", if quick { " (quick)" } else { "" });
+    println!("{:<58} {:>14}", "measure", "value");
+    let row = |k: &str, v: String| println!("{k:<58} {v:>14}");
+    row("plain SQLite bulk insert (rows/s)", format!("{}", l["plain_bulk_rows_per_s"]));
+    row("with capture, bulk insert (rows/s)", format!("{}", l["capture_bulk_rows_per_s"]));
+    row("capture overhead, bulk (x)", format!("{:.2}", l["bulk_overhead"].as_f64().unwrap()));
+    row("plain SQLite autocommit insert (rows/s)", format!("{}", l["plain_autocommit_rows_per_s"]));
+    row("with capture, autocommit insert (rows/s)", format!("{}", l["capture_autocommit_rows_per_s"]));
+    row("capture overhead, autocommit (x)", format!("{:.2}", l["autocommit_overhead"].as_f64().unwrap()));
+    row("baseline: one row per acked message (rows/s)", format!("{base:.0}"));
+    for b in [1, 10, 100] {
+        row(&format!("replicated rows/s, {b}-row transactions"), format!("{}", results[&format!("txn_{b}")]["replicated_rows_per_s"]));
+    }
+    row("speedup vs baseline (x)", format!("{:.1}", max_rate / base));
+    row("lag idle p50 / p99 (ms)", format!("{idle50:.1} / {idle99:.1}"));
+    row("lag at half max rate p50 / p99 (ms)", format!("{load50:.1} / {load99:.1}"));
+    row("sidecar RSS max (MB)", format!("{:.1}", rss_max as f64 / 1024.0));
+    row("nats-server RSS (MB)", format!("{:.1}", nats_rss as f64 / 1024.0));
+    row("three-node cold start to ready (s)", format!("{cold_start:.2}"));
+    let text = serde_json::to_string_pretty(&report).unwrap();
+    println!("{text}");
+    if let Some(path) = json_out {
+        std::fs::write(path, &text).unwrap();
+    }
+    for n in &mut c.nodes {
+        n.stop();
+    }
+}

@@ -1,0 +1,142 @@
+//! The node's own NATS client: to the embedded server's loopback port, or to the external `nats.urls`.
+//!
+//! The initial connection is tried a bounded number of times (`nats.connect_retries`, `reconnect_wait_seconds`
+//! apart) and fails start-up with the last error. Once connected, the client reconnects forever, quickly at
+//! first and then every `reconnect_wait_seconds`, logging each disconnect and reconnect.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, Event};
+
+use super::NatsError;
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientSettings {
+    /// Comma-separated server URLs.
+    pub urls: String,
+    /// Client name, `harmonylite-node-<id>`.
+    pub name: String,
+    pub user: Option<(String, String)>,
+    pub nkey_seed: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    pub require_tls: bool,
+    /// Embedded mode: talk only to our own server (ignore servers it advertises).
+    pub own_server_only: bool,
+    pub attempts: u32,
+    pub retry_wait: Duration,
+    pub reconnect_wait: Duration,
+}
+
+fn options(s: &ClientSettings) -> ConnectOptions {
+    let mut opts = ConnectOptions::new()
+        .name(&s.name)
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .reconnect_delay_callback({
+            let cap = s.reconnect_wait;
+            move |attempts| reconnect_delay(attempts, cap)
+        })
+        .event_callback({
+            let name = s.name.clone();
+            move |event| {
+                let name = name.clone();
+                async move { log_event(&name, event) }
+            }
+        });
+    if let Some((user, password)) = &s.user {
+        opts = opts.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(seed) = &s.nkey_seed {
+        opts = opts.nkey(seed.clone());
+    }
+    if let Some(ca) = &s.ca_file {
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &s.client_cert {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    if s.require_tls {
+        opts = opts.require_tls(true);
+    }
+    if s.own_server_only {
+        opts = opts.ignore_discovered_servers().retain_servers_order();
+    }
+    opts
+}
+
+/// 0 for the first attempt, then 100 ms doubling, capped at `cap`.
+pub(crate) fn reconnect_delay(attempts: usize, cap: Duration) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = (attempts - 2).min(16) as u32;
+    Duration::from_millis(100u64.saturating_mul(1 << exp)).min(cap.max(Duration::from_millis(100)))
+}
+
+fn log_event(name: &str, event: Event) {
+    match event {
+        Event::Connected => tracing::info!(client = name, "connected to NATS"),
+        Event::Disconnected => tracing::warn!(client = name, "disconnected from NATS; reconnecting"),
+        Event::LameDuckMode => tracing::warn!(client = name, "NATS server entered lame duck mode"),
+        Event::Closed => tracing::info!(client = name, "NATS connection closed"),
+        Event::SlowConsumer(sid) => tracing::warn!(client = name, sid, "slow NATS consumer"),
+        other => tracing::warn!(client = name, "NATS: {other}"),
+    }
+}
+
+/// Connects, retrying the initial connection `settings.attempts` times.
+pub(crate) async fn connect(settings: &ClientSettings) -> Result<Client, NatsError> {
+    let attempts = settings.attempts.max(1);
+    let mut last = String::new();
+    for attempt in 1..=attempts {
+        match options(settings).connect(settings.urls.as_str()).await {
+            Ok(client) => {
+                tracing::info!(urls = %settings.urls, attempt, "NATS client connected");
+                return Ok(client);
+            }
+            Err(e) => {
+                last = e.to_string();
+                tracing::warn!(urls = %settings.urls, attempt, attempts, error = %e, "cannot connect to NATS");
+                // Authentication failures will not heal by retrying.
+                if matches!(
+                    e.kind(),
+                    async_nats::ConnectErrorKind::AuthorizationViolation | async_nats::ConnectErrorKind::Authentication
+                ) {
+                    return Err(NatsError::Connect { urls: settings.urls.clone(), attempts: attempt, reason: last });
+                }
+            }
+        }
+        if attempt < attempts {
+            tokio::time::sleep(settings.retry_wait).await;
+        }
+    }
+    Err(NatsError::Connect { urls: settings.urls.clone(), attempts, reason: last })
+}
+
+/// Number of servers the connected server advertises (its cluster's client URLs), counting itself; at least 1.
+pub(crate) fn advertised_servers(client: &Client) -> usize {
+    let info = client.server_info();
+    let own = format!("{}:{}", info.host, info.port);
+    let mut urls: Vec<String> = info.connect_urls.iter().map(|u| u.trim_start_matches("nats://").to_string()).collect();
+    urls.sort();
+    urls.dedup();
+    let includes_self = urls.iter().any(|u| *u == own);
+    (urls.len() + usize::from(!includes_self)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_grow_to_the_cap() {
+        let cap = Duration::from_secs(2);
+        let delays: Vec<u64> = (1..=8).map(|a| reconnect_delay(a, cap).as_millis() as u64).collect();
+        assert_eq!(delays, [0, 100, 200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(reconnect_delay(1000, cap), cap);
+        assert_eq!(reconnect_delay(3, Duration::ZERO), Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,304 @@
+//! NATS for HarmonyLite: the bundled nats-server (extract, configure, spawn, supervise, readiness) or an
+//! external cluster, and the node's JetStream client.
+//!
+//! [`Nats::start`] is the entry point. With `nats.urls` empty it runs the embedded server:
+//!
+//! 1. [`extract`]: the binary embedded at build time is written once to the per-user cache;
+//! 2. [`conf`] (with [`conf_syntax`] and [`routes`]): a config file is generated from `[nats]` and the
+//!    `-cluster-addr`/`-cluster-peers`/`-leaf-servers` flags, and the user's `nats.server_config` merged in;
+//! 3. [`server`]: the child process is spawned and supervised (restarted when it dies, killed with us);
+//! 4. [`client`]: the node connects to it on loopback;
+//! 5. [`ready`]: start-up waits until JetStream answers (a meta leader exists).
+//!
+//! With `nats.urls` set, only steps 4 and 5 run, against the external servers.
+
+mod client;
+pub mod conf;
+pub mod conf_syntax;
+mod error;
+pub mod extract;
+mod ready;
+mod routes;
+mod server;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use error::NatsError;
+
+use crate::config::Config;
+use conf::{ClusterSpec, ServerSpec, TlsFiles, User};
+use server::{Launch, ServerProcess};
+
+/// The cluster flags of the command line (`-cluster-addr`, `-cluster-peers`, `-leaf-servers`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterFlags {
+    /// Route listen address `host:port`; without it the embedded server runs alone.
+    pub cluster_addr: Option<String>,
+    /// Route URLs (`nats://host:port/`, or `dns://host:port/?min=N&interval_ms=M`).
+    pub cluster_peers: Vec<String>,
+    /// Leaf-node remote URLs (`?hub=true` marks a hub; `dns://` is expanded too).
+    pub leaf_servers: Vec<String>,
+}
+
+impl ClusterFlags {
+    /// The flags as given on the command line.
+    pub fn from_cli(cli: &crate::cli::Cli) -> ClusterFlags {
+        ClusterFlags {
+            cluster_addr: cli.cluster_addr.clone(),
+            cluster_peers: cli.cluster_peers.clone(),
+            leaf_servers: cli.leaf_servers.clone(),
+        }
+    }
+}
+
+/// Version of the bundled nats-server (e.g. `2.15.1`), for `harmonylite -version`.
+pub fn bundled_version() -> &'static str {
+    extract::BUNDLED_VERSION
+}
+
+/// A connected NATS: the client and JetStream context, and the embedded server when there is one.
+pub struct Nats {
+    pub client: async_nats::Client,
+    pub jetstream: async_nats::jetstream::Context,
+    server: Option<ServerProcess>,
+    cluster_size_hint: usize,
+}
+
+impl std::fmt::Debug for Nats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nats")
+            .field("embedded", &self.server.is_some())
+            .field("server_pid", &self.server_pid())
+            .field("cluster_size_hint", &self.cluster_size_hint)
+            .finish()
+    }
+}
+
+impl Nats {
+    /// Starts the embedded server (when `nats.urls` is empty) or connects to the external one, and waits until
+    /// JetStream is ready (bounded by `nats.ready_timeout_seconds`).
+    pub async fn start(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, NatsError> {
+        if cfg.nats.urls.is_empty() {
+            start_embedded(cfg, flags).await
+        } else {
+            start_external(cfg, flags).await
+        }
+    }
+
+    /// Expected number of servers in the cluster: embedded, 1 + the route peers (after `dns://` expansion,
+    /// not counting our own address); external, the servers the connected one advertises. At least 1.
+    pub fn cluster_size_hint(&self) -> usize {
+        self.cluster_size_hint
+    }
+
+    /// How many times the embedded server was restarted after it died (0 for external NATS).
+    pub fn server_restarts(&self) -> u64 {
+        self.server.as_ref().map_or(0, ServerProcess::restarts)
+    }
+
+    /// Pid of the embedded nats-server while it runs.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().and_then(ServerProcess::pid)
+    }
+
+    /// Client port of the embedded server while it runs.
+    pub fn client_port(&self) -> Option<u16> {
+        self.server.as_ref().and_then(|s| s.ports()).map(|p| p.client_port)
+    }
+
+    /// Monitoring base URL of the embedded server (`http://127.0.0.1:<port>`), when it has one.
+    pub fn monitor_url(&self) -> Option<String> {
+        self.server.as_ref().and_then(|s| s.ports()).and_then(|p| p.monitor_url)
+    }
+
+    /// True when this node runs its own nats-server.
+    pub fn is_embedded(&self) -> bool {
+        self.server.is_some()
+    }
+
+    /// Closes the client (flushing what it buffered), then stops the embedded server gracefully.
+    pub async fn shutdown(mut self) {
+        if tokio::time::timeout(Duration::from_secs(5), self.client.drain()).await.is_err() {
+            tracing::warn!("NATS client did not drain within 5 s");
+        }
+        if let Some(server) = self.server.take() {
+            let _ = tokio::task::spawn_blocking(move || server.stop()).await;
+        }
+    }
+}
+
+fn non_empty(path: &Option<PathBuf>) -> Option<PathBuf> {
+    path.clone().filter(|p| !p.as_os_str().is_empty())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task panicked")
+}
+
+async fn start_embedded(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, NatsError> {
+    let n = &cfg.nats;
+    let server_name = cfg.server_name();
+    let store_dir = cfg.data_root_dir().join("nats").join(&server_name);
+    std::fs::create_dir_all(&store_dir).map_err(|e| NatsError::io("cannot create", &store_dir, e))?;
+    let conf_path = cfg.data_root_dir().join("nats").join(format!("{server_name}.conf"));
+
+    let (client_host, client_port) = routes::parse_bind_address(&n.bind_address)?;
+    let user_path = non_empty(&n.server_config);
+    let user_conf = match &user_path {
+        Some(p) => Some(blocking({
+            let p = p.clone();
+            move || conf::load_user_config(&p)
+        })
+        .await?),
+        None => None,
+    };
+
+    let mut users = Vec::new();
+    if !n.user_name.is_empty() {
+        users.push(User::Password { user: n.user_name.clone(), password: n.user_password.clone() });
+    }
+    let seed = match non_empty(&n.seed_file) {
+        Some(path) => {
+            let (seed, public_key) = conf::read_seed_file(&path)?;
+            users.push(User::Nkey { public_key });
+            Some(seed)
+        }
+        None => None,
+    };
+    let tls = match (non_empty(&n.cert_file), non_empty(&n.key_file)) {
+        (Some(cert_file), Some(key_file)) => Some(TlsFiles { cert_file, key_file, ca_file: non_empty(&n.ca_file) }),
+        _ => None,
+    };
+
+    // Routes and leaf remotes; dns:// entries resolve in the background thread pool.
+    let peers = flags.cluster_peers.iter().map(|p| routes::parse_peer(p)).collect::<Result<Vec<_>, _>>()?;
+    let leaves = flags.leaf_servers.iter().map(|l| routes::parse_leaf(l)).collect::<Result<Vec<_>, _>>()?;
+    let cluster_addr = flags.cluster_addr.as_deref().filter(|a| !a.is_empty());
+    let (peer_urls, leaf_remotes) = blocking(move || {
+        let peer_urls = routes::expand(&peers, routes::DNS_WAIT);
+        let leaf_remotes = leaves
+            .iter()
+            .map(|(seed, hub)| routes::LeafRemote { urls: routes::expand(std::slice::from_ref(seed), routes::DNS_WAIT), hub: *hub })
+            .filter(|r| !r.urls.is_empty())
+            .collect::<Vec<_>>();
+        (peer_urls, leaf_remotes)
+    })
+    .await;
+
+    let (cluster, other_peers) = match cluster_addr {
+        Some(addr) => {
+            let (host, port) = routes::parse_cluster_addr(addr)?;
+            let others: Vec<String> = peer_urls.iter().filter(|u| !routes::is_self(u, &host, port)).cloned().collect();
+            (Some(ClusterSpec { listen: addr.to_string(), routes: peer_urls.clone() }), others)
+        }
+        None => {
+            if !peer_urls.is_empty() {
+                tracing::warn!("-cluster-peers given without -cluster-addr: the embedded server runs without a cluster");
+            }
+            (None, Vec::new())
+        }
+    };
+
+    let spec = ServerSpec {
+        server_name: server_name.clone(),
+        client_host: client_host.clone(),
+        client_port,
+        monitor: true,
+        ports_file_dir: store_dir.clone(),
+        store_dir,
+        sync_always: n.sync_always,
+        cluster,
+        leaf_remotes,
+        users,
+        tls: tls.clone(),
+    };
+    let ports_dir = conf::effective_ports_dir(&spec, user_conf.as_ref());
+    let binary = blocking(extract::server_binary).await?;
+    let render = {
+        let spec = spec.clone();
+        Box::new(move |pinned: Option<u16>| {
+            let mut spec = spec.clone();
+            if let Some(port) = pinned {
+                spec.client_port = i32::from(port);
+            }
+            conf::render(&spec, user_conf.as_ref(), user_path.as_deref())
+        })
+    };
+    let launch = Launch { binary, conf_path, ports_dir, render };
+    let (server, ports) = ServerProcess::start(launch).await?;
+
+    let connect_host = match client_host.as_str() {
+        "0.0.0.0" => "127.0.0.1".to_string(),
+        "::" => "[::1]".to_string(),
+        h if h.contains(':') => format!("[{h}]"),
+        h => h.to_string(),
+    };
+    let scheme = if tls.is_some() { "tls" } else { "nats" };
+    let settings = client::ClientSettings {
+        urls: format!("{scheme}://{connect_host}:{}", ports.client_port),
+        name: server_name,
+        user: (!n.user_name.is_empty()).then(|| (n.user_name.clone(), n.user_password.clone())),
+        nkey_seed: seed,
+        ca_file: non_empty(&n.ca_file),
+        client_cert: tls.as_ref().map(|t| (t.cert_file.clone(), t.key_file.clone())),
+        require_tls: tls.is_some(),
+        own_server_only: true,
+        attempts: 20,
+        retry_wait: Duration::from_millis(250),
+        reconnect_wait: Duration::from_secs(n.reconnect_wait_seconds.max(1)),
+    };
+    let probe = ready::Probe {
+        peers: other_peers.iter().filter_map(|u| routes::probe_target(u, 6222)).collect(),
+        monitor_url: ports.monitor_url.clone(),
+    };
+    let cluster_size_hint = 1 + other_peers.len();
+    let connected = async {
+        let client = client::connect(&settings).await?;
+        let jetstream = async_nats::jetstream::new(client.clone());
+        ready::wait_ready(&jetstream, Duration::from_secs(n.ready_timeout_seconds), &probe).await?;
+        Ok::<_, NatsError>((client, jetstream))
+    };
+    match connected.await {
+        Ok((client, jetstream)) => Ok(Nats { client, jetstream, server: Some(server), cluster_size_hint }),
+        Err(e) => {
+            let _ = tokio::task::spawn_blocking(move || server.stop()).await;
+            Err(e)
+        }
+    }
+}
+
+async fn start_external(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, NatsError> {
+    let n = &cfg.nats;
+    if flags.cluster_addr.is_some() || !flags.cluster_peers.is_empty() || !flags.leaf_servers.is_empty() {
+        tracing::warn!("nats.urls is set: -cluster-addr, -cluster-peers and -leaf-servers are ignored");
+    }
+    let seed = match non_empty(&n.seed_file) {
+        Some(path) => Some(conf::read_seed_file(&path)?.0),
+        None => None,
+    };
+    let urls = n.urls.join(",");
+    let client_cert = match (non_empty(&n.cert_file), non_empty(&n.key_file)) {
+        (Some(c), Some(k)) => Some((c, k)),
+        _ => None,
+    };
+    let settings = client::ClientSettings {
+        require_tls: client_cert.is_some() || n.urls.iter().any(|u| u.trim_start().starts_with("tls://")),
+        urls,
+        name: cfg.server_name(),
+        user: (!n.user_name.is_empty()).then(|| (n.user_name.clone(), n.user_password.clone())),
+        nkey_seed: seed,
+        ca_file: non_empty(&n.ca_file),
+        client_cert,
+        own_server_only: false,
+        attempts: n.connect_retries.max(1),
+        retry_wait: Duration::from_secs(n.reconnect_wait_seconds),
+        reconnect_wait: Duration::from_secs(n.reconnect_wait_seconds.max(1)),
+    };
+    let client = client::connect(&settings).await?;
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let probe = ready::Probe { peers: Vec::new(), monitor_url: None };
+    ready::wait_ready(&jetstream, Duration::from_secs(n.ready_timeout_seconds), &probe).await?;
+    let cluster_size_hint = client::advertised_servers(&client);
+    Ok(Nats { client, jetstream, server: None, cluster_size_hint })
+}

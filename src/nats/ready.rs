@@ -1,0 +1,127 @@
+//! Readiness: JetStream answers and, in a cluster, a meta leader exists.
+//!
+//! `$JS.API.INFO` (account info) only succeeds once the JetStream meta group has a leader; before that it
+//! fails with "JetStream system temporarily unavailable", times out or finds no responders. We poll it until
+//! it succeeds or `nats.ready_timeout_seconds` passes. On timeout the error says which route peers did not
+//! accept a TCP connection and how many servers the embedded one is connected to (from its `/routez`).
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::NatsError;
+
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+const POLL: Duration = Duration::from_millis(200);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What readiness knows about the cluster, for progress and error messages.
+pub(crate) struct Probe {
+    /// `host:port` of each configured route peer (empty for a single node or external NATS).
+    pub peers: Vec<String>,
+    /// Monitoring base URL of the embedded server (`http://127.0.0.1:port`), when there is one.
+    pub monitor_url: Option<String>,
+}
+
+/// Waits until JetStream answers. Logs "cluster formed" and "JetStream ready" with the time taken.
+pub(crate) async fn wait_ready(js: &Context, timeout: Duration, probe: &Probe) -> Result<(), NatsError> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut last_error;
+    let mut logged_waiting = false;
+    loop {
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, js.query_account()).await {
+            Ok(Ok(_)) => {
+                if let Some(servers) = connected_servers(probe).await {
+                    tracing::info!(servers, elapsed_ms = started.elapsed().as_millis() as u64, "cluster formed");
+                }
+                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "JetStream ready");
+                return Ok(());
+            }
+            Ok(Err(e)) => last_error = e.to_string(),
+            Err(_) => last_error = format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+        }
+        if !logged_waiting && started.elapsed() > Duration::from_secs(5) {
+            logged_waiting = true;
+            tracing::info!(last_error = %last_error, "waiting for JetStream (cluster peers and a meta leader)");
+        }
+        if Instant::now() + POLL >= deadline {
+            return Err(NatsError::NotReady {
+                waited_seconds: timeout.as_secs(),
+                last_error,
+                cluster: diagnose(probe).await,
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A sentence about peers and connections, for the timeout error.
+async fn diagnose(probe: &Probe) -> String {
+    let mut parts = Vec::new();
+    match connected_servers(probe).await {
+        Some(n) => parts.push(format!("{n} server(s) connected in the cluster, counting this one")),
+        None if probe.monitor_url.is_some() => parts.push("cluster connections unknown (monitoring did not answer)".into()),
+        None => {}
+    }
+    if !probe.peers.is_empty() {
+        let mut unreachable = Vec::new();
+        for peer in &probe.peers {
+            let reachable = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(peer.as_str()))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if !reachable {
+                unreachable.push(peer.clone());
+            }
+        }
+        if unreachable.is_empty() {
+            parts.push(format!("all {} -cluster-peers accept connections", probe.peers.len()));
+        } else {
+            parts.push(format!(
+                "-cluster-peers not reachable: {} (of {} configured)",
+                unreachable.join(", "),
+                probe.peers.len()
+            ));
+        }
+    }
+    if parts.is_empty() {
+        "no cluster configured".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// Distinct servers this one has routes to, plus itself; `None` without monitoring.
+pub(crate) async fn connected_servers(probe: &Probe) -> Option<usize> {
+    let base = probe.monitor_url.as_deref()?;
+    let routez = http_get_json(base, "/routez").await?;
+    let mut remotes: Vec<&str> = routez
+        .get("routes")?
+        .as_array()?
+        .iter()
+        .filter_map(|r| r.get("remote_id").and_then(|v| v.as_str()))
+        .collect();
+    remotes.sort_unstable();
+    remotes.dedup();
+    Some(remotes.len() + 1)
+}
+
+/// Minimal HTTP/1.0 GET of a JSON document from the embedded server's monitoring port (plain http only).
+pub(crate) async fn http_get_json(base: &str, path: &str) -> Option<serde_json::Value> {
+    let hostport = base.strip_prefix("http://")?.trim_end_matches('/');
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(hostport).await.ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut body = Vec::new();
+        stream.read_to_end(&mut body).await.ok()?;
+        let text = String::from_utf8_lossy(&body);
+        let (head, json) = text.split_once("\r\n\r\n")?;
+        if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+            return None;
+        }
+        serde_json::from_str(json).ok()
+    };
+    tokio::time::timeout(PROBE_TIMEOUT * 2, fetch).await.ok().flatten()
+}
