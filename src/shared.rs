@@ -53,12 +53,18 @@ impl Stats {
     /// Shards paused on a message they cannot apply, with the reason.
     pub fn paused(&self) -> Vec<(u32, String)> {
         let v = self.paused.lock().unwrap();
-        v.iter().enumerate().filter_map(|(i, e)| e.clone().map(|e| (i as u32 + 1, e))).collect()
+        v.iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.clone().map(|e| (i as u32 + 1, e)))
+            .collect()
     }
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }
 
 /// State shared by the publisher and the applier.
@@ -71,7 +77,12 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(cfg: Config, capture: Capture, pending: Pending) -> Shared {
-        Shared { cfg, capture: RwLock::new(Arc::new(capture)), pending, stats: Stats::default() }
+        Shared {
+            cfg,
+            capture: RwLock::new(Arc::new(capture)),
+            pending,
+            stats: Stats::default(),
+        }
     }
     pub fn capture(&self) -> Arc<Capture> {
         self.capture.read().unwrap().clone()
@@ -80,4 +91,3 @@ impl Shared {
         *self.capture.write().unwrap() = Arc::new(cap);
     }
 }
-

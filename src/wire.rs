@@ -252,8 +252,9 @@ mod tests {
         let k2 = key_bytes(&[Value::Text(b"1".to_vec())]);
         assert_ne!(k1, k2);
         assert_eq!(shard_of("a", &k1, 4), shard_of("a", &k1, 4));
-        let spread: std::collections::HashSet<u32> =
-            (0..100).map(|i| shard_of("a", &key_bytes(&[Value::Integer(i)]), 4)).collect();
+        let spread: std::collections::HashSet<u32> = (0..100)
+            .map(|i| shard_of("a", &key_bytes(&[Value::Integer(i)]), 4))
+            .collect();
         assert_eq!(spread.len(), 4);
         assert!(spread.iter().all(|s| (1..=4).contains(s)));
     }

@@ -32,13 +32,17 @@ fn insert_update_delete_multitable_bulk_and_lww() {
     // UPDATE
     n1.sql("UPDATE Books SET title = 'Pride & Prejudice' WHERE id = 8;");
     for n in [n2, n3] {
-        eventually(T, "update replicated", || n.sql("SELECT title FROM Books WHERE id = 8;").trim() == "Pride & Prejudice");
+        eventually(T, "update replicated", || {
+            n.sql("SELECT title FROM Books WHERE id = 8;").trim() == "Pride & Prejudice"
+        });
     }
 
     // DELETE
     n1.sql("DELETE FROM Books WHERE id = 8;");
     for n in [n2, n3] {
-        eventually(T, "delete replicated", || count(n, "SELECT count(*) FROM Books WHERE id = 8;") == 0);
+        eventually(T, "delete replicated", || {
+            count(n, "SELECT count(*) FROM Books WHERE id = 8;") == 0
+        });
     }
 
     // Multi-table, written by a second process (rusqlite).
@@ -64,7 +68,10 @@ fn insert_update_delete_multitable_bulk_and_lww() {
     n1.sql(&stmts);
     for n in [n2, n3] {
         eventually(Duration::from_secs(60), "bulk replicated", || {
-            count(n, "SELECT count(*) FROM Books WHERE id >= 1000 AND id < 1100;") == 100
+            count(
+                n,
+                "SELECT count(*) FROM Books WHERE id >= 1000 AND id < 1100;",
+            ) == 100
         });
     }
 
@@ -73,7 +80,10 @@ fn insert_update_delete_multitable_bulk_and_lww() {
     std::thread::sleep(Duration::from_millis(100));
     n2.sql("UPDATE Books SET title = 'Node2 Update' WHERE id = 1;");
     c.converged("Books", T);
-    assert_eq!(n3.sql("SELECT title FROM Books WHERE id = 1;").trim(), "Node2 Update");
+    assert_eq!(
+        n3.sql("SELECT title FROM Books WHERE id = 1;").trim(),
+        "Node2 Update"
+    );
     c.converged("Authors", T);
 
     // A table created while the nodes run is captured, including rows written right after its creation.
@@ -90,8 +100,15 @@ fn insert_update_delete_multitable_bulk_and_lww() {
 #[test]
 fn concurrent_writers_on_the_same_rows_converge() {
     let schema = format!("{BOOKS}\nCREATE TABLE hot (id INTEGER PRIMARY KEY, v TEXT, n INTEGER);");
-    let c = Cluster::start(Options { schema, ..Default::default() });
-    c.node(1).sql(&(1..=10).map(|i| format!("INSERT INTO hot VALUES ({i}, 'seed', 0);")).collect::<String>());
+    let c = Cluster::start(Options {
+        schema,
+        ..Default::default()
+    });
+    c.node(1).sql(
+        &(1..=10)
+            .map(|i| format!("INSERT INTO hot VALUES ({i}, 'seed', 0);"))
+            .collect::<String>(),
+    );
     c.converged("hot", T);
     let dbs: Vec<_> = c.nodes.iter().map(|n| n.db.clone()).collect();
     let handles: Vec<_> = dbs
@@ -102,8 +119,11 @@ fn concurrent_writers_on_the_same_rows_converge() {
                 let conn = open(&db);
                 for round in 0..60 {
                     for id in 1..=10 {
-                        conn.execute("UPDATE hot SET v = ?1, n = ?2 WHERE id = ?3", rusqlite::params![format!("w{w}-r{round}"), round, id])
-                            .unwrap();
+                        conn.execute(
+                            "UPDATE hot SET v = ?1, n = ?2 WHERE id = ?3",
+                            rusqlite::params![format!("w{w}-r{round}"), round, id],
+                        )
+                        .unwrap();
                     }
                     std::thread::sleep(Duration::from_millis(3));
                 }
@@ -117,7 +137,10 @@ fn concurrent_writers_on_the_same_rows_converge() {
     assert_eq!(rows, 10);
     let values = c.node(1).sql("SELECT v FROM hot ORDER BY id;");
     for v in values.lines() {
-        assert!(v.starts_with('w') && v.contains("-r"), "unexpected value {v}");
+        assert!(
+            v.starts_with('w') && v.contains("-r"),
+            "unexpected value {v}"
+        );
     }
     // Stays converged (no late flicker).
     std::thread::sleep(Duration::from_millis(500));
@@ -134,7 +157,11 @@ fn large_two_table_transaction_is_atomic_on_peers() {
         let db = n2.db.clone();
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+            let conn = rusqlite::Connection::open_with_flags(
+                &db,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .unwrap();
             conn.busy_timeout(Duration::from_secs(5)).unwrap();
             let mut seen = std::collections::BTreeSet::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -163,7 +190,10 @@ fn large_two_table_transaction_is_atomic_on_peers() {
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let seen = reader.join().unwrap();
-    assert!(seen.iter().all(|&s| s == (0, 0) || s == (5000, 5000)), "reader saw a partial transaction: {seen:?}");
+    assert!(
+        seen.iter().all(|&s| s == (0, 0) || s == (5000, 5000)),
+        "reader saw a partial transaction: {seen:?}"
+    );
     assert!(seen.contains(&(5000, 5000)));
     c.converged("Books", T);
     c.converged("Authors", T);
@@ -181,21 +211,35 @@ fn exact_values_and_every_kind_of_key() {
         CREATE TABLE "Order Items" ("select" INTEGER PRIMARY KEY, "we""ird" TEXT, [group] TEXT);
         CREATE TABLE textpk (code TEXT PRIMARY KEY, name TEXT);
     "#;
-    let c = Cluster::start(Options { schema: schema.into(), ..Default::default() });
+    let c = Cluster::start(Options {
+        schema: schema.into(),
+        ..Default::default()
+    });
     let (n1, n2) = (c.node(1), c.node(2));
     {
         let conn = open(&n1.db);
-        let big_blob: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-        let big_text: String = (0..100_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let big_blob: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let big_text: String = (0..100_000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
         conn.execute(
             "INSERT INTO vals VALUES (1, ?1, ?2, ?3, ?4, ?5, '2024-02-29 23:59:59.123456789+05:30')",
             rusqlite::params![i64::MIN, -0.0f64, -0.0f64, big_text, big_blob],
         )
         .unwrap();
-        conn.execute("INSERT INTO vals VALUES (2, ?1, ?2, ?3, 'x', x'', 'not a date')", rusqlite::params![i64::MAX, f64::INFINITY, f64::NEG_INFINITY])
-            .unwrap();
+        conn.execute(
+            "INSERT INTO vals VALUES (2, ?1, ?2, ?3, 'x', x'', 'not a date')",
+            rusqlite::params![i64::MAX, f64::INFINITY, f64::NEG_INFINITY],
+        )
+        .unwrap();
         conn.execute("INSERT INTO vals VALUES (3, 'text in an integer column', 1.5, 7, NULL, NULL, 1700000000)", []).unwrap();
-        conn.execute("INSERT INTO vals (id, t) VALUES (4, CAST(x'fffe00' AS TEXT))", []).unwrap();
+        conn.execute(
+            "INSERT INTO vals (id, t) VALUES (4, CAST(x'fffe00' AS TEXT))",
+            [],
+        )
+        .unwrap();
     }
     n1.sql(
         "INSERT INTO comp VALUES ('x,y', 1, 'one'), ('it''s', 2, 'two'), ('z', 3, 'three');
@@ -209,13 +253,27 @@ fn exact_values_and_every_kind_of_key() {
     }
     // exact storage classes on the peer
     let conn = open(&n2.db);
-    let (r, u): (f64, f64) = conn.query_row("SELECT r, u FROM vals WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
-    assert_eq!(u.to_bits(), (-0.0f64).to_bits(), "-0.0 in an untyped column keeps its sign");
+    let (r, u): (f64, f64) = conn
+        .query_row("SELECT r, u FROM vals WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(
+        u.to_bits(),
+        (-0.0f64).to_bits(),
+        "-0.0 in an untyped column keeps its sign"
+    );
     assert_eq!(r, 0.0);
     let types = n2.sql("SELECT typeof(i), typeof(d) FROM vals WHERE id = 3;");
     assert_eq!(types.trim(), "text|integer");
-    assert_eq!(n2.sql("SELECT d FROM vals WHERE id = 1;").trim(), "2024-02-29 23:59:59.123456789+05:30");
-    assert_eq!(n2.sql("SELECT hex(t) FROM vals WHERE id = 4;").trim(), "FFFE00");
+    assert_eq!(
+        n2.sql("SELECT d FROM vals WHERE id = 1;").trim(),
+        "2024-02-29 23:59:59.123456789+05:30"
+    );
+    assert_eq!(
+        n2.sql("SELECT hex(t) FROM vals WHERE id = 4;").trim(),
+        "FFFE00"
+    );
 
     // updates and deletes by every kind of key; a primary key change leaves no stale row
     n1.sql(
@@ -232,9 +290,18 @@ fn exact_values_and_every_kind_of_key() {
         c.converged(t, T);
     }
     assert_eq!(n2.sql("SELECT k FROM wr ORDER BY k;").trim(), "k2\nk3");
-    assert_eq!(n2.sql("SELECT \"select\" FROM \"Order Items\";").trim(), "2");
-    assert_eq!(n2.sql("SELECT code FROM textpk ORDER BY code;").trim(), "B2\nC3");
-    assert_eq!(n2.sql("SELECT id FROM vals ORDER BY id;").trim(), "1\n3\n4\n10");
+    assert_eq!(
+        n2.sql("SELECT \"select\" FROM \"Order Items\";").trim(),
+        "2"
+    );
+    assert_eq!(
+        n2.sql("SELECT code FROM textpk ORDER BY code;").trim(),
+        "B2\nC3"
+    );
+    assert_eq!(
+        n2.sql("SELECT id FROM vals ORDER BY id;").trim(),
+        "1\n3\n4\n10"
+    );
     assert_eq!(n2.sql("SELECT count(*) FROM nopk;").trim(), "1");
 }
 
@@ -244,13 +311,19 @@ fn exact_values_and_every_kind_of_key() {
 fn killed_node_catches_up_and_offline_writes_arrive() {
     let mut c = Cluster::start(Options::default());
     c.node_mut(3).kill9();
-    c.node(1).sql("INSERT INTO Books (id, title, author) VALUES (200, 'While 3 was down', 'X');");
-    eventually(T, "row on node 2", || count(c.node(2), "SELECT count(*) FROM Books WHERE id = 200;") == 1);
+    c.node(1)
+        .sql("INSERT INTO Books (id, title, author) VALUES (200, 'While 3 was down', 'X');");
+    eventually(T, "row on node 2", || {
+        count(c.node(2), "SELECT count(*) FROM Books WHERE id = 200;") == 1
+    });
 
     // Sidecar of node 2 stopped; the application keeps writing to its database.
     assert_eq!(c.node_mut(2).stop(), Some(0), "graceful stop exits 0");
-    c.node(2).sql("INSERT INTO Books (id, title, author) VALUES (201, 'Written while sidecar down', 'Y');");
-    c.node(2).sql("UPDATE Books SET title = 'Changed offline' WHERE id = 2;");
+    c.node(2).sql(
+        "INSERT INTO Books (id, title, author) VALUES (201, 'Written while sidecar down', 'Y');",
+    );
+    c.node(2)
+        .sql("UPDATE Books SET title = 'Changed offline' WHERE id = 2;");
 
     c.node_mut(3).start();
     c.node_mut(2).start();
@@ -258,30 +331,56 @@ fn killed_node_catches_up_and_offline_writes_arrive() {
     c.node(2).wait_running(Duration::from_secs(60));
     let (_, rows) = c.converged("Books", Duration::from_secs(60));
     assert_eq!(rows, 9);
-    assert_eq!(c.node(3).sql("SELECT title FROM Books WHERE id = 2;").trim(), "Changed offline");
-    assert_eq!(count(c.node(1), "SELECT count(*) FROM Books WHERE id IN (200, 201);"), 2);
+    assert_eq!(
+        c.node(3)
+            .sql("SELECT title FROM Books WHERE id = 2;")
+            .trim(),
+        "Changed offline"
+    );
+    assert_eq!(
+        count(
+            c.node(1),
+            "SELECT count(*) FROM Books WHERE id IN (200, 201);"
+        ),
+        2
+    );
 }
 
 /// `publish = false` applies but never sends; `replicate = false` sends but never applies.
 #[test]
 fn publish_false_and_replicate_false() {
     let c = Cluster::start(Options {
-        per_node_top: vec![String::new(), "publish = false".into(), "replicate = false".into()],
+        per_node_top: vec![
+            String::new(),
+            "publish = false".into(),
+            "replicate = false".into(),
+        ],
         ..Default::default()
     });
     let (n1, n2, n3) = (c.node(1), c.node(2), c.node(3));
     n2.sql("INSERT INTO Books (id, title, author) VALUES (300, 'from a replica', 'R');");
     n3.sql("INSERT INTO Books (id, title, author) VALUES (301, 'from the primary', 'P');");
     n1.sql("INSERT INTO Books (id, title, author) VALUES (302, 'from node 1', 'N');");
-    eventually(T, "node 1's row on node 2", || count(n2, "SELECT count(*) FROM Books WHERE id = 302;") == 1);
+    eventually(T, "node 1's row on node 2", || {
+        count(n2, "SELECT count(*) FROM Books WHERE id = 302;") == 1
+    });
     eventually(T, "node 3's row on nodes 1 and 2", || {
-        count(n1, "SELECT count(*) FROM Books WHERE id = 301;") == 1 && count(n2, "SELECT count(*) FROM Books WHERE id = 301;") == 1
+        count(n1, "SELECT count(*) FROM Books WHERE id = 301;") == 1
+            && count(n2, "SELECT count(*) FROM Books WHERE id = 301;") == 1
     });
     // Node 3 applies nothing; node 2 published nothing. Checked after the rows above went through.
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
-        assert_eq!(count(n1, "SELECT count(*) FROM Books WHERE id = 300;"), 0, "publish=false node published");
-        assert_eq!(count(n3, "SELECT count(*) FROM Books WHERE id IN (300, 302);"), 0, "replicate=false node applied");
+        assert_eq!(
+            count(n1, "SELECT count(*) FROM Books WHERE id = 300;"),
+            0,
+            "publish=false node published"
+        );
+        assert_eq!(
+            count(n3, "SELECT count(*) FROM Books WHERE id IN (300, 302);"),
+            0,
+            "replicate=false node applied"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -290,25 +389,40 @@ fn publish_false_and_replicate_false() {
 /// crashing it or losing the change; once the column exists the change arrives.
 #[test]
 fn unknown_column_pauses_then_resumes() {
-    let c = Cluster::start(Options { nodes: 2, ..Default::default() });
+    let c = Cluster::start(Options {
+        nodes: 2,
+        ..Default::default()
+    });
     let (n1, n2) = (c.node(1), c.node(2));
     n1.sql("ALTER TABLE Books ADD COLUMN rating INTEGER;");
     n1.sql("INSERT INTO Books (id, title, author, rating) VALUES (400, 'Rated', 'R', 5);");
-    eventually(T, "pause reported", || n2.log_text().contains("cannot apply message"));
-    assert_eq!(count(n2, "SELECT count(*) FROM Books WHERE id = 400;"), 0);
-    assert!(n2.pid().is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists()), "node 2 still runs");
-    n2.sql("ALTER TABLE Books ADD COLUMN rating INTEGER;");
-    eventually(Duration::from_secs(60), "resumed after schema change", || {
-        n2.sql("SELECT rating FROM Books WHERE id = 400;").trim() == "5"
+    eventually(T, "pause reported", || {
+        n2.log_text().contains("cannot apply message")
     });
+    assert_eq!(count(n2, "SELECT count(*) FROM Books WHERE id = 400;"), 0);
+    assert!(
+        n2.pid()
+            .is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists()),
+        "node 2 still runs"
+    );
+    n2.sql("ALTER TABLE Books ADD COLUMN rating INTEGER;");
+    eventually(
+        Duration::from_secs(60),
+        "resumed after schema change",
+        || n2.sql("SELECT rating FROM Books WHERE id = 400;").trim() == "5",
+    );
     c.converged("Books", T);
 }
 
 /// `-cleanup` removes every trigger and table HarmonyLite created and keeps the user's data.
 #[test]
 fn cleanup_removes_our_objects_only() {
-    let mut c = Cluster::start(Options { nodes: 1, ..Default::default() });
-    c.node(1).sql("INSERT INTO Books (id, title, author) VALUES (500, 'kept', 'K');");
+    let mut c = Cluster::start(Options {
+        nodes: 1,
+        ..Default::default()
+    });
+    c.node(1)
+        .sql("INSERT INTO Books (id, title, author) VALUES (500, 'kept', 'K');");
     let before = c.node(1).sql("SELECT count(*) FROM sqlite_schema WHERE name LIKE '\\_\\_harmonylite\\_\\_%' ESCAPE '\\';");
     assert!(before.trim().parse::<i64>().unwrap() >= 4);
     c.node_mut(1).stop();
@@ -318,7 +432,11 @@ fn cleanup_removes_our_objects_only() {
         .arg("-cleanup")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let after = c.node(1).sql("SELECT count(*) FROM sqlite_schema WHERE name LIKE '\\_\\_harmonylite\\_\\_%' ESCAPE '\\';");
     assert_eq!(after.trim(), "0");
     assert_eq!(count(c.node(1), "SELECT count(*) FROM Books;"), 8);

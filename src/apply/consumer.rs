@@ -49,8 +49,17 @@ impl ShardConsumer {
     }
 
     async fn consume(&mut self) -> Result<(), String> {
-        let mut stream = self.js.get_stream(&self.stream).await.map_err(|e| e.to_string())?;
-        let first = stream.info().await.map_err(|e| e.to_string())?.state.first_sequence;
+        let mut stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let first = stream
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .first_sequence;
         if self.next < first && first > 1 {
             tracing::error!(shard = self.shard, stream = %self.stream, missing_from = self.next, first_available = first,
                 "changes this node has not applied were already removed from the stream (max_entries); \
@@ -61,7 +70,9 @@ impl ShardConsumer {
         let consumer: consumer::PullConsumer = stream
             .create_consumer(consumer::pull::Config {
                 durable_name: Some(self.durable.clone()),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: self.next.max(1) },
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: self.next.max(1),
+                },
                 ack_policy: consumer::AckPolicy::None,
                 ..Default::default()
             })
@@ -82,9 +93,21 @@ impl ShardConsumer {
                 continue;
             }
             if seq > self.next {
-                return Err(format!("delivery gap: expected sequence {}, got {seq}", self.next));
+                return Err(format!(
+                    "delivery gap: expected sequence {}, got {seq}",
+                    self.next
+                ));
             }
-            if self.tx.send(Incoming { seq, payload: m.message.payload.clone() }).await.is_err() {
+            tracing::trace!(shard = self.shard, seq, "delivered");
+            if self
+                .tx
+                .send(Incoming {
+                    seq,
+                    payload: m.message.payload.clone(),
+                })
+                .await
+                .is_err()
+            {
                 return Ok(());
             }
             self.wake.notify_one();

@@ -22,8 +22,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, APPLIED};
-use crate::shared::Shared;
 use crate::pending::RowKey;
+use crate::shared::Shared;
 use crate::wire::{self, Message};
 
 /// Most rows applied in one SQLite transaction (a larger unit is still applied whole).
@@ -72,7 +72,12 @@ pub struct Applier {
 
 impl Applier {
     /// `receivers[i]` feeds shard `i + 1`.
-    pub fn new(shared: Arc<Shared>, conn: Connection, receivers: Vec<mpsc::Receiver<Incoming>>, wake: Arc<Notify>) -> Result<Applier, rusqlite::Error> {
+    pub fn new(
+        shared: Arc<Shared>,
+        conn: Connection,
+        receivers: Vec<mpsc::Receiver<Incoming>>,
+        wake: Arc<Notify>,
+    ) -> Result<Applier, rusqlite::Error> {
         let positions = capture::applied_positions(&conn)?;
         let shards = receivers
             .into_iter()
@@ -81,10 +86,24 @@ impl Applier {
                 let shard = i as u32 + 1;
                 let stream = shared.cfg.stream_name(shard);
                 let applied = positions.get(&stream).copied().unwrap_or(0);
-                ShardState { shard, stream, rx, queue: VecDeque::new(), applied, paused_until: None, backoff: Duration::from_millis(500), closed: false }
+                ShardState {
+                    shard,
+                    stream,
+                    rx,
+                    queue: VecDeque::new(),
+                    applied,
+                    paused_until: None,
+                    backoff: Duration::from_millis(500),
+                    closed: false,
+                }
             })
             .collect();
-        Ok(Applier { shared, conn, shards, wake })
+        Ok(Applier {
+            shared,
+            conn,
+            shards,
+            wake,
+        })
     }
 
     pub async fn run(mut self, cancel: CancellationToken) {
@@ -105,7 +124,9 @@ impl Applier {
                     return;
                 }
                 let next_retry = self.shards.iter().filter_map(|s| s.paused_until).min();
-                let sleep = next_retry.map(|t| t.saturating_duration_since(now)).unwrap_or(Duration::from_secs(1));
+                let sleep = next_retry
+                    .map(|t| t.saturating_duration_since(now))
+                    .unwrap_or(Duration::from_secs(1));
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = self.wake.notified() => {}
@@ -115,12 +136,20 @@ impl Applier {
             }
             // Our own change to one of these rows is being published: wait for its position (no lock held).
             if self.must_wait(&plan) {
-                self.shared.pending.wait_acked(Duration::from_millis(20)).await;
+                self.shared
+                    .pending
+                    .wait_acked(Duration::from_millis(20))
+                    .await;
                 continue;
             }
             match tokio::task::block_in_place(|| self.apply(&plan)) {
                 Ok(()) => {}
-                Err(TxnError::MustWait) => self.shared.pending.wait_acked(Duration::from_millis(20)).await,
+                Err(TxnError::MustWait) => {
+                    self.shared
+                        .pending
+                        .wait_acked(Duration::from_millis(20))
+                        .await
+                }
                 Err(e @ (TxnError::Sqlite(_) | TxnError::Capture(_))) => {
                     // Busy or I/O trouble: nothing was applied; try again shortly.
                     tracing::warn!(error = %e, "apply transaction failed; retrying");
@@ -139,10 +168,14 @@ impl Applier {
             while s.queue.len() < MAX_QUEUED {
                 match s.rx.try_recv() {
                     Ok(inc) => {
-                        if inc.seq <= s.applied || s.queue.back().is_some_and(|d| d.seq >= inc.seq) {
+                        if inc.seq <= s.applied || s.queue.back().is_some_and(|d| d.seq >= inc.seq)
+                        {
                             continue;
                         }
-                        s.queue.push_back(Decoded { seq: inc.seq, msg: wire::decode(&inc.payload) });
+                        s.queue.push_back(Decoded {
+                            seq: inc.seq,
+                            msg: wire::decode(&inc.payload),
+                        });
                     }
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
@@ -178,7 +211,11 @@ impl Applier {
                                     break;
                                 }
                             } else {
-                                let rows = s.queue.range(i..i + parts).map(|d| d.msg.as_ref().map(row_count).unwrap_or(0)).sum();
+                                let rows = s
+                                    .queue
+                                    .range(i..i + parts)
+                                    .map(|d| d.msg.as_ref().map(row_count).unwrap_or(0))
+                                    .sum();
                                 (parts, rows)
                             }
                         }
@@ -219,7 +256,9 @@ impl Applier {
     fn apply(&mut self, plan: &[usize]) -> Result<(), TxnError> {
         let shared = self.shared.clone();
         let cfg = &shared.cfg;
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Register local changes committed since the last look, before our own writes add echo rows.
         let before = capture::max_log_id(&tx)?;
         let scanned = shared.pending.scanned_upto();
@@ -227,7 +266,10 @@ impl Applier {
             let cap = shared.capture();
             let rows = capture::read_log(&tx, &cap, scanned, before)?;
             shared.pending.record_local(
-                rows.iter().filter_map(|r| cap.table(r.table_id).map(|t| ((t.name.clone(), wire::key_bytes(&r.key)), r.id))),
+                rows.iter().filter_map(|r| {
+                    cap.table(r.table_id)
+                        .map(|t| ((t.name.clone(), wire::key_bytes(&r.key)), r.id))
+                }),
                 before,
             );
         }
@@ -281,18 +323,28 @@ impl Applier {
             outcome.push((taken, last, error));
         }
         // Our applies fired the capture triggers: drop those rows so they are never published back.
-        tx.execute(&format!("DELETE FROM {} WHERE id > ?1", capture::LOG), [before])?;
+        tx.execute(
+            &format!("DELETE FROM {} WHERE id > ?1", capture::LOG),
+            [before],
+        )?;
         tx.commit()?;
 
         let stats = &shared.stats;
-        stats.applied_rows.fetch_add(applied_rows, Ordering::Relaxed);
-        stats.skipped_rows.fetch_add(skipped_rows, Ordering::Relaxed);
+        tracing::debug!(applied_rows, skipped_rows, "applied");
+        stats
+            .applied_rows
+            .fetch_add(applied_rows, Ordering::Relaxed);
+        stats
+            .skipped_rows
+            .fetch_add(skipped_rows, Ordering::Relaxed);
         for (s, (taken, last, error)) in self.shards.iter_mut().zip(outcome) {
             if taken > 0 {
                 s.queue.drain(..taken);
                 s.applied = last;
                 s.backoff = Duration::from_millis(500);
-                stats.applied_msgs.fetch_add(taken as u64, Ordering::Relaxed);
+                stats
+                    .applied_msgs
+                    .fetch_add(taken as u64, Ordering::Relaxed);
                 stats.set_applied(s.shard, last);
                 stats.touch();
             }
@@ -314,4 +366,3 @@ impl Applier {
 fn row_count(m: &Message) -> usize {
     m.tables.iter().map(|t| t.rows.len()).sum()
 }
-

@@ -8,8 +8,8 @@ use rusqlite::Transaction;
 
 use crate::capture::{ident, schema::selected};
 use crate::config::Config;
-use crate::shared::Shared;
 use crate::pending::{Decision, RowKey};
+use crate::shared::Shared;
 use crate::wire::{Message, Row, TableChanges, Value};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +30,10 @@ fn key_positions(t: &TableChanges) -> Result<Vec<usize>, ApplyError> {
         .iter()
         .map(|k| {
             t.columns.iter().position(|c| c == k).ok_or_else(|| {
-                ApplyError::BadMessage(format!("table {:?}: key column {k:?} not among the columns", t.table))
+                ApplyError::BadMessage(format!(
+                    "table {:?}: key column {k:?} not among the columns",
+                    t.table
+                ))
             })
         })
         .collect()
@@ -40,13 +43,23 @@ fn key_of<'a>(t: &TableChanges, pos: &[usize], row: &'a Row) -> Result<Vec<&'a V
     match row {
         Row::Upsert(v) => {
             if v.len() != t.columns.len() {
-                return Err(ApplyError::BadMessage(format!("table {:?}: row has {} values for {} columns", t.table, v.len(), t.columns.len())));
+                return Err(ApplyError::BadMessage(format!(
+                    "table {:?}: row has {} values for {} columns",
+                    t.table,
+                    v.len(),
+                    t.columns.len()
+                )));
             }
             Ok(pos.iter().map(|&p| &v[p]).collect())
         }
         Row::Delete(k) => {
             if k.len() != t.key.len() {
-                return Err(ApplyError::BadMessage(format!("table {:?}: delete has {} key values for {} key columns", t.table, k.len(), t.key.len())));
+                return Err(ApplyError::BadMessage(format!(
+                    "table {:?}: delete has {} key values for {} key columns",
+                    t.table,
+                    k.len(),
+                    t.key.len()
+                )));
             }
             Ok(k.iter().collect())
         }
@@ -76,7 +89,11 @@ pub fn row_keys(m: &Message) -> Vec<RowKey> {
 }
 
 fn col(name: &str, rowid_keyed: bool) -> String {
-    if rowid_keyed && name == "rowid" { "rowid".to_string() } else { ident(name) }
+    if rowid_keyed && name == "rowid" {
+        "rowid".to_string()
+    } else {
+        ident(name)
+    }
 }
 
 struct Statements {
@@ -88,22 +105,52 @@ struct Statements {
 fn statements(t: &TableChanges, pos: &[usize]) -> Statements {
     let rowid_keyed = t.key.len() == 1 && t.key[0] == "rowid";
     let table = ident(&t.table);
-    let cond: Vec<String> = t.key.iter().zip(pos).map(|(k, p)| format!("{} IS ?{}", col(k, rowid_keyed), p + 1)).collect();
+    let cond: Vec<String> = t
+        .key
+        .iter()
+        .zip(pos)
+        .map(|(k, p)| format!("{} IS ?{}", col(k, rowid_keyed), p + 1))
+        .collect();
     let sets: Vec<String> = (0..t.columns.len())
         .filter(|i| !pos.contains(i))
         .map(|i| format!("{} = ?{}", col(&t.columns[i], rowid_keyed), i + 1))
         .collect();
-    let update = (!sets.is_empty()).then(|| format!("UPDATE OR REPLACE {table} SET {} WHERE {}", sets.join(", "), cond.join(" AND ")));
+    let update = (!sets.is_empty()).then(|| {
+        format!(
+            "UPDATE OR REPLACE {table} SET {} WHERE {}",
+            sets.join(", "),
+            cond.join(" AND ")
+        )
+    });
     let cols: Vec<String> = t.columns.iter().map(|c| col(c, rowid_keyed)).collect();
     let params: Vec<String> = (1..=t.columns.len()).map(|i| format!("?{i}")).collect();
-    let insert = format!("INSERT OR REPLACE INTO {table} ({}) VALUES ({})", cols.join(", "), params.join(", "));
-    let dcond: Vec<String> = t.key.iter().enumerate().map(|(i, k)| format!("{} IS ?{}", col(k, rowid_keyed), i + 1)).collect();
+    let insert = format!(
+        "INSERT OR REPLACE INTO {table} ({}) VALUES ({})",
+        cols.join(", "),
+        params.join(", ")
+    );
+    let dcond: Vec<String> = t
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{} IS ?{}", col(k, rowid_keyed), i + 1))
+        .collect();
     let delete = format!("DELETE FROM {table} WHERE {}", dcond.join(" AND "));
-    Statements { update, insert, delete }
+    Statements {
+        update,
+        insert,
+        delete,
+    }
 }
 
 /// Apply one message inside the caller's transaction. Returns (rows applied, rows skipped).
-pub fn apply_message(tx: &Transaction<'_>, m: &Message, seq: u64, shared: &Shared, cfg: &Config) -> Result<(u64, u64), ApplyError> {
+pub fn apply_message(
+    tx: &Transaction<'_>,
+    m: &Message,
+    seq: u64,
+    shared: &Shared,
+    cfg: &Config,
+) -> Result<(u64, u64), ApplyError> {
     let (mut applied, mut skipped) = (0u64, 0u64);
     for t in &m.tables {
         if !selected(&t.table, &cfg.include_tables, &cfg.exclude_tables) {
@@ -125,15 +172,19 @@ pub fn apply_message(tx: &Transaction<'_>, m: &Message, seq: u64, shared: &Share
             match row {
                 Row::Upsert(values) => {
                     let changed = match &st.update {
-                        Some(u) => tx.prepare_cached(u)?.execute(rusqlite::params_from_iter(values.iter()))?,
+                        Some(u) => tx
+                            .prepare_cached(u)?
+                            .execute(rusqlite::params_from_iter(values.iter()))?,
                         None => 0,
                     };
                     if changed == 0 {
-                        tx.prepare_cached(&st.insert)?.execute(rusqlite::params_from_iter(values.iter()))?;
+                        tx.prepare_cached(&st.insert)?
+                            .execute(rusqlite::params_from_iter(values.iter()))?;
                     }
                 }
                 Row::Delete(k) => {
-                    tx.prepare_cached(&st.delete)?.execute(rusqlite::params_from_iter(k.iter()))?;
+                    tx.prepare_cached(&st.delete)?
+                        .execute(rusqlite::params_from_iter(k.iter()))?;
                 }
             }
             applied += 1;

@@ -34,7 +34,11 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 
 fn rss_kb(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn children(pid: u32) -> Vec<u32> {
@@ -62,24 +66,37 @@ fn sqlite_rates(dir: &Path, scale: &Scale) -> serde_json::Value {
         let start = Instant::now();
         let tx = conn.transaction().unwrap();
         {
-            let mut st = tx.prepare("INSERT INTO t (title, author, year) VALUES (?1, ?2, ?3)").unwrap();
+            let mut st = tx
+                .prepare("INSERT INTO t (title, author, year) VALUES (?1, ?2, ?3)")
+                .unwrap();
             for i in 0..scale.bulk_rows {
-                st.execute(rusqlite::params![format!("title {i}"), format!("author {i}"), 1900 + (i % 100) as i64]).unwrap();
+                st.execute(rusqlite::params![
+                    format!("title {i}"),
+                    format!("author {i}"),
+                    1900 + (i % 100) as i64
+                ])
+                .unwrap();
             }
         }
         tx.commit().unwrap();
         let bulk = scale.bulk_rows as f64 / start.elapsed().as_secs_f64();
         let start = Instant::now();
         {
-            let mut st = conn.prepare("INSERT INTO t (title, author, year) VALUES (?1, ?2, ?3)").unwrap();
+            let mut st = conn
+                .prepare("INSERT INTO t (title, author, year) VALUES (?1, ?2, ?3)")
+                .unwrap();
             for i in 0..scale.single_rows {
-                st.execute(rusqlite::params![format!("single {i}"), "a", 2000]).unwrap();
+                st.execute(rusqlite::params![format!("single {i}"), "a", 2000])
+                    .unwrap();
             }
         }
         let single = scale.single_rows as f64 / start.elapsed().as_secs_f64();
         let key = if capture { "capture" } else { "plain" };
         res.insert(format!("{key}_bulk_rows_per_s"), json!(bulk.round()));
-        res.insert(format!("{key}_autocommit_rows_per_s"), json!(single.round()));
+        res.insert(
+            format!("{key}_autocommit_rows_per_s"),
+            json!(single.round()),
+        );
     }
     let f = |k: &str| res[k].as_f64().unwrap();
     let bulk = f("plain_bulk_rows_per_s") / f("capture_bulk_rows_per_s");
@@ -92,7 +109,9 @@ fn sqlite_rates(dir: &Path, scale: &Scale) -> serde_json::Value {
 /// The original's design on the same cluster: one row per JetStream message, each acknowledgement awaited.
 fn baseline(rt: &tokio::runtime::Runtime, port: u16, msgs: usize) -> f64 {
     rt.block_on(async {
-        let client = async_nats::connect(format!("127.0.0.1:{port}")).await.unwrap();
+        let client = async_nats::connect(format!("127.0.0.1:{port}"))
+            .await
+            .unwrap();
         let js = async_nats::jetstream::new(client);
         let _ = js.delete_stream("bench-baseline").await;
         js.create_stream(async_nats::jetstream::stream::Config {
@@ -107,7 +126,11 @@ fn baseline(rt: &tokio::runtime::Runtime, port: u16, msgs: usize) -> f64 {
         let payload = vec![b'x'; 160]; // about one CBOR-encoded Books row
         let start = Instant::now();
         for _ in 0..msgs {
-            js.publish("bench-baseline", payload.clone().into()).await.unwrap().await.unwrap();
+            js.publish("bench-baseline", payload.clone().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
         }
         let rate = msgs as f64 / start.elapsed().as_secs_f64();
         let _ = js.delete_stream("bench-baseline").await;
@@ -116,23 +139,34 @@ fn baseline(rt: &tokio::runtime::Runtime, port: u16, msgs: usize) -> f64 {
 }
 
 fn count(conn: &Connection) -> i64 {
-    conn.query_row("SELECT count(*) FROM bench", [], |r| r.get(0)).unwrap()
+    conn.query_row("SELECT count(*) FROM bench", [], |r| r.get(0))
+        .unwrap()
 }
 
 /// Write on node 1 in transactions of `batch` rows for `secs`, then wait until nodes 2 and 3 have every row.
 /// Returns (replicated rows/s, local write rows/s).
 fn throughput(c: &support::Cluster, batch: usize, secs: f64, next_id: &mut i64) -> (f64, f64) {
     let mut w = support::open(&c.node(1).db);
-    let peers: Vec<Connection> = [2, 3].iter().map(|&i| support::open(&c.node(i).db)).collect();
+    let peers: Vec<Connection> = [2, 3]
+        .iter()
+        .map(|&i| support::open(&c.node(i).db))
+        .collect();
     let base: Vec<i64> = peers.iter().map(count).collect();
     let start = Instant::now();
     let mut rows = 0i64;
     while start.elapsed().as_secs_f64() < secs {
         let tx = w.transaction().unwrap();
         {
-            let mut st = tx.prepare_cached("INSERT INTO bench (id, payload, t) VALUES (?1, ?2, ?3)").unwrap();
+            let mut st = tx
+                .prepare_cached("INSERT INTO bench (id, payload, t) VALUES (?1, ?2, ?3)")
+                .unwrap();
             for _ in 0..batch {
-                st.execute(rusqlite::params![*next_id, "payload-payload-payload-payload-payload", 0]).unwrap();
+                st.execute(rusqlite::params![
+                    *next_id,
+                    "payload-payload-payload-payload-payload",
+                    0
+                ])
+                .unwrap();
                 *next_id += 1;
             }
         }
@@ -150,12 +184,20 @@ fn throughput(c: &support::Cluster, batch: usize, secs: f64, next_id: &mut i64) 
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    (rows as f64 / start.elapsed().as_secs_f64(), rows as f64 / wrote)
+    (
+        rows as f64 / start.elapsed().as_secs_f64(),
+        rows as f64 / wrote,
+    )
 }
 
 /// Replication lag of single-row writes on node 1 as seen on node 2, with an optional background load of
 /// `load_rows_per_s` (100-row transactions on node 1).
-fn lag(c: &support::Cluster, samples: usize, load_rows_per_s: f64, next_id: &mut i64) -> (f64, f64, f64) {
+fn lag(
+    c: &support::Cluster,
+    samples: usize,
+    load_rows_per_s: f64,
+    next_id: &mut i64,
+) -> (f64, f64, f64) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let loader = (load_rows_per_s > 0.0).then(|| {
         let db = c.node(1).db.clone();
@@ -169,7 +211,11 @@ fn lag(c: &support::Cluster, samples: usize, load_rows_per_s: f64, next_id: &mut
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let tx = w.transaction().unwrap();
                 for _ in 0..per_txn as usize {
-                    tx.execute("INSERT INTO bench (id, payload, t) VALUES (?1, 'load', 0)", [id]).unwrap();
+                    tx.execute(
+                        "INSERT INTO bench (id, payload, t) VALUES (?1, 'load', 0)",
+                        [id],
+                    )
+                    .unwrap();
                     id += 1;
                 }
                 tx.commit().unwrap();
@@ -185,9 +231,17 @@ fn lag(c: &support::Cluster, samples: usize, load_rows_per_s: f64, next_id: &mut
         let id = *next_id;
         *next_id += 1;
         let t0 = Instant::now();
-        w.execute("INSERT INTO bench (id, payload, t) VALUES (?1, 'probe', 1)", [id]).unwrap();
+        w.execute(
+            "INSERT INTO bench (id, payload, t) VALUES (?1, 'probe', 1)",
+            [id],
+        )
+        .unwrap();
         loop {
-            let seen: i64 = r.query_row("SELECT count(*) FROM bench WHERE id = ?1", [id], |x| x.get(0)).unwrap();
+            let seen: i64 = r
+                .query_row("SELECT count(*) FROM bench WHERE id = ?1", [id], |x| {
+                    x.get(0)
+                })
+                .unwrap();
             if seen == 1 {
                 break;
             }
@@ -203,20 +257,47 @@ fn lag(c: &support::Cluster, samples: usize, load_rows_per_s: f64, next_id: &mut
     if let Some(l) = loader {
         l.join().unwrap();
     }
-    (percentile(&mut lags, 0.5), percentile(&mut lags, 0.99), percentile(&mut lags, 1.0))
+    (
+        percentile(&mut lags, 0.5),
+        percentile(&mut lags, 0.99),
+        percentile(&mut lags, 1.0),
+    )
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let json_out = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
+    let json_out = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let scale = if quick {
-        Scale { bulk_rows: 50_000, single_rows: 300, baseline_msgs: 1_000, run_secs: 2.0, lag_samples: 40 }
+        Scale {
+            bulk_rows: 50_000,
+            single_rows: 300,
+            baseline_msgs: 1_000,
+            run_secs: 2.0,
+            lag_samples: 40,
+        }
     } else {
-        Scale { bulk_rows: 200_000, single_rows: 2_000, baseline_msgs: 5_000, run_secs: 8.0, lag_samples: 300 }
+        Scale {
+            bulk_rows: 200_000,
+            single_rows: 2_000,
+            baseline_msgs: 5_000,
+            run_secs: 8.0,
+            lag_samples: 300,
+        }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let dir = tempfile::Builder::new().prefix("hl-bench-").tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("hl-bench-")
+        .tempdir()
+        .unwrap();
 
     eprintln!("bench: local SQLite insert rates...");
     let local = sqlite_rates(dir.path(), &scale);
@@ -250,14 +331,25 @@ fn main() {
         let (repl, write) = throughput(&c, batch, scale.run_secs, &mut next_id);
         rss_max = rss_max.max(sidecar_pids.iter().map(|&p| rss_kb(p)).max().unwrap_or(0));
         max_rate = max_rate.max(repl);
-        results.insert(format!("txn_{batch}"), json!({"replicated_rows_per_s": repl.round(), "written_rows_per_s": write.round()}));
+        results.insert(
+            format!("txn_{batch}"),
+            json!({"replicated_rows_per_s": repl.round(), "written_rows_per_s": write.round()}),
+        );
     }
     eprintln!("bench: lag idle...");
     let (idle50, idle99, idlemax) = lag(&c, scale.lag_samples, 0.0, &mut next_id);
-    eprintln!("bench: lag at half the maximum rate ({:.0} rows/s)...", max_rate / 2.0);
+    eprintln!(
+        "bench: lag at half the maximum rate ({:.0} rows/s)...",
+        max_rate / 2.0
+    );
     let (load50, load99, loadmax) = lag(&c, scale.lag_samples, max_rate / 2.0, &mut next_id);
     rss_max = rss_max.max(sidecar_pids.iter().map(|&p| rss_kb(p)).max().unwrap_or(0));
-    let nats_rss: u64 = sidecar_pids.iter().flat_map(|&p| children(p)).map(rss_kb).max().unwrap_or(0);
+    let nats_rss: u64 = sidecar_pids
+        .iter()
+        .flat_map(|&p| children(p))
+        .map(rss_kb)
+        .max()
+        .unwrap_or(0);
 
     let report = json!({
         "quick": quick,
@@ -277,22 +369,61 @@ fn main() {
     println!("HarmonyLite bench{}", if quick { " (quick)" } else { "" });
     println!("{:<58} {:>14}", "measure", "value");
     let row = |k: &str, v: String| println!("{k:<58} {v:>14}");
-    row("plain SQLite bulk insert (rows/s)", format!("{}", l["plain_bulk_rows_per_s"]));
-    row("with capture, bulk insert (rows/s)", format!("{}", l["capture_bulk_rows_per_s"]));
-    row("capture overhead, bulk (x)", format!("{:.2}", l["bulk_overhead"].as_f64().unwrap()));
-    row("plain SQLite autocommit insert (rows/s)", format!("{}", l["plain_autocommit_rows_per_s"]));
-    row("with capture, autocommit insert (rows/s)", format!("{}", l["capture_autocommit_rows_per_s"]));
-    row("capture overhead, autocommit (x)", format!("{:.2}", l["autocommit_overhead"].as_f64().unwrap()));
-    row("baseline: one row per acked message (rows/s)", format!("{base:.0}"));
+    row(
+        "plain SQLite bulk insert (rows/s)",
+        format!("{}", l["plain_bulk_rows_per_s"]),
+    );
+    row(
+        "with capture, bulk insert (rows/s)",
+        format!("{}", l["capture_bulk_rows_per_s"]),
+    );
+    row(
+        "capture overhead, bulk (x)",
+        format!("{:.2}", l["bulk_overhead"].as_f64().unwrap()),
+    );
+    row(
+        "plain SQLite autocommit insert (rows/s)",
+        format!("{}", l["plain_autocommit_rows_per_s"]),
+    );
+    row(
+        "with capture, autocommit insert (rows/s)",
+        format!("{}", l["capture_autocommit_rows_per_s"]),
+    );
+    row(
+        "capture overhead, autocommit (x)",
+        format!("{:.2}", l["autocommit_overhead"].as_f64().unwrap()),
+    );
+    row(
+        "baseline: one row per acked message (rows/s)",
+        format!("{base:.0}"),
+    );
     for b in [1, 10, 100] {
-        row(&format!("replicated rows/s, {b}-row transactions"), format!("{}", results[&format!("txn_{b}")]["replicated_rows_per_s"]));
+        row(
+            &format!("replicated rows/s, {b}-row transactions"),
+            format!("{}", results[&format!("txn_{b}")]["replicated_rows_per_s"]),
+        );
     }
     row("speedup vs baseline (x)", format!("{:.1}", max_rate / base));
-    row("lag idle p50 / p99 (ms)", format!("{idle50:.1} / {idle99:.1}"));
-    row("lag at half max rate p50 / p99 (ms)", format!("{load50:.1} / {load99:.1}"));
-    row("sidecar RSS max (MB)", format!("{:.1}", rss_max as f64 / 1024.0));
-    row("nats-server RSS (MB)", format!("{:.1}", nats_rss as f64 / 1024.0));
-    row("three-node cold start to ready (s)", format!("{cold_start:.2}"));
+    row(
+        "lag idle p50 / p99 (ms)",
+        format!("{idle50:.1} / {idle99:.1}"),
+    );
+    row(
+        "lag at half max rate p50 / p99 (ms)",
+        format!("{load50:.1} / {load99:.1}"),
+    );
+    row(
+        "sidecar RSS max (MB)",
+        format!("{:.1}", rss_max as f64 / 1024.0),
+    );
+    row(
+        "nats-server RSS (MB)",
+        format!("{:.1}", nats_rss as f64 / 1024.0),
+    );
+    row(
+        "three-node cold start to ready (s)",
+        format!("{cold_start:.2}"),
+    );
     let text = serde_json::to_string_pretty(&report).unwrap();
     println!("{text}");
     if let Some(path) = json_out {

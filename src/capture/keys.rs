@@ -74,15 +74,21 @@ mod tests {
             vec![Value::Integer(i64::MIN), Value::Integer(i64::MAX)],
             vec![Value::Text(b"it's, a 'test'".to_vec()), Value::Null],
             vec![Value::Blob(vec![0, 255, 16]), Value::Real(0.1)],
-            vec![Value::Real(1e308), Value::Real(f64::INFINITY), Value::Real(-2.5e-300)],
+            vec![
+                Value::Real(1e308),
+                Value::Real(f64::INFINITY),
+                Value::Real(-2.5e-300),
+            ],
             vec![Value::Text(Vec::new()), Value::Blob(Vec::new())],
         ];
         for vals in cases {
             let exprs: Vec<String> = (1..=vals.len()).map(|i| format!("quote(?{i})")).collect();
             let sql = format!("SELECT {}", exprs.join(" || ',' || "));
-            let text: String =
-                conn.query_row(&sql, rusqlite::params_from_iter(vals.iter()), |r| r.get(0)).unwrap();
-            let parsed = parse_quoted_list(text.as_bytes(), vals.len()).unwrap_or_else(|| panic!("{text}"));
+            let text: String = conn
+                .query_row(&sql, rusqlite::params_from_iter(vals.iter()), |r| r.get(0))
+                .unwrap();
+            let parsed =
+                parse_quoted_list(text.as_bytes(), vals.len()).unwrap_or_else(|| panic!("{text}"));
             assert_eq!(parsed, vals, "from {text}");
         }
     }

@@ -76,13 +76,21 @@ pub fn install(
          CREATE TABLE IF NOT EXISTS {META} (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS {APPLIED} (stream TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;"
     ))?;
-    let incarnation: Option<i64> =
-        tx.query_row(&format!("SELECT value FROM {META} WHERE key = 'incarnation'"), [], |r| r.get(0)).optional()?;
+    let incarnation: Option<i64> = tx
+        .query_row(
+            &format!("SELECT value FROM {META} WHERE key = 'incarnation'"),
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
     let incarnation = match incarnation {
         Some(v) => v as u64,
         None => {
             let v = (rand_u64() >> 1) as i64;
-            tx.execute(&format!("INSERT INTO {META}(key, value) VALUES('incarnation', ?1)"), [v])?;
+            tx.execute(
+                &format!("INSERT INTO {META}(key, value) VALUES('incarnation', ?1)"),
+                [v],
+            )?;
             v as u64
         }
     };
@@ -102,13 +110,30 @@ pub fn install(
             continue;
         }
         let (columns, key) = schema::describe(&tx, &listed)?;
-        tx.execute(&format!("INSERT OR IGNORE INTO {TABLES}(name) VALUES(?1)"), [&listed.name])?;
-        let id: i64 = tx.query_row(&format!("SELECT id FROM {TABLES} WHERE name = ?1"), [&listed.name], |r| r.get(0))?;
-        let info = TableInfo { id, name: listed.name, columns, key };
+        tx.execute(
+            &format!("INSERT OR IGNORE INTO {TABLES}(name) VALUES(?1)"),
+            [&listed.name],
+        )?;
+        let id: i64 = tx.query_row(
+            &format!("SELECT id FROM {TABLES} WHERE name = ?1"),
+            [&listed.name],
+            |r| r.get(0),
+        )?;
+        let info = TableInfo {
+            id,
+            name: listed.name,
+            columns,
+            key,
+        };
         tx.execute_batch(&trigger_sql(&info))?;
         if previous.is_some_and(|p| !p.tables.iter().any(|t| t.name == info.name)) {
             let n = tx.execute(
-                &format!("INSERT INTO {LOG}(tbl, k) SELECT {}, {} FROM {}", info.id, key_expr(&info, &ident(&info.name)), ident(&info.name)),
+                &format!(
+                    "INSERT INTO {LOG}(tbl, k) SELECT {}, {} FROM {}",
+                    info.id,
+                    key_expr(&info, &ident(&info.name)),
+                    ident(&info.name)
+                ),
                 [],
             )?;
             tracing::info!(table = %info.name, rows = n, "new table captured");
@@ -118,7 +143,12 @@ pub fn install(
     tx.commit()?;
     let by_id = tables.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
     let fingerprint = schema::fingerprint(&tables);
-    Ok(Capture { tables, by_id, fingerprint, incarnation })
+    Ok(Capture {
+        tables,
+        by_id,
+        fingerprint,
+        incarnation,
+    })
 }
 
 /// The SQL expression a trigger writes as the key, for `NEW` or `OLD`.
@@ -164,7 +194,11 @@ pub fn uninstall(conn: &mut Connection) -> Result<usize, CaptureError> {
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     for (kind, name) in &objects {
-        let kind = if kind == "trigger" { "TRIGGER" } else { "TABLE" };
+        let kind = if kind == "trigger" {
+            "TRIGGER"
+        } else {
+            "TABLE"
+        };
         tx.execute_batch(&format!("DROP {kind} IF EXISTS {}", ident(name)))?;
     }
     tx.commit()?;
@@ -181,24 +215,46 @@ pub struct LogRow {
 
 /// Highest change-log id (0 when empty).
 pub fn max_log_id(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row(&format!("SELECT coalesce(max(id), 0) FROM {LOG}"), [], |r| r.get(0))
+    conn.query_row(
+        &format!("SELECT coalesce(max(id), 0) FROM {LOG}"),
+        [],
+        |r| r.get(0),
+    )
 }
 
 /// Change-log rows with `after < id <= upto`, in id order. Rows of tables no longer captured are skipped.
-pub fn read_log(conn: &Connection, cap: &Capture, after: i64, upto: i64) -> Result<Vec<LogRow>, CaptureError> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT id, tbl, k FROM {LOG} WHERE id > ?1 AND id <= ?2 ORDER BY id"))?;
+pub fn read_log(
+    conn: &Connection,
+    cap: &Capture,
+    after: i64,
+    upto: i64,
+) -> Result<Vec<LogRow>, CaptureError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT id, tbl, k FROM {LOG} WHERE id > ?1 AND id <= ?2 ORDER BY id"
+    ))?;
     let mut rows = stmt.query(params![after, upto])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         let id: i64 = r.get(0)?;
         let table_id: i64 = r.get(1)?;
-        let Some(info) = cap.table(table_id) else { continue };
+        let Some(info) = cap.table(table_id) else {
+            continue;
+        };
         let raw = Value::from_ref(r.get_ref(2)?);
         let key = match &info.key {
             KeyKind::Columns(cols) if cols.len() > 1 => match &raw {
-                Value::Text(t) => keys::parse_quoted_list(t, cols.len())
-                    .ok_or_else(|| CaptureError::BadKey { table_id, text: String::from_utf8_lossy(t).into() })?,
-                other => return Err(CaptureError::BadKey { table_id, text: format!("{other:?}") }),
+                Value::Text(t) => {
+                    keys::parse_quoted_list(t, cols.len()).ok_or_else(|| CaptureError::BadKey {
+                        table_id,
+                        text: String::from_utf8_lossy(t).into(),
+                    })?
+                }
+                other => {
+                    return Err(CaptureError::BadKey {
+                        table_id,
+                        text: format!("{other:?}"),
+                    });
+                }
             },
             _ => vec![raw],
         };
@@ -216,7 +272,9 @@ pub fn delete_published(conn: &Connection, below: i64) -> rusqlite::Result<usize
 /// Applied stream positions, by stream name.
 pub fn applied_positions(conn: &Connection) -> rusqlite::Result<HashMap<String, u64>> {
     let mut stmt = conn.prepare(&format!("SELECT stream, seq FROM {APPLIED}"))?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
     rows.collect()
 }
 
@@ -226,7 +284,10 @@ fn rand_u64() -> u64 {
         use std::io::Read;
         let _ = f.read_exact(&mut b);
     }
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
     u64::from_le_bytes(b) ^ t.rotate_left(17) ^ std::process::id() as u64
 }
 

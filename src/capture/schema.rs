@@ -40,7 +40,9 @@ impl TableInfo {
     /// Columns as shipped in an upsert: `rowid` first for rowid-keyed tables.
     pub fn shipped_columns(&self) -> Vec<String> {
         match &self.key {
-            KeyKind::Rowid => std::iter::once("rowid".to_string()).chain(self.columns.iter().cloned()).collect(),
+            KeyKind::Rowid => std::iter::once("rowid".to_string())
+                .chain(self.columns.iter().cloned())
+                .collect(),
             _ => self.columns.clone(),
         }
     }
@@ -66,24 +68,44 @@ pub struct ListedTable {
 /// Every ordinary user table of the `main` schema: no `sqlite_*` tables, no virtual tables or their shadow
 /// tables, none of our own objects.
 pub fn user_tables(conn: &Connection) -> Result<Vec<ListedTable>, CaptureError> {
-    let mut stmt = conn.prepare("SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main' ORDER BY name")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
+    let mut stmt = conn.prepare(
+        "SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main' ORDER BY name",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
     let mut out = Vec::new();
     for row in rows {
         let (name, kind, wr) = row?;
         if kind != "table" || name.starts_with("sqlite_") || name.starts_with(PREFIX) {
             continue;
         }
-        out.push(ListedTable { name, without_rowid: wr != 0 });
+        out.push(ListedTable {
+            name,
+            without_rowid: wr != 0,
+        });
     }
     Ok(out)
 }
 
 /// Columns and key of one table.
-pub fn describe(conn: &Connection, table: &ListedTable) -> Result<(Vec<String>, KeyKind), CaptureError> {
-    let mut stmt = conn.prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")?;
+pub fn describe(
+    conn: &Connection,
+    table: &ListedTable,
+) -> Result<(Vec<String>, KeyKind), CaptureError> {
+    let mut stmt =
+        conn.prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")?;
     let rows = stmt.query_map([&table.name], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
     })?;
     let mut columns = Vec::new();
     let mut pk: Vec<(i64, String, String)> = Vec::new();

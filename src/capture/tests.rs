@@ -7,8 +7,16 @@ use super::*;
 use crate::wire::{self, Row};
 
 fn cli(db: &Path, sql: &str) {
-    let out = Command::new("sqlite3").arg(db).arg(sql).output().expect("sqlite3 CLI");
-    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 CLI");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 const SCHEMA: &str = "
@@ -33,13 +41,23 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf, Connection, Capture) {
 fn skips_virtual_shadow_and_own_tables_and_keys_each_kind() {
     let (_d, _db, _conn, cap) = setup();
     let names: Vec<&str> = cap.tables.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["comp", "gen", "nopk", "plain", "we\"ird name", "wr"]);
+    assert_eq!(
+        names,
+        ["comp", "gen", "nopk", "plain", "we\"ird name", "wr"]
+    );
     let t = |n: &str| cap.tables.iter().find(|t| t.name == n).unwrap().clone();
     assert_eq!(t("plain").key, KeyKind::RowidAlias("id".into()));
     assert_eq!(t("nopk").key, KeyKind::Rowid);
-    assert_eq!(t("comp").key, KeyKind::Columns(vec!["a".into(), "b".into()]));
+    assert_eq!(
+        t("comp").key,
+        KeyKind::Columns(vec!["a".into(), "b".into()])
+    );
     assert_eq!(t("wr").key, KeyKind::Columns(vec!["k".into()]));
-    assert_eq!(t("gen").columns, ["id", "a"], "generated columns are not shipped");
+    assert_eq!(
+        t("gen").columns,
+        ["id", "a"],
+        "generated columns are not shipped"
+    );
 }
 
 #[test]
@@ -48,10 +66,27 @@ fn include_and_exclude_select_tables() {
     let db = dir.path().join("a.db");
     cli(&db, SCHEMA);
     let mut conn = Connection::open(&db).unwrap();
-    let cap = install(&mut conn, &["plain".into(), "comp".into()], &["comp".into()], None).unwrap();
-    assert_eq!(cap.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["plain"]);
-    let triggers: i64 =
-        conn.query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'", [], |r| r.get(0)).unwrap();
+    let cap = install(
+        &mut conn,
+        &["plain".into(), "comp".into()],
+        &["comp".into()],
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        cap.tables
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        ["plain"]
+    );
+    let triggers: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(triggers, 3);
 }
 
@@ -72,8 +107,10 @@ fn cli_writes_with_trusted_schema_off_are_logged_by_key_including_old_keys() {
          DELETE FROM wr;",
     );
     let log = read_log(&conn, &cap, 0, max_log_id(&conn).unwrap()).unwrap();
-    let got: Vec<(String, Vec<Value>)> =
-        log.iter().map(|r| (cap.table(r.table_id).unwrap().name.clone(), r.key.clone())).collect();
+    let got: Vec<(String, Vec<Value>)> = log
+        .iter()
+        .map(|r| (cap.table(r.table_id).unwrap().name.clone(), r.key.clone()))
+        .collect();
     let txt = |s: &str| Value::Text(s.as_bytes().to_vec());
     assert_eq!(
         got,
@@ -94,25 +131,41 @@ fn cli_writes_with_trusted_schema_off_are_logged_by_key_including_old_keys() {
 #[test]
 fn reinstall_keeps_ids_backfills_new_tables_and_uninstall_removes_everything() {
     let (_d, db, mut conn, cap) = setup();
-    cli(&db, "INSERT INTO plain VALUES (1, 'a'); CREATE TABLE later (id INTEGER PRIMARY KEY); INSERT INTO later VALUES (7), (8);");
+    cli(
+        &db,
+        "INSERT INTO plain VALUES (1, 'a'); CREATE TABLE later (id INTEGER PRIMARY KEY); INSERT INTO later VALUES (7), (8);",
+    );
     let cap2 = install(&mut conn, &[], &[], Some(&cap)).unwrap();
     assert_eq!(cap2.incarnation, cap.incarnation);
     let plain = |c: &Capture| c.tables.iter().find(|t| t.name == "plain").unwrap().id;
     assert_eq!(plain(&cap), plain(&cap2), "table ids are stable");
     let later = cap2.tables.iter().find(|t| t.name == "later").unwrap().id;
     let log = read_log(&conn, &cap2, 0, max_log_id(&conn).unwrap()).unwrap();
-    let backfilled: Vec<&Value> = log.iter().filter(|r| r.table_id == later).map(|r| &r.key[0]).collect();
+    let backfilled: Vec<&Value> = log
+        .iter()
+        .filter(|r| r.table_id == later)
+        .map(|r| &r.key[0])
+        .collect();
     assert_eq!(backfilled, [&Value::Integer(7), &Value::Integer(8)]);
 
     assert!(uninstall(&mut conn).unwrap() >= 4);
     let left: i64 = conn
-        .query_row("SELECT count(*) FROM sqlite_schema WHERE name LIKE '%harmonylite%'", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE '%harmonylite%'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(left, 0);
-    let rows: i64 = conn.query_row("SELECT count(*) FROM plain", [], |r| r.get(0)).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM plain", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(rows, 1);
     // a fresh install after cleanup is a new incarnation
-    assert_ne!(install(&mut conn, &[], &[], None).unwrap().incarnation, cap.incarnation);
+    assert_ne!(
+        install(&mut conn, &[], &[], None).unwrap().incarnation,
+        cap.incarnation
+    );
 }
 
 /// The applier's SQL fed with what capture produced: the peer ends with identical rows, and its own triggers'
@@ -133,18 +186,32 @@ fn apply_sql_reproduces_rows_exactly() {
         let info = cap.table(r.table_id).unwrap();
         let cols: Vec<String> = info.columns.iter().map(|c| ident(c)).collect();
         let (sel, keycond) = match &info.key {
-            KeyKind::Rowid => (format!("rowid, {}", cols.join(", ")), "rowid = ?1".to_string()),
+            KeyKind::Rowid => (
+                format!("rowid, {}", cols.join(", ")),
+                "rowid = ?1".to_string(),
+            ),
             KeyKind::RowidAlias(c) => (cols.join(", "), format!("{} = ?1", ident(c))),
             KeyKind::Columns(k) => (
                 cols.join(", "),
-                k.iter().enumerate().map(|(i, c)| format!("{} IS ?{}", ident(c), i + 1)).collect::<Vec<_>>().join(" AND "),
+                k.iter()
+                    .enumerate()
+                    .map(|(i, c)| format!("{} IS ?{}", ident(c), i + 1))
+                    .collect::<Vec<_>>()
+                    .join(" AND "),
             ),
         };
-        let mut stmt = conn.prepare(&format!("SELECT {sel} FROM {} WHERE {keycond}", ident(&info.name))).unwrap();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {sel} FROM {} WHERE {keycond}",
+                ident(&info.name)
+            ))
+            .unwrap();
         let n = stmt.column_count();
         let row = stmt
             .query_row(rusqlite::params_from_iter(r.key.iter()), |row| {
-                (0..n).map(|i| Ok(Value::from_ref(row.get_ref(i)?))).collect::<rusqlite::Result<Vec<_>>>()
+                (0..n)
+                    .map(|i| Ok(Value::from_ref(row.get_ref(i)?)))
+                    .collect::<rusqlite::Result<Vec<_>>>()
             })
             .ok()
             .map(Row::Upsert)
@@ -156,7 +223,14 @@ fn apply_sql_reproduces_rows_exactly() {
             rows: vec![row],
         });
     }
-    let msg = wire::Message { origin: 2, unit: "u".into(), part: 1, parts: 1, schema: cap.fingerprint, tables };
+    let msg = wire::Message {
+        origin: 2,
+        unit: "u".into(),
+        part: 1,
+        parts: 1,
+        schema: cap.fingerprint,
+        tables,
+    };
     let msg = wire::decode(&wire::encode(&msg, true)).unwrap();
 
     let peer_db = db.with_file_name("b.db");
@@ -164,24 +238,42 @@ fn apply_sql_reproduces_rows_exactly() {
     let mut peer = Connection::open(&peer_db).unwrap();
     let peer_cap = install(&mut peer, &[], &[], None).unwrap();
     let cfg = crate::config::load(None, &Default::default()).unwrap().0;
-    let shared = crate::shared::Shared::new(cfg.clone(), peer_cap, crate::pending::Pending::new(false, 0));
+    let shared = crate::shared::Shared::new(
+        cfg.clone(),
+        peer_cap,
+        crate::pending::Pending::new(false, 0),
+    );
     let tx = peer.transaction().unwrap();
     let before = max_log_id(&tx).unwrap();
     sql::apply_message(&tx, &msg, 1, &shared, &cfg).unwrap();
-    tx.execute(&format!("DELETE FROM {LOG} WHERE id > ?1"), [before]).unwrap();
+    tx.execute(&format!("DELETE FROM {LOG} WHERE id > ?1"), [before])
+        .unwrap();
     tx.commit().unwrap();
     for t in ["plain", "comp", "nopk", "wr"] {
-        let q = if t == "nopk" { "SELECT rowid, * FROM nopk ORDER BY rowid".to_string() } else { format!("SELECT * FROM {t} ORDER BY 1, 2") };
+        let q = if t == "nopk" {
+            "SELECT rowid, * FROM nopk ORDER BY rowid".to_string()
+        } else {
+            format!("SELECT * FROM {t} ORDER BY 1, 2")
+        };
         let dump = |c: &Connection| -> Vec<String> {
             let mut s = c.prepare(&q).unwrap();
             let n = s.column_count();
-            s.query_map([], |r| Ok((0..n).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect::<Vec<_>>().join("|")))
-                .unwrap()
-                .map(|r| r.unwrap())
-                .collect()
+            s.query_map([], |r| {
+                Ok((0..n)
+                    .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join("|"))
+            })
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
         };
         assert_eq!(dump(&conn), dump(&peer), "table {t}");
         assert!(!dump(&conn).is_empty());
     }
-    assert_eq!(max_log_id(&peer).unwrap(), 0, "the applier's own writes left no change-log rows");
+    assert_eq!(
+        max_log_id(&peer).unwrap(),
+        0,
+        "the applier's own writes left no change-log rows"
+    );
 }

@@ -16,23 +16,41 @@ pub struct Watch {
 
 /// Watch `db_path`, `db_path-wal` and `db_path-shm` (through their directory, so files created later are
 /// seen too) and wake `wake` on every modification. With `polling_ms > 0` also wake on that period.
-pub fn start(db_path: &Path, polling_ms: u64, wake: Arc<Notify>, cancel: CancellationToken) -> Watch {
+pub fn start(
+    db_path: &Path,
+    polling_ms: u64,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) -> Watch {
     let names: Vec<PathBuf> = ["", "-wal", "-shm"]
         .iter()
         .map(|s| {
             let mut p = db_path.as_os_str().to_owned();
             p.push(s);
-            PathBuf::from(p).file_name().map(PathBuf::from).unwrap_or_default()
+            PathBuf::from(p)
+                .file_name()
+                .map(PathBuf::from)
+                .unwrap_or_default()
         })
         .collect();
-    let dir = db_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let dir = db_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
     let w = wake.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(ev) = res else { return };
-        if matches!(ev.kind, EventKind::Access(_)) {
+        // Reads and opens are noise; writes, and closing a file written to, may mean a commit.
+        if matches!(ev.kind, EventKind::Access(a) if !matches!(a, notify::event::AccessKind::Close(notify::event::AccessMode::Write)))
+        {
             return;
         }
-        if ev.paths.iter().any(|p| p.file_name().is_some_and(|f| names.iter().any(|n| n == f))) {
+        if ev
+            .paths
+            .iter()
+            .any(|p| p.file_name().is_some_and(|f| names.iter().any(|n| n == f)))
+        {
             w.notify_one();
         }
     });
@@ -67,4 +85,36 @@ pub fn start(db_path: &Path, polling_ms: u64, wake: Arc<Notify>, cancel: Cancell
         });
     }
     Watch { _watcher: watcher }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_by_another_process_wakes_the_publisher() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("w.db");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x);")
+            .unwrap();
+        let wake = Arc::new(Notify::new());
+        let cancel = CancellationToken::new();
+        let _w = start(&db, 0, wake.clone(), cancel.clone());
+        // drain the wake-ups caused by the set-up
+        while tokio::time::timeout(Duration::from_millis(200), wake.notified())
+            .await
+            .is_ok()
+        {}
+        let out = std::process::Command::new("sqlite3")
+            .arg(&db)
+            .arg("INSERT INTO t VALUES (1);")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        tokio::time::timeout(Duration::from_millis(500), wake.notified())
+            .await
+            .expect("no wake-up after a commit");
+        cancel.cancel();
+    }
 }

@@ -46,11 +46,11 @@ fn options(s: &ClientSettings) -> ConnectOptions {
                 async move { log_event(&name, event) }
             }
         });
-    if let Some((user, password)) = &s.user {
-        opts = opts.user_and_password(user.clone(), password.clone());
-    }
+    // One identity per connection: the NKey when there is one, else user and password.
     if let Some(seed) = &s.nkey_seed {
         opts = opts.nkey(seed.clone());
+    } else if let Some((user, password)) = &s.user {
+        opts = opts.user_and_password(user.clone(), password.clone());
     }
     if let Some(ca) = &s.ca_file {
         opts = opts.add_root_certificates(ca.clone());
@@ -79,7 +79,9 @@ pub(crate) fn reconnect_delay(attempts: usize, cap: Duration) -> Duration {
 fn log_event(name: &str, event: Event) {
     match event {
         Event::Connected => tracing::info!(client = name, "connected to NATS"),
-        Event::Disconnected => tracing::warn!(client = name, "disconnected from NATS; reconnecting"),
+        Event::Disconnected => {
+            tracing::warn!(client = name, "disconnected from NATS; reconnecting")
+        }
         Event::LameDuckMode => tracing::warn!(client = name, "NATS server entered lame duck mode"),
         Event::Closed => tracing::info!(client = name, "NATS connection closed"),
         Event::SlowConsumer(sid) => tracing::warn!(client = name, sid, "slow NATS consumer"),
@@ -103,9 +105,14 @@ pub(crate) async fn connect(settings: &ClientSettings) -> Result<Client, NatsErr
                 // Authentication failures will not heal by retrying.
                 if matches!(
                     e.kind(),
-                    async_nats::ConnectErrorKind::AuthorizationViolation | async_nats::ConnectErrorKind::Authentication
+                    async_nats::ConnectErrorKind::AuthorizationViolation
+                        | async_nats::ConnectErrorKind::Authentication
                 ) {
-                    return Err(NatsError::Connect { urls: settings.urls.clone(), attempts: attempt, reason: last });
+                    return Err(NatsError::Connect {
+                        urls: settings.urls.clone(),
+                        attempts: attempt,
+                        reason: last,
+                    });
                 }
             }
         }
@@ -113,18 +120,21 @@ pub(crate) async fn connect(settings: &ClientSettings) -> Result<Client, NatsErr
             tokio::time::sleep(settings.retry_wait).await;
         }
     }
-    Err(NatsError::Connect { urls: settings.urls.clone(), attempts, reason: last })
+    Err(NatsError::Connect {
+        urls: settings.urls.clone(),
+        attempts,
+        reason: last,
+    })
 }
 
-/// Number of servers the connected server advertises (its cluster's client URLs), counting itself; at least 1.
+/// Number of servers the connected server advertises (its cluster's client URLs, its own included); at least 1.
+/// A server listening on several interfaces advertises one URL per address and is then counted more than once;
+/// with `no_advertise` the count is 1. It is a hint: set `replication_log.replicas` explicitly for external NATS.
 pub(crate) fn advertised_servers(client: &Client) -> usize {
-    let info = client.server_info();
-    let own = format!("{}:{}", info.host, info.port);
-    let mut urls: Vec<String> = info.connect_urls.iter().map(|u| u.trim_start_matches("nats://").to_string()).collect();
+    let mut urls: Vec<String> = client.server_info().connect_urls;
     urls.sort();
     urls.dedup();
-    let includes_self = urls.iter().any(|u| *u == own);
-    (urls.len() + usize::from(!includes_self)).max(1)
+    urls.len().max(1)
 }
 
 #[cfg(test)]
@@ -134,9 +144,14 @@ mod tests {
     #[test]
     fn reconnect_delays_grow_to_the_cap() {
         let cap = Duration::from_secs(2);
-        let delays: Vec<u64> = (1..=8).map(|a| reconnect_delay(a, cap).as_millis() as u64).collect();
+        let delays: Vec<u64> = (1..=8)
+            .map(|a| reconnect_delay(a, cap).as_millis() as u64)
+            .collect();
         assert_eq!(delays, [0, 100, 200, 400, 800, 1600, 2000, 2000]);
         assert_eq!(reconnect_delay(1000, cap), cap);
-        assert_eq!(reconnect_delay(3, Duration::ZERO), Duration::from_millis(100));
+        assert_eq!(
+            reconnect_delay(3, Duration::ZERO),
+            Duration::from_millis(100)
+        );
     }
 }

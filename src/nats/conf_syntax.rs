@@ -54,7 +54,9 @@ impl Map {
     }
 
     fn position(&self, key: &str) -> Option<usize> {
-        self.entries.iter().position(|(k, _)| k.eq_ignore_ascii_case(key))
+        self.entries
+            .iter()
+            .position(|(k, _)| k.eq_ignore_ascii_case(key))
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -121,7 +123,9 @@ pub fn quote(s: &str) -> String {
 /// The text of a scalar without its quotes (escapes of double-quoted strings resolved); `None` for arrays and
 /// maps. Variables (`$X`) are returned as written.
 pub fn unquote(value: &Value) -> Option<String> {
-    let Value::Scalar(raw) = value else { return None };
+    let Value::Scalar(raw) = value else {
+        return None;
+    };
     if let Some(inner) = raw.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
         return Some(inner.to_string());
     }
@@ -159,7 +163,13 @@ pub fn parse_file(path: &Path) -> Result<Map, SyntaxError> {
 
 /// Parses configuration text; `origin` names it in errors and anchors relative includes.
 pub fn parse_str(text: &str, origin: &Path) -> Result<Map, SyntaxError> {
-    Parser { text, pos: 0, file: origin.to_path_buf(), depth: 0 }.parse_top()
+    Parser {
+        text,
+        pos: 0,
+        file: origin.to_path_buf(),
+        depth: 0,
+    }
+    .parse_top()
 }
 
 const MAX_INCLUDE_DEPTH: usize = 16;
@@ -170,7 +180,13 @@ fn parse_file_at_depth(path: &Path, depth: usize) -> Result<Map, SyntaxError> {
         line: 0,
         message: format!("cannot read: {e}"),
     })?;
-    Parser { text: &text, pos: 0, file: path.to_path_buf(), depth }.parse_top()
+    Parser {
+        text: &text,
+        pos: 0,
+        file: path.to_path_buf(),
+        depth,
+    }
+    .parse_top()
 }
 
 struct Parser<'a> {
@@ -198,8 +214,16 @@ impl Parser<'_> {
     }
 
     fn error(&self, message: impl Into<String>) -> SyntaxError {
-        let line = self.text.as_bytes()[..self.pos.min(self.text.len())].iter().filter(|&&b| b == b'\n').count() + 1;
-        SyntaxError { file: self.file.clone(), line, message: message.into() }
+        let line = self.text.as_bytes()[..self.pos.min(self.text.len())]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        SyntaxError {
+            file: self.file.clone(),
+            line,
+            message: message.into(),
+        }
     }
 
     fn at_comment(&self) -> bool {
@@ -296,7 +320,10 @@ impl Parser<'_> {
             self.pos += 1;
         }
         if self.pos == start {
-            return Err(self.error(format!("expected a key, found `{}`", self.peek().map_or('?', char::from))));
+            return Err(self.error(format!(
+                "expected a key, found `{}`",
+                self.peek().map_or('?', char::from)
+            )));
         }
         Ok((self.text[start..self.pos].to_string(), false))
     }
@@ -316,7 +343,10 @@ impl Parser<'_> {
             }
             _ => {
                 let start = self.pos;
-                while self.peek().is_some_and(|b| !b.is_ascii_whitespace() && b != b';' && b != b'}') {
+                while self
+                    .peek()
+                    .is_some_and(|b| !b.is_ascii_whitespace() && b != b';' && b != b'}')
+                {
                     self.pos += 1;
                 }
                 &self.text[start..self.pos]
@@ -326,7 +356,9 @@ impl Parser<'_> {
             return Err(self.error("`include` needs a file name"));
         }
         if self.depth >= MAX_INCLUDE_DEPTH {
-            return Err(self.error(format!("includes nested deeper than {MAX_INCLUDE_DEPTH} (a cycle?)")));
+            return Err(self.error(format!(
+                "includes nested deeper than {MAX_INCLUDE_DEPTH} (a cycle?)"
+            )));
         }
         let base = self.file.parent().unwrap_or(Path::new("."));
         let path = base.join(name);
@@ -342,8 +374,12 @@ impl Parser<'_> {
 
     fn parse_value(&mut self, key: &str) -> Result<Value, SyntaxError> {
         match self.peek() {
-            None => Err(self.error(format!("expected a value for `{key}`, found the end of the file"))),
-            Some(b) if is_newline(b) => Err(self.error(format!("expected a value for `{key}`, found a new line"))),
+            None => Err(self.error(format!(
+                "expected a value for `{key}`, found the end of the file"
+            ))),
+            Some(b) if is_newline(b) => {
+                Err(self.error(format!("expected a value for `{key}`, found a new line")))
+            }
             Some(b'[') => self.parse_array(key),
             Some(b'{') => {
                 self.pos += 1;
@@ -395,7 +431,9 @@ impl Parser<'_> {
         let mut search = start + 1;
         loop {
             let Some(i) = self.text[search..].find("\n)") else {
-                return Err(self.error("unterminated block string: a `)` alone on a line must close it"));
+                return Err(
+                    self.error("unterminated block string: a `)` alone on a line must close it")
+                );
             };
             let close = search + i + 1;
             match self.text.as_bytes().get(close + 1) {
@@ -414,7 +452,11 @@ impl Parser<'_> {
         loop {
             self.skip_between_entries();
             match self.peek() {
-                None => return Err(self.error(format!("unexpected end of file in the array of `{key}`: missing `]`"))),
+                None => {
+                    return Err(self.error(format!(
+                        "unexpected end of file in the array of `{key}`: missing `]`"
+                    )));
+                }
                 Some(b']') => {
                     self.pos += 1;
                     return Ok(Value::Array(items));
@@ -426,7 +468,10 @@ impl Parser<'_> {
 }
 
 fn key_text(key: &str) -> String {
-    let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'$'));
+    let plain = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'$'));
     if plain {
         key.to_string()
     } else if !key.contains('"') {

@@ -24,7 +24,10 @@ fn parses_the_original_example_file() {
     );
     assert_eq!(map.get("monitor_port"), Some(&scalar("8222")));
     let js = map_at(&map, "jetstream");
-    assert_eq!(js.get("store_dir"), Some(&scalar("\"/tmp/nats-1/jetstream/\"")));
+    assert_eq!(
+        js.get("store_dir"),
+        Some(&scalar("\"/tmp/nats-1/jetstream/\""))
+    );
     assert_eq!(js.get("max_memory_store"), Some(&scalar("50M")));
     assert_eq!(js.get("max_file_store"), Some(&scalar("5G")));
     assert_eq!(js.entries().len(), 3);
@@ -33,7 +36,14 @@ fn parses_the_original_example_file() {
 #[test]
 fn all_separator_styles_and_terminators() {
     let map = parse("a: 1\nb = 2\nc 3\nd: 4; e: 5, f: \"x\"\ng {h: 1, i = 2; j 3}\nk: {l: 1}\n");
-    for (k, v) in [("a", "1"), ("b", "2"), ("c", "3"), ("d", "4"), ("e", "5"), ("f", "\"x\"")] {
+    for (k, v) in [
+        ("a", "1"),
+        ("b", "2"),
+        ("c", "3"),
+        ("d", "4"),
+        ("e", "5"),
+        ("f", "\"x\""),
+    ] {
         assert_eq!(map.get(k), Some(&scalar(v)), "{k}");
     }
     let g = map_at(&map, "g");
@@ -55,12 +65,17 @@ fn comments_of_both_kinds_and_urls_with_double_slashes() {
     assert_eq!(map.get("listen"), Some(&scalar("127.0.0.1:4222")));
     assert_eq!(map.get("url"), Some(&scalar("nats://host:4222/path")));
     let routes = map_at(&map, "cluster").get("routes").unwrap();
-    assert_eq!(routes, &Value::Array(vec![scalar("nats://a:6222"), scalar("nats://b:6222")]));
+    assert_eq!(
+        routes,
+        &Value::Array(vec![scalar("nats://a:6222"), scalar("nats://b:6222")])
+    );
 }
 
 #[test]
 fn quoted_strings_keep_hashes_slashes_and_escapes() {
-    let map = parse("a: \"has # hash and // slashes\"\nb: 'single # quoted'\nc: \"esc \\\" quote # x\"\n");
+    let map = parse(
+        "a: \"has # hash and // slashes\"\nb: 'single # quoted'\nc: \"esc \\\" quote # x\"\n",
+    );
     assert_eq!(map.get("a"), Some(&scalar("\"has # hash and // slashes\"")));
     assert_eq!(map.get("b"), Some(&scalar("'single # quoted'")));
     assert_eq!(map.get("c"), Some(&scalar("\"esc \\\" quote # x\"")));
@@ -73,31 +88,50 @@ fn arrays_of_maps_and_nested_arrays() {
     let map = parse(
         "authorization {\n  users = [\n    {user: alice, password: \"p#1\"}\n    {nkey: UABC}, {user: bob\n     password: two}\n  ]\n}\nlist: [1, [2, 3], {x: y}]\n",
     );
-    let Some(Value::Array(users)) = map_at(&map, "authorization").get("users") else { panic!() };
+    let Some(Value::Array(users)) = map_at(&map, "authorization").get("users") else {
+        panic!()
+    };
     assert_eq!(users.len(), 3);
-    let Value::Map(alice) = &users[0] else { panic!() };
+    let Value::Map(alice) = &users[0] else {
+        panic!()
+    };
     assert_eq!(alice.get("password"), Some(&scalar("\"p#1\"")));
     let Value::Map(bob) = &users[2] else { panic!() };
     assert_eq!(bob.get("password"), Some(&scalar("two")));
-    let Some(Value::Array(list)) = map.get("list") else { panic!() };
+    let Some(Value::Array(list)) = map.get("list") else {
+        panic!()
+    };
     assert_eq!(list[1], Value::Array(vec![scalar("2"), scalar("3")]));
 }
 
 #[test]
 fn variables_durations_and_blocks_stay_verbatim() {
-    let map = parse("TOKEN: secret\nauthorization { token: $TOKEN }\nping_interval: \"2m\"\nwrite_deadline: 10s\nbanner (\n  line one )\n  line two\n)\nafter: 1\n");
-    assert_eq!(map_at(&map, "authorization").get("token"), Some(&scalar("$TOKEN")));
+    let map = parse(
+        "TOKEN: secret\nauthorization { token: $TOKEN }\nping_interval: \"2m\"\nwrite_deadline: 10s\nbanner (\n  line one )\n  line two\n)\nafter: 1\n",
+    );
+    assert_eq!(
+        map_at(&map, "authorization").get("token"),
+        Some(&scalar("$TOKEN"))
+    );
     assert_eq!(map.get("write_deadline"), Some(&scalar("10s")));
-    assert_eq!(map.get("banner"), Some(&scalar("(\n  line one )\n  line two\n)")));
+    assert_eq!(
+        map.get("banner"),
+        Some(&scalar("(\n  line one )\n  line two\n)"))
+    );
     assert_eq!(map.get("after"), Some(&scalar("1")));
 }
 
 #[test]
 fn keys_are_case_insensitive_and_later_values_win() {
-    let map = parse("JetStream { store_dir: a }\njetstream { max_file_store: 1G }\nport: 1\nPORT: 2\n");
+    let map =
+        parse("JetStream { store_dir: a }\njetstream { max_file_store: 1G }\nport: 1\nPORT: 2\n");
     assert_eq!(map.entries().len(), 2);
     let js = map_at(&map, "jetstream");
-    assert_eq!(js.get("store_dir"), None, "a repeated key replaces the whole value, as in nats-server");
+    assert_eq!(
+        js.get("store_dir"),
+        None,
+        "a repeated key replaces the whole value, as in nats-server"
+    );
     assert_eq!(js.get("max_file_store"), Some(&scalar("1G")));
     assert_eq!(map.get("port"), Some(&scalar("2")));
 }
@@ -106,9 +140,21 @@ fn keys_are_case_insensitive_and_later_values_win() {
 fn includes_are_relative_to_the_including_file_and_spliced_in_place() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("sub")).unwrap();
-    std::fs::write(dir.path().join("sub/users.conf"), "users: [ {user: a, password: b} ]\n").unwrap();
-    std::fs::write(dir.path().join("sub/auth.conf"), "authorization {\n  include users.conf\n  timeout: 2\n}\n").unwrap();
-    std::fs::write(dir.path().join("main.conf"), "port: 4222\ninclude 'sub/auth.conf' # comment\nhttp: 8222\n").unwrap();
+    std::fs::write(
+        dir.path().join("sub/users.conf"),
+        "users: [ {user: a, password: b} ]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("sub/auth.conf"),
+        "authorization {\n  include users.conf\n  timeout: 2\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("main.conf"),
+        "port: 4222\ninclude 'sub/auth.conf' # comment\nhttp: 8222\n",
+    )
+    .unwrap();
     let map = parse_file(&dir.path().join("main.conf")).unwrap();
     let keys: Vec<&str> = map.entries().iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["port", "authorization", "http"]);

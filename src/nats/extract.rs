@@ -32,7 +32,11 @@ const BUNDLED_SIZE: &str = env!("HARMONYLITE_NATS_SIZE");
 /// Default extraction directory: `$XDG_CACHE_HOME/harmonylite`, else `$HOME/.cache/harmonylite`, else
 /// `<temp dir>/harmonylite`.
 pub fn default_cache_dir() -> PathBuf {
-    let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let non_empty = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let base = non_empty("XDG_CACHE_HOME")
         .filter(|p| p.is_absolute())
         .or_else(|| non_empty("HOME").map(|home| home.join(".cache")))
@@ -46,14 +50,48 @@ pub fn server_binary() -> Result<PathBuf, NatsError> {
     if let Some(path) = std::env::var_os(ENV_NATS_BIN).filter(|v| !v.is_empty()) {
         return external_binary(PathBuf::from(path));
     }
-    extract_to(&default_cache_dir())
+    let dir = default_cache_dir();
+    match extract_to(&dir) {
+        Err(NatsError::Extract { path, source }) => {
+            // A read-only or full home directory: fall back on the temporary directory.
+            // SAFETY: getuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::getuid() };
+            let fallback = std::env::temp_dir().join(format!("harmonylite-{uid}"));
+            tracing::warn!(path = %path.display(), error = %source, fallback = %fallback.display(),
+                "cannot extract nats-server to the cache directory; using the temporary directory");
+            // Refuse a directory that someone else could swap the binary in.
+            let _ = std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
+                .create(&fallback);
+            match fs::metadata(&fallback) {
+                Ok(m)
+                    if std::os::unix::fs::MetadataExt::uid(&m) == uid
+                        && m.permissions().mode() & 0o022 == 0 =>
+                {
+                    extract_to(&fallback)
+                }
+                _ => Err(NatsError::Extract {
+                    path,
+                    source: std::io::Error::other(format!(
+                        "{source}; and {} is not a directory owned by this user and writable only by it",
+                        fallback.display()
+                    )),
+                }),
+            }
+        }
+        other => other,
+    }
 }
 
 fn external_binary(path: PathBuf) -> Result<PathBuf, NatsError> {
-    let meta = fs::metadata(&path)
-        .map_err(|e| NatsError::ExternalBinary { path: path.clone(), reason: e.to_string() })?;
+    let meta = fs::metadata(&path).map_err(|e| NatsError::ExternalBinary {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        return Err(NatsError::ExternalBinary { path, reason: "not an executable file".into() });
+        return Err(NatsError::ExternalBinary {
+            path,
+            reason: "not an executable file".into(),
+        });
     }
     tracing::warn!(path = %path.display(), "using an external nats-server ({ENV_NATS_BIN}), not the bundled {BUNDLED_VERSION}");
     Ok(path)
@@ -83,7 +121,10 @@ pub fn binary_name() -> String {
 
 fn extract_locked(dir: &Path) -> Result<PathBuf, NatsError> {
     let target = dir.join(binary_name());
-    let extract_err = |source| NatsError::Extract { path: target.clone(), source };
+    let extract_err = |source| NatsError::Extract {
+        path: target.clone(),
+        source,
+    };
     fs::create_dir_all(dir).map_err(extract_err)?;
 
     // Fast path without the lock: a verified binary is never modified in place, only replaced.
@@ -120,7 +161,9 @@ fn extract_locked(dir: &Path) -> Result<PathBuf, NatsError> {
     }
     // Close before the rename: a binary still open for writing cannot be executed (ETXTBSY).
     let tmp_path = tmp.into_temp_path();
-    tmp_path.persist(&target).map_err(|e| extract_err(e.error))?;
+    tmp_path
+        .persist(&target)
+        .map_err(|e| extract_err(e.error))?;
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -133,10 +176,16 @@ fn decompress() -> Result<Vec<u8>, NatsError> {
     let mut bytes = Vec::with_capacity(BUNDLED_SIZE.parse().unwrap_or(0));
     zstd::stream::read::Decoder::new(BUNDLE_ZST)
         .and_then(|mut d| d.read_to_end(&mut bytes))
-        .map_err(|e| NatsError::BundleCorrupt { expected: BUNDLED_SHA256.into(), actual: format!("unreadable: {e}") })?;
+        .map_err(|e| NatsError::BundleCorrupt {
+            expected: BUNDLED_SHA256.into(),
+            actual: format!("unreadable: {e}"),
+        })?;
     let actual = hex::encode(Sha256::digest(&bytes));
     if actual != BUNDLED_SHA256 {
-        return Err(NatsError::BundleCorrupt { expected: BUNDLED_SHA256.into(), actual });
+        return Err(NatsError::BundleCorrupt {
+            expected: BUNDLED_SHA256.into(),
+            actual,
+        });
     }
     Ok(bytes)
 }
@@ -171,7 +220,9 @@ pub(crate) fn run_bundled(dir: &Path, args: &[&std::ffi::OsStr]) -> std::process
     let path = extract_to(dir).unwrap();
     for _ in 0..100 {
         match std::process::Command::new(&path).args(args).output() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
             other => return other.unwrap(),
         }
     }
@@ -192,7 +243,10 @@ mod tests {
 
         // A verified copy is reused as is.
         let again = extract_locked(dir.path()).unwrap();
-        assert_eq!(std::os::unix::fs::MetadataExt::ino(&fs::metadata(&again).unwrap()), inode);
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&fs::metadata(&again).unwrap()),
+            inode
+        );
 
         // A copy whose hash does not match is replaced.
         fs::write(&path, b"not nats-server").unwrap();
@@ -200,8 +254,14 @@ mod tests {
         assert!(!is_verified(&path));
         let fixed = extract_locked(dir.path()).unwrap();
         assert!(is_verified(&fixed));
-        assert_eq!(fs::metadata(&fixed).unwrap().len(), BUNDLED_SIZE.parse::<u64>().unwrap());
-        assert_eq!(fs::metadata(&fixed).unwrap().permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            fs::metadata(&fixed).unwrap().len(),
+            BUNDLED_SIZE.parse::<u64>().unwrap()
+        );
+        assert_eq!(
+            fs::metadata(&fixed).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
 
         // No temporary files are left behind.
         let leftovers: Vec<_> = fs::read_dir(dir.path())

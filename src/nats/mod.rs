@@ -4,16 +4,18 @@
 //! [`Nats::start`] is the entry point. With `nats.urls` empty it runs the embedded server:
 //!
 //! 1. [`extract`]: the binary embedded at build time is written once to the per-user cache;
-//! 2. [`conf`] (with [`conf_syntax`] and [`routes`]): a config file is generated from `[nats]` and the
+//! 2. `conf` (with [`conf_syntax`] and `routes`): a config file is generated from `[nats]` and the
 //!    `-cluster-addr`/`-cluster-peers`/`-leaf-servers` flags, and the user's `nats.server_config` merged in;
-//! 3. [`server`]: the child process is spawned and supervised (restarted when it dies, killed with us);
-//! 4. [`client`]: the node connects to it on loopback;
-//! 5. [`ready`]: start-up waits until JetStream answers (a meta leader exists).
+//! 3. `server` (with `child_io`): the child process is spawned and supervised (restarted when it dies,
+//!    killed with us), its log lines forwarded to tracing with `from = "nats"`;
+//! 4. `client`: the node connects to it on loopback;
+//! 5. `ready`: start-up waits until JetStream answers (a meta leader exists).
 //!
 //! With `nats.urls` set, only steps 4 and 5 run, against the external servers.
 
+mod child_io;
 mod client;
-pub mod conf;
+mod conf;
 pub mod conf_syntax;
 mod error;
 pub mod extract;
@@ -24,6 +26,7 @@ mod server;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use conf::CLUSTER_NAME;
 pub use error::NatsError;
 
 use crate::config::Config;
@@ -104,12 +107,18 @@ impl Nats {
 
     /// Client port of the embedded server while it runs.
     pub fn client_port(&self) -> Option<u16> {
-        self.server.as_ref().and_then(|s| s.ports()).map(|p| p.client_port)
+        self.server
+            .as_ref()
+            .and_then(|s| s.ports())
+            .map(|p| p.client_port)
     }
 
     /// Monitoring base URL of the embedded server (`http://127.0.0.1:<port>`), when it has one.
     pub fn monitor_url(&self) -> Option<String> {
-        self.server.as_ref().and_then(|s| s.ports()).and_then(|p| p.monitor_url)
+        self.server
+            .as_ref()
+            .and_then(|s| s.ports())
+            .and_then(|p| p.monitor_url)
     }
 
     /// True when this node runs its own nats-server.
@@ -119,7 +128,10 @@ impl Nats {
 
     /// Closes the client (flushing what it buffered), then stops the embedded server gracefully.
     pub async fn shutdown(mut self) {
-        if tokio::time::timeout(Duration::from_secs(5), self.client.drain()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), self.client.drain())
+            .await
+            .is_err()
+        {
             tracing::warn!("NATS client did not drain within 5 s");
         }
         if let Some(server) = self.server.take() {
@@ -133,30 +145,41 @@ fn non_empty(path: &Option<PathBuf>) -> Option<PathBuf> {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task panicked")
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking task panicked")
 }
 
 async fn start_embedded(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, NatsError> {
     let n = &cfg.nats;
     let server_name = cfg.server_name();
     let store_dir = cfg.data_root_dir().join("nats").join(&server_name);
-    std::fs::create_dir_all(&store_dir).map_err(|e| NatsError::io("cannot create", &store_dir, e))?;
-    let conf_path = cfg.data_root_dir().join("nats").join(format!("{server_name}.conf"));
+    std::fs::create_dir_all(&store_dir)
+        .map_err(|e| NatsError::io("cannot create", &store_dir, e))?;
+    let conf_path = cfg
+        .data_root_dir()
+        .join("nats")
+        .join(format!("{server_name}.conf"));
 
     let (client_host, client_port) = routes::parse_bind_address(&n.bind_address)?;
     let user_path = non_empty(&n.server_config);
     let user_conf = match &user_path {
-        Some(p) => Some(blocking({
-            let p = p.clone();
-            move || conf::load_user_config(&p)
-        })
-        .await?),
+        Some(p) => Some(
+            blocking({
+                let p = p.clone();
+                move || conf::load_user_config(&p)
+            })
+            .await?,
+        ),
         None => None,
     };
 
     let mut users = Vec::new();
     if !n.user_name.is_empty() {
-        users.push(User::Password { user: n.user_name.clone(), password: n.user_password.clone() });
+        users.push(User::Password {
+            user: n.user_name.clone(),
+            password: n.user_password.clone(),
+        });
     }
     let seed = match non_empty(&n.seed_file) {
         Some(path) => {
@@ -167,19 +190,34 @@ async fn start_embedded(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Nats
         None => None,
     };
     let tls = match (non_empty(&n.cert_file), non_empty(&n.key_file)) {
-        (Some(cert_file), Some(key_file)) => Some(TlsFiles { cert_file, key_file, ca_file: non_empty(&n.ca_file) }),
+        (Some(cert_file), Some(key_file)) => Some(TlsFiles {
+            cert_file,
+            key_file,
+            ca_file: non_empty(&n.ca_file),
+        }),
         _ => None,
     };
 
     // Routes and leaf remotes; dns:// entries resolve in the background thread pool.
-    let peers = flags.cluster_peers.iter().map(|p| routes::parse_peer(p)).collect::<Result<Vec<_>, _>>()?;
-    let leaves = flags.leaf_servers.iter().map(|l| routes::parse_leaf(l)).collect::<Result<Vec<_>, _>>()?;
+    let peers = flags
+        .cluster_peers
+        .iter()
+        .map(|p| routes::parse_peer(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let leaves = flags
+        .leaf_servers
+        .iter()
+        .map(|l| routes::parse_leaf(l))
+        .collect::<Result<Vec<_>, _>>()?;
     let cluster_addr = flags.cluster_addr.as_deref().filter(|a| !a.is_empty());
     let (peer_urls, leaf_remotes) = blocking(move || {
         let peer_urls = routes::expand(&peers, routes::DNS_WAIT);
         let leaf_remotes = leaves
             .iter()
-            .map(|(seed, hub)| routes::LeafRemote { urls: routes::expand(std::slice::from_ref(seed), routes::DNS_WAIT), hub: *hub })
+            .map(|(seed, hub)| routes::LeafRemote {
+                urls: routes::expand(std::slice::from_ref(seed), routes::DNS_WAIT),
+                hub: *hub,
+            })
             .filter(|r| !r.urls.is_empty())
             .collect::<Vec<_>>();
         (peer_urls, leaf_remotes)
@@ -189,12 +227,38 @@ async fn start_embedded(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Nats
     let (cluster, other_peers) = match cluster_addr {
         Some(addr) => {
             let (host, port) = routes::parse_cluster_addr(addr)?;
-            let others: Vec<String> = peer_urls.iter().filter(|u| !routes::is_self(u, &host, port)).cloned().collect();
-            (Some(ClusterSpec { listen: addr.to_string(), routes: peer_urls.clone() }), others)
+            let others: Vec<String> = peer_urls
+                .iter()
+                .filter(|u| !routes::is_self(u, &host, port))
+                .cloned()
+                .collect();
+            // nats-server refuses clustered JetStream without a route. A node started first, with no peers
+            // (as the demo's node 1), routes to itself: the server starts, ignores the self-route, and forms
+            // the cluster when peers connect to it.
+            let routes = if peer_urls.is_empty() {
+                let h = match host.as_str() {
+                    "" | "0.0.0.0" | "::" => "127.0.0.1".to_string(),
+                    h if h.contains(':') => format!("[{h}]"),
+                    h => h.to_string(),
+                };
+                tracing::info!("no -cluster-peers: waiting for peers to connect to {addr}");
+                vec![format!("nats://{h}:{port}")]
+            } else {
+                peer_urls.clone()
+            };
+            (
+                Some(ClusterSpec {
+                    listen: addr.to_string(),
+                    routes,
+                }),
+                others,
+            )
         }
         None => {
             if !peer_urls.is_empty() {
-                tracing::warn!("-cluster-peers given without -cluster-addr: the embedded server runs without a cluster");
+                tracing::warn!(
+                    "-cluster-peers given without -cluster-addr: the embedded server runs without a cluster"
+                );
             }
             (None, Vec::new())
         }
@@ -225,7 +289,12 @@ async fn start_embedded(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Nats
             conf::render(&spec, user_conf.as_ref(), user_path.as_deref())
         })
     };
-    let launch = Launch { binary, conf_path, ports_dir, render };
+    let launch = Launch {
+        binary,
+        conf_path,
+        ports_dir,
+        render,
+    };
     let (server, ports) = ServerProcess::start(launch).await?;
 
     let connect_host = match client_host.as_str() {
@@ -241,7 +310,9 @@ async fn start_embedded(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Nats
         user: (!n.user_name.is_empty()).then(|| (n.user_name.clone(), n.user_password.clone())),
         nkey_seed: seed,
         ca_file: non_empty(&n.ca_file),
-        client_cert: tls.as_ref().map(|t| (t.cert_file.clone(), t.key_file.clone())),
+        client_cert: tls
+            .as_ref()
+            .map(|t| (t.cert_file.clone(), t.key_file.clone())),
         require_tls: tls.is_some(),
         own_server_only: true,
         attempts: 20,
@@ -249,18 +320,31 @@ async fn start_embedded(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Nats
         reconnect_wait: Duration::from_secs(n.reconnect_wait_seconds.max(1)),
     };
     let probe = ready::Probe {
-        peers: other_peers.iter().filter_map(|u| routes::probe_target(u, 6222)).collect(),
+        peers: other_peers
+            .iter()
+            .filter_map(|u| routes::probe_target(u, 6222))
+            .collect(),
         monitor_url: ports.monitor_url.clone(),
     };
     let cluster_size_hint = 1 + other_peers.len();
     let connected = async {
         let client = client::connect(&settings).await?;
         let jetstream = async_nats::jetstream::new(client.clone());
-        ready::wait_ready(&jetstream, Duration::from_secs(n.ready_timeout_seconds), &probe).await?;
+        ready::wait_ready(
+            &jetstream,
+            Duration::from_secs(n.ready_timeout_seconds),
+            &probe,
+        )
+        .await?;
         Ok::<_, NatsError>((client, jetstream))
     };
     match connected.await {
-        Ok((client, jetstream)) => Ok(Nats { client, jetstream, server: Some(server), cluster_size_hint }),
+        Ok((client, jetstream)) => Ok(Nats {
+            client,
+            jetstream,
+            server: Some(server),
+            cluster_size_hint,
+        }),
         Err(e) => {
             let _ = tokio::task::spawn_blocking(move || server.stop()).await;
             Err(e)
@@ -270,8 +354,13 @@ async fn start_embedded(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Nats
 
 async fn start_external(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, NatsError> {
     let n = &cfg.nats;
-    if flags.cluster_addr.is_some() || !flags.cluster_peers.is_empty() || !flags.leaf_servers.is_empty() {
-        tracing::warn!("nats.urls is set: -cluster-addr, -cluster-peers and -leaf-servers are ignored");
+    if flags.cluster_addr.is_some()
+        || !flags.cluster_peers.is_empty()
+        || !flags.leaf_servers.is_empty()
+    {
+        tracing::warn!(
+            "nats.urls is set: -cluster-addr, -cluster-peers and -leaf-servers are ignored"
+        );
     }
     let seed = match non_empty(&n.seed_file) {
         Some(path) => Some(conf::read_seed_file(&path)?.0),
@@ -283,7 +372,8 @@ async fn start_external(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Nats
         _ => None,
     };
     let settings = client::ClientSettings {
-        require_tls: client_cert.is_some() || n.urls.iter().any(|u| u.trim_start().starts_with("tls://")),
+        require_tls: client_cert.is_some()
+            || n.urls.iter().any(|u| u.trim_start().starts_with("tls://")),
         urls,
         name: cfg.server_name(),
         user: (!n.user_name.is_empty()).then(|| (n.user_name.clone(), n.user_password.clone())),
@@ -297,8 +387,21 @@ async fn start_external(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Nats
     };
     let client = client::connect(&settings).await?;
     let jetstream = async_nats::jetstream::new(client.clone());
-    let probe = ready::Probe { peers: Vec::new(), monitor_url: None };
-    ready::wait_ready(&jetstream, Duration::from_secs(n.ready_timeout_seconds), &probe).await?;
+    let probe = ready::Probe {
+        peers: Vec::new(),
+        monitor_url: None,
+    };
+    ready::wait_ready(
+        &jetstream,
+        Duration::from_secs(n.ready_timeout_seconds),
+        &probe,
+    )
+    .await?;
     let cluster_size_hint = client::advertised_servers(&client);
-    Ok(Nats { client, jetstream, server: None, cluster_size_hint })
+    Ok(Nats {
+        client,
+        jetstream,
+        server: None,
+        cluster_size_hint,
+    })
 }

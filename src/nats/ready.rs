@@ -25,22 +25,36 @@ pub(crate) struct Probe {
 }
 
 /// Waits until JetStream answers. Logs "cluster formed" and "JetStream ready" with the time taken.
-pub(crate) async fn wait_ready(js: &Context, timeout: Duration, probe: &Probe) -> Result<(), NatsError> {
+pub(crate) async fn wait_ready(
+    js: &Context,
+    timeout: Duration,
+    probe: &Probe,
+) -> Result<(), NatsError> {
     let started = Instant::now();
     let deadline = started + timeout;
     let mut last_error;
     let mut logged_waiting = false;
     loop {
-        match tokio::time::timeout(ATTEMPT_TIMEOUT, js.query_account()).await {
+        let attempt = ATTEMPT_TIMEOUT
+            .min(deadline.saturating_duration_since(Instant::now()))
+            .max(POLL);
+        match tokio::time::timeout(attempt, js.query_account()).await {
             Ok(Ok(_)) => {
                 if let Some(servers) = connected_servers(probe).await {
-                    tracing::info!(servers, elapsed_ms = started.elapsed().as_millis() as u64, "cluster formed");
+                    tracing::info!(
+                        servers,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "cluster formed"
+                    );
                 }
-                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "JetStream ready");
+                tracing::info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "JetStream ready"
+                );
                 return Ok(());
             }
             Ok(Err(e)) => last_error = e.to_string(),
-            Err(_) => last_error = format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+            Err(_) => last_error = format!("no answer within {attempt:?}"),
         }
         if !logged_waiting && started.elapsed() > Duration::from_secs(5) {
             logged_waiting = true;
@@ -61,22 +75,30 @@ pub(crate) async fn wait_ready(js: &Context, timeout: Duration, probe: &Probe) -
 async fn diagnose(probe: &Probe) -> String {
     let mut parts = Vec::new();
     match connected_servers(probe).await {
-        Some(n) => parts.push(format!("{n} server(s) connected in the cluster, counting this one")),
-        None if probe.monitor_url.is_some() => parts.push("cluster connections unknown (monitoring did not answer)".into()),
+        Some(n) => parts.push(format!(
+            "{n} server(s) connected in the cluster, counting this one"
+        )),
+        None if probe.monitor_url.is_some() => {
+            parts.push("cluster connections unknown (monitoring did not answer)".into())
+        }
         None => {}
     }
     if !probe.peers.is_empty() {
         let mut unreachable = Vec::new();
         for peer in &probe.peers {
-            let reachable = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(peer.as_str()))
-                .await
-                .is_ok_and(|r| r.is_ok());
+            let reachable =
+                tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(peer.as_str()))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
             if !reachable {
                 unreachable.push(peer.clone());
             }
         }
         if unreachable.is_empty() {
-            parts.push(format!("all {} -cluster-peers accept connections", probe.peers.len()));
+            parts.push(format!(
+                "all {} -cluster-peers accept connections",
+                probe.peers.len()
+            ));
         } else {
             parts.push(format!(
                 "-cluster-peers not reachable: {} (of {} configured)",
@@ -112,16 +134,20 @@ pub(crate) async fn http_get_json(base: &str, path: &str) -> Option<serde_json::
     let hostport = base.strip_prefix("http://")?.trim_end_matches('/');
     let fetch = async {
         let mut stream = tokio::net::TcpStream::connect(hostport).await.ok()?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut body = Vec::new();
         stream.read_to_end(&mut body).await.ok()?;
         let text = String::from_utf8_lossy(&body);
         let (head, json) = text.split_once("\r\n\r\n")?;
-        if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+        if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1) != Some("200") {
             return None;
         }
         serde_json::from_str(json).ok()
     };
-    tokio::time::timeout(PROBE_TIMEOUT * 2, fetch).await.ok().flatten()
+    tokio::time::timeout(PROBE_TIMEOUT * 2, fetch)
+        .await
+        .ok()
+        .flatten()
 }

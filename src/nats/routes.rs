@@ -19,7 +19,13 @@ pub(crate) enum Seed {
     /// A URL used as given (minus a leaf's `hub` parameter).
     Url(String),
     /// `dns://host:port/`: expanded to the host's addresses.
-    Dns { host: String, port: u16, scheme: &'static str, min: usize, interval: Duration },
+    Dns {
+        host: String,
+        port: u16,
+        scheme: &'static str,
+        min: usize,
+        interval: Duration,
+    },
 }
 
 /// A leaf-node remote: one or more URLs (several when a `dns://` entry expanded) and the hub flag.
@@ -51,7 +57,10 @@ pub(crate) fn parse_url(url: &str) -> Result<UrlParts, String> {
         return Err("missing host".into());
     }
     let port = match port {
-        Some(p) => Some(p.parse::<u16>().map_err(|_| format!("invalid port `{p}`"))?),
+        Some(p) => Some(
+            p.parse::<u16>()
+                .map_err(|_| format!("invalid port `{p}`"))?,
+        ),
         None => None,
     };
     let query = query
@@ -62,7 +71,12 @@ pub(crate) fn parse_url(url: &str) -> Result<UrlParts, String> {
             None => (kv.to_string(), String::new()),
         })
         .collect();
-    Ok(UrlParts { scheme: scheme.to_ascii_lowercase(), host: host.to_string(), port, query })
+    Ok(UrlParts {
+        scheme: scheme.to_ascii_lowercase(),
+        host: host.to_string(),
+        port,
+        query,
+    })
 }
 
 /// Splits `host:port`, `[v6]:port`, `host` or `:port` (empty host).
@@ -84,17 +98,27 @@ pub(crate) fn split_host_port(s: &str) -> Result<(&str, Option<&str>), String> {
 
 /// Parses `-cluster-addr` (`host:port`), keeping it as given.
 pub(crate) fn parse_cluster_addr(addr: &str) -> Result<(String, u16), NatsError> {
-    let invalid = |reason: String| NatsError::InvalidAddress { what: "-cluster-addr", value: addr.to_string(), reason };
+    let invalid = |reason: String| NatsError::InvalidAddress {
+        what: "-cluster-addr",
+        value: addr.to_string(),
+        reason,
+    };
     let (host, port) = split_host_port(addr).map_err(invalid)?;
     let port = port.ok_or_else(|| invalid("expected host:port".into()))?;
-    let port = port.parse::<u16>().map_err(|_| invalid(format!("invalid port `{port}`")))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| invalid(format!("invalid port `{port}`")))?;
     Ok((host.to_string(), port))
 }
 
 /// Parses `nats.bind_address` into (host, port) for nats-server's `listen`; an empty host means all
 /// interfaces and port -1 a random port (`:-1`, the default).
 pub(crate) fn parse_bind_address(addr: &str) -> Result<(String, i32), NatsError> {
-    let invalid = |reason: String| NatsError::InvalidAddress { what: "nats.bind_address", value: addr.to_string(), reason };
+    let invalid = |reason: String| NatsError::InvalidAddress {
+        what: "nats.bind_address",
+        value: addr.to_string(),
+        reason,
+    };
     let (host, port) = split_host_port(addr.trim()).map_err(invalid)?;
     let port = match port {
         None | Some("") => -1,
@@ -117,24 +141,50 @@ pub(crate) fn parse_leaf(entry: &str) -> Result<(Seed, bool), NatsError> {
     parse_seed(entry, "-leaf-servers entry", 7422)
 }
 
-fn parse_seed(entry: &str, what: &'static str, default_port: u16) -> Result<(Seed, bool), NatsError> {
-    let invalid = |reason: String| NatsError::InvalidAddress { what, value: entry.to_string(), reason };
+fn parse_seed(
+    entry: &str,
+    what: &'static str,
+    default_port: u16,
+) -> Result<(Seed, bool), NatsError> {
+    let invalid = |reason: String| NatsError::InvalidAddress {
+        what,
+        value: entry.to_string(),
+        reason,
+    };
     let parts = parse_url(entry.trim()).map_err(invalid)?;
-    let hub = parts.query.iter().any(|(k, v)| k == "hub" && v.eq_ignore_ascii_case("true"));
+    let hub = parts
+        .query
+        .iter()
+        .any(|(k, v)| k == "hub" && v.eq_ignore_ascii_case("true"));
     if parts.scheme != "dns" {
         let url = strip_query_param(entry.trim(), "hub");
         return Ok((Seed::Url(url), hub));
     }
-    let param = |name: &str| parts.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let param = |name: &str| {
+        parts
+            .query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     let min = match param("min") {
-        Some(v) => v.parse::<usize>().map_err(|_| invalid(format!("invalid min `{v}`")))?,
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| invalid(format!("invalid min `{v}`")))?,
         None => 1,
     };
     let interval = match param("interval_ms") {
-        Some(v) => Duration::from_millis(v.parse().map_err(|_| invalid(format!("invalid interval_ms `{v}`")))?),
+        Some(v) => Duration::from_millis(
+            v.parse()
+                .map_err(|_| invalid(format!("invalid interval_ms `{v}`")))?,
+        ),
         None => Duration::from_secs(1),
     };
-    let scheme = if param("scheme").is_some_and(|s| s.eq_ignore_ascii_case("tls")) { "tls" } else { "nats" };
+    let scheme = if param("scheme").is_some_and(|s| s.eq_ignore_ascii_case("tls")) {
+        "tls"
+    } else {
+        "nats"
+    };
     let seed = Seed::Dns {
         host: parts.host,
         port: parts.port.unwrap_or(default_port),
@@ -146,9 +196,18 @@ fn parse_seed(entry: &str, what: &'static str, default_port: u16) -> Result<(See
 }
 
 fn strip_query_param(url: &str, name: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else { return url.to_string() };
-    let kept: Vec<&str> = query.split('&').filter(|kv| kv.split('=').next() != Some(name) && !kv.is_empty()).collect();
-    if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) }
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| kv.split('=').next() != Some(name) && !kv.is_empty())
+        .collect();
+    if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
 }
 
 /// Expands seeds to URLs, resolving `dns://` entries (blocking; call off the async runtime).
@@ -157,10 +216,20 @@ pub(crate) fn expand(seeds: &[Seed], wait: Duration) -> Vec<String> {
     for seed in seeds {
         match seed {
             Seed::Url(url) => urls.push(url.clone()),
-            Seed::Dns { host, port, scheme, min, interval } => {
+            Seed::Dns {
+                host,
+                port,
+                scheme,
+                min,
+                interval,
+            } => {
                 let found = resolve_until(host, *port, (*min).max(1), *interval, wait);
                 if found.is_empty() {
-                    tracing::warn!(host, port, "dns:// entry resolved to no address within {wait:?}; skipping it");
+                    tracing::warn!(
+                        host,
+                        port,
+                        "dns:// entry resolved to no address within {wait:?}; skipping it"
+                    );
                 } else {
                     tracing::info!(host, port, addresses = found.len(), "dns:// entry resolved");
                 }
@@ -179,7 +248,13 @@ fn url_for(scheme: &str, ip: IpAddr, port: u16) -> String {
     }
 }
 
-fn resolve_until(host: &str, port: u16, min: usize, interval: Duration, wait: Duration) -> Vec<IpAddr> {
+fn resolve_until(
+    host: &str,
+    port: u16,
+    min: usize,
+    interval: Duration,
+    wait: Duration,
+) -> Vec<IpAddr> {
     let deadline = Instant::now() + wait;
     let mut best: Vec<IpAddr> = Vec::new();
     loop {
@@ -205,18 +280,33 @@ fn resolve_until(host: &str, port: u16, min: usize, interval: Duration, wait: Du
 pub(crate) fn probe_target(url: &str, default_port: u16) -> Option<String> {
     let parts = parse_url(url).ok()?;
     let port = parts.port.unwrap_or(default_port);
-    Some(if parts.host.contains(':') { format!("[{}]:{port}", parts.host) } else { format!("{}:{port}", parts.host) })
+    Some(if parts.host.contains(':') {
+        format!("[{}]:{port}", parts.host)
+    } else {
+        format!("{}:{port}", parts.host)
+    })
 }
 
 /// True if `url` names this server's own cluster listener (same resolved address and port, or a loopback
 /// address on the same port when listening on all interfaces).
 pub(crate) fn is_self(url: &str, cluster_host: &str, cluster_port: u16) -> bool {
-    let Some(target) = probe_target(url, 6222) else { return false };
-    let Ok(theirs) = target.to_socket_addrs().map(|a| a.collect::<Vec<SocketAddr>>()) else { return false };
-    let ours: Vec<SocketAddr> = (cluster_host, cluster_port).to_socket_addrs().map(|a| a.collect()).unwrap_or_default();
+    let Some(target) = probe_target(url, 6222) else {
+        return false;
+    };
+    let Ok(theirs) = target
+        .to_socket_addrs()
+        .map(|a| a.collect::<Vec<SocketAddr>>())
+    else {
+        return false;
+    };
+    let ours: Vec<SocketAddr> = (cluster_host, cluster_port)
+        .to_socket_addrs()
+        .map(|a| a.collect())
+        .unwrap_or_default();
     theirs.iter().any(|t| {
         t.port() == cluster_port
-            && (ours.contains(t) || (t.ip().is_loopback() && ours.iter().any(|o| o.ip().is_unspecified())))
+            && (ours.contains(t)
+                || (t.ip().is_loopback() && ours.iter().any(|o| o.ip().is_unspecified())))
     })
 }
 
@@ -227,8 +317,14 @@ mod tests {
     #[test]
     fn parses_urls_and_host_ports() {
         let p = parse_url("nats://user:pw@host.example:4222/?a=1&b").unwrap();
-        assert_eq!((p.scheme.as_str(), p.host.as_str(), p.port), ("nats", "host.example", Some(4222)));
-        assert_eq!(p.query, vec![("a".into(), "1".into()), ("b".into(), String::new())]);
+        assert_eq!(
+            (p.scheme.as_str(), p.host.as_str(), p.port),
+            ("nats", "host.example", Some(4222))
+        );
+        assert_eq!(
+            p.query,
+            vec![("a".into(), "1".into()), ("b".into(), String::new())]
+        );
         let p = parse_url("nats://[::1]:6222").unwrap();
         assert_eq!((p.host.as_str(), p.port), ("::1", Some(6222)));
         assert!(parse_url("localhost:4222").is_err());
@@ -238,17 +334,32 @@ mod tests {
     #[test]
     fn bind_address_forms() {
         assert_eq!(parse_bind_address(":-1").unwrap(), ("0.0.0.0".into(), -1));
-        assert_eq!(parse_bind_address("0.0.0.0:4222").unwrap(), ("0.0.0.0".into(), 4222));
-        assert_eq!(parse_bind_address("127.0.0.1:-1").unwrap(), ("127.0.0.1".into(), -1));
-        assert_eq!(parse_bind_address("[::]:4222").unwrap(), ("::".into(), 4222));
+        assert_eq!(
+            parse_bind_address("0.0.0.0:4222").unwrap(),
+            ("0.0.0.0".into(), 4222)
+        );
+        assert_eq!(
+            parse_bind_address("127.0.0.1:-1").unwrap(),
+            ("127.0.0.1".into(), -1)
+        );
+        assert_eq!(
+            parse_bind_address("[::]:4222").unwrap(),
+            ("::".into(), 4222)
+        );
         assert!(parse_bind_address("host:99999").is_err());
-        assert_eq!(parse_cluster_addr("localhost:4221").unwrap(), ("localhost".into(), 4221));
+        assert_eq!(
+            parse_cluster_addr("localhost:4221").unwrap(),
+            ("localhost".into(), 4221)
+        );
         assert!(parse_cluster_addr("localhost").is_err());
     }
 
     #[test]
     fn peers_and_leaf_hub_flag() {
-        assert_eq!(parse_peer("nats://localhost:4222/").unwrap(), Seed::Url("nats://localhost:4222/".into()));
+        assert_eq!(
+            parse_peer("nats://localhost:4222/").unwrap(),
+            Seed::Url("nats://localhost:4222/".into())
+        );
         let (seed, hub) = parse_leaf("nats://hub.example:7422/?hub=true").unwrap();
         assert!(hub);
         assert_eq!(seed, Seed::Url("nats://hub.example:7422/".into()));
@@ -256,8 +367,17 @@ mod tests {
         assert!(!hub);
         assert_eq!(seed, Seed::Url("nats://a:7422/?x=1".into()));
         match parse_peer("dns://localhost:6222/?min=3&interval_ms=50").unwrap() {
-            Seed::Dns { host, port, min, interval, .. } => {
-                assert_eq!((host.as_str(), port, min, interval), ("localhost", 6222, 3, Duration::from_millis(50)))
+            Seed::Dns {
+                host,
+                port,
+                min,
+                interval,
+                ..
+            } => {
+                assert_eq!(
+                    (host.as_str(), port, min, interval),
+                    ("localhost", 6222, 3, Duration::from_millis(50))
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -266,13 +386,23 @@ mod tests {
 
     #[test]
     fn dns_entries_expand_to_one_url_per_address() {
-        let seeds = [parse_peer("dns://localhost:6222/?interval_ms=10").unwrap(), Seed::Url("nats://a:1/".into())];
+        let seeds = [
+            parse_peer("dns://localhost:6222/?interval_ms=10").unwrap(),
+            Seed::Url("nats://a:1/".into()),
+        ];
         let urls = expand(&seeds, Duration::from_secs(2));
-        assert!(urls.iter().any(|u| u == "nats://127.0.0.1:6222/" || u == "nats://[::1]:6222/"), "{urls:?}");
+        assert!(
+            urls.iter()
+                .any(|u| u == "nats://127.0.0.1:6222/" || u == "nats://[::1]:6222/"),
+            "{urls:?}"
+        );
         assert_eq!(urls.last().unwrap(), "nats://a:1/");
         // Asking for more records than exist waits for the deadline, then proceeds with what was found.
         let started = Instant::now();
-        let some = expand(&[parse_peer("dns://localhost:6222/?min=9&interval_ms=50").unwrap()], Duration::from_millis(300));
+        let some = expand(
+            &[parse_peer("dns://localhost:6222/?min=9&interval_ms=50").unwrap()],
+            Duration::from_millis(300),
+        );
         assert!(started.elapsed() >= Duration::from_millis(200));
         assert!(!some.is_empty() && some.len() < 9, "{some:?}");
     }

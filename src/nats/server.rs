@@ -13,10 +13,8 @@
 //! told to stop by a signal, so after such an exit the supervisor waits [`CLEAN_EXIT_GRACE`] for our own
 //! shutdown before restarting, instead of fighting it.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -28,6 +26,9 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 
 use super::NatsError;
+use super::child_io::{
+    Ports, RecentLines, forward_lines, read_ports_file, remove_stale_ports_files, write_private,
+};
 
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 pub(crate) const CLEAN_EXIT_GRACE: Duration = Duration::from_secs(15);
@@ -36,7 +37,6 @@ const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(25);
-const RECENT_LINES: usize = 40;
 
 /// How to start the server; `render` produces the config text, given the client port to pin (after the first
 /// start).
@@ -47,21 +47,12 @@ pub(crate) struct Launch {
     pub render: Box<dyn Fn(Option<u16>) -> String + Send>,
 }
 
-/// Listen addresses of the running server, from its ports file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Ports {
-    pub client_port: u16,
-    pub monitor_url: Option<String>,
-}
-
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Status {
     /// Set while the server runs and has written its ports file.
     pub ports: Option<Ports>,
-    /// Start-up failed (only before the first successful start).
-    pub failed: Option<Arc<NatsError>>,
-    /// Number of successful (re)starts.
-    pub starts: u64,
+    /// Start-up failed (only before the first successful start); the error is in `Shared::failure`.
+    pub failed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +66,8 @@ struct Shared {
     wake: Condvar,
     pid: AtomicI32,
     restarts: AtomicU64,
-    recent: Mutex<VecDeque<String>>,
+    recent: RecentLines,
+    failure: Mutex<Option<NatsError>>,
 }
 
 impl Shared {
@@ -90,8 +82,7 @@ impl Shared {
     }
 
     fn recent_output(&self) -> String {
-        let lines = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        lines.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+        self.recent.render()
     }
 }
 
@@ -110,28 +101,44 @@ impl ServerProcess {
             wake: Condvar::new(),
             pid: AtomicI32::new(0),
             restarts: AtomicU64::new(0),
-            recent: Mutex::new(VecDeque::new()),
+            recent: RecentLines::default(),
+            failure: Mutex::new(None),
         });
         let (tx, mut rx) = watch::channel(Status::default());
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("nats-supervisor".into())
             .spawn(move || supervise(&thread_shared, &launch, &tx))
-            .map_err(|e| NatsError::Spawn { path: "nats-supervisor thread".into(), source: e })?;
-        let mut process = ServerProcess { shared, status: rx.clone(), thread: Some(thread) };
-        let outcome = rx.wait_for(|s| s.ports.is_some() || s.failed.is_some()).await.map(|s| s.clone());
+            .map_err(|e| NatsError::Spawn {
+                path: "nats-supervisor thread".into(),
+                source: e,
+            })?;
+        let mut process = ServerProcess {
+            shared,
+            status: rx.clone(),
+            thread: Some(thread),
+        };
+        let outcome = rx
+            .wait_for(|s| s.ports.is_some() || s.failed)
+            .await
+            .map(|s| s.clone());
         match outcome {
-            Ok(Status { ports: Some(ports), .. }) => Ok((process, ports)),
-            Ok(Status { failed: Some(err), .. }) => {
-                process.join();
-                Err(Arc::try_unwrap(err).unwrap_or_else(|e| NatsError::ServerExited {
-                    status: "failed".into(),
-                    output: e.to_string(),
-                }))
-            }
+            Ok(Status {
+                ports: Some(ports), ..
+            }) => Ok((process, ports)),
             _ => {
                 process.join();
-                Err(NatsError::ServerExited { status: "supervisor ended".into(), output: String::new() })
+                let failure = process
+                    .shared
+                    .failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                Err(failure.unwrap_or_else(|| NatsError::ServerExited {
+                    status: "the supervisor ended".into(),
+                    reason: process.shared.recent.reason(),
+                    output: process.shared.recent_output(),
+                }))
             }
         }
     }
@@ -186,7 +193,8 @@ impl Drop for ServerProcess {
 
 fn supervise(shared: &Arc<Shared>, launch: &Launch, status: &watch::Sender<Status>) {
     let fail = |err: NatsError| {
-        status.send_modify(|s| s.failed = Some(Arc::new(err)));
+        *shared.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
+        status.send_modify(|s| s.failed = true);
     };
     let mut pinned: Option<u16> = None;
     let mut backoff = BACKOFF_INITIAL;
@@ -205,7 +213,14 @@ fn supervise(shared: &Arc<Shared>, launch: &Launch, status: &watch::Sender<Statu
                 Err(err) => tracing::error!(error = %err, "nats-server not restarted"),
                 Ok(mut running) => {
                     let started = Instant::now();
-                    match watch_child(shared, launch, status, &mut running, &mut pinned, &mut first) {
+                    match watch_child(
+                        shared,
+                        launch,
+                        status,
+                        &mut running,
+                        &mut pinned,
+                        &mut first,
+                    ) {
                         Watch::Stopped => return,
                         Watch::StartFailed(err) => return fail(err),
                         Watch::Exited(exit) => {
@@ -213,6 +228,7 @@ fn supervise(shared: &Arc<Shared>, launch: &Launch, status: &watch::Sender<Statu
                             if first {
                                 return fail(NatsError::ServerExited {
                                     status: describe(exit),
+                                    reason: shared.recent.reason(),
                                     output: shared.recent_output(),
                                 });
                             }
@@ -305,11 +321,13 @@ fn watch_child(
             reported = true;
             *first = false;
             pinned.get_or_insert(ports.client_port);
-            tracing::info!(from = "nats", pid, client_port = ports.client_port, "nats-server is up");
-            status.send_modify(|s| {
-                s.ports = Some(ports);
-                s.starts += 1;
-            });
+            tracing::info!(
+                from = "nats",
+                pid,
+                client_port = ports.client_port,
+                "nats-server is up"
+            );
+            status.send_modify(|s| s.ports = Some(ports));
         } else if *first && started.elapsed() > START_TIMEOUT {
             stop_child(running, Stop::Kill);
             shared.pid.store(0, Ordering::SeqCst);
@@ -333,7 +351,10 @@ fn stop_child(running: &mut Running, stop: Stop) {
             }
             std::thread::sleep(POLL);
         }
-        tracing::warn!(from = "nats", "nats-server did not stop within {STOP_GRACE:?}; killing it");
+        tracing::warn!(
+            from = "nats",
+            "nats-server did not stop within {STOP_GRACE:?}; killing it"
+        );
     }
     let _ = running.child.kill();
     let _ = running.child.wait();
@@ -351,12 +372,16 @@ fn describe(exit: ExitStatus) -> String {
 }
 
 fn spawn(launch: &Launch, shared: &Arc<Shared>) -> Result<Running, NatsError> {
-    shared.recent.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    shared.recent.clear();
     let parent = std::process::id() as i32;
     let mut attempts = 0;
     let mut child = loop {
         let mut cmd = Command::new(&launch.binary);
-        cmd.arg("-c").arg(&launch.conf_path).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.arg("-c")
+            .arg(&launch.conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         // SAFETY: only async-signal-safe calls (prctl, getppid) run between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -375,123 +400,38 @@ fn spawn(launch: &Launch, shared: &Arc<Shared>) -> Result<Running, NatsError> {
                 attempts += 1;
                 std::thread::sleep(Duration::from_millis(25));
             }
-            Err(e) => return Err(NatsError::Spawn { path: launch.binary.clone(), source: e }),
+            Err(e) => {
+                return Err(NatsError::Spawn {
+                    path: launch.binary.clone(),
+                    source: e,
+                });
+            }
         }
     };
     shared.pid.store(child.id() as i32, Ordering::SeqCst);
     let mut readers = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        readers.push(forward_lines(out, shared));
-    }
-    if let Some(err) = child.stderr.take() {
-        readers.push(forward_lines(err, shared));
+    let out = child
+        .stdout
+        .take()
+        .map(|s| forward_lines(s, &shared.recent));
+    let err = child
+        .stderr
+        .take()
+        .map(|s| forward_lines(s, &shared.recent));
+    for reader in [out, err].into_iter().flatten() {
+        match reader {
+            Ok(handle) => readers.push(handle),
+            Err(e) => {
+                // Nobody would drain its output: do not leave it running.
+                let _ = child.kill();
+                let _ = child.wait();
+                shared.pid.store(0, Ordering::SeqCst);
+                return Err(NatsError::Spawn {
+                    path: launch.binary.clone(),
+                    source: e,
+                });
+            }
+        }
     }
     Ok(Running { child, readers })
-}
-
-fn forward_lines(stream: impl Read + Send + 'static, shared: &Arc<Shared>) -> JoinHandle<()> {
-    let shared = shared.clone();
-    std::thread::Builder::new()
-        .name("nats-log".into())
-        .spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                log_line(&line);
-                let mut recent = shared.recent.lock().unwrap_or_else(|e| e.into_inner());
-                if recent.len() == RECENT_LINES {
-                    recent.pop_front();
-                }
-                recent.push_back(line);
-            }
-        })
-        .expect("cannot start the nats-log thread")
-}
-
-/// Forwards one nats-server log line as a tracing event with `from = "nats"`, at the level of its tag.
-pub(crate) fn log_line(line: &str) {
-    let (level, message) = split_level(line);
-    match level {
-        "ERR" | "FTL" => tracing::error!(from = "nats", "{message}"),
-        "WRN" => tracing::warn!(from = "nats", "{message}"),
-        "DBG" => tracing::debug!(from = "nats", "{message}"),
-        "TRC" => tracing::trace!(from = "nats", "{message}"),
-        "INF" => tracing::info!(from = "nats", "{message}"),
-        _ => tracing::warn!(from = "nats", "{message}"),
-    }
-}
-
-/// `[123] 2024/01/02 03:04:05.000000 [INF] text` → (`INF`, `text`); untagged lines → (`""`, line).
-pub(crate) fn split_level(line: &str) -> (&str, &str) {
-    for tag in ["INF", "WRN", "ERR", "FTL", "DBG", "TRC"] {
-        let marker = format!("[{tag}]");
-        if let Some(i) = line.find(&marker) {
-            let rest = &line[i + marker.len()..];
-            return (tag, rest.strip_prefix(' ').unwrap_or(rest));
-        }
-    }
-    ("", line.trim_end())
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("conf.tmp");
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
-fn remove_stale_ports_files(dir: &Path, binary: &Path) {
-    let prefix = format!("{}_", binary.file_name().unwrap_or_default().to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&prefix) && name.ends_with(".ports") {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-}
-
-/// Reads `<dir>/<program>_<pid>.ports` (JSON with `nats` and `monitoring` URL lists).
-pub(crate) fn read_ports_file(dir: &Path, pid: u32) -> Option<Ports> {
-    let suffix = format!("_{pid}.ports");
-    let entry = std::fs::read_dir(dir).ok()?.flatten().find(|e| e.file_name().to_string_lossy().ends_with(&suffix))?;
-    let text = std::fs::read_to_string(entry.path()).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let first = |key: &str| json.get(key)?.as_array()?.first()?.as_str().map(str::to_string);
-    let client = first("nats")?;
-    let client_port = client.trim_end_matches('/').rsplit(':').next()?.parse().ok()?;
-    Some(Ports { client_port, monitor_url: first("monitoring") })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_levels() {
-        assert_eq!(split_level("[42] [INF] Server is ready"), ("INF", "Server is ready"));
-        assert_eq!(split_level("[42] 2024/01/02 03:04:05.000000 [WRN] careful"), ("WRN", "careful"));
-        assert_eq!(split_level("[1] [ERR] 127.0.0.1:1 - rid:2 - [x] bad"), ("ERR", "127.0.0.1:1 - rid:2 - [x] bad"));
-        assert_eq!(split_level("nats-server: Parse error\n"), ("", "nats-server: Parse error"));
-    }
-
-    #[test]
-    fn reads_ports_files() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("nats-server-abc_77.ports"),
-            r#"{"nats":["nats://127.0.0.1:37125","nats://10.0.0.2:37125"],"monitoring":["http://127.0.0.1:40009"]}"#,
-        )
-        .unwrap();
-        let ports = read_ports_file(dir.path(), 77).unwrap();
-        assert_eq!(ports, Ports { client_port: 37125, monitor_url: Some("http://127.0.0.1:40009".into()) });
-        assert!(read_ports_file(dir.path(), 78).is_none());
-        remove_stale_ports_files(dir.path(), Path::new("/x/nats-server-abc"));
-        assert!(read_ports_file(dir.path(), 77).is_none());
-    }
 }

@@ -22,8 +22,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, KeyKind, TableInfo, ident};
-use crate::shared::Shared;
 use crate::pending::RowKey;
+use crate::shared::Shared;
 use crate::wire::{self, Message, Row, TableChanges, Value};
 use state::PublishState;
 
@@ -81,7 +81,15 @@ impl Publisher {
         wake: Arc<Notify>,
     ) -> Result<Publisher, PublishError> {
         let schema_version = conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
-        Ok(Publisher { shared, conn, state, js, client, wake, schema_version })
+        Ok(Publisher {
+            shared,
+            conn,
+            state,
+            js,
+            client,
+            wake,
+            schema_version,
+        })
     }
 
     pub fn published_upto(&self) -> i64 {
@@ -91,9 +99,13 @@ impl Publisher {
     /// Publish until cancelled: a pass at every wake-up, and published rows removed every `cleanup_interval`.
     pub async fn run(mut self, cancel: CancellationToken) {
         let cleanup_every = Duration::from_millis(self.shared.cfg.cleanup_interval_ms);
-        let mut cleanup = tokio::time::interval_at(tokio::time::Instant::now() + cleanup_every, cleanup_every);
+        let mut cleanup =
+            tokio::time::interval_at(tokio::time::Instant::now() + cleanup_every, cleanup_every);
         let mut delete_below = self.state.published_upto;
         let mut backoff = Duration::from_millis(100);
+        // A file event can arrive before the commit that caused it is visible (SQLite updates the WAL index
+        // through shared memory, which raises no event): after a wake that found nothing, look again shortly.
+        let mut recheck: Option<Duration> = None;
         loop {
             match self.pass(&cancel).await {
                 Ok(true) => {
@@ -111,9 +123,18 @@ impl Publisher {
                     continue;
                 }
             }
+            let recheck_sleep = async {
+                match recheck {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = self.wake.notified() => {}
+                _ = self.wake.notified() => recheck = Some(Duration::from_millis(1)),
+                _ = recheck_sleep => {
+                    recheck = recheck.map(|d| d * 2).filter(|d| *d <= Duration::from_millis(128));
+                }
                 _ = cleanup.tick() => {
                     // Rows acknowledged at the previous tick have been published for at least one interval.
                     if delete_below > 0 {
@@ -132,27 +153,40 @@ impl Publisher {
 
     /// One pass. Returns true when something was published (there may be more).
     async fn pass(&mut self, cancel: &CancellationToken) -> Result<bool, PublishError> {
-        let Some(pass) = tokio::task::block_in_place(|| self.build())? else { return Ok(false) };
+        let Some(pass) = tokio::task::block_in_place(|| self.build())? else {
+            return Ok(false);
+        };
         let stats = &self.shared.stats;
         if !self.shared.cfg.publish {
             // publish = false: changes are read and discarded.
             self.state.published_upto = pass.end;
             self.state.inflight_end = pass.end;
             self.state.save()?;
-            stats.discarded_rows.fetch_add(pass.rows as u64, Ordering::Relaxed);
+            stats
+                .discarded_rows
+                .fetch_add(pass.rows as u64, Ordering::Relaxed);
             return Ok(true);
         }
-        let sent: Vec<(RowKey, i64)> = pass.units.iter().flat_map(|u| u.rows.iter().flatten().cloned()).collect();
+        let sent: Vec<(RowKey, i64)> = pass
+            .units
+            .iter()
+            .flat_map(|u| u.rows.iter().flatten().cloned())
+            .collect();
         self.shared.pending.mark_sent(&sent);
 
         let mut acks: Vec<Option<Vec<u64>>> = vec![None; pass.units.len()];
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 0u32;
         loop {
-            let todo: Vec<usize> = (0..pass.units.len()).filter(|&i| acks[i].is_none()).collect();
+            let todo: Vec<usize> = (0..pass.units.len())
+                .filter(|&i| acks[i].is_none())
+                .collect();
             let (js, client, cfg) = (&self.js, &self.client, &self.shared.cfg);
-            let results =
-                futures::future::join_all(todo.iter().map(|&i| publish_unit(js, client, cfg, &pass.units[i], attempt))).await;
+            let results = futures::future::join_all(
+                todo.iter()
+                    .map(|&i| publish_unit(js, client, cfg, &pass.units[i], attempt)),
+            )
+            .await;
             let mut failed = None;
             for (i, r) in todo.into_iter().zip(results) {
                 match r {
@@ -178,13 +212,23 @@ impl Publisher {
                 let seq = seqs.get(i).copied().filter(|&s| s > 0);
                 acked.extend(rows.iter().map(|(k, id)| (k.clone(), *id, seq)));
             }
-            stats.published_msgs.fetch_add(unit.payloads.len() as u64, Ordering::Relaxed);
+            stats
+                .published_msgs
+                .fetch_add(unit.payloads.len() as u64, Ordering::Relaxed);
         }
         self.shared.pending.mark_acked(acked);
         self.state.published_upto = pass.end;
         self.state.inflight_end = pass.end;
         self.state.save()?;
-        stats.published_rows.fetch_add(pass.rows as u64, Ordering::Relaxed);
+        tracing::debug!(
+            rows = pass.rows,
+            units = pass.units.len(),
+            upto = pass.end,
+            "published"
+        );
+        stats
+            .published_rows
+            .fetch_add(pass.rows as u64, Ordering::Relaxed);
         stats.touch();
         Ok(true)
     }
@@ -200,7 +244,11 @@ impl Publisher {
         if max <= from {
             return Ok(None);
         }
-        let end = if self.state.inflight_end > from { self.state.inflight_end.min(max) } else { max.min(from + MAX_PASS_ROWS) };
+        let end = if self.state.inflight_end > from {
+            self.state.inflight_end.min(max)
+        } else {
+            max.min(from + MAX_PASS_ROWS)
+        };
         let log = capture::read_log(&tx, &cap, from, end)?;
         // Coalesce: each row once, ordered by its newest change.
         let mut newest: HashMap<(i64, Vec<u8>), usize> = HashMap::with_capacity(log.len());
@@ -215,7 +263,9 @@ impl Publisher {
         let mut sizes: HashMap<u32, (usize, usize)> = HashMap::new();
         for i in order {
             let lr = &log[i];
-            let Some(info) = cap.table(lr.table_id) else { continue };
+            let Some(info) = cap.table(lr.table_id) else {
+                continue;
+            };
             let kb = wire::key_bytes(&lr.key);
             let shard = wire::shard_of(&info.name, &kb, cfg.replication_log.shards);
             let row = match read_row(&tx, info, &lr.key)? {
@@ -251,7 +301,9 @@ impl Publisher {
                     rows: vec![row],
                 }),
             }
-            rows.last_mut().expect("started above").push(((info.name.clone(), kb), lr.id));
+            rows.last_mut()
+                .expect("started above")
+                .push(((info.name.clone(), kb), lr.id));
         }
         tx.commit()?;
 
@@ -263,11 +315,22 @@ impl Publisher {
             let rows = per_shard_rows.remove(&shard).unwrap_or_default();
             // More messages than one atomic batch holds: split into several units (logged; atomicity is then
             // per unit).
-            for (ci, (chunk, chunk_rows)) in msgs.chunks(MAX_BATCH_MESSAGES).zip(rows.chunks(MAX_BATCH_MESSAGES)).enumerate() {
+            for (ci, (chunk, chunk_rows)) in msgs
+                .chunks(MAX_BATCH_MESSAGES)
+                .zip(rows.chunks(MAX_BATCH_MESSAGES))
+                .enumerate()
+            {
                 if ci == 1 {
-                    tracing::warn!(shard, messages = msgs.len(), "pass larger than one atomic batch; split into several units");
+                    tracing::warn!(
+                        shard,
+                        messages = msgs.len(),
+                        "pass larger than one atomic batch; split into several units"
+                    );
                 }
-                let msg_id = format!("{:x}.{:x}.{:x}.{}.{}", cfg.node_id, cap.incarnation, end, shard, ci);
+                let msg_id = format!(
+                    "{:x}.{:x}.{:x}.{}.{}",
+                    cfg.node_id, cap.incarnation, end, shard, ci
+                );
                 let parts = chunk.len() as u32;
                 let payloads = chunk
                     .iter()
@@ -280,28 +343,49 @@ impl Publisher {
                         wire::encode(&m, cfg.replication_log.compress)
                     })
                     .collect();
-                units.push(ShardUnit { shard, msg_id, payloads, rows: chunk_rows.to_vec() });
+                units.push(ShardUnit {
+                    shard,
+                    msg_id,
+                    payloads,
+                    rows: chunk_rows.to_vec(),
+                });
             }
         }
         if self.state.inflight_end != end {
             self.state.inflight_end = end;
             self.state.save()?;
         }
-        Ok(Some(Pass { end, rows: log.len(), units }))
+        Ok(Some(Pass {
+            end,
+            rows: log.len(),
+            units,
+        }))
     }
 
     /// Re-install capture when the schema changed (new tables, new columns).
     fn refresh_capture(&mut self) -> Result<(), PublishError> {
-        let v: i64 = self.conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        let v: i64 = self
+            .conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))?;
         if v == self.schema_version {
             return Ok(());
         }
         let cfg = &self.shared.cfg;
         let previous = self.shared.capture();
-        let cap = capture::install(&mut self.conn, &cfg.include_tables, &cfg.exclude_tables, Some(&previous))?;
-        tracing::info!(tables = cap.tables.len(), "schema changed; capture re-installed");
+        let cap = capture::install(
+            &mut self.conn,
+            &cfg.include_tables,
+            &cfg.exclude_tables,
+            Some(&previous),
+        )?;
+        tracing::info!(
+            tables = cap.tables.len(),
+            "schema changed; capture re-installed"
+        );
         self.shared.set_capture(cap);
-        self.schema_version = self.conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        self.schema_version = self
+            .conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))?;
         Ok(())
     }
 }
@@ -309,14 +393,17 @@ impl Publisher {
 /// Publish one unit; returns the stream sequence of each of its messages (0 where unknown: a retry found
 /// the unit already stored).
 async fn publish_unit(
-js: &jetstream::Context,
-client: &async_nats::Client,
-cfg: &crate::config::Config,
-unit: &ShardUnit,
-attempt: u32,
+    js: &jetstream::Context,
+    client: &async_nats::Client,
+    cfg: &crate::config::Config,
+    unit: &ShardUnit,
+    attempt: u32,
 ) -> Result<Vec<u64>, PublishError> {
     let subject = cfg.subject_name(unit.shard);
-    let err = |message: String| PublishError::Nats { subject: subject.clone(), message };
+    let err = |message: String| PublishError::Nats {
+        subject: subject.clone(),
+        message,
+    };
     let n = unit.payloads.len();
     if n == 1 {
         let mut h = HeaderMap::new();
@@ -344,7 +431,9 @@ attempt: u32,
     h.insert("Nats-Batch-Sequence", n.to_string().as_str());
     h.insert("Nats-Batch-Commit", "1");
     h.insert("Nats-Msg-Id", unit.msg_id.as_str());
-    let ack = js.publish_with_headers(subject.clone(), h, unit.payloads[n - 1].clone().into()).await;
+    let ack = js
+        .publish_with_headers(subject.clone(), h, unit.payloads[n - 1].clone().into())
+        .await;
     let ack = match ack {
         Ok(fut) => fut.await,
         Err(e) => return Err(err(e.to_string())),
@@ -362,20 +451,43 @@ attempt: u32,
     }
 }
 
-
 /// The current values of one row, by key (`None` when the row no longer exists).
-fn read_row(conn: &Connection, info: &TableInfo, key: &[Value]) -> rusqlite::Result<Option<Vec<Value>>> {
+fn read_row(
+    conn: &Connection,
+    info: &TableInfo,
+    key: &[Value],
+) -> rusqlite::Result<Option<Vec<Value>>> {
     let cols: Vec<String> = info.columns.iter().map(|c| ident(c)).collect();
     let sql = match &info.key {
-        KeyKind::Rowid => format!("SELECT rowid, {} FROM {} WHERE rowid = ?1", cols.join(", "), ident(&info.name)),
-        KeyKind::RowidAlias(c) => format!("SELECT {} FROM {} WHERE {} = ?1", cols.join(", "), ident(&info.name), ident(c)),
+        KeyKind::Rowid => format!(
+            "SELECT rowid, {} FROM {} WHERE rowid = ?1",
+            cols.join(", "),
+            ident(&info.name)
+        ),
+        KeyKind::RowidAlias(c) => format!(
+            "SELECT {} FROM {} WHERE {} = ?1",
+            cols.join(", "),
+            ident(&info.name),
+            ident(c)
+        ),
         KeyKind::Columns(kc) => {
-            let cond: Vec<String> = kc.iter().enumerate().map(|(i, c)| format!("{} IS ?{}", ident(c), i + 1)).collect();
-            format!("SELECT {} FROM {} WHERE {}", cols.join(", "), ident(&info.name), cond.join(" AND "))
+            let cond: Vec<String> = kc
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{} IS ?{}", ident(c), i + 1))
+                .collect();
+            format!(
+                "SELECT {} FROM {} WHERE {}",
+                cols.join(", "),
+                ident(&info.name),
+                cond.join(" AND ")
+            )
         }
     };
     let mut stmt = conn.prepare_cached(&sql)?;
     let n = stmt.column_count();
-    stmt.query_row(rusqlite::params_from_iter(key.iter()), |r| (0..n).map(|i| Ok(Value::from_ref(r.get_ref(i)?))).collect())
-        .optional()
+    stmt.query_row(rusqlite::params_from_iter(key.iter()), |r| {
+        (0..n).map(|i| Ok(Value::from_ref(r.get_ref(i)?))).collect()
+    })
+    .optional()
 }

@@ -13,8 +13,13 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("state file {path} is in use by another running node; give each node its own `seq_map_path`")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "state file {path} is in use by another running node; give each node its own `seq_map_path`"
+    )]
     Locked { path: PathBuf },
 }
 
@@ -34,33 +39,60 @@ impl PublishState {
     /// Open (and lock) the state file. Progress recorded for another node or another change-log incarnation
     /// is ignored: it starts from zero.
     pub fn open(path: &Path, node_id: u64, incarnation: u64) -> Result<PublishState, StateError> {
-        let io = |source| StateError::Io { path: path.to_path_buf(), source };
+        let io = |source| StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let mut lock_path = path.as_os_str().to_owned();
         lock_path.push(".lock");
-        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io)?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io)?;
         // SAFETY: flock on a file descriptor we own; no memory is shared.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(StateError::Locked { path: path.to_path_buf() });
+            return Err(StateError::Locked {
+                path: path.to_path_buf(),
+            });
         }
-        let mut st =
-            PublishState { path: path.to_path_buf(), _lock: lock, node_id, incarnation, published_upto: 0, inflight_end: 0 };
+        let mut st = PublishState {
+            path: path.to_path_buf(),
+            _lock: lock,
+            node_id,
+            incarnation,
+            published_upto: 0,
+            inflight_end: 0,
+        };
         match std::fs::read(path) {
             Ok(bytes) => {
                 let text = String::from_utf8_lossy(&bytes);
                 let f: Vec<&str> = text.split_whitespace().collect();
                 let parsed = (f.len() == 5 && f[0] == MAGIC)
-                    .then(|| Some((f[1].parse::<u64>().ok()?, f[2].parse::<u64>().ok()?, f[3].parse().ok()?, f[4].parse().ok()?)))
+                    .then(|| {
+                        Some((
+                            f[1].parse::<u64>().ok()?,
+                            f[2].parse::<u64>().ok()?,
+                            f[3].parse().ok()?,
+                            f[4].parse().ok()?,
+                        ))
+                    })
                     .flatten();
                 match parsed {
                     Some((n, i, p, e)) if n == node_id && i == incarnation => {
                         st.published_upto = p;
                         st.inflight_end = e;
                     }
-                    Some(_) => tracing::info!(path = %path.display(), "state file belongs to another node or change log; starting afresh"),
-                    None => tracing::warn!(path = %path.display(), "state file not recognised (an old sequence map?); it will be replaced"),
+                    Some(_) => {
+                        tracing::info!(path = %path.display(), "state file belongs to another node or change log; starting afresh")
+                    }
+                    None => {
+                        tracing::warn!(path = %path.display(), "state file not recognised (an old sequence map?); it will be replaced")
+                    }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -71,12 +103,19 @@ impl PublishState {
 
     /// Write the state atomically (temp file + rename).
     pub fn save(&self) -> Result<(), StateError> {
-        let io = |source| StateError::Io { path: self.path.clone(), source };
+        let io = |source| StateError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let mut tmp = self.path.as_os_str().to_owned();
         tmp.push(".tmp");
         let mut f = File::create(&tmp).map_err(io)?;
-        writeln!(f, "{MAGIC} {} {} {} {}", self.node_id, self.incarnation, self.published_upto, self.inflight_end)
-            .map_err(io)?;
+        writeln!(
+            f,
+            "{MAGIC} {} {} {} {}",
+            self.node_id, self.incarnation, self.published_upto, self.inflight_end
+        )
+        .map_err(io)?;
         drop(f);
         std::fs::rename(&tmp, &self.path).map_err(io)
     }
@@ -96,13 +135,19 @@ mod tests {
             s.published_upto = 40;
             s.inflight_end = 50;
             s.save().unwrap();
-            assert!(matches!(PublishState::open(&p, 1, 9), Err(StateError::Locked { .. })));
+            assert!(matches!(
+                PublishState::open(&p, 1, 9),
+                Err(StateError::Locked { .. })
+            ));
         }
         let s = PublishState::open(&p, 1, 9).unwrap();
         assert_eq!((s.published_upto, s.inflight_end), (40, 50));
         drop(s);
         let s = PublishState::open(&p, 1, 10).unwrap();
-        assert_eq!(s.published_upto, 0, "another change-log incarnation starts afresh");
+        assert_eq!(
+            s.published_upto, 0,
+            "another change-log incarnation starts afresh"
+        );
         drop(s);
         std::fs::write(&p, [0xa1, 0x00]).unwrap();
         assert_eq!(PublishState::open(&p, 1, 9).unwrap().published_upto, 0);

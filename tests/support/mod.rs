@@ -26,13 +26,25 @@ pub fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Run SQL through the real `sqlite3` CLI (no busy timeout, as an application would); returns stdout.
 pub fn sqlite3(db: &Path, sql: &str) -> String {
-    let out = Command::new("sqlite3").arg(db).arg(sql).output().expect("sqlite3 CLI must be installed");
-    assert!(out.status.success(), "sqlite3 {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 CLI must be installed");
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -40,7 +52,11 @@ pub fn sqlite3(db: &Path, sql: &str) -> String {
 pub fn sqlite3_retry(db: &Path, sql: &str) -> String {
     let start = Instant::now();
     loop {
-        let out = Command::new("sqlite3").arg(db).arg(sql).output().expect("sqlite3 CLI must be installed");
+        let out = Command::new("sqlite3")
+            .arg(db)
+            .arg(sql)
+            .output()
+            .expect("sqlite3 CLI must be installed");
         if out.status.success() {
             return String::from_utf8(out.stdout).unwrap();
         }
@@ -61,7 +77,8 @@ pub fn open(db: &Path) -> rusqlite::Connection {
 
 /// Order-independent checksum of a table's rows (every value by storage class, exact), and its row count.
 pub fn checksum(db: &Path, table: &str) -> (u64, u64) {
-    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     let mut stmt = c.prepare(&format!("SELECT * FROM \"{table}\"")).unwrap();
     let n = stmt.column_count();
@@ -70,8 +87,8 @@ pub fn checksum(db: &Path, table: &str) -> (u64, u64) {
     while let Some(r) = rows.next().unwrap() {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for i in 0..n {
-            use std::hash::Hash;
             use rusqlite::types::ValueRef::*;
+            use std::hash::Hash;
             match r.get_ref(i).unwrap() {
                 Null => 0u8.hash(&mut h),
                 Integer(v) => (1u8, v).hash(&mut h),
@@ -122,15 +139,24 @@ impl Node {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "node {} already running", self.id);
         self.starts += 1;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let peers: Vec<String> = self.peers.iter().map(|p| format!("nats://127.0.0.1:{p}/")).collect();
-        let child = Command::new(harmonylite_bin())
-            .arg("-config")
-            .arg(&self.config)
-            .arg("-cluster-addr")
-            .arg(format!("127.0.0.1:{}", self.cluster_port))
-            .arg("-cluster-peers")
-            .arg(peers.join(","))
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let peers: Vec<String> = self
+            .peers
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}/"))
+            .collect();
+        let mut cmd = Command::new(harmonylite_bin());
+        cmd.arg("-config").arg(&self.config);
+        if !peers.is_empty() {
+            cmd.arg("-cluster-addr")
+                .arg(format!("127.0.0.1:{}", self.cluster_port));
+            cmd.arg("-cluster-peers").arg(peers.join(","));
+        }
+        let child = cmd
             .env("HARMONYLITE_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -142,14 +168,19 @@ impl Node {
 
     /// Number of times the log says the node is running (one per successful start).
     pub fn running_count(&self) -> usize {
-        std::fs::read_to_string(&self.log).unwrap_or_default().matches("node running").count()
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("node running")
+            .count()
     }
 
     pub fn wait_running(&self, timeout: Duration) {
         let want = self.starts as usize;
-        eventually(timeout, &format!("node {} running (log {})", self.id, self.log.display()), || {
-            self.running_count() >= want
-        });
+        eventually(
+            timeout,
+            &format!("node {} running (log {})", self.id, self.log.display()),
+            || self.running_count() >= want,
+        );
     }
 
     pub fn log_text(&self) -> String {
@@ -208,7 +239,15 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { nodes: 3, schema: BOOKS.to_string(), extra_top: String::new(), shards: 1, compress: true, per_node_top: Vec::new(), verbose: true }
+        Options {
+            nodes: 3,
+            schema: BOOKS.to_string(),
+            extra_top: String::new(),
+            shards: 1,
+            compress: true,
+            per_node_top: Vec::new(),
+            verbose: true,
+        }
     }
 }
 
@@ -227,7 +266,10 @@ pub struct Cluster {
 impl Cluster {
     /// Prepare databases and configs (nothing started).
     pub fn new(opts: Options) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("hl-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("hl-test-")
+            .tempdir()
+            .unwrap();
         let ports: Vec<u16> = (0..opts.nodes).map(|_| free_port()).collect();
         let client_ports: Vec<u16> = (0..opts.nodes).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
@@ -252,7 +294,12 @@ impl Cluster {
                 ),
             )
             .unwrap();
-            let peers = ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| *p).collect();
+            let peers = ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| *p)
+                .collect();
             nodes.push(Node {
                 id,
                 db,
@@ -263,7 +310,11 @@ impl Cluster {
                 peers,
                 child: None,
                 starts: 0,
-                log_filter: if opts.verbose { "info,harmonylite=debug".into() } else { "info".into() },
+                log_filter: if opts.verbose {
+                    "info,harmonylite=debug".into()
+                } else {
+                    "info".into()
+                },
             });
         }
         Cluster { dir, nodes }
@@ -293,12 +344,19 @@ impl Cluster {
     pub fn converged(&self, table: &str, timeout: Duration) -> (u64, u64) {
         let start = Instant::now();
         loop {
-            let last = self.nodes.iter().map(|n| checksum(&n.db, table)).collect::<Vec<_>>();
+            let last = self
+                .nodes
+                .iter()
+                .map(|n| checksum(&n.db, table))
+                .collect::<Vec<_>>();
             if last.windows(2).all(|w| w[0] == w[1]) {
                 return last[0];
             }
             if start.elapsed() > timeout {
-                panic!("table {table} did not converge within {timeout:?}: {last:?}\n{}", self.logs_tail());
+                panic!(
+                    "table {table} did not converge within {timeout:?}: {last:?}\n{}",
+                    self.logs_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }

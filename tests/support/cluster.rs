@@ -1,0 +1,195 @@
+//! Test harness pieces shared by the end-to-end tests: free loopback ports, temporary directories, child
+//! processes that are killed when the test ends (even by a panic), and `eventually`, which polls a condition
+//! until a deadline instead of sleeping a fixed time.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `n` distinct free TCP ports on 127.0.0.1. All listeners are held until every port is chosen, so the ports
+/// differ; another process may still take one before the caller binds it (rare; tests use fresh ones).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local_addr").port())
+        .collect()
+}
+
+/// One free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    free_ports(1)[0]
+}
+
+/// A fresh temporary directory, removed when dropped.
+pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("create a temporary directory")
+}
+
+/// Polls `condition` every 50 ms (sync) until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut condition: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = condition() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Async form of [`eventually`]: awaits `condition()` every 50 ms until it returns `Some`.
+pub async fn eventually_async<T, F, Fut>(timeout: Duration, what: &str, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = condition().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// True while process `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3, after the parenthesised command name, is the state.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|s| s != "Z" && s != "X"),
+        Err(_) => false,
+    }
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped.
+pub struct ChildGuard {
+    child: Option<Child>,
+    stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` with stdout piped (read it with [`ChildGuard::wait_for_line`]) and stderr inherited.
+    pub fn spawn(mut cmd: Command) -> ChildGuard {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn child process");
+        let stdout = child.stdout.take().map(BufReader::new);
+        ChildGuard {
+            child: Some(child),
+            stdout,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("child").id()
+    }
+
+    /// Reads stdout lines until one contains `prefix`; returns the rest of that line after it. Panics at EOF. The read
+    /// blocks: the child must print the line or exit (use a child-side timeout).
+    pub fn wait_for_line(&mut self, prefix: &str) -> String {
+        let stdout = self.stdout.as_mut().expect("stdout is piped");
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = stdout.read_line(&mut line).expect("read child stdout");
+            if n == 0 {
+                panic!("child exited before printing `{prefix}`");
+            }
+            // The test harness may have printed `test name ... ` on the same line.
+            if let Some(i) = line.find(prefix) {
+                return line[i + prefix.len()..].trim_end().to_string();
+            }
+        }
+    }
+
+    /// Sends SIGKILL and reaps the child.
+    pub fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the child to exit and returns its status.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child
+            .take()
+            .expect("child")
+            .wait()
+            .expect("wait for child")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Kills process `pid` with SIGKILL when dropped if it is still alive and its command line contains `name`
+/// (for processes the test did not spawn itself, such as grandchildren; the name check guards against a
+/// recycled pid).
+pub struct PidGuard {
+    pub pid: u32,
+    pub name: &'static str,
+}
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.pid)).unwrap_or_default();
+        if pid_alive(self.pid) && String::from_utf8_lossy(&cmdline).contains(self.name) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// A command re-running this test binary on just `test_name` (exact match), with the harness's output shown,
+/// for tests that need a separate process running library code.
+pub fn reexec_test(test_name: &str) -> Command {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"]);
+    cmd
+}
+
+/// Runs `cmd` to completion, retrying while exec fails with ETXTBSY (a binary written moments ago can still be
+/// open for writing in a concurrently forked child).
+pub fn output_retrying(cmd: &mut Command) -> std::process::Output {
+    for _ in 0..100 {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => return other.expect("run command"),
+        }
+    }
+    panic!("{cmd:?} kept failing with ETXTBSY");
+}
+
+/// Size of a file, 0 when missing.
+pub fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
