@@ -125,13 +125,14 @@ impl Pending {
         {
             let mut inner = self.inner.lock().unwrap();
             for (key, id, seq) in rows {
-                if let Some(e) = inner.map.get_mut(&key) {
-                    if e.log_id == id && e.state == State::Sent {
-                        match seq {
-                            Some(s) => e.state = State::Acked(s),
-                            None => {
-                                inner.map.remove(&key);
-                            }
+                if let Some(e) = inner.map.get_mut(&key)
+                    && e.log_id == id
+                    && e.state == State::Sent
+                {
+                    match seq {
+                        Some(s) => e.state = State::Acked(s),
+                        None => {
+                            inner.map.remove(&key);
                         }
                     }
                 }

@@ -1,6 +1,7 @@
 //! End-to-end replication on real three-node clusters: writes through the real `sqlite3` CLI and through a
 //! second process (rusqlite in the test process), checked on every node.
 
+#[allow(dead_code)]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -82,6 +82,12 @@ pub(crate) fn forward_lines(
 /// Forwards one nats-server log line as a tracing event with `from = "nats"`, at the level of its tag.
 pub(crate) fn log_line(line: &str) {
     let (level, message) = split_level(line);
+    // A peer not (yet) reachable is routine while a cluster forms; readiness reports peers that stay away.
+    let level = if level == "ERR" && message.contains("Error trying to connect to route") {
+        "WRN"
+    } else {
+        level
+    };
     match level {
         "ERR" | "FTL" => tracing::error!(from = "nats", "{message}"),
         "WRN" => tracing::warn!(from = "nats", "{message}"),

@@ -1,7 +1,6 @@
 //! Test harness: real `harmonylite` processes (each with its bundled nats-server) on free loopback ports in a
 //! temporary directory, SQL through the real `sqlite3` CLI and through rusqlite from the test process,
 //! `eventually` polling with a deadline, and a convergence oracle (order-independent table checksums).
-#![allow(dead_code)]
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -278,6 +277,7 @@ impl Cluster {
             let db = dir.path().join(format!("node-{id}.db"));
             sqlite3(&db, &opts.schema);
             let config = dir.path().join(format!("node-{id}.toml"));
+            let top = format!("{}\n{}", opts.extra_top, opts.per_node_top.get(i).cloned().unwrap_or_default());
             std::fs::write(
                 &config,
                 format!(
@@ -285,7 +285,6 @@ impl Cluster {
                      [replication_log]\nshards = {shards}\nmax_entries = 1000000\ncompress = {compress}\n\n\
                      [nats]\nbind_address = \"127.0.0.1:{client_port}\"\nready_timeout_seconds = 60\n\n\
                      [logging]\nverbose = {verbose}\n",
-                    top = format!("{}\n{}", opts.extra_top, opts.per_node_top.get(i).cloned().unwrap_or_default()),
                     compress = opts.compress,
                     client_port = client_ports[i],
                     verbose = opts.verbose,
