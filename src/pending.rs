@@ -81,7 +81,13 @@ impl Pending {
             return;
         }
         let mut inner = self.inner.lock().unwrap();
+        let horizon = inner.scanned_upto;
         for (key, id) in rows {
+            // Rows up to the horizon are already registered (by an earlier scan or by the publisher); seeing
+            // them again must not resurrect an entry whose change has completed.
+            if id <= horizon {
+                continue;
+            }
             let e = inner.map.entry(key).or_insert(Entry {
                 log_id: 0,
                 state: State::Unsent,
@@ -96,12 +102,14 @@ impl Pending {
         inner.scanned_upto = inner.scanned_upto.max(upto);
     }
 
-    /// The publisher is about to hand these changes (key, newest log id in the publish) to JetStream.
-    pub fn mark_sent(&self, rows: &[(RowKey, i64)]) {
+    /// The publisher is about to hand these changes (key, newest log id in the publish) to JetStream; its pass
+    /// covers every change-log row up to `upto`.
+    pub fn mark_sent(&self, rows: &[(RowKey, i64)], upto: i64) {
         if !self.enabled {
             return;
         }
         let mut inner = self.inner.lock().unwrap();
+        inner.scanned_upto = inner.scanned_upto.max(upto);
         for (key, id) in rows {
             let e = inner.map.entry(key.clone()).or_insert(Entry {
                 log_id: *id,
@@ -165,6 +173,21 @@ impl Pending {
         }
     }
 
+    /// True when [`Pending::decide`] would certainly skip this change (without changing anything). Newer local
+    /// writes found later can only turn an `Apply` into a `Skip`, never the reverse, so a batch whose rows all
+    /// pass this test can be skipped without opening a write transaction.
+    pub fn would_skip(&self, key: &RowKey, seq: u64) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        let inner = self.inner.lock().unwrap();
+        match inner.map.get(key).map(|e| e.state) {
+            Some(State::Unsent) => true,
+            Some(State::Acked(a)) => seq <= a,
+            _ => false,
+        }
+    }
+
     /// True when any of `keys` waits for an acknowledgement.
     pub fn any_sent<'a>(&self, mut keys: impl Iterator<Item = &'a RowKey>) -> bool {
         if !self.enabled {
@@ -209,7 +232,7 @@ mod tests {
     fn acked_change_orders_by_stream_position() {
         let p = Pending::new(true, 0);
         p.record_local([(k(1), 5)], 5);
-        p.mark_sent(&[(k(1), 5)]);
+        p.mark_sent(&[(k(1), 5)], 5);
         assert_eq!(p.decide(&k(1), 3), Decision::Wait);
         p.mark_acked([(k(1), 5, Some(10))]);
         assert_eq!(
@@ -220,7 +243,7 @@ mod tests {
         assert_eq!(p.decide(&k(1), 10), Decision::Skip, "our own message");
         assert_eq!(p.decide(&k(1), 11), Decision::Apply, "entry ended");
         p.record_local([(k(1), 6)], 6);
-        p.mark_sent(&[(k(1), 6)]);
+        p.mark_sent(&[(k(1), 6)], 6);
         p.mark_acked([(k(1), 6, Some(20))]);
         assert_eq!(p.decide(&k(1), 21), Decision::Apply, "newer change wins");
         assert!(p.is_empty());
@@ -230,13 +253,27 @@ mod tests {
     fn newer_local_write_keeps_the_key_unsent() {
         let p = Pending::new(true, 0);
         p.record_local([(k(1), 5)], 5);
-        p.mark_sent(&[(k(1), 5)]);
+        p.mark_sent(&[(k(1), 5)], 5);
         p.record_local([(k(1), 7)], 7);
         p.mark_acked([(k(1), 5, Some(10))]);
         assert_eq!(p.decide(&k(1), 50), Decision::Skip);
         // a rescan of an older id does not downgrade the entry
         p.record_local([(k(1), 6)], 7);
         assert_eq!(p.decide(&k(1), 50), Decision::Skip);
+    }
+
+    #[test]
+    fn a_completed_change_seen_again_by_a_scan_is_not_resurrected() {
+        let p = Pending::new(true, 0);
+        p.mark_sent(&[(k(1), 1)], 1); // the publisher got there before any scan
+        p.mark_acked([(k(1), 1, Some(1))]);
+        assert_eq!(p.decide(&k(1), 1), Decision::Skip, "own message");
+        p.record_local([(k(1), 1)], 1); // a late scan reads the same log row
+        assert_eq!(
+            p.decide(&k(1), 2),
+            Decision::Apply,
+            "a newer change from elsewhere must win"
+        );
     }
 
     #[test]

@@ -47,7 +47,10 @@ struct ShardState {
     stream: String,
     rx: mpsc::Receiver<Incoming>,
     queue: VecDeque<Decoded>,
+    /// Last stream position handled (applied or skipped).
     applied: u64,
+    /// Last stream position written to the database.
+    persisted: u64,
     paused_until: Option<Instant>,
     backoff: Duration,
     closed: bool,
@@ -92,6 +95,7 @@ impl Applier {
                     rx,
                     queue: VecDeque::new(),
                     applied,
+                    persisted: applied,
                     paused_until: None,
                     backoff: Duration::from_millis(500),
                     closed: false,
@@ -107,6 +111,11 @@ impl Applier {
     }
 
     pub async fn run(mut self, cancel: CancellationToken) {
+        self.run_loop(&cancel).await;
+        tokio::task::block_in_place(|| self.flush_positions());
+    }
+
+    async fn run_loop(&mut self, cancel: &CancellationToken) {
         loop {
             if cancel.is_cancelled() {
                 return;
@@ -132,6 +141,12 @@ impl Applier {
                     _ = self.wake.notified() => {}
                     _ = tokio::time::sleep(sleep) => {}
                 }
+                continue;
+            }
+            // Nothing to write (typically our own messages coming back): no write transaction at all, so an
+            // application writing without a busy timeout does not meet our lock.
+            if self.all_skipped(&plan) {
+                self.skip(&plan);
                 continue;
             }
             // Our own change to one of these rows is being published: wait for its position (no lock held).
@@ -252,6 +267,68 @@ impl Applier {
         self.shared.pending.any_sent(keys.iter())
     }
 
+    fn all_skipped(&self, plan: &[usize]) -> bool {
+        let cfg = &self.shared.cfg;
+        self.shards.iter().zip(plan).all(|(s, &n)| {
+            s.queue.iter().take(n).all(|d| match &d.msg {
+                Ok(m) => m.tables.iter().all(|t| {
+                    !capture::schema::selected(&t.table, &cfg.include_tables, &cfg.exclude_tables)
+                        || sql::row_keys_of(t).is_some_and(|keys| {
+                            keys.iter()
+                                .all(|k| self.shared.pending.would_skip(k, d.seq))
+                        })
+                }),
+                Err(_) => false,
+            })
+        })
+    }
+
+    /// Handle planned messages whose rows are all skipped: positions advance in memory only; they are written
+    /// with the next applied transaction (after a crash these messages are simply read and skipped again).
+    fn skip(&mut self, plan: &[usize]) {
+        let stats = &self.shared.stats;
+        for (s, &n) in self.shards.iter_mut().zip(plan) {
+            if n == 0 {
+                continue;
+            }
+            let mut rows = 0u64;
+            for d in s.queue.drain(..n) {
+                if let Ok(m) = &d.msg {
+                    for key in sql::row_keys(m) {
+                        self.shared.pending.decide(&key, d.seq);
+                        rows += 1;
+                    }
+                }
+                s.applied = d.seq;
+            }
+            stats.skipped_rows.fetch_add(rows, Ordering::Relaxed);
+            stats.applied_msgs.fetch_add(n as u64, Ordering::Relaxed);
+            stats.set_applied(s.shard, s.applied);
+        }
+    }
+
+    /// Write positions advanced by skipped messages (at shutdown).
+    fn flush_positions(&mut self) {
+        if self.shards.iter().all(|s| s.applied == s.persisted) {
+            return;
+        }
+        let r = (|| -> rusqlite::Result<()> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for s in &self.shards {
+                if s.applied > s.persisted {
+                    write_position(&tx, &s.stream, s.applied)?;
+                }
+            }
+            tx.commit()
+        })();
+        match r {
+            Ok(()) => self.shards.iter_mut().for_each(|s| s.persisted = s.applied),
+            Err(e) => tracing::warn!(error = %e, "cannot record applied positions"),
+        }
+    }
+
     /// Apply the planned messages in one transaction (blocking).
     fn apply(&mut self, plan: &[usize]) -> Result<(), TxnError> {
         let shared = self.shared.clone();
@@ -314,11 +391,8 @@ impl Applier {
                 taken += unit_len;
                 i += unit_len;
             }
-            if taken > 0 {
-                tx.execute(
-                    &format!("INSERT INTO {APPLIED}(stream, seq) VALUES(?1, ?2) ON CONFLICT(stream) DO UPDATE SET seq = excluded.seq"),
-                    rusqlite::params![s.stream, last as i64],
-                )?;
+            if last > s.persisted {
+                write_position(&tx, &s.stream, last)?;
             }
             outcome.push((taken, last, error));
         }
@@ -338,6 +412,7 @@ impl Applier {
             .skipped_rows
             .fetch_add(skipped_rows, Ordering::Relaxed);
         for (s, (taken, last, error)) in self.shards.iter_mut().zip(outcome) {
+            s.persisted = last;
             if taken > 0 {
                 s.queue.drain(..taken);
                 s.applied = last;
@@ -361,6 +436,14 @@ impl Applier {
         }
         Ok(())
     }
+}
+
+fn write_position(tx: &rusqlite::Transaction<'_>, stream: &str, seq: u64) -> rusqlite::Result<()> {
+    tx.prepare_cached(&format!(
+        "INSERT INTO {APPLIED}(stream, seq) VALUES(?1, ?2) ON CONFLICT(stream) DO UPDATE SET seq = excluded.seq"
+    ))?
+    .execute(rusqlite::params![stream, seq as i64])?;
+    Ok(())
 }
 
 fn row_count(m: &Message) -> usize {

@@ -74,6 +74,15 @@ fn row_key(table: &str, key: &[&Value]) -> RowKey {
     (table.to_string(), b)
 }
 
+/// Every row key of one table's changes, or `None` when any row is malformed.
+pub fn row_keys_of(t: &TableChanges) -> Option<Vec<RowKey>> {
+    let pos = key_positions(t).ok()?;
+    t.rows
+        .iter()
+        .map(|r| key_of(t, &pos, r).ok().map(|k| row_key(&t.table, &k)))
+        .collect()
+}
+
 /// Every row key a message touches (malformed rows are left out; applying reports them).
 pub fn row_keys(m: &Message) -> Vec<RowKey> {
     let mut out = Vec::new();

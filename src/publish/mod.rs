@@ -102,6 +102,8 @@ impl Publisher {
         let mut cleanup =
             tokio::time::interval_at(tokio::time::Instant::now() + cleanup_every, cleanup_every);
         let mut delete_below = self.state.published_upto;
+        let mut deleted_below = 0i64;
+        let mut last_delete = std::time::Instant::now() - Duration::from_secs(3600);
         let mut backoff = Duration::from_millis(100);
         // A file event can arrive before the commit that caused it is visible (SQLite updates the WAL index
         // through shared memory, which raises no event): after a wake that found nothing, look again shortly.
@@ -137,11 +139,18 @@ impl Publisher {
                 }
                 _ = cleanup.tick() => {
                     // Rows acknowledged at the previous tick have been published for at least one interval.
-                    if delete_below > 0 {
+                    // Deleting takes the database's write lock, which an application without a busy timeout
+                    // would meet: delete in batches (1024 rows or more), or once a minute for a trickle.
+                    let due = delete_below - deleted_below >= 1024
+                        || (delete_below > deleted_below && last_delete.elapsed() >= Duration::from_secs(60));
+                    if due {
                         let below = delete_below;
                         match tokio::task::block_in_place(|| capture::delete_published(&self.conn, below)) {
-                            Ok(n) if n > 0 => tracing::debug!(rows = n, "removed published change-log rows"),
-                            Ok(_) => {}
+                            Ok(n) => {
+                                tracing::debug!(rows = n, "removed published change-log rows");
+                                deleted_below = below;
+                                last_delete = std::time::Instant::now();
+                            }
                             Err(e) => tracing::warn!(error = %e, "cannot remove published change-log rows"),
                         }
                     }
@@ -172,7 +181,7 @@ impl Publisher {
             .iter()
             .flat_map(|u| u.rows.iter().flatten().cloned())
             .collect();
-        self.shared.pending.mark_sent(&sent);
+        self.shared.pending.mark_sent(&sent, pass.end);
 
         let mut acks: Vec<Option<Vec<u64>>> = vec![None; pass.units.len()];
         let mut backoff = Duration::from_millis(100);

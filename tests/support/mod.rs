@@ -9,15 +9,22 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Poll `cond` until it returns true or `timeout` passes; panics with `what` on timeout.
-pub fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+pub fn eventually(timeout: Duration, what: &str, cond: impl FnMut() -> bool) {
+    if !poll(timeout, cond) {
+        panic!("timed out after {timeout:?} waiting for: {what}");
+    }
+}
+
+/// Poll `cond` until it returns true (true) or `timeout` passes (false).
+pub fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     let mut delay = Duration::from_millis(20);
     loop {
         if cond() {
-            return;
+            return true;
         }
         if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for: {what}");
+            return false;
         }
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_millis(250));
@@ -45,26 +52,6 @@ pub fn sqlite3(db: &Path, sql: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// Like [`sqlite3`] but retries while the database is locked (the CLI has no busy timeout).
-pub fn sqlite3_retry(db: &Path, sql: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let out = Command::new("sqlite3")
-            .arg(db)
-            .arg(sql)
-            .output()
-            .expect("sqlite3 CLI must be installed");
-        if out.status.success() {
-            return String::from_utf8(out.stdout).unwrap();
-        }
-        let err = String::from_utf8_lossy(&out.stderr).to_string();
-        if !err.contains("locked") || start.elapsed() > Duration::from_secs(10) {
-            panic!("sqlite3 {sql:?} failed: {err}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A rusqlite connection from the test process (a second writer besides the CLI).
@@ -211,8 +198,21 @@ impl Node {
         }
     }
 
+    /// SQL through the `sqlite3` CLI with a 5 s busy timeout, as most drivers have by default.
     pub fn sql(&self, sql: &str) -> String {
-        sqlite3_retry(&self.db, sql)
+        let out = Command::new("sqlite3")
+            .arg("-cmd")
+            .arg(".timeout 5000")
+            .arg(&self.db)
+            .arg(sql)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sqlite3 {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
     }
 }
 
@@ -277,7 +277,11 @@ impl Cluster {
             let db = dir.path().join(format!("node-{id}.db"));
             sqlite3(&db, &opts.schema);
             let config = dir.path().join(format!("node-{id}.toml"));
-            let top = format!("{}\n{}", opts.extra_top, opts.per_node_top.get(i).cloned().unwrap_or_default());
+            let top = format!(
+                "{}\n{}",
+                opts.extra_top,
+                opts.per_node_top.get(i).cloned().unwrap_or_default()
+            );
             std::fs::write(
                 &config,
                 format!(
@@ -358,6 +362,16 @@ impl Cluster {
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Like [`eventually`], with every node's last log lines in the failure message.
+    pub fn eventually(&self, timeout: Duration, what: &str, cond: impl FnMut() -> bool) {
+        if !poll(timeout, cond) {
+            panic!(
+                "timed out after {timeout:?} waiting for: {what}\n{}",
+                self.logs_tail()
+            );
         }
     }
 
