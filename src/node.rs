@@ -196,7 +196,7 @@ pub async fn run(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
         let mut receivers = Vec::new();
         let positions = capture::applied_positions(&wconn)?;
         for shard in 1..=cfg.replication_log.shards {
-            let (tx, rx) = mpsc::channel(2048);
+            let (tx, rx) = mpsc::channel(256);
             receivers.push(rx);
             let stream = cfg.stream_name(shard);
             let next = positions.get(&stream).copied().unwrap_or(0) + 1;

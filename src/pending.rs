@@ -18,8 +18,17 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-/// A row's identity: table name and canonical key bytes ([`crate::wire::key_bytes`]).
-pub type RowKey = (String, Vec<u8>);
+/// A row's identity: table name, a zero byte, canonical key bytes ([`crate::wire::key_bytes`]); one allocation.
+pub type RowKey = Box<[u8]>;
+
+/// The [`RowKey`] of a row of `table` with key bytes `key`.
+pub fn row_key(table: &str, key: &[u8]) -> RowKey {
+    let mut b = Vec::with_capacity(table.len() + 1 + key.len());
+    b.extend_from_slice(table.as_bytes());
+    b.push(0);
+    b.extend_from_slice(key);
+    b.into_boxed_slice()
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -104,43 +113,51 @@ impl Pending {
 
     /// The publisher is about to hand these changes (key, newest log id in the publish) to JetStream; its pass
     /// covers every change-log row up to `upto`.
-    pub fn mark_sent(&self, rows: &[(RowKey, i64)], upto: i64) {
+    pub fn mark_sent<'a>(&self, rows: impl IntoIterator<Item = &'a (RowKey, i64)>, upto: i64) {
         if !self.enabled {
             return;
         }
         let mut inner = self.inner.lock().unwrap();
         inner.scanned_upto = inner.scanned_upto.max(upto);
         for (key, id) in rows {
-            let e = inner.map.entry(key.clone()).or_insert(Entry {
-                log_id: *id,
-                state: State::Sent,
-            });
-            if *id >= e.log_id {
-                *e = Entry {
-                    log_id: *id,
-                    state: State::Sent,
-                };
+            match inner.map.get_mut(key) {
+                Some(e) if *id < e.log_id => {}
+                Some(e) => {
+                    *e = Entry {
+                        log_id: *id,
+                        state: State::Sent,
+                    }
+                }
+                None => {
+                    inner.map.insert(
+                        key.clone(),
+                        Entry {
+                            log_id: *id,
+                            state: State::Sent,
+                        },
+                    );
+                }
             }
         }
     }
 
     /// JetStream stored these changes: (key, log id, stream sequence). `None` as sequence means stored earlier
     /// at an unknown position (a retried publish found to be a duplicate): the entry is dropped.
-    pub fn mark_acked(&self, rows: impl IntoIterator<Item = (RowKey, i64, Option<u64>)>) {
+    pub fn mark_acked<'a>(&self, rows: impl IntoIterator<Item = (&'a RowKey, i64, Option<u64>)>) {
         if !self.enabled {
             return;
         }
         {
             let mut inner = self.inner.lock().unwrap();
             for (key, id, seq) in rows {
-                if let Some(e) = inner.map.get_mut(&key)
+                if let Some(e) = inner.map.get_mut(key)
                     && e.log_id == id
                     && e.state == State::Sent
                 {
                     match seq {
                         Some(s) => e.state = State::Acked(s),
                         None => {
-                            inner.map.remove(&key);
+                            inner.map.remove(key);
                         }
                     }
                 }
@@ -164,6 +181,12 @@ impl Pending {
             State::Acked(a) if seq < a => Decision::Skip,
             State::Acked(a) => {
                 inner.map.remove(key);
+                // A burst of local writes can leave a huge, mostly empty table behind: give it back.
+                let cap = inner.map.capacity();
+                if cap > 4096 && inner.map.len() * 8 < cap {
+                    let len = inner.map.len();
+                    inner.map.shrink_to(len * 2);
+                }
                 if seq == a {
                     Decision::Skip
                 } else {
@@ -217,7 +240,7 @@ mod tests {
     use super::*;
 
     fn k(n: u8) -> RowKey {
-        ("t".into(), vec![n])
+        row_key("t", &[n])
     }
 
     #[test]
@@ -234,7 +257,7 @@ mod tests {
         p.record_local([(k(1), 5)], 5);
         p.mark_sent(&[(k(1), 5)], 5);
         assert_eq!(p.decide(&k(1), 3), Decision::Wait);
-        p.mark_acked([(k(1), 5, Some(10))]);
+        p.mark_acked([(&k(1), 5, Some(10))]);
         assert_eq!(
             p.decide(&k(1), 9),
             Decision::Skip,
@@ -244,7 +267,7 @@ mod tests {
         assert_eq!(p.decide(&k(1), 11), Decision::Apply, "entry ended");
         p.record_local([(k(1), 6)], 6);
         p.mark_sent(&[(k(1), 6)], 6);
-        p.mark_acked([(k(1), 6, Some(20))]);
+        p.mark_acked([(&k(1), 6, Some(20))]);
         assert_eq!(p.decide(&k(1), 21), Decision::Apply, "newer change wins");
         assert!(p.is_empty());
     }
@@ -255,7 +278,7 @@ mod tests {
         p.record_local([(k(1), 5)], 5);
         p.mark_sent(&[(k(1), 5)], 5);
         p.record_local([(k(1), 7)], 7);
-        p.mark_acked([(k(1), 5, Some(10))]);
+        p.mark_acked([(&k(1), 5, Some(10))]);
         assert_eq!(p.decide(&k(1), 50), Decision::Skip);
         // a rescan of an older id does not downgrade the entry
         p.record_local([(k(1), 6)], 7);
@@ -266,7 +289,7 @@ mod tests {
     fn a_completed_change_seen_again_by_a_scan_is_not_resurrected() {
         let p = Pending::new(true, 0);
         p.mark_sent(&[(k(1), 1)], 1); // the publisher got there before any scan
-        p.mark_acked([(k(1), 1, Some(1))]);
+        p.mark_acked([(&k(1), 1, Some(1))]);
         assert_eq!(p.decide(&k(1), 1), Decision::Skip, "own message");
         p.record_local([(k(1), 1)], 1); // a late scan reads the same log row
         assert_eq!(

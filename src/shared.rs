@@ -91,3 +91,13 @@ impl Shared {
         *self.capture.write().unwrap() = Arc::new(cap);
     }
 }
+
+/// Return freed heap memory to the operating system after a large batch (glibc keeps it otherwise, and the
+/// process would stay at its peak size).
+pub fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it touches no memory we hold.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -115,8 +115,8 @@ pub struct TableChanges {
     pub rows: Vec<Row>,
 }
 
-/// One message: part `part` of `parts` of a publish unit. A unit holds whole local transactions; the
-/// applier commits a unit's parts in one SQLite transaction.
+/// One message: part `part` (from 1) of a publish unit; `last` marks the unit's final part. A unit holds whole
+/// local transactions; the applier commits a unit's parts in one SQLite transaction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     /// Node id of the origin.
@@ -124,7 +124,7 @@ pub struct Message {
     /// Identifies the unit (origin-local, unique per change-log incarnation).
     pub unit: String,
     pub part: u32,
-    pub parts: u32,
+    pub last: bool,
     /// Fingerprint of the origin's captured schema (tables and columns).
     pub schema: u64,
     pub tables: Vec<TableChanges>,
@@ -201,7 +201,7 @@ mod tests {
             origin: 7,
             unit: "7-1-42".into(),
             part: 1,
-            parts: 1,
+            last: true,
             schema: 99,
             tables: vec![TableChanges {
                 table: "T".into(),

@@ -29,7 +29,7 @@ use crate::wire::{self, Message};
 /// Most rows applied in one SQLite transaction (a larger unit is still applied whole).
 const MAX_TXN_ROWS: usize = 20_000;
 /// Most messages buffered per shard.
-const MAX_QUEUED: usize = 4_000;
+const MAX_QUEUED: usize = 1_000;
 
 /// A message delivered by a shard's consumer.
 pub struct Incoming {
@@ -215,28 +215,14 @@ impl Applier {
                 let mut take = 0;
                 let mut i = 0;
                 while i < s.queue.len() {
-                    let (len, rows) = match &s.queue[i].msg {
-                        Ok(m) if m.parts > 1 => {
-                            // the unit's parts must all be here, consecutive
-                            let parts = m.parts as usize;
-                            if m.part != 1 || i + parts > s.queue.len() {
-                                if m.part != 1 {
-                                    (1, 0) // a stray part (its unit was split by a restart): apply alone
-                                } else {
-                                    break;
-                                }
-                            } else {
-                                let rows = s
-                                    .queue
-                                    .range(i..i + parts)
-                                    .map(|d| d.msg.as_ref().map(row_count).unwrap_or(0))
-                                    .sum();
-                                (parts, rows)
-                            }
-                        }
-                        Ok(m) => (1, row_count(m)),
-                        Err(_) => (1, 0),
+                    let Some(len) = unit_len(&s.queue, i) else {
+                        break;
                     };
+                    let rows = s
+                        .queue
+                        .range(i..i + len)
+                        .map(|d| d.msg.as_ref().map(row_count).unwrap_or(0))
+                        .sum();
                     if take > 0 && rows > budget {
                         break;
                     }
@@ -344,8 +330,12 @@ impl Applier {
             let rows = capture::read_log(&tx, &cap, scanned, before)?;
             shared.pending.record_local(
                 rows.iter().filter_map(|r| {
-                    cap.table(r.table_id)
-                        .map(|t| ((t.name.clone(), wire::key_bytes(&r.key)), r.id))
+                    cap.table(r.table_id).map(|t| {
+                        (
+                            crate::pending::row_key(&t.name, &wire::key_bytes(&r.key)),
+                            r.id,
+                        )
+                    })
                 }),
                 before,
             );
@@ -358,10 +348,7 @@ impl Applier {
             let mut error = None;
             let mut i = 0;
             while i < n {
-                let unit_len = match &s.queue[i].msg {
-                    Ok(m) if m.parts > 1 && m.part == 1 => (m.parts as usize).min(n - i),
-                    _ => 1,
-                };
+                let unit_len = unit_len(&s.queue, i).unwrap_or(1).min(n - i);
                 tx.execute_batch("SAVEPOINT unit")?;
                 let mut failed = None;
                 for d in s.queue.range(i..i + unit_len) {
@@ -408,6 +395,9 @@ impl Applier {
         stats
             .applied_rows
             .fetch_add(applied_rows, Ordering::Relaxed);
+        if applied_rows > 10_000 {
+            crate::shared::release_memory();
+        }
         stats
             .skipped_rows
             .fetch_add(skipped_rows, Ordering::Relaxed);
@@ -444,6 +434,28 @@ fn write_position(tx: &rusqlite::Transaction<'_>, stream: &str, seq: u64) -> rus
     ))?
     .execute(rusqlite::params![stream, seq as i64])?;
     Ok(())
+}
+
+/// Number of messages of the unit starting at `queue[i]`, or `None` while its last part has not arrived.
+/// A part that does not start a unit (its unit was cut by a restart) counts as a unit of its own.
+fn unit_len(queue: &VecDeque<Decoded>, i: usize) -> Option<usize> {
+    let Ok(first) = &queue[i].msg else {
+        return Some(1);
+    };
+    if first.last || first.part != 1 {
+        return Some(1);
+    }
+    for (j, d) in queue.iter().enumerate().skip(i + 1) {
+        match &d.msg {
+            Ok(m) if m.unit == first.unit && m.part as usize == j - i + 1 => {
+                if m.last {
+                    return Some(j - i + 1);
+                }
+            }
+            _ => return Some(1),
+        }
+    }
+    None
 }
 
 fn row_count(m: &Message) -> usize {

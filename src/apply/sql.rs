@@ -71,7 +71,7 @@ fn row_key(table: &str, key: &[&Value]) -> RowKey {
     for v in key {
         v.write_key_bytes(&mut b);
     }
-    (table.to_string(), b)
+    crate::pending::row_key(table, &b)
 }
 
 /// Every row key of one table's changes, or `None` when any row is malformed.

@@ -227,7 +227,7 @@ fn apply_sql_reproduces_rows_exactly() {
         origin: 2,
         unit: "u".into(),
         part: 1,
-        parts: 1,
+        last: true,
         schema: cap.fingerprint,
         tables,
     };

@@ -176,12 +176,10 @@ impl Publisher {
                 .fetch_add(pass.rows as u64, Ordering::Relaxed);
             return Ok(true);
         }
-        let sent: Vec<(RowKey, i64)> = pass
-            .units
-            .iter()
-            .flat_map(|u| u.rows.iter().flatten().cloned())
-            .collect();
-        self.shared.pending.mark_sent(&sent, pass.end);
+        self.shared.pending.mark_sent(
+            pass.units.iter().flat_map(|u| u.rows.iter().flatten()),
+            pass.end,
+        );
 
         let mut acks: Vec<Option<Vec<u64>>> = vec![None; pass.units.len()];
         let mut backoff = Duration::from_millis(100);
@@ -214,18 +212,20 @@ impl Publisher {
             attempt += 1;
         }
 
-        let mut acked = Vec::with_capacity(sent.len());
-        for (unit, seqs) in pass.units.iter().zip(acks) {
-            let seqs = seqs.unwrap_or_default();
-            for (i, rows) in unit.rows.iter().enumerate() {
-                let seq = seqs.get(i).copied().filter(|&s| s > 0);
-                acked.extend(rows.iter().map(|(k, id)| (k.clone(), *id, seq)));
-            }
-            stats
-                .published_msgs
-                .fetch_add(unit.payloads.len() as u64, Ordering::Relaxed);
-        }
+        let acked = pass.units.iter().zip(&acks).flat_map(|(unit, seqs)| {
+            unit.rows.iter().enumerate().flat_map(move |(i, rows)| {
+                let seq = seqs
+                    .as_ref()
+                    .and_then(|s| s.get(i).copied())
+                    .filter(|&s| s > 0);
+                rows.iter().map(move |(k, id)| (k, *id, seq))
+            })
+        });
         self.shared.pending.mark_acked(acked);
+        let msgs: usize = pass.units.iter().map(|u| u.payloads.len()).sum();
+        stats
+            .published_msgs
+            .fetch_add(msgs as u64, Ordering::Relaxed);
         self.state.published_upto = pass.end;
         self.state.inflight_end = pass.end;
         self.state.save()?;
@@ -239,6 +239,11 @@ impl Publisher {
             .published_rows
             .fetch_add(pass.rows as u64, Ordering::Relaxed);
         stats.touch();
+        let large = pass.rows > 10_000;
+        drop(pass);
+        if large {
+            crate::shared::release_memory();
+        }
         Ok(true)
     }
 
@@ -267,9 +272,14 @@ impl Publisher {
         let mut order: Vec<usize> = newest.into_values().collect();
         order.sort_unstable();
 
-        let mut per_shard: HashMap<u32, Vec<Message>> = HashMap::new();
-        let mut per_shard_rows: HashMap<u32, Vec<Vec<(RowKey, i64)>>> = HashMap::new();
-        let mut sizes: HashMap<u32, (usize, usize)> = HashMap::new();
+        let ctx = UnitContext {
+            prefix: format!("{:x}.{:x}.{:x}", cfg.node_id, cap.incarnation, end),
+            origin: cfg.node_id,
+            schema: cap.fingerprint,
+            compress: cfg.replication_log.compress,
+            max_rows: cfg.scan_max_changes as usize,
+        };
+        let mut shards: HashMap<u32, ShardBuild> = HashMap::new();
         for i in order {
             let lr = &log[i];
             let Some(info) = cap.table(lr.table_id) else {
@@ -281,94 +291,27 @@ impl Publisher {
                 Some(values) => Row::Upsert(values),
                 None => Row::Delete(lr.key.clone()),
             };
-            let size = row.approx_size();
-            let msgs = per_shard.entry(shard).or_default();
-            let rows = per_shard_rows.entry(shard).or_default();
-            let (count, bytes) = sizes.entry(shard).or_insert((usize::MAX, 0));
-            if *count >= cfg.scan_max_changes as usize || *bytes + size > MAX_MESSAGE_BYTES {
-                msgs.push(Message {
-                    origin: cfg.node_id,
-                    unit: String::new(),
-                    part: 0,
-                    parts: 0,
-                    schema: cap.fingerprint,
-                    tables: Vec::new(),
-                });
-                rows.push(Vec::new());
-                *count = 0;
-                *bytes = 0;
-            }
-            *count += 1;
-            *bytes += size;
-            let msg = msgs.last_mut().expect("message started above");
-            match msg.tables.last_mut() {
-                Some(t) if t.table == info.name => t.rows.push(row),
-                _ => msg.tables.push(TableChanges {
-                    table: info.name.clone(),
-                    columns: info.shipped_columns(),
-                    key: info.key_names(),
-                    rows: vec![row],
-                }),
-            }
-            rows.last_mut()
-                .expect("started above")
-                .push(((info.name.clone(), kb), lr.id));
+            shards
+                .entry(shard)
+                .or_insert_with(|| ShardBuild::new(shard))
+                .push(
+                    &ctx,
+                    info,
+                    row,
+                    (crate::pending::row_key(&info.name, &kb), lr.id),
+                );
         }
         tx.commit()?;
-
-        let mut units = Vec::new();
-        let mut shards: Vec<u32> = per_shard.keys().copied().collect();
-        shards.sort_unstable();
-        for shard in shards {
-            let msgs = per_shard.remove(&shard).unwrap_or_default();
-            let rows = per_shard_rows.remove(&shard).unwrap_or_default();
-            // More messages than one atomic batch holds: split into several units (logged; atomicity is then
-            // per unit).
-            for (ci, (chunk, chunk_rows)) in msgs
-                .chunks(MAX_BATCH_MESSAGES)
-                .zip(rows.chunks(MAX_BATCH_MESSAGES))
-                .enumerate()
-            {
-                if ci == 1 {
-                    tracing::warn!(
-                        shard,
-                        messages = msgs.len(),
-                        "pass larger than one atomic batch; split into several units"
-                    );
-                }
-                let msg_id = format!(
-                    "{:x}.{:x}.{:x}.{}.{}",
-                    cfg.node_id, cap.incarnation, end, shard, ci
-                );
-                let parts = chunk.len() as u32;
-                let payloads = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(p, m)| {
-                        let mut m = m.clone();
-                        m.unit = msg_id.clone();
-                        m.part = p as u32 + 1;
-                        m.parts = parts;
-                        wire::encode(&m, cfg.replication_log.compress)
-                    })
-                    .collect();
-                units.push(ShardUnit {
-                    shard,
-                    msg_id,
-                    payloads,
-                    rows: chunk_rows.to_vec(),
-                });
-            }
-        }
+        let rows = log.len();
+        drop(log);
+        let mut builds: Vec<ShardBuild> = shards.into_values().collect();
+        builds.sort_unstable_by_key(|b| b.shard);
+        let units = builds.into_iter().flat_map(|b| b.finish(&ctx)).collect();
         if self.state.inflight_end != end {
             self.state.inflight_end = end;
             self.state.save()?;
         }
-        Ok(Some(Pass {
-            end,
-            rows: log.len(),
-            units,
-        }))
+        Ok(Some(Pass { end, rows, units }))
     }
 
     /// Re-install capture when the schema changed (new tables, new columns).
@@ -457,6 +400,109 @@ async fn publish_unit(
             Ok(vec![0; n])
         }
         Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// What every message of a pass shares.
+struct UnitContext {
+    /// `<node>.<incarnation>.<pass end>`: with the shard and unit index, the message id of a unit.
+    prefix: String,
+    origin: u64,
+    schema: u64,
+    compress: bool,
+    max_rows: usize,
+}
+
+/// One shard's messages of a pass, encoded as soon as each is full so a pass holds payloads, not rows.
+struct ShardBuild {
+    shard: u32,
+    unit_index: usize,
+    current: Option<(Message, Vec<(RowKey, i64)>, usize, usize)>, // message, rows, row count, bytes
+    payloads: Vec<Vec<u8>>,
+    rows: Vec<Vec<(RowKey, i64)>>,
+    units: Vec<ShardUnit>,
+}
+
+impl ShardBuild {
+    fn new(shard: u32) -> ShardBuild {
+        ShardBuild {
+            shard,
+            unit_index: 0,
+            current: None,
+            payloads: Vec::new(),
+            rows: Vec::new(),
+            units: Vec::new(),
+        }
+    }
+
+    fn msg_id(&self, ctx: &UnitContext) -> String {
+        format!("{}.{}.{}", ctx.prefix, self.shard, self.unit_index)
+    }
+
+    fn push(&mut self, ctx: &UnitContext, info: &TableInfo, row: Row, key: (RowKey, i64)) {
+        let size = row.approx_size();
+        if let Some((_, _, count, bytes)) = &self.current
+            && (*count >= ctx.max_rows || *bytes + size > MAX_MESSAGE_BYTES)
+        {
+            // Another row follows, so this message ends the unit only when the unit is full.
+            let last = self.payloads.len() + 1 == MAX_BATCH_MESSAGES;
+            self.seal(ctx, last);
+            if last {
+                tracing::warn!(
+                    shard = self.shard,
+                    "pass larger than one atomic batch; split into several units"
+                );
+            }
+        }
+        let (msg, rows, count, bytes) = self.current.get_or_insert_with(|| {
+            let msg = Message {
+                origin: ctx.origin,
+                unit: String::new(),
+                part: 0,
+                last: false,
+                schema: ctx.schema,
+                tables: Vec::new(),
+            };
+            (msg, Vec::new(), 0, 0)
+        });
+        *count += 1;
+        *bytes += size;
+        match msg.tables.last_mut() {
+            Some(t) if t.table == info.name => t.rows.push(row),
+            _ => msg.tables.push(TableChanges {
+                table: info.name.clone(),
+                columns: info.shipped_columns(),
+                key: info.key_names(),
+                rows: vec![row],
+            }),
+        }
+        rows.push(key);
+    }
+
+    /// Encode the message being filled; with `last`, close the unit.
+    fn seal(&mut self, ctx: &UnitContext, last: bool) {
+        let Some((mut msg, rows, _, _)) = self.current.take() else {
+            return;
+        };
+        msg.unit = self.msg_id(ctx);
+        msg.part = self.payloads.len() as u32 + 1;
+        msg.last = last;
+        self.payloads.push(wire::encode(&msg, ctx.compress));
+        self.rows.push(rows);
+        if last {
+            self.units.push(ShardUnit {
+                shard: self.shard,
+                msg_id: msg.unit,
+                payloads: std::mem::take(&mut self.payloads),
+                rows: std::mem::take(&mut self.rows),
+            });
+            self.unit_index += 1;
+        }
+    }
+
+    fn finish(mut self, ctx: &UnitContext) -> Vec<ShardUnit> {
+        self.seal(ctx, true);
+        self.units
     }
 }
 
