@@ -413,11 +413,14 @@ struct UnitContext {
     max_rows: usize,
 }
 
+/// The message being filled: the message, its rows (key, newest log id), row count, approximate bytes.
+type Filling = (Message, Vec<(RowKey, i64)>, usize, usize);
+
 /// One shard's messages of a pass, encoded as soon as each is full so a pass holds payloads, not rows.
 struct ShardBuild {
     shard: u32,
     unit_index: usize,
-    current: Option<(Message, Vec<(RowKey, i64)>, usize, usize)>, // message, rows, row count, bytes
+    current: Option<Filling>,
     payloads: Vec<Vec<u8>>,
     rows: Vec<Vec<(RowKey, i64)>>,
     units: Vec<ShardUnit>,
