@@ -111,6 +111,7 @@ async fn ensure_streams(
             allow_atomic_publish: true,
             ..Default::default()
         };
+        let mut attempt = Duration::from_millis(500);
         loop {
             let r = async {
                 match js.get_stream(&config.name).await {
@@ -128,8 +129,14 @@ async fn ensure_streams(
                         Ok(())
                     }
                 }
-            }
-            .await;
+            };
+            // Nodes starting together create the same stream at once; a request caught in that race can go
+            // unanswered, so each attempt is short and retried.
+            let r = match tokio::time::timeout(attempt, r).await {
+                Ok(r) => r,
+                Err(_) => Err(anyhow::anyhow!("no answer within {attempt:?}")),
+            };
+            attempt = (attempt * 2).min(Duration::from_secs(5));
             match r {
                 Ok(()) => break,
                 Err(e) if start.elapsed() < deadline => {

@@ -12,8 +12,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::NatsError;
 
+/// A query sent before the cluster has a meta leader goes unanswered: start with short attempts (the leader
+/// is usually there within a few hundred milliseconds) and lengthen them for slow or loaded machines.
+const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(250);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-const POLL: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(50);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What readiness knows about the cluster, for progress and error messages.
@@ -34,10 +37,12 @@ pub(crate) async fn wait_ready(
     let deadline = started + timeout;
     let mut last_error;
     let mut logged_waiting = false;
+    let mut attempt_timeout = FIRST_ATTEMPT_TIMEOUT;
     loop {
-        let attempt = ATTEMPT_TIMEOUT
+        let attempt = attempt_timeout
             .min(deadline.saturating_duration_since(Instant::now()))
             .max(POLL);
+        attempt_timeout = (attempt_timeout * 3 / 2).min(ATTEMPT_TIMEOUT);
         match tokio::time::timeout(attempt, js.query_account()).await {
             Ok(Ok(_)) => {
                 if let Some(servers) = connected_servers(probe).await {
