@@ -4,7 +4,8 @@
 //! on the same cluster, our sustained replicated rows/s for 1-, 10- and 100-row transactions, replication lag
 //! percentiles idle and at half the maximum rate, sidecar and nats-server RSS, and three-node cold start.
 //!
-//! `bench --quick` finishes within about a minute; `bench --json FILE` also writes the JSON there.
+//! `bench --quick` finishes within about a minute; `bench --json FILE` also writes the JSON there;
+//! `bench --soak SECS` adds a run of SECS seconds at half the maximum rate, sampling sidecar RSS.
 
 #[path = "../../tests/support/mod.rs"]
 #[allow(dead_code)]
@@ -264,6 +265,51 @@ fn lag(
     )
 }
 
+/// Load node 1 at `rows_per_s` (100-row transactions) for `secs`, sampling the largest sidecar RSS every 10 s.
+fn soak(
+    c: &support::Cluster,
+    secs: u64,
+    rows_per_s: f64,
+    pids: &[u32],
+    next_id: &mut i64,
+) -> serde_json::Value {
+    eprintln!("bench: soak for {secs} s at {rows_per_s:.0} rows/s...");
+    let mut w = support::open(&c.node(1).db);
+    let interval = Duration::from_secs_f64(100.0 / rows_per_s);
+    let start = Instant::now();
+    let mut next = start;
+    let mut next_sample = start;
+    let mut samples = Vec::new();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if Instant::now() >= next_sample {
+            let rss = pids.iter().map(|&p| rss_kb(p)).max().unwrap_or(0) as f64 / 1024.0;
+            samples.push(json!([start.elapsed().as_secs(), rss]));
+            next_sample += Duration::from_secs(10);
+        }
+        let tx = w.transaction().unwrap();
+        for _ in 0..100 {
+            tx.execute(
+                "INSERT INTO bench (id, payload, t) VALUES (?1, 'soak', 0)",
+                [*next_id],
+            )
+            .unwrap();
+            *next_id += 1;
+        }
+        tx.commit().unwrap();
+        next += interval;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let rss: Vec<f64> = samples.iter().map(|s| s[1].as_f64().unwrap()).collect();
+    json!({
+        "seconds": secs,
+        "rows_per_s": rows_per_s.round(),
+        "rss_mb_first": rss.first().copied().unwrap_or(0.0),
+        "rss_mb_last": rss.last().copied().unwrap_or(0.0),
+        "rss_mb_max": rss.iter().copied().fold(0.0, f64::max),
+        "samples": samples,
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -272,6 +318,12 @@ fn main() {
         .position(|a| a == "--json")
         .and_then(|i| args.get(i + 1))
         .cloned();
+    let soak_secs: u64 = args
+        .iter()
+        .position(|a| a == "--soak")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("--soak takes a number of seconds"))
+        .unwrap_or(0);
     let scale = if quick {
         Scale {
             bulk_rows: 50_000,
@@ -350,6 +402,8 @@ fn main() {
         .map(rss_kb)
         .max()
         .unwrap_or(0);
+    let soak_report =
+        (soak_secs > 0).then(|| soak(&c, soak_secs, max_rate / 2.0, &sidecar_pids, &mut next_id));
 
     let report = json!({
         "quick": quick,
@@ -363,6 +417,7 @@ fn main() {
         "sidecar_rss_mb_max": rss_max as f64 / 1024.0,
         "nats_server_rss_mb": nats_rss as f64 / 1024.0,
         "cold_start_3_nodes_s": cold_start,
+        "soak": soak_report,
     });
 
     let l = &report["local_sqlite"];
