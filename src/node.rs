@@ -66,12 +66,7 @@ pub fn schema_status(cfg: &Config) -> anyhow::Result<()> {
     for listed in capture::schema::user_tables(&conn)? {
         if capture::schema::selected(&listed.name, &cfg.include_tables, &cfg.exclude_tables) {
             let (columns, key) = capture::schema::describe(&conn, &listed)?;
-            tables.push(capture::TableInfo {
-                id: 0,
-                name: listed.name,
-                columns,
-                key,
-            });
+            tables.push(capture::TableInfo::new(0, listed.name, columns, key));
         }
     }
     println!("Database: {}", cfg.db_path.display());

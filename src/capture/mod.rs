@@ -119,12 +119,7 @@ pub fn install(
             [&listed.name],
             |r| r.get(0),
         )?;
-        let info = TableInfo {
-            id,
-            name: listed.name,
-            columns,
-            key,
-        };
+        let info = TableInfo::new(id, listed.name, columns, key);
         tx.execute_batch(&trigger_sql(&info))?;
         if previous.is_some_and(|p| !p.tables.iter().any(|t| t.name == info.name)) {
             let n = tx.execute(

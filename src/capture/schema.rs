@@ -25,9 +25,46 @@ pub struct TableInfo {
     /// Writable columns (generated and hidden columns excluded), in table order.
     pub columns: Vec<String>,
     pub key: KeyKind,
+    /// `SELECT` of a row's shipped columns by its key values (`?1`, `?2`, ...), built once.
+    pub select_sql: String,
 }
 
 impl TableInfo {
+    pub fn new(id: i64, name: String, columns: Vec<String>, key: KeyKind) -> TableInfo {
+        let cols: Vec<String> = columns.iter().map(|c| ident(c)).collect();
+        let table = ident(&name);
+        let select_sql = match &key {
+            KeyKind::Rowid => format!(
+                "SELECT rowid, {} FROM {table} WHERE rowid = ?1",
+                cols.join(", ")
+            ),
+            KeyKind::RowidAlias(c) => format!(
+                "SELECT {} FROM {table} WHERE {} = ?1",
+                cols.join(", "),
+                ident(c)
+            ),
+            KeyKind::Columns(kc) => {
+                let cond: Vec<String> = kc
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| format!("{} IS ?{}", ident(c), i + 1))
+                    .collect();
+                format!(
+                    "SELECT {} FROM {table} WHERE {}",
+                    cols.join(", "),
+                    cond.join(" AND ")
+                )
+            }
+        };
+        TableInfo {
+            id,
+            name,
+            columns,
+            key,
+            select_sql,
+        }
+    }
+
     /// Names of the key columns as shipped (`rowid` for rowid-keyed tables).
     pub fn key_names(&self) -> Vec<String> {
         match &self.key {

@@ -184,28 +184,7 @@ fn apply_sql_reproduces_rows_exactly() {
     let mut tables: Vec<wire::TableChanges> = Vec::new();
     for r in &log {
         let info = cap.table(r.table_id).unwrap();
-        let cols: Vec<String> = info.columns.iter().map(|c| ident(c)).collect();
-        let (sel, keycond) = match &info.key {
-            KeyKind::Rowid => (
-                format!("rowid, {}", cols.join(", ")),
-                "rowid = ?1".to_string(),
-            ),
-            KeyKind::RowidAlias(c) => (cols.join(", "), format!("{} = ?1", ident(c))),
-            KeyKind::Columns(k) => (
-                cols.join(", "),
-                k.iter()
-                    .enumerate()
-                    .map(|(i, c)| format!("{} IS ?{}", ident(c), i + 1))
-                    .collect::<Vec<_>>()
-                    .join(" AND "),
-            ),
-        };
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {sel} FROM {} WHERE {keycond}",
-                ident(&info.name)
-            ))
-            .unwrap();
+        let mut stmt = conn.prepare(&info.select_sql).unwrap();
         let n = stmt.column_count();
         let row = stmt
             .query_row(rusqlite::params_from_iter(r.key.iter()), |row| {

@@ -21,7 +21,7 @@ use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::{self, KeyKind, TableInfo, ident};
+use crate::capture::{self, TableInfo};
 use crate::pending::RowKey;
 use crate::shared::Shared;
 use crate::wire::{self, Message, Row, TableChanges, Value};
@@ -515,34 +515,7 @@ fn read_row(
     info: &TableInfo,
     key: &[Value],
 ) -> rusqlite::Result<Option<Vec<Value>>> {
-    let cols: Vec<String> = info.columns.iter().map(|c| ident(c)).collect();
-    let sql = match &info.key {
-        KeyKind::Rowid => format!(
-            "SELECT rowid, {} FROM {} WHERE rowid = ?1",
-            cols.join(", "),
-            ident(&info.name)
-        ),
-        KeyKind::RowidAlias(c) => format!(
-            "SELECT {} FROM {} WHERE {} = ?1",
-            cols.join(", "),
-            ident(&info.name),
-            ident(c)
-        ),
-        KeyKind::Columns(kc) => {
-            let cond: Vec<String> = kc
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("{} IS ?{}", ident(c), i + 1))
-                .collect();
-            format!(
-                "SELECT {} FROM {} WHERE {}",
-                cols.join(", "),
-                ident(&info.name),
-                cond.join(" AND ")
-            )
-        }
-    };
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut stmt = conn.prepare_cached(&info.select_sql)?;
     let n = stmt.column_count();
     stmt.query_row(rusqlite::params_from_iter(key.iter()), |r| {
         (0..n).map(|i| Ok(Value::from_ref(r.get_ref(i)?))).collect()
