@@ -237,6 +237,17 @@ pub async fn run(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
         cancel.clone(),
     );
     wake.notify_one(); // publish what was committed while we were down
+    // Give memory freed after bursts back to the system, so the resident size follows the load.
+    let trim_cancel = cancel.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = trim_cancel.cancelled() => return,
+                _ = tick.tick() => crate::shared::release_memory(),
+            }
+        }
+    });
     tracing::info!(
         node_id = cfg.node_id,
         shards = cfg.replication_log.shards,

@@ -101,3 +101,13 @@ pub fn release_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Keep the heap compact: at most two malloc arenas (glibc otherwise creates one per thread that allocates, and
+/// memory freed in one arena is not reused by another).
+pub fn limit_heap_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
