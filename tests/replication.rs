@@ -443,3 +443,47 @@ fn cleanup_removes_our_objects_only() {
     assert_eq!(after.trim(), "0");
     assert_eq!(count(c.node(1), "SELECT count(*) FROM Books;"), 8);
 }
+
+/// Publishing fails while the cluster has no quorum (both peers killed with -9): the writing node keeps its
+/// changes pending and retries, and once the peers are back every change arrives. Nothing is lost.
+#[test]
+fn changes_written_while_publishing_fails_are_not_lost() {
+    let mut c = Cluster::start(Options::default());
+    c.node_mut(2).kill9();
+    c.node_mut(3).kill9();
+    let n1 = c.node(1);
+    for i in 0..20 {
+        n1.sql(&format!(
+            "INSERT INTO Books (id, title, author) VALUES ({}, 'no quorum {i}', 'Q');",
+            600 + i
+        ));
+    }
+    c.eventually(
+        Duration::from_secs(60),
+        "node 1 reports failing publishes",
+        || n1.log_text().contains("publish failed"),
+    );
+    c.node_mut(2).start();
+    c.node_mut(3).start();
+    c.node(2).wait_running(Duration::from_secs(90));
+    c.node(3).wait_running(Duration::from_secs(90));
+    let (_, rows) = c.converged("Books", Duration::from_secs(90));
+    assert_eq!(rows, 27);
+}
+
+/// `sleep_timeout`: a node with no local or remote activity for that long exits by itself, with status 0.
+#[test]
+fn sleep_timeout_exits_an_idle_node() {
+    let mut c = Cluster::start(Options {
+        nodes: 1,
+        extra_top: "sleep_timeout = 1500".into(),
+        ..Default::default()
+    });
+    let status = c.node_mut(1).wait_exit(Duration::from_secs(30));
+    assert_eq!(status, Some(0));
+    assert!(
+        c.node(1)
+            .log_text()
+            .contains("no activity for sleep_timeout")
+    );
+}
