@@ -56,7 +56,7 @@ struct Args {
           default_value = "false", hide_default_value = true, value_parser = parse_go_bool, action = ArgAction::Set)]
     cleanup: bool,
 
-    /// Connect to NATS, save a snapshot of the database to the snapshot store, then exit.
+    /// Save a snapshot to the snapshot store (not available in this version: exits with an error).
     #[arg(long = "save-snapshot", value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", default_value = "false", hide_default_value = true,
           value_parser = parse_go_bool, action = ArgAction::Set)]
@@ -68,7 +68,7 @@ struct Args {
           value_parser = parse_go_bool, action = ArgAction::Set)]
     schema_status: bool,
 
-    /// Print the schema status of every node in the cluster, then exit.
+    /// Print the schema status of every node in the cluster (not available in this version: exits with an error).
     #[arg(long = "schema-status-cluster", value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", default_value = "false", hide_default_value = true,
           value_parser = parse_go_bool, action = ArgAction::Set)]
@@ -86,7 +86,7 @@ struct Args {
     #[arg(long = "leaf-servers", value_name = "URLS")]
     leaf_servers: Option<String>,
 
-    /// Address (host:port) of an HTTP server exposing profiling data under /debug/pprof/.
+    /// Accepted for compatibility; this version serves no profiling endpoint (ignored, with a warning).
     #[arg(long, value_name = "HOST:PORT")]
     pprof: Option<String>,
 

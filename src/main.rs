@@ -53,6 +53,9 @@ fn main() -> ExitCode {
     for w in warnings {
         tracing::warn!("{w}");
     }
+    if let Some(addr) = &cli.pprof {
+        tracing::warn!(addr, "-pprof is accepted but this version serves no profiling endpoint; ignored");
+    }
 
     let result = if cli.cleanup {
         node::cleanup(&cfg)
@@ -78,7 +81,6 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("harmonylite: {e:#}");
             ExitCode::from(1)
         }
     }
