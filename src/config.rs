@@ -245,15 +245,6 @@ pub fn load(
     from_table(table, overrides)
 }
 
-/// FNV-1 (not FNV-1a) 64-bit hash, as Go's `hash/fnv.New64`.
-pub fn fnv1_64(bytes: &[u8]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes
-        .iter()
-        .fold(OFFSET, |hash, &b| hash.wrapping_mul(PRIME) ^ u64::from(b))
-}
-
 /// The default `node_id`: FNV-1 64 of the machine id (`/var/lib/dbus/machine-id`, then `/etc/machine-id`,
 /// trimmed, the order of the original's machine-id library); when neither is readable, the hash of 16 random
 /// bytes. Never 0.
@@ -264,13 +255,14 @@ pub fn default_node_id() -> u64 {
         .map(|s| s.trim().to_string())
         .find(|s| !s.is_empty());
     let hash = match machine_id {
-        Some(id) => fnv1_64(id.as_bytes()),
-        None => fnv1_64(&random_bytes()),
+        Some(id) => crate::wire::fnv1_64(id.as_bytes()),
+        None => crate::wire::fnv1_64(&random_bytes()),
     };
     if hash == 0 { 1 } else { hash }
 }
 
-fn random_bytes() -> [u8; 16] {
+/// 16 random bytes from the OS (with a time- and process-based fallback).
+pub fn random_bytes() -> [u8; 16] {
     use std::io::Read;
     let mut buf = [0u8; 16];
     let from_os = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
@@ -992,6 +984,7 @@ mod tests {
 
     #[test]
     fn fnv1_known_values() {
+        use crate::wire::fnv1_64;
         assert_eq!(fnv1_64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1_64(b"a"), 0xaf63_bd4c_8601_b7be);
         assert_eq!(fnv1_64(b"foobar"), 0x340d_8765_a4dd_a9c2);

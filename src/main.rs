@@ -54,7 +54,10 @@ fn main() -> ExitCode {
         tracing::warn!("{w}");
     }
     if let Some(addr) = &cli.pprof {
-        tracing::warn!(addr, "-pprof is accepted but this version serves no profiling endpoint; ignored");
+        tracing::warn!(
+            addr,
+            "-pprof is accepted but this version serves no profiling endpoint; ignored"
+        );
     }
 
     let result = if cli.cleanup {

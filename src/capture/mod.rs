@@ -86,7 +86,8 @@ pub fn install(
     let incarnation = match incarnation {
         Some(v) => v as u64,
         None => {
-            let v = (rand_u64() >> 1) as i64;
+            let r = crate::config::random_bytes();
+            let v = (u64::from_le_bytes(r[..8].try_into().expect("8 bytes")) >> 1) as i64;
             tx.execute(
                 &format!("INSERT INTO {META}(key, value) VALUES('incarnation', ?1)"),
                 [v],
@@ -271,19 +272,6 @@ pub fn applied_positions(conn: &Connection) -> rusqlite::Result<HashMap<String, 
         Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
     })?;
     rows.collect()
-}
-
-fn rand_u64() -> u64 {
-    let mut b = [0u8; 8];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut b);
-    }
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
-    u64::from_le_bytes(b) ^ t.rotate_left(17) ^ std::process::id() as u64
 }
 
 #[cfg(test)]
