@@ -103,7 +103,7 @@ impl Publisher {
             tokio::time::interval_at(tokio::time::Instant::now() + cleanup_every, cleanup_every);
         let mut delete_below = self.state.published_upto;
         let mut deleted_below = 0i64;
-        let mut last_delete = std::time::Instant::now() - Duration::from_secs(3600);
+        let mut last_delete = std::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
         // A file event can arrive before the commit that caused it is visible (SQLite updates the WAL index
         // through shared memory, which raises no event): after a wake that found nothing, look again shortly.

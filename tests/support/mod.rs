@@ -31,12 +31,20 @@ pub fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// A free loopback port below the kernel's ephemeral range (which starts at 32768), so that no port picked
+/// here can be handed out meanwhile to a server binding a random port (`:-1`), as the nats-servers' monitoring
+/// listeners do.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 500) * 20;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (base + n % 12_000) as u16;
+        if port < 32_000 && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Run SQL through the real `sqlite3` CLI (no busy timeout, as an application would); returns stdout.
@@ -162,11 +170,15 @@ impl Node {
 
     pub fn wait_running(&self, timeout: Duration) {
         let want = self.starts as usize;
-        eventually(
-            timeout,
-            &format!("node {} running (log {})", self.id, self.log.display()),
-            || self.running_count() >= want,
-        );
+        if !poll(timeout, || self.running_count() >= want) {
+            let text = self.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            panic!(
+                "node {} not running after {timeout:?}; last log lines:\n{}",
+                self.id,
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            );
+        }
     }
 
     pub fn log_text(&self) -> String {
