@@ -5,27 +5,13 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `n` distinct free TCP ports on 127.0.0.1. All listeners are held until every port is chosen, so the ports
-/// differ; another process may still take one before the caller binds it (rare; tests use fresh ones).
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local_addr").port())
-        .collect()
-}
-
-/// One free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    free_ports(1)[0]
-}
+#[path = "ports.rs"]
+mod ports;
+pub use ports::free_ports;
 
 /// A fresh temporary directory, removed when dropped.
 pub fn temp_dir(prefix: &str) -> tempfile::TempDir {

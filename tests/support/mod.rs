@@ -3,10 +3,13 @@
 //! `eventually` polling with a deadline, and a convergence oracle (order-independent table checksums).
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// Poll `cond` until it returns true or `timeout` passes; panics with `what` on timeout.
 pub fn eventually(timeout: Duration, what: &str, cond: impl FnMut() -> bool) {
@@ -28,22 +31,6 @@ pub fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_millis(250));
-    }
-}
-
-/// A free loopback port below the kernel's ephemeral range (which starts at 32768), so that no port picked
-/// here can be handed out meanwhile to a server binding a random port (`:-1`), as the nats-servers' monitoring
-/// listeners do.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let base = 20_000 + (std::process::id() % 500) * 20;
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (base + n % 12_000) as u16;
-        if port < 32_000 && TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
     }
 }
 
