@@ -2,23 +2,31 @@
 //!
 //! A change travels top to bottom through these modules:
 //!
-//! - [`cli`], [`config`]: flags and TOML keys of the original, validated.
 //! - [`capture`]: schema introspection, triggers and the change-log table, file-event watching.
 //! - [`publish`]: change log → batches → JetStream, acknowledgements, marking published.
 //! - [`wire`]: the versioned message format.
 //! - [`nats`]: the bundled nats-server (extract, configure, spawn, supervise, readiness) or an external cluster,
 //!   and the JetStream client side.
-//! - [`apply`]: JetStream → SQLite transactions, applied positions, the conflict rule.
-//! - [`pending`]: the node's own changes in flight, on which the conflict rule rests.
-//! - [`shared`], [`node`]: state shared by the engine's parts; start-up order and the shutdown tree.
+//! - [`apply`]: JetStream → SQLite transactions, applied positions.
+//!
+//! At the side, used along the way:
+//!
+//! - [`cli`], [`config`]: flags and TOML keys of the original, validated.
+//! - [`conflict`]: the node's own changes in flight, on which the conflict rule rests (publish and apply).
+//! - [`counters`]: what the node did, for `sleep_timeout` and operations.
+//! - [`retry`]: the one backoff policy, with jitter.
+//!
+//! And on top, [`node`]: start-up order, the handles each task gets, and the shutdown that runs on every path.
 
-pub mod apply;
+pub(crate) mod apply;
+pub(crate) mod atomic_file;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub(crate) mod conflict;
+pub mod counters;
 pub mod nats;
 pub mod node;
-pub mod pending;
-pub mod publish;
-pub mod shared;
-pub mod wire;
+pub(crate) mod publish;
+pub(crate) mod retry;
+pub(crate) mod wire;

@@ -21,9 +21,11 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::{self, APPLIED};
-use crate::pending::RowKey;
-use crate::shared::Shared;
+use crate::capture::{self, APPLIED, CurrentCapture};
+use crate::config::Config;
+use crate::conflict::{InFlight, RowKey};
+use crate::counters::Counters;
+use crate::retry::Backoff;
 use crate::wire::{self, Message};
 
 /// Most rows applied in one SQLite transaction (a larger unit is still applied whole).
@@ -39,7 +41,36 @@ pub struct Incoming {
 
 struct Decoded {
     seq: u64,
-    msg: Result<Message, wire::WireError>,
+    msg: Result<Message, Arc<wire::WireError>>,
+}
+
+/// What a shard's consumer needs to feed the applier: where to start and where to deliver.
+pub struct ShardInput {
+    pub shard: u32,
+    pub stream: String,
+    /// First stream sequence to deliver (the applied position + 1).
+    pub next: u64,
+    pub tx: mpsc::Sender<Incoming>,
+    /// Wakes the applier after a delivery.
+    pub wake: Arc<Notify>,
+}
+
+/// A message its shard could not apply: where it is and why.
+#[derive(Debug)]
+struct Stuck {
+    stream: String,
+    seq: u64,
+    error: sql::ApplyError,
+}
+
+impl std::fmt::Display for Stuck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stream {} sequence {}: {}",
+            self.stream, self.seq, self.error
+        )
+    }
 }
 
 struct ShardState {
@@ -52,7 +83,7 @@ struct ShardState {
     /// Last stream position written to the database.
     persisted: u64,
     paused_until: Option<Instant>,
-    backoff: Duration,
+    backoff: Backoff,
     closed: bool,
 }
 
@@ -67,47 +98,65 @@ enum TxnError {
 }
 
 pub struct Applier {
-    shared: Arc<Shared>,
+    cfg: Arc<Config>,
+    capture: CurrentCapture,
+    in_flight: Arc<InFlight>,
+    counters: Arc<Counters>,
     conn: Connection,
     shards: Vec<ShardState>,
     wake: Arc<Notify>,
 }
 
+/// How long a paused shard waits before it tries its message again: 0.5 s, doubling up to 30 s.
+const PAUSE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+
 impl Applier {
-    /// `receivers[i]` feeds shard `i + 1`.
+    /// The applier owning the write connection `conn`, and one input per shard for its consumers, starting
+    /// after each shard's applied position recorded in the database.
     pub fn new(
-        shared: Arc<Shared>,
+        cfg: Arc<Config>,
+        capture: CurrentCapture,
+        in_flight: Arc<InFlight>,
+        counters: Arc<Counters>,
         conn: Connection,
-        receivers: Vec<mpsc::Receiver<Incoming>>,
-        wake: Arc<Notify>,
-    ) -> Result<Applier, rusqlite::Error> {
+    ) -> Result<(Applier, Vec<ShardInput>), rusqlite::Error> {
         let positions = capture::applied_positions(&conn)?;
-        let shards = receivers
-            .into_iter()
-            .enumerate()
-            .map(|(i, rx)| {
-                let shard = i as u32 + 1;
-                let stream = shared.cfg.stream_name(shard);
-                let applied = positions.get(&stream).copied().unwrap_or(0);
-                ShardState {
-                    shard,
-                    stream,
-                    rx,
-                    queue: VecDeque::new(),
-                    applied,
-                    persisted: applied,
-                    paused_until: None,
-                    backoff: Duration::from_millis(500),
-                    closed: false,
-                }
-            })
-            .collect();
-        Ok(Applier {
-            shared,
+        let wake = Arc::new(Notify::new());
+        let mut shards = Vec::new();
+        let mut inputs = Vec::new();
+        for shard in 1..=cfg.replication_log.shards {
+            let stream = cfg.stream_name(shard);
+            let applied = positions.get(&stream).copied().unwrap_or(0);
+            let (tx, rx) = mpsc::channel(256);
+            inputs.push(ShardInput {
+                shard,
+                stream: stream.clone(),
+                next: applied + 1,
+                tx,
+                wake: wake.clone(),
+            });
+            shards.push(ShardState {
+                shard,
+                stream,
+                rx,
+                queue: VecDeque::new(),
+                applied,
+                persisted: applied,
+                paused_until: None,
+                backoff: PAUSE_BACKOFF,
+                closed: false,
+            });
+        }
+        let applier = Applier {
+            cfg,
+            capture,
+            in_flight,
+            counters,
             conn,
             shards,
             wake,
-        })
+        };
+        Ok((applier, inputs))
     }
 
     pub async fn run(mut self, cancel: CancellationToken) {
@@ -116,6 +165,7 @@ impl Applier {
     }
 
     async fn run_loop(&mut self, cancel: &CancellationToken) {
+        let mut busy = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             if cancel.is_cancelled() {
                 return;
@@ -151,26 +201,20 @@ impl Applier {
             }
             // Our own change to one of these rows is being published: wait for its position (no lock held).
             if self.must_wait(&plan) {
-                self.shared
-                    .pending
-                    .wait_acked(Duration::from_millis(20))
-                    .await;
+                self.in_flight.wait_acked(Duration::from_millis(20)).await;
                 continue;
             }
             match tokio::task::block_in_place(|| self.apply(&plan)) {
-                Ok(()) => {}
+                Ok(()) => busy.reset(),
                 Err(TxnError::MustWait) => {
-                    self.shared
-                        .pending
-                        .wait_acked(Duration::from_millis(20))
-                        .await
+                    self.in_flight.wait_acked(Duration::from_millis(20)).await
                 }
                 Err(e @ (TxnError::Sqlite(_) | TxnError::Capture(_))) => {
                     // Busy or I/O trouble: nothing was applied; try again shortly.
-                    tracing::warn!(error = %e, "apply transaction failed; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    tracing::warn!(error = %e, retry_in_ms = busy.current().as_millis() as u64,
+                        "apply transaction failed; retrying");
+                    if !busy.sleep(cancel).await {
+                        return;
                     }
                 }
             }
@@ -189,7 +233,7 @@ impl Applier {
                         }
                         s.queue.push_back(Decoded {
                             seq: inc.seq,
-                            msg: wire::decode(&inc.payload),
+                            msg: wire::decode(&inc.payload).map_err(Arc::new),
                         });
                     }
                     Err(mpsc::error::TryRecvError::Empty) => break,
@@ -239,7 +283,7 @@ impl Applier {
     }
 
     fn must_wait(&self, plan: &[usize]) -> bool {
-        if self.shared.pending.is_empty() {
+        if self.in_flight.is_empty() {
             return false;
         }
         let mut keys: Vec<RowKey> = Vec::new();
@@ -250,18 +294,17 @@ impl Applier {
                 }
             }
         }
-        self.shared.pending.any_sent(keys.iter())
+        self.in_flight.any_sent(keys.iter())
     }
 
     fn all_skipped(&self, plan: &[usize]) -> bool {
-        let cfg = &self.shared.cfg;
+        let cfg = &self.cfg;
         self.shards.iter().zip(plan).all(|(s, &n)| {
             s.queue.iter().take(n).all(|d| match &d.msg {
                 Ok(m) => m.tables.iter().all(|t| {
                     !capture::schema::selected(&t.table, &cfg.include_tables, &cfg.exclude_tables)
                         || sql::row_keys_of(t).is_some_and(|keys| {
-                            keys.iter()
-                                .all(|k| self.shared.pending.would_skip(k, d.seq))
+                            keys.iter().all(|k| self.in_flight.would_skip(k, d.seq))
                         })
                 }),
                 Err(_) => false,
@@ -272,7 +315,7 @@ impl Applier {
     /// Handle planned messages whose rows are all skipped: positions advance in memory only; they are written
     /// with the next applied transaction (after a crash these messages are simply read and skipped again).
     fn skip(&mut self, plan: &[usize]) {
-        let stats = &self.shared.stats;
+        let stats = &*self.counters;
         for (s, &n) in self.shards.iter_mut().zip(plan) {
             if n == 0 {
                 continue;
@@ -281,7 +324,7 @@ impl Applier {
             for d in s.queue.drain(..n) {
                 if let Ok(m) = &d.msg {
                     for key in sql::row_keys(m) {
-                        self.shared.pending.decide(&key, d.seq);
+                        self.in_flight.decide(&key, d.seq);
                         rows += 1;
                     }
                 }
@@ -317,22 +360,21 @@ impl Applier {
 
     /// Apply the planned messages in one transaction (blocking).
     fn apply(&mut self, plan: &[usize]) -> Result<(), TxnError> {
-        let shared = self.shared.clone();
-        let cfg = &shared.cfg;
+        let (cfg, in_flight) = (&*self.cfg, &*self.in_flight);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Register local changes committed since the last look, before our own writes add echo rows.
         let before = capture::max_log_id(&tx)?;
-        let scanned = shared.pending.scanned_upto();
+        let scanned = in_flight.scanned_upto();
         if before > scanned {
-            let cap = shared.capture();
+            let cap = self.capture.get();
             let rows = capture::read_log(&tx, &cap, scanned, before)?;
-            shared.pending.record_local(
+            in_flight.record_local(
                 rows.iter().filter_map(|r| {
                     cap.table(r.table_id).map(|t| {
                         (
-                            crate::pending::row_key(&t.name, &wire::key_bytes(&r.key)),
+                            crate::conflict::row_key(&t.name, &wire::key_bytes(&r.key)),
                             r.id,
                         )
                     })
@@ -340,7 +382,7 @@ impl Applier {
                 before,
             );
         }
-        let mut outcome: Vec<(usize, u64, Option<String>)> = Vec::new(); // (taken, last seq, error)
+        let mut outcome: Vec<(usize, u64, Option<Stuck>)> = Vec::new(); // (taken, last seq, error)
         let (mut applied_rows, mut skipped_rows) = (0u64, 0u64);
         for (s, &n) in self.shards.iter().zip(plan) {
             let mut taken = 0;
@@ -353,8 +395,8 @@ impl Applier {
                 let mut failed = None;
                 for d in s.queue.range(i..i + unit_len) {
                     let r = match &d.msg {
-                        Ok(m) => sql::apply_message(&tx, m, d.seq, &shared, cfg),
-                        Err(e) => Err(sql::ApplyError::Decode(e.to_string())),
+                        Ok(m) => sql::apply_message(&tx, m, d.seq, in_flight, cfg),
+                        Err(e) => Err(sql::ApplyError::Decode(e.clone())),
                     };
                     match r {
                         Ok((a, sk)) => {
@@ -362,8 +404,12 @@ impl Applier {
                             skipped_rows += sk;
                         }
                         Err(sql::ApplyError::MustWait) => return Err(TxnError::MustWait),
-                        Err(e) => {
-                            failed = Some(format!("stream {} sequence {}: {e}", s.stream, d.seq));
+                        Err(error) => {
+                            failed = Some(Stuck {
+                                stream: s.stream.clone(),
+                                seq: d.seq,
+                                error,
+                            });
                             break;
                         }
                     }
@@ -390,13 +436,13 @@ impl Applier {
         )?;
         tx.commit()?;
 
-        let stats = &shared.stats;
+        let stats = &*self.counters;
         tracing::debug!(applied_rows, skipped_rows, "applied");
         stats
             .applied_rows
             .fetch_add(applied_rows, Ordering::Relaxed);
         if applied_rows > 10_000 {
-            crate::shared::release_memory();
+            crate::node::memory::release();
         }
         stats
             .skipped_rows
@@ -406,7 +452,7 @@ impl Applier {
             if taken > 0 {
                 s.queue.drain(..taken);
                 s.applied = last;
-                s.backoff = Duration::from_millis(500);
+                s.backoff.reset();
                 stats
                     .applied_msgs
                     .fetch_add(taken as u64, Ordering::Relaxed);
@@ -415,11 +461,11 @@ impl Applier {
             }
             if let Some(err) = error {
                 stats.apply_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(shard = s.shard, error = %err, retry_in_ms = s.backoff.as_millis() as u64,
+                let delay = s.backoff.next_delay();
+                tracing::error!(shard = s.shard, error = %err, retry_in_ms = delay.as_millis() as u64,
                     "cannot apply message; shard paused, will retry");
-                s.paused_until = Some(Instant::now() + s.backoff);
-                s.backoff = (s.backoff * 2).min(Duration::from_secs(30));
-                stats.set_paused(s.shard, Some(err));
+                s.paused_until = Some(Instant::now() + delay);
+                stats.set_paused(s.shard, Some(err.to_string()));
             } else if taken > 0 {
                 stats.set_paused(s.shard, None);
             }

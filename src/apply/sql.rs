@@ -8,18 +8,31 @@ use rusqlite::Transaction;
 
 use crate::capture::{ident, schema::selected};
 use crate::config::Config;
-use crate::pending::{Decision, RowKey};
-use crate::shared::Shared;
-use crate::wire::{Message, Row, TableChanges, Value};
+use crate::conflict::{Decision, InFlight, RowKey};
+use crate::wire::{Message, Row, TableChanges, Value, WireError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("malformed message: {0}")]
-    BadMessage(String),
+    #[error("malformed message: table {table:?}: key column {column:?} not among the columns")]
+    KeyNotShipped { table: String, column: String },
+    #[error("malformed message: table {table:?}: row has {values} values for {columns} columns")]
+    RowWidth {
+        table: String,
+        values: usize,
+        columns: usize,
+    },
+    #[error(
+        "malformed message: table {table:?}: delete has {values} key values for {columns} key columns"
+    )]
+    KeyWidth {
+        table: String,
+        values: usize,
+        columns: usize,
+    },
     #[error("undecodable message: {0}")]
-    Decode(String),
+    Decode(#[source] std::sync::Arc<WireError>),
     #[error("must wait for a local publish")]
     MustWait,
 }
@@ -29,12 +42,13 @@ fn key_positions(t: &TableChanges) -> Result<Vec<usize>, ApplyError> {
     t.key
         .iter()
         .map(|k| {
-            t.columns.iter().position(|c| c == k).ok_or_else(|| {
-                ApplyError::BadMessage(format!(
-                    "table {:?}: key column {k:?} not among the columns",
-                    t.table
-                ))
-            })
+            t.columns
+                .iter()
+                .position(|c| c == k)
+                .ok_or_else(|| ApplyError::KeyNotShipped {
+                    table: t.table.clone(),
+                    column: k.clone(),
+                })
         })
         .collect()
 }
@@ -43,23 +57,21 @@ fn key_of<'a>(t: &TableChanges, pos: &[usize], row: &'a Row) -> Result<Vec<&'a V
     match row {
         Row::Upsert(v) => {
             if v.len() != t.columns.len() {
-                return Err(ApplyError::BadMessage(format!(
-                    "table {:?}: row has {} values for {} columns",
-                    t.table,
-                    v.len(),
-                    t.columns.len()
-                )));
+                return Err(ApplyError::RowWidth {
+                    table: t.table.clone(),
+                    values: v.len(),
+                    columns: t.columns.len(),
+                });
             }
             Ok(pos.iter().map(|&p| &v[p]).collect())
         }
         Row::Delete(k) => {
             if k.len() != t.key.len() {
-                return Err(ApplyError::BadMessage(format!(
-                    "table {:?}: delete has {} key values for {} key columns",
-                    t.table,
-                    k.len(),
-                    t.key.len()
-                )));
+                return Err(ApplyError::KeyWidth {
+                    table: t.table.clone(),
+                    values: k.len(),
+                    columns: t.key.len(),
+                });
             }
             Ok(k.iter().collect())
         }
@@ -71,7 +83,7 @@ fn row_key(table: &str, key: &[&Value]) -> RowKey {
     for v in key {
         v.write_key_bytes(&mut b);
     }
-    crate::pending::row_key(table, &b)
+    crate::conflict::row_key(table, &b)
 }
 
 /// Every row key of one table's changes, or `None` when any row is malformed.
@@ -157,7 +169,7 @@ pub fn apply_message(
     tx: &Transaction<'_>,
     m: &Message,
     seq: u64,
-    shared: &Shared,
+    in_flight: &InFlight,
     cfg: &Config,
 ) -> Result<(u64, u64), ApplyError> {
     let (mut applied, mut skipped) = (0u64, 0u64);
@@ -170,7 +182,7 @@ pub fn apply_message(
         let st = statements(t, &pos);
         for row in &t.rows {
             let key = key_of(t, &pos, row)?;
-            match shared.pending.decide(&row_key(&t.table, &key), seq) {
+            match in_flight.decide(&row_key(&t.table, &key), seq) {
                 Decision::Skip => {
                     skipped += 1;
                     continue;

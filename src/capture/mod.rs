@@ -58,6 +58,24 @@ impl Capture {
     }
 }
 
+/// The capture in force, shared by the publisher (which re-installs it when the schema changes) and the
+/// applier (which reads it). Cloning the handle shares it; reading never blocks a writer.
+#[derive(Clone, Default)]
+pub struct CurrentCapture(std::sync::Arc<arc_swap::ArcSwap<Capture>>);
+
+impl CurrentCapture {
+    pub fn new(cap: Capture) -> CurrentCapture {
+        CurrentCapture(std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(cap)))
+    }
+    /// The capture now in force.
+    pub fn get(&self) -> std::sync::Arc<Capture> {
+        self.0.load_full()
+    }
+    pub fn set(&self, cap: Capture) {
+        self.0.store(std::sync::Arc::new(cap));
+    }
+}
+
 /// Create our bookkeeping tables (if missing) and (re)create the triggers of every selected table, in one
 /// transaction. Safe to run at every start and at any time while applications write.
 ///

@@ -215,16 +215,12 @@ fn apply_sql_reproduces_rows_exactly() {
     let peer_db = db.with_file_name("b.db");
     cli(&peer_db, SCHEMA);
     let mut peer = Connection::open(&peer_db).unwrap();
-    let peer_cap = install(&mut peer, &[], &[], None).unwrap();
+    install(&mut peer, &[], &[], None).unwrap();
     let cfg = crate::config::load(None, &Default::default()).unwrap().0;
-    let shared = crate::shared::Shared::new(
-        cfg.clone(),
-        peer_cap,
-        crate::pending::Pending::new(false, 0),
-    );
+    let in_flight = crate::conflict::InFlight::new(false, 0);
     let tx = peer.transaction().unwrap();
     let before = max_log_id(&tx).unwrap();
-    sql::apply_message(&tx, &msg, 1, &shared, &cfg).unwrap();
+    sql::apply_message(&tx, &msg, 1, &in_flight, &cfg).unwrap();
     tx.execute(&format!("DELETE FROM {LOG} WHERE id > ?1"), [before])
         .unwrap();
     tx.commit().unwrap();

@@ -112,21 +112,7 @@ pub(crate) fn split_level(line: &str) -> (&str, &str) {
 
 /// Writes `text` to `path` atomically, readable by the owner only (it may hold passwords).
 pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("conf.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::atomic_file::write(path, text.as_bytes(), 0o600)
 }
 
 /// Removes ports files left by earlier runs of `binary` (nats-server names them `<program>_<pid>.ports`).

@@ -11,8 +11,8 @@ use async_nats::{Client, ConnectOptions, Event};
 
 use super::NatsError;
 
-/// How to connect.
-#[derive(Debug, Clone)]
+/// How to connect. Its `Debug` shows no password and no NKey seed.
+#[derive(Clone)]
 pub(crate) struct ClientSettings {
     /// Comma-separated server URLs.
     pub urls: String,
@@ -30,6 +30,42 @@ pub(crate) struct ClientSettings {
     pub reconnect_wait: Duration,
 }
 
+impl std::fmt::Debug for ClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const REDACTED: &str = "<redacted>";
+        f.debug_struct("ClientSettings")
+            .field("urls", &redact_url_passwords(&self.urls))
+            .field("name", &self.name)
+            .field("user", &self.user.as_ref().map(|(u, _)| (u, REDACTED)))
+            .field("nkey_seed", &self.nkey_seed.as_ref().map(|_| REDACTED))
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("require_tls", &self.require_tls)
+            .field("own_server_only", &self.own_server_only)
+            .field("attempts", &self.attempts)
+            .field("retry_wait", &self.retry_wait)
+            .field("reconnect_wait", &self.reconnect_wait)
+            .finish()
+    }
+}
+
+/// Comma-separated URLs with the password of any `user:password@` replaced.
+fn redact_url_passwords(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| match u.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('@') {
+                Some((userinfo, host)) if userinfo.contains(':') => {
+                    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                    format!("{scheme}://{user}:<redacted>@{host}")
+                }
+                _ => u.to_string(),
+            },
+            None => u.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn options(s: &ClientSettings) -> ConnectOptions {
     let mut opts = ConnectOptions::new()
         .name(&s.name)
@@ -37,7 +73,7 @@ fn options(s: &ClientSettings) -> ConnectOptions {
         .connection_timeout(Duration::from_secs(5))
         .reconnect_delay_callback({
             let cap = s.reconnect_wait;
-            move |attempts| reconnect_delay(attempts, cap)
+            move |attempts| crate::retry::jitter(reconnect_delay(attempts, cap))
         })
         .event_callback({
             let name = s.name.clone();
@@ -89,9 +125,10 @@ fn log_event(name: &str, event: Event) {
     }
 }
 
-/// Connects, retrying the initial connection `settings.attempts` times.
+/// Connects, retrying the initial connection `settings.attempts` times, about `retry_wait` apart (jittered).
 pub(crate) async fn connect(settings: &ClientSettings) -> Result<Client, NatsError> {
     let attempts = settings.attempts.max(1);
+    let mut backoff = crate::retry::Backoff::new(settings.retry_wait, settings.retry_wait);
     let mut last = String::new();
     for attempt in 1..=attempts {
         match options(settings).connect(settings.urls.as_str()).await {
@@ -117,7 +154,7 @@ pub(crate) async fn connect(settings: &ClientSettings) -> Result<Client, NatsErr
             }
         }
         if attempt < attempts {
-            tokio::time::sleep(settings.retry_wait).await;
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
     Err(NatsError::Connect {
@@ -140,6 +177,31 @@ pub(crate) fn advertised_servers(client: &Client) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_shows_no_secrets() {
+        let s = ClientSettings {
+            urls: "nats://a:1,tls://bob:hunter2@b:2".into(),
+            name: "n".into(),
+            user: Some(("alice".into(), "s3cret-pw".into())),
+            nkey_seed: Some("SUAMYSEEDVALUE".into()),
+            ca_file: None,
+            client_cert: None,
+            require_tls: false,
+            own_server_only: true,
+            attempts: 1,
+            retry_wait: Duration::ZERO,
+            reconnect_wait: Duration::ZERO,
+        };
+        let text = format!("{s:?}");
+        for secret in ["s3cret-pw", "SUAMYSEEDVALUE", "hunter2"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(
+            text.contains("alice") && text.contains("tls://bob:<redacted>@b:2"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn reconnect_delays_grow_to_the_cap() {

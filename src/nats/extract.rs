@@ -138,8 +138,8 @@ fn extract_locked(dir: &Path) -> Result<PathBuf, NatsError> {
         .write(true)
         .open(&lock_path)
         .map_err(extract_err)?;
-    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, errno)| extract_err(std::io::Error::from(errno)))?;
+    // Released when `lock_file` is closed, at the end of this function.
+    lock_file.lock().map_err(extract_err)?;
     if is_verified(&target) {
         return Ok(target);
     }
@@ -164,9 +164,7 @@ fn extract_locked(dir: &Path) -> Result<PathBuf, NatsError> {
     tmp_path
         .persist(&target)
         .map_err(|e| extract_err(e.error))?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    let _ = crate::atomic_file::sync_dir(dir);
     tracing::info!(path = %target.display(), version = BUNDLED_VERSION, "extracted the bundled nats-server");
     Ok(target)
 }

@@ -17,6 +17,7 @@ mod child_io;
 mod client;
 mod conf;
 pub mod conf_syntax;
+mod embedded;
 mod error;
 pub mod extract;
 mod ready;
@@ -30,8 +31,7 @@ pub use conf::CLUSTER_NAME;
 pub use error::NatsError;
 
 use crate::config::Config;
-use conf::{ClusterSpec, ServerSpec, TlsFiles, User};
-use server::{Launch, ServerProcess};
+use server::ServerProcess;
 
 /// The cluster flags of the command line (`-cluster-addr`, `-cluster-peers`, `-leaf-servers`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -83,7 +83,7 @@ impl Nats {
     /// JetStream is ready (bounded by `nats.ready_timeout_seconds`).
     pub async fn start(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, NatsError> {
         if cfg.nats.urls.is_empty() {
-            start_embedded(cfg, flags).await
+            embedded::start(cfg, flags).await
         } else {
             start_external(cfg, flags).await
         }
@@ -144,212 +144,16 @@ fn non_empty(path: &Option<PathBuf>) -> Option<PathBuf> {
     path.clone().filter(|p| !p.as_os_str().is_empty())
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("blocking task panicked")
-}
-
-async fn start_embedded(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, NatsError> {
-    let n = &cfg.nats;
-    let server_name = cfg.server_name();
-    let store_dir = cfg.data_root_dir().join("nats").join(&server_name);
-    std::fs::create_dir_all(&store_dir)
-        .map_err(|e| NatsError::io("cannot create", &store_dir, e))?;
-    let conf_path = cfg
-        .data_root_dir()
-        .join("nats")
-        .join(format!("{server_name}.conf"));
-
-    let (client_host, client_port) = routes::parse_bind_address(&n.bind_address)?;
-    let user_path = non_empty(&n.server_config);
-    let user_conf = match &user_path {
-        Some(p) => Some(
-            blocking({
-                let p = p.clone();
-                move || conf::load_user_config(&p)
-            })
-            .await?,
-        ),
-        None => None,
-    };
-
-    let mut users = Vec::new();
-    if !n.user_name.is_empty() {
-        users.push(User::Password {
-            user: n.user_name.clone(),
-            password: n.user_password.clone(),
-        });
-    }
-    let seed = match non_empty(&n.seed_file) {
-        Some(path) => {
-            let (seed, public_key) = conf::read_seed_file(&path)?;
-            users.push(User::Nkey { public_key });
-            Some(seed)
-        }
-        None => None,
-    };
-    let tls = match (non_empty(&n.cert_file), non_empty(&n.key_file)) {
-        (Some(cert_file), Some(key_file)) => Some(TlsFiles {
-            cert_file,
-            key_file,
-            ca_file: non_empty(&n.ca_file),
-        }),
-        _ => None,
-    };
-
-    // Routes and leaf remotes; dns:// entries resolve in the background thread pool.
-    let peers = flags
-        .cluster_peers
-        .iter()
-        .map(|p| routes::parse_peer(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let leaves = flags
-        .leaf_servers
-        .iter()
-        .map(|l| routes::parse_leaf(l))
-        .collect::<Result<Vec<_>, _>>()?;
-    let cluster_addr = flags.cluster_addr.as_deref().filter(|a| !a.is_empty());
-    let (peer_urls, leaf_remotes) = blocking(move || {
-        let peer_urls = routes::expand(&peers, routes::DNS_WAIT);
-        let leaf_remotes = leaves
-            .iter()
-            .map(|(seed, hub)| routes::LeafRemote {
-                urls: routes::expand(std::slice::from_ref(seed), routes::DNS_WAIT),
-                hub: *hub,
-            })
-            .filter(|r| !r.urls.is_empty())
-            .collect::<Vec<_>>();
-        (peer_urls, leaf_remotes)
-    })
-    .await;
-
-    let (cluster, other_peers) = match cluster_addr {
-        Some(addr) => {
-            let (host, port) = routes::parse_cluster_addr(addr)?;
-            let others: Vec<String> = peer_urls
-                .iter()
-                .filter(|u| !routes::is_self(u, &host, port))
-                .cloned()
-                .collect();
-            // nats-server refuses clustered JetStream without a route. A node started first, with no peers
-            // (as the demo's node 1), routes to itself: the server starts, ignores the self-route, and forms
-            // the cluster when peers connect to it.
-            let routes = if peer_urls.is_empty() {
-                let h = match host.as_str() {
-                    "" | "0.0.0.0" | "::" => "127.0.0.1".to_string(),
-                    h if h.contains(':') => format!("[{h}]"),
-                    h => h.to_string(),
-                };
-                tracing::info!("no -cluster-peers: waiting for peers to connect to {addr}");
-                vec![format!("nats://{h}:{port}")]
-            } else {
-                peer_urls.clone()
-            };
-            (
-                Some(ClusterSpec {
-                    listen: addr.to_string(),
-                    routes,
-                }),
-                others,
-            )
-        }
-        None => {
-            if !peer_urls.is_empty() {
-                tracing::warn!(
-                    "-cluster-peers given without -cluster-addr: the embedded server runs without a cluster"
-                );
-            }
-            (None, Vec::new())
-        }
-    };
-
-    let spec = ServerSpec {
-        server_name: server_name.clone(),
-        client_host: client_host.clone(),
-        client_port,
-        monitor: true,
-        ports_file_dir: store_dir.clone(),
-        store_dir,
-        sync_always: n.sync_always,
-        cluster,
-        leaf_remotes,
-        users,
-        tls: tls.clone(),
-    };
-    let ports_dir = conf::effective_ports_dir(&spec, user_conf.as_ref());
-    let binary = blocking(extract::server_binary).await?;
-    let render = {
-        let spec = spec.clone();
-        Box::new(move |pinned: Option<u16>| {
-            let mut spec = spec.clone();
-            if let Some(port) = pinned {
-                spec.client_port = i32::from(port);
-            }
-            conf::render(&spec, user_conf.as_ref(), user_path.as_deref())
-        })
-    };
-    let launch = Launch {
-        binary,
-        conf_path,
-        ports_dir,
-        render,
-    };
-    let (server, ports) = ServerProcess::start(launch).await?;
-
-    let connect_host = match client_host.as_str() {
-        "0.0.0.0" => "127.0.0.1".to_string(),
-        "::" => "[::1]".to_string(),
-        h if h.contains(':') => format!("[{h}]"),
-        h => h.to_string(),
-    };
-    let scheme = if tls.is_some() { "tls" } else { "nats" };
-    let settings = client::ClientSettings {
-        urls: format!("{scheme}://{connect_host}:{}", ports.client_port),
-        name: server_name,
-        user: (!n.user_name.is_empty()).then(|| (n.user_name.clone(), n.user_password.clone())),
-        nkey_seed: seed,
-        ca_file: non_empty(&n.ca_file),
-        client_cert: tls
-            .as_ref()
-            .map(|t| (t.cert_file.clone(), t.key_file.clone())),
-        require_tls: tls.is_some(),
-        own_server_only: true,
-        attempts: 20,
-        retry_wait: Duration::from_millis(250),
-        reconnect_wait: Duration::from_secs(n.reconnect_wait_seconds.max(1)),
-    };
-    let probe = ready::Probe {
-        peers: other_peers
-            .iter()
-            .filter_map(|u| routes::probe_target(u, 6222))
-            .collect(),
-        monitor_url: ports.monitor_url.clone(),
-    };
-    let cluster_size_hint = 1 + other_peers.len();
-    let connected = async {
-        let client = client::connect(&settings).await?;
-        let jetstream = async_nats::jetstream::new(client.clone());
-        ready::wait_ready(
-            &jetstream,
-            Duration::from_secs(n.ready_timeout_seconds),
-            &probe,
-        )
-        .await?;
-        Ok::<_, NatsError>((client, jetstream))
-    };
-    match connected.await {
-        Ok((client, jetstream)) => Ok(Nats {
-            client,
-            jetstream,
-            server: Some(server),
-            cluster_size_hint,
-        }),
-        Err(e) => {
-            let _ = tokio::task::spawn_blocking(move || server.stop()).await;
-            Err(e)
-        }
-    }
+/// Connect the client and wait until JetStream answers.
+async fn connect_and_wait(
+    settings: &client::ClientSettings,
+    timeout: Duration,
+    probe: &ready::Probe,
+) -> Result<(async_nats::Client, async_nats::jetstream::Context), NatsError> {
+    let client = client::connect(settings).await?;
+    let jetstream = async_nats::jetstream::new(client.clone());
+    ready::wait_ready(&jetstream, timeout, probe).await?;
+    Ok((client, jetstream))
 }
 
 async fn start_external(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, NatsError> {
@@ -385,14 +189,12 @@ async fn start_external(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Nats
         retry_wait: Duration::from_secs(n.reconnect_wait_seconds),
         reconnect_wait: Duration::from_secs(n.reconnect_wait_seconds.max(1)),
     };
-    let client = client::connect(&settings).await?;
-    let jetstream = async_nats::jetstream::new(client.clone());
     let probe = ready::Probe {
         peers: Vec::new(),
         monitor_url: None,
     };
-    ready::wait_ready(
-        &jetstream,
+    let (client, jetstream) = connect_and_wait(
+        &settings,
         Duration::from_secs(n.ready_timeout_seconds),
         &probe,
     )

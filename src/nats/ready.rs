@@ -38,6 +38,7 @@ pub(crate) async fn wait_ready(
     let mut last_error;
     let mut logged_waiting = false;
     let mut attempt_timeout = FIRST_ATTEMPT_TIMEOUT;
+    let mut backoff = crate::retry::Backoff::new(POLL, POLL * 4);
     loop {
         let attempt = attempt_timeout
             .min(deadline.saturating_duration_since(Instant::now()))
@@ -72,7 +73,7 @@ pub(crate) async fn wait_ready(
                 cluster: diagnose(probe).await,
             });
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

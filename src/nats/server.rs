@@ -29,6 +29,7 @@ use super::NatsError;
 use super::child_io::{
     Ports, RecentLines, forward_lines, read_ports_file, remove_stale_ports_files, write_private,
 };
+use crate::retry::Backoff;
 
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 pub(crate) const CLEAN_EXIT_GRACE: Duration = Duration::from_secs(15);
@@ -197,7 +198,7 @@ fn supervise(shared: &Arc<Shared>, launch: &Launch, status: &watch::Sender<Statu
         status.send_modify(|s| s.failed = true);
     };
     let mut pinned: Option<u16> = None;
-    let mut backoff = BACKOFF_INITIAL;
+    let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
     let mut first = true;
     loop {
         remove_stale_ports_files(&launch.ports_dir, &launch.binary);
@@ -244,18 +245,18 @@ fn supervise(shared: &Arc<Shared>, launch: &Launch, status: &watch::Sender<Statu
                                 }
                             } else {
                                 if ran >= BACKOFF_RESET_AFTER {
-                                    backoff = BACKOFF_INITIAL;
+                                    backoff.reset();
                                 }
+                                let delay = backoff.next_delay();
                                 tracing::warn!(
                                     from = "nats",
                                     status = %describe(exit),
                                     ran_ms = ran.as_millis() as u64,
-                                    "nats-server exited unexpectedly; restarting in {backoff:?}"
+                                    "nats-server exited unexpectedly; restarting in {delay:?}"
                                 );
-                                if shared.wait_stop(backoff).is_some() {
+                                if shared.wait_stop(delay).is_some() {
                                     return;
                                 }
-                                backoff = (backoff * 2).min(BACKOFF_MAX);
                             }
                             shared.restarts.fetch_add(1, Ordering::SeqCst);
                             continue;
@@ -265,10 +266,9 @@ fn supervise(shared: &Arc<Shared>, launch: &Launch, status: &watch::Sender<Statu
             }
         }
         // Could not (re)start: wait and try again.
-        if shared.wait_stop(backoff).is_some() {
+        if shared.wait_stop(backoff.next_delay()).is_some() {
             return;
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

@@ -21,9 +21,11 @@ use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::{self, TableInfo};
-use crate::pending::RowKey;
-use crate::shared::Shared;
+use crate::capture::{self, CurrentCapture, TableInfo};
+use crate::config::Config;
+use crate::conflict::{InFlight, RowKey};
+use crate::counters::Counters;
+use crate::retry::Backoff;
 use crate::wire::{self, Message, Row, TableChanges, Value};
 use state::PublishState;
 
@@ -42,8 +44,26 @@ pub enum PublishError {
     Capture(#[from] capture::CaptureError),
     #[error(transparent)]
     State(#[from] state::StateError),
-    #[error("publish to {subject}: {message}")]
-    Nats { subject: String, message: String },
+    #[error("publish to {subject}: {source}")]
+    Send {
+        subject: String,
+        source: async_nats::PublishError,
+    },
+    #[error("publish to {subject}: {source}")]
+    Ack {
+        subject: String,
+        source: jetstream::context::PublishError,
+    },
+}
+
+/// JetStream's error code for an atomic batch whose message id it has already stored.
+const BATCH_DUPLICATE_MESSAGE_ID: jetstream::ErrorCode = jetstream::ErrorCode(10201);
+
+/// True when a batch commit was refused because an earlier attempt already stored the batch.
+fn is_duplicate_batch(e: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|js| js.error_code() == BATCH_DUPLICATE_MESSAGE_ID)
 }
 
 /// One shard's share of a pass.
@@ -62,9 +82,12 @@ struct Pass {
 }
 
 pub struct Publisher {
-    shared: Arc<Shared>,
+    cfg: Arc<Config>,
     conn: Connection,
     state: PublishState,
+    capture: CurrentCapture,
+    in_flight: Arc<InFlight>,
+    counters: Arc<Counters>,
     js: jetstream::Context,
     client: async_nats::Client,
     wake: Arc<Notify>,
@@ -72,56 +95,61 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// A publisher reading the change log through `conn` from `state`'s position; it re-installs `capture`
+    /// when the schema changes and records its changes in flight in `in_flight`.
     pub fn new(
-        shared: Arc<Shared>,
+        cfg: Arc<Config>,
         conn: Connection,
         state: PublishState,
+        capture: CurrentCapture,
+        in_flight: Arc<InFlight>,
+        counters: Arc<Counters>,
         client: async_nats::Client,
-        js: jetstream::Context,
-        wake: Arc<Notify>,
     ) -> Result<Publisher, PublishError> {
         let schema_version = conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
         Ok(Publisher {
-            shared,
+            cfg,
             conn,
             state,
-            js,
+            capture,
+            in_flight,
+            counters,
+            js: jetstream::new(client.clone()),
             client,
-            wake,
+            wake: Arc::new(Notify::new()),
             schema_version,
         })
     }
 
-    pub fn published_upto(&self) -> i64 {
-        self.state.published_upto
+    /// Wakes the publisher for a pass (file events, start-up).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 
     /// Publish until cancelled: a pass at every wake-up, and published rows removed every `cleanup_interval`.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let cleanup_every = Duration::from_millis(self.shared.cfg.cleanup_interval_ms);
+        let cleanup_every = Duration::from_millis(self.cfg.cleanup_interval_ms);
         let mut cleanup =
             tokio::time::interval_at(tokio::time::Instant::now() + cleanup_every, cleanup_every);
         let mut delete_below = self.state.published_upto;
         let mut deleted_below = 0i64;
         let mut last_delete = std::time::Instant::now();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         // A file event can arrive before the commit that caused it is visible (SQLite updates the WAL index
         // through shared memory, which raises no event): after a wake that found nothing, look again shortly.
         let mut recheck: Option<Duration> = None;
         loop {
             match self.pass(&cancel).await {
                 Ok(true) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     continue;
                 }
-                Ok(false) => backoff = Duration::from_millis(100),
+                Ok(false) => backoff.reset(),
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "publish pass failed; changes stay pending");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                    tracing::warn!(error = %e, retry_in_ms = backoff.current().as_millis() as u64, "publish pass failed; changes stay pending");
+                    if !backoff.sleep(&cancel).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             }
@@ -165,8 +193,8 @@ impl Publisher {
         let Some(pass) = tokio::task::block_in_place(|| self.build())? else {
             return Ok(false);
         };
-        let stats = &self.shared.stats;
-        if !self.shared.cfg.publish {
+        let stats = &*self.counters;
+        if !self.cfg.publish {
             // publish = false: changes are read and discarded.
             self.state.published_upto = pass.end;
             self.state.inflight_end = pass.end;
@@ -176,19 +204,19 @@ impl Publisher {
                 .fetch_add(pass.rows as u64, Ordering::Relaxed);
             return Ok(true);
         }
-        self.shared.pending.mark_sent(
+        self.in_flight.mark_sent(
             pass.units.iter().flat_map(|u| u.rows.iter().flatten()),
             pass.end,
         );
 
         let mut acks: Vec<Option<Vec<u64>>> = vec![None; pass.units.len()];
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut attempt = 0u32;
         loop {
             let todo: Vec<usize> = (0..pass.units.len())
                 .filter(|&i| acks[i].is_none())
                 .collect();
-            let (js, client, cfg) = (&self.js, &self.client, &self.shared.cfg);
+            let (js, client, cfg) = (&self.js, &self.client, &*self.cfg);
             let results = futures::future::join_all(
                 todo.iter()
                     .map(|&i| publish_unit(js, client, cfg, &pass.units[i], attempt)),
@@ -203,12 +231,10 @@ impl Publisher {
             }
             let Some(err) = failed else { break };
             stats.publish_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "publish failed; retrying the same messages");
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(false),
-                _ = tokio::time::sleep(backoff) => {}
+            tracing::warn!(error = %err, retry_in_ms = backoff.current().as_millis() as u64, "publish failed; retrying the same messages");
+            if !backoff.sleep(cancel).await {
+                return Ok(false);
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
             attempt += 1;
         }
 
@@ -221,7 +247,7 @@ impl Publisher {
                 rows.iter().map(move |(k, id)| (k, *id, seq))
             })
         });
-        self.shared.pending.mark_acked(acked);
+        self.in_flight.mark_acked(acked);
         let msgs: usize = pass.units.iter().map(|u| u.payloads.len()).sum();
         stats
             .published_msgs
@@ -242,7 +268,7 @@ impl Publisher {
         let large = pass.rows > 10_000;
         drop(pass);
         if large {
-            crate::shared::release_memory();
+            crate::node::memory::release();
         }
         Ok(true)
     }
@@ -250,8 +276,8 @@ impl Publisher {
     /// Read the next pass from the change log (blocking; runs inside `block_in_place`).
     fn build(&mut self) -> Result<Option<Pass>, PublishError> {
         self.refresh_capture()?;
-        let cap = self.shared.capture();
-        let cfg = &self.shared.cfg;
+        let cap = self.capture.get();
+        let cfg = &*self.cfg;
         let tx = self.conn.transaction()?;
         let max = capture::max_log_id(&tx)?;
         let from = self.state.published_upto;
@@ -298,7 +324,7 @@ impl Publisher {
                     &ctx,
                     info,
                     row,
-                    (crate::pending::row_key(&info.name, &kb), lr.id),
+                    (crate::conflict::row_key(&info.name, &kb), lr.id),
                 );
         }
         tx.commit()?;
@@ -322,8 +348,8 @@ impl Publisher {
         if v == self.schema_version {
             return Ok(());
         }
-        let cfg = &self.shared.cfg;
-        let previous = self.shared.capture();
+        let cfg = &*self.cfg;
+        let previous = self.capture.get();
         let cap = capture::install(
             &mut self.conn,
             &cfg.include_tables,
@@ -334,7 +360,7 @@ impl Publisher {
             tables = cap.tables.len(),
             "schema changed; capture re-installed"
         );
-        self.shared.set_capture(cap);
+        self.capture.set(cap);
         self.schema_version = self
             .conn
             .query_row("PRAGMA schema_version", [], |r| r.get(0))?;
@@ -347,14 +373,18 @@ impl Publisher {
 async fn publish_unit(
     js: &jetstream::Context,
     client: &async_nats::Client,
-    cfg: &crate::config::Config,
+    cfg: &Config,
     unit: &ShardUnit,
     attempt: u32,
 ) -> Result<Vec<u64>, PublishError> {
     let subject = cfg.subject_name(unit.shard);
-    let err = |message: String| PublishError::Nats {
+    let send = |source| PublishError::Send {
         subject: subject.clone(),
-        message,
+        source,
+    };
+    let acked = |source| PublishError::Ack {
+        subject: subject.clone(),
+        source,
     };
     let n = unit.payloads.len();
     if n == 1 {
@@ -363,9 +393,9 @@ async fn publish_unit(
         let ack = js
             .publish_with_headers(subject.clone(), h, unit.payloads[0].clone().into())
             .await
-            .map_err(|e| err(e.to_string()))?
+            .map_err(acked)?
             .await
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(acked)?;
         return Ok(vec![ack.sequence]);
     }
     let batch_id = format!("{:016x}-{attempt}", wire::fnv1_64(unit.msg_id.as_bytes()));
@@ -376,7 +406,7 @@ async fn publish_unit(
         client
             .publish_with_headers(subject.clone(), h, payload.clone().into())
             .await
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(send)?;
     }
     let mut h = HeaderMap::new();
     h.insert("Nats-Batch-Id", batch_id.as_str());
@@ -385,21 +415,19 @@ async fn publish_unit(
     h.insert("Nats-Msg-Id", unit.msg_id.as_str());
     let ack = js
         .publish_with_headers(subject.clone(), h, unit.payloads[n - 1].clone().into())
+        .await
+        .map_err(acked)?
         .await;
-    let ack = match ack {
-        Ok(fut) => fut.await,
-        Err(e) => return Err(err(e.to_string())),
-    };
     match ack {
         Ok(ack) => {
             let last = ack.sequence;
             Ok((0..n as u64).map(|i| last - (n as u64 - 1 - i)).collect())
         }
-        Err(e) if e.to_string().contains("duplicate message id") => {
+        Err(e) if is_duplicate_batch(&e) => {
             tracing::info!(unit = %unit.msg_id, "unit was stored by an earlier attempt");
             Ok(vec![0; n])
         }
-        Err(e) => Err(err(e.to_string())),
+        Err(e) => Err(acked(e)),
     }
 }
 

@@ -6,8 +6,6 @@
 //! same message ids and JetStream drops what it already stored.
 
 use std::fs::File;
-use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +52,14 @@ impl PublishState {
             .write(true)
             .open(&lock_path)
             .map_err(io)?;
-        // SAFETY: flock on a file descriptor we own; no memory is shared.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(StateError::Locked {
-                path: path.to_path_buf(),
-            });
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StateError::Locked {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
         let mut st = PublishState {
             path: path.to_path_buf(),
@@ -101,23 +102,18 @@ impl PublishState {
         Ok(st)
     }
 
-    /// Write the state atomically (temp file + rename).
+    /// Write the state atomically and durably (it survives a crash or a power loss whole).
     pub fn save(&self) -> Result<(), StateError> {
-        let io = |source| StateError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let mut tmp = self.path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let mut f = File::create(&tmp).map_err(io)?;
-        writeln!(
-            f,
-            "{MAGIC} {} {} {} {}",
+        let text = format!(
+            "{MAGIC} {} {} {} {}\n",
             self.node_id, self.incarnation, self.published_upto, self.inflight_end
-        )
-        .map_err(io)?;
-        drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(io)
+        );
+        crate::atomic_file::write(&self.path, text.as_bytes(), 0o644).map_err(|source| {
+            StateError::Io {
+                path: self.path.clone(),
+                source,
+            }
+        })
     }
 }
 

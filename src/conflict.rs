@@ -1,22 +1,15 @@
-//! The node's own changes that have not come back through the stream yet, and the conflict rule built on them.
+//! The conflict rule's bookkeeping: the node's own changes that have not come back through the stream yet.
 //!
-//! The final value of a row is the last change to it in stream order, on every node. A node's own write is
-//! already in its database before it reaches the stream, so an older change from another node must not
-//! overwrite it in the meantime (no flicker), while a newer one must (convergence). For each row key with a
-//! local change in flight this keeps where that change is:
-//!
-//! - `Unsent`: committed locally, not yet handed to JetStream. Its stream position will be after every
-//!   message this node has already received, so every incoming change for that key is older: skip it.
-//! - `Sent`: handed to JetStream, acknowledgement outstanding. An incoming change may be older or newer; the
-//!   applier waits for the acknowledgement (without holding the write lock) and then decides.
-//! - `Acked(seq)`: stored at `seq`. Incoming changes below `seq` are skipped; the node's own message at `seq`
-//!   is skipped too (the database already holds that value or a newer local one) and ends the entry; anything
-//!   above `seq` is applied.
+//! The rule itself (the last change in stream order wins; a node's own write in flight is never reverted by an
+//! older change) is written once, in `docs/DESIGN.md`, section "The conflict rule". This module keeps, for each
+//! row key with a local change in flight, which of that section's three states the change is in, and answers
+//! the applier's question for every incoming change: apply it, skip it, or wait for our acknowledgement.
+//! The publisher and the applier of a node share one [`InFlight`] table.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
+use rustc_hash::FxBuildHasher;
 use tokio::sync::Notify;
 
 /// A row's identity: table name, a zero byte, canonical key bytes ([`crate::wire::key_bytes`]); one allocation.
@@ -31,10 +24,14 @@ pub fn row_key(table: &str, key: &[u8]) -> RowKey {
     b.into_boxed_slice()
 }
 
+/// Where a local change is (the three states of the rule in `docs/DESIGN.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
+    /// Committed locally, not yet handed to JetStream.
     Unsent,
+    /// Handed to JetStream, acknowledgement outstanding.
     Sent,
+    /// Stored at this stream sequence.
     Acked(u64),
 }
 
@@ -54,46 +51,24 @@ pub enum Decision {
     Wait,
 }
 
-/// A fast multiply-rotate hash over the key bytes (SipHash was a visible cost in profiles). Keys come from our
-/// own database and from cluster peers, so flooding resistance is not needed.
-#[derive(Default, Clone, Copy)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(K);
-        }
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 #[derive(Default)]
 struct Inner {
     /// Change-log ids up to here have been registered.
     scanned_upto: i64,
-    map: HashMap<RowKey, Entry, BuildHasherDefault<KeyHasher>>,
+    map: HashMap<RowKey, Entry, FxBuildHasher>,
 }
 
 /// Shared between the publisher and the applier of one node.
-pub struct Pending {
+pub struct InFlight {
     enabled: bool,
     inner: Mutex<Inner>,
     acked: Notify,
 }
 
-impl Pending {
+impl InFlight {
     /// `enabled = false` (when the node does not publish) makes every decision `Apply`.
-    pub fn new(enabled: bool, scanned_upto: i64) -> Pending {
-        Pending {
+    pub fn new(enabled: bool, scanned_upto: i64) -> InFlight {
+        InFlight {
             enabled,
             inner: Mutex::new(Inner {
                 scanned_upto,
@@ -219,7 +194,7 @@ impl Pending {
         }
     }
 
-    /// True when [`Pending::decide`] would certainly skip this change (without changing anything). Newer local
+    /// True when [`InFlight::decide`] would certainly skip this change (without changing anything). Newer local
     /// writes found later can only turn an `Apply` into a `Skip`, never the reverse, so a batch whose rows all
     /// pass this test can be skipped without opening a write transaction.
     pub fn would_skip(&self, key: &RowKey, seq: u64) -> bool {
@@ -268,7 +243,7 @@ mod tests {
 
     #[test]
     fn unsent_local_change_beats_every_incoming_change() {
-        let p = Pending::new(true, 0);
+        let p = InFlight::new(true, 0);
         p.record_local([(k(1), 5)], 5);
         assert_eq!(p.decide(&k(1), 100), Decision::Skip);
         assert_eq!(p.decide(&k(2), 100), Decision::Apply);
@@ -276,7 +251,7 @@ mod tests {
 
     #[test]
     fn acked_change_orders_by_stream_position() {
-        let p = Pending::new(true, 0);
+        let p = InFlight::new(true, 0);
         p.record_local([(k(1), 5)], 5);
         p.mark_sent(&[(k(1), 5)], 5);
         assert_eq!(p.decide(&k(1), 3), Decision::Wait);
@@ -297,7 +272,7 @@ mod tests {
 
     #[test]
     fn newer_local_write_keeps_the_key_unsent() {
-        let p = Pending::new(true, 0);
+        let p = InFlight::new(true, 0);
         p.record_local([(k(1), 5)], 5);
         p.mark_sent(&[(k(1), 5)], 5);
         p.record_local([(k(1), 7)], 7);
@@ -310,7 +285,7 @@ mod tests {
 
     #[test]
     fn a_completed_change_seen_again_by_a_scan_is_not_resurrected() {
-        let p = Pending::new(true, 0);
+        let p = InFlight::new(true, 0);
         p.mark_sent(&[(k(1), 1)], 1); // the publisher got there before any scan
         p.mark_acked([(&k(1), 1, Some(1))]);
         assert_eq!(p.decide(&k(1), 1), Decision::Skip, "own message");
@@ -324,7 +299,7 @@ mod tests {
 
     #[test]
     fn disabled_applies_everything() {
-        let p = Pending::new(false, 0);
+        let p = InFlight::new(false, 0);
         p.record_local([(k(1), 5)], 5);
         assert_eq!(p.decide(&k(1), 1), Decision::Apply);
     }

@@ -1,0 +1,251 @@
+//! Starting the embedded nats-server, step by step: where it keeps its files, the user's config file, who may
+//! connect, its routes and leaf remotes, the cluster block, the supervised child, then our client and readiness.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::client::ClientSettings;
+use super::conf::{self, ClusterSpec, ServerSpec, TlsFiles, User};
+use super::conf_syntax::Map as UserConf;
+use super::server::{Launch, ServerProcess};
+use super::{ClusterFlags, Nats, NatsError, connect_and_wait, extract, non_empty, ready, routes};
+use crate::config::{Config, NatsConfig};
+
+/// Start the embedded server for `cfg` and connect to it; on any error after the child started, it is stopped.
+pub(super) async fn start(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, NatsError> {
+    let n = &cfg.nats;
+    let server_name = cfg.server_name();
+    let paths = Paths::create(cfg)?;
+    let (client_host, client_port) = routes::parse_bind_address(&n.bind_address)?;
+    let user_path = non_empty(&n.server_config);
+    let user_conf = match &user_path {
+        Some(p) => {
+            let p = p.clone();
+            Some(blocking(move || conf::load_user_config(&p)).await?)
+        }
+        None => None,
+    };
+    let auth = Auth::from_config(n)?;
+    let (peer_urls, leaf_remotes) = resolve_routes(flags).await?;
+    let (cluster, other_peers) = cluster_block(flags, &peer_urls)?;
+
+    let spec = ServerSpec {
+        server_name: server_name.clone(),
+        client_host: client_host.clone(),
+        client_port,
+        monitor: true,
+        ports_file_dir: paths.store_dir.clone(),
+        store_dir: paths.store_dir,
+        sync_always: n.sync_always,
+        cluster,
+        leaf_remotes,
+        users: auth.users,
+        tls: auth.tls.clone(),
+    };
+    let (server, ports) = launch(spec, user_conf, user_path, paths.conf_path).await?;
+
+    let settings = ClientSettings {
+        urls: client_url(&client_host, ports.client_port, auth.tls.is_some()),
+        name: server_name,
+        user: (!n.user_name.is_empty()).then(|| (n.user_name.clone(), n.user_password.clone())),
+        nkey_seed: auth.seed,
+        ca_file: non_empty(&n.ca_file),
+        client_cert: auth
+            .tls
+            .as_ref()
+            .map(|t| (t.cert_file.clone(), t.key_file.clone())),
+        require_tls: auth.tls.is_some(),
+        own_server_only: true,
+        attempts: 20,
+        retry_wait: Duration::from_millis(250),
+        reconnect_wait: Duration::from_secs(n.reconnect_wait_seconds.max(1)),
+    };
+    let probe = ready::Probe {
+        peers: other_peers
+            .iter()
+            .filter_map(|u| routes::probe_target(u, 6222))
+            .collect(),
+        monitor_url: ports.monitor_url.clone(),
+    };
+    let timeout = Duration::from_secs(n.ready_timeout_seconds);
+    match connect_and_wait(&settings, timeout, &probe).await {
+        Ok((client, jetstream)) => Ok(Nats {
+            client,
+            jetstream,
+            server: Some(server),
+            cluster_size_hint: 1 + other_peers.len(),
+        }),
+        Err(e) => {
+            let _ = tokio::task::spawn_blocking(move || server.stop()).await;
+            Err(e)
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking task panicked")
+}
+
+/// The server's files: its JetStream store `<db dir>/nats/<server name>` and its generated config file beside.
+struct Paths {
+    store_dir: PathBuf,
+    conf_path: PathBuf,
+}
+
+impl Paths {
+    fn create(cfg: &Config) -> Result<Paths, NatsError> {
+        let server_name = cfg.server_name();
+        let nats_dir = cfg.data_root_dir().join("nats");
+        let store_dir = nats_dir.join(&server_name);
+        std::fs::create_dir_all(&store_dir)
+            .map_err(|e| NatsError::io("cannot create", &store_dir, e))?;
+        Ok(Paths {
+            store_dir,
+            conf_path: nats_dir.join(format!("{server_name}.conf")),
+        })
+    }
+}
+
+/// Who may connect: the configured user and NKey, and the TLS files.
+struct Auth {
+    users: Vec<User>,
+    seed: Option<String>,
+    tls: Option<TlsFiles>,
+}
+
+impl Auth {
+    fn from_config(n: &NatsConfig) -> Result<Auth, NatsError> {
+        let mut users = Vec::new();
+        if !n.user_name.is_empty() {
+            users.push(User::Password {
+                user: n.user_name.clone(),
+                password: n.user_password.clone(),
+            });
+        }
+        let seed = match non_empty(&n.seed_file) {
+            Some(path) => {
+                let (seed, public_key) = conf::read_seed_file(&path)?;
+                users.push(User::Nkey { public_key });
+                Some(seed)
+            }
+            None => None,
+        };
+        let tls = match (non_empty(&n.cert_file), non_empty(&n.key_file)) {
+            (Some(cert_file), Some(key_file)) => Some(TlsFiles {
+                cert_file,
+                key_file,
+                ca_file: non_empty(&n.ca_file),
+            }),
+            _ => None,
+        };
+        Ok(Auth { users, seed, tls })
+    }
+}
+
+/// Route URLs and leaf remotes from the flags; `dns://` entries resolve in the blocking thread pool.
+async fn resolve_routes(
+    flags: &ClusterFlags,
+) -> Result<(Vec<String>, Vec<routes::LeafRemote>), NatsError> {
+    let peers = flags
+        .cluster_peers
+        .iter()
+        .map(|p| routes::parse_peer(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let leaves = flags
+        .leaf_servers
+        .iter()
+        .map(|l| routes::parse_leaf(l))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(blocking(move || {
+        let peer_urls = routes::expand(&peers, routes::DNS_WAIT);
+        let leaf_remotes = leaves
+            .iter()
+            .map(|(seed, hub)| routes::LeafRemote {
+                urls: routes::expand(std::slice::from_ref(seed), routes::DNS_WAIT),
+                hub: *hub,
+            })
+            .filter(|r| !r.urls.is_empty())
+            .collect::<Vec<_>>();
+        (peer_urls, leaf_remotes)
+    })
+    .await)
+}
+
+/// The cluster block (with `-cluster-addr`) and the peers other than ourselves.
+fn cluster_block(
+    flags: &ClusterFlags,
+    peer_urls: &[String],
+) -> Result<(Option<ClusterSpec>, Vec<String>), NatsError> {
+    let Some(addr) = flags.cluster_addr.as_deref().filter(|a| !a.is_empty()) else {
+        if !peer_urls.is_empty() {
+            tracing::warn!(
+                "-cluster-peers given without -cluster-addr: the embedded server runs without a cluster"
+            );
+        }
+        return Ok((None, Vec::new()));
+    };
+    let (host, port) = routes::parse_cluster_addr(addr)?;
+    let others: Vec<String> = peer_urls
+        .iter()
+        .filter(|u| !routes::is_self(u, &host, port))
+        .cloned()
+        .collect();
+    // nats-server refuses clustered JetStream without a route. A node started first, with no peers (as the
+    // demo's node 1), routes to itself: the server starts, ignores the self-route, and forms the cluster when
+    // peers connect to it.
+    let routes = if peer_urls.is_empty() {
+        let h = match host.as_str() {
+            "" | "0.0.0.0" | "::" => "127.0.0.1".to_string(),
+            h if h.contains(':') => format!("[{h}]"),
+            h => h.to_string(),
+        };
+        tracing::info!("no -cluster-peers: waiting for peers to connect to {addr}");
+        vec![format!("nats://{h}:{port}")]
+    } else {
+        peer_urls.to_vec()
+    };
+    let spec = ClusterSpec {
+        listen: addr.to_string(),
+        routes,
+    };
+    Ok((Some(spec), others))
+}
+
+/// Extract the binary, render its config (the user's file merged over ours) and start the supervised child.
+async fn launch(
+    spec: ServerSpec,
+    user_conf: Option<UserConf>,
+    user_path: Option<PathBuf>,
+    conf_path: PathBuf,
+) -> Result<(ServerProcess, super::child_io::Ports), NatsError> {
+    let ports_dir = conf::effective_ports_dir(&spec, user_conf.as_ref());
+    let binary = blocking(extract::server_binary).await?;
+    let render = Box::new(move |pinned: Option<u16>| {
+        let mut spec = spec.clone();
+        if let Some(port) = pinned {
+            spec.client_port = i32::from(port);
+        }
+        conf::render(&spec, user_conf.as_ref(), user_path.as_deref())
+    });
+    let launch = Launch {
+        binary,
+        conf_path,
+        ports_dir,
+        render,
+    };
+    ServerProcess::start(launch).await
+}
+
+/// Our client's URL for the server listening on `host:port`.
+fn client_url(host: &str, port: u16, tls: bool) -> String {
+    let connect_host = match host {
+        "0.0.0.0" => "127.0.0.1".to_string(),
+        "::" => "[::1]".to_string(),
+        h if h.contains(':') => format!("[{h}]"),
+        h => h.to_string(),
+    };
+    let scheme = if tls { "tls" } else { "nats" };
+    format!("{scheme}://{connect_host}:{port}")
+}
