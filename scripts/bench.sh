@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# HarmonyLite benchmark: builds in release mode and runs the bench binary (a local three-node cluster).
+# HarmonyLite benchmark: builds the release harmonylite binary and runs the bench (benches/bench.rs, a local
+# three-node cluster) against it.
 #   scripts/bench.sh            full run (a few minutes)
 #   scripts/bench.sh --quick    short run (about a minute), as CI does
+#   scripts/bench.sh --soak 600 adds ten minutes at half the maximum rate, sampling memory
 #   scripts/bench.sh --json out.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --bins --quiet
-exec target/release/bench "$@"
+cargo build --release --locked --quiet --bin harmonylite
+export HARMONYLITE_BIN="$PWD/target/release/harmonylite"
+exec cargo bench --locked --quiet --bench bench -- "$@"

@@ -5,8 +5,7 @@
 //! Some tests re-run this test binary as a helper process (`helper_*` tests, inert unless their environment
 //! variable is set).
 
-#[path = "support/cluster.rs"]
-mod cluster;
+mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use async_nats::jetstream::stream;
 use harmonylite::config::{self, Config, Overrides};
 use harmonylite::nats::{ClusterFlags, Nats, extract};
 
-use cluster::{
+use support::{
     ChildGuard, PidGuard, eventually, eventually_async, free_ports, output_retrying, pid_alive,
     reexec_test, temp_dir,
 };

@@ -1,181 +1,255 @@
-//! Test harness pieces shared by the end-to-end tests: free loopback ports, temporary directories, child
-//! processes that are killed when the test ends (even by a panic), and `eventually`, which polls a condition
-//! until a deadline instead of sleeping a fixed time.
+//! N real nodes in one temporary directory, each on free loopback ports and peered with all the others, and the
+//! convergence oracle: every node's tables identical by an order-independent checksum.
 
-#![allow(dead_code)]
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use super::node::Node;
+use super::ports::free_ports;
+use super::process::temp_dir;
+use super::sql::{self, Checksum};
+use super::wait::{self, Ready};
 
-#[path = "ports.rs"]
-mod ports;
-pub use ports::free_ports;
+/// How many log lines of each node failure messages about the cluster show.
+const LOG_LINES: usize = 30;
 
-/// A fresh temporary directory, removed when dropped.
-pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .expect("create a temporary directory")
+/// The original's e2e schema: two tables, seven books.
+pub const BOOKS: &str = "CREATE TABLE Books (id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT NOT NULL, author TEXT NOT NULL, publication_year INTEGER);
+CREATE TABLE Authors (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, birth_year INTEGER);
+INSERT INTO Books (title, author, publication_year) VALUES
+ ('The Hitchhiker''s Guide to the Galaxy', 'Douglas Adams', 1979), ('The Lord of the Rings', 'J.R.R. Tolkien', 1954),
+ ('Harry Potter and the Sorcerer''s Stone', 'J.K. Rowling', 1997), ('The Catcher in the Rye', 'J.D. Salinger', 1951),
+ ('To Kill a Mockingbird', 'Harper Lee', 1960), ('1984', 'George Orwell', 1949), ('The Great Gatsby', 'F. Scott Fitzgerald', 1925);";
+
+/// What [`Cluster::new`] prepares. Anything finer (one node's database, directory, arguments) is set on the
+/// [`Node`]s between [`Cluster::new`] and [`Cluster::start_all`].
+pub struct Options {
+    pub nodes: usize,
+    /// Schema SQL run with the sqlite3 CLI on every node's database before start (empty: no database file).
+    pub schema: String,
+    /// Extra TOML for every node's config (e.g. `publish = false`), merged as [`Node::extra_toml`].
+    pub extra_toml: String,
+    /// Extra TOML for single nodes (index 0 = node 1), merged after [`Options::extra_toml`].
+    pub per_node_toml: Vec<String>,
+    /// `[replication_log] shards`.
+    pub shards: u32,
+    /// `[replication_log] compress`.
+    pub compress: bool,
+    /// `[logging] verbose` (and debug logs).
+    pub verbose: bool,
 }
 
-/// Polls `condition` every 50 ms (sync) until it returns `Some`, or panics after `timeout` naming `what`.
-pub fn eventually<T>(timeout: Duration, what: &str, mut condition: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = condition() {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Async form of [`eventually`]: awaits `condition()` every 50 ms until it returns `Some`.
-pub async fn eventually_async<T, F, Fut>(timeout: Duration, what: &str, mut condition: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = condition().await {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// True while process `pid` exists and is not a zombie.
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // Field 3, after the parenthesised command name, is the state.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|s| s != "Z" && s != "X"),
-        Err(_) => false,
-    }
-}
-
-/// A child process that is killed (SIGKILL) and reaped when dropped.
-pub struct ChildGuard {
-    child: Option<Child>,
-    stdout: Option<BufReader<ChildStdout>>,
-}
-
-impl ChildGuard {
-    /// Spawns `cmd` with stdout piped (read it with [`ChildGuard::wait_for_line`]) and stderr inherited.
-    pub fn spawn(mut cmd: Command) -> ChildGuard {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn child process");
-        let stdout = child.stdout.take().map(BufReader::new);
-        ChildGuard {
-            child: Some(child),
-            stdout,
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: 3,
+            schema: BOOKS.to_string(),
+            extra_toml: String::new(),
+            per_node_toml: Vec::new(),
+            shards: 1,
+            compress: true,
+            verbose: true,
         }
     }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("child").id()
-    }
-
-    /// Reads stdout lines until one contains `prefix`; returns the rest of that line after it. Panics at EOF. The read
-    /// blocks: the child must print the line or exit (use a child-side timeout).
-    pub fn wait_for_line(&mut self, prefix: &str) -> String {
-        let stdout = self.stdout.as_mut().expect("stdout is piped");
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = stdout.read_line(&mut line).expect("read child stdout");
-            if n == 0 {
-                panic!("child exited before printing `{prefix}`");
-            }
-            // The test harness may have printed `test name ... ` on the same line.
-            if let Some(i) = line.find(prefix) {
-                return line[i + prefix.len()..].trim_end().to_string();
-            }
-        }
-    }
-
-    /// Sends SIGKILL and reaps the child.
-    pub fn kill(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Waits for the child to exit and returns its status.
-    pub fn wait(mut self) -> std::process::ExitStatus {
-        self.child
-            .take()
-            .expect("child")
-            .wait()
-            .expect("wait for child")
-    }
 }
 
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.kill();
-    }
+pub struct Cluster {
+    /// The nodes, node 1 first (dropped, so killed, before the directory is removed).
+    pub nodes: Vec<Node>,
+    /// Holds every node's config, log and (by default) data directory; removed when the cluster is dropped.
+    pub dir: tempfile::TempDir,
 }
 
-/// Kills process `pid` with SIGKILL when dropped if it is still alive and its command line contains `name`
-/// (for processes the test did not spawn itself, such as grandchildren; the name check guards against a
-/// recycled pid).
-pub struct PidGuard {
-    pub pid: u32,
-    pub name: &'static str,
-}
-
-impl Drop for PidGuard {
-    fn drop(&mut self) {
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.pid)).unwrap_or_default();
-        if pid_alive(self.pid) && String::from_utf8_lossy(&cmdline).contains(self.name) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
+impl Cluster {
+    /// Prepares directories, databases (schema) and configs; starts nothing.
+    pub fn new(opts: Options) -> Cluster {
+        let dir = temp_dir("hl-test-");
+        let ports = free_ports(opts.nodes);
+        let client_ports = free_ports(opts.nodes);
+        let mut nodes = Vec::new();
+        for i in 0..opts.nodes {
+            let peers = ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| *p)
+                .collect();
+            let mut node = Node::new(dir.path(), i as u64 + 1, ports[i], client_ports[i], peers);
+            node.shards = opts.shards;
+            node.compress = opts.compress;
+            node.verbose = opts.verbose;
+            node.extra_toml = format!(
+                "{}\n{}",
+                opts.extra_toml,
+                opts.per_node_toml.get(i).map(String::as_str).unwrap_or("")
             );
-        }
-    }
-}
-
-/// A command re-running this test binary on just `test_name` (exact match), with the harness's output shown,
-/// for tests that need a separate process running library code.
-pub fn reexec_test(test_name: &str) -> Command {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new(exe);
-    cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"]);
-    cmd
-}
-
-/// Runs `cmd` to completion, retrying while exec fails with ETXTBSY (a binary written moments ago can still be
-/// open for writing in a concurrently forked child).
-pub fn output_retrying(cmd: &mut Command) -> std::process::Output {
-    for _ in 0..100 {
-        match cmd.output() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                std::thread::sleep(Duration::from_millis(20))
+            if !opts.schema.is_empty() {
+                sql::sqlite3(&node.db, &opts.schema);
             }
-            other => return other.expect("run command"),
+            node.write_config();
+            nodes.push(node);
+        }
+        Cluster { nodes, dir }
+    }
+
+    /// Prepares and starts every node; waits until all run (90 s at most).
+    pub fn start(opts: Options) -> Cluster {
+        let mut c = Cluster::new(opts);
+        c.start_all();
+        c.wait_all_running(Duration::from_secs(90));
+        c
+    }
+
+    /// Starts every node that is not running, without waiting.
+    pub fn start_all(&mut self) {
+        for n in &mut self.nodes {
+            if n.pid().is_none() {
+                n.start();
+            }
         }
     }
-    panic!("{cmd:?} kept failing with ETXTBSY");
+
+    /// Waits until every node runs (see [`Node::wait_running`]).
+    pub fn wait_all_running(&self, timeout: Duration) {
+        for n in &self.nodes {
+            n.wait_running(timeout);
+        }
+    }
+
+    /// Node `i`, 1-based.
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i - 1]
+    }
+
+    /// Node `i`, 1-based.
+    pub fn node_mut(&mut self, i: usize) -> &mut Node {
+        &mut self.nodes[i - 1]
+    }
+
+    /// The cluster's directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A new empty directory `name` in the cluster's directory (e.g. for [`Node::use_data_dir`]).
+    pub fn fresh_dir(&self, name: &str) -> PathBuf {
+        let d = self.path().join(name);
+        std::fs::create_dir(&d).unwrap_or_else(|e| panic!("create {d:?}: {e}"));
+        d
+    }
+
+    /// `table`'s checksum on every node, in node order (an error as text, e.g. a missing table).
+    pub fn checksums(&self, table: &str) -> Vec<Result<Checksum, String>> {
+        self.nodes
+            .iter()
+            .map(|n| sql::try_checksum(&n.db, table).map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    /// Waits until `table` is identical on every node; returns its (checksum, rows). Panics after `timeout` with
+    /// every node's checksum and last log lines.
+    pub fn converged(&self, table: &str, timeout: Duration) -> Checksum {
+        let mut last = Vec::new();
+        let result = wait::poll(timeout, || {
+            last = self.checksums(table);
+            agreed(&last)
+        });
+        result.unwrap_or_else(|| {
+            panic!(
+                "table {table} did not converge within {timeout:?}: {last:?}\n{}",
+                self.logs_tail()
+            )
+        })
+    }
+
+    /// Waits until every node has the same user tables (all of them, found in `sqlite_master`, but HarmonyLite's
+    /// `__harmonylite%` and SQLite's `sqlite_%`) with identical contents; returns each table's (checksum, rows).
+    /// Panics after `timeout` with what differs and every node's last log lines.
+    pub fn converged_all(&self, timeout: Duration) -> BTreeMap<String, Checksum> {
+        let mut last = Vec::new();
+        let result = wait::poll(timeout, || {
+            last = self
+                .nodes
+                .iter()
+                .map(|n| sql::try_checksums(&n.db).map_err(|e| e.to_string()))
+                .collect::<Vec<_>>();
+            agreed(&last)
+        });
+        result.unwrap_or_else(|| {
+            panic!(
+                "the nodes' tables did not converge within {timeout:?}:\n{}{}",
+                describe_differences(&last),
+                self.logs_tail()
+            )
+        })
+    }
+
+    /// Like [`wait::eventually`], with every node's last log lines in the failure message.
+    pub fn eventually<R: Ready>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        condition: impl FnMut() -> R,
+    ) -> R::Value {
+        wait::eventually_or(timeout, what, || self.logs_tail(), condition)
+    }
+
+    /// The last lines of every node's log (for failure messages).
+    pub fn logs_tail(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            out.push_str(&format!(
+                "--- node {} log (last {LOG_LINES} lines) ---\n",
+                n.id
+            ));
+            let tail = n.log_tail(LOG_LINES);
+            if !tail.is_empty() {
+                out.push_str(&tail);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Stops every running node with SIGTERM; returns their exit codes in node order.
+    pub fn stop_all(&mut self) -> Vec<Option<i32>> {
+        self.nodes.iter_mut().map(Node::stop).collect()
+    }
 }
 
-/// Size of a file, 0 when missing.
-pub fn file_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+/// The value every node reported, if they all reported the same one without an error.
+fn agreed<T: Clone + PartialEq>(values: &[Result<T, String>]) -> Option<T> {
+    let first = values.first()?.as_ref().ok()?;
+    values
+        .iter()
+        .all(|v| v.as_ref().is_ok_and(|v| v == first))
+        .then(|| first.clone())
+}
+
+/// For a failure message: per node, its error or the tables whose checksum is not the same on every node.
+fn describe_differences(per_node: &[Result<BTreeMap<String, Checksum>, String>]) -> String {
+    let maps: Vec<_> = per_node.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let mut out = String::new();
+    for (i, r) in per_node.iter().enumerate() {
+        out.push_str(&format!("node {}: ", i + 1));
+        match r {
+            Err(e) => out.push_str(&format!("error {e}\n")),
+            Ok(m) => {
+                let differing: BTreeMap<_, _> = m
+                    .iter()
+                    .filter(|(t, c)| !maps.iter().all(|o| o.get(*t) == Some(*c)))
+                    .collect();
+                let missing: Vec<_> = maps
+                    .iter()
+                    .flat_map(|o| o.keys())
+                    .filter(|t| !m.contains_key(*t))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                out.push_str(&format!("differing {differing:?}, missing {missing:?}\n"));
+            }
+        }
+    }
+    out
 }

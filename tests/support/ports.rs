@@ -1,4 +1,4 @@
-//! Free loopback ports for tests and the bench, shared by both harnesses.
+//! Free loopback ports for the nodes, the tests and the bench.
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -4,11 +4,14 @@
 //! on the same cluster, our sustained replicated rows/s for 1-, 10- and 100-row transactions, replication lag
 //! percentiles idle and at half the maximum rate, sidecar and nats-server RSS, and three-node cold start.
 //!
-//! `bench --quick` finishes within about a minute; `bench --json FILE` also writes the JSON there;
-//! `bench --soak SECS` adds a run of SECS seconds at half the maximum rate, sampling sidecar RSS.
+//! Run it with `scripts/bench.sh [--quick] [--soak SECS] [--json FILE]`, which builds the release `harmonylite`
+//! binary and runs this bench against it through `cargo bench --bench bench -- ARGS`. `--quick` finishes within
+//! about a minute; `--json FILE` also writes the JSON there; `--soak SECS` adds a run of SECS seconds at half the
+//! maximum rate, sampling sidecar RSS. It measures only when given `--bench` (as `cargo bench` does): `cargo
+//! test --benches` runs it without and it returns at once. The nodes' binary is found by the test kit
+//! (`HARMONYLITE_BIN`, else the `harmonylite` that cargo built alongside).
 
-#[path = "../../tests/support/mod.rs"]
-#[allow(dead_code)]
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use serde_json::json;
+use support::{child_pids, rss_kb};
 
 struct Scale {
     bulk_rows: usize,
@@ -31,26 +35,6 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            let s = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
-    out
 }
 
 /// Plain vs captured insert rates on a fresh database file (WAL, default synchronous, as an application).
@@ -312,6 +296,12 @@ fn soak(
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        eprintln!(
+            "bench: not run as a benchmark (no --bench): nothing measured; run scripts/bench.sh or cargo bench --bench bench"
+        );
+        return;
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let json_out = args
         .iter()
@@ -362,12 +352,8 @@ fn main() {
     };
     let mut c = support::Cluster::new(opts);
     let t0 = Instant::now();
-    for n in &mut c.nodes {
-        n.start();
-    }
-    for n in &c.nodes {
-        n.wait_running(Duration::from_secs(120));
-    }
+    c.start_all();
+    c.wait_all_running(Duration::from_secs(120));
     let cold_start = t0.elapsed().as_secs_f64();
 
     eprintln!("bench: baseline (one row per acknowledged message)...");
@@ -398,7 +384,7 @@ fn main() {
     rss_max = rss_max.max(sidecar_pids.iter().map(|&p| rss_kb(p)).max().unwrap_or(0));
     let nats_rss: u64 = sidecar_pids
         .iter()
-        .flat_map(|&p| children(p))
+        .flat_map(|&p| child_pids(p))
         .map(rss_kb)
         .max()
         .unwrap_or(0);
@@ -484,7 +470,5 @@ fn main() {
     if let Some(path) = json_out {
         std::fs::write(path, &text).unwrap();
     }
-    for n in &mut c.nodes {
-        n.stop();
-    }
+    c.stop_all();
 }

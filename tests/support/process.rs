@@ -1,0 +1,181 @@
+//! Processes and files: temporary directories, child processes killed when the test ends (even by a panic),
+//! signals, `/proc` look-ups (liveness, children, memory), and re-running this test binary as a helper process.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+pub use nix::sys::signal::Signal;
+
+/// A fresh temporary directory, removed when dropped.
+pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("create a temporary directory")
+}
+
+/// Sends `signal` to process `pid` (errors ignored: the process may be gone already).
+pub fn send_signal(pid: u32, signal: Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+}
+
+/// True while process `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3, after the parenthesised command name, is the state.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|s| s != "Z" && s != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Resident set size of process `pid` in KiB (0 when it is gone).
+pub fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Direct children of process `pid` (e.g. a node's nats-server).
+pub fn child_pids(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let s = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped.
+pub struct ChildGuard {
+    child: Option<Child>,
+    stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` with stdout piped (read it with [`ChildGuard::wait_for_line`]) and stderr inherited.
+    pub fn spawn(mut cmd: Command) -> ChildGuard {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn child process");
+        let stdout = child.stdout.take().map(BufReader::new);
+        ChildGuard {
+            child: Some(child),
+            stdout,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("child").id()
+    }
+
+    /// Reads stdout lines until one contains `prefix`; returns the rest of that line after it. Panics at EOF. The read
+    /// blocks: the child must print the line or exit (use a child-side timeout).
+    pub fn wait_for_line(&mut self, prefix: &str) -> String {
+        let stdout = self.stdout.as_mut().expect("stdout is piped");
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = stdout.read_line(&mut line).expect("read child stdout");
+            if n == 0 {
+                panic!("child exited before printing `{prefix}`");
+            }
+            // The test harness may have printed `test name ... ` on the same line.
+            if let Some(i) = line.find(prefix) {
+                return line[i + prefix.len()..].trim_end().to_string();
+            }
+        }
+    }
+
+    /// Sends SIGKILL and reaps the child.
+    pub fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the child to exit and returns its status.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child
+            .take()
+            .expect("child")
+            .wait()
+            .expect("wait for child")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Kills process `pid` with SIGKILL when dropped if it is still alive and its command line contains `name`
+/// (for processes the test did not spawn itself, such as grandchildren; the name check guards against a
+/// recycled pid).
+pub struct PidGuard {
+    pub pid: u32,
+    pub name: &'static str,
+}
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.pid)).unwrap_or_default();
+        if pid_alive(self.pid) && String::from_utf8_lossy(&cmdline).contains(self.name) {
+            send_signal(self.pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// A command re-running this test binary on just `test_name` (exact match), with the harness's output shown,
+/// for tests that need a separate process running library code.
+pub fn reexec_test(test_name: &str) -> Command {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"]);
+    cmd
+}
+
+/// Runs `cmd` to completion, retrying while exec fails with ETXTBSY (a binary written moments ago can still be
+/// open for writing in a concurrently forked child).
+pub fn output_retrying(cmd: &mut Command) -> std::process::Output {
+    for _ in 0..100 {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => return other.expect("run command"),
+        }
+    }
+    panic!("{cmd:?} kept failing with ETXTBSY");
+}
+
+/// Size of a file, 0 when missing.
+pub fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// A whole file as a string (lossy UTF-8), empty when missing.
+pub fn read_lossy(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// The last `n` lines of `text`.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
