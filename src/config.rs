@@ -261,12 +261,10 @@ pub fn default_node_id() -> u64 {
     if hash == 0 { 1 } else { hash }
 }
 
-/// 16 random bytes from the OS (with a time- and process-based fallback).
+/// 16 random bytes from the OS (with a time- and process-based fallback should the OS refuse).
 pub fn random_bytes() -> [u8; 16] {
-    use std::io::Read;
     let mut buf = [0u8; 16];
-    let from_os = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
-    if from_os.is_err() {
+    if getrandom::fill(&mut buf).is_err() {
         // Fall back on the randomly keyed std hasher, mixed with the time and the process id.
         use std::hash::{BuildHasher, Hasher};
         let nanos = std::time::SystemTime::now()
