@@ -93,7 +93,7 @@ async fn ensure_streams(
     deadline: Duration,
 ) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
-    for shard in 1..=cfg.replication_log.shards {
+    for shard in 1..=cfg.replication_log.shards.get() {
         let config = stream::Config {
             name: cfg.stream_name(shard),
             subjects: vec![cfg.subject_name(shard)],
@@ -179,7 +179,7 @@ pub async fn run(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
         &nats.jetstream,
         &cfg,
         replicas,
-        Duration::from_secs(cfg.nats.ready_timeout_seconds),
+        Duration::from_secs(cfg.nats.ready_timeout_seconds.get()),
     )
     .await?;
 
@@ -197,7 +197,7 @@ pub async fn run(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
         let wake = Arc::new(Notify::new());
         let mut receivers = Vec::new();
         let positions = capture::applied_positions(&wconn)?;
-        for shard in 1..=cfg.replication_log.shards {
+        for shard in 1..=cfg.replication_log.shards.get() {
             let (tx, rx) = mpsc::channel(256);
             receivers.push(rx);
             let stream = cfg.stream_name(shard);
@@ -250,7 +250,7 @@ pub async fn run(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
     });
     tracing::info!(
         node_id = cfg.node_id,
-        shards = cfg.replication_log.shards,
+        shards = cfg.replication_log.shards.get(),
         replicas,
         publish = cfg.publish,
         replicate = cfg.replicate,

@@ -332,7 +332,7 @@ async fn start_embedded(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Nats
         let jetstream = async_nats::jetstream::new(client.clone());
         ready::wait_ready(
             &jetstream,
-            Duration::from_secs(n.ready_timeout_seconds),
+            Duration::from_secs(n.ready_timeout_seconds.get()),
             &probe,
         )
         .await?;
@@ -393,7 +393,7 @@ async fn start_external(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Nats
     };
     ready::wait_ready(
         &jetstream,
-        Duration::from_secs(n.ready_timeout_seconds),
+        Duration::from_secs(n.ready_timeout_seconds.get()),
         &probe,
     )
     .await?;
