@@ -10,12 +10,14 @@
 //! it with `include_bytes!`. Its version, sha256 and size reach the crate as `HARMONYLITE_NATS_VERSION`,
 //! `HARMONYLITE_NATS_SHA256` and `HARMONYLITE_NATS_SIZE`.
 
+use std::collections::HashMap;
 use std::env;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 const PIN_FILE: &str = "vendor/nats-server.toml";
@@ -31,6 +33,7 @@ struct Pin {
     target: Option<TargetPin>,
 }
 
+#[derive(Deserialize)]
 struct TargetPin {
     sha256: String,
     platform: String,
@@ -267,46 +270,24 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-/// Reads the small TOML subset used by the pin file: top-level `key = "value"` pairs and
-/// `[targets.<triple>]` sections of the same.
+/// Reads the pin file: `version`, `package`, and the `[targets.<triple>]` entry of `target` if there is one.
 fn read_pin(path: &Path, target: &str) -> Result<Pin, String> {
+    /// The whole file.
+    #[derive(Deserialize)]
+    struct PinFile {
+        version: String,
+        package: String,
+        #[serde(default)]
+        targets: HashMap<String, TargetPin>,
+    }
+
     let text =
         fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut section = String::new();
-    let (mut version, mut package) = (None, None);
-    let (mut sha256, mut platform) = (None, None);
-    for (n, raw) in text.lines().enumerate() {
-        let line = raw.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = name.trim().to_string();
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            return Err(format!(
-                "{}:{}: expected `key = \"value\"`",
-                path.display(),
-                n + 1
-            ));
-        };
-        let value = value.trim().trim_matches('"').to_string();
-        match (section.as_str(), key.trim()) {
-            ("", "version") => version = Some(value),
-            ("", "package") => package = Some(value),
-            (s, "sha256") if s == format!("targets.{target}") => sha256 = Some(value),
-            (s, "platform") if s == format!("targets.{target}") => platform = Some(value),
-            _ => {}
-        }
-    }
-    let missing = |key: &str| format!("{}: missing `{key}`", path.display());
+    let mut file: PinFile = toml::from_str(&text)
+        .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end()))?;
     Ok(Pin {
-        version: version.ok_or_else(|| missing("version"))?,
-        package: package.ok_or_else(|| missing("package"))?,
-        target: match (sha256, platform) {
-            (Some(sha256), Some(platform)) => Some(TargetPin { sha256, platform }),
-            _ => None,
-        },
+        version: file.version,
+        package: file.package,
+        target: file.targets.remove(target),
     })
 }

@@ -59,7 +59,7 @@ fn generated_config_loads_with_extra_toml_merged() {
             cfg.nats.bind_address,
             format!("127.0.0.1:{}", n.client_port)
         );
-        assert_eq!(cfg.replication_log.shards, n.id as u32);
+        assert_eq!(cfg.replication_log.shards.get(), n.id as u32);
         assert_eq!(cfg.data_root_dir(), c.path().join(format!("node-{}", n.id)));
     }
     assert_eq!(c.node(1).peers, vec![c.node(2).cluster_port]);

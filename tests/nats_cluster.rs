@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::num::NonZeroU64;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,7 @@ fn node_config(dir: &Path, node_id: u64) -> Config {
     cfg.node_id = node_id;
     cfg.db_path = dir.join("node.db");
     cfg.nats.bind_address = "127.0.0.1:-1".into();
-    cfg.nats.ready_timeout_seconds = 40;
+    cfg.nats.ready_timeout_seconds = NonZeroU64::new(40).unwrap();
     cfg
 }
 
@@ -329,7 +330,7 @@ async fn readiness_times_out_naming_the_unreachable_peers() {
         leaf_servers: Vec::new(),
     };
     let mut cfg = node_config(dir.path(), 401);
-    cfg.nats.ready_timeout_seconds = 3;
+    cfg.nats.ready_timeout_seconds = NonZeroU64::new(3).unwrap();
     let started = Instant::now();
     let err = Nats::start(&cfg, &flags)
         .await

@@ -124,7 +124,7 @@ impl Applier {
         let wake = Arc::new(Notify::new());
         let mut shards = Vec::new();
         let mut inputs = Vec::new();
-        for shard in 1..=cfg.replication_log.shards {
+        for shard in 1..=cfg.replication_log.shards.get() {
             let stream = cfg.stream_name(shard);
             let applied = positions.get(&stream).copied().unwrap_or(0);
             let (tx, rx) = mpsc::channel(256);

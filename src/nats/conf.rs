@@ -40,10 +40,27 @@ pub(crate) struct ClusterSpec {
     pub routes: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Its `Debug` shows no password.
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) enum User {
     Password { user: String, password: String },
     Nkey { public_key: String },
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            User::Password { user, .. } => f
+                .debug_struct("Password")
+                .field("user", user)
+                .field("password", &"<redacted>")
+                .finish(),
+            User::Nkey { public_key } => f
+                .debug_struct("Nkey")
+                .field("public_key", public_key)
+                .finish(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

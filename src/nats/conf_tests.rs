@@ -266,3 +266,16 @@ fn seed_files_plain_and_decorated() {
     std::fs::write(&bad, "hello").unwrap();
     assert!(matches!(read_seed_file(&bad), Err(NatsError::Seed { .. })));
 }
+
+#[test]
+fn user_debug_shows_no_password() {
+    let u = User::Password {
+        user: "harmonylite".into(),
+        password: "hunter2-secret".into(),
+    };
+    let text = format!("{u:?}");
+    assert!(
+        text.contains("harmonylite") && !text.contains("hunter2-secret"),
+        "{text}"
+    );
+}

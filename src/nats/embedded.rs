@@ -67,7 +67,7 @@ pub(super) async fn start(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Na
             .collect(),
         monitor_url: ports.monitor_url.clone(),
     };
-    let timeout = Duration::from_secs(n.ready_timeout_seconds);
+    let timeout = Duration::from_secs(n.ready_timeout_seconds.get());
     match connect_and_wait(&settings, timeout, &probe).await {
         Ok((client, jetstream)) => Ok(Nats {
             client,

@@ -195,7 +195,7 @@ async fn start_external(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Nats
     };
     let (client, jetstream) = connect_and_wait(
         &settings,
-        Duration::from_secs(n.ready_timeout_seconds),
+        Duration::from_secs(n.ready_timeout_seconds.get()),
         &probe,
     )
     .await?;

@@ -96,7 +96,7 @@ impl RunningNode {
             &self.nats.jetstream,
             &cfg,
             replicas,
-            Duration::from_secs(cfg.nats.ready_timeout_seconds),
+            Duration::from_secs(cfg.nats.ready_timeout_seconds.get()),
         )
         .await?;
 

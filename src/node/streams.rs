@@ -51,7 +51,7 @@ pub async fn ensure(
     deadline: Duration,
 ) -> Result<(), StreamError> {
     let start = Instant::now();
-    for shard in 1..=cfg.replication_log.shards {
+    for shard in 1..=cfg.replication_log.shards.get() {
         let config = stream_config(cfg, shard, replicas);
         // Nodes starting together create the same stream at once; a request caught in that race can go
         // unanswered, so each attempt is short (growing from 0.5 s to 5 s) and retried.

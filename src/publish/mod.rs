@@ -128,7 +128,7 @@ impl Publisher {
 
     /// Publish until cancelled: a pass at every wake-up, and published rows removed every `cleanup_interval`.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let cleanup_every = Duration::from_millis(self.cfg.cleanup_interval_ms);
+        let cleanup_every = Duration::from_millis(self.cfg.cleanup_interval_ms.get());
         let mut cleanup =
             tokio::time::interval_at(tokio::time::Instant::now() + cleanup_every, cleanup_every);
         let mut delete_below = self.state.published_upto;
@@ -303,7 +303,7 @@ impl Publisher {
             origin: cfg.node_id,
             schema: cap.fingerprint,
             compress: cfg.replication_log.compress,
-            max_rows: cfg.scan_max_changes as usize,
+            max_rows: cfg.scan_max_changes.get() as usize,
         };
         let mut shards: HashMap<u32, ShardBuild> = HashMap::new();
         for i in order {
@@ -312,7 +312,7 @@ impl Publisher {
                 continue;
             };
             let kb = wire::key_bytes(&lr.key);
-            let shard = wire::shard_of(&info.name, &kb, cfg.replication_log.shards);
+            let shard = wire::shard_of(&info.name, &kb, cfg.replication_log.shards.get());
             let row = match read_row(&tx, info, &lr.key)? {
                 Some(values) => Row::Upsert(values),
                 None => Row::Delete(lr.key.clone()),
