@@ -14,7 +14,8 @@
 //! - [`cli`], [`config`]: flags and TOML keys of the original, validated.
 //! - [`conflict`]: the node's own changes in flight, on which the conflict rule rests (publish and apply).
 //! - [`counters`]: what the node did, for `sleep_timeout` and operations.
-//! - [`retry`]: the one backoff policy, with jitter.
+//! - [`retry`]: the one backoff policy, with jitter; [`memory`]: heap tuning.
+//! - `atomic_file`: files replaced whole and durably (the publisher's state, the server's config).
 //!
 //! And on top, [`node`]: start-up order, the handles each task gets, and the shutdown that runs on every path.
 
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub(crate) mod conflict;
 pub mod counters;
+pub mod memory;
 pub mod nats;
 pub mod node;
 pub(crate) mod publish;

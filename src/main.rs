@@ -22,7 +22,7 @@ fn init_logging(cfg: &config::LoggingConfig, node_id: u64) {
 }
 
 fn main() -> ExitCode {
-    harmonylite::node::memory::limit_arenas();
+    harmonylite::memory::limit_arenas();
     let cli = match cli::parse_from(std::env::args()) {
         Ok(c) => c,
         Err(e) => e.exit(),

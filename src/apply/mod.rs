@@ -442,7 +442,7 @@ impl Applier {
             .applied_rows
             .fetch_add(applied_rows, Ordering::Relaxed);
         if applied_rows > 10_000 {
-            crate::node::memory::release();
+            crate::memory::release();
         }
         stats
             .skipped_rows

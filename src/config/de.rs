@@ -13,7 +13,6 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Value;
 
 use super::compat::MAX_REPLICAS;
-use super::types::{LogFormat, SnapshotStore};
 
 /// Largest value accepted by the keys that are `uint32` in the original.
 const U32_MAX: u64 = u32::MAX as u64;
@@ -21,7 +20,7 @@ const U32_MAX: u64 = u32::MAX as u64;
 const NOT_A_TABLE: &str = "expected a table";
 const NOT_STRINGS: &str = "expected an array of strings";
 
-fn fail<E: de::Error>(reason: impl fmt::Display) -> E {
+pub fn fail<E: de::Error>(reason: impl fmt::Display) -> E {
     E::custom(reason)
 }
 
@@ -124,26 +123,6 @@ pub fn replicas<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error
     const EXPECTED: &str = "expected an integer";
     let i = integer(d, EXPECTED)?;
     u32::try_from(i).map(Some).map_err(|_| fail(EXPECTED))
-}
-
-pub fn snapshot_store<'de, D: Deserializer<'de>>(d: D) -> Result<SnapshotStore, D::Error> {
-    match string(d)?.as_str() {
-        "nats" => Ok(SnapshotStore::Nats),
-        "s3" => Ok(SnapshotStore::S3),
-        "webdav" => Ok(SnapshotStore::Webdav),
-        "sftp" => Ok(SnapshotStore::Sftp),
-        _ => Err(fail(
-            "expected one of \"nats\", \"s3\", \"webdav\", \"sftp\"",
-        )),
-    }
-}
-
-pub fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
-    match string(d)?.as_str() {
-        "console" => Ok(LogFormat::Console),
-        "json" => Ok(LogFormat::Json),
-        _ => Err(fail("expected \"console\" or \"json\"")),
-    }
 }
 
 /// Implements the visitor methods of the TOML value kinds a visitor does not take, each failing with `$reason`.

@@ -128,7 +128,7 @@ pub struct SnapshotConfig {
     #[serde(deserialize_with = "de::boolean")]
     pub enabled: bool,
     /// `store`: one of nats, s3, webdav, sftp.
-    #[serde(deserialize_with = "de::snapshot_store")]
+    #[serde(deserialize_with = "snapshot_store")]
     pub store: SnapshotStore,
     /// `interval` (ms, 0 = off).
     #[serde(rename = "interval", deserialize_with = "de::uint32_range")]
@@ -297,7 +297,7 @@ pub enum LogFormat {
 pub struct LoggingConfig {
     #[serde(deserialize_with = "de::boolean")]
     pub verbose: bool,
-    #[serde(deserialize_with = "de::log_format")]
+    #[serde(deserialize_with = "log_format")]
     pub format: LogFormat,
 }
 
@@ -475,5 +475,27 @@ impl fmt::Debug for NatsConfig {
             .field("sync_always", &self.sync_always)
             .field("ready_timeout_seconds", &self.ready_timeout_seconds)
             .finish()
+    }
+}
+
+/// `snapshot.store` by name.
+fn snapshot_store<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SnapshotStore, D::Error> {
+    match de::string(d)?.as_str() {
+        "nats" => Ok(SnapshotStore::Nats),
+        "s3" => Ok(SnapshotStore::S3),
+        "webdav" => Ok(SnapshotStore::Webdav),
+        "sftp" => Ok(SnapshotStore::Sftp),
+        _ => Err(de::fail(
+            "expected one of \"nats\", \"s3\", \"webdav\", \"sftp\"",
+        )),
+    }
+}
+
+/// `logging.format` by name.
+fn log_format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
+    match de::string(d)?.as_str() {
+        "console" => Ok(LogFormat::Console),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(de::fail("expected \"console\" or \"json\"")),
     }
 }

@@ -11,7 +11,6 @@
 //! [`Counters`].
 
 mod db;
-pub mod memory;
 mod streams;
 
 use std::sync::Arc;
@@ -243,7 +242,7 @@ async fn trim_memory(cancel: CancellationToken) {
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => memory::release(),
+            _ = tick.tick() => crate::memory::release(),
         }
     }
 }

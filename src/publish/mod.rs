@@ -268,7 +268,7 @@ impl Publisher {
         let large = pass.rows > 10_000;
         drop(pass);
         if large {
-            crate::node::memory::release();
+            crate::memory::release();
         }
         Ok(true)
     }
