@@ -11,6 +11,7 @@
 mod compat;
 mod de;
 mod types;
+pub(crate) use types::redact_url;
 mod validate;
 
 #[cfg(test)]

@@ -384,7 +384,8 @@ impl fmt::Debug for Url<'_> {
     }
 }
 
-fn redact_url(url: &str) -> String {
+/// `url` with any password, token or secret query value replaced (for logs and `Debug`).
+pub(crate) fn redact_url(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (format!("{scheme}://"), rest),
         None => (String::new(), url),

@@ -49,19 +49,10 @@ impl std::fmt::Debug for ClientSettings {
     }
 }
 
-/// Comma-separated URLs with the password of any `user:password@` replaced.
+/// Comma-separated URLs with their passwords and tokens replaced.
 fn redact_url_passwords(urls: &str) -> String {
     urls.split(',')
-        .map(|u| match u.split_once("://") {
-            Some((scheme, rest)) => match rest.split_once('@') {
-                Some((userinfo, host)) if userinfo.contains(':') => {
-                    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-                    format!("{scheme}://{user}:<redacted>@{host}")
-                }
-                _ => u.to_string(),
-            },
-            None => u.to_string(),
-        })
+        .map(crate::config::redact_url)
         .collect::<Vec<_>>()
         .join(",")
 }
