@@ -46,7 +46,7 @@ fn sqlite_rates(dir: &Path, scale: &Scale) -> serde_json::Value {
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, title TEXT, author TEXT, year INTEGER);")
             .unwrap();
         if capture {
-            harmonylite::capture::install(&mut conn, &[], &[], None).unwrap();
+            harmonylite::capture::install(&mut conn, &[], &[]).unwrap();
         }
         let start = Instant::now();
         let tx = conn.transaction().unwrap();

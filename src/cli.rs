@@ -68,7 +68,8 @@ struct Args {
           value_parser = parse_go_bool, action = ArgAction::Set)]
     schema_status: bool,
 
-    /// Print the schema status of every node in the cluster (not available in this version: exits with an error).
+    /// Print every node's schema fingerprint from the cluster's schema registry and the tables that differ, then
+    /// exit (1 when the nodes' schemas differ).
     #[arg(long = "schema-status-cluster", value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", default_value = "false", hide_default_value = true,
           value_parser = parse_go_bool, action = ArgAction::Set)]

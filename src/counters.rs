@@ -18,6 +18,10 @@ pub struct Counters {
     pub applied_msgs: AtomicU64,
     pub skipped_rows: AtomicU64,
     pub apply_errors: AtomicU64,
+    /// Times a shard paused because this node's schema was behind (once per message waited at).
+    pub schema_pauses: AtomicU64,
+    /// Incoming rows of tables (or key columns) dropped on this node, not applied.
+    pub dropped_rows: AtomicU64,
     /// Unix ms of the last local or remote change handled.
     last_activity_ms: AtomicU64,
     shards: Mutex<Vec<ShardGauges>>,
@@ -27,6 +31,7 @@ pub struct Counters {
 struct ShardGauges {
     applied: u64,
     paused: Option<String>,
+    schema_paused: bool,
 }
 
 impl Counters {
@@ -63,6 +68,17 @@ impl Counters {
         self.with_shard(shard, |g| g.paused = reason);
     }
 
+    /// Whether `shard` is paused waiting for the local schema to catch up.
+    pub fn set_schema_paused(&self, shard: u32, paused: bool) {
+        self.with_shard(shard, |g| g.schema_paused = paused);
+    }
+
+    /// How many shards are paused waiting for the local schema (the `schema_mismatch_paused` gauge).
+    pub fn schema_paused(&self) -> usize {
+        let v = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter().filter(|g| g.schema_paused).count()
+    }
+
     /// Shards paused on a message they cannot apply, with the reason.
     pub fn paused(&self) -> Vec<(u32, String)> {
         let v = self.shards.lock().unwrap_or_else(|e| e.into_inner());
@@ -93,6 +109,10 @@ mod tests {
         assert_eq!(c.paused(), [(3, "unknown column".to_string())]);
         c.set_paused(3, None);
         assert!(c.paused().is_empty());
+        c.set_schema_paused(1, true);
+        c.set_schema_paused(2, true);
+        c.set_schema_paused(2, false);
+        assert_eq!(c.schema_paused(), 1);
     }
 
     #[test]

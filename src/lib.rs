@@ -17,7 +17,8 @@
 //! - [`retry`]: the one backoff policy, with jitter; [`memory`]: heap tuning.
 //! - `atomic_file`: files replaced whole and durably (the publisher's state, the server's config).
 //!
-//! And on top, [`node`]: start-up order, the handles each task gets, and the shutdown that runs on every path.
+//! And on top, [`node`]: start-up order, the handles each task gets, and the shutdown that runs on every path;
+//! [`ops`]: what operators see (the schema registry and status commands).
 
 pub(crate) mod apply;
 pub(crate) mod atomic_file;
@@ -29,6 +30,7 @@ pub mod counters;
 pub mod memory;
 pub mod nats;
 pub mod node;
+pub mod ops;
 pub(crate) mod publish;
 pub(crate) mod retry;
 pub(crate) mod wire;

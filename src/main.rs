@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use harmonylite::config::{self, LogFormat, Overrides};
-use harmonylite::{cli, nats, node};
+use harmonylite::{cli, nats, node, ops};
 
 fn init_logging(cfg: &config::LoggingConfig, node_id: u64) {
     use tracing_subscriber::EnvFilter;
@@ -60,25 +60,33 @@ fn main() -> ExitCode {
         );
     }
 
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    };
     let result = if cli.cleanup {
         node::cleanup(&cfg)
     } else if cli.schema_status {
-        node::schema_status(&cfg)
-    } else if cli.save_snapshot || cli.schema_status_cluster {
-        Err(anyhow::anyhow!(
-            "{} is not available in this version of HarmonyLite; a running cluster catches nodes up from the stream",
-            if cli.save_snapshot {
-                "-save-snapshot"
-            } else {
-                "-schema-status-cluster"
+        ops::schema::local_status(&cfg).map(|text| print!("{text}"))
+    } else if cli.schema_status_cluster {
+        match rt().block_on(node::schema_status_cluster(&cfg, &cli)) {
+            Ok((text, consistent)) => {
+                print!("{text}");
+                if !consistent {
+                    return ExitCode::from(1);
+                }
+                Ok(())
             }
+            Err(e) => Err(e),
+        }
+    } else if cli.save_snapshot {
+        Err(anyhow::anyhow!(
+            "-save-snapshot is not available in this version of HarmonyLite; a running cluster catches nodes up from the stream"
         ))
     } else {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(node::run(cfg, &cli))
+        rt().block_on(node::run(cfg, &cli))
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

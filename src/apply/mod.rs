@@ -5,9 +5,12 @@
 //! the same transaction, so a crash neither skips nor repeats a change. A unit (the parts of one publish) is
 //! always inside one transaction, so readers never see half of a local transaction of another node.
 //!
-//! A message that cannot be applied (undecodable, unknown table or column) rolls back only its unit, pauses
-//! its shard, is counted and reported with its stream position, and is retried with backoff: a peer may be
-//! ahead in schema. The other shards go on.
+//! A message that cannot be applied rolls back only its unit and pauses its shard (the other shards go on); it
+//! is counted, reported with its stream position, and retried. When the reason is that this node's schema is
+//! behind (a table or column it does not have yet), the shard waits for the local schema to change: a schema
+//! change wakes it at once, and it looks again every second. Any other reason (undecodable, a constraint) is
+//! retried with backoff. Each apply transaction first checks that the capture in force matches the schema it
+//! sees, and re-installs capture when it does not, so tables and columns are checked against the real schema.
 
 pub mod consumer;
 pub mod sql;
@@ -83,6 +86,8 @@ struct ShardState {
     /// Last stream position written to the database.
     persisted: u64,
     paused_until: Option<Instant>,
+    /// Set while paused because this node's schema is behind: the message it waits at (stream sequence).
+    schema_wait: Option<u64>,
     backoff: Backoff,
     closed: bool,
 }
@@ -95,6 +100,8 @@ enum TxnError {
     Capture(#[from] capture::CaptureError),
     #[error("a local change is being published for a row in this batch")]
     MustWait,
+    #[error("the schema changed since capture was installed")]
+    SchemaChanged,
 }
 
 pub struct Applier {
@@ -109,6 +116,8 @@ pub struct Applier {
 
 /// How long a paused shard waits before it tries its message again: 0.5 s, doubling up to 30 s.
 const PAUSE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+/// How often a shard waiting for the local schema looks again, when no schema change woke it first.
+const SCHEMA_RECHECK: Duration = Duration::from_secs(1);
 
 impl Applier {
     /// The applier owning the write connection `conn`, and one input per shard for its consumers, starting
@@ -143,6 +152,7 @@ impl Applier {
                 applied,
                 persisted: applied,
                 paused_until: None,
+                schema_wait: None,
                 backoff: PAUSE_BACKOFF,
                 closed: false,
             });
@@ -166,7 +176,17 @@ impl Applier {
 
     async fn run_loop(&mut self, cancel: &CancellationToken) {
         let mut busy = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut schema = self.capture.subscribe();
         loop {
+            // The local schema changed: shards waiting for it try again now.
+            if schema.has_changed().unwrap_or(false) {
+                schema.borrow_and_update();
+                for s in &mut self.shards {
+                    if s.schema_wait.is_some() {
+                        s.paused_until = None;
+                    }
+                }
+            }
             if cancel.is_cancelled() {
                 return;
             }
@@ -189,6 +209,7 @@ impl Applier {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = self.wake.notified() => {}
+                    _ = schema.changed() => {}
                     _ = tokio::time::sleep(sleep) => {}
                 }
                 continue;
@@ -208,6 +229,23 @@ impl Applier {
                 Ok(()) => busy.reset(),
                 Err(TxnError::MustWait) => {
                     self.in_flight.wait_acked(Duration::from_millis(20)).await
+                }
+                Err(TxnError::SchemaChanged) => {
+                    let cfg = &*self.cfg;
+                    let r = tokio::task::block_in_place(|| {
+                        self.capture.refresh(
+                            &mut self.conn,
+                            &cfg.include_tables,
+                            &cfg.exclude_tables,
+                        )
+                    });
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, retry_in_ms = busy.current().as_millis() as u64,
+                            "cannot re-install capture after a schema change; retrying");
+                        if !busy.sleep(cancel).await {
+                            return;
+                        }
+                    }
                 }
                 Err(e @ (TxnError::Sqlite(_) | TxnError::Capture(_))) => {
                     // Busy or I/O trouble: nothing was applied; try again shortly.
@@ -364,11 +402,15 @@ impl Applier {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Tables and columns are checked against the capture: it must describe the schema this transaction sees.
+        let cap = self.capture.get();
+        if capture::schema_version(&tx)? != cap.schema_version {
+            return Err(TxnError::SchemaChanged);
+        }
         // Register local changes committed since the last look, before our own writes add echo rows.
         let before = capture::max_log_id(&tx)?;
         let scanned = in_flight.scanned_upto();
         if before > scanned {
-            let cap = self.capture.get();
             let rows = capture::read_log(&tx, &cap, scanned, before)?;
             in_flight.record_local(
                 rows.iter().filter_map(|r| {
@@ -383,7 +425,7 @@ impl Applier {
             );
         }
         let mut outcome: Vec<(usize, u64, Option<Stuck>)> = Vec::new(); // (taken, last seq, error)
-        let (mut applied_rows, mut skipped_rows) = (0u64, 0u64);
+        let mut total = sql::Applied::default();
         for (s, &n) in self.shards.iter().zip(plan) {
             let mut taken = 0;
             let mut last = s.applied;
@@ -395,13 +437,14 @@ impl Applier {
                 let mut failed = None;
                 for d in s.queue.range(i..i + unit_len) {
                     let r = match &d.msg {
-                        Ok(m) => sql::apply_message(&tx, m, d.seq, in_flight, cfg),
+                        Ok(m) => sql::apply_message(&tx, m, d.seq, in_flight, cfg, &cap),
                         Err(e) => Err(sql::ApplyError::Decode(e.clone())),
                     };
                     match r {
-                        Ok((a, sk)) => {
-                            applied_rows += a;
-                            skipped_rows += sk;
+                        Ok(a) => {
+                            total.rows += a.rows;
+                            total.skipped += a.skipped;
+                            total.dropped += a.dropped;
                         }
                         Err(sql::ApplyError::MustWait) => return Err(TxnError::MustWait),
                         Err(error) => {
@@ -437,16 +480,27 @@ impl Applier {
         tx.commit()?;
 
         let stats = &*self.counters;
-        tracing::debug!(applied_rows, skipped_rows, "applied");
-        stats
-            .applied_rows
-            .fetch_add(applied_rows, Ordering::Relaxed);
-        if applied_rows > 10_000 {
+        tracing::debug!(
+            applied_rows = total.rows,
+            skipped_rows = total.skipped,
+            "applied"
+        );
+        stats.applied_rows.fetch_add(total.rows, Ordering::Relaxed);
+        if total.rows > 10_000 {
             crate::memory::release();
         }
         stats
             .skipped_rows
-            .fetch_add(skipped_rows, Ordering::Relaxed);
+            .fetch_add(total.skipped, Ordering::Relaxed);
+        if total.dropped > 0 {
+            stats
+                .dropped_rows
+                .fetch_add(total.dropped, Ordering::Relaxed);
+            tracing::info!(
+                rows = total.dropped,
+                "changes to tables or key columns dropped on this node were not applied"
+            );
+        }
         for (s, (taken, last, error)) in self.shards.iter_mut().zip(outcome) {
             s.persisted = last;
             if taken > 0 {
@@ -459,19 +513,48 @@ impl Applier {
                 stats.set_applied(s.shard, last);
                 stats.touch();
             }
-            if let Some(err) = error {
-                stats.apply_errors.fetch_add(1, Ordering::Relaxed);
-                let delay = s.backoff.next_delay();
-                tracing::error!(shard = s.shard, error = %err, retry_in_ms = delay.as_millis() as u64,
-                    "cannot apply message; shard paused, will retry");
-                s.paused_until = Some(Instant::now() + delay);
-                stats.set_paused(s.shard, Some(err.to_string()));
-            } else if taken > 0 {
-                stats.set_paused(s.shard, None);
+            match error {
+                Some(err) => pause(s, stats, err),
+                None if taken > 0 => {
+                    if s.schema_wait.take().is_some() {
+                        tracing::info!(shard = s.shard, stream = %s.stream, "local schema caught up; shard resumed");
+                    }
+                    stats.set_paused(s.shard, None);
+                    stats.set_schema_paused(s.shard, false);
+                }
+                None => {}
             }
         }
         Ok(())
     }
+}
+
+/// Pause shard `s` at the message it could not apply.
+fn pause(s: &mut ShardState, stats: &Counters, err: Stuck) {
+    if let sql::ApplyError::SchemaBehind { table, column } = &err.error {
+        // Waits for the local schema: said once per message, then looked at again every second (or at once
+        // when the schema changes).
+        if s.schema_wait != Some(err.seq) {
+            s.schema_wait = Some(err.seq);
+            stats.schema_pauses.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(shard = s.shard, stream = %err.stream, seq = err.seq, table = %table,
+                column = column.as_deref().unwrap_or(""),
+                "shard paused: a change names a table or column this node does not have yet; \
+                 it resumes as soon as the local schema has it");
+        }
+        s.paused_until = Some(Instant::now() + SCHEMA_RECHECK);
+        stats.set_schema_paused(s.shard, true);
+        stats.set_paused(s.shard, Some(err.to_string()));
+        return;
+    }
+    s.schema_wait = None;
+    stats.set_schema_paused(s.shard, false);
+    stats.apply_errors.fetch_add(1, Ordering::Relaxed);
+    let delay = s.backoff.next_delay();
+    tracing::error!(shard = s.shard, error = %err, retry_in_ms = delay.as_millis() as u64,
+        "cannot apply message; shard paused, will retry");
+    s.paused_until = Some(Instant::now() + delay);
+    stats.set_paused(s.shard, Some(err.to_string()));
 }
 
 fn write_position(tx: &rusqlite::Transaction<'_>, stream: &str, seq: u64) -> rusqlite::Result<()> {

@@ -2,11 +2,18 @@
 //!
 //! An upsert first updates the row by key (`UPDATE OR REPLACE`, only the shipped columns, so a local extra
 //! column keeps its value) and inserts it (`INSERT OR REPLACE`) when no row was there. A delete removes the row
-//! by key. Rows whose key is excluded by `include_tables`/`exclude_tables` are skipped.
+//! by key. Rows of tables excluded by `include_tables`/`exclude_tables` are skipped.
+//!
+//! Every incoming table is first resolved against the local captured schema ([`Capture::target`]): a table or
+//! column this node does not have yet stops the message ([`ApplyError::SchemaBehind`]); a table or column
+//! this node captured once and has dropped since takes no values; a table renamed here takes the changes still
+//! named after its old name.
+
+use std::borrow::Cow;
 
 use rusqlite::Transaction;
 
-use crate::capture::{ident, schema::selected};
+use crate::capture::{Capture, Target, ident, schema::selected};
 use crate::config::Config;
 use crate::conflict::{Decision, InFlight, RowKey};
 use crate::wire::{Message, Row, TableChanges, Value, WireError};
@@ -35,6 +42,32 @@ pub enum ApplyError {
     Decode(#[source] std::sync::Arc<WireError>),
     #[error("must wait for a local publish")]
     MustWait,
+    #[error("{}", schema_behind_text(.table, .column.as_deref()))]
+    SchemaBehind {
+        table: String,
+        column: Option<String>,
+    },
+}
+
+fn schema_behind_text(table: &str, column: Option<&str>) -> String {
+    match column {
+        Some(c) => format!(
+            "this node's schema is behind: table {table:?} has no column {c:?} here (waiting for the local schema to catch up)"
+        ),
+        None => format!(
+            "this node's schema is behind: no table {table:?} here (waiting for the local schema to catch up)"
+        ),
+    }
+}
+
+/// What applying one message did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub rows: u64,
+    /// Own echoes and rows of excluded tables.
+    pub skipped: u64,
+    /// Rows of tables dropped here (already counted in `skipped`).
+    pub dropped: u64,
 }
 
 /// Positions of the key columns within `columns`.
@@ -123,9 +156,9 @@ struct Statements {
     delete: String,
 }
 
-fn statements(t: &TableChanges, pos: &[usize]) -> Statements {
+fn statements(table: &str, t: &TableChanges, pos: &[usize]) -> Statements {
     let rowid_keyed = t.key.len() == 1 && t.key[0] == "rowid";
-    let table = ident(&t.table);
+    let table = ident(table);
     let cond: Vec<String> = t
         .key
         .iter()
@@ -164,27 +197,87 @@ fn statements(t: &TableChanges, pos: &[usize]) -> Statements {
     }
 }
 
-/// Apply one message inside the caller's transaction. Returns (rows applied, rows skipped).
+/// `t` without the shipped columns at positions `drop` (columns this node dropped).
+fn without_columns<'a>(t: &'a TableChanges, drop: &[usize]) -> Cow<'a, TableChanges> {
+    if drop.is_empty() {
+        return Cow::Borrowed(t);
+    }
+    let keep = |i: &usize| !drop.contains(i);
+    let pick = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .enumerate()
+            .filter(|(i, _)| keep(i))
+            .map(|(_, c)| c.clone())
+            .collect()
+    };
+    Cow::Owned(TableChanges {
+        table: t.table.clone(),
+        columns: pick(&t.columns),
+        key: t.key.clone(),
+        rows: t
+            .rows
+            .iter()
+            .map(|r| match r {
+                Row::Upsert(v) => Row::Upsert(
+                    v.iter()
+                        .enumerate()
+                        .filter(|(i, _)| keep(i))
+                        .map(|(_, x)| x.clone())
+                        .collect(),
+                ),
+                Row::Delete(k) => Row::Delete(k.clone()),
+            })
+            .collect(),
+    })
+}
+
+/// Apply one message inside the caller's transaction, against the local schema `cap` (which must be the one
+/// this transaction sees).
 pub fn apply_message(
     tx: &Transaction<'_>,
     m: &Message,
     seq: u64,
     in_flight: &InFlight,
     cfg: &Config,
-) -> Result<(u64, u64), ApplyError> {
-    let (mut applied, mut skipped) = (0u64, 0u64);
+    cap: &Capture,
+) -> Result<Applied, ApplyError> {
+    let mut out = Applied::default();
     for t in &m.tables {
         if !selected(&t.table, &cfg.include_tables, &cfg.exclude_tables) {
-            skipped += t.rows.len() as u64;
+            out.skipped += t.rows.len() as u64;
             continue;
         }
-        let pos = key_positions(t)?;
-        let st = statements(t, &pos);
+        let (local, drop) = match cap.target(&t.table, &t.columns) {
+            Target::Table { info, drop } => (info.name.as_str(), drop),
+            Target::Dropped => {
+                out.skipped += t.rows.len() as u64;
+                out.dropped += t.rows.len() as u64;
+                continue;
+            }
+            Target::Behind { column } => {
+                return Err(ApplyError::SchemaBehind {
+                    table: t.table.clone(),
+                    column,
+                });
+            }
+        };
+        // A key column dropped here: the rows cannot be found, so they have nowhere to go.
+        if t.key
+            .iter()
+            .any(|k| drop.iter().any(|&d| &t.columns[d] == k))
+        {
+            out.skipped += t.rows.len() as u64;
+            out.dropped += t.rows.len() as u64;
+            continue;
+        }
+        let t = without_columns(t, &drop);
+        let pos = key_positions(&t)?;
+        let st = statements(local, &t, &pos);
         for row in &t.rows {
-            let key = key_of(t, &pos, row)?;
+            let key = key_of(&t, &pos, row)?;
             match in_flight.decide(&row_key(&t.table, &key), seq) {
                 Decision::Skip => {
-                    skipped += 1;
+                    out.skipped += 1;
                     continue;
                 }
                 Decision::Wait => return Err(ApplyError::MustWait),
@@ -208,8 +301,8 @@ pub fn apply_message(
                         .execute(rusqlite::params_from_iter(k.iter()))?;
                 }
             }
-            applied += 1;
+            out.rows += 1;
         }
     }
-    Ok((applied, skipped))
+    Ok(out)
 }

@@ -9,14 +9,17 @@
 //! own write transaction, the log rows its writes produced (SQLite's single writer makes them invisible to
 //! everyone else).
 
+mod install;
 pub mod keys;
 pub mod schema;
 pub mod watch;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
+pub use install::{install, uninstall};
 pub use schema::{KeyKind, TableInfo, ident, literal};
 
 use crate::wire::Value;
@@ -25,8 +28,12 @@ use crate::wire::Value;
 pub const PREFIX: &str = "__harmonylite__";
 /// The change log: one row per changed row key.
 pub const LOG: &str = "__harmonylite__change_log";
-/// Captured tables and their stable ids.
+/// Captured tables and their stable ids (every table ever captured here, dropped ones included).
 pub const TABLES: &str = "__harmonylite__tables";
+/// Every column ever captured, per table id: a column named by a change but absent here was dropped here.
+pub const COLUMNS: &str = "__harmonylite__columns";
+/// Captured tables renamed here: changes still named after the old name go to the new one.
+pub const RENAMES: &str = "__harmonylite__renames";
 /// Key/value bookkeeping (the change-log incarnation).
 pub const META: &str = "__harmonylite__meta";
 /// Applied stream position per stream, written in the same transaction as the applied rows.
@@ -42,131 +49,194 @@ pub enum CaptureError {
     BadKey { table_id: i64, text: String },
 }
 
-/// What is captured: the tables, by id and by name, and the schema fingerprint.
+/// What is captured: the tables, by id and by name, the schema fingerprint, and the schema version the capture
+/// was installed against.
 #[derive(Debug, Clone, Default)]
 pub struct Capture {
     pub tables: Vec<TableInfo>,
     pub by_id: HashMap<i64, usize>,
+    /// Lower-cased table name → index in `tables` (SQLite names are case-insensitive).
+    by_name: HashMap<String, usize>,
     pub fingerprint: u64,
     /// Random id of this change log's life; a new one after `-cleanup` so message ids never repeat.
     pub incarnation: u64,
+    /// `PRAGMA schema_version`, read in the install's own transaction. Any other value means the schema
+    /// changed since, and capture must be installed again before it is trusted.
+    pub schema_version: i64,
+    /// Lower-cased names of every table captured here at some point.
+    known_tables: HashSet<String>,
+    /// Lower-cased table name → lower-cased names of every column it had when captured.
+    known_columns: HashMap<String, HashSet<String>>,
+    /// Lower-cased old name → new name, for captured tables renamed here.
+    renames: HashMap<String, String>,
+}
+
+/// Where the rows of an incoming table go, as the local schema says.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// Into this captured table; `drop` lists positions of shipped columns this node dropped (their values are
+    /// not written). Empty in the ordinary case.
+    Table {
+        info: &'a TableInfo,
+        drop: Vec<usize>,
+    },
+    /// The table was captured here once and has been dropped here: its changes have nowhere to go.
+    Dropped,
+    /// The local schema is behind: this table, or this column of it, does not exist here yet.
+    Behind { column: Option<String> },
 }
 
 impl Capture {
+    pub(crate) fn new(
+        tables: Vec<TableInfo>,
+        known: install::Known,
+        incarnation: u64,
+        schema_version: i64,
+    ) -> Capture {
+        let by_id = tables.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+        let by_name = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.to_lowercase(), i))
+            .collect();
+        let fingerprint = schema::fingerprint(&tables);
+        Capture {
+            tables,
+            by_id,
+            by_name,
+            fingerprint,
+            incarnation,
+            schema_version,
+            known_tables: known.tables,
+            known_columns: known.columns,
+            renames: known.renames,
+        }
+    }
+
     pub fn table(&self, id: i64) -> Option<&TableInfo> {
         self.by_id.get(&id).map(|&i| &self.tables[i])
     }
+
+    /// The captured table called `name` (any case), following renames made here.
+    pub fn table_named(&self, name: &str) -> Option<&TableInfo> {
+        let mut name = name.to_lowercase();
+        for _ in 0..=self.renames.len() {
+            if let Some(&i) = self.by_name.get(&name) {
+                return Some(&self.tables[i]);
+            }
+            name = self.renames.get(&name)?.to_lowercase();
+        }
+        None
+    }
+
+    /// Where changes to `table` with the shipped `columns` go on this node.
+    pub fn target(&self, table: &str, columns: &[String]) -> Target<'_> {
+        let Some(info) = self.table_named(table) else {
+            return if self.known_tables.contains(&table.to_lowercase()) {
+                Target::Dropped
+            } else {
+                Target::Behind { column: None }
+            };
+        };
+        let rowid_keyed = info.key == KeyKind::Rowid;
+        let known = self.known_columns.get(&info.name.to_lowercase());
+        let mut drop = Vec::new();
+        for (i, c) in columns.iter().enumerate() {
+            if (rowid_keyed && c == "rowid")
+                || info.columns.iter().any(|h| h.eq_ignore_ascii_case(c))
+            {
+                continue;
+            }
+            if known.is_some_and(|k| k.contains(&c.to_lowercase())) {
+                drop.push(i);
+            } else {
+                return Target::Behind {
+                    column: Some(c.clone()),
+                };
+            }
+        }
+        Target::Table { info, drop }
+    }
 }
 
-/// The capture in force, shared by the publisher (which re-installs it when the schema changes) and the
-/// applier (which reads it). Cloning the handle shares it; reading never blocks a writer.
-#[derive(Clone, Default)]
-pub struct CurrentCapture(std::sync::Arc<arc_swap::ArcSwap<Capture>>);
+/// The capture in force, shared by the publisher and the applier (either re-installs it when it finds the
+/// schema changed) and by whoever follows schema changes ([`CurrentCapture::subscribe`]). Cloning the handle
+/// shares it; reading never blocks a writer.
+#[derive(Clone)]
+pub struct CurrentCapture {
+    cap: Arc<arc_swap::ArcSwap<Capture>>,
+    version: Arc<tokio::sync::watch::Sender<i64>>,
+}
 
 impl CurrentCapture {
     pub fn new(cap: Capture) -> CurrentCapture {
-        CurrentCapture(std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(cap)))
+        let (version, _) = tokio::sync::watch::channel(cap.schema_version);
+        CurrentCapture {
+            cap: Arc::new(arc_swap::ArcSwap::from_pointee(cap)),
+            version: Arc::new(version),
+        }
     }
+
     /// The capture now in force.
-    pub fn get(&self) -> std::sync::Arc<Capture> {
-        self.0.load_full()
+    pub fn get(&self) -> Arc<Capture> {
+        self.cap.load_full()
     }
+
+    /// Put `cap` in force, unless one installed against a newer schema already is.
     pub fn set(&self, cap: Capture) {
-        self.0.store(std::sync::Arc::new(cap));
+        let v = cap.schema_version;
+        let cap = Arc::new(cap);
+        self.cap.rcu(|cur| {
+            if cur.schema_version > v {
+                cur.clone()
+            } else {
+                cap.clone()
+            }
+        });
+        self.version.send_if_modified(|cur| {
+            let newer = v > *cur;
+            if newer {
+                *cur = v;
+            }
+            newer
+        });
+    }
+
+    /// A receiver that sees every schema version put in force.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.version.subscribe()
+    }
+
+    /// Re-install capture through `conn` when the database's schema is no longer the one the capture in force
+    /// was installed against. Returns true when it re-installed.
+    pub fn refresh(
+        &self,
+        conn: &mut Connection,
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<bool, CaptureError> {
+        if schema_version(conn)? == self.get().schema_version {
+            return Ok(false);
+        }
+        let cap = install(conn, include, exclude)?;
+        tracing::info!(
+            tables = cap.tables.len(),
+            schema_version = cap.schema_version,
+            "schema changed; capture re-installed"
+        );
+        self.set(cap);
+        Ok(true)
     }
 }
 
-/// Create our bookkeeping tables (if missing) and (re)create the triggers of every selected table, in one
-/// transaction. Safe to run at every start and at any time while applications write.
-///
-/// With `previous` (a re-install while running), tables captured for the first time get every existing row
-/// recorded in the change log, so rows written between their creation and this install are published too.
-pub fn install(
-    conn: &mut Connection,
-    include: &[String],
-    exclude: &[String],
-    previous: Option<&Capture>,
-) -> Result<Capture, CaptureError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    tx.execute_batch(&format!(
-        "CREATE TABLE IF NOT EXISTS {LOG} (id INTEGER PRIMARY KEY, tbl INTEGER NOT NULL, k);
-         CREATE TABLE IF NOT EXISTS {TABLES} (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-         CREATE TABLE IF NOT EXISTS {META} (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS {APPLIED} (stream TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;"
-    ))?;
-    let incarnation: Option<i64> = tx
-        .query_row(
-            &format!("SELECT value FROM {META} WHERE key = 'incarnation'"),
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let incarnation = match incarnation {
-        Some(v) => v as u64,
-        None => {
-            let r = crate::config::random_bytes();
-            let v = (u64::from_le_bytes(r[..8].try_into().expect("8 bytes")) >> 1) as i64;
-            tx.execute(
-                &format!("INSERT INTO {META}(key, value) VALUES('incarnation', ?1)"),
-                [v],
-            )?;
-            v as u64
-        }
-    };
-
-    // Drop every trigger of ours; re-create those of the selected tables below.
-    let old: Vec<String> = tx
-        .prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger' AND substr(name, 1, 15) = '__harmonylite__'")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for name in old {
-        tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", ident(&name)))?;
-    }
-
-    let mut tables = Vec::new();
-    for listed in schema::user_tables(&tx)? {
-        if !schema::selected(&listed.name, include, exclude) {
-            continue;
-        }
-        let (columns, key) = schema::describe(&tx, &listed)?;
-        tx.execute(
-            &format!("INSERT OR IGNORE INTO {TABLES}(name) VALUES(?1)"),
-            [&listed.name],
-        )?;
-        let id: i64 = tx.query_row(
-            &format!("SELECT id FROM {TABLES} WHERE name = ?1"),
-            [&listed.name],
-            |r| r.get(0),
-        )?;
-        let info = TableInfo::new(id, listed.name, columns, key);
-        tx.execute_batch(&trigger_sql(&info))?;
-        if previous.is_some_and(|p| !p.tables.iter().any(|t| t.name == info.name)) {
-            let n = tx.execute(
-                &format!(
-                    "INSERT INTO {LOG}(tbl, k) SELECT {}, {} FROM {}",
-                    info.id,
-                    key_expr(&info, &ident(&info.name)),
-                    ident(&info.name)
-                ),
-                [],
-            )?;
-            tracing::info!(table = %info.name, rows = n, "new table captured");
-        }
-        tables.push(info);
-    }
-    tx.commit()?;
-    let by_id = tables.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
-    let fingerprint = schema::fingerprint(&tables);
-    Ok(Capture {
-        tables,
-        by_id,
-        fingerprint,
-        incarnation,
-    })
+/// The database's schema version (`PRAGMA schema_version`); inside a transaction, the one that transaction
+/// sees.
+pub fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA schema_version", [], |r| r.get(0))
 }
 
 /// The SQL expression a trigger writes as the key, for `NEW` or `OLD`.
-fn key_expr(info: &TableInfo, row: &str) -> String {
+pub(crate) fn key_expr(info: &TableInfo, row: &str) -> String {
     match &info.key {
         KeyKind::RowidAlias(c) => format!("{row}.{}", ident(c)),
         KeyKind::Rowid => format!("{row}.rowid"),
@@ -177,46 +247,6 @@ fn key_expr(info: &TableInfo, row: &str) -> String {
             .collect::<Vec<_>>()
             .join(" || ',' || "),
     }
-}
-
-fn trigger_sql(info: &TableInfo) -> String {
-    let t = ident(&info.name);
-    let id = info.id;
-    let new = key_expr(info, "NEW");
-    let old = key_expr(info, "OLD");
-    let name = |op: &str| ident(&format!("{PREFIX}{}_{op}", info.name));
-    format!(
-        "CREATE TRIGGER {ins} AFTER INSERT ON {t} BEGIN INSERT INTO {LOG}(tbl, k) VALUES({id}, {new}); END;
-         CREATE TRIGGER {upd} AFTER UPDATE ON {t} BEGIN
-           INSERT INTO {LOG}(tbl, k) SELECT {id}, {old} WHERE ({old}) IS NOT ({new});
-           INSERT INTO {LOG}(tbl, k) VALUES({id}, {new}); END;
-         CREATE TRIGGER {del} AFTER DELETE ON {t} BEGIN INSERT INTO {LOG}(tbl, k) VALUES({id}, {old}); END;",
-        ins = name("insert"),
-        upd = name("update"),
-        del = name("delete"),
-    )
-}
-
-/// Remove every trigger and table we created (`-cleanup`). User data is untouched.
-pub fn uninstall(conn: &mut Connection) -> Result<usize, CaptureError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let objects: Vec<(String, String)> = tx
-        .prepare(
-            "SELECT type, name FROM sqlite_schema WHERE type IN ('trigger', 'table')
-             AND substr(name, 1, 15) = '__harmonylite__' ORDER BY type = 'table'",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    for (kind, name) in &objects {
-        let kind = if kind == "trigger" {
-            "TRIGGER"
-        } else {
-            "TABLE"
-        };
-        tx.execute_batch(&format!("DROP {kind} IF EXISTS {}", ident(name)))?;
-    }
-    tx.commit()?;
-    Ok(objects.len())
 }
 
 /// One change-log row: a changed row's key.

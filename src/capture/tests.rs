@@ -33,7 +33,7 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf, Connection, Capture) {
     let db = dir.path().join("a.db");
     cli(&db, SCHEMA);
     let mut conn = Connection::open(&db).unwrap();
-    let cap = install(&mut conn, &[], &[], None).unwrap();
+    let cap = install(&mut conn, &[], &[]).unwrap();
     (dir, db, conn, cap)
 }
 
@@ -70,7 +70,6 @@ fn include_and_exclude_select_tables() {
         &mut conn,
         &["plain".into(), "comp".into()],
         &["comp".into()],
-        None,
     )
     .unwrap();
     assert_eq!(
@@ -135,7 +134,7 @@ fn reinstall_keeps_ids_backfills_new_tables_and_uninstall_removes_everything() {
         &db,
         "INSERT INTO plain VALUES (1, 'a'); CREATE TABLE later (id INTEGER PRIMARY KEY); INSERT INTO later VALUES (7), (8);",
     );
-    let cap2 = install(&mut conn, &[], &[], Some(&cap)).unwrap();
+    let cap2 = install(&mut conn, &[], &[]).unwrap();
     assert_eq!(cap2.incarnation, cap.incarnation);
     let plain = |c: &Capture| c.tables.iter().find(|t| t.name == "plain").unwrap().id;
     assert_eq!(plain(&cap), plain(&cap2), "table ids are stable");
@@ -163,7 +162,7 @@ fn reinstall_keeps_ids_backfills_new_tables_and_uninstall_removes_everything() {
     assert_eq!(rows, 1);
     // a fresh install after cleanup is a new incarnation
     assert_ne!(
-        install(&mut conn, &[], &[], None).unwrap().incarnation,
+        install(&mut conn, &[], &[]).unwrap().incarnation,
         cap.incarnation
     );
 }
@@ -215,12 +214,12 @@ fn apply_sql_reproduces_rows_exactly() {
     let peer_db = db.with_file_name("b.db");
     cli(&peer_db, SCHEMA);
     let mut peer = Connection::open(&peer_db).unwrap();
-    install(&mut peer, &[], &[], None).unwrap();
+    let peer_cap = install(&mut peer, &[], &[]).unwrap();
     let cfg = crate::config::load(None, &Default::default()).unwrap().0;
     let in_flight = crate::conflict::InFlight::new(false, 0);
     let tx = peer.transaction().unwrap();
     let before = max_log_id(&tx).unwrap();
-    sql::apply_message(&tx, &msg, 1, &in_flight, &cfg).unwrap();
+    sql::apply_message(&tx, &msg, 1, &in_flight, &cfg, &peer_cap).unwrap();
     tx.execute(&format!("DELETE FROM {LOG} WHERE id > ?1"), [before])
         .unwrap();
     tx.commit().unwrap();
@@ -251,4 +250,116 @@ fn apply_sql_reproduces_rows_exactly() {
         0,
         "the applier's own writes left no change-log rows"
     );
+}
+
+#[test]
+fn install_records_the_schema_version_it_was_made_against() {
+    let (_d, db, mut conn, cap) = setup();
+    assert_eq!(cap.schema_version, schema_version(&conn).unwrap());
+    let current = CurrentCapture::new(cap.clone());
+    assert!(
+        !current.refresh(&mut conn, &[], &[]).unwrap(),
+        "nothing changed"
+    );
+    cli(&db, "ALTER TABLE plain ADD COLUMN extra INTEGER;");
+    let seen = current.subscribe();
+    assert!(current.refresh(&mut conn, &[], &[]).unwrap());
+    assert!(
+        seen.has_changed().unwrap(),
+        "subscribers hear of the new schema"
+    );
+    let now = current.get();
+    assert_eq!(now.schema_version, schema_version(&conn).unwrap());
+    let plain = now.tables.iter().find(|t| t.name == "plain").unwrap();
+    assert_eq!(plain.columns, ["id", "v", "extra"]);
+    // an older capture never replaces a newer one
+    current.set(cap.clone());
+    assert_eq!(current.get().schema_version, now.schema_version);
+}
+
+fn log_keys(conn: &Connection, cap: &Capture, table: &str) -> Vec<Value> {
+    let id = cap.table_named(table).unwrap().id;
+    read_log(conn, cap, 0, max_log_id(conn).unwrap())
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.table_id == id)
+        .map(|r| r.key[0].clone())
+        .collect()
+}
+
+#[test]
+fn a_rebuilt_table_is_backfilled_and_a_renamed_one_keeps_its_pending_rows() {
+    let (_d, db, mut conn, _cap) = setup();
+    cli(&db, "INSERT INTO plain VALUES (1, 'a'), (2, 'b');");
+    let cap = install(&mut conn, &[], &[]).unwrap();
+    delete_published(&conn, max_log_id(&conn).unwrap() + 1).unwrap();
+    // the rebuild of migration tools, then a write before capture is re-installed
+    cli(
+        &db,
+        "BEGIN; CREATE TABLE plain_new (id INTEGER PRIMARY KEY, v TEXT, w INTEGER);
+         INSERT INTO plain_new (id, v) SELECT id, v FROM plain; DROP TABLE plain;
+         ALTER TABLE plain_new RENAME TO plain; COMMIT;
+         INSERT INTO plain VALUES (3, 'c', 9);",
+    );
+    let rebuilt = install(&mut conn, &[], &[]).unwrap();
+    assert_eq!(
+        rebuilt.table_named("plain").unwrap().id,
+        cap.table_named("plain").unwrap().id
+    );
+    assert_eq!(
+        log_keys(&conn, &rebuilt, "plain"),
+        [Value::Integer(1), Value::Integer(2), Value::Integer(3)],
+        "every row of the rebuilt table is published, the one written before its triggers existed too"
+    );
+
+    // a rename keeps the triggers: no backfill, and rows logged under the old name follow the table
+    delete_published(&conn, max_log_id(&conn).unwrap() + 1).unwrap();
+    cli(
+        &db,
+        "ALTER TABLE wr RENAME TO wr2; INSERT INTO wr2 VALUES ('after', 1);",
+    );
+    let renamed = install(&mut conn, &[], &[]).unwrap();
+    assert_eq!(
+        log_keys(&conn, &renamed, "wr2"),
+        [Value::Text(b"after".to_vec())],
+        "only the row written after the rename, now under the new name"
+    );
+    assert_eq!(
+        renamed.table_named("wr").map(|t| t.name.as_str()),
+        Some("wr2"),
+        "changes still named after the old name go to the new one"
+    );
+}
+
+#[test]
+fn incoming_tables_and_columns_resolve_against_what_this_node_has_and_had() {
+    let (_d, db, mut conn, _cap) = setup();
+    cli(
+        &db,
+        "ALTER TABLE plain DROP COLUMN v; ALTER TABLE plain ADD COLUMN w; DROP TABLE nopk;",
+    );
+    let cap = install(&mut conn, &[], &[]).unwrap();
+    let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    match cap.target("PLAIN", &cols(&["id", "v", "w"])) {
+        Target::Table { info, drop } => {
+            assert_eq!(info.name, "plain");
+            assert_eq!(drop, [1], "v was dropped here: its values are not written");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        cap.target("plain", &cols(&["id", "rating"])),
+        Target::Behind {
+            column: Some("rating".into())
+        }
+    );
+    assert_eq!(cap.target("nopk", &cols(&["rowid", "x"])), Target::Dropped);
+    assert_eq!(
+        cap.target("notes", &cols(&["id"])),
+        Target::Behind { column: None }
+    );
+    assert!(matches!(
+        cap.target("comp", &cols(&["a", "b", "v"])),
+        Target::Table { drop, .. } if drop.is_empty()
+    ));
 }

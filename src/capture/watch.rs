@@ -1,5 +1,6 @@
-//! Change detection: file events on the database and its WAL wake the publisher; `polling_interval` is a
-//! fallback timer for file systems whose events are unreliable.
+//! Change detection: file events on the database and its WAL wake the publisher; a timer catches what events
+//! miss (file systems whose events are unreliable, a schema change whose event came before it was visible):
+//! every `polling_interval`, or every second when it is 0.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ pub struct Watch {
 }
 
 /// Watch `db_path`, `db_path-wal` and `db_path-shm` (through their directory, so files created later are
-/// seen too) and wake `wake` on every modification. With `polling_ms > 0` also wake on that period.
+/// seen too) and wake `wake` on every modification; also wake every `polling_ms` (every second when 0).
 pub fn start(
     db_path: &Path,
     polling_ms: u64,
@@ -67,23 +68,17 @@ pub fn start(
             None
         }
     };
-    // Without file events, poll at least once a second so changes are never stranded.
-    let period = match (polling_ms, watcher.is_some()) {
-        (0, true) => 0,
-        (0, false) => 1000,
-        (ms, _) => ms,
-    };
-    if period > 0 {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(period));
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tick.tick() => wake.notify_one(),
-                }
+    // At least once a second, so no change and no schema change is ever stranded.
+    let period = if polling_ms == 0 { 1000 } else { polling_ms };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(period));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => wake.notify_one(),
             }
-        });
-    }
+        }
+    });
     Watch { _watcher: watcher }
 }
 
@@ -100,7 +95,8 @@ mod tests {
             .unwrap();
         let wake = Arc::new(Notify::new());
         let cancel = CancellationToken::new();
-        let _w = start(&db, 0, wake.clone(), cancel.clone());
+        // an hour between timer wake-ups: only the file event can wake it in time
+        let _w = start(&db, 3_600_000, wake.clone(), cancel.clone());
         // drain the wake-ups caused by the set-up
         while tokio::time::timeout(Duration::from_millis(200), wake.notified())
             .await

@@ -1,6 +1,7 @@
 //! Starting the embedded nats-server, step by step: where it keeps its files, the user's config file, who may
 //! connect, its routes and leaf remotes, the cluster block, the supervised child, then our client and readiness.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,6 +14,16 @@ use crate::config::{Config, NatsConfig};
 
 /// Start the embedded server for `cfg` and connect to it; on any error after the child started, it is stopped.
 pub(super) async fn start(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, NatsError> {
+    open(cfg, flags, false).await
+}
+
+/// For one-shot commands: connect to the embedded server of `cfg`'s node when that node is running on this
+/// machine, else start the server as the node would (it joins the cluster under the node's name).
+pub(super) async fn attach(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, NatsError> {
+    open(cfg, flags, true).await
+}
+
+async fn open(cfg: &Config, flags: &ClusterFlags, reuse_running: bool) -> Result<Nats, NatsError> {
     let n = &cfg.nats;
     let server_name = cfg.server_name();
     let paths = Paths::create(cfg)?;
@@ -42,10 +53,8 @@ pub(super) async fn start(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Na
         users: auth.users,
         tls: auth.tls.clone(),
     };
-    let (server, ports) = launch(spec, user_conf, user_path, paths.conf_path).await?;
-
-    let settings = ClientSettings {
-        urls: client_url(&client_host, ports.client_port, auth.tls.is_some()),
+    let settings_for = |port: u16| ClientSettings {
+        urls: client_url(&client_host, port, auth.tls.is_some()),
         name: server_name,
         user: (!n.user_name.is_empty()).then(|| (n.user_name.clone(), n.user_password.clone())),
         nkey_seed: auth.seed,
@@ -60,6 +69,27 @@ pub(super) async fn start(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Na
         retry_wait: Duration::from_millis(250),
         reconnect_wait: Duration::from_secs(n.reconnect_wait_seconds.max(1)),
     };
+    let timeout = Duration::from_secs(n.ready_timeout_seconds.get());
+    if reuse_running {
+        let ports_dir = conf::effective_ports_dir(&spec, user_conf.as_ref());
+        if let Some(port) = blocking(move || running_client_port(&ports_dir)).await {
+            tracing::debug!(port, "using the running node's nats-server");
+            let probe = ready::Probe {
+                peers: Vec::new(),
+                monitor_url: None,
+            };
+            let (client, jetstream) =
+                connect_and_wait(&settings_for(port), timeout, &probe).await?;
+            return Ok(Nats {
+                client,
+                jetstream,
+                server: None,
+                cluster_size_hint: 1 + other_peers.len(),
+            });
+        }
+    }
+    let (server, ports) = launch(spec, user_conf, user_path, paths.conf_path).await?;
+    let settings = settings_for(ports.client_port);
     let probe = ready::Probe {
         peers: other_peers
             .iter()
@@ -67,7 +97,6 @@ pub(super) async fn start(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Na
             .collect(),
         monitor_url: ports.monitor_url.clone(),
     };
-    let timeout = Duration::from_secs(n.ready_timeout_seconds.get());
     match connect_and_wait(&settings, timeout, &probe).await {
         Ok((client, jetstream)) => Ok(Nats {
             client,
@@ -236,6 +265,23 @@ async fn launch(
         render,
     };
     ServerProcess::start(launch).await
+}
+
+/// Client port of a nats-server that runs now and wrote its ports file (`<program>_<pid>.ports`) in `dir`.
+fn running_client_port(dir: &std::path::Path) -> Option<u16> {
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let (program, pid) = name.strip_suffix(".ports")?.rsplit_once('_')?;
+        let pid: u32 = pid.parse().ok()?;
+        // The pid must still be that program (not a reused pid).
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let argv0 = cmdline.split(|&b| b == 0).next()?;
+        let argv0 = std::path::Path::new(std::ffi::OsStr::from_bytes(argv0));
+        if argv0.file_name()?.to_string_lossy() != program {
+            return None;
+        }
+        super::child_io::read_ports_file(dir, pid).map(|p| p.client_port)
+    })
 }
 
 /// Our client's URL for the server listening on `host:port`.

@@ -89,6 +89,17 @@ impl Nats {
         }
     }
 
+    /// For one-shot commands (`-schema-status-cluster`, ...): external NATS as [`Nats::start`]; embedded, the
+    /// running node's server when the node of `cfg` runs on this machine, else the node's server started for
+    /// the command (stop it with [`Nats::shutdown`]).
+    pub async fn attach(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, NatsError> {
+        if cfg.nats.urls.is_empty() {
+            embedded::attach(cfg, flags).await
+        } else {
+            start_external(cfg, flags).await
+        }
+    }
+
     /// Expected number of servers in the cluster: embedded, 1 + the route peers (after `dns://` expansion,
     /// not counting our own address); external, the servers the connected one advertises. At least 1.
     pub fn cluster_size_hint(&self) -> usize {

@@ -1,5 +1,5 @@
-//! The node's connections to the user's database, and the one-shot commands that only touch the database
-//! (`-cleanup`, `-schema-status`).
+//! The node's connections to the user's database, and the one-shot command that only touches the database
+//! (`-cleanup`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -41,33 +41,5 @@ pub fn cleanup(cfg: &Config) -> anyhow::Result<()> {
     let mut conn = open_db(&cfg.db_path)?;
     let n = capture::uninstall(&mut conn)?;
     tracing::info!(objects = n, db = %cfg.db_path.display(), "removed HarmonyLite triggers and tables");
-    Ok(())
-}
-
-/// `-schema-status`: the local captured schema and its fingerprint (read-only).
-pub fn schema_status(cfg: &Config) -> anyhow::Result<()> {
-    check_db(cfg)?;
-    let conn =
-        Connection::open_with_flags(&cfg.db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let mut tables = Vec::new();
-    for listed in capture::schema::user_tables(&conn)? {
-        if capture::schema::selected(&listed.name, &cfg.include_tables, &cfg.exclude_tables) {
-            let (columns, key) = capture::schema::describe(&conn, &listed)?;
-            tables.push(capture::TableInfo::new(0, listed.name, columns, key));
-        }
-    }
-    println!("Database: {}", cfg.db_path.display());
-    println!(
-        "Schema fingerprint: {:016x}",
-        capture::schema::fingerprint(&tables)
-    );
-    for t in &tables {
-        println!(
-            "  {} ({} columns, key {:?})",
-            t.name,
-            t.columns.len(),
-            t.key_names()
-        );
-    }
     Ok(())
 }

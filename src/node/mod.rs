@@ -20,7 +20,7 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use db::{check_db, cleanup, open_db, schema_status};
+pub use db::{check_db, cleanup, open_db};
 
 use crate::apply::{Applier, consumer::ShardConsumer};
 use crate::capture::{self, CurrentCapture};
@@ -33,6 +33,24 @@ use crate::publish::{Publisher, state::PublishState};
 
 /// How long shutdown waits for the engine's tasks before stopping NATS anyway.
 const ENGINE_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// `-schema-status-cluster`: every node's schema from the registry, through the running node's NATS (or the
+/// node's server started for the command). Returns the report and whether all nodes agree.
+pub async fn schema_status_cluster(cfg: &Config, cli: &Cli) -> anyhow::Result<(String, bool)> {
+    let nats = Nats::attach(cfg, &ClusterFlags::from_cli(cli))
+        .await
+        .context("cannot reach the cluster's NATS")?;
+    let entries = tokio::time::timeout(
+        Duration::from_secs(cfg.nats.ready_timeout_seconds.get()),
+        crate::ops::schema::read_entries(&nats.jetstream),
+    )
+    .await;
+    nats.shutdown().await;
+    let entries = entries
+        .context("timed out reading the schema registry")?
+        .context("cannot read the schema registry")?;
+    Ok(crate::ops::schema::cluster_report(&entries))
+}
 
 /// Run a node until SIGTERM/SIGINT or `sleep_timeout`.
 pub async fn run(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
@@ -110,6 +128,13 @@ impl RunningNode {
         ));
         let current = CurrentCapture::new(capture);
         self.counters.touch();
+        self.tasks.spawn(crate::ops::schema::publish_entries(
+            self.nats.jetstream.clone(),
+            cfg.clone(),
+            current.clone(),
+            replicas,
+            self.cancel.clone(),
+        ));
 
         if cfg.replicate {
             self.start_applier(conn, &current, &in_flight)?;
@@ -223,7 +248,7 @@ fn prepare(cfg: &Config) -> anyhow::Result<Prepared> {
     check_db(cfg)?;
     let mut conn = open_db(&cfg.db_path).context("cannot open the database")?;
     let capture = tokio::task::block_in_place(|| {
-        capture::install(&mut conn, &cfg.include_tables, &cfg.exclude_tables, None)
+        capture::install(&mut conn, &cfg.include_tables, &cfg.exclude_tables)
     })
     .context("cannot install change capture")?;
     tracing::info!(tables = capture.tables.len(), names = ?capture.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),

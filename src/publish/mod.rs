@@ -91,7 +91,6 @@ pub struct Publisher {
     js: jetstream::Context,
     client: async_nats::Client,
     wake: Arc<Notify>,
-    schema_version: i64,
 }
 
 impl Publisher {
@@ -106,7 +105,6 @@ impl Publisher {
         counters: Arc<Counters>,
         client: async_nats::Client,
     ) -> Result<Publisher, PublishError> {
-        let schema_version = conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
         Ok(Publisher {
             cfg,
             conn,
@@ -117,7 +115,6 @@ impl Publisher {
             js: jetstream::new(client.clone()),
             client,
             wake: Arc::new(Notify::new()),
-            schema_version,
         })
     }
 
@@ -274,11 +271,22 @@ impl Publisher {
     }
 
     /// Read the next pass from the change log (blocking; runs inside `block_in_place`).
+    ///
+    /// The pass is read in one read transaction whose schema version is the one the capture in force was
+    /// installed against: when the schema changed (a new table, a new column), capture is installed again
+    /// first, so every row is read with the columns its table has now.
     fn build(&mut self) -> Result<Option<Pass>, PublishError> {
-        self.refresh_capture()?;
-        let cap = self.capture.get();
         let cfg = &*self.cfg;
-        let tx = self.conn.transaction()?;
+        let (cap, tx) = loop {
+            let cap = self.capture.get();
+            let tx = self.conn.transaction()?;
+            if capture::schema_version(&tx)? == cap.schema_version {
+                break (cap, tx);
+            }
+            drop(tx);
+            self.capture
+                .refresh(&mut self.conn, &cfg.include_tables, &cfg.exclude_tables)?;
+        };
         let max = capture::max_log_id(&tx)?;
         let from = self.state.published_upto;
         if max <= from {
@@ -338,33 +346,6 @@ impl Publisher {
             self.state.save()?;
         }
         Ok(Some(Pass { end, rows, units }))
-    }
-
-    /// Re-install capture when the schema changed (new tables, new columns).
-    fn refresh_capture(&mut self) -> Result<(), PublishError> {
-        let v: i64 = self
-            .conn
-            .query_row("PRAGMA schema_version", [], |r| r.get(0))?;
-        if v == self.schema_version {
-            return Ok(());
-        }
-        let cfg = &*self.cfg;
-        let previous = self.capture.get();
-        let cap = capture::install(
-            &mut self.conn,
-            &cfg.include_tables,
-            &cfg.exclude_tables,
-            Some(&previous),
-        )?;
-        tracing::info!(
-            tables = cap.tables.len(),
-            "schema changed; capture re-installed"
-        );
-        self.capture.set(cap);
-        self.schema_version = self
-            .conn
-            .query_row("PRAGMA schema_version", [], |r| r.get(0))?;
-        Ok(())
     }
 }
 

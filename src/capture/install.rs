@@ -1,0 +1,277 @@
+//! Installing capture: our bookkeeping tables, the triggers of every selected table, and what the node must
+//! remember about tables and columns it captured once (so a table dropped here is told apart from one this
+//! node has not created yet).
+//!
+//! One install is one `IMMEDIATE` transaction, and the schema version it records is read inside it, so no
+//! schema change can slip between the install and the version it is compared with later.
+//!
+//! A table whose three triggers were not all there when the install began (created since the last install,
+//! re-created by a rebuild, or captured for the first time on a database that was captured before) gets every
+//! existing row recorded in the change log: rows written before its triggers existed are published too. A table
+//! renamed since the last install keeps its triggers (SQLite moves them with the table), so it is not
+//! backfilled; its change-log rows are moved to the new name and the old name is remembered as an alias.
+
+use std::collections::{HashMap, HashSet};
+
+use rusqlite::{Connection, OptionalExtension, Transaction};
+
+use super::schema::{self, TableInfo};
+use super::{
+    APPLIED, COLUMNS, Capture, CaptureError, LOG, META, PREFIX, RENAMES, TABLES, ident, key_expr,
+};
+
+/// The trigger operations, as they end our trigger names (`__harmonylite__<table>_<op>`).
+const OPS: [&str; 3] = ["insert", "update", "delete"];
+
+/// Create our bookkeeping tables (if missing) and (re)create the triggers of every selected table, in one
+/// transaction. Safe to run at every start and at any time while applications write.
+pub fn install(
+    conn: &mut Connection,
+    include: &[String],
+    exclude: &[String],
+) -> Result<Capture, CaptureError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let captured_before = table_exists(&tx, TABLES)?;
+    tx.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {LOG} (id INTEGER PRIMARY KEY, tbl INTEGER NOT NULL, k);
+         CREATE TABLE IF NOT EXISTS {TABLES} (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+         CREATE TABLE IF NOT EXISTS {COLUMNS} (tbl INTEGER NOT NULL, name TEXT NOT NULL,
+             PRIMARY KEY (tbl, name)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS {RENAMES} (old TEXT PRIMARY KEY, new TEXT NOT NULL) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS {META} (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS {APPLIED} (stream TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;"
+    ))?;
+    let incarnation = incarnation(&tx)?;
+
+    // Our triggers as they are now, by the table they are attached to; then drop them all and re-create those
+    // of the selected tables below.
+    let mut triggers: HashMap<String, Vec<String>> = HashMap::new();
+    {
+        let mut stmt = tx.prepare(
+            "SELECT name, tbl_name FROM sqlite_schema WHERE type = 'trigger' AND substr(name, 1, 15) = ?1",
+        )?;
+        let rows = stmt.query_map([PREFIX], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (name, table) = row?;
+            triggers.entry(table.to_lowercase()).or_default().push(name);
+        }
+    }
+    for name in triggers.values().flatten() {
+        tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", ident(name)))?;
+    }
+
+    let mut tables = Vec::new();
+    for listed in schema::user_tables(&tx)? {
+        if !schema::selected(&listed.name, include, exclude) {
+            continue;
+        }
+        let (columns, key) = schema::describe(&tx, &listed)?;
+        let id = table_id(&tx, &listed.name)?;
+        let info = TableInfo::new(id, listed.name, columns, key);
+        let had = triggers
+            .get(&info.name.to_lowercase())
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        match continuous_origin(had) {
+            Some(origin) if !origin.eq_ignore_ascii_case(&info.name) => {
+                adopt_renamed(&tx, &origin, &info)?;
+            }
+            Some(_) => {}
+            None if captured_before => backfill(&tx, &info)?,
+            None => {}
+        }
+        for c in &info.columns {
+            tx.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO {COLUMNS}(tbl, name) VALUES(?1, ?2)"
+            ))?
+            .execute(rusqlite::params![id, c])?;
+        }
+        tx.execute_batch(&trigger_sql(&info))?;
+        tables.push(info);
+    }
+    let known = known(&tx)?;
+    let schema_version = super::schema_version(&tx)?;
+    tx.commit()?;
+    Ok(Capture::new(tables, known, incarnation, schema_version))
+}
+
+fn table_exists(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<bool> {
+    tx.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+/// The change log's incarnation: read, or created on the first install.
+fn incarnation(tx: &Transaction<'_>) -> rusqlite::Result<u64> {
+    let found: Option<i64> = tx
+        .query_row(
+            &format!("SELECT value FROM {META} WHERE key = 'incarnation'"),
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(v) = found {
+        return Ok(v as u64);
+    }
+    let r = crate::config::random_bytes();
+    let v = (u64::from_le_bytes(r[..8].try_into().expect("8 bytes")) >> 1) as i64;
+    tx.execute(
+        &format!("INSERT INTO {META}(key, value) VALUES('incarnation', ?1)"),
+        [v],
+    )?;
+    Ok(v as u64)
+}
+
+/// The stable id of table `name`, assigned on first sight.
+fn table_id(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<i64> {
+    tx.prepare_cached(&format!("INSERT OR IGNORE INTO {TABLES}(name) VALUES(?1)"))?
+        .execute([name])?;
+    tx.prepare_cached(&format!("SELECT id FROM {TABLES} WHERE name = ?1"))?
+        .query_row([name], |r| r.get(0))
+}
+
+/// When a table carried all three of our triggers, the table name they were made for (the table's current name,
+/// or its name before a rename). `None` when capture was not continuous.
+fn continuous_origin(triggers: &[String]) -> Option<String> {
+    let mut origin: Option<&str> = None;
+    for op in OPS {
+        let suffix = format!("_{op}");
+        let name = triggers
+            .iter()
+            .filter_map(|t| t.strip_prefix(PREFIX)?.strip_suffix(&suffix))
+            .next()?;
+        match origin {
+            Some(o) if o != name => return None,
+            _ => origin = Some(name),
+        }
+    }
+    origin.map(str::to_string)
+}
+
+/// `info` was renamed from `origin` with its triggers attached: its pending change-log rows, written under the
+/// old name's id, move to the new id, and the old name becomes an alias for changes still named after it.
+fn adopt_renamed(tx: &Transaction<'_>, origin: &str, info: &TableInfo) -> rusqlite::Result<()> {
+    let old_id: Option<i64> = tx
+        .query_row(
+            &format!("SELECT id FROM {TABLES} WHERE name = ?1"),
+            [origin],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(old_id) = old_id.filter(|&o| o != info.id) {
+        tx.execute(
+            &format!("UPDATE {LOG} SET tbl = ?1 WHERE tbl = ?2"),
+            [info.id, old_id],
+        )?;
+    }
+    tx.execute(
+        &format!("INSERT OR REPLACE INTO {RENAMES}(old, new) VALUES(?1, ?2)"),
+        [origin, &info.name],
+    )?;
+    tracing::info!(from = origin, to = %info.name, "captured table was renamed; capture follows it");
+    Ok(())
+}
+
+/// Record every row of `info` in the change log, so rows written while it had no triggers are published.
+fn backfill(tx: &Transaction<'_>, info: &TableInfo) -> rusqlite::Result<()> {
+    let n = tx.execute(
+        &format!(
+            "INSERT INTO {LOG}(tbl, k) SELECT {}, {} FROM {}",
+            info.id,
+            key_expr(info, &ident(&info.name)),
+            ident(&info.name)
+        ),
+        [],
+    )?;
+    tracing::info!(table = %info.name, rows = n,
+        "table captured (new, or re-created since capture was installed); its existing rows are published");
+    Ok(())
+}
+
+/// What this database captured at some point: every table name, every column per table name, and renames.
+pub struct Known {
+    pub tables: HashSet<String>,
+    pub columns: HashMap<String, HashSet<String>>,
+    pub renames: HashMap<String, String>,
+}
+
+fn known(tx: &Transaction<'_>) -> rusqlite::Result<Known> {
+    let mut tables = HashSet::new();
+    let mut columns: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut stmt = tx.prepare(&format!(
+        "SELECT t.name, c.name FROM {TABLES} t LEFT JOIN {COLUMNS} c ON c.tbl = t.id"
+    ))?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    })?;
+    for row in rows {
+        let (t, c) = row?;
+        let t = t.to_lowercase();
+        if let Some(c) = c {
+            columns
+                .entry(t.clone())
+                .or_default()
+                .insert(c.to_lowercase());
+        }
+        tables.insert(t);
+    }
+    let mut stmt = tx.prepare(&format!("SELECT old, new FROM {RENAMES}"))?;
+    let renames = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?.to_lowercase(),
+                r.get::<_, String>(1)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Known {
+        tables,
+        columns,
+        renames,
+    })
+}
+
+fn trigger_sql(info: &TableInfo) -> String {
+    let t = ident(&info.name);
+    let id = info.id;
+    let new = key_expr(info, "NEW");
+    let old = key_expr(info, "OLD");
+    let name = |op: &str| ident(&format!("{PREFIX}{}_{op}", info.name));
+    format!(
+        "CREATE TRIGGER {ins} AFTER INSERT ON {t} BEGIN INSERT INTO {LOG}(tbl, k) VALUES({id}, {new}); END;
+         CREATE TRIGGER {upd} AFTER UPDATE ON {t} BEGIN
+           INSERT INTO {LOG}(tbl, k) SELECT {id}, {old} WHERE ({old}) IS NOT ({new});
+           INSERT INTO {LOG}(tbl, k) VALUES({id}, {new}); END;
+         CREATE TRIGGER {del} AFTER DELETE ON {t} BEGIN INSERT INTO {LOG}(tbl, k) VALUES({id}, {old}); END;",
+        ins = name(OPS[0]),
+        upd = name(OPS[1]),
+        del = name(OPS[2]),
+    )
+}
+
+/// Remove every trigger and table we created (`-cleanup`). User data is untouched.
+pub fn uninstall(conn: &mut Connection) -> Result<usize, CaptureError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let objects: Vec<(String, String)> = tx
+        .prepare(
+            "SELECT type, name FROM sqlite_schema WHERE type IN ('trigger', 'table')
+             AND substr(name, 1, 15) = '__harmonylite__' ORDER BY type = 'table'",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (kind, name) in &objects {
+        let kind = if kind == "trigger" {
+            "TRIGGER"
+        } else {
+            "TABLE"
+        };
+        tx.execute_batch(&format!("DROP {kind} IF EXISTS {}", ident(name)))?;
+    }
+    tx.commit()?;
+    Ok(objects.len())
+}

@@ -1,0 +1,373 @@
+//! The schema registry and the schema status commands.
+//!
+//! Every running node keeps one entry in the JetStream KV bucket `harmonylite-schema-registry` (key
+//! `node-<id>`): its schema fingerprint, the fingerprint of each captured table, and when it changed. The entry
+//! is written at start and again whenever capture is re-installed for a schema change, and has no TTL, so the
+//! cluster view never empties while nodes run.
+//!
+//! `-schema-status` prints the local view from the database alone (beside a running node or without one);
+//! `-schema-status-cluster` reads the registry and prints every node's fingerprint and the tables that differ.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::{self, Capture, CurrentCapture, TableInfo, schema::fingerprint};
+use crate::config::Config;
+use crate::retry::Backoff;
+
+/// The registry's bucket (the original's name).
+pub const BUCKET: &str = "harmonylite-schema-registry";
+
+/// One node's registry entry (JSON). The first five fields are the original's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub node_id: u64,
+    pub schema_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_hash: Option<String>,
+    pub harmonylite_version: String,
+    pub updated_at: String,
+    /// Captured table → its fingerprint.
+    #[serde(default)]
+    pub tables: BTreeMap<String, String>,
+}
+
+fn hex(v: u64) -> String {
+    format!("{v:016x}")
+}
+
+/// The fingerprint of one table (name, columns, key), as the registry and the status commands show it.
+pub fn table_hash(t: &TableInfo) -> String {
+    hex(fingerprint(std::slice::from_ref(t)))
+}
+
+impl Entry {
+    fn of(node_id: u64, cap: &Capture, previous_hash: Option<String>) -> Entry {
+        Entry {
+            node_id,
+            schema_hash: hex(cap.fingerprint),
+            previous_hash,
+            harmonylite_version: env!("CARGO_PKG_VERSION").to_string(),
+            updated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            tables: cap
+                .tables
+                .iter()
+                .map(|t| (t.name.clone(), table_hash(t)))
+                .collect(),
+        }
+    }
+}
+
+/// Keep this node's registry entry current until cancelled: written once the bucket can be reached, then
+/// after every schema change. Failures are retried; they never stop replication.
+pub async fn publish_entries(
+    js: jetstream::Context,
+    cfg: std::sync::Arc<Config>,
+    capture: CurrentCapture,
+    replicas: usize,
+    cancel: CancellationToken,
+) {
+    let mut changes = capture.subscribe();
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+    let mut store: Option<kv::Store> = None;
+    let mut written: Option<String> = None;
+    let mut previous: Option<String> = None;
+    loop {
+        changes.borrow_and_update();
+        let cap = capture.get();
+        let hash = hex(cap.fingerprint);
+        if written.as_deref() != Some(hash.as_str()) {
+            let entry = Entry::of(cfg.node_id, &cap, previous.clone());
+            match put(&js, &mut store, replicas, &entry).await {
+                Ok(()) => {
+                    tracing::debug!(schema_hash = %hash, "schema registry entry written");
+                    previous = Some(hash.clone());
+                    written = Some(hash);
+                    backoff.reset();
+                }
+                Err(e) => {
+                    let level_warn = backoff.current() >= Duration::from_secs(8);
+                    if level_warn {
+                        tracing::warn!(error = %e, "cannot write the schema registry entry; retrying");
+                    } else {
+                        tracing::debug!(error = %e, "cannot write the schema registry entry yet; retrying");
+                    }
+                    store = None;
+                    if !backoff.sleep(&cancel).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = changes.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+async fn put(
+    js: &jetstream::Context,
+    store: &mut Option<kv::Store>,
+    replicas: usize,
+    entry: &Entry,
+) -> Result<(), String> {
+    if store.is_none() {
+        let s = match js.get_key_value(BUCKET).await {
+            Ok(s) => s,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: BUCKET.to_string(),
+                    description: "HarmonyLite: each node's schema fingerprint".to_string(),
+                    history: 1,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        *store = Some(s);
+    }
+    let s = store.as_ref().expect("store set above");
+    let body = serde_json::to_vec(entry).map_err(|e| e.to_string())?;
+    s.put(format!("node-{}", entry.node_id), body.into())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Every node's entry, by node id; empty when no node has written one (or the bucket does not exist).
+pub async fn read_entries(js: &jetstream::Context) -> anyhow::Result<BTreeMap<u64, Entry>> {
+    let store = match js.get_key_value(BUCKET).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => {
+            return Ok(BTreeMap::new());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut keys = store.keys().await?;
+    let mut out = BTreeMap::new();
+    while let Some(key) = keys.next().await {
+        let key = key?;
+        let Some(value) = store.get(&key).await? else {
+            continue;
+        };
+        match serde_json::from_slice::<Entry>(&value) {
+            Ok(e) => {
+                out.insert(e.node_id, e);
+            }
+            Err(e) => tracing::warn!(key, error = %e, "unreadable schema registry entry"),
+        }
+    }
+    Ok(out)
+}
+
+/// `-schema-status`: what this node captures, read from the database alone.
+pub fn local_status(cfg: &Config) -> anyhow::Result<String> {
+    crate::node::check_db(cfg)?;
+    let conn = Connection::open_with_flags(&cfg.db_path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let installed: Option<String> = conn
+        .query_row(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [capture::TABLES],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let mut triggers: BTreeSet<String> = BTreeSet::new();
+    let mut stmt = conn.prepare(
+        "SELECT lower(tbl_name) FROM sqlite_schema WHERE type = 'trigger' AND substr(name, 1, 15) = ?1",
+    )?;
+    for t in stmt.query_map([capture::PREFIX], |r| r.get::<_, String>(0))? {
+        triggers.insert(t?);
+    }
+    let mut tables = Vec::new();
+    for listed in capture::schema::user_tables(&conn)? {
+        if capture::schema::selected(&listed.name, &cfg.include_tables, &cfg.exclude_tables) {
+            let (columns, key) = capture::schema::describe(&conn, &listed)?;
+            tables.push(TableInfo::new(0, listed.name, columns, key));
+        }
+    }
+    let mut out = format!("Database: {}\n", cfg.db_path.display());
+    if installed.is_none() {
+        out.push_str(
+            "Schema hash: Not initialized (no node has installed capture in this database)\n",
+        );
+    } else {
+        out.push_str(&format!("Schema hash: {}\n", hex(fingerprint(&tables))));
+        out.push_str(&format!(
+            "Schema version: {}\n",
+            capture::schema_version(&conn)?
+        ));
+    }
+    out.push_str(&format!("Tables: {}\n", tables.len()));
+    for t in &tables {
+        let state = if installed.is_none() {
+            ""
+        } else if triggers.contains(&t.name.to_lowercase()) {
+            ", captured"
+        } else {
+            ", not captured yet"
+        };
+        out.push_str(&format!(
+            "  {}  {}  ({} columns, key {}{state})\n",
+            t.name,
+            table_hash(t),
+            t.columns.len(),
+            t.key_names().join(", ")
+        ));
+    }
+    Ok(out)
+}
+
+/// The cluster's schema, from the registry: the report, and whether every node has the same schema.
+pub fn cluster_report(entries: &BTreeMap<u64, Entry>) -> (String, bool) {
+    if entries.is_empty() {
+        return (
+            "Cluster schema: Not initialized (no node has registered its schema yet)\n".to_string(),
+            false,
+        );
+    }
+    let mut groups: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for e in entries.values() {
+        groups.entry(&e.schema_hash).or_default().push(e.node_id);
+    }
+    let consistent = groups.len() == 1;
+    let list = |ids: &[u64]| {
+        ids.iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = format!(
+        "Cluster schema: {} nodes, {}\n",
+        entries.len(),
+        if consistent {
+            "consistent"
+        } else {
+            "NOT consistent"
+        }
+    );
+    for (hash, ids) in &groups {
+        let word = if ids.len() == 1 { "node" } else { "nodes" };
+        out.push_str(&format!("  hash {hash}: {word} {}\n", list(ids)));
+    }
+    out.push_str("Nodes:\n");
+    for e in entries.values() {
+        out.push_str(&format!(
+            "  node {}: hash {}, {} tables, version {}, updated {}\n",
+            e.node_id,
+            e.schema_hash,
+            e.tables.len(),
+            e.harmonylite_version,
+            e.updated_at
+        ));
+    }
+    let names: BTreeSet<&String> = entries.values().flat_map(|e| e.tables.keys()).collect();
+    let differing: Vec<String> = names
+        .into_iter()
+        .filter_map(|name| {
+            let per_node: Vec<(u64, Option<&String>)> = entries
+                .values()
+                .map(|e| (e.node_id, e.tables.get(name)))
+                .collect();
+            let first = per_node[0].1;
+            if per_node.iter().all(|(_, h)| *h == first) {
+                return None;
+            }
+            let cells: Vec<String> = per_node
+                .iter()
+                .map(|(id, h)| match h {
+                    Some(h) => format!("node {id} {h}"),
+                    None => format!("node {id} missing"),
+                })
+                .collect();
+            Some(format!("  {name}: {}\n", cells.join(", ")))
+        })
+        .collect();
+    if !differing.is_empty() {
+        out.push_str("Tables that differ:\n");
+        for d in differing {
+            out.push_str(&d);
+        }
+    }
+    (out, consistent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u64, tables: &[(&str, &str)]) -> Entry {
+        let tables: BTreeMap<String, String> = tables
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        Entry {
+            node_id: id,
+            schema_hash: format!(
+                "{:x}",
+                crate::wire::fnv1_64(format!("{tables:?}").as_bytes())
+            ),
+            previous_hash: None,
+            harmonylite_version: "0".into(),
+            updated_at: "now".into(),
+            tables,
+        }
+    }
+
+    #[test]
+    fn the_report_names_the_tables_that_differ_and_where() {
+        let mut m = BTreeMap::new();
+        m.insert(1, entry(1, &[("books", "aa"), ("notes", "cc")]));
+        m.insert(2, entry(2, &[("books", "aa"), ("notes", "cc")]));
+        let (text, ok) = cluster_report(&m);
+        assert!(ok, "{text}");
+        assert!(text.contains("2 nodes, consistent"), "{text}");
+        assert!(!text.contains("differ"), "{text}");
+
+        m.insert(3, entry(3, &[("books", "bb")]));
+        let (text, ok) = cluster_report(&m);
+        assert!(!ok);
+        assert!(text.contains("NOT consistent"), "{text}");
+        assert!(
+            text.contains("books: node 1 aa, node 2 aa, node 3 bb"),
+            "{text}"
+        );
+        assert!(
+            text.contains("notes: node 1 cc, node 2 cc, node 3 missing"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_empty_registry_is_not_initialized() {
+        let (text, ok) = cluster_report(&BTreeMap::new());
+        assert!(!ok);
+        assert!(text.contains("Not initialized"), "{text}");
+    }
+
+    #[test]
+    fn entries_read_by_the_original_keep_its_field_names() {
+        let json = serde_json::to_value(entry(4, &[("t", "1")])).unwrap();
+        for k in [
+            "node_id",
+            "schema_hash",
+            "harmonylite_version",
+            "updated_at",
+        ] {
+            assert!(json.get(k).is_some(), "{k} missing in {json}");
+        }
+        let back: Entry = serde_json::from_value(serde_json::json!({
+            "node_id": 9, "schema_hash": "ab", "harmonylite_version": "x", "updated_at": "y"
+        }))
+        .unwrap();
+        assert!(back.tables.is_empty());
+    }
+}
