@@ -11,8 +11,11 @@ fn init_logging(cfg: &config::LoggingConfig, node_id: u64) {
     let default = if cfg.verbose { "debug" } else { "info" };
     let filter = EnvFilter::try_from_env("HARMONYLITE_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,harmonylite={default},nats={default}")));
+    // Colours only on a terminal: a log file or a journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match cfg.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

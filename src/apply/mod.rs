@@ -181,11 +181,7 @@ impl Applier {
             // The local schema changed: shards waiting for it try again now.
             if schema.has_changed().unwrap_or(false) {
                 schema.borrow_and_update();
-                for s in &mut self.shards {
-                    if s.schema_wait.is_some() {
-                        s.paused_until = None;
-                    }
-                }
+                self.schema_changed();
             }
             if cancel.is_cancelled() {
                 return;
@@ -209,7 +205,7 @@ impl Applier {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = self.wake.notified() => {}
-                    _ = schema.changed() => {}
+                    r = schema.changed() => if r.is_ok() { self.schema_changed() },
                     _ = tokio::time::sleep(sleep) => {}
                 }
                 continue;
@@ -255,6 +251,15 @@ impl Applier {
                         return;
                     }
                 }
+            }
+        }
+    }
+
+    /// Shards waiting for the local schema try again now.
+    fn schema_changed(&mut self) {
+        for s in &mut self.shards {
+            if s.schema_wait.is_some() {
+                s.paused_until = None;
             }
         }
     }
@@ -480,11 +485,13 @@ impl Applier {
         tx.commit()?;
 
         let stats = &*self.counters;
-        tracing::debug!(
-            applied_rows = total.rows,
-            skipped_rows = total.skipped,
-            "applied"
-        );
+        if total.rows + total.skipped > 0 {
+            tracing::debug!(
+                applied_rows = total.rows,
+                skipped_rows = total.skipped,
+                "applied"
+            );
+        }
         stats.applied_rows.fetch_add(total.rows, Ordering::Relaxed);
         if total.rows > 10_000 {
             crate::memory::release();
@@ -538,7 +545,7 @@ fn pause(s: &mut ShardState, stats: &Counters, err: Stuck) {
             s.schema_wait = Some(err.seq);
             stats.schema_pauses.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(shard = s.shard, stream = %err.stream, seq = err.seq, table = %table,
-                column = column.as_deref().unwrap_or(""),
+                column = %column.as_deref().unwrap_or(""),
                 "shard paused: a change names a table or column this node does not have yet; \
                  it resumes as soon as the local schema has it");
         }

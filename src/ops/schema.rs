@@ -246,8 +246,9 @@ pub fn cluster_report(entries: &BTreeMap<u64, Entry>) -> (String, bool) {
             .join(", ")
     };
     let mut out = format!(
-        "Cluster schema: {} nodes, {}\n",
+        "Cluster schema: {} node{}, {}\n",
         entries.len(),
+        if entries.len() == 1 { "" } else { "s" },
         if consistent {
             "consistent"
         } else {

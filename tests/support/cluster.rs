@@ -212,6 +212,21 @@ impl Cluster {
         out
     }
 
+    /// Panics, with every node's last log lines, when a started node's process has died.
+    pub fn assert_all_alive(&self) {
+        let dead: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|n| n.pid().is_some() && !n.is_alive())
+            .map(|n| n.id)
+            .collect();
+        assert!(
+            dead.is_empty(),
+            "nodes {dead:?} died\n{}",
+            self.logs_tail()
+        );
+    }
+
     /// Stops every running node with SIGTERM; returns their exit codes in node order.
     pub fn stop_all(&mut self) -> Vec<Option<i32>> {
         self.nodes.iter_mut().map(Node::stop).collect()

@@ -333,6 +333,26 @@ impl Node {
         sql::open(&self.db)
     }
 
+    /// True once the node has installed capture in its database: its triggers are in the schema (what `.schema`
+    /// shows), which happens before it connects to NATS.
+    pub fn has_triggers(&self) -> bool {
+        sql::try_sqlite3(
+            &self.db,
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND substr(name, 1, 15) = '__harmonylite__';",
+            Some(5000),
+        )
+        .is_ok_and(|out| out.trim().parse::<u32>().unwrap_or(0) > 0)
+    }
+
+    /// Log lines containing every one of `parts`.
+    pub fn log_lines_with(&self, parts: &[&str]) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The node's user tables (see [`sql::user_tables`]).
     pub fn tables(&self) -> Vec<String> {
         sql::user_tables(&self.db)

@@ -1,0 +1,391 @@
+//! Schema changes while the cluster runs, made the ordinary way (the real `sqlite3` CLI, with the busy timeout
+//! applications have): nothing missed, no application write fails, a node whose schema is behind waits and
+//! says so, and every node converges. Every application write goes through `Node::sql`, which fails the test
+//! when SQLite refuses it.
+
+mod support;
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const T: Duration = Duration::from_secs(45);
+
+/// Runs `-schema-status` or `-schema-status-cluster` on `node`'s config.
+fn status(node: &Node, flag: &str) -> Output {
+    node.command().arg(flag).output().expect("run harmonylite")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Waits until `node` logs that a shard is paused on a change naming `table`.`column`.
+fn wait_paused_on(_c: &Cluster, node: &Node, table: &str, column: &str) -> String {
+    let (t, col) = (format!("table={table}"), format!("column={column}"));
+    match poll(T, || node.log_lines_with(&["shard paused", &t, &col]).pop()) {
+        Some(line) => line,
+        None => panic!(
+            "node {} not paused on {table}.{column} after {T:?}; its warnings and errors:\n{}\n{}",
+            node.id,
+            node.log_lines_with(&[" WARN "]).join("\n"),
+            node.log_lines_with(&[" ERROR "]).join("\n")
+        ),
+    }
+}
+
+/// The issue's reproduction: migrations run right after a deploy, while the nodes are still starting. On node
+/// 1, as soon as its triggers exist, a column is added and a row uses it; the same column is added on nodes 2
+/// and 3 only after they have received that row. A table created on every node in the same window is captured
+/// and its rows replicate.
+#[test]
+fn schema_changes_in_the_first_second_after_start_are_not_missed() {
+    let mut c = Cluster::new(Options::default());
+    c.start_all();
+    c.eventually(T, "node 1 installed its triggers", || c.node(1).has_triggers());
+    c.node(1).sql(
+        "ALTER TABLE Books ADD COLUMN rating INTEGER;
+         INSERT INTO Books (title, author, publication_year, rating) VALUES ('Rated', 'R', 2000, 5);",
+    );
+    for i in 1..=3 {
+        c.node(i)
+            .sql("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);");
+    }
+    c.node(1)
+        .sql("INSERT INTO notes VALUES (1, 'written in the first second');");
+    c.wait_all_running(Duration::from_secs(90));
+    c.node(2).sql("INSERT INTO notes VALUES (2, 'from node 2');");
+
+    // Nodes 2 and 3 receive the row with its rating and wait for the column.
+    for i in [2, 3] {
+        wait_paused_on(&c, c.node(i), "Books", "rating");
+    }
+    for i in [2, 3] {
+        c.node(i).sql("ALTER TABLE Books ADD COLUMN rating INTEGER;");
+    }
+    c.converged("Books", T);
+    for i in 1..=3 {
+        assert_eq!(
+            c.node(i)
+                .sql("SELECT rating FROM Books WHERE title = 'Rated';")
+                .trim(),
+            "5",
+            "node {i}"
+        );
+    }
+    let (_, notes) = c.converged("notes", T);
+    assert_eq!(notes, 2);
+    c.converged_all(T);
+    c.assert_all_alive();
+}
+
+/// A table created on every node right after start, right after a restart, and while a node was stopped
+/// (with rows written on that node before it came back): all captured, all rows everywhere.
+#[test]
+fn tables_created_after_start_after_restart_and_while_stopped_replicate() {
+    let mut c = Cluster::start(Options::default());
+    for i in 1..=3 {
+        c.node(i)
+            .sql("CREATE TABLE t1 (id INTEGER PRIMARY KEY, v TEXT);");
+    }
+    for i in 1..=3 {
+        c.node(i)
+            .sql(&format!("INSERT INTO t1 VALUES ({i}, 'node {i}');"));
+    }
+    assert_eq!(c.converged("t1", T).1, 3);
+
+    // Restart node 2 and migrate as soon as its process is back.
+    assert_eq!(c.node_mut(2).stop(), Some(0));
+    c.node_mut(2).start();
+    c.eventually(T, "node 2 re-installed capture", || {
+        c.node(2).log_text().matches("change capture installed").count() >= 2
+    });
+    for i in [2, 1, 3] {
+        c.node(i)
+            .sql("CREATE TABLE t2 (k TEXT PRIMARY KEY, v INTEGER);");
+    }
+    c.node(2).sql("INSERT INTO t2 VALUES ('from-2', 2);");
+    c.node(1).sql("INSERT INTO t2 VALUES ('from-1', 1);");
+    c.node(2).wait_running(Duration::from_secs(90));
+    assert_eq!(c.converged("t2", T).1, 2);
+
+    // Node 3 is stopped; a table is created everywhere and written on node 3 before it starts again.
+    assert_eq!(c.node_mut(3).stop(), Some(0));
+    for i in 1..=3 {
+        c.node(i).sql("CREATE TABLE t3 (id INTEGER PRIMARY KEY, v);");
+    }
+    c.node(3)
+        .sql("INSERT INTO t3 VALUES (30, 'written while stopped'), (31, 'too');");
+    c.node(1).sql("INSERT INTO t3 VALUES (10, 'node 1');");
+    c.node_mut(3).start_and_wait(Duration::from_secs(90));
+    assert_eq!(c.converged("t3", T).1, 3);
+    c.converged_all(T);
+    c.assert_all_alive();
+}
+
+/// `ADD COLUMN` on node 1 with writes using it (inserts and updates) while node 2 keeps writing the table
+/// without it; nodes 2 and 3 wait, say where, and resume when altered; every value arrives.
+#[test]
+fn add_column_on_one_node_with_writes_before_the_others_are_altered() {
+    let c = Cluster::start(Options::default());
+    let (n1, n2, n3) = (c.node(1), c.node(2), c.node(3));
+    n1.sql("ALTER TABLE Books ADD COLUMN rating INTEGER;");
+    n1.sql("INSERT INTO Books (id, title, author, rating) VALUES (100, 'New', 'N', 4);");
+    n1.sql("UPDATE Books SET rating = 3 WHERE id = 1;");
+    n2.sql("INSERT INTO Books (id, title, author) VALUES (200, 'Old schema', 'O');");
+    n2.sql("UPDATE Books SET title = 'Changed on 2' WHERE id = 2;");
+    let line = wait_paused_on(&c, n3, "Books", "rating");
+    for part in ["stream=", "seq=", "table=Books", "column=rating"] {
+        assert!(line.contains(part), "{part} missing in: {line}");
+    }
+    wait_paused_on(&c, n2, "Books", "rating");
+    // Still paused, not crashed, while the schema is behind.
+    during(Duration::from_secs(2), || {
+        c.assert_all_alive();
+        assert_eq!(n3.sql("SELECT count(*) FROM Books WHERE id = 100;").trim(), "0");
+    });
+    for n in [n3, n2] {
+        n.sql("ALTER TABLE Books ADD COLUMN rating INTEGER;");
+        let altered = Instant::now();
+        c.eventually(T, "resumed after the local ALTER", || {
+            n.sql("SELECT rating FROM Books WHERE id = 100;").trim() == "4"
+        });
+        // From the node's own log: capture re-installed for the ALTER, then the shard resumed.
+        let stamp = |what: &str| {
+            let line = n.log_lines_with(&[what]).pop().unwrap_or_else(|| {
+                panic!("node {} never logged {what:?}", n.id)
+            });
+            humantime::parse_rfc3339(line.split_whitespace().next().unwrap()).unwrap()
+        };
+        let woke = stamp("local schema caught up")
+            .duration_since(stamp("schema changed; capture re-installed"))
+            .unwrap_or_default();
+        eprintln!(
+            "node {}: row visible {:?} after its ALTER TABLE; shard resumed {woke:?} after capture was re-installed",
+            n.id,
+            altered.elapsed()
+        );
+        assert!(
+            woke < Duration::from_secs(2),
+            "node {} resumed {woke:?} after its schema changed",
+            n.id
+        );
+    }
+    c.converged("Books", T);
+    for n in [n1, n2, n3] {
+        assert_eq!(
+            n.sql("SELECT id, rating, title FROM Books WHERE id IN (1, 2, 100, 200) ORDER BY id;"),
+            "1|3|The Hitchhiker's Guide to the Galaxy\n2||Changed on 2\n100|4|New\n200||Old schema\n",
+            "node {}",
+            n.id
+        );
+    }
+    c.assert_all_alive();
+}
+
+/// The rebuild migration tools do (create new, copy, drop old, rename, in one transaction), on every node in
+/// turn while the others keep writing: capture is kept, the new column replicates, nothing is lost.
+#[test]
+fn table_rebuild_on_every_node_keeps_capture() {
+    let c = Cluster::start(Options::default());
+    let rebuild = "BEGIN;
+        CREATE TABLE Books_new (id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT NOT NULL, author TEXT NOT NULL,
+            publication_year INTEGER, isbn TEXT NOT NULL DEFAULT '');
+        INSERT INTO Books_new (id, title, author, publication_year) SELECT id, title, author, publication_year FROM Books;
+        DROP TABLE Books;
+        ALTER TABLE Books_new RENAME TO Books;
+        COMMIT;";
+    let mut next = 1000;
+    let write_all = |c: &Cluster, next: &mut i64, with_isbn: &[usize]| {
+        for i in 1..=3 {
+            *next += 1;
+            let next = *next;
+            let sql = if with_isbn.contains(&i) {
+                format!("INSERT INTO Books (id, title, author, isbn) VALUES ({next}, 'b{next}', 'n{i}', 'isbn-{next}');")
+            } else {
+                format!("INSERT INTO Books (id, title, author) VALUES ({next}, 'b{next}', 'n{i}');")
+            };
+            c.node(i).sql(&sql);
+        }
+    };
+    write_all(&c, &mut next, &[]);
+    let mut rebuilt = Vec::new();
+    for i in 1..=3 {
+        rebuilt.push(i);
+        // With a write right after the rebuild, in the same CLI session: before capture can have been
+        // re-installed.
+        next += 1;
+        c.node(i).sql(&format!(
+            "{rebuild} INSERT INTO Books (id, title, author, isbn) VALUES ({next}, 'right after', 'r{i}', 'isbn-r{i}');"
+        ));
+        write_all(&c, &mut next, &rebuilt);
+    }
+    let (_, rows) = c.converged("Books", Duration::from_secs(60));
+    assert_eq!(rows, 7 + 12 + 3);
+    for i in 1..=3 {
+        assert_eq!(
+            c.node(i)
+                .sql("SELECT count(*) FROM Books WHERE isbn LIKE 'isbn-%';")
+                .trim(),
+            "9",
+            "node {i}"
+        );
+        let triggers = c.node(i).sql(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'Books';",
+        );
+        assert_eq!(triggers.trim(), "3", "node {i} keeps capture on the rebuilt table");
+    }
+    c.converged_all(T);
+    c.assert_all_alive();
+}
+
+/// `DROP TABLE` of a captured table on one node while another still writes it (and every node writes another
+/// table): no node pauses or dies, the drop is done everywhere in the end, and the rest converges.
+#[test]
+fn drop_table_while_writes_go_on_elsewhere() {
+    let schema = format!("{BOOKS}\nCREATE TABLE junk (id INTEGER PRIMARY KEY, v TEXT);");
+    let c = Cluster::start(Options {
+        schema,
+        ..Default::default()
+    });
+    c.node(1).sql("INSERT INTO junk VALUES (1, 'a'), (2, 'b');");
+    c.converged("junk", T);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (1..=3)
+        .map(|i| {
+            let db = c.node(i).db.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n: i64 = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    sqlite3_with_timeout(
+                        &db,
+                        &format!(
+                            "INSERT INTO Authors (id, name) VALUES ({}, 'w{i}-{n}');",
+                            i as i64 * 100_000 + n
+                        ),
+                    );
+                }
+                n
+            })
+        })
+        .collect();
+    c.node(1).sql("DROP TABLE junk;");
+    for k in 10..20 {
+        c.node(2)
+            .sql(&format!("INSERT INTO junk VALUES ({k}, 'after the drop on node 1');"));
+    }
+    c.eventually(T, "node 3 has node 2's junk rows", || {
+        c.node(3).sql("SELECT count(*) FROM junk;").trim() == "12"
+    });
+    c.node(2).sql("DROP TABLE junk;");
+    c.node(3).sql("DROP TABLE junk;");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written: i64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(written > 0);
+    let tables = c.converged_all(T);
+    assert!(!tables.contains_key("junk"), "{tables:?}");
+    assert_eq!(
+        c.node(1).sql("SELECT count(*) FROM Authors;").trim(),
+        written.to_string()
+    );
+    for i in 1..=3 {
+        assert!(
+            c.node(i).log_lines_with(&["shard paused"]).is_empty(),
+            "node {i} paused"
+        );
+    }
+    c.assert_all_alive();
+}
+
+/// An application write through the CLI with a busy timeout; fails the test when SQLite refuses it.
+fn sqlite3_with_timeout(db: &std::path::Path, sql: &str) {
+    if let Err(e) = try_sqlite3(db, sql, Some(5000)) {
+        panic!("application write {sql:?} failed: {e}");
+    }
+}
+
+/// A node never altered stays paused and reports it (log, schema status of the cluster), the others go on;
+/// altered, it resumes and the cluster's schema is consistent again.
+#[test]
+fn a_node_never_altered_stays_paused_reports_it_and_resumes_when_altered() {
+    let c = Cluster::start(Options::default());
+    let (n1, n2, n3) = (c.node(1), c.node(2), c.node(3));
+    c.eventually(T, "every node registered its schema", || {
+        let o = status(n1, "-schema-status-cluster");
+        o.status.success() && text(&o).contains("3 nodes, consistent")
+    });
+
+    for n in [n1, n2] {
+        n.sql("ALTER TABLE Books ADD COLUMN rating INTEGER;");
+    }
+    n1.sql("INSERT INTO Books (id, title, author, rating) VALUES (50, 'Five', 'F', 5);");
+    c.eventually(T, "node 2 has the row", || {
+        n2.sql("SELECT rating FROM Books WHERE id = 50;").trim() == "5"
+    });
+    wait_paused_on(&c, n3, "Books", "rating");
+
+    // The cluster view names the table that differs and the node behind.
+    let o = c.eventually(T, "the registry shows node 3 behind", || {
+        let o = status(n2, "-schema-status-cluster");
+        (o.status.code() == Some(1) && text(&o).contains("Books: ")).then_some(o)
+    });
+    let report = text(&o);
+    assert!(report.contains("NOT consistent"), "{report}");
+    let books = report
+        .lines()
+        .find(|l| l.trim_start().starts_with("Books: "))
+        .unwrap();
+    assert!(books.contains("node 3"), "{report}");
+    // The local view works beside the running node.
+    let o = status(n3, "-schema-status");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("Books"), "{}", text(&o));
+    assert!(text(&o).contains("captured"), "{}", text(&o));
+
+    during(Duration::from_secs(3), || {
+        c.assert_all_alive();
+        assert_eq!(n3.sql("SELECT count(*) FROM Books WHERE id = 50;").trim(), "0");
+    });
+    n3.sql("ALTER TABLE Books ADD COLUMN rating INTEGER;");
+    c.converged("Books", T);
+    assert_eq!(n3.sql("SELECT rating FROM Books WHERE id = 50;").trim(), "5");
+    c.eventually(T, "the registry is consistent again", || {
+        let o = status(n1, "-schema-status-cluster");
+        o.status.success() && text(&o).contains("3 nodes, consistent")
+    });
+    c.assert_all_alive();
+}
+
+/// The status commands without a running node: the local view reads the database; before any node ran on it,
+/// it says "Not initialized".
+#[test]
+fn schema_status_without_a_running_node() {
+    let mut c = Cluster::new(Options {
+        nodes: 1,
+        ..Default::default()
+    });
+    let n = c.node(1);
+    let o = status(n, "-schema-status");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("Not initialized"), "{}", text(&o));
+    assert!(text(&o).contains("Books"), "{}", text(&o));
+    c.node_mut(1).start_and_wait(Duration::from_secs(60));
+    assert_eq!(c.node_mut(1).stop(), Some(0));
+    let n = c.node(1);
+    let o = status(n, "-schema-status");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("Not initialized"), "{}", text(&o));
+    assert!(text(&o).contains("captured"), "{}", text(&o));
+    // The cluster view starts the node's own server for the command, and reads the registry it wrote.
+    let o = status(n, "-schema-status-cluster");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("1 node, consistent"), "{}", text(&o));
+}
