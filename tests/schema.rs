@@ -47,7 +47,9 @@ fn wait_paused_on(_c: &Cluster, node: &Node, table: &str, column: &str) -> Strin
 fn schema_changes_in_the_first_second_after_start_are_not_missed() {
     let mut c = Cluster::new(Options::default());
     c.start_all();
-    c.eventually(T, "node 1 installed its triggers", || c.node(1).has_triggers());
+    c.eventually(T, "node 1 installed its triggers", || {
+        c.node(1).has_triggers()
+    });
     c.node(1).sql(
         "ALTER TABLE Books ADD COLUMN rating INTEGER;
          INSERT INTO Books (title, author, publication_year, rating) VALUES ('Rated', 'R', 2000, 5);",
@@ -59,14 +61,16 @@ fn schema_changes_in_the_first_second_after_start_are_not_missed() {
     c.node(1)
         .sql("INSERT INTO notes VALUES (1, 'written in the first second');");
     c.wait_all_running(Duration::from_secs(90));
-    c.node(2).sql("INSERT INTO notes VALUES (2, 'from node 2');");
+    c.node(2)
+        .sql("INSERT INTO notes VALUES (2, 'from node 2');");
 
     // Nodes 2 and 3 receive the row with its rating and wait for the column.
     for i in [2, 3] {
         wait_paused_on(&c, c.node(i), "Books", "rating");
     }
     for i in [2, 3] {
-        c.node(i).sql("ALTER TABLE Books ADD COLUMN rating INTEGER;");
+        c.node(i)
+            .sql("ALTER TABLE Books ADD COLUMN rating INTEGER;");
     }
     c.converged("Books", T);
     for i in 1..=3 {
@@ -103,7 +107,11 @@ fn tables_created_after_start_after_restart_and_while_stopped_replicate() {
     assert_eq!(c.node_mut(2).stop(), Some(0));
     c.node_mut(2).start();
     c.eventually(T, "node 2 re-installed capture", || {
-        c.node(2).log_text().matches("change capture installed").count() >= 2
+        c.node(2)
+            .log_text()
+            .matches("change capture installed")
+            .count()
+            >= 2
     });
     for i in [2, 1, 3] {
         c.node(i)
@@ -117,7 +125,8 @@ fn tables_created_after_start_after_restart_and_while_stopped_replicate() {
     // Node 3 is stopped; a table is created everywhere and written on node 3 before it starts again.
     assert_eq!(c.node_mut(3).stop(), Some(0));
     for i in 1..=3 {
-        c.node(i).sql("CREATE TABLE t3 (id INTEGER PRIMARY KEY, v);");
+        c.node(i)
+            .sql("CREATE TABLE t3 (id INTEGER PRIMARY KEY, v);");
     }
     c.node(3)
         .sql("INSERT INTO t3 VALUES (30, 'written while stopped'), (31, 'too');");
@@ -147,7 +156,10 @@ fn add_column_on_one_node_with_writes_before_the_others_are_altered() {
     // Still paused, not crashed, while the schema is behind.
     during(Duration::from_secs(2), || {
         c.assert_all_alive();
-        assert_eq!(n3.sql("SELECT count(*) FROM Books WHERE id = 100;").trim(), "0");
+        assert_eq!(
+            n3.sql("SELECT count(*) FROM Books WHERE id = 100;").trim(),
+            "0"
+        );
     });
     for n in [n3, n2] {
         n.sql("ALTER TABLE Books ADD COLUMN rating INTEGER;");
@@ -157,9 +169,10 @@ fn add_column_on_one_node_with_writes_before_the_others_are_altered() {
         });
         // From the node's own log: capture re-installed for the ALTER, then the shard resumed.
         let stamp = |what: &str| {
-            let line = n.log_lines_with(&[what]).pop().unwrap_or_else(|| {
-                panic!("node {} never logged {what:?}", n.id)
-            });
+            let line = n
+                .log_lines_with(&[what])
+                .pop()
+                .unwrap_or_else(|| panic!("node {} never logged {what:?}", n.id));
             humantime::parse_rfc3339(line.split_whitespace().next().unwrap()).unwrap()
         };
         let woke = stamp("local schema caught up")
@@ -206,7 +219,9 @@ fn table_rebuild_on_every_node_keeps_capture() {
             *next += 1;
             let next = *next;
             let sql = if with_isbn.contains(&i) {
-                format!("INSERT INTO Books (id, title, author, isbn) VALUES ({next}, 'b{next}', 'n{i}', 'isbn-{next}');")
+                format!(
+                    "INSERT INTO Books (id, title, author, isbn) VALUES ({next}, 'b{next}', 'n{i}', 'isbn-{next}');"
+                )
             } else {
                 format!("INSERT INTO Books (id, title, author) VALUES ({next}, 'b{next}', 'n{i}');")
             };
@@ -238,7 +253,11 @@ fn table_rebuild_on_every_node_keeps_capture() {
         let triggers = c.node(i).sql(
             "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'Books';",
         );
-        assert_eq!(triggers.trim(), "3", "node {i} keeps capture on the rebuilt table");
+        assert_eq!(
+            triggers.trim(),
+            "3",
+            "node {i} keeps capture on the rebuilt table"
+        );
     }
     c.converged_all(T);
     c.assert_all_alive();
@@ -279,8 +298,9 @@ fn drop_table_while_writes_go_on_elsewhere() {
         .collect();
     c.node(1).sql("DROP TABLE junk;");
     for k in 10..20 {
-        c.node(2)
-            .sql(&format!("INSERT INTO junk VALUES ({k}, 'after the drop on node 1');"));
+        c.node(2).sql(&format!(
+            "INSERT INTO junk VALUES ({k}, 'after the drop on node 1');"
+        ));
     }
     c.eventually(T, "node 3 has node 2's junk rows", || {
         c.node(3).sql("SELECT count(*) FROM junk;").trim() == "12"
@@ -352,11 +372,17 @@ fn a_node_never_altered_stays_paused_reports_it_and_resumes_when_altered() {
 
     during(Duration::from_secs(3), || {
         c.assert_all_alive();
-        assert_eq!(n3.sql("SELECT count(*) FROM Books WHERE id = 50;").trim(), "0");
+        assert_eq!(
+            n3.sql("SELECT count(*) FROM Books WHERE id = 50;").trim(),
+            "0"
+        );
     });
     n3.sql("ALTER TABLE Books ADD COLUMN rating INTEGER;");
     c.converged("Books", T);
-    assert_eq!(n3.sql("SELECT rating FROM Books WHERE id = 50;").trim(), "5");
+    assert_eq!(
+        n3.sql("SELECT rating FROM Books WHERE id = 50;").trim(),
+        "5"
+    );
     c.eventually(T, "the registry is consistent again", || {
         let o = status(n1, "-schema-status-cluster");
         o.status.success() && text(&o).contains("3 nodes, consistent")

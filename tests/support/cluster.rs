@@ -220,11 +220,7 @@ impl Cluster {
             .filter(|n| n.pid().is_some() && !n.is_alive())
             .map(|n| n.id)
             .collect();
-        assert!(
-            dead.is_empty(),
-            "nodes {dead:?} died\n{}",
-            self.logs_tail()
-        );
+        assert!(dead.is_empty(), "nodes {dead:?} died\n{}", self.logs_tail());
     }
 
     /// Stops every running node with SIGTERM; returns their exit codes in node order.
