@@ -182,23 +182,19 @@ impl CurrentCapture {
         self.cap.load_full()
     }
 
-    /// Put `cap` in force, unless one installed against a newer schema already is.
+    /// Put `cap` in force and tell the subscribers when its schema version is new.
+    ///
+    /// Two installs that race (the publisher's and the applier's) are serialised by SQLite, and each reads its
+    /// version in its own transaction; if the older one is stored last, the next check finds the database's
+    /// version different and installs once more. A version lower than the one in force (a database replaced
+    /// by a restore) is stored like any other.
     pub fn set(&self, cap: Capture) {
         let v = cap.schema_version;
-        let cap = Arc::new(cap);
-        self.cap.rcu(|cur| {
-            if cur.schema_version > v {
-                cur.clone()
-            } else {
-                cap.clone()
-            }
-        });
+        self.cap.store(Arc::new(cap));
         self.version.send_if_modified(|cur| {
-            let newer = v > *cur;
-            if newer {
-                *cur = v;
-            }
-            newer
+            let changed = v != *cur;
+            *cur = v;
+            changed
         });
     }
 
