@@ -33,4 +33,5 @@ pub mod node;
 pub mod ops;
 pub(crate) mod publish;
 pub(crate) mod retry;
+pub mod snapshot;
 pub(crate) mod wire;

@@ -1,0 +1,74 @@
+//! Snapshots in a JetStream object store: bucket `[snapshot.nats] bucket`, by default
+//! `<stream_prefix>-snapshot-store` (the original's `harmonylite-changes-snapshot-store`), created on demand
+//! with `[snapshot.nats] replicas`.
+
+use async_nats::jetstream::{self, object_store};
+use futures::future::BoxFuture;
+
+use super::{Reader, Store, StoreError};
+use crate::config::Config;
+
+pub struct NatsStore {
+    bucket: String,
+    store: object_store::ObjectStore,
+}
+
+impl NatsStore {
+    pub async fn open(cfg: &Config, js: &jetstream::Context) -> Result<NatsStore, StoreError> {
+        let bucket = if cfg.snapshot.nats.bucket.is_empty() {
+            format!("{}-snapshot-store", cfg.nats.stream_prefix)
+        } else {
+            cfg.snapshot.nats.bucket.clone()
+        };
+        let store = match js.get_object_store(&bucket).await {
+            Ok(s) => s,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: bucket.clone(),
+                    description: Some("HarmonyLite snapshots".into()),
+                    num_replicas: cfg.snapshot.nats.replicas.max(1) as usize,
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| StoreError::failed(&format!("nats object store {bucket}"), e))?,
+        };
+        Ok(NatsStore { bucket, store })
+    }
+}
+
+impl Store for NatsStore {
+    fn describe(&self) -> String {
+        format!("nats object store {}", self.bucket)
+    }
+
+    fn put<'a>(&'a self, name: &'a str, mut body: Reader) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.store
+                .put(name, &mut body)
+                .await
+                .map_err(|e| StoreError::failed(&self.describe(), e))?;
+            Ok(())
+        })
+    }
+
+    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Reader>, StoreError>> {
+        Box::pin(async move {
+            match self.store.get(name).await {
+                Ok(obj) => Ok(Some(Box::pin(obj) as Reader)),
+                Err(e) if e.kind() == object_store::GetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StoreError::failed(&self.describe(), e)),
+            }
+        })
+    }
+
+    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            match self.store.delete(name).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == object_store::DeleteErrorKind::NotFound => Ok(()),
+                Err(e) => Err(StoreError::failed(&self.describe(), e)),
+            }
+        })
+    }
+}
