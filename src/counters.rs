@@ -32,6 +32,8 @@ struct ShardGauges {
     applied: u64,
     paused: Option<String>,
     schema_paused: bool,
+    /// The first sequence needed, while the shard is stopped at a gap.
+    gap: Option<u64>,
 }
 
 impl Counters {
@@ -77,6 +79,20 @@ impl Counters {
     pub fn schema_paused(&self) -> usize {
         let v = self.shards.lock().unwrap_or_else(|e| e.into_inner());
         v.iter().filter(|g| g.schema_paused).count()
+    }
+
+    /// Mark `shard` stopped at a gap (needing sequence `needed`), or no longer.
+    pub fn set_gap(&self, shard: u32, needed: Option<u64>) {
+        self.with_shard(shard, |g| g.gap = needed);
+    }
+
+    /// Shards stopped at a gap, with the first sequence each needs.
+    pub fn gaps(&self) -> Vec<(u32, u64)> {
+        let v = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter()
+            .enumerate()
+            .filter_map(|(i, g)| g.gap.map(|n| (i as u32 + 1, n)))
+            .collect()
     }
 
     /// Shards paused on a message they cannot apply, with the reason.

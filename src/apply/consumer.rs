@@ -3,6 +3,10 @@
 //! The applied position lives in the user's database (written with the rows), so the consumer is (re)created
 //! at every start from that position, and again from the last delivered position whenever a gap in stream
 //! sequences shows a lost delivery. Errors never end the task: it reconnects with backoff until cancelled.
+//!
+//! When the next change this node needs has already left the stream (it was away longer than the retention
+//! caps), the consumer never delivers past the hole: it reports the gap (error line, the shard's gap gauge, and
+//! a [`Gap`] to the node, which can restore a snapshot) and looks again every [`GAP_RECHECK`].
 
 use std::time::Duration;
 
@@ -11,7 +15,22 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::ShardInput;
+use crate::counters::Counters;
 use crate::retry::Backoff;
+
+/// How often a shard stopped at a gap looks at the stream again.
+pub const GAP_RECHECK: Duration = Duration::from_secs(30);
+
+/// A shard whose next needed change is no longer in its stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub shard: u32,
+    pub stream: String,
+    /// The first sequence this node needs.
+    pub needed: u64,
+    /// The first sequence the stream still has.
+    pub first_available: u64,
+}
 
 /// Why a consumer stopped delivering; it is re-created from its position after any of these.
 #[derive(Debug, thiserror::Error)]
@@ -32,18 +51,34 @@ enum ConsumeError {
     Gap { expected: u64, got: u64 },
     #[error("message stream ended")]
     Ended,
+    #[error("stopped at a gap: needed sequence {}, the stream starts at {}", .0.needed, .0.first_available)]
+    AtGap(Gap),
 }
 
 pub struct ShardConsumer {
     js: jetstream::Context,
     durable: String,
     input: ShardInput,
+    counters: std::sync::Arc<Counters>,
+    gaps: tokio::sync::mpsc::UnboundedSender<Gap>,
 }
 
 impl ShardConsumer {
-    /// The consumer named `durable` (this node's server name) feeding `input`.
-    pub fn new(js: jetstream::Context, durable: String, input: ShardInput) -> ShardConsumer {
-        ShardConsumer { js, durable, input }
+    /// The consumer named `durable` (this node's server name) feeding `input`; gaps are reported on `gaps`.
+    pub fn new(
+        js: jetstream::Context,
+        durable: String,
+        input: ShardInput,
+        counters: std::sync::Arc<Counters>,
+        gaps: tokio::sync::mpsc::UnboundedSender<Gap>,
+    ) -> ShardConsumer {
+        ShardConsumer {
+            js,
+            durable,
+            input,
+            counters,
+            gaps,
+        }
     }
 
     pub async fn run(mut self, cancel: CancellationToken) {
@@ -55,6 +90,19 @@ impl ShardConsumer {
             };
             match result {
                 Ok(()) => return, // applier gone
+                Err(ConsumeError::AtGap(gap)) => {
+                    tracing::error!(shard = gap.shard, stream = %gap.stream, needed = gap.needed,
+                        first_available = gap.first_available, recheck_s = GAP_RECHECK.as_secs(),
+                        "stopped at a gap: changes this node has not applied were removed from the stream \
+                         (it was away longer than the retention caps); nothing newer is applied over the hole. \
+                         A snapshot restore brings the node back");
+                    self.counters.set_gap(gap.shard, Some(gap.needed));
+                    let _ = self.gaps.send(gap);
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(GAP_RECHECK) => {}
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(shard = self.input.shard, stream = %self.input.stream, error = %e,
                         retry_in_ms = backoff.current().as_millis() as u64, "consumer interrupted; resuming");
@@ -70,12 +118,20 @@ impl ShardConsumer {
         let input = &mut self.input;
         let mut stream = self.js.get_stream(&input.stream).await?;
         let first = stream.info().await?.state.first_sequence;
-        if input.next < first && first > 1 {
-            tracing::error!(shard = input.shard, stream = %input.stream, missing_from = input.next, first_available = first,
-                "changes this node has not applied were already removed from the stream (max_entries); \
-                 continuing from the first available one — restore a snapshot to recover the missed changes");
+        if input.next < first && first <= input.certified + 1 {
+            tracing::info!(shard = input.shard, stream = %input.stream, from = input.next, to = first,
+                "stepping over a purged range this node had handled before it stopped (its own changes)");
             input.next = first;
         }
+        if input.next < first {
+            return Err(ConsumeError::AtGap(Gap {
+                shard: input.shard,
+                stream: input.stream.clone(),
+                needed: input.next,
+                first_available: first,
+            }));
+        }
+        self.counters.set_gap(input.shard, None);
         let _ = stream.delete_consumer(&self.durable).await;
         let consumer: consumer::PullConsumer = stream
             .create_consumer(consumer::pull::Config {

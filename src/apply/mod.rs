@@ -53,6 +53,9 @@ pub struct ShardInput {
     pub stream: String,
     /// First stream sequence to deliver (the applied position + 1).
     pub next: u64,
+    /// Position up to which this node had handled the stream before it stopped (its retention entry): a
+    /// purged range up to here may be stepped over, since none of it changed this node's data.
+    pub certified: u64,
     pub tx: mpsc::Sender<Incoming>,
     /// Wakes the applier after a delivery.
     pub wake: Arc<Notify>,
@@ -136,11 +139,13 @@ impl Applier {
         for shard in 1..=cfg.replication_log.shards.get() {
             let stream = cfg.stream_name(shard);
             let applied = positions.get(&stream).copied().unwrap_or(0);
+            counters.set_applied(shard, applied);
             let (tx, rx) = mpsc::channel(256);
             inputs.push(ShardInput {
                 shard,
                 stream: stream.clone(),
                 next: applied + 1,
+                certified: 0,
                 tx,
                 wake: wake.clone(),
             });

@@ -95,6 +95,11 @@ pub fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU64, D::Er
     Ok(NonZeroU64::new(uint(d, 1, U32_MAX)?).expect("checked positive"))
 }
 
+/// Any positive integer as a `u64`.
+pub fn positive_u64_any<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU64, D::Error> {
+    Ok(NonZeroU64::new(uint(d, 1, i64::MAX as u64)?).expect("checked positive"))
+}
+
 /// `snapshot.nats.replicas`: `0..=5` (0 has already become 1, see `compat`).
 pub fn snapshot_replicas<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     Ok(uint(d, 0, MAX_REPLICAS as u64)? as u32)

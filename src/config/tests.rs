@@ -67,7 +67,9 @@ fn defaults_without_file() {
         c.replication_log,
         ReplicationLogConfig {
             shards: NonZeroU32::new(1).unwrap(),
-            max_entries: 1024,
+            max_entries: -1,
+            max_age_seconds: std::num::NonZeroU64::new(604_800).unwrap(),
+            max_bytes: 1 << 30,
             replicas: None,
             compress: true,
             update_existing: false
@@ -209,6 +211,8 @@ exclude_tables = ["c"]
 [replication_log]
 shards = 3
 max_entries = -1
+max_age_seconds = 3600
+max_bytes = 5000000
 replicas = 3
 compress = false
 update_existing = true
@@ -284,6 +288,8 @@ detailed = false
         ReplicationLogConfig {
             shards: NonZeroU32::new(3).unwrap(),
             max_entries: -1,
+            max_age_seconds: std::num::NonZeroU64::new(3600).unwrap(),
+            max_bytes: 5_000_000,
             replicas: Some(3),
             compress: false,
             update_existing: true

@@ -96,9 +96,16 @@ pub struct ReplicationLogConfig {
     /// `shards`: number of subjects/streams.
     #[serde(deserialize_with = "de::positive_u32")]
     pub shards: NonZeroU32,
-    /// `max_entries`: JetStream MaxMsgs per stream.
+    /// `max_entries`: JetStream MaxMsgs per stream, -1 (the default) for none. When set, a cap that can remove
+    /// changes some node still needs.
     #[serde(deserialize_with = "de::max_entries")]
     pub max_entries: i64,
+    /// `max_age_seconds`: a change older than this leaves the stream even if a node has not applied it.
+    #[serde(deserialize_with = "de::positive_u64_any")]
+    pub max_age_seconds: NonZeroU64,
+    /// `max_bytes`: per-stream size cap (-1: none); the oldest changes leave the stream beyond it.
+    #[serde(deserialize_with = "de::max_entries")]
+    pub max_bytes: i64,
     /// `replicas`: stream replicas; `None` when the key is absent (then min(3, cluster size)).
     #[serde(deserialize_with = "de::replicas")]
     pub replicas: Option<u32>,
@@ -114,7 +121,9 @@ impl Default for ReplicationLogConfig {
     fn default() -> Self {
         ReplicationLogConfig {
             shards: NonZeroU32::MIN,
-            max_entries: 1024,
+            max_entries: -1,
+            max_age_seconds: NonZeroU64::new(7 * 24 * 3600).expect("non-zero"),
+            max_bytes: 1 << 30,
             replicas: None,
             compress: true,
             update_existing: false,

@@ -11,6 +11,7 @@
 //! [`Counters`].
 
 mod db;
+pub mod retention;
 mod streams;
 
 use std::sync::Arc;
@@ -22,7 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use db::{check_db, cleanup, open_db};
 
-use crate::apply::{Applier, consumer::ShardConsumer};
+use crate::apply::{
+    Applier,
+    consumer::{Gap, ShardConsumer},
+};
 use crate::capture::{self, CurrentCapture};
 use crate::cli::Cli;
 use crate::config::Config;
@@ -54,7 +58,7 @@ pub async fn schema_status_cluster(cfg: &Config, cli: &Cli) -> anyhow::Result<(S
 
 /// Run a node until SIGTERM/SIGINT or `sleep_timeout`.
 pub async fn run(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
-    let node = RunningNode::start(cfg, ClusterFlags::from_cli(cli)).await?;
+    let mut node = RunningNode::start(cfg, ClusterFlags::from_cli(cli)).await?;
     node.wait_for_stop().await;
     node.shutdown().await;
     Ok(())
@@ -65,6 +69,9 @@ pub struct RunningNode {
     cfg: Arc<Config>,
     nats: Nats,
     counters: Arc<Counters>,
+    /// Shards whose consumers stopped at a gap report here.
+    gaps_tx: tokio::sync::mpsc::UnboundedSender<Gap>,
+    gaps: tokio::sync::mpsc::UnboundedReceiver<Gap>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
     _watch: Option<capture::watch::Watch>,
@@ -85,10 +92,13 @@ impl RunningNode {
         let nats = Nats::start(&cfg, &flags)
             .await
             .context("cannot start NATS")?;
+        let (gaps_tx, gaps) = tokio::sync::mpsc::unbounded_channel();
         let mut node = RunningNode {
             cfg,
             nats,
             counters: Arc::new(Counters::default()),
+            gaps_tx,
+            gaps,
             cancel: CancellationToken::new(),
             tasks: JoinSet::new(),
             _watch: None,
@@ -109,6 +119,7 @@ impl RunningNode {
             .replicas
             .map(|r| r as usize)
             .unwrap_or_else(|| self.nats.cluster_size_hint().clamp(1, 3));
+        streams::explain_caps(&cfg);
         streams::ensure(
             &self.nats.jetstream,
             &cfg,
@@ -136,11 +147,26 @@ impl RunningNode {
             self.cancel.clone(),
         ));
 
+        // What this node's retention entry certified is read before the entry is written again.
         if cfg.replicate {
-            self.start_applier(conn, &current, &in_flight)?;
+            let certified = retention::certified(&self.nats.jetstream, cfg.node_id).await;
+            self.start_applier(conn, &current, &in_flight, &certified)?;
         } else {
             drop(conn);
         }
+        let expected_nodes = if self.nats.is_embedded() {
+            self.nats.cluster_size_hint()
+        } else {
+            1
+        };
+        self.tasks.spawn(retention::run(
+            self.nats.jetstream.clone(),
+            cfg.clone(),
+            self.counters.clone(),
+            replicas,
+            expected_nodes,
+            self.cancel.clone(),
+        ));
 
         let publisher = Publisher::new(
             cfg.clone(),
@@ -178,6 +204,7 @@ impl RunningNode {
         conn: rusqlite::Connection,
         current: &CurrentCapture,
         in_flight: &Arc<InFlight>,
+        certified: &std::collections::BTreeMap<String, u64>,
     ) -> anyhow::Result<()> {
         let (applier, inputs) = Applier::new(
             self.cfg.clone(),
@@ -186,8 +213,15 @@ impl RunningNode {
             self.counters.clone(),
             conn,
         )?;
-        for input in inputs {
-            let c = ShardConsumer::new(self.nats.jetstream.clone(), self.cfg.server_name(), input);
+        for mut input in inputs {
+            input.certified = certified.get(&input.stream).copied().unwrap_or(0);
+            let c = ShardConsumer::new(
+                self.nats.jetstream.clone(),
+                self.cfg.server_name(),
+                input,
+                self.counters.clone(),
+                self.gaps_tx.clone(),
+            );
             self.tasks.spawn(c.run(self.cancel.clone()));
         }
         self.tasks.spawn(applier.run(self.cancel.clone()));
@@ -199,8 +233,9 @@ impl RunningNode {
         &self.counters
     }
 
-    /// Wait for SIGTERM, SIGINT, or `sleep_timeout` without activity.
-    pub async fn wait_for_stop(&self) {
+    /// Wait for SIGTERM, SIGINT, or `sleep_timeout` without activity. Gaps reported meanwhile are kept in
+    /// the counters (and logged by the shard that met them).
+    pub async fn wait_for_stop(&mut self) {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
@@ -219,10 +254,18 @@ impl RunningNode {
                 }
             }
         };
+        let gaps = &mut self.gaps;
+        let drain_gaps = async {
+            while let Some(gap) = gaps.recv().await {
+                tracing::debug!(shard = gap.shard, needed = gap.needed, "gap reported");
+            }
+            std::future::pending::<()>().await
+        };
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
             _ = idle => {}
+            _ = drain_gaps => {}
         }
     }
 

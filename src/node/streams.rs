@@ -33,6 +33,8 @@ fn stream_config(cfg: &Config, shard: u32, replicas: usize) -> stream::Config {
         name: cfg.stream_name(shard),
         subjects: vec![cfg.subject_name(shard)],
         max_messages: cfg.replication_log.max_entries,
+        max_age: Duration::from_secs(cfg.replication_log.max_age_seconds.get()),
+        max_bytes: cfg.replication_log.max_bytes,
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
         discard: stream::DiscardPolicy::Old,
@@ -40,6 +42,21 @@ fn stream_config(cfg: &Config, shard: u32, replicas: usize) -> stream::Config {
         num_replicas: replicas,
         allow_atomic_publish: true,
         ..Default::default()
+    }
+}
+
+/// What `max_entries`, when a configuration sets it, means for nodes that are away: said once at start.
+pub fn explain_caps(cfg: &Config) {
+    let n = cfg.replication_log.max_entries;
+    if n > 0 {
+        tracing::warn!(
+            max_entries = n,
+            "replication_log.max_entries caps each shard's stream at {n} messages (one per local transaction \
+             of any node): at 500 transactions per second across the cluster, a node away for more than about \
+             {:.1} s can no longer catch up from the stream and needs a snapshot. Remove the key to keep \
+             every change until all nodes have applied it (bounded by max_age_seconds and max_bytes)",
+            n as f64 / 500.0
+        );
     }
 }
 
@@ -92,6 +109,13 @@ async fn ensure_one(
             if cfg.replication_log.update_existing || !info.allow_atomic_publish {
                 js.update_stream(config).await?;
                 tracing::info!(stream = %config.name, "stream configuration updated");
+            } else if (info.max_messages, info.max_age, info.max_bytes)
+                != (config.max_messages, config.max_age, config.max_bytes)
+            {
+                tracing::warn!(stream = %config.name, max_messages = info.max_messages,
+                    max_age_s = info.max_age.as_secs(), max_bytes = info.max_bytes,
+                    "the stream keeps the retention limits it was created with, not those of this \
+                     configuration; set replication_log.update_existing = true to apply them");
             }
             Ok(())
         }

@@ -137,7 +137,7 @@ impl Node {
         let path = |p: &Path| toml_str(&p.display().to_string());
         let base = format!(
             "node_id = {id}\ndb_path = {db}\nseq_map_path = {state}\ncleanup_interval = 1000\n\n\
-             [replication_log]\nshards = {shards}\nmax_entries = 1000000\ncompress = {compress}\n\n\
+             [replication_log]\nshards = {shards}\ncompress = {compress}\n\n\
              [nats]\nbind_address = \"127.0.0.1:{client_port}\"\nready_timeout_seconds = 60\n\n\
              [logging]\nverbose = {verbose}\n",
             id = self.id,

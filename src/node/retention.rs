@@ -1,0 +1,242 @@
+//! Retention that follows the nodes: a change stays in its stream until every node of the cluster has handled
+//! it, bounded by the streams' caps (`max_age_seconds`, `max_bytes`, and `max_entries` when set).
+//!
+//! Each node writes the stream positions it has handled (applied, or skipped as its own echo) to the KV bucket
+//! [`BUCKET`] under `node-<id>`, about once a second. Every node runs the trim: once as many nodes as the
+//! cluster is expected to have (the `-cluster-peers`, or those that registered, with external NATS) have
+//! registered, each stream is purged below the lowest position any of them reported (and below the latest
+//! snapshot's position when one was recorded under [`SNAPSHOT_KEY`], so a snapshot can always be caught up
+//! from). Purging an already purged range is harmless, so nodes need no coordination.
+//!
+//! The entry also certifies, after a crash, what the node had handled: a node that restarts from a position
+//! lower than its entry (positions of skipped messages are not written to the database) may step over a purged
+//! range its own entry covers; every change in it had no effect on this node.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::counters::Counters;
+use crate::retry::Backoff;
+
+/// The bucket of handled positions.
+pub const BUCKET: &str = "harmonylite-positions";
+/// The key under which the latest snapshot's positions are kept.
+pub const SNAPSHOT_KEY: &str = "snapshot";
+/// How often the positions are written and the streams trimmed.
+const PERIOD: Duration = Duration::from_secs(1);
+const TRIM_EVERY: u32 = 5;
+
+/// A node's (or the latest snapshot's) handled position per stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Positions {
+    pub node_id: u64,
+    pub positions: BTreeMap<String, u64>,
+}
+
+/// Open the bucket, creating it when missing.
+pub async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, String> {
+    match js.get_key_value(BUCKET).await {
+        Ok(s) => Ok(s),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: BUCKET.to_string(),
+                description: "HarmonyLite: stream positions each node has handled".to_string(),
+                history: 1,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Every entry of the bucket, by key.
+pub async fn read_all(store: &kv::Store) -> Result<BTreeMap<String, Positions>, String> {
+    let mut keys = store.keys().await.map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| e.to_string())?;
+        if let Some(v) = store.get(&key).await.map_err(|e| e.to_string())?
+            && let Ok(p) = serde_json::from_slice::<Positions>(&v)
+        {
+            out.insert(key, p);
+        }
+    }
+    Ok(out)
+}
+
+/// Write `p` under `key`.
+pub async fn write(store: &kv::Store, key: &str, p: &Positions) -> Result<(), String> {
+    let body = serde_json::to_vec(p).map_err(|e| e.to_string())?;
+    store
+        .put(key, body.into())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// This node's key.
+pub fn node_key(node_id: u64) -> String {
+    format!("node-{node_id}")
+}
+
+/// The positions this node's entry certifies, per stream (empty when it has none or the bucket is not
+/// reachable within a few seconds).
+pub async fn certified(js: &jetstream::Context, node_id: u64) -> BTreeMap<String, u64> {
+    let read = async {
+        let store = js.get_key_value(BUCKET).await.ok()?;
+        let v = store.get(node_key(node_id)).await.ok()??;
+        serde_json::from_slice::<Positions>(&v).ok()
+    };
+    match tokio::time::timeout(Duration::from_secs(5), read).await {
+        Ok(Some(p)) => p.positions,
+        _ => BTreeMap::new(),
+    }
+}
+
+/// What the trim keeps: for each stream, the lowest position of the registered nodes and the snapshot, once
+/// at least `expected_nodes` nodes have registered. Below that, nothing is purged.
+pub fn trim_points(
+    entries: &BTreeMap<String, Positions>,
+    streams: &[String],
+    expected_nodes: usize,
+) -> BTreeMap<String, u64> {
+    let nodes: Vec<&Positions> = entries
+        .iter()
+        .filter(|(k, _)| k.starts_with("node-"))
+        .map(|(_, p)| p)
+        .collect();
+    if nodes.len() < expected_nodes.max(1) {
+        return BTreeMap::new();
+    }
+    let snapshot = entries.get(SNAPSHOT_KEY);
+    streams
+        .iter()
+        .filter_map(|s| {
+            let lowest = nodes
+                .iter()
+                .chain(snapshot.iter())
+                .map(|p| p.positions.get(s).copied().unwrap_or(0))
+                .min()?;
+            (lowest > 0).then(|| (s.clone(), lowest))
+        })
+        .collect()
+}
+
+/// Write this node's positions and trim the streams, until cancelled.
+pub async fn run(
+    js: jetstream::Context,
+    cfg: Arc<Config>,
+    counters: Arc<Counters>,
+    replicas: usize,
+    expected_nodes: usize,
+    cancel: CancellationToken,
+) {
+    let streams: Vec<String> = (1..=cfg.replication_log.shards.get())
+        .map(|s| cfg.stream_name(s))
+        .collect();
+    let key = node_key(cfg.node_id);
+    let mut store: Option<kv::Store> = None;
+    let mut written: Option<Positions> = None;
+    let mut purged: BTreeMap<String, u64> = BTreeMap::new();
+    let mut backoff = Backoff::new(PERIOD, Duration::from_secs(30));
+    let mut tick = 0u32;
+    loop {
+        let step = async {
+            if store.is_none() {
+                store = Some(bucket(&js, replicas).await?);
+            }
+            let kv = store.as_ref().expect("set above");
+            let applied = counters.applied();
+            let mine = Positions {
+                node_id: cfg.node_id,
+                positions: streams
+                    .iter()
+                    .zip(&applied)
+                    .filter(|(_, p)| **p > 0)
+                    .map(|(s, p)| (s.clone(), *p))
+                    .collect(),
+            };
+            if written.as_ref() != Some(&mine) && !mine.positions.is_empty() {
+                write(kv, &key, &mine).await?;
+                written = Some(mine);
+            }
+            tick += 1;
+            if tick.is_multiple_of(TRIM_EVERY) {
+                let entries = read_all(kv).await?;
+                for (stream, below) in trim_points(&entries, &streams, expected_nodes) {
+                    if purged.get(&stream).is_some_and(|&p| p >= below) {
+                        continue;
+                    }
+                    let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+                    // Everything up to and including `below` has been handled by every node.
+                    let r = s
+                        .purge()
+                        .sequence(below + 1)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    tracing::debug!(stream, below, removed = r.purged, "stream trimmed");
+                    purged.insert(stream, below);
+                }
+            }
+            Ok::<(), String>(())
+        };
+        match step.await {
+            Ok(()) => backoff.reset(),
+            Err(e) => {
+                store = None;
+                tracing::debug!(error = %e, "positions not written or streams not trimmed; retrying");
+                if !backoff.sleep(&cancel).await {
+                    return;
+                }
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(PERIOD) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(id: u64, pos: &[(&str, u64)]) -> Positions {
+        Positions {
+            node_id: id,
+            positions: pos.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+        }
+    }
+
+    #[test]
+    fn trim_keeps_what_the_slowest_node_and_the_snapshot_need() {
+        let streams = vec!["a".to_string(), "b".to_string()];
+        let mut e = BTreeMap::new();
+        e.insert("node-1".to_string(), p(1, &[("a", 100), ("b", 50)]));
+        e.insert("node-2".to_string(), p(2, &[("a", 80), ("b", 70)]));
+        assert!(
+            trim_points(&e, &streams, 3).is_empty(),
+            "a node of the cluster has not registered: nothing is purged"
+        );
+        e.insert("node-3".to_string(), p(3, &[("a", 90)]));
+        assert_eq!(
+            trim_points(&e, &streams, 3),
+            BTreeMap::from([("a".to_string(), 80)]),
+            "stream b: node 3 has handled nothing there yet"
+        );
+        e.insert(SNAPSHOT_KEY.to_string(), p(0, &[("a", 60), ("b", 40)]));
+        assert_eq!(
+            trim_points(&e, &streams, 3),
+            BTreeMap::from([("a".to_string(), 60)])
+        );
+    }
+}
