@@ -56,7 +56,7 @@ struct Args {
           default_value = "false", hide_default_value = true, value_parser = parse_go_bool, action = ArgAction::Set)]
     cleanup: bool,
 
-    /// Save a snapshot to the snapshot store (not available in this version: exits with an error).
+    /// Save a snapshot of this node's database to the snapshot store, then exit (beside a running node too).
     #[arg(long = "save-snapshot", value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", default_value = "false", hide_default_value = true,
           value_parser = parse_go_bool, action = ArgAction::Set)]

@@ -85,9 +85,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         }
     } else if cli.save_snapshot {
-        Err(anyhow::anyhow!(
-            "-save-snapshot is not available in this version of HarmonyLite; a running cluster catches nodes up from the stream"
-        ))
+        rt().block_on(node::save_snapshot(&cfg, &cli))
     } else {
         rt().block_on(node::run(cfg, &cli))
     };

@@ -11,6 +11,7 @@
 //! [`Counters`].
 
 mod db;
+mod recover;
 pub mod retention;
 mod streams;
 
@@ -56,12 +57,80 @@ pub async fn schema_status_cluster(cfg: &Config, cli: &Cli) -> anyhow::Result<(S
     Ok(crate::ops::schema::cluster_report(&entries))
 }
 
+/// `-save-snapshot`: save a snapshot of this node's database to the configured store, through the running
+/// node's NATS (or the node's server started for the command). The running node is not disturbed: the copy
+/// is one read transaction.
+pub async fn save_snapshot(cfg: &Config, cli: &Cli) -> anyhow::Result<()> {
+    if !cfg.snapshot.enabled {
+        anyhow::bail!("snapshots are disabled in this configuration ([snapshot] enabled = false)");
+    }
+    check_db(cfg)?;
+    let nats = Nats::attach(cfg, &ClusterFlags::from_cli(cli))
+        .await
+        .context("cannot reach the cluster's NATS")?;
+    let replicas = nats.cluster_size_hint().clamp(1, 3);
+    let result = async {
+        let store = crate::snapshot::store::open(cfg, &nats.jetstream).await?;
+        let m = crate::snapshot::save(cfg, store.as_ref()).await?;
+        record_snapshot_positions(&nats.jetstream, &m, replicas).await;
+        println!(
+            "Snapshot saved to {}: {} ({} bytes, {} compressed), positions {:?}",
+            store.describe(),
+            m.object,
+            m.database_bytes,
+            m.compressed_bytes,
+            m.positions
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    nats.shutdown().await;
+    result
+}
+
+/// Keep the stream from being trimmed below a snapshot's positions, so it can always be caught up from.
+async fn record_snapshot_positions(
+    js: &async_nats::jetstream::Context,
+    m: &crate::snapshot::Manifest,
+    replicas: usize,
+) {
+    let entry = retention::Positions {
+        node_id: m.node_id,
+        incarnation: 0,
+        positions: m.positions.clone(),
+    };
+    let r = match retention::bucket(js, replicas).await {
+        Ok(kv) => retention::write(&kv, retention::SNAPSHOT_KEY, &entry).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "cannot record the snapshot's positions; the stream may be trimmed past them");
+    }
+}
+
 /// Run a node until SIGTERM/SIGINT or `sleep_timeout`.
 pub async fn run(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
     let mut node = RunningNode::start(cfg, ClusterFlags::from_cli(cli)).await?;
-    node.wait_for_stop().await;
+    let result = loop {
+        match node.next_event().await {
+            Event::Stop => break Ok(()),
+            Event::Gap(gap) => {
+                if let Err(e) = node.recover_gap(gap).await {
+                    break Err(e);
+                }
+            }
+        }
+    };
     node.shutdown().await;
-    Ok(())
+    result
+}
+
+/// What ends [`RunningNode::next_event`].
+pub enum Event {
+    /// SIGTERM, SIGINT, or `sleep_timeout` without activity.
+    Stop,
+    /// A shard's next needed change has left the stream.
+    Gap(Gap),
 }
 
 /// A node whose NATS is up: the engine's tasks and what stops them.
@@ -75,6 +144,8 @@ pub struct RunningNode {
     cancel: CancellationToken,
     tasks: JoinSet<()>,
     _watch: Option<capture::watch::Watch>,
+    /// When the last gap was handled (gaps of several shards arrive together; one recovery serves them).
+    last_recovery: Option<std::time::Instant>,
 }
 
 /// What the engine starts from: the write connection, the capture installed on it, the publisher's progress.
@@ -102,6 +173,7 @@ impl RunningNode {
             cancel: CancellationToken::new(),
             tasks: JoinSet::new(),
             _watch: None,
+            last_recovery: None,
         };
         match node.start_engine(prepared).await {
             Ok(()) => Ok(node),
@@ -128,6 +200,34 @@ impl RunningNode {
         )
         .await?;
 
+        let mut certified = if cfg.replicate {
+            // Read before this run writes the entry again.
+            retention::certified(
+                &self.nats.jetstream,
+                cfg.node_id,
+                prepared.capture.incarnation,
+            )
+            .await
+        } else {
+            Default::default()
+        };
+        let mut prepared = prepared;
+        if cfg.replicate {
+            let applied = recover::applied_positions(&prepared.conn);
+            let gaps = recover::gaps(&self.nats.jetstream, &cfg, &applied, &certified).await;
+            if !gaps.is_empty() {
+                match recover::usable_snapshot(&cfg, &self.nats.jetstream, &gaps).await {
+                    Ok(Some((store, m))) => {
+                        prepared = self
+                            .drain_and_restore(prepared, store.as_ref(), &m, replicas)
+                            .await?;
+                        certified = Default::default();
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot read the snapshot store"),
+                }
+            }
+        }
         let Prepared {
             conn,
             capture,
@@ -147,9 +247,7 @@ impl RunningNode {
             self.cancel.clone(),
         ));
 
-        // What this node's retention entry certified is read before the entry is written again.
         if cfg.replicate {
-            let certified = retention::certified(&self.nats.jetstream, cfg.node_id).await;
             self.start_applier(conn, &current, &in_flight, &certified)?;
         } else {
             drop(conn);
@@ -163,6 +261,7 @@ impl RunningNode {
             self.nats.jetstream.clone(),
             cfg.clone(),
             self.counters.clone(),
+            current.get().incarnation,
             replicas,
             expected_nodes,
             self.cancel.clone(),
@@ -228,14 +327,90 @@ impl RunningNode {
         Ok(())
     }
 
+    /// Publish the local changes still in the change log, then restore snapshot `m`, then prepare again
+    /// from the restored database.
+    async fn drain_and_restore(
+        &mut self,
+        prepared: Prepared,
+        store: &dyn crate::snapshot::store::Store,
+        m: &crate::snapshot::Manifest,
+        replicas: usize,
+    ) -> anyhow::Result<Prepared> {
+        let cfg = self.cfg.clone();
+        let Prepared {
+            conn,
+            capture,
+            state,
+        } = prepared;
+        drop(conn);
+        let mut publisher = Publisher::new(
+            cfg.clone(),
+            open_db(&cfg.db_path)?,
+            state,
+            CurrentCapture::new(capture),
+            Arc::new(InFlight::new(false, 0)),
+            self.counters.clone(),
+            self.nats.client.clone(),
+        )?;
+        tracing::info!("publishing local changes before the restore");
+        if !publisher.drain(&self.cancel).await {
+            anyhow::bail!("stopped before local changes were published; nothing restored");
+        }
+        drop(publisher);
+        recover::restore(&cfg, &self.nats.jetstream, store, m, replicas, &self.cancel).await?;
+        prepare(&cfg)
+    }
+
+    /// A shard met a gap while running: when the latest snapshot covers it, stop the engine, restore, and
+    /// start again; otherwise the shard stays stopped (its consumer reports the gap again later).
+    async fn recover_gap(&mut self, gap: Gap) -> anyhow::Result<()> {
+        if self
+            .last_recovery
+            .is_some_and(|t| t.elapsed() < crate::apply::consumer::GAP_RECHECK)
+        {
+            return Ok(());
+        }
+        self.last_recovery = Some(std::time::Instant::now());
+        match recover::usable_snapshot(&self.cfg, &self.nats.jetstream, std::slice::from_ref(&gap))
+            .await
+        {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the snapshot store");
+                return Ok(());
+            }
+        }
+        tracing::info!(
+            shard = gap.shard,
+            "stopping the engine to restore a snapshot"
+        );
+        self.stop_engine().await;
+        let prepared = prepare(&self.cfg)?;
+        self.start_engine(prepared).await
+    }
+
+    /// Cancel the engine's tasks and wait for them (NATS keeps running).
+    async fn stop_engine(&mut self) {
+        self.cancel.cancel();
+        let tasks = &mut self.tasks;
+        let stop = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(ENGINE_STOP_GRACE, stop).await.is_err() {
+            tracing::warn!("engine tasks did not stop within {ENGINE_STOP_GRACE:?}");
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
+        drop(self._watch.take());
+        self.cancel = CancellationToken::new();
+    }
+
     /// The node's counters and gauges.
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
 
-    /// Wait for SIGTERM, SIGINT, or `sleep_timeout` without activity. Gaps reported meanwhile are kept in
-    /// the counters (and logged by the shard that met them).
-    pub async fn wait_for_stop(&mut self) {
+    /// Wait for SIGTERM, SIGINT, `sleep_timeout` without activity, or a shard stopped at a gap.
+    pub async fn next_event(&mut self) -> Event {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
@@ -255,17 +430,11 @@ impl RunningNode {
             }
         };
         let gaps = &mut self.gaps;
-        let drain_gaps = async {
-            while let Some(gap) = gaps.recv().await {
-                tracing::debug!(shard = gap.shard, needed = gap.needed, "gap reported");
-            }
-            std::future::pending::<()>().await
-        };
         tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-            _ = idle => {}
-            _ = drain_gaps => {}
+            _ = term.recv() => Event::Stop,
+            _ = int.recv() => Event::Stop,
+            _ = idle => Event::Stop,
+            Some(gap) = gaps.recv() => Event::Gap(gap),
         }
     }
 

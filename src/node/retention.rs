@@ -37,6 +37,10 @@ const TRIM_EVERY: u32 = 5;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Positions {
     pub node_id: u64,
+    /// The change-log incarnation of the database these positions belong to (0 for a snapshot): a
+    /// certification holds only for the same database, never for a replaced or restored one.
+    #[serde(default)]
+    pub incarnation: u64,
     pub positions: BTreeMap<String, u64>,
 }
 
@@ -87,16 +91,21 @@ pub fn node_key(node_id: u64) -> String {
     format!("node-{node_id}")
 }
 
-/// The positions this node's entry certifies, per stream (empty when it has none or the bucket is not
-/// reachable within a few seconds).
-pub async fn certified(js: &jetstream::Context, node_id: u64) -> BTreeMap<String, u64> {
+/// The positions this node's entry certifies for the database of change-log incarnation `incarnation`, per
+/// stream (empty when it has none, it belongs to another database, or the bucket is not reachable within a
+/// few seconds).
+pub async fn certified(
+    js: &jetstream::Context,
+    node_id: u64,
+    incarnation: u64,
+) -> BTreeMap<String, u64> {
     let read = async {
         let store = js.get_key_value(BUCKET).await.ok()?;
         let v = store.get(node_key(node_id)).await.ok()??;
         serde_json::from_slice::<Positions>(&v).ok()
     };
     match tokio::time::timeout(Duration::from_secs(5), read).await {
-        Ok(Some(p)) => p.positions,
+        Ok(Some(p)) if p.incarnation == incarnation && incarnation != 0 => p.positions,
         _ => BTreeMap::new(),
     }
 }
@@ -135,6 +144,7 @@ pub async fn run(
     js: jetstream::Context,
     cfg: Arc<Config>,
     counters: Arc<Counters>,
+    incarnation: u64,
     replicas: usize,
     expected_nodes: usize,
     cancel: CancellationToken,
@@ -157,6 +167,7 @@ pub async fn run(
             let applied = counters.applied();
             let mine = Positions {
                 node_id: cfg.node_id,
+                incarnation,
                 positions: streams
                     .iter()
                     .zip(&applied)
@@ -213,6 +224,7 @@ mod tests {
     fn p(id: u64, pos: &[(&str, u64)]) -> Positions {
         Positions {
             node_id: id,
+            incarnation: 1,
             positions: pos.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
         }
     }

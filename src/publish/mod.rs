@@ -123,6 +123,28 @@ impl Publisher {
         self.wake.clone()
     }
 
+    /// Publish everything the change log holds, retrying failures, until it is empty (true) or `cancel` fires
+    /// (false). Used before a snapshot replaces the database, so no local change is thrown away.
+    pub async fn drain(&mut self, cancel: &CancellationToken) -> bool {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            if cancel.is_cancelled() {
+                return false;
+            }
+            match self.pass(cancel).await {
+                Ok(true) => backoff.reset(),
+                Ok(false) if !cancel.is_cancelled() => return true,
+                Ok(false) => return false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot publish local changes before the restore; retrying");
+                    if !backoff.sleep(cancel).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
     /// Publish until cancelled: a pass at every wake-up, and published rows removed every `cleanup_interval`.
     pub async fn run(mut self, cancel: CancellationToken) {
         let cleanup_every = Duration::from_millis(self.cfg.cleanup_interval_ms.get());

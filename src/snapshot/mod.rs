@@ -1,4 +1,406 @@
 //! Snapshots: a consistent copy of the user's tables with each shard's applied stream position, saved to and
 //! restored from a [`store`].
+//!
+//! A snapshot is two objects: the data, `harmonylite-snapshot-<node>-<ms>.db.zst` (the database copy without
+//! our triggers and tables, zstd-compressed), and the manifest [`MANIFEST`] (JSON: the data object's name, its
+//! sha256 and sizes, the applied positions, who saved it and when). The manifest is written after the data, so
+//! a reader never finds a manifest naming a partial object; the previous data object is removed afterwards.
+//!
+//! Saving reads the database with `VACUUM INTO` (one read transaction: a consistent copy, no write lock), so it
+//! works beside a running node. Restoring checks the sha256 before anything else, prepares the copy as this
+//! node's database (capture installed, the snapshot's positions as applied positions, a new change-log
+//! incarnation), and writes it into the live database with SQLite's backup API in one step: one write
+//! transaction, so applications with the file open see the old content or the new, never a mix.
 
 pub mod store;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rusqlite::{Connection, OpenFlags};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::capture;
+use crate::config::Config;
+use store::{Store, StoreError};
+
+/// The manifest's object name.
+pub const MANIFEST: &str = "harmonylite-snapshot.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("capture: {0}")]
+    Capture(#[from] capture::CaptureError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("snapshot manifest is unreadable: {0}")]
+    Manifest(String),
+    #[error(
+        "snapshot {object} is corrupt: sha256 {actual} does not match the manifest's {expected}; nothing was restored"
+    )]
+    HashMismatch {
+        object: String,
+        expected: String,
+        actual: String,
+    },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + use<> {
+    let path = path.to_path_buf();
+    move |source| SnapshotError::Io { what, path, source }
+}
+
+/// What a snapshot holds, beside its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    /// The data object's name.
+    pub object: String,
+    /// sha256 of the data object (the compressed bytes), hex.
+    pub sha256: String,
+    pub compressed_bytes: u64,
+    pub database_bytes: u64,
+    /// Applied stream position per stream at the moment of the copy.
+    pub positions: BTreeMap<String, u64>,
+    pub node_id: u64,
+    pub created_at: String,
+}
+
+/// A temporary directory beside the database (same file system, so nothing large goes to `/tmp`).
+fn work_dir(cfg: &Config) -> Result<tempfile::TempDir, SnapshotError> {
+    let root = cfg.data_root_dir();
+    tempfile::Builder::new()
+        .prefix(".harmonylite-snapshot-")
+        .tempdir_in(&root)
+        .map_err(io("cannot create a directory in", &root))
+}
+
+/// Logs a long transfer's progress: bytes, rate and time left, at most every few seconds.
+pub struct Progress {
+    what: &'static str,
+    total: u64,
+    done: u64,
+    start: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    pub fn new(what: &'static str, total: u64) -> Progress {
+        let now = Instant::now();
+        Progress {
+            what,
+            total,
+            done: 0,
+            start: now,
+            last: now,
+        }
+    }
+
+    pub fn add(&mut self, n: u64) {
+        self.done += n;
+        if self.last.elapsed().as_secs() >= 3 {
+            self.last = Instant::now();
+            let secs = self.start.elapsed().as_secs_f64().max(0.001);
+            let rate = self.done as f64 / secs;
+            let left = if self.total > self.done && rate > 0.0 {
+                (self.total - self.done) as f64 / rate
+            } else {
+                0.0
+            };
+            tracing::info!(
+                bytes = self.done,
+                total = self.total,
+                mb_per_s = format!("{:.1}", rate / 1e6),
+                seconds_left = format!("{left:.0}"),
+                "{}",
+                self.what
+            );
+        }
+    }
+
+    /// Bytes per second over the whole transfer.
+    pub fn rate(&self) -> f64 {
+        self.done as f64 / self.start.elapsed().as_secs_f64().max(0.001)
+    }
+}
+
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Copy the database consistently into `dir`, without our objects; returns the copy and its applied positions.
+fn copy_database(db: &Path, dir: &Path) -> Result<(PathBuf, BTreeMap<String, u64>), SnapshotError> {
+    let copy = dir.join("snapshot.db");
+    let src = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    src.busy_timeout(std::time::Duration::from_secs(30))?;
+    src.execute("VACUUM main INTO ?1", [copy.to_string_lossy().as_ref()])?;
+    drop(src);
+    let mut c = Connection::open(&copy)?;
+    let has_applied = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [capture::APPLIED],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)?;
+    let positions = if has_applied {
+        capture::applied_positions(&c)?.into_iter().collect()
+    } else {
+        BTreeMap::new()
+    };
+    capture::uninstall(&mut c)?;
+    drop(c);
+    Ok((copy, positions))
+}
+
+/// Compress `src` into `dst` with zstd, hashing the compressed bytes: (sha256 hex, compressed size).
+fn compress(src: &Path, dst: &Path) -> Result<(String, u64), SnapshotError> {
+    let input = std::fs::File::open(src).map_err(io("cannot read", src))?;
+    let total = input.metadata().map(|m| m.len()).unwrap_or(0);
+    let out = std::fs::File::create(dst).map_err(io("cannot create", dst))?;
+    let mut hashing = Hashing {
+        inner: std::io::BufWriter::new(out),
+        hash: Sha256::new(),
+        bytes: 0,
+    };
+    {
+        let mut enc = zstd::stream::Encoder::new(&mut hashing, 1).map_err(io("zstd", dst))?;
+        let mut progress = Progress::new("compressing snapshot", total);
+        let mut input = std::io::BufReader::with_capacity(1 << 20, input);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = input.read(&mut buf).map_err(io("cannot read", src))?;
+            if n == 0 {
+                break;
+            }
+            enc.write_all(&buf[..n]).map_err(io("cannot write", dst))?;
+            progress.add(n as u64);
+        }
+        enc.finish().map_err(io("cannot write", dst))?;
+    }
+    hashing.flush().map_err(io("cannot write", dst))?;
+    Ok((hex::encode(hashing.hash.finalize()), hashing.bytes))
+}
+
+/// Save a snapshot of `cfg`'s database to `store`. Works beside a running node.
+pub async fn save(cfg: &Config, store: &dyn Store) -> Result<Manifest, SnapshotError> {
+    let started = Instant::now();
+    let dir = work_dir(cfg)?;
+    let (db, d) = (cfg.db_path.clone(), dir.path().to_path_buf());
+    let (copy, positions) = tokio::task::spawn_blocking(move || copy_database(&db, &d))
+        .await
+        .expect("snapshot copy panicked")?;
+    let database_bytes = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
+    let packed = dir.path().join("snapshot.db.zst");
+    let (c, p) = (copy.clone(), packed.clone());
+    let (sha256, compressed_bytes) = tokio::task::spawn_blocking(move || compress(&c, &p))
+        .await
+        .expect("snapshot compression panicked")?;
+    let now = std::time::SystemTime::now();
+    let ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let object = format!("harmonylite-snapshot-{}-{ms}.db.zst", cfg.node_id);
+    let file = tokio::fs::File::open(&packed)
+        .await
+        .map_err(io("cannot read", &packed))?;
+    store.put(&object, Box::pin(file)).await?;
+    let previous = latest(store).await.ok().flatten();
+    let manifest = Manifest {
+        format: 1,
+        object: object.clone(),
+        sha256,
+        compressed_bytes,
+        database_bytes,
+        positions,
+        node_id: cfg.node_id,
+        created_at: humantime::format_rfc3339_seconds(now).to_string(),
+    };
+    let body = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    store
+        .put(MANIFEST, Box::pin(std::io::Cursor::new(body)))
+        .await?;
+    if let Some(prev) = previous.filter(|p| p.object != object)
+        && let Err(e) = store.delete(&prev.object).await
+    {
+        tracing::warn!(object = %prev.object, error = %e, "cannot remove the previous snapshot's data");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(object, store = %store.describe(), database_bytes, compressed_bytes,
+        seconds = format!("{secs:.2}"), mb_per_s = format!("{:.1}", database_bytes as f64 / 1e6 / secs.max(0.001)),
+        "snapshot saved");
+    Ok(manifest)
+}
+
+/// The latest snapshot's manifest, if the store has one.
+pub async fn latest(store: &dyn Store) -> Result<Option<Manifest>, SnapshotError> {
+    let Some(r) = store.get(MANIFEST).await? else {
+        return Ok(None);
+    };
+    let bytes = store::read_all(r, 1 << 20)
+        .await
+        .map_err(|e| SnapshotError::Manifest(e.to_string()))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| SnapshotError::Manifest(e.to_string()))
+}
+
+/// Download the snapshot `m` into a work directory, check its sha256, and decompress it. Nothing is changed
+/// in the database. Returns the directory (kept while the caller needs the file) and the decompressed copy.
+pub async fn fetch(
+    cfg: &Config,
+    store: &dyn Store,
+    m: &Manifest,
+) -> Result<(tempfile::TempDir, PathBuf), SnapshotError> {
+    let dir = work_dir(cfg)?;
+    let packed = dir.path().join("snapshot.db.zst");
+    let Some(mut r) = store.get(&m.object).await? else {
+        return Err(StoreError::failed(
+            &store.describe(),
+            format!("object {} is missing", m.object),
+        )
+        .into());
+    };
+    let mut out = tokio::fs::File::create(&packed)
+        .await
+        .map_err(io("cannot create", &packed))?;
+    let mut hash = Sha256::new();
+    let mut progress = Progress::new("downloading snapshot", m.compressed_bytes);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        use tokio::io::AsyncReadExt;
+        let n = r
+            .read(&mut buf)
+            .await
+            .map_err(|e| StoreError::failed(&store.describe(), e))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .await
+            .map_err(io("cannot write", &packed))?;
+        progress.add(n as u64);
+    }
+    out.flush().await.map_err(io("cannot write", &packed))?;
+    drop(out);
+    let actual = hex::encode(hash.finalize());
+    if actual != m.sha256 {
+        return Err(SnapshotError::HashMismatch {
+            object: m.object.clone(),
+            expected: m.sha256.clone(),
+            actual,
+        });
+    }
+    let copy = dir.path().join("snapshot.db");
+    let (p, c) = (packed.clone(), copy.clone());
+    tokio::task::spawn_blocking(move || -> Result<(), SnapshotError> {
+        let input = std::fs::File::open(&p).map_err(io("cannot read", &p))?;
+        let mut output =
+            std::io::BufWriter::new(std::fs::File::create(&c).map_err(io("cannot create", &c))?);
+        zstd::stream::copy_decode(std::io::BufReader::new(input), &mut output)
+            .map_err(io("cannot decompress", &p))?;
+        output.flush().map_err(io("cannot write", &c))?;
+        Ok(())
+    })
+    .await
+    .expect("snapshot decompression panicked")?;
+    let _ = std::fs::remove_file(&packed);
+    Ok((dir, copy))
+}
+
+/// Make the fetched copy this node's database: capture installed on it (a first install: nothing backfilled),
+/// the snapshot's positions as applied positions, a new change-log incarnation, the live database's page
+/// size; then write it into the live database with the backup API, in one step.
+pub fn restore_into(
+    live: &Path,
+    copy: &Path,
+    m: &Manifest,
+    cfg: &Config,
+) -> Result<(), SnapshotError> {
+    let started = Instant::now();
+    let mut dst = crate::node::open_db(live)?;
+    let page_size: i64 = dst.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    {
+        let mut c = Connection::open(copy)?;
+        let theirs: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        if theirs != page_size {
+            c.execute_batch(&format!("PRAGMA page_size = {page_size}; VACUUM;"))?;
+        }
+        capture::install(&mut c, &cfg.include_tables, &cfg.exclude_tables)?;
+        let tx = c.transaction()?;
+        for (stream, seq) in &m.positions {
+            tx.execute(
+                &format!(
+                    "INSERT OR REPLACE INTO {}(stream, seq) VALUES(?1, ?2)",
+                    capture::APPLIED
+                ),
+                rusqlite::params![stream, *seq as i64],
+            )?;
+        }
+        tx.commit()?;
+    }
+    let src = Connection::open_with_flags(copy, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    {
+        use rusqlite::backup::StepResult;
+        let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+        // All pages in one step: one write transaction on the live database (retried while it is busy).
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match backup.step(-1)? {
+                StepResult::Done => break,
+                StepResult::More => {}
+                _ if Instant::now() > deadline => {
+                    return Err(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                        Some("the database stayed locked for 60 s; snapshot not restored".into()),
+                    )
+                    .into());
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+    }
+    let mode: String = dst.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        dst.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))?;
+    }
+    tracing::info!(object = %m.object, saved_by = m.node_id, created_at = %m.created_at,
+        bytes = m.database_bytes, seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+        "snapshot restored into the database");
+    Ok(())
+}
+
+/// True when the snapshot can bring a shard needing `needed` (its first available being `first`) back: its
+/// position for that stream is still in the stream (or right before its first message).
+pub fn covers(m: &Manifest, stream: &str, first_available: u64) -> bool {
+    m.positions.get(stream).copied().unwrap_or(0) + 1 >= first_available
+}

@@ -20,20 +20,42 @@ impl NatsStore {
         } else {
             cfg.snapshot.nats.bucket.clone()
         };
-        let store = match js.get_object_store(&bucket).await {
-            Ok(s) => s,
-            Err(_) => js
-                .create_object_store(object_store::Config {
-                    bucket: bucket.clone(),
-                    description: Some("HarmonyLite snapshots".into()),
-                    num_replicas: cfg.snapshot.nats.replicas.max(1) as usize,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| StoreError::failed(&format!("nats object store {bucket}"), e))?,
-        };
-        Ok(NatsStore { bucket, store })
+        // The bucket is created on first use; while the cluster elects a leader (a node just went away) the
+        // request can time out: retry within the node's readiness timeout.
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_secs(cfg.nats.ready_timeout_seconds.get());
+        let mut backoff = crate::retry::Backoff::new(
+            std::time::Duration::from_millis(250),
+            std::time::Duration::from_secs(2),
+        );
+        loop {
+            let r = match js.get_object_store(&bucket).await {
+                Ok(s) => Ok(s),
+                Err(_) => js
+                    .create_object_store(object_store::Config {
+                        bucket: bucket.clone(),
+                        description: Some("HarmonyLite snapshots".into()),
+                        num_replicas: cfg.snapshot.nats.replicas.max(1) as usize,
+                        storage: jetstream::stream::StorageType::File,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            match r {
+                Ok(store) => return Ok(NatsStore { bucket, store }),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(bucket, error = %e, "snapshot bucket not reachable yet");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) => {
+                    return Err(StoreError::failed(
+                        &format!("nats object store {bucket}"),
+                        e,
+                    ));
+                }
+            }
+        }
     }
 }
 
