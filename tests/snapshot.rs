@@ -32,6 +32,23 @@ fn count(node: &Node, sql: &str) -> i64 {
     node.sql(sql).trim().parse().unwrap_or(-1)
 }
 
+/// `n` single-statement transactions from `sql(k)` on nodes 1 and 2 in turn, in batches of 40 after each of
+/// which both have everything: the running nodes stay within a small `max_entries`; only the stopped node
+/// falls past it.
+fn write_while_down(c: &Cluster, n: usize, sql: impl Fn(usize) -> String, table: &str) {
+    let want = |c: &Cluster, i: usize| count(c.node(i), &format!("SELECT count(*) FROM {table};"));
+    let base = want(c, 1);
+    for k in 0..n {
+        c.node(1 + k % 2).sql(&sql(k));
+        if (k + 1) % 40 == 0 || k + 1 == n {
+            let expect = base + k as i64 + 1;
+            c.eventually(T, "the running nodes keep up", || {
+                want(c, 1) == expect && want(c, 2) == expect
+            });
+        }
+    }
+}
+
 /// The seed demo's "Snapshots and Recovery", command by command: stop node 3, save a snapshot with node 1's
 /// config while node 1 runs, write on node 1, restart node 3: the row is there.
 #[test]
@@ -72,17 +89,19 @@ fn a_node_past_the_cap_restores_a_snapshot_and_keeps_its_last_write() {
     c.node(3)
         .sql("INSERT INTO Books (id, title, author) VALUES (300, 'last write of node 3', 'N3');");
     c.node_mut(3).kill9();
-    for k in 0..200 {
-        c.node(1 + k % 2).sql(&format!(
-            "BEGIN; INSERT INTO Books (id, title, author) VALUES ({}, 'while 3 is down', 'x');
-             INSERT INTO Authors (id, name) VALUES ({}, 'a');  COMMIT;",
-            1000 + k,
-            1000 + k
-        ));
-    }
-    c.eventually(T, "node 2 has node 1's rows", || {
-        count(c.node(2), "SELECT count(*) FROM Books WHERE id >= 1000;") == 200
-    });
+    write_while_down(
+        &c,
+        200,
+        |k| {
+            format!(
+                "BEGIN; INSERT INTO Books (id, title, author) VALUES ({}, 'while 3 is down', 'x');
+                 INSERT INTO Authors (id, name) VALUES ({}, 'a'); COMMIT;",
+                1000 + k,
+                1000 + k
+            )
+        },
+        "Books",
+    );
     let o = save_snapshot(c.node(2));
     assert!(o.status.success(), "{}", text(&o));
 
@@ -160,5 +179,121 @@ fn a_fresh_node_with_only_the_schema_restores_and_converges() {
         .sql("INSERT INTO Authors (id, name) VALUES (9999, 'after the fresh node joined');");
     let tables = c.converged_all(T);
     assert_eq!(tables["Authors"].1, 151);
+    c.assert_all_alive();
+}
+
+/// With `snapshot.interval` set, the node holding the lease takes snapshots by itself; a node away past the
+/// cap comes back from one without any command.
+#[test]
+fn periodic_snapshots_bring_back_a_node_past_the_cap() {
+    let mut c = Cluster::start(Options {
+        extra_toml:
+            "[replication_log]\nmax_entries = 64\n[snapshot]\ninterval = 1000\nleader_ttl = 3000\n"
+                .into(),
+        ..Default::default()
+    });
+    assert_eq!(c.node_mut(3).stop(), Some(0));
+    write_while_down(
+        &c,
+        200,
+        |k| {
+            format!(
+                "INSERT INTO Authors (id, name) VALUES ({}, 'p{k}');",
+                5000 + k
+            )
+        },
+        "Authors",
+    );
+    c.eventually(T, "a periodic snapshot after the writes", || {
+        let saved = |i: usize| c.node(i).log_lines_with(&["snapshot saved"]).len();
+        saved(1) + saved(2) >= 2
+    });
+    c.node_mut(3).start_and_wait(Duration::from_secs(90));
+    let tables = c.converged_all(T);
+    assert_eq!(tables["Authors"].1, 200);
+    let holders = (1..=3)
+        .filter(|&i| !c.node(i).log_lines_with(&["lease acquired"]).is_empty())
+        .count();
+    assert!(holders >= 1, "some node took the snapshots");
+    c.assert_all_alive();
+}
+
+/// Object store access from the test, through node `node`'s nats-server.
+fn with_snapshot_bucket<T>(
+    node: &Node,
+    f: impl AsyncFnOnce(async_nats::jetstream::object_store::ObjectStore) -> T,
+) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(format!("127.0.0.1:{}", node.client_port))
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client);
+        let store = js
+            .get_object_store("harmonylite-changes-snapshot-store")
+            .await
+            .unwrap();
+        f(store).await
+    })
+}
+
+/// A snapshot whose data does not match the hash in its manifest is refused with a clear error, and nothing
+/// changes in the database: the node stays stopped at its gap.
+#[test]
+fn a_corrupt_snapshot_is_refused_and_nothing_changes() {
+    let mut c = Cluster::start(Options {
+        extra_toml: "[replication_log]\nmax_entries = 64\n".into(),
+        ..Default::default()
+    });
+    assert_eq!(c.node_mut(3).stop(), Some(0));
+    write_while_down(
+        &c,
+        200,
+        |k| {
+            format!(
+                "INSERT INTO Authors (id, name) VALUES ({}, 'c{k}');",
+                7000 + k
+            )
+        },
+        "Authors",
+    );
+    let o = save_snapshot(c.node(1));
+    assert!(o.status.success(), "{}", text(&o));
+    // Replace the data object by other bytes of the same length: the manifest's sha256 no longer matches.
+    with_snapshot_bucket(c.node(1), async |store| {
+        use tokio::io::AsyncReadExt;
+        let mut manifest = Vec::new();
+        store
+            .get("harmonylite-snapshot.json")
+            .await
+            .unwrap()
+            .read_to_end(&mut manifest)
+            .await
+            .unwrap();
+        let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        let object = m["object"].as_str().unwrap().to_string();
+        let len = m["compressed_bytes"].as_u64().unwrap() as usize;
+        let mut junk = std::io::Cursor::new(vec![0x5au8; len]);
+        store.put(object.as_str(), &mut junk).await.unwrap();
+    });
+    let before = c.node(3).checksum("Authors");
+    c.node_mut(3).start_and_wait(Duration::from_secs(90));
+    let line = c.eventually(T, "node 3 refuses the snapshot", || {
+        c.node(3)
+            .log_lines_with(&["does not match the manifest"])
+            .pop()
+    });
+    assert!(line.contains("nothing was restored"), "{line}");
+    c.eventually(T, "node 3 reports its gap", || {
+        !c.node(3).log_lines_with(&["stopped at a gap"]).is_empty()
+    });
+    assert_eq!(
+        c.node(3).checksum("Authors"),
+        before,
+        "node 3's data is unchanged"
+    );
     c.assert_all_alive();
 }

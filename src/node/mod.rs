@@ -13,6 +13,7 @@
 mod db;
 mod recover;
 pub mod retention;
+mod snapshots;
 mod streams;
 
 use std::sync::Arc;
@@ -146,6 +147,8 @@ pub struct RunningNode {
     _watch: Option<capture::watch::Watch>,
     /// When the last gap was handled (gaps of several shards arrive together; one recovery serves them).
     last_recovery: Option<std::time::Instant>,
+    /// A snapshot whose restore failed (say, its hash did not match): not tried again.
+    failed_snapshot: Option<String>,
 }
 
 /// What the engine starts from: the write connection, the capture installed on it, the publisher's progress.
@@ -174,6 +177,7 @@ impl RunningNode {
             tasks: JoinSet::new(),
             _watch: None,
             last_recovery: None,
+            failed_snapshot: None,
         };
         match node.start_engine(prepared).await {
             Ok(()) => Ok(node),
@@ -217,11 +221,24 @@ impl RunningNode {
             let gaps = recover::gaps(&self.nats.jetstream, &cfg, &applied, &certified).await;
             if !gaps.is_empty() {
                 match recover::usable_snapshot(&cfg, &self.nats.jetstream, &gaps).await {
+                    Ok(Some((_, m)))
+                        if self.failed_snapshot.as_deref() == Some(m.object.as_str()) => {}
                     Ok(Some((store, m))) => {
-                        prepared = self
+                        match self
                             .drain_and_restore(prepared, store.as_ref(), &m, replicas)
-                            .await?;
-                        certified = Default::default();
+                            .await
+                        {
+                            Ok(p) => {
+                                prepared = p;
+                                certified = Default::default();
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %format!("{e:#}"),
+                                    "snapshot not restored; the shards stay stopped at their gaps");
+                                self.failed_snapshot = Some(m.object.clone());
+                                prepared = prepare(&cfg)?;
+                            }
+                        }
                     }
                     Ok(None) => {}
                     Err(e) => tracing::error!(error = %e, "cannot read the snapshot store"),
@@ -257,6 +274,12 @@ impl RunningNode {
         } else {
             1
         };
+        self.tasks.spawn(snapshots::run(
+            self.nats.jetstream.clone(),
+            cfg.clone(),
+            replicas,
+            self.cancel.clone(),
+        ));
         self.tasks.spawn(retention::run(
             self.nats.jetstream.clone(),
             cfg.clone(),
@@ -374,6 +397,9 @@ impl RunningNode {
         match recover::usable_snapshot(&self.cfg, &self.nats.jetstream, std::slice::from_ref(&gap))
             .await
         {
+            Ok(Some((_, m))) if self.failed_snapshot.as_deref() == Some(m.object.as_str()) => {
+                return Ok(());
+            }
             Ok(Some(_)) => {}
             Ok(None) => return Ok(()),
             Err(e) => {
