@@ -204,8 +204,8 @@ impl SftpStore {
         written
     }
 
-    /// Renames `from` over `to`: atomically with `posix-rename@openssh.com`, else with a plain rename (which
-    /// SFTP servers refuse onto an existing file: that one is removed first).
+    /// Renames `from` over `to`: atomically with `posix-rename@openssh.com`, else (the server lacks or refuses
+    /// it) with a plain rename, which SFTP servers refuse onto an existing file: that one is removed first.
     async fn rename(&self, conn: &Conn, from: &str, to: &str) -> Result<(), String> {
         let raw = RawSftpSession::new(subsystem(&conn.ssh).await?);
         raw.set_timeout(REQUEST_TIMEOUT_SECS);
@@ -223,14 +223,18 @@ impl SftpStore {
                 data.extend_from_slice(&(s.len() as u32).to_be_bytes());
                 data.extend_from_slice(s.as_bytes());
             }
-            return match raw.extended(POSIX_RENAME, data).await {
-                Ok(Packet::Status(s)) if s.status_code == StatusCode::Ok => Ok(()),
-                Ok(Packet::Status(s)) => Err(format!("renaming {from} to {to}: {s:?}")),
-                Ok(_) => Err(format!("renaming {from} to {to}: unexpected answer")),
-                Err(e) => Err(format!("renaming {from} to {to}: {e}")),
-            };
+            match raw.extended(POSIX_RENAME, data).await {
+                Ok(Packet::Status(s)) if s.status_code == StatusCode::Ok => {
+                    tracing::debug!(from, to, "renamed with {POSIX_RENAME}");
+                    return Ok(());
+                }
+                // Refused (a server may list the extension yet deny it): the plain way below.
+                Ok(answer) => tracing::debug!(from, to, ?answer, "{POSIX_RENAME} refused"),
+                Err(e) => tracing::debug!(from, to, error = %e, "{POSIX_RENAME} failed"),
+            }
         }
         if conn.sftp.rename(from, to).await.is_ok() {
+            tracing::debug!(from, to, "renamed");
             return Ok(());
         }
         match conn.sftp.remove_file(to).await {
@@ -241,7 +245,9 @@ impl SftpStore {
         conn.sftp
             .rename(from, to)
             .await
-            .map_err(|e| format!("renaming {from} to {to}: {e}"))
+            .map_err(|e| format!("renaming {from} to {to}: {e}"))?;
+        tracing::debug!(from, to, "removed the old file, then renamed");
+        Ok(())
     }
 }
 
