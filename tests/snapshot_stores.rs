@@ -405,3 +405,28 @@ async fn nats_store() {
     exercise(&*s, work.path(), &[], None).await;
     assert_config_err(open_err(&cfg).await, &[]);
 }
+
+/// Nothing listening: each store fails to open with a `Failed` error that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_servers_fail_clearly() {
+    let work = temp_dir("hl-unreachable-test-");
+    let port = free_port();
+    for toml in [
+        format!(
+            "[snapshot]\nstore = \"s3\"\n[snapshot.s3]\nendpoint = \"127.0.0.1:{port}\"\nbucket = \"b\"\n"
+        ),
+        format!(
+            "[snapshot]\nstore = \"webdav\"\n[snapshot.webdav]\nurl = \"http://127.0.0.1:{port}/dav?login=u&secret=hidden-pw\"\n"
+        ),
+        format!(
+            "[snapshot]\nstore = \"sftp\"\n[snapshot.sftp]\nurl = \"sftp://u:hidden-pw@127.0.0.1:{port}/x\"\n"
+        ),
+    ] {
+        let e = open_err(&load(work.path(), &toml)).await;
+        let text = e.to_string();
+        eprintln!("{text}");
+        assert!(matches!(e, StoreError::Failed { .. }), "{text}");
+        assert!(text.to_lowercase().contains("connection refused"), "{text}");
+        assert!(!text.contains("hidden-pw"), "{text}");
+    }
+}

@@ -92,6 +92,18 @@ fn temp_suffix() -> String {
     format!("tmp-{}", hex::encode(&crate::config::random_bytes()[..8]))
 }
 
+/// `e` and its causes, `: `-separated (an HTTP client's error alone often says only "error sending request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The TLS crypto provider of the HTTP clients (S3, WebDAV): ring, the one the NATS client already uses.
 /// Installed once as the process default; an already installed default is kept.
 fn ensure_tls_provider() {

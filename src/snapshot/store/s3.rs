@@ -386,7 +386,10 @@ async fn send(
         .body(body)
         .send()
         .await
-        .map_err(|e| format!("{method_str} {url}: {e}", method_str = req.method()))
+        .map_err(|e| {
+            let e = e.without_url();
+            format!("{} {url}: {}", req.method(), super::error_chain(&e))
+        })
 }
 
 #[cfg(test)]

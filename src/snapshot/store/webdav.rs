@@ -143,7 +143,7 @@ impl WebdavStore {
                 .request(mkcol.clone(), url.clone())
                 .send()
                 .await
-                .map_err(|e| format!("MKCOL {}: {e}", path_of(&url)))?;
+                .map_err(|e| unsent("MKCOL", &url, e))?;
             match resp.status() {
                 s if s.is_success() => {}
                 // 405: the collection exists; 409 is tolerated too (some servers answer it for an existing one).
@@ -160,7 +160,7 @@ impl WebdavStore {
             .header("Depth", "0")
             .send()
             .await
-            .map_err(|e| format!("PROPFIND {}: {e}", path_of(&url)))?;
+            .map_err(|e| unsent("PROPFIND", &url, e))?;
         match resp.status() {
             s if s.is_success() => Ok(()),
             s => Err(refused("PROPFIND", &url, s)),
@@ -177,7 +177,7 @@ impl WebdavStore {
             .body(reqwest::Body::wrap_stream(stream))
             .send()
             .await
-            .map_err(|e| format!("PUT {}: {e}", path_of(&temp)));
+            .map_err(|e| unsent("PUT", &temp, e));
         let moved = match resp {
             Ok(r) if r.status().is_success() => self.move_onto(&temp, name).await,
             Ok(r) => Err(refused("PUT", &temp, r.status())),
@@ -200,7 +200,7 @@ impl WebdavStore {
             .header("Overwrite", "T")
             .send()
             .await
-            .map_err(|e| format!("MOVE {}: {e}", path_of(temp)))?;
+            .map_err(|e| unsent("MOVE", temp, e))?;
         match resp.status() {
             s if s.is_success() => Ok(()),
             s => Err(refused("MOVE", temp, s)),
@@ -211,6 +211,15 @@ impl WebdavStore {
 /// The path of `url` (for errors: no query, which may hold tokens).
 fn path_of(url: &Url) -> &str {
     url.path()
+}
+
+/// A request that got no answer: the error with its causes, without the URL (its query may hold tokens).
+fn unsent(method: &str, url: &Url, e: reqwest::Error) -> String {
+    format!(
+        "{method} {}: {}",
+        path_of(url),
+        super::error_chain(&e.without_url())
+    )
 }
 
 fn refused(method: &str, url: &Url, status: StatusCode) -> String {
@@ -241,9 +250,7 @@ impl Store for WebdavStore {
                 .request(Method::GET, url.clone())
                 .send()
                 .await
-                .map_err(|e| {
-                    StoreError::failed(&self.describe(), format!("GET {}: {e}", path_of(&url)))
-                })?;
+                .map_err(|e| StoreError::failed(&self.describe(), unsent("GET", &url, e)))?;
             match resp.status() {
                 StatusCode::NOT_FOUND => Ok(None),
                 s if s.is_success() => {
@@ -267,9 +274,7 @@ impl Store for WebdavStore {
                 .request(Method::DELETE, url.clone())
                 .send()
                 .await
-                .map_err(|e| {
-                    StoreError::failed(&self.describe(), format!("DELETE {}: {e}", path_of(&url)))
-                })?;
+                .map_err(|e| StoreError::failed(&self.describe(), unsent("DELETE", &url, e)))?;
             match resp.status() {
                 StatusCode::NOT_FOUND => Ok(()),
                 s if s.is_success() => Ok(()),
