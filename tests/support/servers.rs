@@ -18,7 +18,9 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{ChildGuard, free_port, pid_alive, poll, read_lossy, temp_dir};
+use super::{
+    ChildGuard, Signal, child_pids, free_port, pid_alive, poll, read_lossy, send_signal, temp_dir,
+};
 
 /// How long a server may take to start.
 const START: Duration = Duration::from_secs(60);
@@ -281,9 +283,37 @@ fn release_sftp_account() {
     let mut account = SFTP_ACCOUNT.lock().unwrap_or_else(|e| e.into_inner());
     account.0 -= 1;
     if account.0 == 0 {
-        let _ = Command::new("userdel").arg(SFTP_USER).output();
         account.1.clear();
+        // userdel refuses while a process of the user runs: the sessions' last processes may still be exiting.
+        let mut last = String::new();
+        let deleted = poll(Duration::from_secs(10), || {
+            match Command::new("userdel").arg(SFTP_USER).output() {
+                Ok(o) if o.status.success() => true,
+                Ok(o) => {
+                    last = String::from_utf8_lossy(&o.stderr).into_owned();
+                    false
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    false
+                }
+            }
+        });
+        if deleted.is_none() {
+            eprintln!("could not delete the test user {SFTP_USER}: {last}");
+        }
     }
+}
+
+/// `pid` and all its descendants.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        tree.extend(child_pids(tree[i]));
+        i += 1;
+    }
+    tree
 }
 
 impl SftpServer {
@@ -385,8 +415,15 @@ impl SftpServer {
 
 impl Drop for SftpServer {
     fn drop(&mut self) {
-        // sshd first (its sessions run as the user), then the account.
+        // sshd and its session processes (which run as the user), then the account.
+        let tree = process_tree(self.run.child.pid());
         self.run.child.kill();
+        for &pid in &tree[1..] {
+            send_signal(pid, Signal::SIGKILL);
+        }
+        poll(Duration::from_secs(10), || {
+            tree[1..].iter().all(|&pid| !pid_alive(pid))
+        });
         release_sftp_account();
     }
 }
