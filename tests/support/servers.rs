@@ -225,6 +225,8 @@ pub struct SftpServer {
     /// The host key's fingerprint (`SHA256:…`).
     pub fingerprint: String,
     run: Running,
+    /// Dropped after `run` (fields drop in order), once [`SftpServer`]'s `drop` has ended the sessions.
+    _account: AccountShare,
 }
 
 fn run_ok(cmd: &mut Command) -> String {
@@ -238,6 +240,26 @@ fn run_ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A share of the test account: taken by [`AccountShare::acquire`], given back when dropped (the last share
+/// deletes the account).
+struct AccountShare {
+    password: String,
+}
+
+impl AccountShare {
+    fn acquire() -> AccountShare {
+        AccountShare {
+            password: acquire_sftp_account(),
+        }
+    }
+}
+
+impl Drop for AccountShare {
+    fn drop(&mut self) {
+        release_sftp_account();
+    }
 }
 
 /// Takes a share of the test account, creating it (and setting its password) for the first share.
@@ -338,7 +360,8 @@ impl SftpServer {
         // sshd's privilege separation directory, made by its service unit when there is one.
         std::fs::create_dir_all("/run/sshd").expect("create /run/sshd");
 
-        let password = acquire_sftp_account();
+        // Declared before the server: on a panic below, sshd is killed first, then the share given back.
+        let account = AccountShare::acquire();
         let dir = temp_dir("hl-sftp-");
         let home = dir.path().join("home");
         std::fs::create_dir(&home).expect("create the SFTP directory");
@@ -401,10 +424,11 @@ impl SftpServer {
         SftpServer {
             port,
             user: SFTP_USER.to_string(),
-            password,
+            password: account.password.clone(),
             home,
             fingerprint,
             run,
+            _account: account,
         }
     }
 
@@ -415,7 +439,7 @@ impl SftpServer {
 
 impl Drop for SftpServer {
     fn drop(&mut self) {
-        // sshd and its session processes (which run as the user), then the account.
+        // sshd and its session processes (which run as the user).
         let tree = process_tree(self.run.child.pid());
         self.run.child.kill();
         for &pid in &tree[1..] {
@@ -424,7 +448,7 @@ impl Drop for SftpServer {
         poll(Duration::from_secs(10), || {
             tree[1..].iter().all(|&pid| !pid_alive(pid))
         });
-        release_sftp_account();
+        // Then `_account` is dropped: the last share deletes the account.
     }
 }
 
