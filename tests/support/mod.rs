@@ -5,10 +5,11 @@
 //! |--------------|----------------|
 //! | [`wait`]     | [`eventually`]`(timeout, what, condition)` for conditions returning `bool` or `Option<T>` (trait [`Ready`]), [`eventually_async`], [`poll`], [`during`]: no fixed sleeps |
 //! | [`ports`]    | [`free_port`], [`free_ports`]: free loopback ports below the ephemeral range |
-//! | [`process`]  | [`temp_dir`], [`ChildGuard`], [`PidGuard`], [`send_signal`], [`pid_alive`], [`child_pids`], [`rss_kb`], [`reexec_test`], [`output_retrying`], [`file_len`] |
+//! | [`process`]  | [`temp_dir`], [`ChildGuard`] (also [`ChildGuard::spawn_logged`]), [`PidGuard`], [`send_signal`], [`pid_alive`], [`child_pids`], [`rss_kb`], [`reexec_test`], [`output_retrying`], [`file_len`] |
 //! | [`sql`]      | the `sqlite3` CLI ([`sqlite3`], [`try_sqlite3`]), rusqlite ([`open`], [`open_read_only`]), [`user_tables`], [`checksum`] (order-independent), [`try_checksums`] |
 //! | [`node`]     | [`Node`]: one real `harmonylite` process: its paths (data directory, database, config, log), extra TOML, arguments and environment, start / `kill -9` / SIGTERM stop / restart, waiting for it to run or exit, its log and pid; [`harmonylite_bin`] |
 //! | [`cluster`]  | [`Cluster`] of N nodes peered on loopback in one temporary directory ([`Options`]), with the convergence oracle [`Cluster::converged`] (one table) and [`Cluster::converged_all`] (every user table); failures show every node's last log lines |
+//! | [`servers`]  | real servers for the snapshot stores, killed on drop: [`S3Server`] (moto), [`WebDavServer`] (wsgidav), [`SftpServer`] (OpenSSH sshd, dedicated user), [`NatsServer`] (bundled nats-server with JetStream) |
 //!
 //! The nodes' binary is `HARMONYLITE_BIN`, else the one cargo built for the test or bench, else one next to
 //! the running executable (see [`harmonylite_bin`]).
@@ -19,6 +20,7 @@ pub mod cluster;
 pub mod node;
 pub mod ports;
 pub mod process;
+pub mod servers;
 pub mod sql;
 pub mod wait;
 
@@ -29,6 +31,7 @@ pub use process::{
     ChildGuard, PidGuard, Signal, child_pids, file_len, last_lines, output_retrying, pid_alive,
     read_lossy, reexec_test, rss_kb, send_signal, temp_dir,
 };
+pub use servers::{NatsServer, S3Server, SftpServer, WebDavServer};
 pub use sql::{
     Checksum, checksum, open, open_read_only, sqlite3, try_checksum, try_checksums, try_sqlite3,
     try_user_tables, user_tables,

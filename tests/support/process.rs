@@ -76,6 +76,27 @@ impl ChildGuard {
         }
     }
 
+    /// Spawns `cmd` with stdout and stderr appended to `log` (for servers that talk a lot; read the file on
+    /// failure). Panics with `cmd` when it cannot start.
+    pub fn spawn_logged(mut cmd: Command, log: &Path) -> ChildGuard {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the child's log file");
+        let err = file.try_clone().expect("clone the log file handle");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        ChildGuard {
+            child: Some(child),
+            stdout: None,
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("child").id()
     }

@@ -2,8 +2,14 @@
 //! the NATS object store (default), S3-compatible, WebDAV, SFTP. A store only moves named objects as byte
 //! streams; what a snapshot is (its manifest, its hash, compression) is decided above it, in
 //! [`crate::snapshot`], identically for every store.
+//!
+//! Every store streams: an upload reads its body in bounded parts ([`PART_SIZE`] at most held per part), a
+//! download hands out the object as it arrives.
 
 mod nats;
+mod s3;
+mod sftp;
+mod webdav;
 
 use std::pin::Pin;
 
@@ -57,10 +63,51 @@ pub async fn open(
 ) -> Result<Box<dyn Store>, StoreError> {
     match cfg.snapshot.store {
         SnapshotStore::Nats => Ok(Box::new(nats::NatsStore::open(cfg, js).await?)),
-        other => Err(StoreError::Config(format!(
-            "store {other:?} is not available in this build"
-        ))),
+        _ => open_external(cfg).await,
     }
+}
+
+/// The store `[snapshot] store` names when it lives outside NATS (S3, WebDAV, SFTP); the NATS object store
+/// needs [`open`]. Checks the configuration and reaches the store once (creating its bucket or directory when
+/// missing), so a bad setting fails here rather than at the first snapshot.
+pub async fn open_external(cfg: &Config) -> Result<Box<dyn Store>, StoreError> {
+    match cfg.snapshot.store {
+        SnapshotStore::Nats => Err(StoreError::Config(
+            "the NATS object store needs a JetStream connection".into(),
+        )),
+        SnapshotStore::S3 => Ok(Box::new(s3::S3Store::open(&cfg.snapshot.s3).await?)),
+        SnapshotStore::Webdav => Ok(Box::new(
+            webdav::WebdavStore::open(&cfg.snapshot.webdav).await?,
+        )),
+        SnapshotStore::Sftp => Ok(Box::new(sftp::SftpStore::open(&cfg.snapshot.sftp).await?)),
+    }
+}
+
+/// The most an upload holds in memory per part (S3 multipart parts; the read buffer of the other stores is
+/// smaller).
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// A unique suffix for temporary object names (`<name>.tmp-<hex>`), so concurrent writers never share one.
+fn temp_suffix() -> String {
+    format!("tmp-{}", hex::encode(&crate::config::random_bytes()[..8]))
+}
+
+/// `e` and its causes, `: `-separated (an HTTP client's error alone often says only "error sending request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The TLS crypto provider of the HTTP clients (S3, WebDAV): ring, the one the NATS client already uses.
+/// Installed once as the process default; an already installed default is kept.
+fn ensure_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Read `r` to the end into memory (small objects such as manifests only).
