@@ -152,8 +152,55 @@ fn a_node_past_the_cap_restores_a_snapshot_and_keeps_its_last_write() {
 /// latest snapshot and becomes identical to the others.
 #[test]
 fn a_fresh_node_with_only_the_schema_restores_and_converges() {
+    fresh_node_restores_from("");
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+#[test]
+fn a_fresh_node_restores_from_s3() {
+    let server = S3Server::start();
+    fresh_node_restores_from(&format!(
+        "[snapshot]\nstore = \"s3\"\n[snapshot.s3]\nendpoint = {}\nbucket = \"harmonylite\"\npath = \"snapshots/harmonylite\"\naccess_key = {}\nsecret = {}\n",
+        toml_str(&server.endpoint),
+        toml_str(&server.access_key),
+        toml_str(&server.secret)
+    ));
+}
+
+#[test]
+fn a_fresh_node_restores_from_webdav() {
+    let server = WebDavServer::start();
+    fresh_node_restores_from(&format!(
+        "[snapshot]\nstore = \"webdav\"\n[snapshot.webdav]\nurl = {}\n",
+        toml_str(&format!(
+            "{}?dir=/snapshots&login={}&secret={}",
+            server.url, server.user, server.password
+        ))
+    ));
+}
+
+#[test]
+fn a_fresh_node_restores_from_sftp() {
+    let server = SftpServer::start();
+    fresh_node_restores_from(&format!(
+        "[snapshot]\nstore = \"sftp\"\n[snapshot.sftp]\nurl = {}\n",
+        toml_str(&format!(
+            "sftp://{}:{}@127.0.0.1:{}{}",
+            server.user,
+            server.password,
+            server.port,
+            server.home.join("snapshots").display()
+        ))
+    ));
+}
+
+/// The fresh-node case with the snapshot store of `store_toml` (empty: the default NATS object store).
+fn fresh_node_restores_from(store_toml: &str) {
     let mut c = Cluster::start(Options {
-        extra_toml: "[replication_log]\nmax_entries = 64\n".into(),
+        extra_toml: format!("[replication_log]\nmax_entries = 64\n{store_toml}"),
         ..Default::default()
     });
     for k in 0..150 {
@@ -165,6 +212,7 @@ fn a_fresh_node_with_only_the_schema_restores_and_converges() {
     c.converged("Authors", T);
     let o = save_snapshot(c.node(1));
     assert!(o.status.success(), "{}", text(&o));
+    assert!(c.node(1).is_alive());
     // Node 3 is replaced by a new machine: a database with only the schema, no state file.
     assert_eq!(c.node_mut(3).stop(), Some(0));
     let fresh = c.fresh_dir("node-3-new");
@@ -179,6 +227,12 @@ fn a_fresh_node_with_only_the_schema_restores_and_converges() {
         .sql("INSERT INTO Authors (id, name) VALUES (9999, 'after the fresh node joined');");
     let tables = c.converged_all(T);
     assert_eq!(tables["Authors"].1, 151);
+    assert!(
+        !c.node(3)
+            .log_lines_with(&["snapshot restored into the database"])
+            .is_empty(),
+        "node 3 came back from the snapshot"
+    );
     c.assert_all_alive();
 }
 
