@@ -1,9 +1,11 @@
 //! Periodic and count-based snapshots, taken by one node at a time.
 //!
 //! The node that holds the lease (key `snapshot-leader` in the KV bucket `e-harmonylite`, the original's names)
-//! saves a snapshot when `snapshot.interval` has passed since the latest one, and, when `max_entries` caps the
-//! streams, whenever a stream has grown by half the cap since the latest snapshot, so a snapshot's positions are
-//! always still in the stream. The lease is clock-skew-proof: the bucket's `max_age` is the lease time, so the
+//! saves a snapshot when `snapshot.interval` has passed since the latest one; when `max_entries` caps the
+//! streams, whenever a stream has grown by half the cap since the latest snapshot; and, with no setting at
+//! all, as soon as a stream has been trimmed (a new node can no longer replay it from the start) and again
+//! before the age and size caps could remove the latest snapshot's positions, or after 100,000 messages. So
+//! a node that missed more than the streams keep always finds a snapshot it can catch up from. The lease is clock-skew-proof: the bucket's `max_age` is the lease time, so the
 //! server alone expires an unrenewed lease; taking it is a `create` (only when no one holds it), renewing it an
 //! `update` at the revision the holder last wrote (refused if anyone else wrote since). No node's clock decides.
 
@@ -89,15 +91,51 @@ impl Lease {
     }
 }
 
-/// Why a snapshot is due, if it is.
-fn due(cfg: &Config, since_last: Option<Duration>, grown_since_last: u64) -> Option<&'static str> {
+/// Messages a stream may grow by before a new snapshot is taken, when no other rule asked for one sooner.
+const GROWTH: u64 = 100_000;
+
+/// What the lease holder knows when it decides.
+struct Look {
+    /// Time since the latest snapshot (`None`: there is none).
+    since_last: Option<Duration>,
+    /// Most messages any stream gained since the latest snapshot's position.
+    grown: u64,
+    /// Some stream no longer starts at its first message (a new node cannot replay it from the start).
+    trimmed: bool,
+    /// Largest stream size in bytes.
+    bytes: u64,
+}
+
+/// Why a snapshot is due, if it is. With the defaults (no `interval`, no `max_entries`) a snapshot exists as
+/// soon as a stream has been trimmed, and is renewed before the stream's caps could remove its positions.
+fn due(cfg: &Config, l: &Look) -> Option<&'static str> {
     let interval = cfg.snapshot.interval_ms;
-    if interval > 0 && since_last.is_none_or(|d| d >= Duration::from_millis(interval)) {
+    if interval > 0
+        && l.since_last
+            .is_none_or(|d| d >= Duration::from_millis(interval))
+    {
         return Some("interval");
     }
-    let cap = cfg.replication_log.max_entries;
-    if cap > 0 && grown_since_last >= (cap as u64 / 2).max(1) {
+    let rl = &cfg.replication_log;
+    if rl.max_entries > 0 && l.grown >= (rl.max_entries as u64 / 2).max(1) {
         return Some("stream grew by half of max_entries");
+    }
+    if l.grown == 0 {
+        return None;
+    }
+    if l.since_last.is_none() && l.trimmed {
+        return Some("the streams were trimmed and there is no snapshot yet");
+    }
+    if l.since_last
+        .is_some_and(|d| d.as_secs() >= rl.max_age_seconds.get() / 2)
+    {
+        return Some("half of max_age_seconds since the latest snapshot");
+    }
+    if rl.max_bytes > 0 && l.bytes >= rl.max_bytes as u64 / 2 {
+        return Some("a stream holds half of max_bytes");
+    }
+    if l.grown >= GROWTH {
+        return Some("a stream grew by 100,000 messages");
     }
     None
 }
@@ -156,7 +194,12 @@ pub async fn run(
                 ));
             }
         }
-        let mut grown = 0u64;
+        let mut look = Look {
+            since_last: last.as_ref().map(|(t, _)| t.elapsed()),
+            grown: 0,
+            trimmed: false,
+            bytes: 0,
+        };
         for shard in 1..=cfg.replication_log.shards.get() {
             let name = cfg.stream_name(shard);
             if let Ok(mut s) = js.get_stream(&name).await
@@ -166,10 +209,12 @@ pub async fn run(
                     .as_ref()
                     .and_then(|(_, p)| p.get(&name).copied())
                     .unwrap_or(0);
-                grown = grown.max(info.state.last_sequence.saturating_sub(at));
+                look.grown = look.grown.max(info.state.last_sequence.saturating_sub(at));
+                look.trimmed |= info.state.first_sequence > 1;
+                look.bytes = look.bytes.max(info.state.bytes);
             }
         }
-        let Some(why) = due(&cfg, last.as_ref().map(|(t, _)| t.elapsed()), grown) else {
+        let Some(why) = due(&cfg, &look) else {
             continue;
         };
         tracing::info!(reason = why, "taking a snapshot");
@@ -188,18 +233,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_snapshot_is_due_by_interval_or_by_growth_under_a_cap() {
+    fn a_snapshot_is_due_by_interval_by_growth_or_before_the_caps() {
         let mut cfg = crate::config::load(None, &Default::default()).unwrap().0;
-        assert_eq!(due(&cfg, None, 1_000_000), None, "interval off, no cap");
-        cfg.snapshot.interval_ms = 60_000;
-        assert_eq!(due(&cfg, None, 0), Some("interval"), "never taken");
-        assert_eq!(due(&cfg, Some(Duration::from_secs(30)), 0), None);
+        let look = |since: Option<u64>, grown, trimmed, bytes| Look {
+            since_last: since.map(Duration::from_secs),
+            grown,
+            trimmed,
+            bytes,
+        };
         assert_eq!(
-            due(&cfg, Some(Duration::from_secs(61)), 0),
-            Some("interval")
+            due(&cfg, &look(None, 50, false, 0)),
+            None,
+            "nothing trimmed yet"
         );
+        assert!(
+            due(&cfg, &look(None, 50, true, 0)).is_some(),
+            "trimmed, no snapshot"
+        );
+        assert_eq!(due(&cfg, &look(Some(10), 0, true, 0)), None, "nothing new");
+        assert!(due(&cfg, &look(Some(10), 100_000, true, 0)).is_some());
+        assert!(
+            due(&cfg, &look(Some(4 * 24 * 3600), 1, true, 0)).is_some(),
+            "half of max_age"
+        );
+        assert!(
+            due(&cfg, &look(Some(10), 1, true, 600 << 20)).is_some(),
+            "half of max_bytes"
+        );
+        cfg.snapshot.interval_ms = 60_000;
+        assert_eq!(
+            due(&cfg, &look(None, 0, false, 0)),
+            Some("interval"),
+            "never taken"
+        );
+        assert_eq!(due(&cfg, &look(Some(30), 0, false, 0)), None);
+        assert_eq!(due(&cfg, &look(Some(61), 0, false, 0)), Some("interval"));
         cfg.replication_log.max_entries = 64;
-        assert!(due(&cfg, Some(Duration::from_secs(1)), 32).is_some());
-        assert!(due(&cfg, Some(Duration::from_secs(1)), 31).is_none());
+        assert!(due(&cfg, &look(Some(1), 32, false, 0)).is_some());
+        assert!(due(&cfg, &look(Some(1), 31, false, 0)).is_none());
     }
 }
