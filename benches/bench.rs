@@ -2,7 +2,8 @@
 //! their bundled nats-servers, R3, fsync always) and prints, from one run, as a table and as JSON:
 //! plain SQLite insert rates, the cost of our capture triggers, the original's one-row-per-acked-message design
 //! on the same cluster, our sustained replicated rows/s for 1-, 10- and 100-row transactions, replication lag
-//! percentiles idle and at half the maximum rate, sidecar and nats-server RSS, and three-node cold start.
+//! percentiles idle and at half the maximum rate, sidecar and nats-server RSS, three-node cold start, and
+//! snapshot save and restore rates with their peak RSS (64 MiB database with `--quick`, 1 GiB otherwise).
 //!
 //! Run it with `scripts/bench.sh [--quick] [--soak SECS] [--json FILE]`, which builds the release `harmonylite`
 //! binary and runs this bench against it through `cargo bench --bench bench -- ARGS`. `--quick` finishes within
@@ -294,6 +295,116 @@ fn soak(
     })
 }
 
+/// Snapshot save and restore of a database of about `mb` MiB of realistic rows on one node (NATS object
+/// store): rates in MB/s of database size, and the peak RSS of the process doing the work (the `-save-snapshot`
+/// command; the node while it restores).
+fn snapshot_bench(mb: u64) -> serde_json::Value {
+    let dir = tempfile::Builder::new()
+        .prefix("hl-bench-snap-")
+        .tempdir()
+        .unwrap();
+    let mut c = support::Cluster::new(support::Options {
+        nodes: 1,
+        schema:
+            "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, email TEXT, city TEXT, \
+                 balance REAL, created INTEGER, notes TEXT);"
+                .into(),
+        verbose: true,
+        ..Default::default()
+    });
+    let db = c.node(1).db.clone();
+    {
+        // Rows of about 330 bytes: text that compresses like real text (hex of random bytes compresses 2x).
+        let conn = Connection::open(&db).unwrap();
+        let rows = mb * 1024 * 1024 / 330;
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; BEGIN;
+             WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < {rows})
+             INSERT INTO customers SELECT x, 'Customer ' || x, 'user' || x || '@example.com',
+               'City ' || (x % 1000), x * 1.25, 1700000000 + x, hex(randomblob(120)) FROM s;
+             COMMIT; PRAGMA wal_checkpoint(TRUNCATE);"
+        ))
+        .unwrap();
+    }
+    let size = std::fs::metadata(&db).unwrap().len();
+    c.start_all();
+    c.wait_all_running(Duration::from_secs(120));
+    // A few changes so the stream is trimmed past its start: a fresh database then has a gap to restore over.
+    for i in 0..20 {
+        c.node(1).sql(&format!(
+            "UPDATE customers SET balance = balance + 1 WHERE id = {};",
+            i + 1
+        ));
+    }
+    support::poll(Duration::from_secs(60), || {
+        !c.node(1).log_lines_with(&["stream trimmed"]).is_empty()
+    })
+    .expect("the stream was not trimmed");
+    let peak = |child: &mut std::process::Child| {
+        let mut peak = 0u64;
+        while child.try_wait().unwrap().is_none() {
+            peak = peak.max(rss_kb(child.id()));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        peak
+    };
+    let t = Instant::now();
+    let mut save = c
+        .node(1)
+        .command()
+        .arg("-save-snapshot")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let save_rss = peak(&mut save);
+    let save_secs = t.elapsed().as_secs_f64();
+    assert!(save.wait().unwrap().success(), "-save-snapshot failed");
+
+    c.node_mut(1).stop();
+    let fresh = db.with_file_name("fresh.db");
+    support::sqlite3(
+        &fresh,
+        "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, email TEXT, city TEXT, balance REAL, \
+         created INTEGER, notes TEXT);",
+    );
+    c.node_mut(1).use_db(&fresh);
+    c.node_mut(1).start();
+    let pid = c.node(1).pid().unwrap();
+    let mut restore_rss = 0u64;
+    let restored = support::poll(Duration::from_secs(600), || {
+        restore_rss = restore_rss.max(rss_kb(pid));
+        let lines = c
+            .node(1)
+            .log_lines_with(&["snapshot restored into the database"]);
+        std::thread::sleep(Duration::from_millis(20));
+        lines.last().cloned()
+    })
+    .expect("no restore");
+    let stamp =
+        |line: &str| humantime::parse_rfc3339(line.split_whitespace().next().unwrap()).unwrap();
+    let began = c
+        .node(1)
+        .log_lines_with(&["restoring snapshot"])
+        .pop()
+        .expect("restore start");
+    let restore_secs = stamp(&restored)
+        .duration_since(stamp(&began))
+        .unwrap()
+        .as_secs_f64();
+    c.node_mut(1).wait_running(Duration::from_secs(120));
+    c.stop_all();
+    drop(dir);
+    let mbs = size as f64 / 1e6;
+    json!({
+        "database_mb": mbs,
+        "save_mb_per_s": mbs / save_secs,
+        "save_peak_rss_mb": save_rss as f64 / 1024.0,
+        "restore_mb_per_s": mbs / restore_secs,
+        "restore_peak_rss_mb": restore_rss as f64 / 1024.0,
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
@@ -390,6 +501,10 @@ fn main() {
         .unwrap_or(0);
     let soak_report =
         (soak_secs > 0).then(|| soak(&c, soak_secs, max_rate / 2.0, &sidecar_pids, &mut next_id));
+    c.stop_all();
+    let snapshot_mb = if quick { 64 } else { 1024 };
+    eprintln!("bench: snapshot save and restore of a {snapshot_mb} MiB database...");
+    let snap = snapshot_bench(snapshot_mb);
 
     let report = json!({
         "quick": quick,
@@ -404,6 +519,7 @@ fn main() {
         "nats_server_rss_mb": nats_rss as f64 / 1024.0,
         "cold_start_3_nodes_s": cold_start,
         "soak": soak_report,
+        "snapshot": snap,
     });
 
     let l = &report["local_sqlite"];
@@ -465,10 +581,28 @@ fn main() {
         "three-node cold start to ready (s)",
         format!("{cold_start:.2}"),
     );
+    row(
+        &format!(
+            "snapshot save / restore, {:.0} MB database (MB/s)",
+            snap["database_mb"].as_f64().unwrap()
+        ),
+        format!(
+            "{:.0} / {:.0}",
+            snap["save_mb_per_s"].as_f64().unwrap(),
+            snap["restore_mb_per_s"].as_f64().unwrap()
+        ),
+    );
+    row(
+        "peak RSS during save / restore (MB)",
+        format!(
+            "{:.1} / {:.1}",
+            snap["save_peak_rss_mb"].as_f64().unwrap(),
+            snap["restore_peak_rss_mb"].as_f64().unwrap()
+        ),
+    );
     let text = serde_json::to_string_pretty(&report).unwrap();
     println!("{text}");
     if let Some(path) = json_out {
         std::fs::write(path, &text).unwrap();
     }
-    c.stop_all();
 }

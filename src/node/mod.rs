@@ -72,7 +72,8 @@ pub async fn save_snapshot(cfg: &Config, cli: &Cli) -> anyhow::Result<()> {
     let replicas = nats.cluster_size_hint().clamp(1, 3);
     let result = async {
         let store = crate::snapshot::store::open(cfg, &nats.jetstream).await?;
-        let m = crate::snapshot::save(cfg, store.as_ref()).await?;
+        let handled = handled_positions(&nats.jetstream, cfg.node_id).await;
+        let m = crate::snapshot::save(cfg, store.as_ref(), handled).await?;
         record_snapshot_positions(&nats.jetstream, &m, replicas).await;
         println!(
             "Snapshot saved to {}: {} ({} bytes, {} compressed), positions {:?}",
@@ -87,6 +88,20 @@ pub async fn save_snapshot(cfg: &Config, cli: &Cli) -> anyhow::Result<()> {
     .await;
     nats.shutdown().await;
     result
+}
+
+/// What this node's retention entry says it has handled, for a snapshot's positions.
+async fn handled_positions(
+    js: &async_nats::jetstream::Context,
+    node_id: u64,
+) -> crate::snapshot::Handled {
+    retention::entry(js, node_id)
+        .await
+        .map(|e| crate::snapshot::Handled {
+            incarnation: e.incarnation,
+            positions: e.positions,
+        })
+        .unwrap_or_default()
 }
 
 /// Keep the stream from being trimmed below a snapshot's positions, so it can always be caught up from.

@@ -91,6 +91,19 @@ pub fn node_key(node_id: u64) -> String {
     format!("node-{node_id}")
 }
 
+/// This node's entry as it is now (`None` when it has none or the bucket is not reachable within seconds).
+pub async fn entry(js: &jetstream::Context, node_id: u64) -> Option<Positions> {
+    let read = async {
+        let store = js.get_key_value(BUCKET).await.ok()?;
+        let v = store.get(node_key(node_id)).await.ok()??;
+        serde_json::from_slice::<Positions>(&v).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// The positions this node's entry certifies for the database of change-log incarnation `incarnation`, per
 /// stream (empty when it has none, it belongs to another database, or the bucket is not reachable within a
 /// few seconds).
@@ -99,13 +112,8 @@ pub async fn certified(
     node_id: u64,
     incarnation: u64,
 ) -> BTreeMap<String, u64> {
-    let read = async {
-        let store = js.get_key_value(BUCKET).await.ok()?;
-        let v = store.get(node_key(node_id)).await.ok()??;
-        serde_json::from_slice::<Positions>(&v).ok()
-    };
-    match tokio::time::timeout(Duration::from_secs(5), read).await {
-        Ok(Some(p)) if p.incarnation == incarnation && incarnation != 0 => p.positions,
+    match entry(js, node_id).await {
+        Some(p) if p.incarnation == incarnation && incarnation != 0 => p.positions,
         _ => BTreeMap::new(),
     }
 }

@@ -218,7 +218,8 @@ pub async fn run(
             continue;
         };
         tracing::info!(reason = why, "taking a snapshot");
-        match snapshot::save(&cfg, store.as_ref()).await {
+        let handled = super::handled_positions(&js, cfg.node_id).await;
+        match snapshot::save(&cfg, store.as_ref(), handled).await {
             Ok(m) => {
                 super::record_snapshot_positions(&js, &m, replicas).await;
                 last = Some((Instant::now(), m.positions));

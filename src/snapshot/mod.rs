@@ -87,33 +87,49 @@ fn work_dir(cfg: &Config) -> Result<tempfile::TempDir, SnapshotError> {
         .map_err(io("cannot create a directory in", &root))
 }
 
-/// Logs a long transfer's progress: bytes, rate and time left, at most every few seconds.
+/// A long transfer's progress: a bar when stderr is a terminal (a `-save-snapshot` typed by someone), else a
+/// log line with bytes, rate and time left every few seconds.
 pub struct Progress {
     what: &'static str,
     total: u64,
     done: u64,
     start: Instant,
     last: Instant,
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Progress {
     pub fn new(what: &'static str, total: u64) -> Progress {
         let now = Instant::now();
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, {eta} left",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(what);
+            bar
+        });
         Progress {
             what,
             total,
             done: 0,
             start: now,
             last: now,
+            bar,
         }
     }
 
     pub fn add(&mut self, n: u64) {
         self.done += n;
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.done);
+            return;
+        }
         if self.last.elapsed().as_secs() >= 3 {
             self.last = Instant::now();
-            let secs = self.start.elapsed().as_secs_f64().max(0.001);
-            let rate = self.done as f64 / secs;
+            let rate = self.rate();
             let left = if self.total > self.done && rate > 0.0 {
                 (self.total - self.done) as f64 / rate
             } else {
@@ -136,6 +152,34 @@ impl Progress {
     }
 }
 
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// A reader that reports the bytes read through it to a [`Progress`].
+struct Counted<R> {
+    inner: R,
+    progress: Progress,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.progress.add(n as u64);
+        r
+    }
+}
+
 /// A writer that hashes what passes through it.
 struct Hashing<W> {
     inner: W,
@@ -155,8 +199,22 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Copy the database consistently into `dir`, without our objects; returns the copy and its applied positions.
-fn copy_database(db: &Path, dir: &Path) -> Result<(PathBuf, BTreeMap<String, u64>), SnapshotError> {
+/// Positions a node has handled beyond those written in its database (messages it skipped as its own echoes
+/// leave no trace there), and the change-log incarnation of the database they belong to.
+#[derive(Debug, Clone, Default)]
+pub struct Handled {
+    pub incarnation: u64,
+    pub positions: BTreeMap<String, u64>,
+}
+
+/// Copy the database consistently into `dir`, without our objects; returns the copy and its positions: the
+/// applied positions in the copy, raised to `handled` when those belong to this database (every message up
+/// to them was handled before the copy began, so its effect is in the copy).
+fn copy_database(
+    db: &Path,
+    dir: &Path,
+    handled: &Handled,
+) -> Result<(PathBuf, BTreeMap<String, u64>), SnapshotError> {
     let copy = dir.join("snapshot.db");
     let src = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     src.busy_timeout(std::time::Duration::from_secs(30))?;
@@ -170,11 +228,27 @@ fn copy_database(db: &Path, dir: &Path) -> Result<(PathBuf, BTreeMap<String, u64
             |r| r.get::<_, i64>(0),
         )
         .map(|n| n > 0)?;
-    let positions = if has_applied {
+    let mut positions: BTreeMap<String, u64> = if has_applied {
         capture::applied_positions(&c)?.into_iter().collect()
     } else {
         BTreeMap::new()
     };
+    let incarnation: Option<i64> = c
+        .query_row(
+            &format!(
+                "SELECT value FROM {} WHERE key = 'incarnation'",
+                capture::META
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    if handled.incarnation != 0 && incarnation == Some(handled.incarnation as i64) {
+        for (stream, &seq) in &handled.positions {
+            let p = positions.entry(stream.clone()).or_insert(0);
+            *p = (*p).max(seq);
+        }
+    }
     capture::uninstall(&mut c)?;
     drop(c);
     Ok((copy, positions))
@@ -209,12 +283,17 @@ fn compress(src: &Path, dst: &Path) -> Result<(String, u64), SnapshotError> {
     Ok((hex::encode(hashing.hash.finalize()), hashing.bytes))
 }
 
-/// Save a snapshot of `cfg`'s database to `store`. Works beside a running node.
-pub async fn save(cfg: &Config, store: &dyn Store) -> Result<Manifest, SnapshotError> {
+/// Save a snapshot of `cfg`'s database to `store`. Works beside a running node. `handled` is what the node's
+/// retention entry said just before (read before the copy begins).
+pub async fn save(
+    cfg: &Config,
+    store: &dyn Store,
+    handled: Handled,
+) -> Result<Manifest, SnapshotError> {
     let started = Instant::now();
     let dir = work_dir(cfg)?;
     let (db, d) = (cfg.db_path.clone(), dir.path().to_path_buf());
-    let (copy, positions) = tokio::task::spawn_blocking(move || copy_database(&db, &d))
+    let (copy, positions) = tokio::task::spawn_blocking(move || copy_database(&db, &d, &handled))
         .await
         .expect("snapshot copy panicked")?;
     let database_bytes = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
@@ -232,7 +311,11 @@ pub async fn save(cfg: &Config, store: &dyn Store) -> Result<Manifest, SnapshotE
     let file = tokio::fs::File::open(&packed)
         .await
         .map_err(io("cannot read", &packed))?;
-    store.put(&object, Box::pin(file)).await?;
+    let upload = Counted {
+        inner: file,
+        progress: Progress::new("uploading snapshot", compressed_bytes),
+    };
+    store.put(&object, Box::pin(upload)).await?;
     let previous = latest(store).await.ok().flatten();
     let manifest = Manifest {
         format: 1,
