@@ -14,6 +14,9 @@
 //! - [`cli`], [`config`]: flags and TOML keys of the original, validated.
 //! - [`conflict`]: the node's own changes in flight, on which the conflict rule rests (publish and apply).
 //! - [`counters`]: what the node did, for `sleep_timeout` and operations.
+//! - [`db`]: the node's connections to the user's database, and `-cleanup`.
+//! - [`snapshot`]: consistent copies of the database with their stream positions, and the stores that keep
+//!   them (NATS object store, S3, WebDAV, SFTP).
 //! - [`retry`]: the one backoff policy, with jitter; [`memory`]: heap tuning.
 //! - `atomic_file`: files replaced whole and durably (the publisher's state, the server's config).
 //!
@@ -27,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub(crate) mod conflict;
 pub mod counters;
+pub mod db;
 pub mod memory;
 pub mod nats;
 pub mod node;

@@ -10,7 +10,6 @@
 //! ([`CurrentCapture`]), the conflict rule's table of in-flight local changes ([`InFlight`]) and the
 //! [`Counters`].
 
-mod db;
 mod recover;
 pub mod retention;
 mod snapshots;
@@ -23,7 +22,7 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use db::{check_db, cleanup, open_db};
+pub use crate::db::{check_db, cleanup, open_db};
 
 use crate::apply::{
     Applier,

@@ -171,7 +171,7 @@ pub async fn read_entries(js: &jetstream::Context) -> anyhow::Result<BTreeMap<u6
 
 /// `-schema-status`: what this node captures, read from the database alone.
 pub fn local_status(cfg: &Config) -> anyhow::Result<String> {
-    crate::node::check_db(cfg)?;
+    crate::db::check_db(cfg)?;
     let conn = Connection::open_with_flags(&cfg.db_path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let installed: Option<String> = conn
         .query_row(

@@ -430,7 +430,7 @@ pub fn restore_into(
     cfg: &Config,
 ) -> Result<(), SnapshotError> {
     let started = Instant::now();
-    let mut dst = crate::node::open_db(live)?;
+    let mut dst = crate::db::open_db(live)?;
     let page_size: i64 = dst.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     {
         let mut c = Connection::open(copy)?;
