@@ -1,9 +1,10 @@
-//! The node's counters and gauges: what it published, applied and skipped, its errors, each shard's applied
-//! stream position and pause reason, and when it last did anything. Updated where the work happens; read by
-//! `sleep_timeout` and, next, by the metrics and health endpoints.
+//! The node's counters and gauges: what it published, applied and skipped, its errors by kind, each shard's
+//! applied stream position, pause reason, gap and lag, and when it last did anything. Updated where the work
+//! happens; read by `sleep_timeout`, the metrics and health endpoints (`ops`) and the cluster status.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Counters and gauges of one running node, shared by its tasks (`Arc<Counters>`).
@@ -22,9 +23,25 @@ pub struct Counters {
     pub schema_pauses: AtomicU64,
     /// Incoming rows of tables (or key columns) dropped on this node, not applied.
     pub dropped_rows: AtomicU64,
+    /// Change-log rows written by applications and not yet published (measured about once a second).
+    pub pending_rows: AtomicU64,
+    /// Unix ms when the latest snapshot this node saved or restored finished, and how long it took.
+    pub last_snapshot_ms: AtomicU64,
+    pub last_snapshot_duration_ms: AtomicU64,
+    /// Change-log ids up to here are acknowledged by JetStream.
+    pub published_upto: AtomicU64,
+    /// Unix ms of the last message applied from the stream, and of the last publish acknowledged.
+    pub last_applied_ms: AtomicU64,
+    pub last_published_ms: AtomicU64,
+    /// Whether every shard's stream answered with a leader at the last look (JetStream quorum).
+    pub quorum: AtomicBool,
+    /// Whether every shard's stream exists (seen at least once).
+    pub streams_ready: AtomicBool,
     /// Unix ms of the last local or remote change handled.
     last_activity_ms: AtomicU64,
     shards: Mutex<Vec<ShardGauges>>,
+    /// Errors by (operation, kind), e.g. ("apply", "decode").
+    errors: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 #[derive(Default, Clone)]
@@ -34,6 +51,35 @@ struct ShardGauges {
     schema_paused: bool,
     /// The first sequence needed, while the shard is stopped at a gap.
     gap: Option<u64>,
+    /// Unix ms since when the shard has been paused or stopped at a gap (0 while it is not).
+    stuck_since_ms: u64,
+    /// The stream's last sequence at the last look.
+    last_seq: u64,
+    /// Age in ms of the oldest message not yet handled at the last look (0 when caught up).
+    oldest_unapplied_ms: u64,
+}
+
+impl ShardGauges {
+    fn stuck(&self) -> bool {
+        self.paused.is_some() || self.gap.is_some()
+    }
+}
+
+/// One shard as operators see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardView {
+    pub shard: u32,
+    pub applied: u64,
+    pub last_seq: u64,
+    /// Messages in the stream this node has not handled yet.
+    pub lag_msgs: u64,
+    /// Age in ms of the oldest of them (0 when caught up).
+    pub lag_ms: u64,
+    pub paused: Option<String>,
+    pub schema_paused: bool,
+    pub gap: Option<u64>,
+    /// How long the shard has been paused or stopped at a gap, in ms (0 while it is not).
+    pub stuck_for_ms: u64,
 }
 
 impl Counters {
@@ -53,7 +99,75 @@ impl Counters {
         if v.len() <= i {
             v.resize(i + 1, ShardGauges::default());
         }
-        f(&mut v[i]);
+        let g = &mut v[i];
+        let was_stuck = g.stuck();
+        f(g);
+        match (was_stuck, g.stuck()) {
+            (false, true) => g.stuck_since_ms = now_ms(),
+            (_, false) => g.stuck_since_ms = 0,
+            _ => {}
+        }
+    }
+
+    /// A snapshot was saved or restored, taking `took`.
+    pub fn snapshot_done(&self, took: std::time::Duration) {
+        self.last_snapshot_duration_ms
+            .store(took.as_millis() as u64, Ordering::Relaxed);
+        self.last_snapshot_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Count one error of `kind` in `op` ("publish", "apply", "consume", ...).
+    pub fn error(&self, op: &'static str, kind: &'static str) {
+        let mut m = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((op, kind)).or_default() += 1;
+    }
+
+    /// Errors so far by (operation, kind).
+    pub fn errors(&self) -> BTreeMap<(&'static str, &'static str), u64> {
+        self.errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Record what the stream of `shard` holds: its last sequence, and the age of the oldest message this node
+    /// has not handled (0 when caught up).
+    pub fn set_stream(&self, shard: u32, last_seq: u64, oldest_unapplied_ms: u64) {
+        self.with_shard(shard, |g| {
+            g.last_seq = last_seq;
+            g.oldest_unapplied_ms = oldest_unapplied_ms;
+        });
+    }
+
+    /// Every shard as operators see it (index 0 = shard 1).
+    pub fn shard_views(&self) -> Vec<ShardView> {
+        let v = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_ms();
+        v.iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let lag_msgs = g.last_seq.saturating_sub(g.applied);
+                ShardView {
+                    shard: i as u32 + 1,
+                    applied: g.applied,
+                    last_seq: g.last_seq,
+                    lag_msgs,
+                    lag_ms: if lag_msgs == 0 {
+                        0
+                    } else {
+                        g.oldest_unapplied_ms
+                    },
+                    paused: g.paused.clone(),
+                    schema_paused: g.schema_paused,
+                    gap: g.gap,
+                    stuck_for_ms: if g.stuck() {
+                        now.saturating_sub(g.stuck_since_ms)
+                    } else {
+                        0
+                    },
+                }
+            })
+            .collect()
     }
 
     pub fn set_applied(&self, shard: u32, seq: u64) {
@@ -105,7 +219,8 @@ impl Counters {
     }
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -129,6 +244,33 @@ mod tests {
         c.set_schema_paused(2, true);
         c.set_schema_paused(2, false);
         assert_eq!(c.schema_paused(), 1);
+    }
+
+    #[test]
+    fn lag_and_stuck_time_per_shard() {
+        let c = Counters::default();
+        c.set_applied(1, 10);
+        c.set_stream(1, 15, 2_000);
+        c.set_applied(2, 7);
+        c.set_stream(2, 7, 500);
+        let v = c.shard_views();
+        assert_eq!((v[0].lag_msgs, v[0].lag_ms), (5, 2_000));
+        assert_eq!((v[1].lag_msgs, v[1].lag_ms), (0, 0), "caught up: no age");
+        assert_eq!(v[0].stuck_for_ms, 0);
+        c.set_gap(1, Some(11));
+        assert!(c.shard_views()[0].stuck_for_ms < 60_000);
+        assert!(c.shards.lock().unwrap()[0].stuck_since_ms > 0);
+        c.set_paused(1, Some("x".into()));
+        c.set_gap(1, None);
+        assert!(
+            c.shards.lock().unwrap()[0].stuck_since_ms > 0,
+            "still paused"
+        );
+        c.set_paused(1, None);
+        assert_eq!(c.shards.lock().unwrap()[0].stuck_since_ms, 0);
+        c.error("apply", "decode");
+        c.error("apply", "decode");
+        assert_eq!(c.errors()[&("apply", "decode")], 2);
     }
 
     #[test]

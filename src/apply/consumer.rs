@@ -104,6 +104,7 @@ impl ShardConsumer {
                     }
                 }
                 Err(e) => {
+                    self.counters.error("consume", "interrupted");
                     tracing::warn!(shard = self.input.shard, stream = %self.input.stream, error = %e,
                         retry_in_ms = backoff.current().as_millis() as u64, "consumer interrupted; resuming");
                     if !backoff.sleep(&cancel).await {

@@ -226,8 +226,13 @@ impl Applier {
                 self.in_flight.wait_acked(Duration::from_millis(20)).await;
                 continue;
             }
+            let started = Instant::now();
             match tokio::task::block_in_place(|| self.apply(&plan)) {
-                Ok(()) => busy.reset(),
+                Ok(()) => {
+                    busy.reset();
+                    metrics::histogram!("harmonylite_apply_batch_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                }
                 Err(TxnError::MustWait) => {
                     self.in_flight.wait_acked(Duration::from_millis(20)).await
                 }
@@ -250,6 +255,7 @@ impl Applier {
                 }
                 Err(e @ (TxnError::Sqlite(_) | TxnError::Capture(_))) => {
                     // Busy or I/O trouble: nothing was applied; try again shortly.
+                    self.counters.error("apply", "transaction");
                     tracing::warn!(error = %e, retry_in_ms = busy.current().as_millis() as u64,
                         "apply transaction failed; retrying");
                     if !busy.sleep(cancel).await {
@@ -524,6 +530,9 @@ impl Applier {
                     .fetch_add(taken as u64, Ordering::Relaxed);
                 stats.set_applied(s.shard, last);
                 stats.touch();
+                stats
+                    .last_applied_ms
+                    .store(crate::counters::now_ms(), Ordering::Relaxed);
             }
             match error {
                 Some(err) => pause(s, stats, err),
@@ -549,6 +558,7 @@ fn pause(s: &mut ShardState, stats: &Counters, err: Stuck) {
         if s.schema_wait != Some(err.seq) {
             s.schema_wait = Some(err.seq);
             stats.schema_pauses.fetch_add(1, Ordering::Relaxed);
+            stats.error("apply", "schema_behind");
             tracing::warn!(shard = s.shard, stream = %err.stream, seq = err.seq, table = %table,
                 column = %column.as_deref().unwrap_or(""),
                 "shard paused: a change names a table or column this node does not have yet; \
@@ -562,6 +572,7 @@ fn pause(s: &mut ShardState, stats: &Counters, err: Stuck) {
     s.schema_wait = None;
     stats.set_schema_paused(s.shard, false);
     stats.apply_errors.fetch_add(1, Ordering::Relaxed);
+    stats.error("apply", err.error.kind());
     let delay = s.backoff.next_delay();
     tracing::error!(shard = s.shard, error = %err, retry_in_ms = delay.as_millis() as u64,
         "cannot apply message; shard paused, will retry");

@@ -49,6 +49,21 @@ pub enum ApplyError {
     },
 }
 
+impl ApplyError {
+    /// A short name of the kind, for the error counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApplyError::Sqlite(_) => "sqlite",
+            ApplyError::KeyNotShipped { .. } => "key_not_shipped",
+            ApplyError::RowWidth { .. } => "row_width",
+            ApplyError::KeyWidth { .. } => "key_width",
+            ApplyError::Decode(_) => "decode",
+            ApplyError::MustWait => "must_wait",
+            ApplyError::SchemaBehind { .. } => "schema_behind",
+        }
+    }
+}
+
 fn schema_behind_text(table: &str, column: Option<&str>) -> String {
     match column {
         Some(c) => format!(

@@ -125,7 +125,10 @@ fn defaults_without_file() {
             enable: false,
             bind: "0.0.0.0:8090".into(),
             path: "/health".into(),
-            detailed: true
+            detailed: true,
+            ready_path: "/ready".into(),
+            ready_max_lag: 100,
+            max_stuck_seconds: 60,
         }
     );
     assert_eq!(c.stream_name(1), "harmonylite-changes-c-1");
@@ -366,7 +369,10 @@ detailed = false
             enable: true,
             bind: ":8091".into(),
             path: "/healthz".into(),
-            detailed: false
+            detailed: false,
+            ready_path: "/ready".into(),
+            ready_max_lag: 100,
+            max_stuck_seconds: 60,
         }
     );
     assert_eq!(c.stream_name(2), "app-changes-2");

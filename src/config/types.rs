@@ -354,6 +354,16 @@ pub struct HealthCheckConfig {
     pub path: String,
     #[serde(deserialize_with = "de::boolean")]
     pub detailed: bool,
+    /// `ready_path` (ours, default `/ready`): the readiness path on the same server.
+    #[serde(deserialize_with = "de::string")]
+    pub ready_path: String,
+    /// `ready_max_lag` (ours, default 100): readiness needs every shard within this many stream messages.
+    #[serde(deserialize_with = "de::uint32_range")]
+    pub ready_max_lag: u64,
+    /// `max_stuck_seconds` (ours, default 60): a shard paused or stopped at a gap for longer makes the node
+    /// unhealthy.
+    #[serde(deserialize_with = "de::uint32_range")]
+    pub max_stuck_seconds: u64,
 }
 
 impl Default for HealthCheckConfig {
@@ -363,6 +373,9 @@ impl Default for HealthCheckConfig {
             bind: "0.0.0.0:8090".into(),
             path: "/health".into(),
             detailed: true,
+            ready_path: "/ready".into(),
+            ready_max_lag: 100,
+            max_stuck_seconds: 60,
         }
     }
 }

@@ -68,6 +68,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "expected an HTTP path starting with \"/\"",
         ));
     }
+    if !h.ready_path.starts_with('/')
+        || h.ready_path.chars().any(char::is_whitespace)
+        || h.ready_path == h.path
+    {
+        return Err(invalid(
+            "health_check.ready_path",
+            quoted(&h.ready_path),
+            "expected an HTTP path starting with \"/\", other than health_check.path",
+        ));
+    }
     Ok(())
 }
 

@@ -32,6 +32,7 @@ pub use error::NatsError;
 
 use crate::config::Config;
 use server::ServerProcess;
+pub use server::ServerWatch;
 
 /// The cluster flags of the command line (`-cluster-addr`, `-cluster-peers`, `-leaf-servers`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -109,6 +110,11 @@ impl Nats {
     /// How many times the embedded server was restarted after it died (0 for external NATS).
     pub fn server_restarts(&self) -> u64 {
         self.server.as_ref().map_or(0, ServerProcess::restarts)
+    }
+
+    /// A handle on the embedded server's state (None with external NATS).
+    pub fn server_watch(&self) -> Option<ServerWatch> {
+        self.server.as_ref().map(ServerProcess::watch)
     }
 
     /// Pid of the embedded nats-server while it runs.

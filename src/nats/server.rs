@@ -87,6 +87,22 @@ impl Shared {
     }
 }
 
+/// Whether a supervised nats-server runs, and how often it was restarted (see [`ServerProcess::watch`]).
+#[derive(Clone)]
+pub struct ServerWatch(Arc<Shared>);
+
+impl ServerWatch {
+    /// The child process runs.
+    pub fn running(&self) -> bool {
+        self.0.pid.load(Ordering::SeqCst) != 0
+    }
+
+    /// Restarts after the server exited on its own.
+    pub fn restarts(&self) -> u64 {
+        self.0.restarts.load(Ordering::SeqCst)
+    }
+}
+
 /// A supervised nats-server. Dropping it kills the server at once; [`ServerProcess::stop`] stops it gracefully.
 pub(crate) struct ServerProcess {
     shared: Arc<Shared>,
@@ -150,6 +166,11 @@ impl ServerProcess {
             0 => None,
             pid => Some(pid as u32),
         }
+    }
+
+    /// A handle that tells, later and from anywhere, whether the server runs and how often it restarted.
+    pub fn watch(&self) -> ServerWatch {
+        ServerWatch(self.shared.clone())
     }
 
     /// How many times the server was restarted after exiting on its own.

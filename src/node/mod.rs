@@ -34,6 +34,7 @@ use crate::config::Config;
 use crate::conflict::InFlight;
 use crate::counters::Counters;
 use crate::nats::{ClusterFlags, Nats};
+use crate::ops::observe::{NatsView, Observed};
 use crate::publish::{Publisher, state::PublishState};
 
 /// How long shutdown waits for the engine's tasks before stopping NATS anyway.
@@ -123,9 +124,20 @@ async fn record_snapshot_positions(
     }
 }
 
-/// Run a node until SIGTERM/SIGINT or `sleep_timeout`.
+/// Run a node until SIGTERM/SIGINT or `sleep_timeout`. The metrics and health endpoints (when enabled) start
+/// first and answer while the node waits for its cluster.
 pub async fn run(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
-    let mut node = RunningNode::start(cfg, ClusterFlags::from_cli(cli)).await?;
+    let cfg = Arc::new(cfg);
+    let counters = Arc::new(Counters::default());
+    let observed = Observed::new(cfg.clone(), counters.clone());
+    let ops = CancellationToken::new();
+    let _stop_ops = ops.clone().drop_guard();
+    let served = crate::ops::http::start(&cfg, observed.clone(), ops.clone()).await?;
+    if !served.is_empty() {
+        tokio::spawn(crate::ops::observe::run(observed.clone(), ops.clone()));
+    }
+    let mut node =
+        RunningNode::start(cfg, ClusterFlags::from_cli(cli), counters, Some(observed)).await?;
     let result = loop {
         match node.next_event().await {
             Event::Stop => break Ok(()),
@@ -173,18 +185,30 @@ struct Prepared {
 }
 
 impl RunningNode {
-    /// Start a node: capture, NATS, streams, engine. On error nothing keeps running.
-    pub async fn start(cfg: Config, flags: ClusterFlags) -> anyhow::Result<RunningNode> {
-        let cfg = Arc::new(cfg);
+    /// Start a node: capture, NATS, streams, engine. On error nothing keeps running. `observed` (the
+    /// endpoints' view) learns of NATS as soon as it is up.
+    pub async fn start(
+        cfg: Arc<Config>,
+        flags: ClusterFlags,
+        counters: Arc<Counters>,
+        observed: Option<Arc<Observed>>,
+    ) -> anyhow::Result<RunningNode> {
         let prepared = prepare(&cfg)?;
         let nats = Nats::start(&cfg, &flags)
             .await
             .context("cannot start NATS")?;
+        if let Some(o) = &observed {
+            o.set_nats(NatsView {
+                client: nats.client.clone(),
+                jetstream: nats.jetstream.clone(),
+                server: nats.server_watch(),
+            });
+        }
         let (gaps_tx, gaps) = tokio::sync::mpsc::unbounded_channel();
         let mut node = RunningNode {
             cfg,
             nats,
-            counters: Arc::new(Counters::default()),
+            counters,
             gaps_tx,
             gaps,
             cancel: CancellationToken::new(),
@@ -291,6 +315,7 @@ impl RunningNode {
         self.tasks.spawn(snapshots::run(
             self.nats.jetstream.clone(),
             cfg.clone(),
+            self.counters.clone(),
             replicas,
             self.cancel.clone(),
         ));
@@ -394,7 +419,9 @@ impl RunningNode {
             anyhow::bail!("stopped before local changes were published; nothing restored");
         }
         drop(publisher);
+        let started = std::time::Instant::now();
         recover::restore(&cfg, &self.nats.jetstream, store, m, replicas, &self.cancel).await?;
+        self.counters.snapshot_done(started.elapsed());
         prepare(&cfg)
     }
 

@@ -144,6 +144,7 @@ fn due(cfg: &Config, l: &Look) -> Option<&'static str> {
 pub async fn run(
     js: jetstream::Context,
     cfg: Arc<Config>,
+    counters: Arc<crate::counters::Counters>,
     replicas: usize,
     cancel: CancellationToken,
 ) {
@@ -219,8 +220,10 @@ pub async fn run(
         };
         tracing::info!(reason = why, "taking a snapshot");
         let handled = super::handled_positions(&js, cfg.node_id).await;
+        let started = Instant::now();
         match snapshot::save(&cfg, store.as_ref(), handled).await {
             Ok(m) => {
+                counters.snapshot_done(started.elapsed());
                 super::record_snapshot_positions(&js, &m, replicas).await;
                 last = Some((Instant::now(), m.positions));
             }

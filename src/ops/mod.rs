@@ -1,4 +1,9 @@
-//! What operators see: the schema registry and the schema status commands ([`schema`]). Metrics, health and
-//! the truth tools join here.
+//! What operators see: the schema registry and the schema status commands ([`schema`]), the node's view of
+//! itself ([`observe`]), Prometheus metrics ([`metrics`]), health and readiness ([`health`]) and the HTTP
+//! server that serves them ([`http`]). The truth tools join here.
 
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod observe;
 pub mod schema;

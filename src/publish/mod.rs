@@ -60,6 +60,19 @@ pub enum PublishError {
 const BATCH_DUPLICATE_MESSAGE_ID: jetstream::ErrorCode = jetstream::ErrorCode(10201);
 
 /// True when a batch commit was refused because an earlier attempt already stored the batch.
+impl PublishError {
+    /// A short name of the kind, for the error counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PublishError::Sqlite(_) => "sqlite",
+            PublishError::Capture(_) => "capture",
+            PublishError::State(_) => "state",
+            PublishError::Send { .. } => "send",
+            PublishError::Ack { .. } => "ack",
+        }
+    }
+}
+
 fn is_duplicate_batch(e: &jetstream::context::PublishError) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<jetstream::Error>())
@@ -165,6 +178,7 @@ impl Publisher {
                 }
                 Ok(false) => backoff.reset(),
                 Err(e) => {
+                    self.counters.error("publish", e.kind());
                     tracing::warn!(error = %e, retry_in_ms = backoff.current().as_millis() as u64, "publish pass failed; changes stay pending");
                     if !backoff.sleep(&cancel).await {
                         return;
@@ -209,9 +223,12 @@ impl Publisher {
 
     /// One pass. Returns true when something was published (there may be more).
     async fn pass(&mut self, cancel: &CancellationToken) -> Result<bool, PublishError> {
+        let scan = std::time::Instant::now();
         let Some(pass) = tokio::task::block_in_place(|| self.build())? else {
             return Ok(false);
         };
+        metrics::histogram!("harmonylite_scan_changes").record(scan.elapsed().as_micros() as f64);
+        let started = std::time::Instant::now();
         let stats = &*self.counters;
         if !self.cfg.publish {
             // publish = false: changes are read and discarded.
@@ -250,6 +267,7 @@ impl Publisher {
             }
             let Some(err) = failed else { break };
             stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+            stats.error("publish", err.kind());
             tracing::warn!(error = %err, retry_in_ms = backoff.current().as_millis() as u64, "publish failed; retrying the same messages");
             if !backoff.sleep(cancel).await {
                 return Ok(false);
@@ -274,6 +292,9 @@ impl Publisher {
         self.state.published_upto = pass.end;
         self.state.inflight_end = pass.end;
         self.state.save()?;
+        stats
+            .published_upto
+            .store(pass.end.max(0) as u64, Ordering::Relaxed);
         tracing::debug!(
             rows = pass.rows,
             units = pass.units.len(),
@@ -284,6 +305,11 @@ impl Publisher {
             .published_rows
             .fetch_add(pass.rows as u64, Ordering::Relaxed);
         stats.touch();
+        stats
+            .last_published_ms
+            .store(crate::counters::now_ms(), Ordering::Relaxed);
+        metrics::histogram!("harmonylite_publish_batch_seconds")
+            .record(started.elapsed().as_secs_f64());
         let large = pass.rows > 10_000;
         drop(pass);
         if large {

@@ -1,0 +1,182 @@
+//! The node's HTTP endpoints (axum): Prometheus metrics on `[prometheus] bind` (any path, as the original;
+//! `/metrics` is the documented one) and health on `[health_check] bind` at `path`, readiness at
+//! `ready_path`. When both sections name the same address, one server answers both: the health paths first,
+//! metrics on every other path.
+//!
+//! The servers start before NATS, so that while the node waits for its cluster the endpoints already answer
+//! (503), and they run until the node stops.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::health;
+use super::metrics::Exporter;
+use super::observe::Observed;
+use crate::config::Config;
+
+/// Why the endpoints cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot listen on {key} = {addr:?}: {source}")]
+    Bind {
+        key: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot install the metrics recorder: {0}")]
+    Recorder(String),
+}
+
+#[derive(Clone)]
+struct AppState {
+    observed: Arc<Observed>,
+    exporter: Option<Exporter>,
+    detailed: bool,
+}
+
+/// The address to listen on for a `host:port` or `:port` key (empty host: every interface, as the original).
+pub fn listen_addr(bind: &str) -> String {
+    match bind.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => bind.to_string(),
+    }
+}
+
+/// Start the configured endpoints. Returns the addresses actually listened on (for logs and tests).
+pub async fn start(
+    cfg: &Config,
+    observed: Arc<Observed>,
+    cancel: CancellationToken,
+) -> Result<Vec<SocketAddr>, HttpError> {
+    let p = &cfg.prometheus;
+    let h = &cfg.health_check;
+    if !p.enable && !h.enable {
+        return Ok(Vec::new());
+    }
+    let exporter = if p.enable {
+        Some(super::metrics::install(p, cfg.node_id).map_err(HttpError::Recorder)?)
+    } else {
+        None
+    };
+    let state = AppState {
+        observed,
+        exporter,
+        detailed: h.detailed,
+    };
+    let health_router = || {
+        Router::new()
+            .route(&h.path, get(health_handler))
+            .route(&h.ready_path, get(ready_handler))
+    };
+    let metrics_router = || Router::new().fallback(get(metrics_handler));
+    let mut servers: Vec<(&'static str, String, Router<AppState>)> = Vec::new();
+    let same = p.enable && h.enable && listen_addr(&p.bind) == listen_addr(&h.bind);
+    if same {
+        servers.push((
+            "health_check.bind",
+            h.bind.clone(),
+            health_router().merge(metrics_router()),
+        ));
+    } else {
+        if h.enable {
+            servers.push(("health_check.bind", h.bind.clone(), health_router()));
+        }
+        if p.enable {
+            servers.push(("prometheus.bind", p.bind.clone(), metrics_router()));
+        }
+    }
+    let mut addrs = Vec::new();
+    for (key, bind, router) in servers {
+        let addr = listen_addr(&bind);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| HttpError::Bind {
+                key,
+                addr: bind.clone(),
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| HttpError::Bind {
+            key,
+            addr: bind.clone(),
+            source,
+        })?;
+        tracing::info!(key, addr = %local, "serving HTTP");
+        addrs.push(local);
+        let app = router.with_state(state.clone());
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(key, error = %e, "HTTP server stopped");
+            }
+        });
+    }
+    Ok(addrs)
+}
+
+async fn metrics_handler(State(s): State<AppState>) -> Response {
+    match &s.exporter {
+        Some(e) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            e.render(&s.observed),
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn health_handler(State(s): State<AppState>) -> Response {
+    let h = health::report(&s.observed);
+    let code = if h.healthy() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    body(code, &h, s.detailed)
+}
+
+async fn ready_handler(State(s): State<AppState>) -> Response {
+    let h = health::report(&s.observed);
+    let code = if h.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    body(code, &h, s.detailed)
+}
+
+/// The JSON body: the whole report when `detailed`, else the status alone.
+fn body(code: StatusCode, h: &health::Health, detailed: bool) -> Response {
+    let json = if detailed {
+        serde_json::to_string(h)
+    } else {
+        serde_json::to_string(&serde_json::json!({ "status": h.status, "node_id": h.node_id }))
+    }
+    .unwrap_or_else(|e| format!("{{\"status\":\"unhealthy\",\"error\":{:?}}}", e.to_string()));
+    (code, [(header::CONTENT_TYPE, "application/json")], json).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_port_listens_everywhere() {
+        assert_eq!(listen_addr(":3010"), "0.0.0.0:3010");
+        assert_eq!(listen_addr("127.0.0.1:8090"), "127.0.0.1:8090");
+        assert_eq!(listen_addr("[::1]:8090"), "[::1]:8090");
+    }
+}

@@ -1,0 +1,320 @@
+//! Prometheus metrics (`[prometheus] enable/bind/namespace/subsystem`): the `metrics` facade with the
+//! Prometheus exporter's recorder, served by the HTTP server in [`super::http`] on any path.
+//!
+//! Histograms are recorded where the work happens (`metrics::histogram!` in publish, apply and the observer;
+//! without a recorder they cost nothing). Counters and gauges are the node's [`Counters`] and [`Observed`]
+//! view, copied into the recorder at each scrape, so the hot paths keep their plain atomics. Every series
+//! carries the label `node_id`. Names are written here with the prefix `harmonylite_`; a configuration with
+//! another `namespace` or a `subsystem` gets `<namespace>_<subsystem>_` instead, as the original names them.
+//! `docs/OPERATIONS.md` lists every metric.
+
+use std::sync::atomic::Ordering;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use super::observe::Observed;
+use crate::config::PrometheusConfig;
+use crate::counters::now_ms;
+
+/// Seconds buckets for batch durations.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Microsecond buckets for the original's `count_changes` and `scan_changes`.
+const MICROS_BUCKETS: &[f64] = &[
+    50.0,
+    100.0,
+    250.0,
+    500.0,
+    1_000.0,
+    2_500.0,
+    5_000.0,
+    10_000.0,
+    25_000.0,
+    50_000.0,
+    100_000.0,
+    250_000.0,
+    1_000_000.0,
+];
+
+/// The installed recorder's handle, and the name prefix the configuration asks for.
+#[derive(Clone)]
+pub struct Exporter {
+    handle: PrometheusHandle,
+    prefix: String,
+}
+
+/// The name prefix of `cfg`: `namespace_subsystem_`, parts left out when empty.
+pub fn prefix(cfg: &PrometheusConfig) -> String {
+    let mut p = String::new();
+    for part in [&cfg.namespace, &cfg.subsystem] {
+        if !part.is_empty() {
+            p.push_str(part);
+            p.push('_');
+        }
+    }
+    p
+}
+
+/// Install the process's metrics recorder, every series labelled `node_id`. Fails when one is installed
+/// already (one node per process).
+pub fn install(cfg: &PrometheusConfig, node_id: u64) -> Result<Exporter, String> {
+    let recorder = PrometheusBuilder::new()
+        .add_global_label("node_id", node_id.to_string())
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("harmonylite_count_changes".into()),
+                MICROS_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("harmonylite_scan_changes".into()),
+                MICROS_BUCKETS,
+            )
+        })
+        .map_err(|e| e.to_string())?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+    describe();
+    Ok(Exporter {
+        handle,
+        prefix: prefix(cfg),
+    })
+}
+
+impl Exporter {
+    /// The text exposition of every metric, with the node's current counters and gauges.
+    pub fn render(&self, observed: &Observed) -> String {
+        update(observed);
+        rename(&self.handle.render(), &self.prefix)
+    }
+}
+
+/// Replace the `harmonylite_` prefix of every metric name with `prefix`.
+pub fn rename(text: &str, prefix: &str) -> String {
+    const OURS: &str = "harmonylite_";
+    if prefix == OURS {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let (head, rest) = if let Some(r) = line.strip_prefix("# HELP ") {
+            ("# HELP ", r)
+        } else if let Some(r) = line.strip_prefix("# TYPE ") {
+            ("# TYPE ", r)
+        } else {
+            ("", line)
+        };
+        out.push_str(head);
+        match rest.strip_prefix(OURS) {
+            Some(r) => {
+                out.push_str(prefix);
+                out.push_str(r);
+            }
+            None => out.push_str(rest),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn describe() {
+    // The original's five.
+    describe_counter!(
+        "harmonylite_published",
+        "Rows published to JetStream (acknowledged)."
+    );
+    describe_gauge!(
+        "harmonylite_pending_publish",
+        "Change-log rows written by applications and not yet published."
+    );
+    describe_histogram!(
+        "harmonylite_count_changes",
+        metrics::Unit::Microseconds,
+        "Time to count the change-log rows pending publication (microseconds)."
+    );
+    describe_histogram!(
+        "harmonylite_scan_changes",
+        metrics::Unit::Microseconds,
+        "Time to read one publish pass from the change log (microseconds)."
+    );
+    describe_gauge!(
+        "harmonylite_schema_mismatch_paused",
+        "1 while a shard waits for this node's schema to catch up with a change it received."
+    );
+    // Ours.
+    describe_counter!(
+        "harmonylite_published_messages",
+        "JetStream messages published (acknowledged)."
+    );
+    describe_counter!(
+        "harmonylite_applied_rows",
+        "Rows from other nodes written into the database."
+    );
+    describe_counter!(
+        "harmonylite_applied_messages",
+        "Stream messages handled (applied, or skipped as this node's own)."
+    );
+    describe_counter!(
+        "harmonylite_skipped_echo_rows",
+        "Rows skipped because they are this node's own changes coming back, or older than its own newer write."
+    );
+    describe_counter!(
+        "harmonylite_dropped_rows",
+        "Incoming rows of tables or key columns this node does not replicate."
+    );
+    describe_counter!(
+        "harmonylite_discarded_rows",
+        "Local change-log rows read and not published because publish = false."
+    );
+    describe_counter!(
+        "harmonylite_errors",
+        "Errors by operation (publish, apply, consume) and kind."
+    );
+    describe_counter!(
+        "harmonylite_schema_pauses",
+        "Times a shard paused at a message naming a table or column this node does not have yet."
+    );
+    describe_gauge!(
+        "harmonylite_applied_position",
+        "Last stream sequence this node handled, per shard."
+    );
+    describe_gauge!(
+        "harmonylite_stream_last_sequence",
+        "The stream's last sequence at the last look, per shard."
+    );
+    describe_gauge!(
+        "harmonylite_lag_messages",
+        "Stream messages this node has not handled yet, per shard."
+    );
+    describe_gauge!(
+        "harmonylite_lag_seconds",
+        "Age of the oldest stream message this node has not handled yet, per shard (0 when caught up)."
+    );
+    describe_gauge!(
+        "harmonylite_shard_paused",
+        "1 while the shard is paused at a message it cannot apply yet, per shard."
+    );
+    describe_gauge!("harmonylite_paused_shards", "Shards paused now.");
+    describe_gauge!(
+        "harmonylite_gap_shards",
+        "Shards stopped at a retention gap (their next change left the stream) now."
+    );
+    describe_gauge!(
+        "harmonylite_jetstream_quorum",
+        "1 when every shard's stream answered with a leader at the last look."
+    );
+    describe_gauge!(
+        "harmonylite_nats_connected",
+        "1 while the node's NATS client is connected."
+    );
+    describe_gauge!(
+        "harmonylite_nats_server_up",
+        "1 while the embedded nats-server runs (or NATS is external and connected)."
+    );
+    describe_counter!(
+        "harmonylite_nats_server_restarts",
+        "Restarts of the embedded nats-server after it died."
+    );
+    describe_gauge!(
+        "harmonylite_db_connected",
+        "1 when the database opened and answered at the last look."
+    );
+    describe_gauge!(
+        "harmonylite_uptime_seconds",
+        "Seconds since the node started."
+    );
+    describe_gauge!(
+        "harmonylite_last_snapshot_age_seconds",
+        "Age of the latest snapshot this node saved or restored (absent before the first)."
+    );
+    describe_gauge!(
+        "harmonylite_last_snapshot_duration_seconds",
+        "How long the latest snapshot this node saved or restored took."
+    );
+    describe_histogram!(
+        "harmonylite_publish_batch_seconds",
+        metrics::Unit::Seconds,
+        "Time from sending a publish pass to its last acknowledgement."
+    );
+    describe_histogram!(
+        "harmonylite_apply_batch_seconds",
+        metrics::Unit::Seconds,
+        "Time of one apply transaction."
+    );
+}
+
+/// Copy the node's counters and gauges into the recorder.
+fn update(o: &Observed) {
+    let c = &o.counters;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    counter!("harmonylite_published").absolute(get(&c.published_rows));
+    gauge!("harmonylite_pending_publish").set(get(&c.pending_rows) as f64);
+    gauge!("harmonylite_schema_mismatch_paused").set((c.schema_paused() > 0) as u8 as f64);
+    counter!("harmonylite_published_messages").absolute(get(&c.published_msgs));
+    counter!("harmonylite_applied_rows").absolute(get(&c.applied_rows));
+    counter!("harmonylite_applied_messages").absolute(get(&c.applied_msgs));
+    counter!("harmonylite_skipped_echo_rows").absolute(get(&c.skipped_rows));
+    counter!("harmonylite_dropped_rows").absolute(get(&c.dropped_rows));
+    counter!("harmonylite_discarded_rows").absolute(get(&c.discarded_rows));
+    counter!("harmonylite_schema_pauses").absolute(get(&c.schema_pauses));
+    for ((op, kind), n) in c.errors() {
+        counter!("harmonylite_errors", "op" => op, "kind" => kind).absolute(n);
+    }
+    let views = c.shard_views();
+    for v in &views {
+        let shard = v.shard.to_string();
+        gauge!("harmonylite_applied_position", "shard" => shard.clone()).set(v.applied as f64);
+        gauge!("harmonylite_stream_last_sequence", "shard" => shard.clone()).set(v.last_seq as f64);
+        gauge!("harmonylite_lag_messages", "shard" => shard.clone()).set(v.lag_msgs as f64);
+        gauge!("harmonylite_lag_seconds", "shard" => shard.clone()).set(v.lag_ms as f64 / 1000.0);
+        gauge!("harmonylite_shard_paused", "shard" => shard).set(v.paused.is_some() as u8 as f64);
+    }
+    gauge!("harmonylite_paused_shards")
+        .set(views.iter().filter(|v| v.paused.is_some()).count() as f64);
+    gauge!("harmonylite_gap_shards").set(views.iter().filter(|v| v.gap.is_some()).count() as f64);
+    gauge!("harmonylite_jetstream_quorum").set(c.quorum.load(Ordering::Relaxed) as u8 as f64);
+    gauge!("harmonylite_nats_connected").set(o.nats_connected() as u8 as f64);
+    gauge!("harmonylite_nats_server_up").set(o.nats_server_running() as u8 as f64);
+    counter!("harmonylite_nats_server_restarts").absolute(o.nats_server_restarts());
+    gauge!("harmonylite_db_connected").set(o.db().connected as u8 as f64);
+    gauge!("harmonylite_uptime_seconds").set(o.started.elapsed().as_secs_f64());
+    let snap_at = get(&c.last_snapshot_ms);
+    if snap_at > 0 {
+        gauge!("harmonylite_last_snapshot_age_seconds")
+            .set(now_ms().saturating_sub(snap_at) as f64 / 1000.0);
+        gauge!("harmonylite_last_snapshot_duration_seconds")
+            .set(get(&c.last_snapshot_duration_ms) as f64 / 1000.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_follows_namespace_and_subsystem() {
+        let mut cfg = PrometheusConfig::default();
+        assert_eq!(prefix(&cfg), "harmonylite_");
+        cfg.subsystem = "db".into();
+        assert_eq!(prefix(&cfg), "harmonylite_db_");
+        cfg.namespace = String::new();
+        assert_eq!(prefix(&cfg), "db_");
+    }
+
+    #[test]
+    fn rename_changes_names_only() {
+        let text = "# HELP harmonylite_published Rows harmonylite_x.\n# TYPE harmonylite_published counter\n\
+                    harmonylite_published{node_id=\"1\"} 3\n";
+        assert_eq!(rename(text, "harmonylite_"), text);
+        assert_eq!(
+            rename(text, "app_db_"),
+            "# HELP app_db_published Rows harmonylite_x.\n# TYPE app_db_published counter\n\
+             app_db_published{node_id=\"1\"} 3\n"
+        );
+    }
+}
