@@ -17,7 +17,8 @@
 //! - [`db`]: the node's connections to the user's database, and `-cleanup`.
 //! - [`snapshot`]: consistent copies of the database with their stream positions, and the stores that keep
 //!   them (NATS object store, S3, WebDAV, SFTP).
-//! - [`retry`]: the one backoff policy, with jitter; [`memory`]: heap tuning.
+//! - [`retry`]: the one backoff policy, with jitter; [`repeat`]: repeated conditions summarised in the logs;
+//!   [`logging`]: the log formats, every line with the node id; [`memory`]: heap tuning.
 //! - `atomic_file`: files replaced whole and durably (the publisher's state, the server's config).
 //!
 //! And on top, [`node`]: start-up order, the handles each task gets, and the shutdown that runs on every path;
@@ -31,11 +32,13 @@ pub mod config;
 pub(crate) mod conflict;
 pub mod counters;
 pub mod db;
+pub mod logging;
 pub mod memory;
 pub mod nats;
 pub mod node;
 pub mod ops;
 pub(crate) mod publish;
+pub mod repeat;
 pub(crate) mod retry;
 pub mod snapshot;
 pub(crate) mod wire;

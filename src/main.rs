@@ -3,26 +3,8 @@
 
 use std::process::ExitCode;
 
-use harmonylite::config::{self, LogFormat, Overrides};
+use harmonylite::config::{self, Overrides};
 use harmonylite::{cli, nats, node, ops};
-
-fn init_logging(cfg: &config::LoggingConfig, node_id: u64) {
-    use tracing_subscriber::EnvFilter;
-    let default = if cfg.verbose { "debug" } else { "info" };
-    let filter = EnvFilter::try_from_env("HARMONYLITE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,harmonylite={default},nats={default}")));
-    // Colours only on a terminal: a log file or a journal gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match cfg.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Console => builder.with_target(false).init(),
-    }
-    tracing::debug!(node_id, "logging initialised");
-}
 
 fn main() -> ExitCode {
     harmonylite::memory::limit_arenas();
@@ -52,7 +34,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&cfg.logging, cfg.node_id);
+    harmonylite::logging::init(&cfg.logging, cfg.node_id);
     for w in warnings {
         tracing::warn!("{w}");
     }

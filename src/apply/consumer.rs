@@ -2,13 +2,15 @@
 //!
 //! The applied position lives in the user's database (written with the rows), so the consumer is (re)created
 //! at every start from that position, and again from the last delivered position whenever a gap in stream
-//! sequences shows a lost delivery. Errors never end the task: it reconnects with backoff until cancelled.
+//! sequences shows a lost delivery. Errors never end the task: it reconnects with backoff until cancelled. While
+//! it keeps failing (the stream has no leader, NATS is away), the warning is said when the trouble starts, then
+//! summarised every [`crate::repeat::PERIOD`], and the recovery is said once (see [`crate::repeat`]).
 //!
 //! When the next change this node needs has already left the stream (it was away longer than the retention
 //! caps), the consumer never delivers past the hole: it reports the gap (error line, the shard's gap gauge, and
 //! a [`Gap`] to the node, which can restore a snapshot) and looks again every [`GAP_RECHECK`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
@@ -16,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ShardInput;
 use crate::counters::Counters;
+use crate::repeat::{Repeats, Report};
 use crate::retry::Backoff;
 
 /// How often a shard stopped at a gap looks at the stream again.
@@ -61,7 +64,12 @@ pub struct ShardConsumer {
     input: ShardInput,
     counters: std::sync::Arc<Counters>,
     gaps: tokio::sync::mpsc::UnboundedSender<Gap>,
+    /// The interruptions going on (one condition: this consumer cannot deliver).
+    trouble: Repeats,
 }
+
+/// The key of [`ShardConsumer::trouble`]'s only condition.
+const INTERRUPTED: &str = "interrupted";
 
 impl ShardConsumer {
     /// The consumer named `durable` (this node's server name) feeding `input`; gaps are reported on `gaps`.
@@ -78,6 +86,7 @@ impl ShardConsumer {
             input,
             counters,
             gaps,
+            trouble: Repeats::default(),
         }
     }
 
@@ -105,8 +114,22 @@ impl ShardConsumer {
                 }
                 Err(e) => {
                     self.counters.error("consume", "interrupted");
-                    tracing::warn!(shard = self.input.shard, stream = %self.input.stream, error = %e,
-                        retry_in_ms = backoff.current().as_millis() as u64, "consumer interrupted; resuming");
+                    let (shard, stream) = (self.input.shard, &self.input.stream);
+                    let retry_in_ms = backoff.current().as_millis() as u64;
+                    match self
+                        .trouble
+                        .observe(INTERRUPTED, &e.to_string(), Instant::now())
+                    {
+                        Some(Report::Started { .. }) => {
+                            tracing::warn!(shard, stream = %stream, error = %e,
+                            retry_in_ms, "consumer interrupted; resuming")
+                        }
+                        Some(Report::Repeating { count, ongoing, .. }) => tracing::warn!(shard,
+                            stream = %stream, error = %e, retry_in_ms, interruptions = count,
+                            ongoing_s = ongoing.as_secs(), "consumer still interrupted; resuming"),
+                        _ => tracing::debug!(shard, stream = %stream, error = %e, retry_in_ms,
+                            "consumer interrupted; resuming"),
+                    }
                     if !backoff.sleep(&cancel).await {
                         return;
                     }
@@ -151,6 +174,12 @@ impl ShardConsumer {
             .messages()
             .await?;
         tracing::debug!(shard = input.shard, from = input.next, "consumer started");
+        if let Some(Report::Ended { total, lasted, .. }) =
+            self.trouble.resolve(INTERRUPTED, Instant::now())
+        {
+            tracing::info!(shard = input.shard, stream = %input.stream, interruptions = total,
+                after_s = lasted.as_secs(), "consumer resumed");
+        }
         backoff.reset();
         while let Some(m) = messages.next().await {
             let m = m?;

@@ -1,12 +1,18 @@
 //! What passes between us and the nats-server child besides signals: its output (each line forwarded as a
-//! tracing event at the level of its tag, the last lines kept for error messages), the config file we write for
-//! it, and the ports file it writes back.
+//! tracing event at the level of its tag, repeated warnings summarised, the last lines kept for error messages),
+//! the config file we write for it, and the ports file it writes back.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tracing::Level;
+
+use crate::logging::NATS_TARGET;
+use crate::repeat::{Repeats, Report, first_address, normalise};
 
 const RECENT_LINES: usize = 40;
 
@@ -61,40 +67,133 @@ impl RecentLines {
     }
 }
 
-/// Starts a thread that forwards each line of `stream` to tracing (see [`log_line`]) and keeps it in `recent`.
+/// Starts a thread that forwards each line of `stream` to tracing through `log` and keeps it in `recent`.
 /// The thread ends at end of file, i.e. when the child exited.
 pub(crate) fn forward_lines(
     stream: impl Read + Send + 'static,
     recent: &RecentLines,
+    log: &NatsLog,
 ) -> std::io::Result<JoinHandle<()>> {
     let recent = recent.clone();
+    let log = log.clone();
     std::thread::Builder::new()
         .name("nats-log".into())
         .spawn(move || {
             for line in BufReader::new(stream).lines() {
                 let Ok(line) = line else { break };
-                log_line(&line);
+                log.line(&line, Instant::now());
                 recent.push(line);
             }
         })
 }
 
-/// Forwards one nats-server log line as a tracing event with `from = "nats"`, at the level of its tag.
-pub(crate) fn log_line(line: &str) {
-    let (level, message) = split_level(line);
-    // A peer not (yet) reachable is routine while a cluster forms; readiness reports peers that stay away.
-    let level = if level == "ERR" && message.contains("Error trying to connect to route") {
-        "WRN"
-    } else {
-        level
+/// An event with target [`NATS_TARGET`] at a level known only at run time.
+macro_rules! nats_event {
+    ($level:expr, $($rest:tt)+) => {
+        match $level {
+            Level::ERROR => tracing::error!(target: NATS_TARGET, $($rest)+),
+            Level::WARN => tracing::warn!(target: NATS_TARGET, $($rest)+),
+            Level::INFO => tracing::info!(target: NATS_TARGET, $($rest)+),
+            Level::DEBUG => tracing::debug!(target: NATS_TARGET, $($rest)+),
+            _ => tracing::trace!(target: NATS_TARGET, $($rest)+),
+        }
     };
-    match level {
-        "ERR" | "FTL" => tracing::error!(from = "nats", "{message}"),
-        "WRN" => tracing::warn!(from = "nats", "{message}"),
-        "DBG" => tracing::debug!(from = "nats", "{message}"),
-        "TRC" => tracing::trace!(from = "nats", "{message}"),
-        "INF" => tracing::info!(from = "nats", "{message}"),
-        _ => tracing::warn!(from = "nats", "{message}"),
+}
+
+/// Forwards nats-server's output lines as tracing events (target [`NATS_TARGET`]) at the level of their tag.
+/// Warnings and errors that repeat (a peer that stays down makes nats-server retry its route every second) are
+/// said once, then summarised every [`crate::repeat::PERIOD`], and their end is said once: when the line stops
+/// coming back, or when a route to the same address is created. Shared by the child's two output streams and
+/// its restarts.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NatsLog(Arc<Mutex<Repeats>>);
+
+impl NatsLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Repeats> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forwards one output line, seen at `now`.
+    pub fn line(&self, line: &str, now: Instant) {
+        let (tag, message) = split_level(line);
+        let level = level_of(tag, message);
+        let (ended, report) = {
+            let mut repeats = self.lock();
+            let ended = match first_address(message) {
+                Some(addr) if tag == "INF" && message.contains("Route connection created") => {
+                    repeats.resolve_where(|k| k.contains(addr), now)
+                }
+                _ => Vec::new(),
+            };
+            let report = if level <= Level::WARN {
+                repeats.observe(&normalise(message), message, now)
+            } else {
+                Some(Report::Started {
+                    text: message.to_string(),
+                })
+            };
+            (ended, report)
+        };
+        for (_, r) in ended {
+            log_report(level, r);
+        }
+        if let Some(r) = report {
+            log_report(level, r);
+        }
+    }
+
+    /// Says which repeated conditions are over (quiet for [`crate::repeat::QUIET`]); called regularly.
+    pub fn tick(&self, now: Instant) {
+        let ended = self.lock().expire(now);
+        for (_, r) in ended {
+            log_report(Level::INFO, r);
+        }
+    }
+}
+
+fn log_report(level: Level, report: Report) {
+    match report {
+        Report::Started { text } => nats_event!(level, "{text}"),
+        Report::Repeating {
+            count,
+            total,
+            ongoing,
+            text,
+        } => nats_event!(
+            level,
+            repeats = count,
+            total,
+            ongoing_s = ongoing.as_secs(),
+            "repeating ({count} more times, for {} s): {text}",
+            ongoing.as_secs()
+        ),
+        Report::Ended {
+            total,
+            lasted,
+            text,
+            ..
+        } => tracing::info!(
+            target: NATS_TARGET,
+            total,
+            lasted_s = lasted.as_secs(),
+            "over ({total} times in {} s): {text}",
+            lasted.as_secs()
+        ),
+    }
+}
+
+/// The level a line is logged at: its tag's, but a route that cannot be reached is a warning (routine while a
+/// cluster forms; readiness reports peers that stay away), and untagged lines (such as a config parse error)
+/// are warnings.
+fn level_of(tag: &str, message: &str) -> Level {
+    match tag {
+        "ERR" if message.contains("Error trying to connect to route") => Level::WARN,
+        "ERR" | "FTL" => Level::ERROR,
+        "WRN" => Level::WARN,
+        "INF" => Level::INFO,
+        "DBG" => Level::DEBUG,
+        "TRC" => Level::TRACE,
+        _ => Level::WARN,
     }
 }
 
@@ -183,6 +282,72 @@ mod tests {
             split_level("nats-server: Parse error\n"),
             ("", "nats-server: Parse error")
         );
+    }
+
+    #[test]
+    fn a_peer_that_stays_down_is_said_once_summarised_and_its_end_said() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        let text = crate::logging::captured(|| {
+            let log = NatsLog::default();
+            log.line("[7] [INF] Server is ready", at(0));
+            // Two peers down for 70 s, each route retried every second (with a pool of connections per peer).
+            for s in 0..70u64 {
+                for (port, pool) in [(4248, 3), (4249, 1)] {
+                    for _ in 0..pool {
+                        log.line(&format!("[7] [ERR] Error trying to connect to route (attempt {s}): dial tcp 127.0.0.1:{port}: connect: connection refused"), at(s * 1000));
+                    }
+                }
+                log.tick(at(s * 1000 + 500));
+            }
+            // Peer 4248 comes back; 4249 stays quiet from now on.
+            log.line(
+                "[7] [INF] 127.0.0.1:4248 - rid:9 - Route connection created",
+                at(70_000),
+            );
+            log.tick(at(100_000));
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        let about = |port: u32| -> Vec<&str> {
+            lines
+                .iter()
+                .copied()
+                .filter(|l| l.contains(&format!("127.0.0.1:{port}")))
+                .collect()
+        };
+        let a = about(4248);
+        assert_eq!(a.len(), 5, "{text}");
+        assert!(
+            a[0].contains(" WARN node=1 nats-server: Error trying to connect to route (attempt 0)"),
+            "{text}"
+        );
+        assert!(
+            a[1].contains(
+                "repeating (90 more times, for 30 s): Error trying to connect to route (attempt 30)"
+            ),
+            "{text}"
+        );
+        assert!(a[1].contains("repeats=90 total=91 ongoing_s=30"), "{text}");
+        assert!(
+            a[2].contains("repeating (90 more times, for 60 s)"),
+            "{text}"
+        );
+        assert!(
+            a[3].contains("INFO node=1 nats-server: over (210 times in 70 s): Error trying"),
+            "{text}"
+        );
+        assert!(a[4].contains("Route connection created"), "{text}");
+        let b = about(4249);
+        assert_eq!(b.len(), 4, "{text}");
+        assert!(
+            b[3].contains("INFO node=1 nats-server: over (70 times in 69 s)"),
+            "{text}"
+        );
+        assert!(
+            lines[0].contains("INFO node=1 nats-server: Server is ready"),
+            "{text}"
+        );
+        assert_eq!(lines.len(), 10, "{text}");
     }
 
     #[test]

@@ -27,7 +27,8 @@ use tokio::sync::watch;
 
 use super::NatsError;
 use super::child_io::{
-    Ports, RecentLines, forward_lines, read_ports_file, remove_stale_ports_files, write_private,
+    NatsLog, Ports, RecentLines, forward_lines, read_ports_file, remove_stale_ports_files,
+    write_private,
 };
 use crate::retry::Backoff;
 
@@ -68,6 +69,7 @@ struct Shared {
     pid: AtomicI32,
     restarts: AtomicU64,
     recent: RecentLines,
+    log: NatsLog,
     failure: Mutex<Option<NatsError>>,
 }
 
@@ -119,6 +121,7 @@ impl ServerProcess {
             pid: AtomicI32::new(0),
             restarts: AtomicU64::new(0),
             recent: RecentLines::default(),
+            log: NatsLog::default(),
             failure: Mutex::new(None),
         });
         let (tx, mut rx) = watch::channel(Status::default());
@@ -317,6 +320,7 @@ fn watch_child(
     let started = Instant::now();
     let mut reported = false;
     loop {
+        shared.log.tick(Instant::now());
         if let Some(stop) = shared.wait_stop(if reported { POLL * 4 } else { POLL }) {
             stop_child(running, stop);
             shared.pid.store(0, Ordering::SeqCst);
@@ -434,11 +438,11 @@ fn spawn(launch: &Launch, shared: &Arc<Shared>) -> Result<Running, NatsError> {
     let out = child
         .stdout
         .take()
-        .map(|s| forward_lines(s, &shared.recent));
+        .map(|s| forward_lines(s, &shared.recent, &shared.log));
     let err = child
         .stderr
         .take()
-        .map(|s| forward_lines(s, &shared.recent));
+        .map(|s| forward_lines(s, &shared.recent, &shared.log));
     for reader in [out, err].into_iter().flatten() {
         match reader {
             Ok(handle) => readers.push(handle),

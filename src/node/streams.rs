@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, stream};
 
 use crate::config::Config;
+use crate::repeat::{Repeats, Report};
 use crate::retry::Backoff;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +61,9 @@ pub fn explain_caps(cfg: &Config) {
     }
 }
 
-/// Create (or check) one stream per shard, retrying until `deadline` has passed.
+/// Create (or check) one stream per shard, retrying until `deadline` has passed. Replication waits for the
+/// streams, so a failure is a warning when it starts (e.g. "no suitable peers for placement"), summarised while
+/// it repeats (see [`crate::repeat`]), and its end is said.
 pub async fn ensure(
     js: &jetstream::Context,
     cfg: &Config,
@@ -68,6 +71,7 @@ pub async fn ensure(
     deadline: Duration,
 ) -> Result<(), StreamError> {
     let start = Instant::now();
+    let mut trouble = Repeats::default();
     for shard in 1..=cfg.replication_log.shards.get() {
         let config = stream_config(cfg, shard, replicas);
         // Nodes starting together create the same stream at once; a request caught in that race can go
@@ -80,9 +84,29 @@ pub async fn ensure(
                 .unwrap_or(Err(Attempt::NoAnswer(attempt_timeout)));
             attempt_timeout = (attempt_timeout * 2).min(Duration::from_secs(5));
             match r {
-                Ok(()) => break,
+                Ok(()) => {
+                    if let Some(Report::Ended { total, lasted, .. }) =
+                        trouble.resolve(&config.name, Instant::now())
+                    {
+                        tracing::info!(stream = %config.name, failed_attempts = total, after_s = lasted.as_secs(),
+                            "stream available after {total} failed attempts");
+                    }
+                    break;
+                }
                 Err(e) if start.elapsed() < deadline => {
-                    tracing::debug!(stream = %config.name, error = %e, "stream not ready yet");
+                    let error = e.to_string();
+                    match trouble.observe(&config.name, &error, Instant::now()) {
+                        Some(Report::Started { .. }) => {
+                            tracing::warn!(stream = %config.name, error,
+                                "cannot create or open the stream yet; replication waits for it; retrying")
+                        }
+                        Some(Report::Repeating { count, ongoing, .. }) => {
+                            tracing::warn!(stream = %config.name, error, failed_attempts = count,
+                                ongoing_s = ongoing.as_secs(),
+                                "still cannot create or open the stream; replication waits for it; retrying")
+                        }
+                        _ => tracing::debug!(stream = %config.name, error, "stream not ready yet"),
+                    }
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(e) => {
