@@ -27,6 +27,19 @@ pub struct Counters {
     shards: Mutex<Vec<ShardGauges>>,
 }
 
+/// One shard's gauges as [`Counters::shards`] reads them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ShardView {
+    /// The last stream position handled (applied, or skipped as this node's own echo).
+    pub applied: u64,
+    /// Why the shard is paused on a message, while it is.
+    pub paused: Option<String>,
+    /// Paused because this node's schema is behind.
+    pub schema_paused: bool,
+    /// The first sequence needed, while the shard is stopped at a gap.
+    pub gap: Option<u64>,
+}
+
 #[derive(Default, Clone)]
 struct ShardGauges {
     applied: u64,
@@ -101,6 +114,19 @@ impl Counters {
         v.iter()
             .enumerate()
             .filter_map(|(i, g)| g.paused.clone().map(|r| (i as u32 + 1, r)))
+            .collect()
+    }
+
+    /// Every shard's gauges at once (index 0 = shard 1), for the status entry.
+    pub fn shards(&self) -> Vec<ShardView> {
+        let v = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter()
+            .map(|g| ShardView {
+                applied: g.applied,
+                paused: g.paused.clone(),
+                schema_paused: g.schema_paused,
+                gap: g.gap,
+            })
             .collect()
     }
 }
