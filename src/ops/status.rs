@@ -286,17 +286,27 @@ async fn gather_once(
     let mut streams = Vec::new();
     for shard in 1..=cfg.replication_log.shards.get() {
         let stream = cfg.stream_name(shard);
-        let info = js
-            .get_stream(&stream)
-            .await
-            .map_err(|e| StatusError::Stream {
-                stream: stream.clone(),
-                reason: e.to_string(),
-            })?;
+        use jetstream::context::GetStreamErrorKind;
+        let last_sequence = match js.get_stream(&stream).await {
+            Ok(info) => info.cached_info().state.last_sequence,
+            // No node has started with this shard yet: nothing to be behind on.
+            Err(e)
+                if matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                0
+            }
+            Err(e) => {
+                return Err(StatusError::Stream {
+                    stream,
+                    reason: e.to_string(),
+                });
+            }
+        };
         streams.push(StreamState {
             shard,
             stream,
-            last_sequence: info.cached_info().state.last_sequence,
+            last_sequence,
         });
     }
     let now_ms = report::unix_ms(std::time::SystemTime::now());
