@@ -14,6 +14,8 @@ pub struct Cli {
     pub save_snapshot: bool,
     pub schema_status: bool,
     pub schema_status_cluster: bool,
+    pub status: bool,
+    pub json: bool,
     pub cluster_addr: Option<String>,
     /// Comma-separated list split into entries (empty entries dropped).
     pub cluster_peers: Vec<String>,
@@ -75,6 +77,18 @@ struct Args {
           value_parser = parse_go_bool, action = ArgAction::Set)]
     schema_status_cluster: bool,
 
+    /// Print every node of the cluster: reachable or not, applied position and lag per shard, paused shards,
+    /// version; then exit (1 when the cluster cannot be reached in time).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", hide_default_value = true, value_parser = parse_go_bool, action = ArgAction::Set)]
+    status: bool,
+
+    /// With -status: print one JSON document instead of the table.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", hide_default_value = true, value_parser = parse_go_bool, action = ArgAction::Set,
+          requires = "status")]
+    json: bool,
+
     /// Address (host:port) on which the embedded NATS server listens for cluster routes.
     #[arg(long = "cluster-addr", value_name = "HOST:PORT")]
     cluster_addr: Option<String>,
@@ -109,6 +123,8 @@ pub fn parse_from<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, clap::
         save_snapshot: args.save_snapshot,
         schema_status: args.schema_status,
         schema_status_cluster: args.schema_status_cluster,
+        status: args.status,
+        json: args.json,
         cluster_addr: args.cluster_addr.filter(|s| !s.is_empty()),
         cluster_peers: split_list(args.cluster_peers.as_deref()),
         leaf_servers: split_list(args.leaf_servers.as_deref()),
@@ -229,6 +245,8 @@ mod tests {
             "-save-snapshot",
             "-schema-status",
             "-schema-status-cluster",
+            "-status",
+            "-json",
             "-cluster-addr",
             "localhost:4221",
             "-cluster-peers",
@@ -248,6 +266,8 @@ mod tests {
             "--save-snapshot",
             "--schema-status",
             "--schema-status-cluster",
+            "--status",
+            "--json",
             "--cluster-addr",
             "localhost:4221",
             "--cluster-peers",
@@ -268,6 +288,8 @@ mod tests {
                 save_snapshot: true,
                 schema_status: true,
                 schema_status_cluster: true,
+                status: true,
+                json: true,
                 cluster_addr: Some("localhost:4221".into()),
                 cluster_peers: vec!["nats://a:1/".into()],
                 leaf_servers: vec!["nats://l:7422".into()],
@@ -303,6 +325,18 @@ mod tests {
             "the last occurrence wins"
         );
         assert!(parse(&["-cleanup=maybe"]).is_err());
+    }
+
+    #[test]
+    fn json_goes_with_status() {
+        let cli = ok(&["-config", "n.toml", "-status", "-json"]);
+        assert!(cli.status && cli.json);
+        assert!(ok(&["-json=true", "-status=T"]).json);
+        assert!(!ok(&["-status"]).json);
+        assert!(
+            parse(&["-json"]).is_err(),
+            "-json without -status is refused"
+        );
     }
 
     #[test]
@@ -383,6 +417,8 @@ mod tests {
                 "save-snapshot",
                 "schema-status",
                 "schema-status-cluster",
+                "status",
+                "json",
                 "cluster-addr",
                 "cluster-peers",
                 "leaf-servers",

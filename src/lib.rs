@@ -22,7 +22,7 @@
 //! - `atomic_file`: files replaced whole and durably (the publisher's state, the server's config).
 //!
 //! And on top, [`node`]: start-up order, the handles each task gets, and the shutdown that runs on every path;
-//! [`ops`]: what operators see (the schema registry and status commands).
+//! [`ops`]: what operators see (the schema registry, each node's status, and the status commands).
 
 pub(crate) mod apply;
 pub(crate) mod atomic_file;

@@ -66,6 +66,15 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         }
+    } else if cli.status {
+        rt().block_on(node::cluster_status(&cfg, &cli))
+            .map(|report| {
+                if cli.json {
+                    print!("{}", report.json());
+                } else {
+                    print!("{}", report.text());
+                }
+            })
     } else if cli.save_snapshot {
         rt().block_on(node::save_snapshot(&cfg, &cli))
     } else {

@@ -58,6 +58,29 @@ pub async fn schema_status_cluster(cfg: &Config, cli: &Cli) -> anyhow::Result<(S
     Ok(crate::ops::schema::cluster_report(&entries))
 }
 
+/// `-status`: every node's status and lag, through the running node's NATS (or the node's server started for
+/// the command). Fails when the cluster's JetStream does not answer within `nats.ready_timeout_seconds`.
+pub async fn cluster_status(cfg: &Config, cli: &Cli) -> anyhow::Result<crate::ops::status::Report> {
+    let nats = Nats::attach(cfg, &ClusterFlags::from_cli(cli))
+        .await
+        .context("cannot reach the cluster's NATS")?;
+    let js = &nats.jetstream;
+    let within = Duration::from_secs(cfg.nats.ready_timeout_seconds.get());
+    let report = crate::ops::status::gather(
+        js,
+        cfg,
+        async || {
+            retention::handled_by_node(js)
+                .await
+                .map_err(|e| format!("cannot read the {} bucket: {e}", retention::BUCKET))
+        },
+        within,
+    )
+    .await;
+    nats.shutdown().await;
+    Ok(report?)
+}
+
 /// `-save-snapshot`: save a snapshot of this node's database to the configured store, through the running
 /// node's NATS (or the node's server started for the command). The running node is not disturbed: the copy
 /// is one read transaction.
@@ -312,6 +335,13 @@ impl RunningNode {
         } else {
             1
         };
+        self.tasks.spawn(crate::ops::status::run(
+            self.nats.jetstream.clone(),
+            cfg.clone(),
+            self.counters.clone(),
+            replicas,
+            self.cancel.clone(),
+        ));
         self.tasks.spawn(snapshots::run(
             self.nats.jetstream.clone(),
             cfg.clone(),

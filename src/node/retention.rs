@@ -86,6 +86,26 @@ pub async fn write(store: &kv::Store, key: &str, p: &Positions) -> Result<(), St
         .map_err(|e| e.to_string())
 }
 
+/// What every node's entry says it has handled: node id → stream → position (empty when the bucket does not
+/// exist yet). The snapshot's entry is left out.
+pub async fn handled_by_node(
+    js: &jetstream::Context,
+) -> Result<BTreeMap<u64, BTreeMap<String, u64>>, String> {
+    let store = match js.get_key_value(BUCKET).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => {
+            return Ok(BTreeMap::new());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    Ok(read_all(&store)
+        .await?
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("node-"))
+        .map(|(_, p)| (p.node_id, p.positions))
+        .collect())
+}
+
 /// This node's key.
 pub fn node_key(node_id: u64) -> String {
     format!("node-{node_id}")

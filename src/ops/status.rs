@@ -1,0 +1,355 @@
+//! Cluster status: every node shares what it is doing, and `-status` shows the whole cluster.
+//!
+//! Each running node writes an [`Entry`] to the JetStream KV bucket [`BUCKET`] under `node-<id>` about once a
+//! second ([`run`]): its version, the time of the write, and per shard the stream, the position it has handled
+//! (applied, or skipped as its own echo: both advance it), why it is paused, whether it waits for its schema,
+//! and the gap it is stopped at; plus its publish and apply counters. The bucket keeps one value per key
+//! (history 1) and is created, when missing, with the replica count of the node's other buckets.
+//!
+//! `-status` ([`gather`], then [`report::Report`]) reads the bucket and each shard's stream (its last
+//! sequence, at the time of the command) and prints one row per node: reachable or not, applied position and
+//! lag per shard, paused shards, version. Which nodes exist comes from this bucket and from the
+//! handled-positions bucket (`harmonylite-positions`), so a node that stopped long ago still shows up.
+//!
+//! Reachable means the node's entry was stored within [`report::STALE_AFTER`] of the reference time. The age
+//! of an entry is taken from the KV's server-side `created` timestamp, never from the node's own clock; the
+//! reference is the later of the newest entry's `created` and the command's clock. The newest entry alone
+//! would make every node look reachable when none writes any more (the whole cluster stopped, or a single
+//! node stopped and its server started for the command); the command's clock alone would hinge on its
+//! agreement with the servers' clocks. With the later of both, clock skew can only make nodes look
+//! unreachable, never the reverse, and the report says when no entry is recent by the command's clock.
+
+pub mod report;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::counters::Counters;
+
+pub use report::Report;
+
+/// The status bucket.
+pub const BUCKET: &str = "harmonylite-status";
+/// How often a node writes its entry.
+const PERIOD: Duration = Duration::from_secs(1);
+
+/// One node's status entry (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub node_id: u64,
+    pub version: String,
+    /// Unix ms of the write, by the node's clock (the report measures ages with the server's timestamp).
+    pub written_at_ms: u64,
+    pub shards: Vec<ShardEntry>,
+    #[serde(default)]
+    pub counters: Activity,
+}
+
+/// One shard as a node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    pub shard: u32,
+    pub stream: String,
+    /// The last stream position handled: applied, or skipped as the node's own echo.
+    pub applied: u64,
+    /// Why the shard is paused on a message, while it is.
+    #[serde(default)]
+    pub paused: Option<String>,
+    /// Paused because the node's schema is behind.
+    #[serde(default)]
+    pub schema_paused: bool,
+    /// The first sequence needed, while the shard is stopped at a gap.
+    #[serde(default)]
+    pub gap: Option<u64>,
+}
+
+/// A node's counters since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activity {
+    pub published_msgs: u64,
+    pub published_rows: u64,
+    pub publish_errors: u64,
+    pub applied_msgs: u64,
+    pub applied_rows: u64,
+    pub skipped_rows: u64,
+    pub apply_errors: u64,
+    pub dropped_rows: u64,
+    pub schema_pauses: u64,
+}
+
+/// Why the cluster status could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot read the {bucket} bucket: {reason}")]
+    Bucket { bucket: String, reason: String },
+    /// The handled positions could not be read (the reader's message).
+    #[error("{0}")]
+    Handled(String),
+    #[error("cannot read stream {stream}: {reason}")]
+    Stream { stream: String, reason: String },
+    #[error("the cluster's JetStream did not answer within {within:?} (last: {error})")]
+    NoAnswer { within: Duration, error: String },
+}
+
+impl Entry {
+    /// This node's entry as its counters are now.
+    pub fn of(cfg: &Config, counters: &Counters) -> Entry {
+        use std::sync::atomic::Ordering::Relaxed;
+        let gauges = counters.shard_views();
+        let shards = (1..=cfg.replication_log.shards.get())
+            .map(|shard| {
+                let g = gauges.get(shard as usize - 1).cloned().unwrap_or_default();
+                ShardEntry {
+                    shard,
+                    stream: cfg.stream_name(shard),
+                    applied: g.applied,
+                    paused: g.paused,
+                    schema_paused: g.schema_paused,
+                    gap: g.gap,
+                }
+            })
+            .collect();
+        Entry {
+            node_id: cfg.node_id,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            written_at_ms: report::unix_ms(std::time::SystemTime::now()),
+            shards,
+            counters: Activity {
+                published_msgs: counters.published_msgs.load(Relaxed),
+                published_rows: counters.published_rows.load(Relaxed),
+                publish_errors: counters.publish_errors.load(Relaxed),
+                applied_msgs: counters.applied_msgs.load(Relaxed),
+                applied_rows: counters.applied_rows.load(Relaxed),
+                skipped_rows: counters.skipped_rows.load(Relaxed),
+                apply_errors: counters.apply_errors.load(Relaxed),
+                dropped_rows: counters.dropped_rows.load(Relaxed),
+                schema_pauses: counters.schema_pauses.load(Relaxed),
+            },
+        }
+    }
+}
+
+/// The key of node `node_id`'s entry.
+pub fn node_key(node_id: u64) -> String {
+    format!("node-{node_id}")
+}
+
+/// The node id in a `node-<id>` key.
+pub fn key_node(key: &str) -> Option<u64> {
+    key.strip_prefix("node-")?.parse().ok()
+}
+
+/// Open the bucket, creating it when missing.
+async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, String> {
+    match js.get_key_value(BUCKET).await {
+        Ok(s) => Ok(s),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: BUCKET.to_string(),
+                description: "HarmonyLite: each node's status, written about once a second"
+                    .to_string(),
+                history: 1,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string()),
+    }
+}
+
+async fn put(
+    js: &jetstream::Context,
+    store: &mut Option<kv::Store>,
+    replicas: usize,
+    key: &str,
+    entry: &Entry,
+) -> Result<(), String> {
+    if store.is_none() {
+        *store = Some(bucket(js, replicas).await?);
+    }
+    let s = store.as_ref().expect("store set above");
+    let body = serde_json::to_vec(entry).map_err(|e| e.to_string())?;
+    s.put(key, body.into()).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Write this node's entry about once a second until cancelled. A failure is logged at WARN when it starts
+/// (and at INFO when writes work again), not at every attempt; it never stops replication.
+pub async fn run(
+    js: jetstream::Context,
+    cfg: Arc<Config>,
+    counters: Arc<Counters>,
+    replicas: usize,
+    cancel: CancellationToken,
+) {
+    let key = node_key(cfg.node_id);
+    let mut store: Option<kv::Store> = None;
+    let mut failing = false;
+    let mut tick = tokio::time::interval(PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let entry = Entry::of(&cfg, &counters);
+        let r = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = put(&js, &mut store, replicas, &key, &entry) => r,
+        };
+        match r {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(bucket = BUCKET, "status entry written again");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                store = None;
+                if !failing {
+                    failing = true;
+                    tracing::warn!(bucket = BUCKET, error = %e,
+                        "cannot write this node's status entry; retrying every second (said once)");
+                } else {
+                    tracing::debug!(error = %e, "status entry not written; retrying");
+                }
+            }
+        }
+    }
+}
+
+/// A status entry as read back, with the server-side time it was stored.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub entry: Entry,
+    /// Unix ms of the KV entry's `created` timestamp.
+    pub created_ms: u64,
+}
+
+/// A shard's stream at the time of the command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamState {
+    pub shard: u32,
+    pub stream: String,
+    pub last_sequence: u64,
+}
+
+/// Node id → stream → handled position, as the retention bucket has them.
+pub type Handled = BTreeMap<u64, BTreeMap<String, u64>>;
+
+/// Read everything `-status` shows: the status entries, the streams' last sequences, and the handled
+/// positions of the nodes the retention bucket knows (read by `handled`). Right after a node died, a stream
+/// or bucket may have no leader for a few seconds and its requests go unanswered: each attempt is short
+/// (1 s, growing to 5 s) and retried until `within` has passed.
+pub async fn gather(
+    js: &jetstream::Context,
+    cfg: &Config,
+    handled: impl AsyncFn() -> Result<Handled, String>,
+    within: Duration,
+) -> Result<Report, StatusError> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut attempt = Duration::from_secs(1);
+    let mut backoff =
+        crate::retry::Backoff::new(Duration::from_millis(250), Duration::from_secs(1));
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let once = async {
+            let h = handled().await.map_err(StatusError::Handled)?;
+            gather_once(js, cfg, h).await
+        };
+        let error = match tokio::time::timeout(attempt.min(left), once).await {
+            Ok(Ok(report)) => return Ok(report),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", attempt.min(left)),
+        };
+        if tokio::time::Instant::now() + Duration::from_millis(250) >= deadline {
+            return Err(StatusError::NoAnswer { within, error });
+        }
+        tracing::debug!(%error, "cluster status not read yet; retrying");
+        tokio::time::sleep(backoff.next_delay().min(left)).await;
+        attempt = (attempt * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn gather_once(
+    js: &jetstream::Context,
+    cfg: &Config,
+    handled: Handled,
+) -> Result<Report, StatusError> {
+    let (stored, unreadable) = read_entries(js).await?;
+    let mut streams = Vec::new();
+    for shard in 1..=cfg.replication_log.shards.get() {
+        let stream = cfg.stream_name(shard);
+        use jetstream::context::GetStreamErrorKind;
+        let last_sequence = match js.get_stream(&stream).await {
+            Ok(info) => info.cached_info().state.last_sequence,
+            // No node has started with this shard yet: nothing to be behind on.
+            Err(e)
+                if matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                0
+            }
+            Err(e) => {
+                return Err(StatusError::Stream {
+                    stream,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        streams.push(StreamState {
+            shard,
+            stream,
+            last_sequence,
+        });
+    }
+    let now_ms = report::unix_ms(std::time::SystemTime::now());
+    Ok(Report::assess(stored, unreadable, handled, streams, now_ms))
+}
+
+/// Every readable entry of the status bucket, and the ids of nodes whose entry could not be read (empty when
+/// the bucket does not exist yet).
+async fn read_entries(
+    js: &jetstream::Context,
+) -> Result<(Vec<Stored>, BTreeSet<u64>), StatusError> {
+    let err = |e: &dyn std::fmt::Display| StatusError::Bucket {
+        bucket: BUCKET.to_string(),
+        reason: e.to_string(),
+    };
+    let store = match js.get_key_value(BUCKET).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => {
+            return Ok(Default::default());
+        }
+        Err(e) => return Err(err(&e)),
+    };
+    let mut keys = store.keys().await.map_err(|e| err(&e))?;
+    let mut stored = Vec::new();
+    let mut unreadable = BTreeSet::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| err(&e))?;
+        let Some(e) = store.entry(&key).await.map_err(|e| err(&e))? else {
+            continue;
+        };
+        if e.operation != kv::Operation::Put {
+            continue;
+        }
+        match serde_json::from_slice::<Entry>(&e.value) {
+            Ok(entry) => stored.push(Stored {
+                entry,
+                created_ms: (e.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64,
+            }),
+            Err(error) => {
+                tracing::warn!(key, %error, "unreadable status entry");
+                unreadable.extend(key_node(&key));
+            }
+        }
+    }
+    Ok((stored, unreadable))
+}
