@@ -23,6 +23,8 @@ pub struct Counters {
     pub schema_pauses: AtomicU64,
     /// Incoming rows of tables (or key columns) dropped on this node, not applied.
     pub dropped_rows: AtomicU64,
+    /// Values overwritten by a concurrent change and kept in the conflict journal.
+    pub conflicts: AtomicU64,
     /// Change-log rows written by applications and not yet published (measured about once a second).
     pub pending_rows: AtomicU64,
     /// Unix ms when the latest snapshot this node saved or restored finished, and how long it took.

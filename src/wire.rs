@@ -1,13 +1,16 @@
 //! The message format between nodes (versioned).
 //!
 //! A message is one version byte, one flags byte, then a postcard-encoded [`Message`] (zstd-compressed when the
-//! `compressed` flag is set). Values travel as their SQLite storage class: integers as i64, reals as their
+//! `compressed` flag is set). Version 2 added what the conflict journal needs (`seen`, `at_ms`); version 1
+//! messages, still in a stream after an upgrade, decode with those unknown. Values travel as their SQLite storage class: integers as i64, reals as their
 //! IEEE-754 bits, text and blobs as raw bytes — so a DATETIME text, `-0.0` or invalid UTF-8 arrive byte-exact.
 
 use serde::{Deserialize, Serialize};
 
 /// Current wire version. A node refuses (and parks) messages of a version it does not know.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+/// The version before the conflict journal's fields.
+const VERSION_1: u8 = 1;
 const FLAG_ZSTD: u8 = 1;
 
 /// One SQLite value, by storage class.
@@ -128,6 +131,37 @@ pub struct Message {
     /// Fingerprint of the origin's captured schema (tables and columns).
     pub schema: u64,
     pub tables: Vec<TableChanges>,
+    /// The origin's applied position on this message's stream in the read transaction the values were read
+    /// in: every change up to it was in the origin's database when it read them (`None`: unknown, version 1).
+    pub seen: Option<u64>,
+    /// Unix ms by the origin's clock when it read the values (0: unknown).
+    pub at_ms: u64,
+}
+
+/// A version 1 message.
+#[derive(Deserialize)]
+struct MessageV1 {
+    origin: u64,
+    unit: String,
+    part: u32,
+    last: bool,
+    schema: u64,
+    tables: Vec<TableChanges>,
+}
+
+impl From<MessageV1> for Message {
+    fn from(m: MessageV1) -> Message {
+        Message {
+            origin: m.origin,
+            unit: m.unit,
+            part: m.part,
+            last: m.last,
+            schema: m.schema,
+            tables: m.tables,
+            seen: None,
+            at_ms: 0,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,15 +196,21 @@ pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
     if bytes.len() < 2 {
         return Err(WireError::Empty);
     }
-    if bytes[0] != VERSION {
-        return Err(WireError::Version(bytes[0]));
+    let version = bytes[0];
+    if version != VERSION && version != VERSION_1 {
+        return Err(WireError::Version(version));
     }
-    if bytes[1] & FLAG_ZSTD != 0 {
-        let body = zstd::stream::decode_all(&bytes[2..]).map_err(WireError::Decompress)?;
-        Ok(postcard::from_bytes(&body)?)
+    let body = if bytes[1] & FLAG_ZSTD != 0 {
+        std::borrow::Cow::Owned(
+            zstd::stream::decode_all(&bytes[2..]).map_err(WireError::Decompress)?,
+        )
     } else {
-        Ok(postcard::from_bytes(&bytes[2..])?)
+        std::borrow::Cow::Borrowed(&bytes[2..])
+    };
+    if version == VERSION_1 {
+        return Ok(postcard::from_bytes::<MessageV1>(&body)?.into());
     }
+    Ok(postcard::from_bytes(&body)?)
 }
 
 /// FNV-1 64-bit hash (as the original's sharding uses FNV-1, not FNV-1a).
@@ -215,7 +255,37 @@ mod tests {
                     Row::Delete(vec![Value::Integer(3)]),
                 ],
             }],
+            seen: Some(41),
+            at_ms: 1_790_000_000_000,
         }
+    }
+
+    #[test]
+    fn version_1_messages_still_decode() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            origin: u64,
+            unit: &'a str,
+            part: u32,
+            last: bool,
+            schema: u64,
+            tables: &'a [TableChanges],
+        }
+        let m = sample();
+        let body = postcard::to_stdvec(&V1 {
+            origin: m.origin,
+            unit: &m.unit,
+            part: m.part,
+            last: m.last,
+            schema: m.schema,
+            tables: &m.tables,
+        })
+        .unwrap();
+        let mut bytes = vec![1, 0];
+        bytes.extend_from_slice(&body);
+        let back = decode(&bytes).unwrap();
+        assert_eq!(back.tables, m.tables);
+        assert_eq!((back.seen, back.at_ms), (None, 0));
     }
 
     #[test]
@@ -241,7 +311,7 @@ mod tests {
         let mut b = encode(&sample(), false);
         b[0] = 9;
         assert!(matches!(decode(&b), Err(WireError::Version(9))));
-        assert!(matches!(decode(&[1]), Err(WireError::Empty)));
+        assert!(matches!(decode(&[2]), Err(WireError::Empty)));
         assert!(decode(&[1, 0, 0xff, 0xff, 0xff]).is_err());
         assert!(decode(&[1, 1, 1, 2, 3]).is_err());
     }

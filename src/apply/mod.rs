@@ -13,6 +13,7 @@
 //! sees, and re-installs capture when it does not, so tables and columns are checked against the real schema.
 
 pub mod consumer;
+pub mod journal;
 pub mod sql;
 
 use std::collections::VecDeque;
@@ -115,6 +116,8 @@ pub struct Applier {
     conn: Connection,
     shards: Vec<ShardState>,
     wake: Arc<Notify>,
+    /// Which position last set each recently written row, for the conflict journal.
+    recent: journal::Recent,
 }
 
 /// How long a paused shard waits before it tries its message again: 0.5 s, doubling up to 30 s.
@@ -170,6 +173,7 @@ impl Applier {
             conn,
             shards,
             wake,
+            recent: journal::Recent::default(),
         };
         Ok((applier, inputs))
     }
@@ -377,8 +381,17 @@ impl Applier {
             let mut rows = 0u64;
             for d in s.queue.drain(..n) {
                 if let Ok(m) = &d.msg {
+                    let own = m.origin == self.cfg.node_id;
                     for key in sql::row_keys(m) {
                         self.in_flight.decide(&key, d.seq);
+                        if own {
+                            let last = journal::Last {
+                                seq: d.seq,
+                                origin: m.origin,
+                                at_ms: m.at_ms,
+                            };
+                            self.recent.note(key, last);
+                        }
                         rows += 1;
                     }
                 }
@@ -453,7 +466,15 @@ impl Applier {
                 let mut failed = None;
                 for d in s.queue.range(i..i + unit_len) {
                     let r = match &d.msg {
-                        Ok(m) => sql::apply_message(&tx, m, d.seq, in_flight, cfg, &cap),
+                        Ok(m) => sql::apply_message(
+                            &tx,
+                            m,
+                            d.seq,
+                            in_flight,
+                            cfg,
+                            &cap,
+                            &mut self.recent,
+                        ),
                         Err(e) => Err(sql::ApplyError::Decode(e.clone())),
                     };
                     match r {
@@ -461,6 +482,7 @@ impl Applier {
                             total.rows += a.rows;
                             total.skipped += a.skipped;
                             total.dropped += a.dropped;
+                            total.conflicts += a.conflicts;
                         }
                         Err(sql::ApplyError::MustWait) => return Err(TxnError::MustWait),
                         Err(error) => {
@@ -488,6 +510,9 @@ impl Applier {
             }
             outcome.push((taken, last, error));
         }
+        if total.conflicts > 0 {
+            journal::prune(&tx, &cfg.conflicts)?;
+        }
         // Our applies fired the capture triggers: drop those rows so they are never published back.
         tx.execute(
             &format!("DELETE FROM {} WHERE id > ?1", capture::LOG),
@@ -504,6 +529,15 @@ impl Applier {
             );
         }
         stats.applied_rows.fetch_add(total.rows, Ordering::Relaxed);
+        if total.conflicts > 0 {
+            stats
+                .conflicts
+                .fetch_add(total.conflicts, Ordering::Relaxed);
+            tracing::info!(
+                rows = total.conflicts,
+                "concurrent writes: overwritten values kept in __harmonylite__conflicts"
+            );
+        }
         if total.rows > 10_000 {
             crate::memory::release();
         }

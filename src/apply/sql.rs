@@ -13,6 +13,7 @@ use std::borrow::Cow;
 
 use rusqlite::Transaction;
 
+use super::journal::{self, Last, Recent, Winner};
 use crate::capture::{Capture, Target, ident, schema::selected};
 use crate::config::Config;
 use crate::conflict::{Decision, InFlight, RowKey};
@@ -83,6 +84,8 @@ pub struct Applied {
     pub skipped: u64,
     /// Rows of tables dropped here (already counted in `skipped`).
     pub dropped: u64,
+    /// Overwritten values journaled as conflicts.
+    pub conflicts: u64,
 }
 
 /// Positions of the key columns within `columns`.
@@ -255,7 +258,13 @@ pub fn apply_message(
     in_flight: &InFlight,
     cfg: &Config,
     cap: &Capture,
+    recent: &mut Recent,
 ) -> Result<Applied, ApplyError> {
+    let set_by = Last {
+        seq,
+        origin: m.origin,
+        at_ms: m.at_ms,
+    };
     let mut out = Applied::default();
     for t in &m.tables {
         if !selected(&t.table, &cfg.include_tables, &cfg.exclude_tables) {
@@ -290,14 +299,30 @@ pub fn apply_message(
         let st = statements(local, &t, &pos);
         for row in &t.rows {
             let key = key_of(&t, &pos, row)?;
-            match in_flight.decide(&row_key(&t.table, &key), seq) {
+            let rk = row_key(&t.table, &key);
+            match in_flight.decide(&rk, seq) {
                 Decision::Skip => {
+                    if m.origin == cfg.node_id {
+                        // Our own change, back from the stream: the row's value is the one stored at `seq`.
+                        recent.note(rk, set_by);
+                    }
                     out.skipped += 1;
                     continue;
                 }
                 Decision::Wait => return Err(ApplyError::MustWait),
                 Decision::Apply => {}
             }
+            if let Some(lost) = recent.concurrent(&rk, m.origin, m.seen) {
+                let winner = Winner {
+                    origin: m.origin,
+                    seq,
+                    at_ms: m.at_ms,
+                    seen: m.seen.unwrap_or(0),
+                };
+                journal::record(tx, local, &t.key, &key, lost, &winner)?;
+                out.conflicts += 1;
+            }
+            recent.note(rk, set_by);
             match row {
                 Row::Upsert(values) => {
                     let changed = match &st.update {

@@ -17,7 +17,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction};
 
 use super::schema::{self, TableInfo};
 use super::{
-    APPLIED, COLUMNS, Capture, CaptureError, LOG, META, PREFIX, RENAMES, TABLES, ident, key_expr,
+    APPLIED, COLUMNS, CONFLICTS, Capture, CaptureError, LOG, META, PREFIX, RENAMES, TABLES, ident,
+    key_expr,
 };
 
 /// The trigger operations, as they end our trigger names (`__harmonylite__<table>_<op>`).
@@ -39,7 +40,11 @@ pub fn install(
              PRIMARY KEY (tbl, name)) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS {RENAMES} (old TEXT PRIMARY KEY, new TEXT NOT NULL) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS {META} (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS {APPLIED} (stream TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;"
+         CREATE TABLE IF NOT EXISTS {APPLIED} (stream TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS {CONFLICTS} (id INTEGER PRIMARY KEY, recorded_at INTEGER NOT NULL,
+             tbl TEXT NOT NULL, row_key TEXT NOT NULL, lost_row TEXT, lost_origin INTEGER NOT NULL,
+             lost_seq INTEGER NOT NULL, lost_at INTEGER NOT NULL, winner_origin INTEGER NOT NULL,
+             winner_seq INTEGER NOT NULL, winner_at INTEGER NOT NULL, winner_seen INTEGER NOT NULL);"
     ))?;
     let incarnation = incarnation(&tx)?;
 

@@ -38,6 +38,8 @@ pub const RENAMES: &str = "__harmonylite__renames";
 pub const META: &str = "__harmonylite__meta";
 /// Applied stream position per stream, written in the same transaction as the applied rows.
 pub const APPLIED: &str = "__harmonylite__applied";
+/// The conflict journal: values that a concurrent change from another node overwrote (see `apply::journal`).
+pub const CONFLICTS: &str = "__harmonylite__conflicts";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {

@@ -208,6 +208,8 @@ fn apply_sql_reproduces_rows_exactly() {
         last: true,
         schema: cap.fingerprint,
         tables,
+        seen: Some(0),
+        at_ms: 0,
     };
     let msg = wire::decode(&wire::encode(&msg, true)).unwrap();
 
@@ -219,7 +221,16 @@ fn apply_sql_reproduces_rows_exactly() {
     let in_flight = crate::conflict::InFlight::new(false, 0);
     let tx = peer.transaction().unwrap();
     let before = max_log_id(&tx).unwrap();
-    sql::apply_message(&tx, &msg, 1, &in_flight, &cfg, &peer_cap).unwrap();
+    sql::apply_message(
+        &tx,
+        &msg,
+        1,
+        &in_flight,
+        &cfg,
+        &peer_cap,
+        &mut crate::apply::journal::Recent::default(),
+    )
+    .unwrap();
     tx.execute(&format!("DELETE FROM {LOG} WHERE id > ?1"), [before])
         .unwrap();
     tx.commit().unwrap();

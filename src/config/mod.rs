@@ -25,9 +25,9 @@ use serde_path_to_error::Segment;
 use toml::{Table, Value};
 
 pub use types::{
-    Config, HealthCheckConfig, LogFormat, LoggingConfig, NatsConfig, PrometheusConfig,
-    ReplicationLogConfig, SnapshotConfig, SnapshotNatsConfig, SnapshotS3Config, SnapshotSftpConfig,
-    SnapshotStore, SnapshotWebdavConfig,
+    Config, ConflictsConfig, HealthCheckConfig, LogFormat, LoggingConfig, NatsConfig,
+    PrometheusConfig, ReplicationLogConfig, SnapshotConfig, SnapshotNatsConfig, SnapshotS3Config,
+    SnapshotSftpConfig, SnapshotStore, SnapshotWebdavConfig,
 };
 
 /// Errors from loading or validating the configuration. Each names the key and the value at fault.

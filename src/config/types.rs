@@ -63,6 +63,8 @@ pub struct Config {
     pub prometheus: PrometheusConfig,
     #[serde(deserialize_with = "de::table")]
     pub health_check: HealthCheckConfig,
+    #[serde(deserialize_with = "de::table")]
+    pub conflicts: ConflictsConfig,
 }
 
 impl Default for Config {
@@ -86,6 +88,7 @@ impl Default for Config {
             logging: LoggingConfig::default(),
             prometheus: PrometheusConfig::default(),
             health_check: HealthCheckConfig::default(),
+            conflicts: ConflictsConfig::default(),
         }
     }
 }
@@ -376,6 +379,27 @@ impl Default for HealthCheckConfig {
             ready_path: "/ready".into(),
             ready_max_lag: 100,
             max_stuck_seconds: 60,
+        }
+    }
+}
+
+/// `[conflicts]` (ours): how much of the conflict journal is kept.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ConflictsConfig {
+    /// `max_age_seconds` (default 30 days): older entries are removed.
+    #[serde(deserialize_with = "de::uint32_range")]
+    pub max_age_seconds: u64,
+    /// `max_rows` (default 10,000): only the newest entries are kept.
+    #[serde(deserialize_with = "de::uint32_range")]
+    pub max_rows: u64,
+}
+
+impl Default for ConflictsConfig {
+    fn default() -> Self {
+        ConflictsConfig {
+            max_age_seconds: 30 * 24 * 3600,
+            max_rows: 10_000,
         }
     }
 }

@@ -176,6 +176,10 @@ fn describe() {
         "Errors by operation (publish, apply, consume) and kind."
     );
     describe_counter!(
+        "harmonylite_conflicts",
+        "Values overwritten by a concurrent change from another node, kept in __harmonylite__conflicts."
+    );
+    describe_counter!(
         "harmonylite_schema_pauses",
         "Times a shard paused at a message naming a table or column this node does not have yet."
     );
@@ -262,6 +266,7 @@ fn update(o: &Observed) {
     counter!("harmonylite_dropped_rows").absolute(get(&c.dropped_rows));
     counter!("harmonylite_discarded_rows").absolute(get(&c.discarded_rows));
     counter!("harmonylite_schema_pauses").absolute(get(&c.schema_pauses));
+    counter!("harmonylite_conflicts").absolute(get(&c.conflicts));
     for ((op, kind), n) in c.errors() {
         counter!("harmonylite_errors", "op" => op, "kind" => kind).absolute(n);
     }

@@ -354,12 +354,18 @@ impl Publisher {
         let mut order: Vec<usize> = newest.into_values().collect();
         order.sort_unstable();
 
+        // What this node had applied when it read these values: the conflict journal's `seen`.
+        let applied = capture::applied_positions(&tx)?;
         let ctx = UnitContext {
             prefix: format!("{:x}.{:x}.{:x}", cfg.node_id, cap.incarnation, end),
             origin: cfg.node_id,
             schema: cap.fingerprint,
             compress: cfg.replication_log.compress,
             max_rows: cfg.scan_max_changes.get() as usize,
+            seen: (1..=cfg.replication_log.shards.get())
+                .map(|s| applied.get(&cfg.stream_name(s)).copied().unwrap_or(0))
+                .collect(),
+            at_ms: crate::counters::now_ms(),
         };
         let mut shards: HashMap<u32, ShardBuild> = HashMap::new();
         for i in order {
@@ -468,6 +474,10 @@ struct UnitContext {
     schema: u64,
     compress: bool,
     max_rows: usize,
+    /// This node's applied position per shard (index 0 = shard 1) in the pass's read transaction.
+    seen: Vec<u64>,
+    /// When the pass was read (unix ms).
+    at_ms: u64,
 }
 
 /// The message being filled: the message, its rows (key, newest log id), row count, approximate bytes.
@@ -522,6 +532,8 @@ impl ShardBuild {
                 last: false,
                 schema: ctx.schema,
                 tables: Vec::new(),
+                seen: Some(ctx.seen.get(self.shard as usize - 1).copied().unwrap_or(0)),
+                at_ms: ctx.at_ms,
             };
             (msg, Vec::new(), 0, 0)
         });
