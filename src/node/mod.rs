@@ -81,6 +81,34 @@ pub async fn cluster_status(cfg: &Config, cli: &Cli) -> anyhow::Result<crate::op
     Ok(report?)
 }
 
+/// `-verify`: every node's checksums at one agreed point of the streams, compared, through the running node's
+/// NATS (or the node's server started for the command), within `timeout`.
+pub async fn verify(
+    cfg: &Config,
+    cli: &Cli,
+    timeout: Duration,
+) -> anyhow::Result<crate::ops::verify::command::Outcome> {
+    let nats = Nats::attach(cfg, &ClusterFlags::from_cli(cli))
+        .await
+        .context("cannot reach the cluster's NATS")?;
+    let js = &nats.jetstream;
+    let outcome = crate::ops::verify::command::run(
+        &nats.client,
+        js,
+        cfg,
+        nats.cluster_size_hint(),
+        async || {
+            retention::handled_by_node(js)
+                .await
+                .map_err(|e| format!("cannot read the {} bucket: {e}", retention::BUCKET))
+        },
+        timeout,
+    )
+    .await;
+    nats.shutdown().await;
+    Ok(outcome?)
+}
+
 /// `-save-snapshot`: save a snapshot of this node's database to the configured store, through the running
 /// node's NATS (or the node's server started for the command). The running node is not disturbed: the copy
 /// is one read transaction.
@@ -370,6 +398,13 @@ impl RunningNode {
         )?;
         let wake = publisher.waker();
         self.tasks.spawn(publisher.run(self.cancel.clone()));
+        // After the publisher: it sets the published position the answers rely on.
+        self.tasks.spawn(crate::ops::verify::serve(
+            self.nats.client.clone(),
+            cfg.clone(),
+            self.counters.clone(),
+            self.cancel.clone(),
+        ));
         self._watch = Some(capture::watch::start(
             &cfg.db_path,
             cfg.polling_interval_ms,
