@@ -78,14 +78,14 @@ fn main() -> ExitCode {
             })
     } else if cli.verify {
         let timeout = std::time::Duration::from_secs(cli.timeout.unwrap_or(30));
-        return match rt().block_on(node::verify(&cfg, &cli, timeout)) {
+        return match rt().block_on(ops::verify::command::verify(&cfg, &cli, timeout)) {
             Ok(outcome) => {
                 println!("{}", outcome.text());
                 ExitCode::from(outcome.exit_code())
             }
             Err(e) => {
                 // Not verified: the cluster could not be asked.
-                tracing::error!("{e:#}");
+                tracing::error!("{e}");
                 ExitCode::from(2)
             }
         };

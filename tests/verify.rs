@@ -130,3 +130,24 @@ fn a_node_that_does_not_answer_is_named() {
     );
     c.assert_all_alive();
 }
+
+/// No NATS to reach: `-verify` exits 2 (not verified) and says why.
+#[test]
+fn an_unreachable_cluster_is_not_verified() {
+    let port = free_port();
+    let c = Cluster::new(Options {
+        nodes: 1,
+        extra_toml: format!(
+            "[nats]\nurls = [\"nats://127.0.0.1:{port}\"]\nconnect_retries = 1\nreconnect_wait_seconds = 0\n\
+             ready_timeout_seconds = 2"
+        ),
+        ..Default::default()
+    });
+    let o = verify(c.node(1), &["-timeout", "5"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("cannot reach the cluster's NATS"),
+        "{}",
+        text(&o)
+    );
+}

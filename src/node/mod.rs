@@ -81,34 +81,6 @@ pub async fn cluster_status(cfg: &Config, cli: &Cli) -> anyhow::Result<crate::op
     Ok(report?)
 }
 
-/// `-verify`: every node's checksums at one agreed point of the streams, compared, through the running node's
-/// NATS (or the node's server started for the command), within `timeout`.
-pub async fn verify(
-    cfg: &Config,
-    cli: &Cli,
-    timeout: Duration,
-) -> anyhow::Result<crate::ops::verify::command::Outcome> {
-    let nats = Nats::attach(cfg, &ClusterFlags::from_cli(cli))
-        .await
-        .context("cannot reach the cluster's NATS")?;
-    let js = &nats.jetstream;
-    let outcome = crate::ops::verify::command::run(
-        &nats.client,
-        js,
-        cfg,
-        nats.cluster_size_hint(),
-        async || {
-            retention::handled_by_node(js)
-                .await
-                .map_err(|e| format!("cannot read the {} bucket: {e}", retention::BUCKET))
-        },
-        timeout,
-    )
-    .await;
-    nats.shutdown().await;
-    Ok(outcome?)
-}
-
 /// `-save-snapshot`: save a snapshot of this node's database to the configured store, through the running
 /// node's NATS (or the node's server started for the command). The running node is not disturbed: the copy
 /// is one read transaction.

@@ -16,7 +16,10 @@ use async_nats::jetstream;
 use futures::StreamExt;
 
 use super::{MAX_WAIT, Reply, Request, TableReply, subject};
+use crate::cli::Cli;
 use crate::config::Config;
+use crate::nats::{ClusterFlags, Nats};
+use crate::node::retention;
 use crate::ops::status::{self, StatusError};
 
 /// Pause before a new round when the last one found no common point.
@@ -56,6 +59,8 @@ impl Outcome {
 /// Why the command could not even start asking.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    #[error("cannot reach the cluster's NATS: {0}")]
+    Attach(#[from] crate::nats::NatsError),
     #[error(transparent)]
     Status(#[from] StatusError),
     #[error("cannot {what}: {reason}")]
@@ -67,6 +72,28 @@ fn nats_err(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> VerifyErro
         what,
         reason: e.to_string(),
     }
+}
+
+/// `-verify`: through the running node's NATS (or the node's server started for the command), within
+/// `timeout`.
+pub async fn verify(cfg: &Config, cli: &Cli, timeout: Duration) -> Result<Outcome, VerifyError> {
+    let nats = Nats::attach(cfg, &ClusterFlags::from_cli(cli)).await?;
+    let js = &nats.jetstream;
+    let outcome = run(
+        &nats.client,
+        js,
+        cfg,
+        nats.cluster_size_hint(),
+        async || {
+            retention::handled_by_node(js)
+                .await
+                .map_err(|e| format!("cannot read the {} bucket: {e}", retention::BUCKET))
+        },
+        timeout,
+    )
+    .await;
+    nats.shutdown().await;
+    outcome
 }
 
 /// Run `-verify` through `client` (and its JetStream context `js`) within `timeout`. `expected` is how many
