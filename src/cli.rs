@@ -16,6 +16,9 @@ pub struct Cli {
     pub schema_status_cluster: bool,
     pub status: bool,
     pub json: bool,
+    pub verify: bool,
+    /// `-timeout SECONDS`: how long a command may take (`-verify`: 30 s when not given).
+    pub timeout: Option<u64>,
     pub cluster_addr: Option<String>,
     /// Comma-separated list split into entries (empty entries dropped).
     pub cluster_peers: Vec<String>,
@@ -32,6 +35,7 @@ const VALUE_FLAGS: &[&str] = &[
     "cluster-peers",
     "leaf-servers",
     "pprof",
+    "timeout",
 ];
 
 /// The clap view of the command line; [`parse_from`] turns it into a [`Cli`].
@@ -89,6 +93,17 @@ struct Args {
           requires = "status")]
     json: bool,
 
+    /// Compare every node's tables (checksums and row counts) at one agreed point of the streams, then exit:
+    /// 0 identical, 1 some table differs (named, with the nodes that differ), 2 a node did not answer in time
+    /// or no common point was found.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", hide_default_value = true, value_parser = parse_go_bool, action = ArgAction::Set)]
+    verify: bool,
+
+    /// How long a command may take, in seconds (-verify: 30 when not given).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_go_uint)]
+    timeout: Option<u64>,
+
     /// Address (host:port) on which the embedded NATS server listens for cluster routes.
     #[arg(long = "cluster-addr", value_name = "HOST:PORT")]
     cluster_addr: Option<String>,
@@ -125,6 +140,8 @@ pub fn parse_from<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, clap::
         schema_status_cluster: args.schema_status_cluster,
         status: args.status,
         json: args.json,
+        verify: args.verify,
+        timeout: args.timeout,
         cluster_addr: args.cluster_addr.filter(|s| !s.is_empty()),
         cluster_peers: split_list(args.cluster_peers.as_deref()),
         leaf_servers: split_list(args.leaf_servers.as_deref()),
@@ -247,6 +264,9 @@ mod tests {
             "-schema-status-cluster",
             "-status",
             "-json",
+            "-verify",
+            "-timeout",
+            "7",
             "-cluster-addr",
             "localhost:4221",
             "-cluster-peers",
@@ -268,6 +288,9 @@ mod tests {
             "--schema-status-cluster",
             "--status",
             "--json",
+            "--verify",
+            "--timeout",
+            "7",
             "--cluster-addr",
             "localhost:4221",
             "--cluster-peers",
@@ -290,6 +313,8 @@ mod tests {
                 schema_status_cluster: true,
                 status: true,
                 json: true,
+                verify: true,
+                timeout: Some(7),
                 cluster_addr: Some("localhost:4221".into()),
                 cluster_peers: vec!["nats://a:1/".into()],
                 leaf_servers: vec!["nats://l:7422".into()],
@@ -337,6 +362,16 @@ mod tests {
             parse(&["-json"]).is_err(),
             "-json without -status is refused"
         );
+    }
+
+    #[test]
+    fn verify_with_and_without_a_timeout() {
+        let cli = ok(&["-config", "n.toml", "-verify", "-timeout", "5"]);
+        assert!(cli.verify);
+        assert_eq!(cli.timeout, Some(5));
+        assert_eq!(ok(&["-verify"]).timeout, None);
+        assert_eq!(ok(&["-timeout=0x10", "-verify=true"]).timeout, Some(16));
+        assert!(parse(&["-verify", "-timeout", "soon"]).is_err());
     }
 
     #[test]
@@ -419,6 +454,8 @@ mod tests {
                 "schema-status-cluster",
                 "status",
                 "json",
+                "verify",
+                "timeout",
                 "cluster-addr",
                 "cluster-peers",
                 "leaf-servers",

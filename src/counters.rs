@@ -30,7 +30,9 @@ pub struct Counters {
     /// Unix ms when the latest snapshot this node saved or restored finished, and how long it took.
     pub last_snapshot_ms: AtomicU64,
     pub last_snapshot_duration_ms: AtomicU64,
-    /// Change-log ids up to here are acknowledged by JetStream.
+    /// Change-log ids up to here are acknowledged by JetStream. Stored (`Release`) after the stream sequences
+    /// of those changes ([`Counters::set_published_seq`]), so a reader that loads it (`Acquire`) first and
+    /// then reads those sequences sees every one of them.
     pub published_upto: AtomicU64,
     /// Unix ms of the last message applied from the stream, and of the last publish acknowledged.
     pub last_applied_ms: AtomicU64,
@@ -59,6 +61,8 @@ struct ShardGauges {
     last_seq: u64,
     /// Age in ms of the oldest message not yet handled at the last look (0 when caught up).
     oldest_unapplied_ms: u64,
+    /// The highest stream sequence at which JetStream stored one of this node's own changes (this run).
+    published: u64,
 }
 
 impl ShardGauges {
@@ -180,6 +184,17 @@ impl Counters {
     pub fn applied(&self) -> Vec<u64> {
         let v = self.shards.lock().unwrap_or_else(|e| e.into_inner());
         v.iter().map(|g| g.applied).collect()
+    }
+
+    /// JetStream stored one of this node's own changes at `seq` of `shard`'s stream.
+    pub fn set_published_seq(&self, shard: u32, seq: u64) {
+        self.with_shard(shard, |g| g.published = g.published.max(seq));
+    }
+
+    /// Per shard (index 0 = shard 1), the highest stream sequence of this node's own changes stored this run.
+    pub fn published_seqs(&self) -> Vec<u64> {
+        let v = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter().map(|g| g.published).collect()
     }
 
     pub fn set_paused(&self, shard: u32, reason: Option<String>) {

@@ -1,5 +1,6 @@
 //! The `harmonylite` binary: parse flags, load the configuration, set up logging, run, map errors to exit
-//! codes (0 success, 1 runtime failure, 2 bad flags or configuration).
+//! codes (0 success, 1 runtime failure, 2 bad flags or configuration). `-verify` has its own: 0 identical,
+//! 1 some table differs, 2 not verified (a node did not answer, no common point, the cluster unreachable).
 
 use std::process::ExitCode;
 
@@ -75,6 +76,19 @@ fn main() -> ExitCode {
                     print!("{}", report.text());
                 }
             })
+    } else if cli.verify {
+        let timeout = std::time::Duration::from_secs(cli.timeout.unwrap_or(30));
+        return match rt().block_on(ops::verify::command::verify(&cfg, &cli, timeout)) {
+            Ok(outcome) => {
+                println!("{}", outcome.text());
+                ExitCode::from(outcome.exit_code())
+            }
+            Err(e) => {
+                // Not verified: the cluster could not be asked.
+                tracing::error!("{e}");
+                ExitCode::from(2)
+            }
+        };
     } else if cli.save_snapshot {
         rt().block_on(node::save_snapshot(&cfg, &cli))
     } else {

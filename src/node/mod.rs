@@ -370,6 +370,13 @@ impl RunningNode {
         )?;
         let wake = publisher.waker();
         self.tasks.spawn(publisher.run(self.cancel.clone()));
+        // After the publisher: it sets the published position the answers rely on.
+        self.tasks.spawn(crate::ops::verify::serve(
+            self.nats.client.clone(),
+            cfg.clone(),
+            self.counters.clone(),
+            self.cancel.clone(),
+        ));
         self._watch = Some(capture::watch::start(
             &cfg.db_path,
             cfg.polling_interval_ms,

@@ -118,6 +118,9 @@ impl Publisher {
         counters: Arc<Counters>,
         client: async_nats::Client,
     ) -> Result<Publisher, PublishError> {
+        counters
+            .published_upto
+            .store(state.published_upto.max(0) as u64, Ordering::Release);
         Ok(Publisher {
             cfg,
             conn,
@@ -285,6 +288,11 @@ impl Publisher {
             })
         });
         self.in_flight.mark_acked(acked);
+        for (unit, seqs) in pass.units.iter().zip(&acks) {
+            if let Some(top) = seqs.as_ref().and_then(|s| s.iter().max()) {
+                stats.set_published_seq(unit.shard, *top);
+            }
+        }
         let msgs: usize = pass.units.iter().map(|u| u.payloads.len()).sum();
         stats
             .published_msgs
@@ -294,7 +302,7 @@ impl Publisher {
         self.state.save()?;
         stats
             .published_upto
-            .store(pass.end.max(0) as u64, Ordering::Relaxed);
+            .store(pass.end.max(0) as u64, Ordering::Release);
         tracing::debug!(
             rows = pass.rows,
             units = pass.units.len(),

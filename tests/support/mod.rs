@@ -6,7 +6,7 @@
 //! | [`wait`]     | [`eventually`]`(timeout, what, condition)` for conditions returning `bool` or `Option<T>` (trait [`Ready`]), [`eventually_async`], [`poll`], [`during`]: no fixed sleeps |
 //! | [`ports`]    | [`free_port`], [`free_ports`]: free loopback ports below the ephemeral range |
 //! | [`process`]  | [`temp_dir`], [`ChildGuard`] (also [`ChildGuard::spawn_logged`]), [`PidGuard`], [`send_signal`], [`pid_alive`], [`child_pids`], [`rss_kb`], [`reexec_test`], [`output_retrying`], [`file_len`] |
-//! | [`sql`]      | the `sqlite3` CLI ([`sqlite3`], [`try_sqlite3`]), rusqlite ([`open`], [`open_read_only`]), [`user_tables`], [`checksum`] (order-independent), [`try_checksums`] |
+//! | [`sql`]      | the `sqlite3` CLI ([`sqlite3`], [`try_sqlite3`]), rusqlite ([`open`], [`open_read_only`]), [`user_tables`], [`checksum`] (order-independent), [`try_checksums`], [`Writer`] (light write load from a thread) |
 //! | [`node`]     | [`Node`]: one real `harmonylite` process: its paths (data directory, database, config, log), extra TOML, arguments and environment, start / `kill -9` / SIGTERM stop / restart, waiting for it to run or exit, its log and pid; [`harmonylite_bin`] |
 //! | [`logs`]     | [`Node::log_mark`] / [`Node::log_since`] (what a node printed in a window), [`json_lines`] (a JSON-format log parsed) |
 //! | [`cluster`]  | [`Cluster`] of N nodes peered on loopback in one temporary directory ([`Options`]), with the convergence oracle [`Cluster::converged`] (one table) and [`Cluster::converged_all`] (every user table); failures show every node's last log lines |
@@ -39,7 +39,7 @@ pub use process::{
 };
 pub use servers::{NatsServer, S3Server, SftpServer, WebDavServer};
 pub use sql::{
-    Checksum, checksum, open, open_read_only, sqlite3, try_checksum, try_checksums, try_sqlite3,
-    try_user_tables, user_tables,
+    Checksum, Writer, checksum, open, open_read_only, sqlite3, try_checksum, try_checksums,
+    try_sqlite3, try_user_tables, user_tables,
 };
 pub use wait::{Ready, during, eventually, eventually_async, eventually_or, poll};

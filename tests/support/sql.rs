@@ -106,3 +106,61 @@ pub fn try_checksums(db: &Path) -> rusqlite::Result<BTreeMap<String, Checksum>> 
         .map(|t| try_checksum(db, &t).map(|c| (t, c)))
         .collect()
 }
+
+/// Light write load: a thread running `sql(i)` (i = 0, 1, ...) through rusqlite on `db` about every `period`
+/// until stopped ([`Writer::stop`], or dropped). Writes that fail (say, a lock held too long) are counted and
+/// not retried.
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<(u64, u64)>>,
+}
+
+impl Writer {
+    pub fn start(
+        db: &Path,
+        period: Duration,
+        sql: impl Fn(u64) -> String + Send + 'static,
+    ) -> Writer {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let db = db.to_path_buf();
+        let handle = std::thread::spawn(move || {
+            let conn = open(&db);
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut i = 0;
+            while !flag.load(Ordering::Relaxed) {
+                match conn.execute_batch(&sql(i)) {
+                    Ok(()) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+                i += 1;
+                std::thread::sleep(period);
+            }
+            (ok, failed)
+        });
+        Writer {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops the thread; returns how many writes succeeded and how many failed.
+    pub fn stop(mut self) -> (u64, u64) {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
