@@ -16,6 +16,9 @@ pub struct Cli {
     pub schema_status_cluster: bool,
     pub status: bool,
     pub json: bool,
+    pub wait_replicated: bool,
+    /// Seconds a waiting command waits at most (`-timeout`; each command has its own default).
+    pub timeout: Option<u64>,
     pub cluster_addr: Option<String>,
     /// Comma-separated list split into entries (empty entries dropped).
     pub cluster_peers: Vec<String>,
@@ -32,6 +35,7 @@ const VALUE_FLAGS: &[&str] = &[
     "cluster-peers",
     "leaf-servers",
     "pprof",
+    "timeout",
 ];
 
 /// The clap view of the command line; [`parse_from`] turns it into a [`Cli`].
@@ -89,6 +93,18 @@ struct Args {
           requires = "status")]
     json: bool,
 
+    /// Wait until every change committed on this node before the call has been applied on every node of the
+    /// cluster, then exit (0 once it has; 1 on timeout, naming the nodes behind, or when the cluster cannot be
+    /// reached).
+    #[arg(long = "wait-replicated", value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", hide_default_value = true,
+          value_parser = parse_go_bool, action = ArgAction::Set)]
+    wait_replicated: bool,
+
+    /// With -wait-replicated: how many seconds to wait at most (default 60).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_go_uint)]
+    timeout: Option<u64>,
+
     /// Address (host:port) on which the embedded NATS server listens for cluster routes.
     #[arg(long = "cluster-addr", value_name = "HOST:PORT")]
     cluster_addr: Option<String>,
@@ -125,6 +141,8 @@ pub fn parse_from<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, clap::
         schema_status_cluster: args.schema_status_cluster,
         status: args.status,
         json: args.json,
+        wait_replicated: args.wait_replicated,
+        timeout: args.timeout,
         cluster_addr: args.cluster_addr.filter(|s| !s.is_empty()),
         cluster_peers: split_list(args.cluster_peers.as_deref()),
         leaf_servers: split_list(args.leaf_servers.as_deref()),
@@ -247,6 +265,9 @@ mod tests {
             "-schema-status-cluster",
             "-status",
             "-json",
+            "-wait-replicated",
+            "-timeout",
+            "5",
             "-cluster-addr",
             "localhost:4221",
             "-cluster-peers",
@@ -268,6 +289,9 @@ mod tests {
             "--schema-status-cluster",
             "--status",
             "--json",
+            "--wait-replicated",
+            "--timeout",
+            "5",
             "--cluster-addr",
             "localhost:4221",
             "--cluster-peers",
@@ -290,6 +314,8 @@ mod tests {
                 schema_status_cluster: true,
                 status: true,
                 json: true,
+                wait_replicated: true,
+                timeout: Some(5),
                 cluster_addr: Some("localhost:4221".into()),
                 cluster_peers: vec!["nats://a:1/".into()],
                 leaf_servers: vec!["nats://l:7422".into()],
@@ -310,6 +336,8 @@ mod tests {
             Some(PathBuf::from("a=b.toml"))
         );
         assert_eq!(ok(&["-node-id=12"]).node_id, Some(12));
+        assert_eq!(ok(&["-timeout=30"]).timeout, Some(30));
+        assert!(parse(&["-timeout", "soon"]).is_err());
         assert_eq!(ok(&["-config="]).config, None);
     }
 
@@ -419,6 +447,8 @@ mod tests {
                 "schema-status-cluster",
                 "status",
                 "json",
+                "wait-replicated",
+                "timeout",
                 "cluster-addr",
                 "cluster-peers",
                 "leaf-servers",

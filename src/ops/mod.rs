@@ -1,11 +1,12 @@
 //! What operators see: the schema registry and the schema status commands ([`schema`]), the node's view of
 //! itself ([`observe`]), Prometheus metrics ([`metrics`]), health and readiness ([`health`]) and the HTTP
-//! server that serves them ([`http`]), each node's status in the cluster and `-status` ([`status`]). The truth
-//! tools join here.
+//! server that serves them ([`http`]), each node's status in the cluster and `-status` ([`status`]), and write
+//! confirmation, `-wait-replicated` ([`replicated`]). The truth tools join here.
 
 pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod observe;
+pub mod replicated;
 pub mod schema;
 pub mod status;

@@ -183,6 +183,15 @@ pub fn output_retrying(cmd: &mut Command) -> std::process::Output {
     panic!("{cmd:?} kept failing with ETXTBSY");
 }
 
+/// A finished command's stdout followed by its stderr (lossy UTF-8), for assertions and failure messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Size of a file, 0 when missing.
 pub fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)

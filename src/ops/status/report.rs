@@ -40,6 +40,9 @@ pub struct NodeRow {
     pub written_at_ms: Option<u64>,
     pub shards: Vec<ShardRow>,
     pub counters: Option<Activity>,
+    /// Change-log ids of this node up to here are acknowledged by JetStream (from its status entry; none when
+    /// it does not publish or its entry does not say).
+    pub published_upto: Option<u64>,
 }
 
 /// One shard of one node.
@@ -119,6 +122,7 @@ impl Report {
                     written_at_ms: s.map(|s| s.entry.written_at_ms),
                     shards,
                     counters: s.map(|s| s.entry.counters.clone()),
+                    published_upto: s.and_then(|s| s.entry.published_upto),
                 }
             })
             .collect();
@@ -284,6 +288,7 @@ mod tests {
                     })
                     .collect(),
                 counters: Activity::default(),
+                published_upto: Some(id * 10),
             },
             created_ms,
         }
