@@ -37,12 +37,12 @@ fn write_book(node: &Node, title: &str) {
 }
 
 /// Asserts that the book titled `title` is on every node of `c`, read once, right now.
-fn on_every_node_now(c: &Cluster, title: &str) {
+fn on_every_node_now(c: &Cluster, title: &str, output: &str) {
     let counts: Vec<i64> = c.nodes.iter().map(|n| books_titled(n, title)).collect();
     assert_eq!(
         counts,
         vec![1; c.nodes.len()],
-        "{title:?} is not on every node right after the wait returned\n{}",
+        "{title:?} is not on every node right after the wait returned:\n{output}\n{}",
         c.logs_tail()
     );
 }
@@ -59,25 +59,73 @@ fn with_health_on_node_1() -> (Options, u16) {
     (opts, port)
 }
 
-/// Five times: a row written on node 1, `-wait-replicated` on node 1's config exits 0 with its one line, and
-/// the row is on nodes 2 and 3 the moment it returns.
+/// Node `pid` stopped with SIGSTOP until dropped (SIGCONT).
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        send_signal(pid, Signal::SIGSTOP);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        send_signal(self.0, Signal::SIGCONT);
+    }
+}
+
+/// Writes a book titled `title` on node 1 while `hold()` keeps the change from reaching everywhere (until what
+/// it returns is dropped): `-wait-replicated` on node 1's config must keep waiting for as long (`what` says
+/// why), then exit 0 with its one line, and the row be on every node the moment it has returned.
+fn confirmed_after_hold<H>(c: &Cluster, title: &str, what: &str, hold: impl FnOnce() -> H) {
+    let held = hold();
+    write_book(c.node(1), title);
+    let mut cmd = c.node(1).command();
+    cmd.args(["-wait-replicated", "-timeout", "30"]);
+    let mut child = ChildGuard::spawn(cmd);
+    let mut early = false;
+    during(Duration::from_millis(1500), || {
+        early = early || child.exited().is_some();
+    });
+    drop(held);
+    let (status, stdout) = child.finish();
+    on_every_node_now(c, title, &stdout);
+    assert!(
+        !early,
+        "-wait-replicated returned ({status}) while {what}:\n{stdout}"
+    );
+    assert_eq!(status.code(), Some(0), "{stdout}\n{}", c.logs_tail());
+    assert!(
+        stdout.starts_with("replicated: changes up to log id ")
+            && stdout.trim_end().ends_with(" are on all 3 nodes"),
+        "{stdout}"
+    );
+}
+
+/// Five times: a row written on node 1 while another node (2, then 3, ...) cannot apply it (the test holds that
+/// node's write lock); then once while node 1 itself cannot publish it (its process stopped). Each time
+/// `-wait-replicated` keeps waiting while the change cannot be everywhere, exits 0 once it can, and the row
+/// is on nodes 2 and 3 the moment it has returned.
 #[test]
 fn a_write_is_on_every_node_when_the_command_returns() {
     let c = Cluster::start(Options::default());
     for i in 0..5 {
-        let title = format!("confirmed {i}");
-        write_book(c.node(1), &title);
-        let o = wait_replicated(c.node(1), &["-timeout", "30"]);
-        on_every_node_now(&c, &title);
-        let text = output_text(&o);
-        assert_eq!(o.status.code(), Some(0), "{text}\n{}", c.logs_tail());
-        let stdout = String::from_utf8_lossy(&o.stdout);
-        assert!(
-            stdout.starts_with("replicated: changes up to log id ")
-                && stdout.trim_end().ends_with(" are on all 3 nodes"),
-            "{text}"
-        );
+        let node = c.node(2 + i % 2);
+        let what = format!("node {} could not apply the change", node.id);
+        confirmed_after_hold(&c, &format!("confirmed {i}"), &what, || {
+            let lock = open(&node.db);
+            lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+            lock
+        });
     }
+    let pid = c.node(1).pid().expect("node 1 runs");
+    confirmed_after_hold(
+        &c,
+        "published late",
+        "node 1 could not publish the change",
+        || Stopped::new(pid),
+    );
     // The double-dash form and an explicit timeout in the equals form work too.
     let o = output_retrying(
         c.node(2)
@@ -161,7 +209,7 @@ fn the_http_form_answers_once_a_write_is_everywhere() {
         write_book(c.node(1), &title);
         let r = http_get_within(port, "/wait-replicated?timeout=30", Duration::from_secs(40))
             .expect("/wait-replicated answers");
-        on_every_node_now(&c, &title);
+        on_every_node_now(&c, &title, &r.body);
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(r.content_type.starts_with("application/json"), "{r:?}");
         let v = r.json();

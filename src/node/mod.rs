@@ -345,6 +345,7 @@ impl RunningNode {
             cfg.clone(),
             self.counters.clone(),
             replicas,
+            expected_nodes,
             self.cancel.clone(),
         ));
         self.tasks.spawn(snapshots::run(

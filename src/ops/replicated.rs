@@ -87,7 +87,8 @@ pub struct Behind {
     pub unpublished: Option<Unpublished>,
     /// Nodes below the positions needed (below the streams' current ends while `upto` is unpublished).
     pub nodes: Vec<NodeBehind>,
-    /// How many nodes the status and retention buckets know, and how many the NATS cluster's routes name.
+    /// How many nodes the status and retention buckets know, and how many the NATS cluster's routes name (as
+    /// this command or node sees them, or as any node's status entry says).
     pub known_nodes: usize,
     pub expected_nodes: usize,
     /// The last failure to read the cluster's state, when the last read failed.
@@ -259,7 +260,7 @@ pub fn log_upto(cfg: &Config) -> Result<u64, WaitError> {
 
 /// Wait until every change of this node up to log id `upto` (see [`log_upto`]) is applied on every known node,
 /// or `timeout` passes. Fewer known nodes than `expected_nodes` (the servers the embedded NATS cluster's
-/// routes name) count as not there yet. Fails when the cluster's state cannot be read at all.
+/// routes name), or than any node's status entry expects, count as not there yet. Fails when the cluster's state cannot be read at all.
 pub async fn wait(
     js: &jetstream::Context,
     cfg: &Config,
@@ -317,7 +318,18 @@ pub async fn wait(
                     published_upto: published,
                 });
                 last.known_nodes = report.nodes.len();
-                let all_known = !report.nodes.is_empty() && report.nodes.len() >= expected_nodes;
+                // The nodes' own view counts too: a command may not know the routes the node was started with.
+                last.expected_nodes = report
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.expected_nodes)
+                    .map(|n| n as usize)
+                    .fold(expected_nodes, usize::max);
+                tracing::debug!(upto, ?published, targets = ?targets.as_ref().map(|t| t.iter().map(|s| s.last_sequence).collect::<Vec<_>>()),
+                    nodes = ?report.nodes.iter().map(|n| (n.node_id, n.shards.iter().map(|s| s.applied).collect::<Vec<_>>())).collect::<Vec<_>>(),
+                    "waiting until replicated");
+                let all_known =
+                    !report.nodes.is_empty() && report.nodes.len() >= last.expected_nodes;
                 if targets.is_some() && last.nodes.is_empty() && all_known {
                     return Ok(Outcome::Replicated(Replicated {
                         status: "replicated",
@@ -388,7 +400,8 @@ pub async fn command(
     let nats = crate::nats::Nats::attach(cfg, flags).await?;
     let js = &nats.jetstream;
     let left = timeout.saturating_sub(started.elapsed());
-    let expected = if nats.is_embedded() {
+    // Embedded NATS (the running node's server or one started for the command): one node per route peer.
+    let expected = if cfg.nats.urls.is_empty() {
         nats.cluster_size_hint()
     } else {
         1
@@ -434,6 +447,7 @@ mod tests {
                     .collect(),
                 counters: Default::default(),
                 published_upto: Some(5),
+                expected_nodes: Some(3),
             },
             created_ms: now,
         }

@@ -57,6 +57,10 @@ pub struct Entry {
     /// entry with an older version).
     #[serde(default)]
     pub published_upto: Option<u64>,
+    /// How many nodes this node expects in its cluster (1 + its embedded server's route peers; 1 with external
+    /// NATS). Older entries do not say.
+    #[serde(default)]
+    pub expected_nodes: Option<u64>,
 }
 
 /// One shard as a node sees it.
@@ -106,8 +110,8 @@ pub enum StatusError {
 }
 
 impl Entry {
-    /// This node's entry as its counters are now.
-    pub fn of(cfg: &Config, counters: &Counters) -> Entry {
+    /// This node's entry as its counters are now; it expects `expected_nodes` nodes in its cluster.
+    pub fn of(cfg: &Config, counters: &Counters, expected_nodes: usize) -> Entry {
         use std::sync::atomic::Ordering::Relaxed;
         let gauges = counters.shard_views();
         let shards = (1..=cfg.replication_log.shards.get())
@@ -140,6 +144,7 @@ impl Entry {
                 schema_pauses: counters.schema_pauses.load(Relaxed),
             },
             published_upto: cfg.publish.then(|| counters.published_upto.load(Relaxed)),
+            expected_nodes: Some(expected_nodes as u64),
         }
     }
 }
@@ -197,6 +202,7 @@ pub async fn run(
     cfg: Arc<Config>,
     counters: Arc<Counters>,
     replicas: usize,
+    expected_nodes: usize,
     cancel: CancellationToken,
 ) {
     let key = node_key(cfg.node_id);
@@ -210,7 +216,7 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = counters.progressed(), if !failing => tick.reset(),
         }
-        let entry = Entry::of(&cfg, &counters);
+        let entry = Entry::of(&cfg, &counters, expected_nodes);
         let r = tokio::select! {
             _ = cancel.cancelled() => return,
             r = put(&js, &mut store, replicas, &key, &entry) => r,

@@ -43,6 +43,8 @@ pub struct NodeRow {
     /// Change-log ids of this node up to here are acknowledged by JetStream (from its status entry; none when
     /// it does not publish or its entry does not say).
     pub published_upto: Option<u64>,
+    /// How many nodes this node expects in its cluster (from its status entry).
+    pub expected_nodes: Option<u64>,
 }
 
 /// One shard of one node.
@@ -123,6 +125,7 @@ impl Report {
                     shards,
                     counters: s.map(|s| s.entry.counters.clone()),
                     published_upto: s.and_then(|s| s.entry.published_upto),
+                    expected_nodes: s.and_then(|s| s.entry.expected_nodes),
                 }
             })
             .collect();
@@ -289,6 +292,7 @@ mod tests {
                     .collect(),
                 counters: Activity::default(),
                 published_upto: Some(id * 10),
+                expected_nodes: Some(3),
             },
             created_ms,
         }
