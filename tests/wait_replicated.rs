@@ -2,7 +2,7 @@
 //! `-wait-replicated` on the writing node's config exits 0, the rows are already readable on every other node
 //! (read at once, no waiting); with a node killed, the command times out with exit code 1 and names it; the
 //! health server's `GET /wait-replicated` answers 200 once a write is everywhere, and 504 naming the node
-//! behind.
+//! behind; a cluster that cannot be reached makes the command fail with a clear error.
 
 mod support;
 
@@ -221,4 +221,22 @@ fn the_http_form_answers_once_a_write_is_everywhere() {
     let bad = http_get(port, "/wait-replicated?timeout=soon").expect("answers");
     assert_eq!(bad.status, 400, "{}", bad.body);
     c.assert_all_alive();
+}
+
+/// No NATS to reach: `-wait-replicated` exits 1 and says why.
+#[test]
+fn an_unreachable_cluster_fails_with_a_clear_error() {
+    let port = free_port();
+    let c = Cluster::new(Options {
+        nodes: 1,
+        extra_toml: format!(
+            "[nats]\nurls = [\"nats://127.0.0.1:{port}\"]\nconnect_retries = 1\nreconnect_wait_seconds = 0\n\
+             ready_timeout_seconds = 2"
+        ),
+        ..Default::default()
+    });
+    let o = wait_replicated(c.node(1), &["-timeout", "5"]);
+    let text = output_text(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(text.contains("cannot reach the cluster's NATS"), "{text}");
 }
