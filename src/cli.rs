@@ -17,7 +17,9 @@ pub struct Cli {
     pub status: bool,
     pub json: bool,
     pub verify: bool,
-    /// `-timeout SECONDS`: how long a command may take (`-verify`: 30 s when not given).
+    pub wait_replicated: bool,
+    /// `-timeout SECONDS`: how long a command may take or wait (`-verify`: 30 s, `-wait-replicated`: 60 s when
+    /// not given).
     pub timeout: Option<u64>,
     pub cluster_addr: Option<String>,
     /// Comma-separated list split into entries (empty entries dropped).
@@ -100,7 +102,15 @@ struct Args {
           default_value = "false", hide_default_value = true, value_parser = parse_go_bool, action = ArgAction::Set)]
     verify: bool,
 
-    /// How long a command may take, in seconds (-verify: 30 when not given).
+    /// Wait until every change committed on this node before the call has been applied on every node of the
+    /// cluster, then exit (0 once it has; 1 on timeout, naming the nodes behind, or when the cluster cannot be
+    /// reached).
+    #[arg(long = "wait-replicated", value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", hide_default_value = true,
+          value_parser = parse_go_bool, action = ArgAction::Set)]
+    wait_replicated: bool,
+
+    /// How long a command may take or wait, in seconds (-verify: 30, -wait-replicated: 60 when not given).
     #[arg(long, value_name = "SECONDS", value_parser = parse_go_uint)]
     timeout: Option<u64>,
 
@@ -141,6 +151,7 @@ pub fn parse_from<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, clap::
         status: args.status,
         json: args.json,
         verify: args.verify,
+        wait_replicated: args.wait_replicated,
         timeout: args.timeout,
         cluster_addr: args.cluster_addr.filter(|s| !s.is_empty()),
         cluster_peers: split_list(args.cluster_peers.as_deref()),
@@ -267,6 +278,7 @@ mod tests {
             "-verify",
             "-timeout",
             "7",
+            "-wait-replicated",
             "-cluster-addr",
             "localhost:4221",
             "-cluster-peers",
@@ -291,6 +303,7 @@ mod tests {
             "--verify",
             "--timeout",
             "7",
+            "--wait-replicated",
             "--cluster-addr",
             "localhost:4221",
             "--cluster-peers",
@@ -315,6 +328,7 @@ mod tests {
                 json: true,
                 verify: true,
                 timeout: Some(7),
+                wait_replicated: true,
                 cluster_addr: Some("localhost:4221".into()),
                 cluster_peers: vec!["nats://a:1/".into()],
                 leaf_servers: vec!["nats://l:7422".into()],
@@ -335,6 +349,8 @@ mod tests {
             Some(PathBuf::from("a=b.toml"))
         );
         assert_eq!(ok(&["-node-id=12"]).node_id, Some(12));
+        assert_eq!(ok(&["-timeout=30"]).timeout, Some(30));
+        assert!(parse(&["-timeout", "soon"]).is_err());
         assert_eq!(ok(&["-config="]).config, None);
     }
 
@@ -455,6 +471,7 @@ mod tests {
                 "status",
                 "json",
                 "verify",
+                "wait-replicated",
                 "timeout",
                 "cluster-addr",
                 "cluster-peers",

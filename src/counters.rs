@@ -30,9 +30,9 @@ pub struct Counters {
     /// Unix ms when the latest snapshot this node saved or restored finished, and how long it took.
     pub last_snapshot_ms: AtomicU64,
     pub last_snapshot_duration_ms: AtomicU64,
-    /// Change-log ids up to here are acknowledged by JetStream. Stored (`Release`) after the stream sequences
-    /// of those changes ([`Counters::set_published_seq`]), so a reader that loads it (`Acquire`) first and
-    /// then reads those sequences sees every one of them.
+    /// Change-log ids up to here are acknowledged by JetStream (set with [`Counters::set_published_upto`]).
+    /// Stored (`Release`) after the stream sequences of those changes ([`Counters::set_published_seq`]), so a
+    /// reader that loads it (`Acquire`) first and then reads those sequences sees every one of them.
     pub published_upto: AtomicU64,
     /// Unix ms of the last message applied from the stream, and of the last publish acknowledged.
     pub last_applied_ms: AtomicU64,
@@ -46,6 +46,8 @@ pub struct Counters {
     shards: Mutex<Vec<ShardGauges>>,
     /// Errors by (operation, kind), e.g. ("apply", "decode").
     errors: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Signalled when an applied position or `published_upto` moves (see [`Counters::progressed`]).
+    progress: tokio::sync::Notify,
 }
 
 #[derive(Default, Clone)]
@@ -178,6 +180,19 @@ impl Counters {
 
     pub fn set_applied(&self, shard: u32, seq: u64) {
         self.with_shard(shard, |g| g.applied = seq);
+        self.progress.notify_one();
+    }
+
+    /// Change-log ids up to `upto` are acknowledged by JetStream.
+    pub fn set_published_upto(&self, upto: u64) {
+        self.published_upto.store(upto, Ordering::Release);
+        self.progress.notify_one();
+    }
+
+    /// Resolves once an applied position or `published_upto` has moved since the last call resolved (at once
+    /// when it moved meanwhile). Meant for one waiter: the task that shares this node's status.
+    pub async fn progressed(&self) {
+        self.progress.notified().await;
     }
 
     /// Applied stream position per shard (index 0 = shard 1).

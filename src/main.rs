@@ -89,6 +89,22 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         };
+    } else if cli.wait_replicated {
+        let timeout = cli.timeout.map_or(
+            ops::replicated::DEFAULT_TIMEOUT,
+            std::time::Duration::from_secs,
+        );
+        let flags = nats::ClusterFlags::from_cli(&cli);
+        match rt().block_on(ops::replicated::command(&cfg, &flags, timeout)) {
+            Ok(outcome) => {
+                print!("{}", outcome.text());
+                if !outcome.is_replicated() {
+                    return ExitCode::from(1);
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     } else if cli.save_snapshot {
         rt().block_on(node::save_snapshot(&cfg, &cli))
     } else {

@@ -172,6 +172,16 @@ fn bad_values_are_invalid() {
             "\"health\"",
         ),
         ("[health_check]\ndetailed = 0", "health_check.detailed", "0"),
+        (
+            "[health_check]\npath = \"/wait-replicated\"",
+            "health_check.path",
+            "\"/wait-replicated\"",
+        ),
+        (
+            "[health_check]\nready_path = \"/wait-replicated\"",
+            "health_check.ready_path",
+            "\"/wait-replicated\"",
+        ),
     ];
     for (text, key, value) in cases {
         assert_invalid(text, key, value);

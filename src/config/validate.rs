@@ -61,21 +61,24 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     let h = &config.health_check;
     check_host_port(&h.bind, false)
         .map_err(|r| invalid("health_check.bind", quoted(&h.bind), r))?;
-    if !h.path.starts_with('/') || h.path.chars().any(char::is_whitespace) {
+    // The health server also answers write confirmation on a fixed path.
+    let wait_route = crate::ops::replicated::ROUTE;
+    if !h.path.starts_with('/') || h.path.chars().any(char::is_whitespace) || h.path == wait_route {
         return Err(invalid(
             "health_check.path",
             quoted(&h.path),
-            "expected an HTTP path starting with \"/\"",
+            "expected an HTTP path starting with \"/\", other than \"/wait-replicated\"",
         ));
     }
     if !h.ready_path.starts_with('/')
         || h.ready_path.chars().any(char::is_whitespace)
         || h.ready_path == h.path
+        || h.ready_path == wait_route
     {
         return Err(invalid(
             "health_check.ready_path",
             quoted(&h.ready_path),
-            "expected an HTTP path starting with \"/\", other than health_check.path",
+            "expected an HTTP path starting with \"/\", other than health_check.path and \"/wait-replicated\"",
         ));
     }
     Ok(())

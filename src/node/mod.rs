@@ -69,7 +69,7 @@ pub async fn cluster_status(cfg: &Config, cli: &Cli) -> anyhow::Result<crate::op
     let report = crate::ops::status::gather(
         js,
         cfg,
-        async || {
+        || async {
             retention::handled_by_node(js)
                 .await
                 .map_err(|e| format!("cannot read the {} bucket: {e}", retention::BUCKET))
@@ -225,6 +225,11 @@ impl RunningNode {
                 client: nats.client.clone(),
                 jetstream: nats.jetstream.clone(),
                 server: nats.server_watch(),
+                expected_nodes: if nats.is_embedded() {
+                    nats.cluster_size_hint()
+                } else {
+                    1
+                },
             });
         }
         let (gaps_tx, gaps) = tokio::sync::mpsc::unbounded_channel();
@@ -340,6 +345,7 @@ impl RunningNode {
             cfg.clone(),
             self.counters.clone(),
             replicas,
+            expected_nodes,
             self.cancel.clone(),
         ));
         self.tasks.spawn(snapshots::run(

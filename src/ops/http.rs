@@ -1,7 +1,9 @@
 //! The node's HTTP endpoints (axum): Prometheus metrics on `[prometheus] bind` (any path, as the original;
 //! `/metrics` is the documented one) and health on `[health_check] bind` at `path`, readiness at
-//! `ready_path`. When both sections name the same address, one server answers both: the health paths first,
-//! metrics on every other path.
+//! `ready_path`, and write confirmation at [`replicated::ROUTE`] (`GET /wait-replicated?timeout=SECONDS`: 200
+//! once every change committed on this node before the request is on every node, 504 naming the nodes behind
+//! on timeout, 503 when the cluster cannot be read). When both sections name the same address, one server
+//! answers both: the health paths first, metrics on every other path.
 //!
 //! The servers start before NATS, so that while the node waits for its cluster the endpoints already answer
 //! (503), and they run until the node stops.
@@ -11,7 +13,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -20,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::health;
 use super::metrics::Exporter;
 use super::observe::Observed;
+use super::replicated;
 use crate::config::Config;
 
 /// Why the endpoints cannot be served.
@@ -75,6 +78,7 @@ pub async fn start(
         Router::new()
             .route(&h.path, get(health_handler))
             .route(&h.ready_path, get(ready_handler))
+            .route(replicated::ROUTE, get(wait_replicated_handler))
     };
     let metrics_router = || Router::new().fallback(get(metrics_handler));
     let mut servers: Vec<(&'static str, String, Router<AppState>)> = Vec::new();
@@ -158,6 +162,66 @@ async fn ready_handler(State(s): State<AppState>) -> Response {
     body(code, &h, s.detailed)
 }
 
+/// `GET /wait-replicated?timeout=SECONDS`: each request waits in its own task, so the server and the node
+/// go on meanwhile.
+async fn wait_replicated_handler(State(s): State<AppState>, uri: Uri) -> Response {
+    let json = |code: StatusCode, body: String| {
+        (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    };
+    let error = |code: StatusCode, e: &dyn std::fmt::Display| {
+        let body = serde_json::json!({ "status": "error", "node_id": s.observed.cfg.node_id,
+            "error": e.to_string() });
+        json(code, body.to_string())
+    };
+    let timeout = match timeout_param(uri.query()) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let Some(nats) = s.observed.nats() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, &"NATS is not up yet");
+    };
+    let cfg = s.observed.cfg.clone();
+    let upto = match tokio::task::spawn_blocking(move || replicated::log_upto(&cfg)).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, &e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    };
+    let outcome = replicated::wait(
+        &nats.jetstream,
+        &s.observed.cfg,
+        upto,
+        replicated::Progress::Counters(s.observed.counters.clone()),
+        nats.expected_nodes,
+        timeout,
+    )
+    .await;
+    match outcome {
+        Ok(o) if o.is_replicated() => json(StatusCode::OK, o.json()),
+        Ok(o) => json(StatusCode::GATEWAY_TIMEOUT, o.json()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    }
+}
+
+/// The `timeout` query parameter in seconds (default [`replicated::DEFAULT_TIMEOUT`], at most
+/// [`replicated::MAX_HTTP_TIMEOUT`]).
+fn timeout_param(query: Option<&str>) -> Result<std::time::Duration, String> {
+    let value = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == "timeout")
+        .map(|(_, v)| v);
+    match value {
+        None => Ok(replicated::DEFAULT_TIMEOUT),
+        Some(v) => match v.parse::<f64>() {
+            Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+                Ok(std::time::Duration::from_secs_f64(secs).min(replicated::MAX_HTTP_TIMEOUT))
+            }
+            _ => Err(format!("timeout={v:?} is not a number of seconds")),
+        },
+    }
+}
+
 /// The JSON body: the whole report when `detailed`, else the status alone.
 fn body(code: StatusCode, h: &health::Health, detailed: bool) -> Response {
     let json = if detailed {
@@ -172,6 +236,23 @@ fn body(code: StatusCode, h: &health::Health, detailed: bool) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_timeout_parameter() {
+        use std::time::Duration;
+        assert_eq!(timeout_param(None), Ok(replicated::DEFAULT_TIMEOUT));
+        assert_eq!(timeout_param(Some("x=1")), Ok(replicated::DEFAULT_TIMEOUT));
+        assert_eq!(
+            timeout_param(Some("x=1&timeout=2.5")),
+            Ok(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            timeout_param(Some("timeout=99999")),
+            Ok(replicated::MAX_HTTP_TIMEOUT)
+        );
+        assert!(timeout_param(Some("timeout=soon")).is_err());
+        assert!(timeout_param(Some("timeout=-1")).is_err());
+    }
 
     #[test]
     fn a_bare_port_listens_everywhere() {

@@ -29,6 +29,8 @@ pub struct NatsView {
     pub jetstream: async_nats::jetstream::Context,
     /// The embedded server, when this node runs one.
     pub server: Option<ServerWatch>,
+    /// How many nodes the cluster should have: with the embedded server, 1 + its route peers; else 1.
+    pub expected_nodes: usize,
 }
 
 /// The database as seen at the last look.

@@ -39,6 +39,9 @@ pub use report::Report;
 pub const BUCKET: &str = "harmonylite-status";
 /// How often a node writes its entry.
 const PERIOD: Duration = Duration::from_secs(1);
+/// The shortest time between two writes: progress (an applied position or `published_upto` moving) writes the
+/// entry sooner than [`PERIOD`], at most this often.
+const MIN_GAP: Duration = Duration::from_millis(250);
 
 /// One node's status entry (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +53,14 @@ pub struct Entry {
     pub shards: Vec<ShardEntry>,
     #[serde(default)]
     pub counters: Activity,
+    /// Change-log ids up to here are acknowledged by JetStream (none: the node does not publish, or wrote its
+    /// entry with an older version).
+    #[serde(default)]
+    pub published_upto: Option<u64>,
+    /// How many nodes this node expects in its cluster (1 + its embedded server's route peers; 1 with external
+    /// NATS). Older entries do not say.
+    #[serde(default)]
+    pub expected_nodes: Option<u64>,
 }
 
 /// One shard as a node sees it.
@@ -99,8 +110,8 @@ pub enum StatusError {
 }
 
 impl Entry {
-    /// This node's entry as its counters are now.
-    pub fn of(cfg: &Config, counters: &Counters) -> Entry {
+    /// This node's entry as its counters are now; it expects `expected_nodes` nodes in its cluster.
+    pub fn of(cfg: &Config, counters: &Counters, expected_nodes: usize) -> Entry {
         use std::sync::atomic::Ordering::Relaxed;
         let gauges = counters.shard_views();
         let shards = (1..=cfg.replication_log.shards.get())
@@ -132,6 +143,8 @@ impl Entry {
                 dropped_rows: counters.dropped_rows.load(Relaxed),
                 schema_pauses: counters.schema_pauses.load(Relaxed),
             },
+            published_upto: cfg.publish.then(|| counters.published_upto.load(Relaxed)),
+            expected_nodes: Some(expected_nodes as u64),
         }
     }
 }
@@ -180,13 +193,16 @@ async fn put(
     Ok(())
 }
 
-/// Write this node's entry about once a second until cancelled. A failure is logged at WARN when it starts
-/// (and at INFO when writes work again), not at every attempt; it never stops replication.
+/// Write this node's entry about once a second until cancelled, and soon after progress (an applied position or
+/// `published_upto` moving; at most once per [`MIN_GAP`]), so that `-wait-replicated` learns of it quickly
+/// without a write per transaction under load. A failure is logged at WARN when it starts (and at INFO when
+/// writes work again), not at every attempt; it never stops replication.
 pub async fn run(
     js: jetstream::Context,
     cfg: Arc<Config>,
     counters: Arc<Counters>,
     replicas: usize,
+    expected_nodes: usize,
     cancel: CancellationToken,
 ) {
     let key = node_key(cfg.node_id);
@@ -198,8 +214,9 @@ pub async fn run(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+            _ = counters.progressed(), if !failing => tick.reset(),
         }
-        let entry = Entry::of(&cfg, &counters);
+        let entry = Entry::of(&cfg, &counters, expected_nodes);
         let r = tokio::select! {
             _ = cancel.cancelled() => return,
             r = put(&js, &mut store, replicas, &key, &entry) => r,
@@ -220,6 +237,10 @@ pub async fn run(
                     tracing::debug!(error = %e, "status entry not written; retrying");
                 }
             }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(MIN_GAP) => {}
         }
     }
 }
@@ -247,12 +268,18 @@ pub type Handled = BTreeMap<u64, BTreeMap<String, u64>>;
 /// positions of the nodes the retention bucket knows (read by `handled`). Right after a node died, a stream
 /// or bucket may have no leader for a few seconds and its requests go unanswered: each attempt is short
 /// (1 s, growing to 5 s) and retried until `within` has passed.
-pub async fn gather(
+pub async fn gather<F, Fut>(
     js: &jetstream::Context,
     cfg: &Config,
-    handled: impl AsyncFn() -> Result<Handled, String>,
+    handled: F,
     within: Duration,
-) -> Result<Report, StatusError> {
+) -> Result<Report, StatusError>
+where
+    // A plain closure returning a future, not an async closure: the future stays `Send` for callers that need
+    // it (the HTTP server's `-wait-replicated` route).
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Handled, String>>,
+{
     let deadline = tokio::time::Instant::now() + within;
     let mut attempt = Duration::from_secs(1);
     let mut backoff =

@@ -118,9 +118,10 @@ impl Publisher {
         counters: Arc<Counters>,
         client: async_nats::Client,
     ) -> Result<Publisher, PublishError> {
-        counters
-            .published_upto
-            .store(state.published_upto.max(0) as u64, Ordering::Release);
+        // What earlier runs had acknowledged counts from the start, not only after this run's first pass.
+        if cfg.publish {
+            counters.set_published_upto(state.published_upto.max(0) as u64);
+        }
         Ok(Publisher {
             cfg,
             conn,
@@ -300,9 +301,7 @@ impl Publisher {
         self.state.published_upto = pass.end;
         self.state.inflight_end = pass.end;
         self.state.save()?;
-        stats
-            .published_upto
-            .store(pass.end.max(0) as u64, Ordering::Release);
+        stats.set_published_upto(pass.end.max(0) as u64);
         tracing::debug!(
             rows = pass.rows,
             units = pass.units.len(),

@@ -20,10 +20,16 @@ impl Response {
     }
 }
 
-/// GET `path` from `127.0.0.1:port`; `None` when the connection is refused or the answer is incomplete.
+/// GET `path` from `127.0.0.1:port`; `None` when the connection is refused or the answer is incomplete (or
+/// takes more than 10 s).
 pub fn http_get(port: u16, path: &str) -> Option<Response> {
+    http_get_within(port, path, Duration::from_secs(10))
+}
+
+/// [`http_get`] for an answer that may take up to `read_timeout` (e.g. `/wait-replicated`).
+pub fn http_get_within(port: u16, path: &str, read_timeout: Duration) -> Option<Response> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.set_read_timeout(Some(read_timeout)).ok()?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"

@@ -119,6 +119,25 @@ impl ChildGuard {
         }
     }
 
+    /// The child's exit status when it has exited, without waiting (`None` while it runs).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .expect("child")
+            .try_wait()
+            .expect("poll child")
+    }
+
+    /// Waits for the child to exit; returns its status and the rest of its piped stdout.
+    pub fn finish(mut self) -> (std::process::ExitStatus, String) {
+        let mut out = String::new();
+        if let Some(stdout) = self.stdout.as_mut() {
+            use std::io::Read;
+            stdout.read_to_string(&mut out).expect("read child stdout");
+        }
+        (self.wait_inner(), out)
+    }
+
     /// Sends SIGKILL and reaps the child.
     pub fn kill(&mut self) {
         if let Some(child) = self.child.as_mut() {
@@ -129,6 +148,10 @@ impl ChildGuard {
 
     /// Waits for the child to exit and returns its status.
     pub fn wait(mut self) -> std::process::ExitStatus {
+        self.wait_inner()
+    }
+
+    fn wait_inner(&mut self) -> std::process::ExitStatus {
         self.child
             .take()
             .expect("child")
@@ -181,6 +204,15 @@ pub fn output_retrying(cmd: &mut Command) -> std::process::Output {
         }
     }
     panic!("{cmd:?} kept failing with ETXTBSY");
+}
+
+/// A finished command's stdout followed by its stderr (lossy UTF-8), for assertions and failure messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Size of a file, 0 when missing.

@@ -40,6 +40,11 @@ pub struct NodeRow {
     pub written_at_ms: Option<u64>,
     pub shards: Vec<ShardRow>,
     pub counters: Option<Activity>,
+    /// Change-log ids of this node up to here are acknowledged by JetStream (from its status entry; none when
+    /// it does not publish or its entry does not say).
+    pub published_upto: Option<u64>,
+    /// How many nodes this node expects in its cluster (from its status entry).
+    pub expected_nodes: Option<u64>,
 }
 
 /// One shard of one node.
@@ -119,6 +124,8 @@ impl Report {
                     written_at_ms: s.map(|s| s.entry.written_at_ms),
                     shards,
                     counters: s.map(|s| s.entry.counters.clone()),
+                    published_upto: s.and_then(|s| s.entry.published_upto),
+                    expected_nodes: s.and_then(|s| s.entry.expected_nodes),
                 }
             })
             .collect();
@@ -284,6 +291,8 @@ mod tests {
                     })
                     .collect(),
                 counters: Activity::default(),
+                published_upto: Some(id * 10),
+                expected_nodes: Some(3),
             },
             created_ms,
         }

@@ -84,7 +84,7 @@ pub async fn verify(cfg: &Config, cli: &Cli, timeout: Duration) -> Result<Outcom
         js,
         cfg,
         nats.cluster_size_hint(),
-        async || {
+        || async {
             retention::handled_by_node(js)
                 .await
                 .map_err(|e| format!("cannot read the {} bucket: {e}", retention::BUCKET))
@@ -99,14 +99,18 @@ pub async fn verify(cfg: &Config, cli: &Cli, timeout: Duration) -> Result<Outcom
 /// Run `-verify` through `client` (and its JetStream context `js`) within `timeout`. `expected` is how many
 /// nodes the cluster's configuration says there are (the route peers plus this one). `handled` reads the
 /// handled-positions bucket (which nodes exist beyond the status bucket).
-pub async fn run(
+pub async fn run<F, Fut>(
     client: &async_nats::Client,
     js: &jetstream::Context,
     cfg: &Config,
     expected: usize,
-    handled: impl AsyncFn() -> Result<status::Handled, String>,
+    handled: F,
     timeout: Duration,
-) -> Result<Outcome, VerifyError> {
+) -> Result<Outcome, VerifyError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<status::Handled, String>>,
+{
     let deadline = tokio::time::Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     let report = status::gather(js, cfg, handled, left().max(Duration::from_secs(1))).await?;
