@@ -82,7 +82,7 @@ fn defaults_without_file() {
     assert_eq!(
         s.nats,
         SnapshotNatsConfig {
-            replicas: 1,
+            replicas: 0,
             bucket: String::new()
         }
     );

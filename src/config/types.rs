@@ -181,24 +181,15 @@ pub enum SnapshotStore {
     Sftp,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct SnapshotNatsConfig {
-    /// `replicas` (0 in the file means 1).
+    /// `replicas` (0 in the file means 1). Absent: 0 here, which means as many as the change streams have.
     #[serde(deserialize_with = "de::snapshot_replicas")]
     pub replicas: u32,
     /// Empty means `<stream_prefix>-snapshot-store`.
     #[serde(deserialize_with = "de::string")]
     pub bucket: String,
-}
-
-impl Default for SnapshotNatsConfig {
-    fn default() -> Self {
-        SnapshotNatsConfig {
-            replicas: 1,
-            bucket: String::new(),
-        }
-    }
 }
 
 #[derive(Clone, PartialEq, Default, Deserialize)]

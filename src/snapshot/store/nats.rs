@@ -1,12 +1,21 @@
 //! Snapshots in a JetStream object store: bucket `[snapshot.nats] bucket`, by default
 //! `<stream_prefix>-snapshot-store` (the original's `harmonylite-changes-snapshot-store`), created on demand
-//! with `[snapshot.nats] replicas`.
+//! with `[snapshot.nats] replicas`, or when that is not set with as many replicas as the change streams have
+//! (a single copy would live on one node, and no snapshot could be saved while that node is away).
 
 use async_nats::jetstream::{self, object_store};
 use futures::future::BoxFuture;
 
 use super::{Reader, Store, StoreError};
 use crate::config::Config;
+
+/// The replica count of the first change stream (1 when it cannot be read).
+async fn streams_replicas(cfg: &Config, js: &jetstream::Context) -> usize {
+    match js.get_stream(cfg.stream_name(1)).await {
+        Ok(s) => s.cached_info().config.num_replicas.max(1),
+        Err(_) => 1,
+    }
+}
 
 pub struct NatsStore {
     bucket: String,
@@ -29,13 +38,17 @@ impl NatsStore {
             std::time::Duration::from_secs(2),
         );
         loop {
+            let replicas = match cfg.snapshot.nats.replicas {
+                0 => streams_replicas(cfg, js).await,
+                n => n as usize,
+            };
             let r = match js.get_object_store(&bucket).await {
                 Ok(s) => Ok(s),
                 Err(_) => js
                     .create_object_store(object_store::Config {
                         bucket: bucket.clone(),
                         description: Some("HarmonyLite snapshots".into()),
-                        num_replicas: cfg.snapshot.nats.replicas.max(1) as usize,
+                        num_replicas: replicas,
                         storage: jetstream::stream::StorageType::File,
                         ..Default::default()
                     })
