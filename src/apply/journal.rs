@@ -25,7 +25,7 @@ use crate::conflict::RowKey;
 use crate::wire::Value;
 
 /// Rows per generation of [`Recent`].
-pub const GENERATION_ROWS: usize = 50_000;
+pub const GENERATION_ROWS: usize = 16_384;
 /// Age of a generation of [`Recent`] before it is retired.
 pub const GENERATION_AGE: Duration = Duration::from_secs(30);
 
