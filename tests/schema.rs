@@ -17,13 +17,7 @@ fn status(node: &Node, flag: &str) -> Output {
     node.command().arg(flag).output().expect("run harmonylite")
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use support::output_text as text;
 
 /// Waits until `node` logs that a shard is paused on a change naming `table`.`column`.
 fn wait_paused_on(_c: &Cluster, node: &Node, table: &str, column: &str) -> String {

@@ -20,13 +20,7 @@ fn save_snapshot(node: &Node) -> Output {
         .expect("run harmonylite")
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use support::output_text as text;
 
 fn count(node: &Node, sql: &str) -> i64 {
     node.sql(sql).trim().parse().unwrap_or(-1)

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -13,13 +12,7 @@ use support::*;
 
 const T: Duration = Duration::from_secs(45);
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use support::output_text as text;
 
 /// Runs `-status` (with `extra` flags) on `node`'s config; panics unless it exits 0.
 fn status(node: &Node, extra: &[&str]) -> String {
@@ -204,15 +197,7 @@ fn a_killed_node_turns_unreachable_and_the_others_stay_reachable() {
 /// No NATS to reach: `-status` exits 1 and says why.
 #[test]
 fn an_unreachable_cluster_fails_with_a_clear_error() {
-    let port = free_port();
-    let c = Cluster::new(Options {
-        nodes: 1,
-        extra_toml: format!(
-            "[nats]\nurls = [\"nats://127.0.0.1:{port}\"]\nconnect_retries = 1\nreconnect_wait_seconds = 0\n\
-             ready_timeout_seconds = 2"
-        ),
-        ..Default::default()
-    });
+    let c = Cluster::without_nats();
     let o = output_retrying(c.node(1).command().arg("-status"));
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(

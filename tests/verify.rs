@@ -12,13 +12,7 @@ use support::*;
 
 const T: Duration = Duration::from_secs(45);
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use support::output_text as text;
 
 /// Runs `-verify` (with `extra` flags) on `node`'s config.
 fn verify(node: &Node, extra: &[&str]) -> Output {
@@ -134,15 +128,7 @@ fn a_node_that_does_not_answer_is_named() {
 /// No NATS to reach: `-verify` exits 2 (not verified) and says why.
 #[test]
 fn an_unreachable_cluster_is_not_verified() {
-    let port = free_port();
-    let c = Cluster::new(Options {
-        nodes: 1,
-        extra_toml: format!(
-            "[nats]\nurls = [\"nats://127.0.0.1:{port}\"]\nconnect_retries = 1\nreconnect_wait_seconds = 0\n\
-             ready_timeout_seconds = 2"
-        ),
-        ..Default::default()
-    });
+    let c = Cluster::without_nats();
     let o = verify(c.node(1), &["-timeout", "5"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(

@@ -226,15 +226,7 @@ fn the_http_form_answers_once_a_write_is_everywhere() {
 /// No NATS to reach: `-wait-replicated` exits 1 and says why.
 #[test]
 fn an_unreachable_cluster_fails_with_a_clear_error() {
-    let port = free_port();
-    let c = Cluster::new(Options {
-        nodes: 1,
-        extra_toml: format!(
-            "[nats]\nurls = [\"nats://127.0.0.1:{port}\"]\nconnect_retries = 1\nreconnect_wait_seconds = 0\n\
-             ready_timeout_seconds = 2"
-        ),
-        ..Default::default()
-    });
+    let c = Cluster::without_nats();
     let o = wait_replicated(c.node(1), &["-timeout", "5"]);
     let text = output_text(&o);
     assert_eq!(o.status.code(), Some(1), "{text}");

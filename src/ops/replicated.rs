@@ -453,16 +453,7 @@ mod tests {
         }
     }
 
-    fn streams(last: &[u64]) -> Vec<StreamState> {
-        last.iter()
-            .enumerate()
-            .map(|(i, l)| StreamState {
-                shard: i as u32 + 1,
-                stream: format!("s-{}", i + 1),
-                last_sequence: *l,
-            })
-            .collect()
-    }
+    use crate::ops::status::test_streams as streams;
 
     #[test]
     fn nodes_below_the_needed_positions_are_named_per_shard() {

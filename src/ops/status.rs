@@ -380,3 +380,16 @@ async fn read_entries(
     }
     Ok((stored, unreadable))
 }
+
+/// Streams `s-1`, `s-2`, ... with the given last sequences, for unit tests of the reports.
+#[cfg(test)]
+pub(crate) fn test_streams(last: &[u64]) -> Vec<StreamState> {
+    last.iter()
+        .enumerate()
+        .map(|(i, l)| StreamState {
+            shard: i as u32 + 1,
+            stream: format!("s-{}", i + 1),
+            last_sequence: *l,
+        })
+        .collect()
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::node::Node;
-use super::ports::free_ports;
+use super::ports::{free_port, free_ports};
 use super::process::temp_dir;
 use super::sql::{self, Checksum};
 use super::wait::{self, Ready};
@@ -91,6 +91,20 @@ impl Cluster {
             nodes.push(node);
         }
         Cluster { nodes, dir }
+    }
+
+    /// One stopped node configured for an external NATS on a loopback port where nothing listens, with short
+    /// timeouts: its commands meet an unreachable cluster at once.
+    pub fn without_nats() -> Cluster {
+        let port = free_port();
+        Cluster::new(Options {
+            nodes: 1,
+            extra_toml: format!(
+                "[nats]\nurls = [\"nats://127.0.0.1:{port}\"]\nconnect_retries = 1\n\
+                 reconnect_wait_seconds = 0\nready_timeout_seconds = 2"
+            ),
+            ..Default::default()
+        })
     }
 
     /// Prepares and starts every node; waits until all run (90 s at most).

@@ -298,16 +298,7 @@ mod tests {
         }
     }
 
-    fn streams(last: &[u64]) -> Vec<StreamState> {
-        last.iter()
-            .enumerate()
-            .map(|(i, l)| StreamState {
-                shard: i as u32 + 1,
-                stream: format!("s-{}", i + 1),
-                last_sequence: *l,
-            })
-            .collect()
-    }
+    use crate::ops::status::test_streams as streams;
 
     #[test]
     fn stale_entries_and_nodes_known_only_from_retention_are_unreachable() {
