@@ -95,17 +95,31 @@ fn a_node_whose_peers_are_down_logs_a_bounded_number_of_lines_about_them() {
         route_errors.len(),
         route_errors.join("\n")
     );
+    // Whether nats-server floods depends on which side opened each route (it retries the routes its peers
+    // opened every second, per pool connection, and the ones it opened itself quietly), which is a race at
+    // start. When it flooded, the flood must show as one start line and a summary, not line by line; the
+    // suppressor's own tests (`nats::child_io`, `repeat`) drive a flood on a clock.
     for port in [c.node(2).cluster_port, c.node(3).cluster_port] {
         let about: Vec<&&str> = route_errors
             .iter()
             .filter(|l| l.contains(&format!("127.0.0.1:{port}:")))
             .collect();
-        assert!(
-            about
-                .iter()
-                .any(|l| l.contains(" WARN ") && l.contains("repeating (")),
-            "no summary for the route to port {port} within {window:?}:\n{text}"
+        let flooded = about.iter().any(|l| l.contains("repeating ("));
+        eprintln!(
+            "route to port {port}: {} lines, {}",
+            about.len(),
+            if flooded {
+                "nats-server flooded; summarised"
+            } else {
+                "nats-server retried quietly"
+            }
         );
+        if flooded {
+            assert!(
+                about.iter().any(|l| l.contains(" WARN ")),
+                "a summarised flood without its start line:\n{text}"
+            );
+        }
     }
     assert_every_line_names(c.node(1));
 }
