@@ -19,7 +19,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{
-    ChildGuard, Signal, child_pids, free_port, pid_alive, poll, read_lossy, send_signal, temp_dir,
+    ChildGuard, Signal, child_pids, free_port, pid_alive, poll, process_tree, read_lossy,
+    send_signal, temp_dir,
 };
 
 /// How long a server may take to start.
@@ -325,17 +326,6 @@ fn release_sftp_account() {
             eprintln!("could not delete the test user {SFTP_USER}: {last}");
         }
     }
-}
-
-/// `pid` and all its descendants.
-fn process_tree(pid: u32) -> Vec<u32> {
-    let mut tree = vec![pid];
-    let mut i = 0;
-    while i < tree.len() {
-        tree.extend(child_pids(tree[i]));
-        i += 1;
-    }
-    tree
 }
 
 impl SftpServer {
