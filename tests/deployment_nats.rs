@@ -34,13 +34,7 @@ fn nodes_on(servers: &[NatsServer], scheme: &str, nats_toml: impl Fn(usize) -> S
     let per_node_toml = servers
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            format!(
-                "[nats]\nurls = [\"{scheme}://127.0.0.1:{}\"]\n{QUICK}{}",
-                s.port,
-                nats_toml(i + 1)
-            )
-        })
+        .map(|(i, s)| format!("[nats]\n{}{QUICK}{}", urls_of(s, scheme), nats_toml(i + 1)))
         .collect();
     let mut cluster = Cluster::new(Options {
         per_node_toml,
@@ -89,16 +83,18 @@ fn book_reaches_the_others(cluster: &Cluster, from: usize, title: &str) {
     }
 }
 
-/// One more node, alone in its own directory, on `server` with `nats_toml`, whose connection is refused: it must
-/// exit non-zero within [`REFUSED_WITHIN`] although its settings would retry for minutes, with an error that
-/// contains every one of `causes`. Returns its log.
-fn refused(server: &NatsServer, scheme: &str, nats_toml: &str, causes: &[&str]) -> String {
+/// The `[nats] urls` key for `server` with `scheme`.
+fn urls_of(server: &NatsServer, scheme: &str) -> String {
+    format!("urls = [\"{scheme}://127.0.0.1:{}\"]\n", server.port)
+}
+
+/// One more node, alone in its own directory, with `nats_toml` (keys of `[nats]`), whose connection is refused:
+/// it must exit non-zero within [`REFUSED_WITHIN`] although its settings would retry for minutes, with an error
+/// that contains every one of `causes`. Returns its log.
+fn refused(nats_toml: &str, causes: &[&str]) -> String {
     let mut lone = Cluster::new(Options {
         nodes: 1,
-        extra_toml: format!(
-            "[nats]\nurls = [\"{scheme}://127.0.0.1:{}\"]\n{STUBBORN}ready_timeout_seconds = 60\n{nats_toml}",
-            server.port
-        ),
+        extra_toml: format!("[nats]\n{STUBBORN}ready_timeout_seconds = 60\n{nats_toml}"),
         ..Default::default()
     });
     let node = lone.node_mut(1);
@@ -148,9 +144,10 @@ fn external_cluster_with_user_and_password() {
     book_reaches_the_others(&cluster, 1, "Passwords");
 
     let log = refused(
-        &servers[1],
-        "nats",
-        "user_name = \"harmonylite\"\nuser_password = \"not-the-password\"\n",
+        &format!(
+            "{}user_name = \"harmonylite\"\nuser_password = \"not-the-password\"\n",
+            urls_of(&servers[1], "nats")
+        ),
         &["authorization violation", "nats.user_password"],
     );
     assert!(
@@ -180,9 +177,11 @@ fn external_cluster_with_nkey_seed_files() {
     let stranger_file = keys.path().join("stranger.nk");
     std::fs::write(&stranger_file, stranger.seed().unwrap()).unwrap();
     let log = refused(
-        &servers[2],
-        "nats",
-        &format!("seed_file = {}\n", toml_path(&stranger_file)),
+        &format!(
+            "{}seed_file = {}\n",
+            urls_of(&servers[2], "nats"),
+            toml_path(&stranger_file)
+        ),
         &["authorization violation", "nats.seed_file"],
     );
     assert!(
@@ -210,9 +209,11 @@ fn external_cluster_with_tls() {
     // The node trusts another CA only: the servers' certificate is not trusted.
     let other = TestCa::new(certs.path(), "other");
     refused(
-        &servers[0],
-        "tls",
-        &format!("ca_file = {}\n", toml_path(&other.cert)),
+        &format!(
+            "{}ca_file = {}\n",
+            urls_of(&servers[0], "tls"),
+            toml_path(&other.cert)
+        ),
         &["certificate", "unknown issuer", "nats.ca_file"],
     );
 }
@@ -287,6 +288,20 @@ fn embedded_cluster_with_tls_on_client_and_route_ports() {
         !intruder.log().contains("Route connection created"),
         "{}",
         intruder.log()
+    );
+}
+
+#[test]
+fn embedded_node_whose_ca_did_not_sign_its_certificate_is_refused_at_start() {
+    let certs = temp_dir("hl-certs-");
+    let signer = TestCa::new(certs.path(), "signer");
+    let other = TestCa::new(certs.path(), "other");
+    let files = signer.issue("node");
+    // The node's own client trusts `other` only: it refuses its server's certificate.
+    let toml = embedded_tls_toml(&files, &other.cert);
+    refused(
+        toml.trim_start_matches("[nats]\n"),
+        &["certificate", "unknown issuer", "nats.ca_file"],
     );
 }
 
