@@ -155,7 +155,7 @@ pub(crate) async fn connect(settings: &ClientSettings) -> Result<Client, NatsErr
 /// Why a failed connection will fail the same way however often it is tried, naming the cause and the
 /// settings to look at: the server refused our credentials or our certificate, or its certificate is not
 /// trusted. `None` for what may pass (nothing listening yet, a time-out, a dropped connection).
-pub(crate) fn lasting_cause(e: &async_nats::ConnectError) -> Option<String> {
+fn lasting_cause(e: &async_nats::ConnectError) -> Option<String> {
     use async_nats::ConnectErrorKind as Kind;
     match e.kind() {
         Kind::AuthorizationViolation => Some(
@@ -252,6 +252,56 @@ mod tests {
             text.contains("alice") && text.contains("tls://bob:<redacted>@b:2"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn refusals_are_lasting_and_named_while_outages_are_retried() {
+        use async_nats::{ConnectError, ConnectErrorKind as Kind};
+        let io = |e: std::io::Error| ConnectError::with_source(Kind::Io, e);
+        let tls = |e: rustls::Error| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+
+        for passing in [
+            io(std::io::ErrorKind::ConnectionRefused.into()),
+            io(std::io::ErrorKind::UnexpectedEof.into()),
+            ConnectError::new(Kind::TimedOut),
+        ] {
+            assert_eq!(lasting_cause(&passing), None, "{passing}");
+        }
+
+        let cases = [
+            (
+                ConnectError::new(Kind::AuthorizationViolation),
+                &[
+                    "authorization violation",
+                    "nats.user_password",
+                    "nats.seed_file",
+                ][..],
+            ),
+            (
+                tls(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer,
+                )),
+                &["certificate", "unknown issuer", "nats.ca_file"][..],
+            ),
+            (
+                tls(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName,
+                )),
+                &["certificate", "host name"][..],
+            ),
+            (
+                tls(rustls::Error::AlertReceived(
+                    rustls::AlertDescription::BadCertificate,
+                )),
+                &["BadCertificate", "nats.cert_file"][..],
+            ),
+        ];
+        for (error, words) in cases {
+            let cause = lasting_cause(&error).unwrap_or_else(|| panic!("{error} is lasting"));
+            for word in words {
+                assert!(cause.contains(word), "{word:?} in {cause}");
+            }
+        }
     }
 
     #[test]
