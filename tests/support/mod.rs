@@ -11,7 +11,8 @@
 //! | [`logs`]     | [`Node::log_mark`] / [`Node::log_since`] (what a node printed in a window), [`json_lines`] (a JSON-format log parsed) |
 //! | [`cluster`]  | [`Cluster`] of N nodes peered on loopback in one temporary directory ([`Options`]), with the convergence oracle [`Cluster::converged`] (one table) and [`Cluster::converged_all`] (every user table); failures show every node's last log lines |
 //! | [`http`]     | [`http_get`] (and [`http_get_within`] for slow answers) from the test process to a node's metrics, health and readiness endpoints; [`metric`] reads one Prometheus series |
-//! | [`servers`]  | real servers for the snapshot stores, killed on drop: [`S3Server`] (moto), [`WebDavServer`] (wsgidav), [`SftpServer`] (OpenSSH sshd, dedicated user), [`NatsServer`] (bundled nats-server with JetStream) |
+//! | [`servers`]  | real servers, killed on drop: [`S3Server`] (moto), [`WebDavServer`] (wsgidav), [`SftpServer`] (OpenSSH sshd, dedicated user), [`NatsServer`] (bundled nats-server with JetStream; [`NatsServer::cluster`]: three in a cluster, for an existing NATS deployment) |
+//! | [`tls`]      | [`TestCa`]: a CA made by the test and the loopback certificates it signs ([`CertFiles`]), as PEM files |
 //!
 //! The nodes' binary is `HARMONYLITE_BIN`, else the one cargo built for the test or bench, else one next to
 //! the running executable (see [`harmonylite_bin`]).
@@ -26,6 +27,7 @@ pub mod ports;
 pub mod process;
 pub mod servers;
 pub mod sql;
+pub mod tls;
 pub mod wait;
 
 pub use cluster::{BOOKS, Cluster, Options};
@@ -42,4 +44,5 @@ pub use sql::{
     Checksum, Writer, checksum, open, open_read_only, sqlite3, try_checksum, try_checksums,
     try_sqlite3, try_user_tables, user_tables,
 };
+pub use tls::{CertFiles, TestCa};
 pub use wait::{Ready, during, eventually, eventually_async, eventually_or, poll};
