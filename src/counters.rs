@@ -25,6 +25,10 @@ pub struct Counters {
     pub dropped_rows: AtomicU64,
     /// Values overwritten by a concurrent change and kept in the conflict journal.
     pub conflicts: AtomicU64,
+    /// Stream messages that can never be applied, kept in `__harmonylite__quarantine`.
+    pub quarantined: AtomicU64,
+    /// Ports this node opens to anyone (see `nats::exposure`), as said at start.
+    security_warnings: Mutex<Vec<String>>,
     /// Change-log rows written by applications and not yet published (measured about once a second).
     pub pending_rows: AtomicU64,
     /// Unix ms when the latest snapshot this node saved or restored finished, and how long it took.
@@ -91,6 +95,20 @@ pub struct ShardView {
 }
 
 impl Counters {
+    pub fn set_security_warnings(&self, warnings: Vec<String>) {
+        *self
+            .security_warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = warnings;
+    }
+
+    pub fn security_warnings(&self) -> Vec<String> {
+        self.security_warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Record activity now (for `sleep_timeout`).
     pub fn touch(&self) {
         self.last_activity_ms.store(now_ms(), Ordering::Relaxed);

@@ -42,4 +42,5 @@ pub mod repeat;
 pub(crate) mod retry;
 pub mod sd_notify;
 pub mod snapshot;
-pub(crate) mod wire;
+/// The wire format of change messages (public for tools and tests that read or write the stream).
+pub mod wire;

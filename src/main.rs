@@ -23,18 +23,14 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let (cfg, warnings) = match config::load(
-        cli.config.as_deref(),
-        &Overrides {
-            node_id: cli.node_id,
-        },
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("harmonylite: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let (cfg, warnings) =
+        match config::load(cli.config.as_deref(), &Overrides::from_env(cli.node_id)) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("harmonylite: {e}");
+                return ExitCode::from(2);
+            }
+        };
     harmonylite::logging::init(&cfg.logging, cfg.node_id);
     for w in warnings {
         tracing::warn!("{w}");

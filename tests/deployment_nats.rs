@@ -70,19 +70,6 @@ fn start_all(cluster: &mut Cluster, servers: &[NatsServer]) {
     );
 }
 
-/// Writes a book titled `title` on node `from` with the sqlite3 CLI; waits until every other node has it.
-fn book_reaches_the_others(cluster: &Cluster, from: usize, title: &str) {
-    cluster.node(from).sql(&format!(
-        "INSERT INTO Books (title, author, publication_year) VALUES ('{title}', 'Deployment Test', 2026);"
-    ));
-    let query = format!("SELECT count(*) FROM Books WHERE title = '{title}';");
-    for node in cluster.nodes.iter().filter(|n| n.id != from as u64) {
-        cluster.eventually(REPLICATED, &format!("{title} on node {}", node.id), || {
-            node.sql(&query).trim() == "1"
-        });
-    }
-}
-
 /// The `[nats] urls` key for `server` with `scheme`.
 fn urls_of(server: &NatsServer, scheme: &str) -> String {
     format!("urls = [\"{scheme}://127.0.0.1:{}\"]\n", server.port)
@@ -141,7 +128,7 @@ fn external_cluster_with_user_and_password() {
         format!("user_name = \"harmonylite\"\nuser_password = \"{password}\"\n")
     });
     start_all(&mut cluster, &servers);
-    book_reaches_the_others(&cluster, 1, "Passwords");
+    cluster.book_reaches_the_others(1, "Passwords");
 
     let log = refused(
         &format!(
@@ -170,7 +157,7 @@ fn external_cluster_with_nkey_seed_files() {
         format!("seed_file = {}\n", toml_path(&seed_file))
     });
     start_all(&mut cluster, &servers);
-    book_reaches_the_others(&cluster, 1, "NKeys");
+    cluster.book_reaches_the_others(1, "NKeys");
 
     // A seed whose public key the servers do not know.
     let stranger = nkeys::KeyPair::new_user();
@@ -204,7 +191,7 @@ fn external_cluster_with_tls() {
         format!("ca_file = {}\n", toml_path(&ca.cert))
     });
     start_all(&mut cluster, &servers);
-    book_reaches_the_others(&cluster, 1, "Certificates");
+    cluster.book_reaches_the_others(1, "Certificates");
 
     // The node trusts another CA only: the servers' certificate is not trusted.
     let other = TestCa::new(certs.path(), "other");
@@ -252,8 +239,8 @@ fn embedded_cluster_with_tls_on_client_and_route_ports() {
             "route TLS in the generated config:\n{conf}"
         );
     }
-    book_reaches_the_others(&cluster, 1, "Routes under TLS");
-    book_reaches_the_others(&cluster, 3, "Back again");
+    cluster.book_reaches_the_others(1, "Routes under TLS");
+    cluster.book_reaches_the_others(3, "Back again");
 
     // A server with a certificate from another CA cannot route in: node 1 refuses it, it refuses node 1.
     let rogue_ca = TestCa::new(certs.path(), "rogue");
@@ -283,7 +270,7 @@ fn embedded_cluster_with_tls_on_client_and_route_ports() {
         node1.log_since(mark).contains("TLS route handshake error")
     });
     // The cluster still works, without the intruder.
-    book_reaches_the_others(&cluster, 2, "Still three");
+    cluster.book_reaches_the_others(2, "Still three");
     assert!(
         !intruder.log().contains("Route connection created"),
         "{}",
@@ -336,7 +323,7 @@ fn leaf_node_replicates_with_the_hub_both_ways() {
     cluster.eventually(START, "the leaf's stream subject seen by the hub", || {
         http_get(monitor_port, "/leafz?subs=1").is_some_and(|r| r.body.contains(subject))
     });
-    book_reaches_the_others(&cluster, 2, "From the leaf");
-    book_reaches_the_others(&cluster, 1, "From the hub");
+    cluster.book_reaches_the_others(2, "From the leaf");
+    cluster.book_reaches_the_others(1, "From the hub");
     cluster.assert_all_alive();
 }

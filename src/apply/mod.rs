@@ -8,12 +8,15 @@
 //! A message that cannot be applied rolls back only its unit and pauses its shard (the other shards go on); it
 //! is counted, reported with its stream position, and retried. When the reason is that this node's schema is
 //! behind (a table or column it does not have yet), the shard waits for the local schema to change: a schema
-//! change wakes it at once, and it looks again every second. Any other reason (undecodable, a constraint) is
-//! retried with backoff. Each apply transaction first checks that the capture in force matches the schema it
+//! change wakes it at once, and it looks again every second. A message that can never apply (undecodable,
+//! malformed, or naming a reserved table: [`sql::ApplyError::is_poison`]) is not retried: it goes to the
+//! [`quarantine`] with the rest of its unit and the shard goes on. Any other reason (a constraint, a busy or
+//! failing database) is retried with backoff. Each apply transaction first checks that the capture in force matches the schema it
 //! sees, and re-installs capture when it does not, so tables and columns are checked against the real schema.
 
 pub mod consumer;
 pub mod journal;
+pub mod quarantine;
 pub mod sql;
 
 use std::collections::VecDeque;
@@ -46,6 +49,8 @@ pub struct Incoming {
 struct Decoded {
     seq: u64,
     msg: Result<Message, Arc<wire::WireError>>,
+    /// The bytes received, kept only when they could not be decoded (for the quarantine).
+    raw: Option<bytes::Bytes>,
 }
 
 /// What a shard's consumer needs to feed the applier: where to start and where to deliver.
@@ -289,9 +294,12 @@ impl Applier {
                         {
                             continue;
                         }
+                        let msg = wire::decode(&inc.payload).map_err(Arc::new);
+                        let raw = msg.is_err().then_some(inc.payload);
                         s.queue.push_back(Decoded {
                             seq: inc.seq,
-                            msg: wire::decode(&inc.payload).map_err(Arc::new),
+                            msg,
+                            raw,
                         });
                     }
                     Err(mpsc::error::TryRecvError::Empty) => break,
@@ -454,6 +462,7 @@ impl Applier {
             );
         }
         let mut outcome: Vec<(usize, u64, Option<Stuck>)> = Vec::new(); // (taken, last seq, error)
+        let mut quarantined: Vec<(Stuck, usize)> = Vec::new(); // (the poison, messages of its unit)
         let mut total = sql::Applied::default();
         for (s, &n) in self.shards.iter().zip(plan) {
             let mut taken = 0;
@@ -497,10 +506,27 @@ impl Applier {
                 }
                 if let Some(f) = failed {
                     tx.execute_batch("ROLLBACK TO unit; RELEASE unit")?;
-                    error = Some(f);
-                    break;
+                    if !f.error.is_poison() {
+                        error = Some(f);
+                        break;
+                    }
+                    // Never applicable: the unit goes to the quarantine and the shard goes on.
+                    for d in s.queue.range(i..i + unit_len) {
+                        let reason = if d.seq == f.seq {
+                            f.error.to_string()
+                        } else {
+                            format!("same transaction as message {} ({})", f.seq, f.error)
+                        };
+                        let msg = match (&d.msg, &d.raw) {
+                            (Ok(m), _) => Ok(m),
+                            (Err(_), raw) => Err(raw.as_deref().unwrap_or_default()),
+                        };
+                        quarantine::record(&tx, &s.stream, d.seq, &reason, msg)?;
+                    }
+                    quarantined.push((f, unit_len));
+                } else {
+                    tx.execute_batch("RELEASE unit")?;
                 }
-                tx.execute_batch("RELEASE unit")?;
                 last = s.queue[i + unit_len - 1].seq;
                 taken += unit_len;
                 i += unit_len;
@@ -512,6 +538,9 @@ impl Applier {
         }
         if total.conflicts > 0 {
             journal::prune(&tx, &cfg.conflicts)?;
+        }
+        if !quarantined.is_empty() {
+            quarantine::prune(&tx)?;
         }
         // Our applies fired the capture triggers: drop those rows so they are never published back.
         tx.execute(
@@ -529,6 +558,14 @@ impl Applier {
             );
         }
         stats.applied_rows.fetch_add(total.rows, Ordering::Relaxed);
+        for (f, messages) in &quarantined {
+            stats
+                .quarantined
+                .fetch_add(*messages as u64, Ordering::Relaxed);
+            stats.error("apply", f.error.kind());
+            tracing::error!(stream = %f.stream, seq = f.seq, messages, error = %f.error,
+                "message can never be applied: quarantined in __harmonylite__quarantine with the rest of its transaction; the shard goes on");
+        }
         if total.conflicts > 0 {
             stats
                 .conflicts

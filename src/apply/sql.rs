@@ -2,7 +2,9 @@
 //!
 //! An upsert first updates the row by key (`UPDATE OR REPLACE`, only the shipped columns, so a local extra
 //! column keeps its value) and inserts it (`INSERT OR REPLACE`) when no row was there. A delete removes the row
-//! by key. Rows of tables excluded by `include_tables`/`exclude_tables` are skipped.
+//! by key. Rows of tables excluded by `include_tables`/`exclude_tables` are skipped. A message naming one of
+//! our own tables (`__harmonylite__*`) or SQLite's (`sqlite_*`) writes nothing: it is refused whole
+//! ([`ApplyError::ReservedTable`]) and the applier quarantines it.
 //!
 //! Every incoming table is first resolved against the local captured schema ([`Capture::target`]): a table or
 //! column this node does not have yet stops the message ([`ApplyError::SchemaBehind`]); a table or column
@@ -14,7 +16,7 @@ use std::borrow::Cow;
 use rusqlite::Transaction;
 
 use super::journal::{self, Last, Recent, Winner};
-use crate::capture::{Capture, Target, ident, schema::selected};
+use crate::capture::{Capture, Target, ident, is_reserved_table, schema::selected};
 use crate::config::Config;
 use crate::conflict::{Decision, InFlight, RowKey};
 use crate::wire::{Message, Row, TableChanges, Value, WireError};
@@ -43,6 +45,10 @@ pub enum ApplyError {
     Decode(#[source] std::sync::Arc<WireError>),
     #[error("must wait for a local publish")]
     MustWait,
+    #[error(
+        "refused message: table {table:?} is reserved (HarmonyLite's or SQLite's own); no change from the stream may write it"
+    )]
+    ReservedTable { table: String },
     #[error("{}", schema_behind_text(.table, .column.as_deref()))]
     SchemaBehind {
         table: String,
@@ -61,6 +67,23 @@ impl ApplyError {
             ApplyError::Decode(_) => "decode",
             ApplyError::MustWait => "must_wait",
             ApplyError::SchemaBehind { .. } => "schema_behind",
+            ApplyError::ReservedTable { .. } => "reserved_table",
+        }
+    }
+
+    /// Whether the message can never apply, on any node, whatever happens later: undecodable (but for a wire
+    /// version newer than ours, which an upgrade will read), malformed, or naming a reserved table. Such a
+    /// message is quarantined; any other error is waited out.
+    pub fn is_poison(&self) -> bool {
+        match self {
+            ApplyError::Decode(e) => {
+                !matches!(**e, WireError::Version(v) if v > crate::wire::VERSION)
+            }
+            ApplyError::KeyNotShipped { .. }
+            | ApplyError::RowWidth { .. }
+            | ApplyError::KeyWidth { .. }
+            | ApplyError::ReservedTable { .. } => true,
+            ApplyError::Sqlite(_) | ApplyError::MustWait | ApplyError::SchemaBehind { .. } => false,
         }
     }
 }
@@ -266,6 +289,12 @@ pub fn apply_message(
         at_ms: m.at_ms,
     };
     let mut out = Applied::default();
+    // Refused whole, before any row is written.
+    if let Some(t) = m.tables.iter().find(|t| is_reserved_table(&t.table)) {
+        return Err(ApplyError::ReservedTable {
+            table: t.table.clone(),
+        });
+    }
     for t in &m.tables {
         if !selected(&t.table, &cfg.include_tables, &cfg.exclude_tables) {
             out.skipped += t.rows.len() as u64;

@@ -17,8 +17,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction};
 
 use super::schema::{self, TableInfo};
 use super::{
-    APPLIED, COLUMNS, CONFLICTS, Capture, CaptureError, LOG, META, PREFIX, RENAMES, TABLES, ident,
-    key_expr,
+    APPLIED, COLUMNS, CONFLICTS, Capture, CaptureError, LOG, META, PREFIX, QUARANTINE, RENAMES,
+    TABLES, ident, key_expr,
 };
 
 /// The trigger operations, as they end our trigger names (`__harmonylite__<table>_<op>`).
@@ -44,7 +44,9 @@ pub fn install(
          CREATE TABLE IF NOT EXISTS {CONFLICTS} (id INTEGER PRIMARY KEY, recorded_at INTEGER NOT NULL,
              tbl TEXT NOT NULL, row_key TEXT NOT NULL, lost_row TEXT, lost_origin INTEGER NOT NULL,
              lost_seq INTEGER NOT NULL, lost_at INTEGER NOT NULL, winner_origin INTEGER NOT NULL,
-             winner_seq INTEGER NOT NULL, winner_at INTEGER NOT NULL, winner_seen INTEGER NOT NULL);"
+             winner_seq INTEGER NOT NULL, winner_at INTEGER NOT NULL, winner_seen INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS {QUARANTINE} (id INTEGER PRIMARY KEY, quarantined_at INTEGER NOT NULL,
+             stream TEXT NOT NULL, seq INTEGER NOT NULL, reason TEXT NOT NULL, payload BLOB NOT NULL);"
     ))?;
     let incarnation = incarnation(&tx)?;
 

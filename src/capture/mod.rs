@@ -40,6 +40,16 @@ pub const META: &str = "__harmonylite__meta";
 pub const APPLIED: &str = "__harmonylite__applied";
 /// The conflict journal: values that a concurrent change from another node overwrote (see `apply::journal`).
 pub const CONFLICTS: &str = "__harmonylite__conflicts";
+/// Messages from the stream that can never be applied (undecodable, malformed, or naming a table no stream may
+/// write), kept for an operator to read; see `apply::quarantine`.
+pub const QUARANTINE: &str = "__harmonylite__quarantine";
+
+/// Whether `table` is one no change from the stream may write: ours (`__harmonylite__*`) or SQLite's own
+/// (`sqlite_*`: `sqlite_sequence`, `sqlite_stat1`, ...), in any letter case.
+pub fn is_reserved_table(table: &str) -> bool {
+    let lower = table.to_ascii_lowercase();
+    lower.starts_with(PREFIX) || lower.starts_with("sqlite_")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {

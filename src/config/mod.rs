@@ -19,6 +19,7 @@ mod tests;
 #[cfg(test)]
 mod tests_values;
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde_path_to_error::Segment;
@@ -49,9 +50,38 @@ pub enum ConfigError {
 }
 
 /// Command-line values that override or complete the file (the flags of the original).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 pub struct Overrides {
     pub node_id: Option<u64>,
+    /// `HARMONYLITE_CLUSTER_SECRET`: replaces `nats.cluster_secret` (so the secret need not sit in a file).
+    pub cluster_secret: Option<String>,
+}
+
+/// The environment variable that replaces `nats.cluster_secret`.
+pub const CLUSTER_SECRET_ENV: &str = "HARMONYLITE_CLUSTER_SECRET";
+
+impl Overrides {
+    /// `-node-id` as given, and the cluster secret from the environment when it is set and not empty.
+    pub fn from_env(node_id: Option<u64>) -> Overrides {
+        Overrides {
+            node_id,
+            cluster_secret: std::env::var(CLUSTER_SECRET_ENV)
+                .ok()
+                .filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+impl fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Overrides")
+            .field("node_id", &self.node_id)
+            .field(
+                "cluster_secret",
+                &self.cluster_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl Config {
@@ -189,6 +219,9 @@ fn from_table(table: Table, overrides: &Overrides) -> Result<(Config, Vec<String
         (None, 0) => default_node_id(),
         (None, id) => id,
     };
+    if let Some(secret) = &overrides.cluster_secret {
+        config.nats.cluster_secret = secret.clone();
+    }
     validate::validate(&config)?;
     if config.seq_map_path.as_os_str().is_empty() {
         config.seq_map_path = config.data_root_dir().join("seq-map.cbor");

@@ -435,7 +435,10 @@ fn keys_match_case_insensitively_like_the_original() {
 
 #[test]
 fn node_id_override() {
-    let o = Overrides { node_id: Some(7) };
+    let o = Overrides {
+        node_id: Some(7),
+        ..Overrides::default()
+    };
     let (c, _) = load(None, &o).unwrap();
     assert_eq!(c.node_id, 7);
     let f = write("node_id = 3\n");
@@ -447,7 +450,14 @@ fn node_id_override() {
         3
     );
     assert_eq!(load(Some(f.path()), &o).unwrap().0.node_id, 7);
-    let err = load(None, &Overrides { node_id: Some(0) }).unwrap_err();
+    let err = load(
+        None,
+        &Overrides {
+            node_id: Some(0),
+            ..Overrides::default()
+        },
+    )
+    .unwrap_err();
     assert!(matches!(err, ConfigError::Invalid { .. }));
     assert!(
         err.to_string().contains("node-id") && err.to_string().contains(": 0 "),

@@ -240,7 +240,7 @@ pub struct NatsConfig {
     /// `server_config`: nats-server config file merged into the embedded server's (the user's file wins).
     #[serde(deserialize_with = "de::opt_path")]
     pub server_config: Option<PathBuf>,
-    /// `bind_address`: embedded server client listen address (`host:port`, port -1 = random).
+    /// `bind_address`: embedded server client listen address (`host:port`, port -1 = random; no host: loopback).
     #[serde(deserialize_with = "de::string")]
     pub bind_address: String,
     #[serde(deserialize_with = "de::opt_path")]
@@ -264,6 +264,10 @@ pub struct NatsConfig {
     /// `cluster_ca_file` (ours): the CA that must have signed every route peer's certificate (both ways).
     #[serde(deserialize_with = "de::opt_path")]
     pub cluster_ca_file: Option<PathBuf>,
+    /// `cluster_secret` (ours): the shared secret every embedded server demands of a route (its cluster
+    /// authorization); `HARMONYLITE_CLUSTER_SECRET` overrides it. Empty: routes are not authenticated.
+    #[serde(deserialize_with = "de::string")]
+    pub cluster_secret: String,
     #[serde(deserialize_with = "de::uint32")]
     pub connect_retries: u32,
     #[serde(deserialize_with = "de::uint32_range")]
@@ -293,6 +297,7 @@ impl Default for NatsConfig {
             cluster_cert_file: None,
             cluster_key_file: None,
             cluster_ca_file: None,
+            cluster_secret: String::new(),
             connect_retries: 5,
             reconnect_wait_seconds: 2,
             sync_always: true,
@@ -523,6 +528,7 @@ impl fmt::Debug for NatsConfig {
             .field("cluster_cert_file", &self.cluster_cert_file)
             .field("cluster_key_file", &self.cluster_key_file)
             .field("cluster_ca_file", &self.cluster_ca_file)
+            .field("cluster_secret", &Secret(&self.cluster_secret))
             .field("connect_retries", &self.connect_retries)
             .field("reconnect_wait_seconds", &self.reconnect_wait_seconds)
             .field("sync_always", &self.sync_always)

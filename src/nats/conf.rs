@@ -41,6 +41,41 @@ pub(crate) struct ClusterSpec {
     /// TLS on the route port (`nats.cluster_*_file`): both ends of every route show a certificate that the
     /// other verifies against its CA (`verify: true`).
     pub tls: Option<TlsFiles>,
+    /// `nats.cluster_secret`: the cluster's `authorization` (user [`ROUTE_USER`]), presented in every route URL.
+    pub secret: Option<RouteSecret>,
+}
+
+/// The user name of route authorization; the password is the cluster secret.
+pub const ROUTE_USER: &str = "harmonylite-route";
+
+/// The cluster secret. Its `Debug` shows nothing of it.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct RouteSecret(pub String);
+
+impl std::fmt::Debug for RouteSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteSecret(<redacted>)")
+    }
+}
+
+/// `url` (`nats://host:port[/]`) with the route credentials as its user info, the secret percent-encoded.
+/// A URL that already has user info is left as it is.
+fn with_route_credentials(url: &str, secret: &RouteSecret) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    if rest.split('/').next().unwrap_or("").contains('@') {
+        return url.to_string();
+    }
+    let mut password = String::new();
+    for b in secret.0.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            password.push(b as char);
+        } else {
+            password.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{scheme}://{ROUTE_USER}:{password}@{rest}")
 }
 
 /// Its `Debug` shows no password.
@@ -105,11 +140,28 @@ impl ServerSpec {
         map.insert("jetstream", Value::Map(js));
 
         if let Some(cluster) = &self.cluster {
-            let routes = cluster.routes.iter().map(Value::string).collect();
+            let routes = cluster
+                .routes
+                .iter()
+                .map(|u| match &cluster.secret {
+                    Some(secret) => Value::string(with_route_credentials(u, secret)),
+                    None => Value::string(u),
+                })
+                .collect();
             let mut block = Map::new()
                 .with("name", Value::string(CLUSTER_NAME))
                 .with("listen", Value::string(&cluster.listen))
                 .with("routes", Value::Array(routes));
+            if let Some(secret) = &cluster.secret {
+                block.insert(
+                    "authorization",
+                    Value::Map(
+                        Map::new()
+                            .with("user", Value::string(ROUTE_USER))
+                            .with("password", Value::string(&secret.0)),
+                    ),
+                );
+            }
             if let Some(tls) = &cluster.tls {
                 block.insert(
                     "tls",
@@ -162,7 +214,12 @@ impl ServerSpec {
         }
 
         if let Some(tls) = &self.tls {
-            map.insert("tls", Value::Map(tls.to_map()));
+            // With a CA, clients must show a certificate it signed (the node's own client shows cert_file).
+            let mut block = tls.to_map();
+            if tls.ca_file.is_some() {
+                block.insert("verify", Value::raw("true"));
+            }
+            map.insert("tls", Value::Map(block));
         }
         map
     }

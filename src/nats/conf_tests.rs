@@ -19,6 +19,7 @@ fn spec() -> ServerSpec {
                 "nats://127.0.0.1:4223/".into(),
             ],
             tls: None,
+            secret: None,
         }),
         leaf_remotes: vec![LeafRemote {
             urls: vec!["nats://hub:7422/".into()],
@@ -303,4 +304,44 @@ fn user_debug_shows_no_password() {
         text.contains("harmonylite") && !text.contains("hunter2-secret"),
         "{text}"
     );
+}
+
+#[test]
+fn cluster_secret_is_the_route_authorization_and_every_route_presents_it() {
+    let mut s = spec();
+    if let Some(cluster) = s.cluster.as_mut() {
+        cluster.secret = Some(RouteSecret("p@ss w/rd:\"x\"".into()));
+    }
+    let rendered = render(&s, None, None);
+    let map = reparse(&rendered);
+    assert_eq!(
+        text(&map, "cluster.authorization.user").unwrap(),
+        ROUTE_USER
+    );
+    assert_eq!(
+        text(&map, "cluster.authorization.password").unwrap(),
+        "p@ss w/rd:\"x\""
+    );
+    let Some(Value::Array(routes)) = get(&map, "cluster.routes") else {
+        panic!("no routes in {rendered}");
+    };
+    let routes: Vec<String> = routes.iter().filter_map(conf_syntax::unquote).collect();
+    assert_eq!(
+        routes,
+        [
+            "nats://harmonylite-route:p%40ss%20w%2Frd%3A%22x%22@localhost:4222/",
+            "nats://harmonylite-route:p%40ss%20w%2Frd%3A%22x%22@127.0.0.1:4223/",
+        ]
+    );
+    assert!(!format!("{s:?}").contains("p@ss"), "Debug shows the secret");
+}
+
+#[test]
+fn client_tls_with_a_ca_verifies_clients() {
+    let mut s = spec();
+    if let Some(tls) = s.tls.as_mut() {
+        tls.ca_file = Some("/ca.pem".into());
+    }
+    let map = reparse(&render(&s, None, None));
+    assert_eq!(get(&map, "tls.verify"), Some(&Value::raw("true")));
 }

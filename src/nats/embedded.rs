@@ -38,7 +38,9 @@ async fn open(cfg: &Config, flags: &ClusterFlags, reuse_running: bool) -> Result
     };
     let auth = Auth::from_config(n)?;
     let (peer_urls, leaf_remotes) = resolve_routes(flags).await?;
-    let (cluster, other_peers) = cluster_block(flags, &peer_urls, auth.route_tls.clone())?;
+    let secret =
+        (!n.cluster_secret.is_empty()).then(|| conf::RouteSecret(n.cluster_secret.clone()));
+    let (cluster, other_peers) = cluster_block(flags, &peer_urls, auth.route_tls.clone(), secret)?;
 
     let spec = ServerSpec {
         server_name: server_name.clone(),
@@ -227,6 +229,7 @@ fn cluster_block(
     flags: &ClusterFlags,
     peer_urls: &[String],
     tls: Option<TlsFiles>,
+    secret: Option<conf::RouteSecret>,
 ) -> Result<(Option<ClusterSpec>, Vec<String>), NatsError> {
     let Some(addr) = flags.cluster_addr.as_deref().filter(|a| !a.is_empty()) else {
         if !peer_urls.is_empty() {
@@ -237,6 +240,11 @@ fn cluster_block(
         if tls.is_some() {
             tracing::warn!(
                 "nats.cluster_cert_file is set without -cluster-addr: the embedded server has no route port"
+            );
+        }
+        if secret.is_some() {
+            tracing::warn!(
+                "nats.cluster_secret is set without -cluster-addr: the embedded server has no route port"
             );
         }
         return Ok((None, Vec::new()));
@@ -265,6 +273,7 @@ fn cluster_block(
         listen: addr.to_string(),
         routes,
         tls,
+        secret,
     };
     Ok((Some(spec), others))
 }

@@ -127,7 +127,9 @@ pub(crate) fn parse_bind_address(addr: &str) -> Result<(String, i32), NatsError>
             _ => return Err(invalid(format!("invalid port `{p}`"))),
         },
     };
-    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    // No host: loopback only. The node is its own server's only client, and anyone who can publish on the
+    // change subjects writes into every node's database (see docs/SECURITY.md).
+    let host = if host.is_empty() { "127.0.0.1" } else { host };
     Ok((host.to_string(), port))
 }
 
@@ -333,7 +335,11 @@ mod tests {
 
     #[test]
     fn bind_address_forms() {
-        assert_eq!(parse_bind_address(":-1").unwrap(), ("0.0.0.0".into(), -1));
+        assert_eq!(parse_bind_address(":-1").unwrap(), ("127.0.0.1".into(), -1));
+        assert_eq!(
+            parse_bind_address(":4222").unwrap(),
+            ("127.0.0.1".into(), 4222)
+        );
         assert_eq!(
             parse_bind_address("0.0.0.0:4222").unwrap(),
             ("0.0.0.0".into(), 4222)

@@ -222,6 +222,11 @@ impl RunningNode {
         observed: Option<Arc<Observed>>,
     ) -> anyhow::Result<RunningNode> {
         let prepared = prepare(&cfg)?;
+        let exposed = crate::nats::exposure::warnings(&cfg, &flags);
+        for w in &exposed {
+            tracing::warn!("{w}");
+        }
+        counters.set_security_warnings(exposed);
         let nats = Nats::start(&cfg, &flags)
             .await
             .context("cannot start NATS")?;

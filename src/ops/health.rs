@@ -58,6 +58,8 @@ pub struct Health {
     pub problems: Vec<String>,
     /// Why the node is not ready (empty when ready).
     pub not_ready: Vec<String>,
+    /// Ports this node opens to anyone who can reach them (they do not make it unhealthy); see SECURITY.md.
+    pub security_warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db_error: Option<String>,
 }
@@ -178,6 +180,7 @@ pub fn report(o: &Observed) -> Health {
             .collect(),
         problems,
         not_ready,
+        security_warnings: c.security_warnings(),
         db_error: db.error,
     }
 }

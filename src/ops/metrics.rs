@@ -168,6 +168,10 @@ fn describe() {
         "Incoming rows of tables or key columns this node does not replicate."
     );
     describe_counter!(
+        "harmonylite_quarantined_messages",
+        "Stream messages that can never be applied (undecodable, malformed, or naming a reserved table), kept in __harmonylite__quarantine."
+    );
+    describe_counter!(
         "harmonylite_discarded_rows",
         "Local change-log rows read and not published because publish = false."
     );
@@ -265,6 +269,7 @@ fn update(o: &Observed) {
     counter!("harmonylite_skipped_echo_rows").absolute(get(&c.skipped_rows));
     counter!("harmonylite_dropped_rows").absolute(get(&c.dropped_rows));
     counter!("harmonylite_discarded_rows").absolute(get(&c.discarded_rows));
+    counter!("harmonylite_quarantined_messages").absolute(get(&c.quarantined));
     counter!("harmonylite_schema_pauses").absolute(get(&c.schema_pauses));
     counter!("harmonylite_conflicts").absolute(get(&c.conflicts));
     for ((op, kind), n) in c.errors() {

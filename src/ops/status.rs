@@ -93,6 +93,9 @@ pub struct Activity {
     pub apply_errors: u64,
     pub dropped_rows: u64,
     pub schema_pauses: u64,
+    /// Absent in entries of earlier builds.
+    #[serde(default)]
+    pub quarantined: u64,
 }
 
 /// Why the cluster status could not be read.
@@ -142,6 +145,7 @@ impl Entry {
                 apply_errors: counters.apply_errors.load(Relaxed),
                 dropped_rows: counters.dropped_rows.load(Relaxed),
                 schema_pauses: counters.schema_pauses.load(Relaxed),
+                quarantined: counters.quarantined.load(Relaxed),
             },
             published_upto: cfg.publish.then(|| counters.published_upto.load(Relaxed)),
             expected_nodes: Some(expected_nodes as u64),

@@ -199,6 +199,22 @@ impl Cluster {
         })
     }
 
+    /// Inserts a book titled `title` with the `sqlite3` CLI on node `from` (1-based) and waits until every
+    /// other node has it (30 s at most).
+    pub fn book_reaches_the_others(&self, from: usize, title: &str) {
+        self.node(from).sql(&format!(
+            "INSERT INTO Books (title, author, publication_year) VALUES ('{title}', 'Replication Test', 2026);"
+        ));
+        let query = format!("SELECT count(*) FROM Books WHERE title = '{title}';");
+        for node in self.nodes.iter().filter(|n| n.id != from as u64) {
+            self.eventually(
+                Duration::from_secs(30),
+                &format!("{title} on node {}", node.id),
+                || node.sql(&query).trim() == "1",
+            );
+        }
+    }
+
     /// Like [`wait::eventually`], with every node's last log lines in the failure message.
     pub fn eventually<R: Ready>(
         &self,

@@ -5,7 +5,7 @@
 //! |--------------|----------------|
 //! | [`wait`]     | [`eventually`]`(timeout, what, condition)` for conditions returning `bool` or `Option<T>` (trait [`Ready`]), [`eventually_async`], [`poll`], [`during`]: no fixed sleeps |
 //! | [`ports`]    | [`free_port`], [`free_ports`]: free loopback ports below the ephemeral range |
-//! | [`process`]  | [`temp_dir`], [`ChildGuard`] (also [`ChildGuard::spawn_logged`], [`ChildGuard::exited`], [`ChildGuard::finish`]), [`PidGuard`], [`send_signal`], [`pid_alive`], [`child_pids`], [`process_tree`], [`rss_kb`], [`reexec_test`], [`output_retrying`], [`output_text`], [`file_len`] |
+//! | [`process`]  | [`temp_dir`], [`ChildGuard`] (also [`ChildGuard::spawn_logged`], [`ChildGuard::exited`], [`ChildGuard::finish`]), [`PidGuard`], [`send_signal`], [`pid_alive`], [`child_pids`], [`process_tree`], [`listening_sockets`], [`rss_kb`], [`reexec_test`], [`output_retrying`], [`output_text`], [`file_len`] |
 //! | [`sql`]      | the `sqlite3` CLI ([`sqlite3`], [`try_sqlite3`]), rusqlite ([`open`], [`open_read_only`]), [`user_tables`], [`checksum`] (order-independent), [`try_checksums`], [`Writer`] (light write load from a thread) |
 //! | [`node`]     | [`Node`]: one real `harmonylite` process: its paths (data directory, database, config, log), extra TOML, arguments and environment, start / `kill -9` / SIGTERM stop / restart, waiting for it to run or exit, its log and pid; [`harmonylite_bin`] |
 //! | [`logs`]     | [`Node::log_mark`] / [`Node::log_since`] (what a node printed in a window), [`json_lines`] (a JSON-format log parsed) |
@@ -36,8 +36,9 @@ pub use logs::json_lines;
 pub use node::{Node, harmonylite_bin};
 pub use ports::{free_port, free_ports};
 pub use process::{
-    ChildGuard, PidGuard, Signal, child_pids, file_len, last_lines, output_retrying, output_text,
-    pid_alive, process_tree, read_lossy, reexec_test, rss_kb, send_signal, temp_dir,
+    ChildGuard, PidGuard, Signal, child_pids, file_len, last_lines, listening_sockets,
+    output_retrying, output_text, pid_alive, process_tree, read_lossy, reexec_test, rss_kb,
+    send_signal, temp_dir,
 };
 pub use servers::{NatsServer, S3Server, SftpServer, WebDavServer};
 pub use sql::{

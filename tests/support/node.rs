@@ -64,7 +64,8 @@ pub struct Node {
     pub log: PathBuf,
     /// Cluster port of the embedded nats-server (`-cluster-addr`).
     pub cluster_port: u16,
-    /// Client port of the node's embedded nats-server.
+    /// Client port of the node's embedded nats-server (`bind_address = "127.0.0.1:<port>"`); 0 leaves
+    /// `bind_address` out of the config (the default: loopback, a random port).
     pub client_port: u16,
     /// Cluster ports of the peers (`-cluster-peers`); empty: no cluster flags.
     pub peers: Vec<u16>,
@@ -135,17 +136,20 @@ impl Node {
     /// The config file's text: the kit's settings with [`Node::extra_toml`] merged in.
     pub fn config_text(&self) -> String {
         let path = |p: &Path| toml_str(&p.display().to_string());
+        let bind = match self.client_port {
+            0 => String::new(),
+            port => format!("bind_address = \"127.0.0.1:{port}\"\n"),
+        };
         let base = format!(
             "node_id = {id}\ndb_path = {db}\nseq_map_path = {state}\ncleanup_interval = 1000\n\n\
              [replication_log]\nshards = {shards}\ncompress = {compress}\n\n\
-             [nats]\nbind_address = \"127.0.0.1:{client_port}\"\nready_timeout_seconds = 60\n\n\
+             [nats]\n{bind}ready_timeout_seconds = 60\n\n\
              [logging]\nverbose = {verbose}\n",
             id = self.id,
             db = path(&self.db),
             state = path(&self.seq_map),
             shards = self.shards,
             compress = self.compress,
-            client_port = self.client_port,
             verbose = self.verbose,
         );
         let mut table: toml::Table = base.parse().expect("the kit's config is TOML");

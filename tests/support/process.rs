@@ -66,6 +66,63 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
     tree
 }
 
+/// The TCP addresses on which `pid` or any of its descendants listen (from `/proc`: their socket inodes, looked
+/// up in the tables of their network namespace).
+pub fn listening_sockets(pid: u32) -> Vec<std::net::SocketAddr> {
+    let mut inodes = std::collections::HashSet::new();
+    for p in process_tree(pid) {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{p}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && let Some(inode) = target
+                    .to_str()
+                    .and_then(|t| t.strip_prefix("socket:["))
+                    .and_then(|t| t.strip_suffix(']'))
+            {
+                inodes.insert(inode.to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            if f.len() > 9 && f[3] == "0A" && inodes.contains(f[9]) {
+                out.extend(parse_proc_address(f[1]));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6): 32-bit words in the kernel's byte order.
+fn parse_proc_address(field: &str) -> Option<std::net::SocketAddr> {
+    let (addr, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..addr.len() / 8)
+        .map(|i| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let ip = match words.as_slice() {
+        [w] => std::net::IpAddr::from(w.to_ne_bytes()),
+        [a, b, c, d] => {
+            let mut bytes = [0u8; 16];
+            for (i, w) in [a, b, c, d].iter().enumerate() {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            std::net::IpAddr::from(bytes)
+        }
+        _ => return None,
+    };
+    Some(std::net::SocketAddr::new(ip, port))
+}
+
 /// A child process that is killed (SIGKILL) and reaped when dropped.
 pub struct ChildGuard {
     child: Option<Child>,
