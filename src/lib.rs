@@ -40,5 +40,6 @@ pub mod ops;
 pub(crate) mod publish;
 pub mod repeat;
 pub(crate) mod retry;
+pub mod sd_notify;
 pub mod snapshot;
 pub(crate) mod wire;

@@ -264,7 +264,7 @@ async fn embedded_server_requires_the_configured_credentials() {
         .expect("password login");
     external.shutdown().await;
 
-    // External mode that cannot log in fails after its retries, naming the servers.
+    // External mode that cannot log in fails at once (retrying cannot help), naming the servers and the cause.
     ext.nats.user_password = "nope".into();
     ext.nats.connect_retries = 2;
     ext.nats.reconnect_wait_seconds = 0;
@@ -272,10 +272,14 @@ async fn embedded_server_requires_the_configured_credentials() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, harmonylite::nats::NatsError::Connect { .. }),
+        matches!(err, harmonylite::nats::NatsError::Refused { .. }),
         "{err}"
     );
-    assert!(err.to_string().contains(&url), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&url) && text.contains("authorization violation"),
+        "{text}"
+    );
     nats.shutdown().await;
 }
 

@@ -560,3 +560,103 @@ fn unknown_keys_are_shown_as_written() {
         ]
     );
 }
+
+/// Keys of the shipped `config.toml`, `section.key` (`key` at the top level), commented-out ones included.
+fn shipped_config_keys(text: &str) -> std::collections::BTreeSet<String> {
+    let mut section = String::new();
+    let mut keys = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let body = line.strip_prefix("# ").unwrap_or(line);
+        if let Some((key, _)) = body.split_once(" = ")
+            && !key.is_empty()
+            && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        {
+            keys.insert(qualified(&section, key));
+        }
+    }
+    keys
+}
+
+fn qualified(section: &str, key: &str) -> String {
+    if section.is_empty() {
+        key.to_string()
+    } else {
+        format!("{section}.{key}")
+    }
+}
+
+/// Keys of the configuration-file tables in docs/CONFIGURATION.md: the first cell of each row names one or
+/// more keys in backquotes, optionally led by `[section]`; otherwise the heading's section applies.
+fn documented_keys(doc: &str) -> std::collections::BTreeSet<String> {
+    let file_part = doc
+        .split_once("## Configuration file")
+        .expect("CONFIGURATION.md has a configuration file part")
+        .1;
+    let file_part = file_part
+        .split("\n## ")
+        .next()
+        .expect("split yields a first part");
+    let mut heading = String::new();
+    let mut keys = std::collections::BTreeSet::new();
+    for line in file_part.lines() {
+        if let Some(h) = line.strip_prefix("### ") {
+            heading = match h.split('`').nth(1) {
+                Some(s) if h.matches("`[").count() == 1 => s.trim_matches(['[', ']']).to_string(),
+                _ => String::new(),
+            };
+            continue;
+        }
+        let Some(cell) = line
+            .strip_prefix("| `")
+            .map(|_| line.split('|').nth(1).unwrap_or(""))
+        else {
+            continue;
+        };
+        let mut section = heading.clone();
+        for (i, name) in cell.split('`').enumerate().filter(|(i, _)| i % 2 == 1) {
+            let name = match name.strip_prefix('[').and_then(|n| n.split_once("] ")) {
+                Some((sec, key)) if i == 1 => {
+                    section = sec.to_string();
+                    key
+                }
+                _ => name,
+            };
+            keys.insert(qualified(&section, name));
+        }
+    }
+    keys
+}
+
+/// The `config.toml` shipped in the release archive names every documented key, and loading it as it is gives
+/// exactly the defaults (so its values are the defaults) with no warning (so it has no unknown key).
+#[test]
+fn shipped_config_toml_has_every_key_at_its_default() {
+    let shipped = include_str!("../../config.toml");
+    let doc = include_str!("../../docs/CONFIGURATION.md");
+    let documented = documented_keys(doc);
+    assert!(
+        documented.len() > 60 && documented.contains("snapshot.s3.session_token"),
+        "the documentation parser found too little: {documented:?}"
+    );
+    let in_file = shipped_config_keys(shipped);
+    let missing: Vec<_> = documented.difference(&in_file).collect();
+    assert!(missing.is_empty(), "config.toml lacks {missing:?}");
+    let extra: Vec<_> = in_file.difference(&documented).collect();
+    assert!(
+        extra.is_empty(),
+        "config.toml has undocumented keys {extra:?}"
+    );
+
+    let (loaded, warnings) = load_ok(shipped);
+    assert!(warnings.is_empty(), "config.toml warns: {warnings:?}");
+    let (defaults, _) = load(None, &Overrides::default()).unwrap();
+    assert_eq!(
+        loaded, defaults,
+        "config.toml sets a value other than its default"
+    );
+}

@@ -316,3 +316,56 @@ url = "sftp://u:sftp-password@h:22/x"
         }
     }
 }
+
+#[test]
+fn route_tls_keys_come_together_and_name_existing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, "PEM").unwrap();
+        p.display().to_string()
+    };
+    let (cert, key, ca) = (file("route.pem"), file("route.key"), file("ca.pem"));
+    let keys = |cert: &str, key: &str, ca: &str| {
+        format!(
+            "[nats]\ncluster_cert_file = {cert:?}\ncluster_key_file = {key:?}\ncluster_ca_file = {ca:?}\n"
+        )
+    };
+    let (c, _) = load_ok(&keys(&cert, &key, &ca));
+    assert_eq!(
+        (
+            c.nats.cluster_cert_file.as_deref(),
+            c.nats.cluster_key_file.as_deref(),
+            c.nats.cluster_ca_file.as_deref()
+        ),
+        (
+            Some(std::path::Path::new(&cert)),
+            Some(std::path::Path::new(&key)),
+            Some(std::path::Path::new(&ca))
+        )
+    );
+    // None at all is fine too; an empty path is the same as none.
+    let (c, _) = load_ok(&keys("", "", ""));
+    assert_eq!(c.nats.cluster_cert_file, None);
+
+    assert_invalid(&keys(&cert, "", &ca), "nats.cluster_key_file", "\"\"");
+    assert_invalid(&keys("", &key, &ca), "nats.cluster_cert_file", "\"\"");
+    assert_invalid(&keys(&cert, &key, ""), "nats.cluster_ca_file", "\"\"");
+    assert_invalid(&keys("", "", &ca), "nats.cluster_cert_file", "\"\"");
+    let missing = dir.path().join("missing.pem").display().to_string();
+    assert_invalid(
+        &keys(&cert, &key, &missing),
+        "nats.cluster_ca_file",
+        &missing,
+    );
+    let text = load_str(&keys(&missing, &key, &ca))
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("cannot read the file"), "{text}");
+    let folder = dir.path().display().to_string();
+    assert_invalid(
+        &keys(&cert, &folder, &ca),
+        "nats.cluster_key_file",
+        "not a file",
+    );
+}

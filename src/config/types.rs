@@ -255,6 +255,15 @@ pub struct NatsConfig {
     pub cert_file: Option<PathBuf>,
     #[serde(deserialize_with = "de::opt_path")]
     pub key_file: Option<PathBuf>,
+    /// `cluster_cert_file` (ours): the embedded server's certificate on its route port (`-cluster-addr`).
+    #[serde(deserialize_with = "de::opt_path")]
+    pub cluster_cert_file: Option<PathBuf>,
+    /// `cluster_key_file` (ours): the key of `cluster_cert_file`.
+    #[serde(deserialize_with = "de::opt_path")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// `cluster_ca_file` (ours): the CA that must have signed every route peer's certificate (both ways).
+    #[serde(deserialize_with = "de::opt_path")]
+    pub cluster_ca_file: Option<PathBuf>,
     #[serde(deserialize_with = "de::uint32")]
     pub connect_retries: u32,
     #[serde(deserialize_with = "de::uint32_range")]
@@ -281,6 +290,9 @@ impl Default for NatsConfig {
             ca_file: None,
             cert_file: None,
             key_file: None,
+            cluster_cert_file: None,
+            cluster_key_file: None,
+            cluster_ca_file: None,
             connect_retries: 5,
             reconnect_wait_seconds: 2,
             sync_always: true,
@@ -508,6 +520,9 @@ impl fmt::Debug for NatsConfig {
             .field("ca_file", &self.ca_file)
             .field("cert_file", &self.cert_file)
             .field("key_file", &self.key_file)
+            .field("cluster_cert_file", &self.cluster_cert_file)
+            .field("cluster_key_file", &self.cluster_key_file)
+            .field("cluster_ca_file", &self.cluster_ca_file)
             .field("connect_retries", &self.connect_retries)
             .field("reconnect_wait_seconds", &self.reconnect_wait_seconds)
             .field("sync_always", &self.sync_always)

@@ -2,7 +2,7 @@
 //! the HTTP path, and keys that must agree with each other. Each failure names the dotted key and the value as
 //! written in TOML.
 
-use super::{Config, ConfigError, invalid, quoted};
+use super::{Config, ConfigError, NatsConfig, invalid, quoted};
 
 /// Checks the deserialised `config` (the type and range checks were done while deserialising).
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
@@ -33,6 +33,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         .map_err(|r| invalid("nats.stream_prefix", quoted(&n.stream_prefix), r))?;
     check_host_port(&n.bind_address, true)
         .map_err(|r| invalid("nats.bind_address", quoted(&n.bind_address), r))?;
+    check_cluster_tls(n)?;
 
     let p = &config.prometheus;
     check_host_port(&p.bind, false).map_err(|r| invalid("prometheus.bind", quoted(&p.bind), r))?;
@@ -80,6 +81,36 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             quoted(&h.ready_path),
             "expected an HTTP path starting with \"/\", other than health_check.path and \"/wait-replicated\"",
         ));
+    }
+    Ok(())
+}
+
+/// Route TLS: `nats.cluster_cert_file`, `cluster_key_file` and `cluster_ca_file` are set all three or none
+/// (the peers' certificates are always verified, so the CA is needed), and each names an existing file.
+fn check_cluster_tls(n: &NatsConfig) -> Result<(), ConfigError> {
+    let keys = [
+        ("nats.cluster_cert_file", &n.cluster_cert_file),
+        ("nats.cluster_key_file", &n.cluster_key_file),
+        ("nats.cluster_ca_file", &n.cluster_ca_file),
+    ];
+    if keys.iter().all(|(_, path)| path.is_none()) {
+        return Ok(());
+    }
+    for (key, path) in keys {
+        let Some(path) = path else {
+            return Err(invalid(
+                key,
+                quoted(""),
+                "route TLS needs nats.cluster_cert_file, nats.cluster_key_file and nats.cluster_ca_file \
+                 together",
+            ));
+        };
+        let shown = quoted(&path.to_string_lossy());
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => return Err(invalid(key, shown, "not a file")),
+            Err(e) => return Err(invalid(key, shown, format!("cannot read the file: {e}"))),
+        }
     }
     Ok(())
 }

@@ -117,31 +117,28 @@ fn log_event(name: &str, event: Event) {
 }
 
 /// Connects, retrying the initial connection `settings.attempts` times, about `retry_wait` apart (jittered).
+/// A refusal that retrying cannot heal (credentials or a certificate refused, see [`lasting_cause`]) fails at
+/// once with [`NatsError::Refused`].
 pub(crate) async fn connect(settings: &ClientSettings) -> Result<Client, NatsError> {
     let attempts = settings.attempts.max(1);
     let mut backoff = crate::retry::Backoff::new(settings.retry_wait, settings.retry_wait);
     let mut last = String::new();
+    let shown_urls = redact_url_passwords(&settings.urls);
     for attempt in 1..=attempts {
         match options(settings).connect(settings.urls.as_str()).await {
             Ok(client) => {
-                tracing::info!(urls = %settings.urls, attempt, "NATS client connected");
+                tracing::info!(urls = %shown_urls, attempt, "NATS client connected");
                 return Ok(client);
             }
             Err(e) => {
-                last = e.to_string();
-                tracing::warn!(urls = %settings.urls, attempt, attempts, error = %e, "cannot connect to NATS");
-                // Authentication failures will not heal by retrying.
-                if matches!(
-                    e.kind(),
-                    async_nats::ConnectErrorKind::AuthorizationViolation
-                        | async_nats::ConnectErrorKind::Authentication
-                ) {
-                    return Err(NatsError::Connect {
-                        urls: settings.urls.clone(),
-                        attempts: attempt,
-                        reason: last,
+                if let Some(reason) = lasting_cause(&e) {
+                    return Err(NatsError::Refused {
+                        urls: shown_urls,
+                        reason,
                     });
                 }
+                last = e.to_string();
+                tracing::warn!(urls = %shown_urls, attempt, attempts, error = %e, "cannot connect to NATS");
             }
         }
         if attempt < attempts {
@@ -149,10 +146,73 @@ pub(crate) async fn connect(settings: &ClientSettings) -> Result<Client, NatsErr
         }
     }
     Err(NatsError::Connect {
-        urls: settings.urls.clone(),
+        urls: shown_urls,
         attempts,
         reason: last,
     })
+}
+
+/// Why a failed connection will fail the same way however often it is tried, naming the cause and the
+/// settings to look at: the server refused our credentials or our certificate, or its certificate is not
+/// trusted. `None` for what may pass (nothing listening yet, a time-out, a dropped connection).
+fn lasting_cause(e: &async_nats::ConnectError) -> Option<String> {
+    use async_nats::ConnectErrorKind as Kind;
+    match e.kind() {
+        Kind::AuthorizationViolation => Some(
+            "authorization violation: the server refused our credentials (nats.user_name and \
+             nats.user_password, or nats.seed_file whose public key it does not know)"
+                .to_string(),
+        ),
+        Kind::Authentication => Some(format!("authentication failed: {e} (nats.seed_file)")),
+        Kind::Tls => Some(format!(
+            "TLS cannot be set up: {e} (nats.ca_file, nats.cert_file, nats.key_file)"
+        )),
+        _ => tls_error(e).map(describe_tls_error),
+    }
+}
+
+/// The TLS error behind a connection failure, if any (rustls's errors reach us inside `std::io::Error`s).
+fn tls_error(e: &async_nats::ConnectError) -> Option<&rustls::Error> {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if tls.is_some() {
+            return tls;
+        }
+        source = err.source();
+    }
+    None
+}
+
+fn describe_tls_error(e: &rustls::Error) -> String {
+    use rustls::CertificateError as Cert;
+    match e {
+        rustls::Error::InvalidCertificate(cert) => {
+            let why = match cert {
+                Cert::UnknownIssuer => {
+                    "is signed by an unknown issuer (no CA of nats.ca_file signed it)".to_string()
+                }
+                Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
+                    "is not valid for the host name connected to".to_string()
+                }
+                Cert::Expired | Cert::ExpiredContext { .. } => "has expired".to_string(),
+                Cert::NotValidYet | Cert::NotValidYetContext { .. } => {
+                    "is not valid yet".to_string()
+                }
+                other => format!("is refused: {other:?}"),
+            };
+            format!("TLS: the server's certificate {why} ({e})")
+        }
+        rustls::Error::AlertReceived(alert) => format!(
+            "TLS: the server refused the handshake with alert {alert:?}: it does not accept our client \
+             certificate (nats.cert_file, nats.key_file) or needs one"
+        ),
+        other => format!("TLS: {other}"),
+    }
 }
 
 /// Number of servers the connected server advertises (its cluster's client URLs, its own included); at least 1.
@@ -192,6 +252,56 @@ mod tests {
             text.contains("alice") && text.contains("tls://bob:<redacted>@b:2"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn refusals_are_lasting_and_named_while_outages_are_retried() {
+        use async_nats::{ConnectError, ConnectErrorKind as Kind};
+        let io = |e: std::io::Error| ConnectError::with_source(Kind::Io, e);
+        let tls = |e: rustls::Error| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+
+        for passing in [
+            io(std::io::ErrorKind::ConnectionRefused.into()),
+            io(std::io::ErrorKind::UnexpectedEof.into()),
+            ConnectError::new(Kind::TimedOut),
+        ] {
+            assert_eq!(lasting_cause(&passing), None, "{passing}");
+        }
+
+        let cases = [
+            (
+                ConnectError::new(Kind::AuthorizationViolation),
+                &[
+                    "authorization violation",
+                    "nats.user_password",
+                    "nats.seed_file",
+                ][..],
+            ),
+            (
+                tls(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer,
+                )),
+                &["certificate", "unknown issuer", "nats.ca_file"][..],
+            ),
+            (
+                tls(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName,
+                )),
+                &["certificate", "host name"][..],
+            ),
+            (
+                tls(rustls::Error::AlertReceived(
+                    rustls::AlertDescription::BadCertificate,
+                )),
+                &["BadCertificate", "nats.cert_file"][..],
+            ),
+        ];
+        for (error, words) in cases {
+            let cause = lasting_cause(&error).unwrap_or_else(|| panic!("{error} is lasting"));
+            for word in words {
+                assert!(cause.contains(word), "{word:?} in {cause}");
+            }
+        }
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub(crate) struct ClusterSpec {
     pub listen: String,
     /// Route URLs, `dns://` entries already expanded.
     pub routes: Vec<String>,
+    /// TLS on the route port (`nats.cluster_*_file`): both ends of every route show a certificate that the
+    /// other verifies against its CA (`verify: true`).
+    pub tls: Option<TlsFiles>,
 }
 
 /// Its `Debug` shows no password.
@@ -103,15 +106,17 @@ impl ServerSpec {
 
         if let Some(cluster) = &self.cluster {
             let routes = cluster.routes.iter().map(Value::string).collect();
-            map.insert(
-                "cluster",
-                Value::Map(
-                    Map::new()
-                        .with("name", Value::string(CLUSTER_NAME))
-                        .with("listen", Value::string(&cluster.listen))
-                        .with("routes", Value::Array(routes)),
-                ),
-            );
+            let mut block = Map::new()
+                .with("name", Value::string(CLUSTER_NAME))
+                .with("listen", Value::string(&cluster.listen))
+                .with("routes", Value::Array(routes));
+            if let Some(tls) = &cluster.tls {
+                block.insert(
+                    "tls",
+                    Value::Map(tls.to_map().with("verify", Value::raw("true"))),
+                );
+            }
+            map.insert("cluster", Value::Map(block));
         }
 
         if !self.leaf_remotes.is_empty() {
@@ -157,15 +162,22 @@ impl ServerSpec {
         }
 
         if let Some(tls) = &self.tls {
-            let mut t = Map::new()
-                .with("cert_file", path_value(&tls.cert_file))
-                .with("key_file", path_value(&tls.key_file));
-            if let Some(ca) = &tls.ca_file {
-                t.insert("ca_file", path_value(ca));
-            }
-            map.insert("tls", Value::Map(t));
+            map.insert("tls", Value::Map(tls.to_map()));
         }
         map
+    }
+}
+
+impl TlsFiles {
+    /// A nats-server `tls` block with these files.
+    fn to_map(&self) -> Map {
+        let mut t = Map::new()
+            .with("cert_file", path_value(&self.cert_file))
+            .with("key_file", path_value(&self.key_file));
+        if let Some(ca) = &self.ca_file {
+            t.insert("ca_file", path_value(ca));
+        }
+        t
     }
 }
 

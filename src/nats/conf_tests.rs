@@ -18,6 +18,7 @@ fn spec() -> ServerSpec {
                 "nats://localhost:4222/".into(),
                 "nats://127.0.0.1:4223/".into(),
             ],
+            tls: None,
         }),
         leaf_remotes: vec![LeafRemote {
             urls: vec!["nats://hub:7422/".into()],
@@ -97,6 +98,30 @@ fn generates_every_setting() {
     );
     assert_eq!(text(&map, "tls.cert_file").unwrap(), "/c.pem");
     assert!(get(&map, "tls.ca_file").is_none());
+    assert!(
+        get(&map, "cluster.tls").is_none(),
+        "no route TLS unless set"
+    );
+}
+
+#[test]
+fn route_tls_verifies_peers_against_the_cluster_ca() {
+    let mut s = spec();
+    if let Some(cluster) = s.cluster.as_mut() {
+        cluster.tls = Some(TlsFiles {
+            cert_file: "/route.pem".into(),
+            key_file: "/route.key".into(),
+            ca_file: Some("/route-ca.pem".into()),
+        });
+    }
+    let map = reparse(&render(&s, None, None));
+    assert_eq!(text(&map, "cluster.tls.cert_file").unwrap(), "/route.pem");
+    assert_eq!(text(&map, "cluster.tls.key_file").unwrap(), "/route.key");
+    assert_eq!(text(&map, "cluster.tls.ca_file").unwrap(), "/route-ca.pem");
+    assert_eq!(get(&map, "cluster.tls.verify"), Some(&Value::raw("true")));
+    // The client port keeps its own files.
+    assert_eq!(text(&map, "tls.cert_file").unwrap(), "/c.pem");
+    assert!(get(&map, "tls.verify").is_none());
 }
 
 #[test]

@@ -38,7 +38,7 @@ async fn open(cfg: &Config, flags: &ClusterFlags, reuse_running: bool) -> Result
     };
     let auth = Auth::from_config(n)?;
     let (peer_urls, leaf_remotes) = resolve_routes(flags).await?;
-    let (cluster, other_peers) = cluster_block(flags, &peer_urls)?;
+    let (cluster, other_peers) = cluster_block(flags, &peer_urls, auth.route_tls.clone())?;
 
     let spec = ServerSpec {
         server_name: server_name.clone(),
@@ -137,11 +137,12 @@ impl Paths {
     }
 }
 
-/// Who may connect: the configured user and NKey, and the TLS files.
+/// Who may connect: the configured user and NKey, and the TLS files of the client and route ports.
 struct Auth {
     users: Vec<User>,
     seed: Option<String>,
     tls: Option<TlsFiles>,
+    route_tls: Option<TlsFiles>,
 }
 
 impl Auth {
@@ -169,7 +170,25 @@ impl Auth {
             }),
             _ => None,
         };
-        Ok(Auth { users, seed, tls })
+        // Validation made sure that the three come together.
+        let route_tls = match (
+            non_empty(&n.cluster_cert_file),
+            non_empty(&n.cluster_key_file),
+            non_empty(&n.cluster_ca_file),
+        ) {
+            (Some(cert_file), Some(key_file), Some(ca_file)) => Some(TlsFiles {
+                cert_file,
+                key_file,
+                ca_file: Some(ca_file),
+            }),
+            _ => None,
+        };
+        Ok(Auth {
+            users,
+            seed,
+            tls,
+            route_tls,
+        })
     }
 }
 
@@ -202,15 +221,22 @@ async fn resolve_routes(
     .await)
 }
 
-/// The cluster block (with `-cluster-addr`) and the peers other than ourselves.
+/// The cluster block (with `-cluster-addr`, its routes under `tls` when given) and the peers other than
+/// ourselves.
 fn cluster_block(
     flags: &ClusterFlags,
     peer_urls: &[String],
+    tls: Option<TlsFiles>,
 ) -> Result<(Option<ClusterSpec>, Vec<String>), NatsError> {
     let Some(addr) = flags.cluster_addr.as_deref().filter(|a| !a.is_empty()) else {
         if !peer_urls.is_empty() {
             tracing::warn!(
                 "-cluster-peers given without -cluster-addr: the embedded server runs without a cluster"
+            );
+        }
+        if tls.is_some() {
+            tracing::warn!(
+                "nats.cluster_cert_file is set without -cluster-addr: the embedded server has no route port"
             );
         }
         return Ok((None, Vec::new()));
@@ -238,6 +264,7 @@ fn cluster_block(
     let spec = ClusterSpec {
         listen: addr.to_string(),
         routes,
+        tls,
     };
     Ok((Some(spec), others))
 }

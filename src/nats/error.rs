@@ -73,6 +73,11 @@ pub enum NatsError {
     },
 
     #[error(
+        "cannot connect to NATS at {urls}: {reason}; not retried, as it would fail the same way"
+    )]
+    Refused { urls: String, reason: String },
+
+    #[error(
         "JetStream was not ready after {waited_seconds} s (nats.ready_timeout_seconds): last answer: {last_error}; \
          {cluster}"
     )]

@@ -183,6 +183,11 @@ async fn start_external(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Nats
             "nats.urls is set: -cluster-addr, -cluster-peers and -leaf-servers are ignored"
         );
     }
+    if non_empty(&n.cluster_cert_file).is_some() {
+        tracing::warn!(
+            "nats.urls is set: nats.cluster_cert_file, cluster_key_file and cluster_ca_file are ignored"
+        );
+    }
     let seed = match non_empty(&n.seed_file) {
         Some(path) => Some(conf::read_seed_file(&path)?.0),
         None => None,

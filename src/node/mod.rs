@@ -161,6 +161,10 @@ pub async fn run(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
     }
     let mut node =
         RunningNode::start(cfg, ClusterFlags::from_cli(cli), counters, Some(observed)).await?;
+    crate::sd_notify::notify("READY=1");
+    if let Some(period) = crate::sd_notify::watchdog_period() {
+        tokio::spawn(crate::sd_notify::watchdog(period, ops.clone()));
+    }
     let result = loop {
         match node.next_event().await {
             Event::Stop => break Ok(()),
@@ -171,6 +175,7 @@ pub async fn run(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
             }
         }
     };
+    crate::sd_notify::notify("STOPPING=1");
     node.shutdown().await;
     result
 }

@@ -55,6 +55,17 @@ pub fn child_pids(pid: u32) -> Vec<u32> {
     out
 }
 
+/// `pid` and all its descendants, parents before children.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        tree.extend(child_pids(tree[i]));
+        i += 1;
+    }
+    tree
+}
+
 /// A child process that is killed (SIGKILL) and reaped when dropped.
 pub struct ChildGuard {
     child: Option<Child>,

@@ -7,7 +7,7 @@
 //! | [`S3Server`]     | moto in server mode (`python3 -m moto.server`), any key pair accepted |
 //! | [`WebDavServer`] | wsgidav on cheroot (`python3 -m wsgidav.server.server_cli`), one user with basic authentication, its root folder in the temporary directory |
 //! | [`SftpServer`]   | OpenSSH's `sshd -D -e -f <generated config>` (run as root), password authentication for the dedicated user [`SFTP_USER`], `internal-sftp` only |
-//! | [`NatsServer`]   | the bundled nats-server with JetStream |
+//! | [`NatsServer`]   | the bundled nats-server with JetStream, alone or three in a cluster, with extra config text (users, NKeys, TLS, leaf nodes) |
 //!
 //! scripts/test.sh installs what these need (pip: `moto[server]`, `wsgidav`, `cheroot`; apt: `openssh-server`).
 
@@ -19,7 +19,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{
-    ChildGuard, Signal, child_pids, free_port, pid_alive, poll, read_lossy, send_signal, temp_dir,
+    ChildGuard, Signal, child_pids, free_port, free_ports, pid_alive, poll, process_tree,
+    read_lossy, send_signal, temp_dir,
 };
 
 /// How long a server may take to start.
@@ -327,17 +328,6 @@ fn release_sftp_account() {
     }
 }
 
-/// `pid` and all its descendants.
-fn process_tree(pid: u32) -> Vec<u32> {
-    let mut tree = vec![pid];
-    let mut i = 0;
-    while i < tree.len() {
-        tree.extend(child_pids(tree[i]));
-        i += 1;
-    }
-    tree
-}
-
 impl SftpServer {
     pub fn start() -> SftpServer {
         SftpServer::start_with("")
@@ -452,27 +442,82 @@ impl Drop for SftpServer {
     }
 }
 
-/// A standalone nats-server with JetStream (the bundled binary), for the NATS object store.
+/// A standalone nats-server with JetStream (the bundled binary): alone for the NATS object store, or one of a
+/// three-server cluster ([`NatsServer::cluster`]) standing for an existing NATS deployment. Its config file is
+/// written by the kit, with the caller's extra text (users, NKeys, TLS, a leaf-node listener) appended.
 pub struct NatsServer {
     /// `nats://127.0.0.1:<port>`.
     pub url: String,
+    /// The client port.
+    pub port: u16,
     run: Running,
 }
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        NatsServer::start_with("")
+    }
+
+    /// One server with `conf` (nats-server config text, e.g. `authorization { ... }` or `tls { ... }`) appended
+    /// to the kit's (server name, loopback client port, JetStream in its temporary directory).
+    pub fn start_with(conf: &str) -> NatsServer {
+        let server = NatsServer::spawn(free_port(), conf);
+        server.wait_listening();
+        server
+    }
+
+    /// Three servers in one JetStream cluster on loopback (random client and route ports), each with `conf`
+    /// appended as in [`NatsServer::start_with`]. Returns once each accepts clients; JetStream elects its meta
+    /// leader soon after (clients wait for it: a node's start-up does).
+    pub fn cluster(conf: &str) -> Vec<NatsServer> {
+        let routes = free_ports(3);
+        let list = routes
+            .iter()
+            .map(|p| format!("\"nats://127.0.0.1:{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let servers: Vec<NatsServer> = routes
+            .iter()
+            .map(|route| {
+                let cluster = format!(
+                    "cluster {{\n  name: hl-test\n  listen: \"127.0.0.1:{route}\"\n  routes: [{list}]\n}}\n"
+                );
+                NatsServer::spawn(free_port(), &format!("{cluster}{conf}"))
+            })
+            .collect();
+        for server in &servers {
+            server.wait_listening();
+        }
+        servers
+    }
+
+    fn spawn(port: u16, conf: &str) -> NatsServer {
         let bin = harmonylite::nats::extract::server_binary().expect("extract nats-server");
-        let port = free_port();
         let dir = temp_dir("hl-nats-");
+        let store = dir.path().join("js");
+        let config = dir.path().join("nats-server.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "server_name: \"hl-test-{port}\"\nlisten: \"127.0.0.1:{port}\"\n\
+                 jetstream {{\n  store_dir: \"{}\"\n}}\n{conf}\n",
+                store.display()
+            ),
+        )
+        .expect("write the nats-server config");
         let mut cmd = Command::new(bin);
-        cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path().join("js"));
-        let run = Running::spawn("nats-server", dir, cmd);
-        run.wait(|| greeting(port).is_some_and(|l| l.starts_with("INFO ")));
+        cmd.arg("-c").arg(&config);
         NatsServer {
             url: format!("nats://127.0.0.1:{port}"),
-            run,
+            port,
+            run: Running::spawn("nats-server", dir, cmd),
         }
+    }
+
+    /// Waits until the server greets clients (also with TLS on: its INFO comes first, in clear).
+    fn wait_listening(&self) {
+        self.run
+            .wait(|| greeting(self.port).is_some_and(|l| l.starts_with("INFO ")));
     }
 
     pub fn log(&self) -> String {
