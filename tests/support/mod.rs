@@ -11,6 +11,7 @@
 //! | [`logs`]     | [`Node::log_mark`] / [`Node::log_since`] (what a node printed in a window), [`json_lines`] (a JSON-format log parsed) |
 //! | [`cluster`]  | [`Cluster`] of N nodes peered on loopback in one temporary directory ([`Options`]), with the convergence oracle [`Cluster::converged`] (one table) and [`Cluster::converged_all`] (every user table); failures show every node's last log lines |
 //! | [`http`]     | [`http_get`] (and [`http_get_within`] for slow answers) from the test process to a node's metrics, health and readiness endpoints; [`metric`] reads one Prometheus series |
+//! | [`docker`]   | [`docker::engine_unavailable`] (the SKIPPED reason), [`docker::script_result`] (a `scripts/` script's last stdout line), [`docker::Image`] (built for a test, tag removed on drop), [`docker::Compose`] (one compose project, `down -v` on drop, also on panic) |
 //! | [`servers`]  | real servers, killed on drop: [`S3Server`] (moto), [`WebDavServer`] (wsgidav), [`SftpServer`] (OpenSSH sshd, dedicated user), [`NatsServer`] (bundled nats-server with JetStream; [`NatsServer::cluster`]: three in a cluster, for an existing NATS deployment) |
 //! | [`tls`]      | [`TestCa`]: a CA made by the test and the loopback certificates it signs ([`CertFiles`]), as PEM files |
 //!
@@ -20,6 +21,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod cluster;
+pub mod docker;
 pub mod http;
 pub mod logs;
 pub mod node;
