@@ -170,6 +170,7 @@ fn release_archive_runs_the_quick_start() {
             "README.md",
             "config.toml",
             "examples",
+            "examples/demo-books.sql",
             "examples/harmonylite.service",
             "examples/nats-server-1.conf",
             "examples/nats-server-2.conf",
