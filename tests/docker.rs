@@ -25,11 +25,10 @@
 mod support;
 
 use std::io::Write;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::docker::{self, Compose, Image};
-use support::{during, eventually_or, free_ports, http_get};
+use support::{during, eventually_or, free_ports, http_get, release_archive, script_result};
 
 /// The database inside each container (the image's configuration).
 const DB: &str = "/data/harmonylite.db";
@@ -95,13 +94,13 @@ fn compose_cluster_replicates_and_converges_after_a_split() {
     let started = Instant::now();
     let root = docker::repo_root();
 
-    let base = docker::script_result("docker-base-image.sh", &[]);
+    let base = script_result("docker-base-image.sh", &[]);
     step(started, &format!("base image {base}"));
-    let archive = docker::script_result("release.sh", &[]);
-    let archive = Path::new(&archive)
+    let archive = release_archive();
+    let archive = archive
         .strip_prefix(&root)
         .unwrap_or_else(|_| {
-            panic!("release archive {archive} is outside the build context {root:?}")
+            panic!("release archive {archive:?} is outside the build context {root:?}")
         })
         .to_str()
         .unwrap()

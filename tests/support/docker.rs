@@ -1,6 +1,5 @@
-//! Containers for the tests that run HarmonyLite under Docker: whether an engine answers, the repository's
-//! scripts that make the base image and the release archive, an image built for one test (its tag removed on
-//! drop) and a compose project (taken down with its volumes on drop, also on panic).
+//! Containers for the tests that run HarmonyLite under Docker: whether an engine answers, an image built for one
+//! test (its tag removed on drop) and a compose project (taken down with its volumes on drop, also on panic).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,58 +38,6 @@ pub fn engine_unavailable() -> Option<String> {
     docker(&["info", "--format", "{{.ServerVersion}}"])
         .err()
         .map(|e| last_lines(&e, 3))
-}
-
-/// What `cargo test` adds to a test's environment for the test alone. A script that runs cargo gets none of it:
-/// some build scripts track such variables (ring's `CARGO_MANIFEST_DIR`), and seeing them would rebuild the whole
-/// release profile, once here and again at the next plain `cargo build --release`.
-fn is_test_only_env(name: &str) -> bool {
-    name.starts_with("CARGO_PKG_")
-        || name.starts_with("CARGO_BIN_EXE_")
-        || [
-            "CARGO_MANIFEST_DIR",
-            "CARGO_MANIFEST_PATH",
-            "CARGO_CRATE_NAME",
-            "CARGO_PRIMARY_PACKAGE",
-            "CARGO_TARGET_TMPDIR",
-            "CARGO_RUSTC_CURRENT_DIR",
-            "OUT_DIR",
-            "LD_LIBRARY_PATH",
-            "HARMONYLITE_NATS_SHA256",
-            "HARMONYLITE_NATS_SIZE",
-            "HARMONYLITE_NATS_VERSION",
-        ]
-        .contains(&name)
-}
-
-/// Runs a script of the repository's `scripts/` with `args` (its stderr shown as it goes), in the environment a
-/// user's shell would give it, and returns the last line of its stdout, where these scripts print their result.
-pub fn script_result(name: &str, args: &[&str]) -> String {
-    let path = repo_root().join("scripts").join(name);
-    let mut cmd = Command::new(&path);
-    for (key, _) in std::env::vars_os() {
-        if key.to_str().is_some_and(is_test_only_env) {
-            cmd.env_remove(key);
-        }
-    }
-    let out = cmd
-        .args(args)
-        .current_dir(repo_root())
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {path:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{path:?} failed ({}); stdout:\n{stdout}",
-        out.status
-    );
-    stdout
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("{path:?} printed nothing"))
-        .trim()
-        .to_string()
 }
 
 /// A name no other run uses at the same time: `prefix`, this process's id and the clock (lowercase letters and
