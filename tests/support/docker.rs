@@ -33,11 +33,16 @@ pub fn docker(args: &[&str]) -> Result<String, String> {
     run(Command::new("docker").args(args))
 }
 
-/// `None` when a Docker engine answers `docker info`, else why not (for the test's SKIPPED line).
+/// `None` when a Docker engine answers `docker info`, else why not, on one line (for the test's SKIPPED line).
 pub fn engine_unavailable() -> Option<String> {
     docker(&["info", "--format", "{{.ServerVersion}}"])
         .err()
-        .map(|e| last_lines(&e, 3))
+        .map(|e| {
+            last_lines(&e, 3)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
 }
 
 /// A name no other run uses at the same time: `prefix`, this process's id and the clock (lowercase letters and
