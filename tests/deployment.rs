@@ -27,19 +27,7 @@ const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sb
 
 /// Runs `scripts/release.sh` once and returns the archive it made.
 fn release_archive() -> PathBuf {
-    let out = Command::new(Path::new(ROOT).join("scripts/release.sh"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/release.sh");
-    let text = output_text(&out);
-    assert!(out.status.success(), "release.sh failed:\n{text}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let archive = PathBuf::from(
-        stdout
-            .lines()
-            .last()
-            .expect("release.sh prints the archive"),
-    );
+    let archive = support::release_archive();
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(
         archive.file_name().unwrap().to_str().unwrap(),
@@ -170,6 +158,7 @@ fn release_archive_runs_the_quick_start() {
             "README.md",
             "config.toml",
             "examples",
+            "examples/demo-books.sql",
             "examples/harmonylite.service",
             "examples/nats-server-1.conf",
             "examples/nats-server-2.conf",

@@ -5,12 +5,13 @@
 //! |--------------|----------------|
 //! | [`wait`]     | [`eventually`]`(timeout, what, condition)` for conditions returning `bool` or `Option<T>` (trait [`Ready`]), [`eventually_async`], [`poll`], [`during`]: no fixed sleeps |
 //! | [`ports`]    | [`free_port`], [`free_ports`]: free loopback ports below the ephemeral range |
-//! | [`process`]  | [`temp_dir`], [`ChildGuard`] (also [`ChildGuard::spawn_logged`], [`ChildGuard::exited`], [`ChildGuard::finish`]), [`PidGuard`], [`send_signal`], [`pid_alive`], [`child_pids`], [`process_tree`], [`listening_sockets`], [`rss_kb`], [`reexec_test`], [`output_retrying`], [`output_text`], [`file_len`] |
+//! | [`process`]  | [`temp_dir`], [`ChildGuard`] (also [`ChildGuard::spawn_logged`], [`ChildGuard::exited`], [`ChildGuard::finish`]), [`PidGuard`], [`send_signal`], [`pid_alive`], [`child_pids`], [`process_tree`], [`listening_sockets`], [`rss_kb`], [`reexec_test`], [`output_retrying`], [`output_text`], [`file_len`], [`script_result`] (a `scripts/` script run with no test-only environment: its last stdout line), [`release_archive`] (`scripts/release.sh`) |
 //! | [`sql`]      | the `sqlite3` CLI ([`sqlite3`], [`try_sqlite3`]), rusqlite ([`open`], [`open_read_only`]), [`user_tables`], [`checksum`] (order-independent), [`try_checksums`], [`Writer`] (light write load from a thread) |
 //! | [`node`]     | [`Node`]: one real `harmonylite` process: its paths (data directory, database, config, log), extra TOML, arguments and environment, start / `kill -9` / SIGTERM stop / restart, waiting for it to run or exit, its log and pid; [`harmonylite_bin`] |
 //! | [`logs`]     | [`Node::log_mark`] / [`Node::log_since`] (what a node printed in a window), [`json_lines`] (a JSON-format log parsed) |
 //! | [`cluster`]  | [`Cluster`] of N nodes peered on loopback in one temporary directory ([`Options`]), with the convergence oracle [`Cluster::converged`] (one table) and [`Cluster::converged_all`] (every user table); failures show every node's last log lines |
 //! | [`http`]     | [`http_get`] (and [`http_get_within`] for slow answers) from the test process to a node's metrics, health and readiness endpoints; [`metric`] reads one Prometheus series |
+//! | [`docker`]   | [`docker::engine_unavailable`] (the SKIPPED reason), [`docker::Image`] (built for a test, tag removed on drop), [`docker::Compose`] (one compose project, `down -v` on drop, also on panic) |
 //! | [`servers`]  | real servers, killed on drop: [`S3Server`] (moto), [`WebDavServer`] (wsgidav), [`SftpServer`] (OpenSSH sshd, dedicated user), [`NatsServer`] (bundled nats-server with JetStream; [`NatsServer::cluster`]: three in a cluster, for an existing NATS deployment) |
 //! | [`tls`]      | [`TestCa`]: a CA made by the test and the loopback certificates it signs ([`CertFiles`]), as PEM files |
 //!
@@ -20,6 +21,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod cluster;
+pub mod docker;
 pub mod http;
 pub mod logs;
 pub mod node;
@@ -37,8 +39,8 @@ pub use node::{Node, harmonylite_bin};
 pub use ports::{free_port, free_ports};
 pub use process::{
     ChildGuard, PidGuard, Signal, child_pids, file_len, last_lines, listening_sockets,
-    output_retrying, output_text, pid_alive, process_tree, read_lossy, reexec_test, rss_kb,
-    send_signal, temp_dir,
+    output_retrying, output_text, pid_alive, process_tree, read_lossy, reexec_test,
+    release_archive, rss_kb, script_result, send_signal, temp_dir,
 };
 pub use servers::{NatsServer, S3Server, SftpServer, WebDavServer};
 pub use sql::{

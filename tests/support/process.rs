@@ -1,8 +1,9 @@
 //! Processes and files: temporary directories, child processes killed when the test ends (even by a panic),
-//! signals, `/proc` look-ups (liveness, children, memory), and re-running this test binary as a helper process.
+//! signals, `/proc` look-ups (liveness, children, memory), re-running this test binary as a helper process, and
+//! the repository's scripts run as a user runs them (the release archive).
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
@@ -272,6 +273,66 @@ pub fn output_retrying(cmd: &mut Command) -> std::process::Output {
         }
     }
     panic!("{cmd:?} kept failing with ETXTBSY");
+}
+
+/// What `cargo test` adds to a test's environment for the test alone. A script that runs cargo gets none of it:
+/// some build scripts track such variables (ring's `CARGO_MANIFEST_DIR`), and seeing them would rebuild the whole
+/// release profile, once here and again at the next plain `cargo build --release`.
+fn is_test_only_env(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_EXE_")
+        || [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_CRATE_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+            "OUT_DIR",
+            "LD_LIBRARY_PATH",
+            "HARMONYLITE_NATS_SHA256",
+            "HARMONYLITE_NATS_SIZE",
+            "HARMONYLITE_NATS_VERSION",
+        ]
+        .contains(&name)
+}
+
+/// Runs a script of the repository's `scripts/` with `args` (its stderr shown as it goes), in the environment a
+/// user's shell would give it, and returns the last line of its stdout, where these scripts print their result.
+pub fn script_result(name: &str, args: &[&str]) -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join("scripts").join(name);
+    let mut cmd = Command::new(&path);
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(is_test_only_env) {
+            cmd.env_remove(key);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {path:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{path:?} failed ({}); stdout:\n{stdout}",
+        out.status
+    );
+    stdout
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("{path:?} printed nothing"))
+        .trim()
+        .to_string()
+}
+
+/// `scripts/release.sh`'s archive (`dist/harmonylite-v<version>-<platform>.tar.gz`, an absolute path), built
+/// as a user's shell would build it.
+pub fn release_archive() -> PathBuf {
+    PathBuf::from(script_result("release.sh", &[]))
 }
 
 /// A finished command's stdout followed by its stderr (lossy UTF-8), for assertions and failure messages.
