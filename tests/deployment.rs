@@ -63,17 +63,23 @@ impl Demo {
         }
     }
 
-    /// Step 2: `cd examples && ./run-cluster.sh`, in `dir`, with loopback up and an empty private `/tmp`.
+    /// Step 2: `cd examples && ./run-cluster.sh`, in `dir` (seen as `/mnt` inside), with loopback up and an empty
+    /// private `/tmp`.
     fn start(dir: &Path) -> Demo {
         let log = dir.join("run-cluster.log");
         let mut cmd = Command::new("unshare");
         cmd.args(["--net", "--mount", "--propagation", "private", "--"])
             .args(["bash", "-c"])
-            .arg("ip link set lo up && mount -t tmpfs tmpfs /tmp && cd examples && exec ./run-cluster.sh")
-            .current_dir(dir)
+            // The extracted directory may itself be under /tmp (a checkout there): it is bind-mounted on /mnt
+            // first, so that the private /tmp does not hide it.
+            .arg(
+                "set -e; ip link set lo up; mount --bind \"$DEMO_DIR\" /mnt; mount -t tmpfs tmpfs /tmp; \
+                 cd /mnt/examples; exec ./run-cluster.sh",
+            )
             .env_clear()
+            .env("DEMO_DIR", dir)
             .env("PATH", SYSTEM_PATH)
-            .env("HOME", dir.join("home"))
+            .env("HOME", "/mnt/home")
             .env("HARMONYLITE_LOG", "info");
         Demo {
             script: ChildGuard::spawn_logged(cmd, &log),
@@ -171,11 +177,9 @@ fn release_archive_runs_the_quick_start() {
         ]
     );
 
-    // Step 1 (after the download): extract into an empty directory outside the checkout and outside /tmp.
-    let scratch = tempfile::Builder::new()
-        .prefix("hl-release-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    // Step 1 (after the download): extract into an empty directory outside the checkout (under /tmp, which
+    // the demo's private /tmp hides: Demo::start reaches it through /mnt).
+    let scratch = temp_dir("hl-release-");
     let dir = scratch.path();
     run(Command::new("tar")
         .args(["vxzf"])
