@@ -12,20 +12,9 @@ use support::*;
 
 const T: Duration = Duration::from_secs(60);
 
-/// Messages in stream `stream` as node `node`'s nats-server sees them.
+/// Messages in stream `stream` as node `node`'s nats-server sees it.
 fn stream_messages(node: &Node, stream: &str) -> Option<u64> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = async_nats::connect(format!("127.0.0.1:{}", node.client_port))
-            .await
-            .ok()?;
-        let js = async_nats::jetstream::new(client);
-        let mut s = js.get_stream(stream).await.ok()?;
-        Some(s.info().await.ok()?.state.messages)
-    })
+    Some(node.stream_info(stream)?.state.messages)
 }
 
 /// The reproduction with the defaults: writers on every node (single-row transactions, about 200 per second

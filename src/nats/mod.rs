@@ -19,6 +19,7 @@ mod conf;
 pub mod conf_syntax;
 mod embedded;
 mod error;
+pub mod placement;
 pub mod exposure;
 pub mod extract;
 mod ready;

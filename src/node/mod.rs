@@ -332,6 +332,11 @@ impl RunningNode {
         ));
         let current = CurrentCapture::new(capture);
         self.counters.touch();
+        self.tasks.spawn(crate::nats::placement::raise(
+            self.nats.jetstream.clone(),
+            streams::wanted_replicas(&cfg, replicas),
+            self.cancel.clone(),
+        ));
         self.tasks.spawn(crate::ops::schema::publish_entries(
             self.nats.jetstream.clone(),
             cfg.clone(),

@@ -48,16 +48,18 @@ pub struct Positions {
 pub async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, String> {
     match js.get_key_value(BUCKET).await {
         Ok(s) => Ok(s),
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: BUCKET.to_string(),
-                description: "HarmonyLite: stream positions each node has handled".to_string(),
-                history: 1,
-                num_replicas: replicas,
-                ..Default::default()
+        Err(_) => {
+            crate::nats::placement::create(BUCKET, replicas, |num_replicas| {
+                js.create_key_value(kv::Config {
+                    bucket: BUCKET.to_string(),
+                    description: "HarmonyLite: stream positions each node has handled".to_string(),
+                    history: 1,
+                    num_replicas,
+                    ..Default::default()
+                })
             })
             .await
-            .map_err(|e| e.to_string()),
+        }
     }
 }
 

@@ -39,17 +39,20 @@ impl Lease {
     ) -> Result<Lease, String> {
         let store = match js.get_key_value(LEASE_BUCKET).await {
             Ok(s) => s,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: LEASE_BUCKET.to_string(),
-                    description: "HarmonyLite: which node takes the periodic snapshots".to_string(),
-                    history: 1,
-                    max_age: ttl,
-                    num_replicas: replicas,
-                    ..Default::default()
+            Err(_) => {
+                crate::nats::placement::create(LEASE_BUCKET, replicas, |num_replicas| {
+                    js.create_key_value(kv::Config {
+                        bucket: LEASE_BUCKET.to_string(),
+                        description: "HarmonyLite: which node takes the periodic snapshots"
+                            .to_string(),
+                        history: 1,
+                        max_age: ttl,
+                        num_replicas,
+                        ..Default::default()
+                    })
                 })
-                .await
-                .map_err(|e| e.to_string())?,
+                .await?
+            }
         };
         Ok(Lease {
             store,

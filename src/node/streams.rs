@@ -24,6 +24,8 @@ enum Attempt {
     /// Creating or updating the stream.
     #[error(transparent)]
     Write(#[from] jetstream::context::CreateStreamError),
+    #[error("{0}")]
+    Create(String),
     #[error("no answer within {0:?}")]
     NoAnswer(Duration),
 }
@@ -121,6 +123,32 @@ pub async fn ensure(
     Ok(())
 }
 
+/// Every stream the node creates (the change streams, the buckets' streams) with the replicas it should
+/// have: what [`crate::nats::placement::raise`] watches.
+pub fn wanted_replicas(cfg: &Config, replicas: usize) -> Vec<(String, usize)> {
+    use crate::nats::placement::{kv_stream, object_stream};
+    let mut out: Vec<(String, usize)> = (1..=cfg.replication_log.shards.get())
+        .map(|shard| (cfg.stream_name(shard), replicas))
+        .collect();
+    for bucket in [
+        super::retention::BUCKET,
+        crate::ops::schema::BUCKET,
+        crate::ops::status::BUCKET,
+        super::snapshots::LEASE_BUCKET,
+    ] {
+        out.push((kv_stream(bucket), replicas));
+    }
+    let snapshots = match cfg.snapshot.nats.replicas {
+        0 => replicas,
+        n => n as usize,
+    };
+    out.push((
+        object_stream(&crate::snapshot::store::nats::bucket_name(cfg)),
+        snapshots,
+    ));
+    out
+}
+
 async fn ensure_one(
     js: &jetstream::Context,
     cfg: &Config,
@@ -144,8 +172,19 @@ async fn ensure_one(
             Ok(())
         }
         Err(_) => {
-            js.create_stream(config.clone()).await?;
-            tracing::info!(stream = %config.name, replicas, "stream created");
+            let placed = crate::nats::placement::create(&config.name, replicas, |r| {
+                let mut config = config.clone();
+                config.num_replicas = r;
+                async move {
+                    js.create_stream(config)
+                        .await
+                        .map(|_| r)
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await
+            .map_err(Attempt::Create)?;
+            tracing::info!(stream = %config.name, replicas = placed, "stream created");
             Ok(())
         }
     }

@@ -122,16 +122,18 @@ async fn put(
     if store.is_none() {
         let s = match js.get_key_value(BUCKET).await {
             Ok(s) => s,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.to_string(),
-                    description: "HarmonyLite: each node's schema fingerprint".to_string(),
-                    history: 1,
-                    num_replicas: replicas,
-                    ..Default::default()
+            Err(_) => {
+                crate::nats::placement::create(BUCKET, replicas, |num_replicas| {
+                    js.create_key_value(kv::Config {
+                        bucket: BUCKET.to_string(),
+                        description: "HarmonyLite: each node's schema fingerprint".to_string(),
+                        history: 1,
+                        num_replicas,
+                        ..Default::default()
+                    })
                 })
-                .await
-                .map_err(|e| e.to_string())?,
+                .await?
+            }
         };
         *store = Some(s);
     }

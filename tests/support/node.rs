@@ -83,7 +83,8 @@ pub struct Node {
     /// Extra environment variables for every start.
     pub env: Vec<(String, String)>,
     child: Option<Child>,
-    starts: u32,
+    /// Length of the log when the last start began: that run's lines come after it.
+    started_at_log: u64,
 }
 
 impl Node {
@@ -108,7 +109,7 @@ impl Node {
             args: Vec::new(),
             env: Vec::new(),
             child: None,
-            starts: 0,
+            started_at_log: 0,
         }
     }
 
@@ -197,7 +198,7 @@ impl Node {
     /// [`Node::wait_running`].
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "node {} already running", self.id);
-        self.starts += 1;
+        self.started_at_log = super::process::file_len(&self.log);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -243,10 +244,10 @@ impl Node {
         self.log_text().matches("node running").count()
     }
 
-    /// Waits until the log says the node runs as often as it was started; panics with its last log lines.
+    /// Waits until the log says that the node's last start reached running; panics with its last log lines.
     pub fn wait_running(&self, timeout: Duration) {
-        let want = self.starts as usize;
-        if wait::poll(timeout, || self.running_count() >= want).is_none() {
+        let since = self.started_at_log;
+        if wait::poll(timeout, || self.log_since(since).contains("node running")).is_none() {
             panic!(
                 "node {} not running after {timeout:?}; last log lines:\n{}",
                 self.id,
@@ -278,6 +279,36 @@ impl Node {
             || format!("node {} log:\n{}", self.id, self.log_tail(LOG_LINES)),
             condition,
         )
+    }
+
+    /// Stream `stream` as this node's nats-server sees it (`None` when it cannot be read).
+    pub fn stream_info(&self, stream: &str) -> Option<async_nats::jetstream::stream::Info> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = async_nats::connect(format!("127.0.0.1:{}", self.client_port))
+                .await
+                .ok()?;
+            let js = async_nats::jetstream::new(client);
+            let mut s = tokio::time::timeout(Duration::from_secs(5), js.get_stream(stream))
+                .await
+                .ok()?
+                .ok()?;
+            tokio::time::timeout(Duration::from_secs(5), s.info())
+                .await
+                .ok()?
+                .ok()
+                .cloned()
+        })
+    }
+
+    /// The pid of the node's nats-server child, when it has one.
+    pub fn nats_server_pid(&self) -> Option<u32> {
+        super::oracle::children_named(self.pid()?, "nats-server")
+            .into_iter()
+            .next()
     }
 
     /// `kill -9` and reap (no-op when not running).

@@ -6,7 +6,7 @@
 //! Every store streams: an upload reads its body in bounded parts ([`PART_SIZE`] at most held per part), a
 //! download hands out the object as it arrives.
 
-mod nats;
+pub mod nats;
 mod s3;
 mod sftp;
 mod webdav;

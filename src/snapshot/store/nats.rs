@@ -17,6 +17,15 @@ async fn streams_replicas(cfg: &Config, js: &jetstream::Context) -> usize {
     }
 }
 
+/// The object store's bucket: `[snapshot.nats] bucket`, else `<stream_prefix>-snapshot-store`.
+pub fn bucket_name(cfg: &Config) -> String {
+    if cfg.snapshot.nats.bucket.is_empty() {
+        format!("{}-snapshot-store", cfg.nats.stream_prefix)
+    } else {
+        cfg.snapshot.nats.bucket.clone()
+    }
+}
+
 pub struct NatsStore {
     bucket: String,
     store: object_store::ObjectStore,
@@ -24,11 +33,7 @@ pub struct NatsStore {
 
 impl NatsStore {
     pub async fn open(cfg: &Config, js: &jetstream::Context) -> Result<NatsStore, StoreError> {
-        let bucket = if cfg.snapshot.nats.bucket.is_empty() {
-            format!("{}-snapshot-store", cfg.nats.stream_prefix)
-        } else {
-            cfg.snapshot.nats.bucket.clone()
-        };
+        let bucket = bucket_name(cfg);
         // The bucket is created on first use; while the cluster elects a leader (a node just went away) the
         // request can time out: retry within the node's readiness timeout.
         let deadline = std::time::Instant::now()

@@ -1,0 +1,159 @@
+//! Replicas for the node's streams and buckets when not every server is up.
+//!
+//! A three-node cluster whose third server has never run (it failed at the first start) cannot place a
+//! stream of three replicas: JetStream answers "no suitable peers for placement". Rather than wait for that
+//! server, streams and buckets are created with the replicas the servers up can hold ([`create`]), never
+//! fewer than a majority of those wanted, and raised to the wanted count once the missing servers join
+//! ([`raise`], run for the node's life).
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use tokio_util::sync::CancellationToken;
+
+/// Whether a JetStream refusal says that too few servers are up to place the replicas asked for.
+pub fn too_few_servers(error: &str) -> bool {
+    error.contains("no suitable peers")
+}
+
+/// The fewest replicas a stream is created with when `wanted` cannot be placed: a majority of `wanted`.
+pub fn fewest(wanted: usize) -> usize {
+    wanted / 2 + 1
+}
+
+/// Runs `create(replicas)` with `wanted` replicas, then with one fewer each time the servers up cannot place
+/// them, down to [`fewest`]`(wanted)`. A creation with fewer replicas than wanted is logged; [`raise`] brings
+/// it to `wanted` later.
+pub async fn create<T, E, F, Fut>(what: &str, wanted: usize, mut create: F) -> Result<T, String>
+where
+    E: std::fmt::Display,
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut replicas = wanted.max(1);
+    loop {
+        match create(replicas).await {
+            Ok(t) => {
+                if replicas < wanted {
+                    tracing::warn!(what, replicas, wanted,
+                        "created with {replicas} of {wanted} replicas: not every server is up; the missing \
+                         replicas are added when the servers join");
+                }
+                return Ok(t);
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if replicas > fewest(wanted) && too_few_servers(&e) {
+                    replicas -= 1;
+                } else {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// JetStream's stream behind key-value bucket `bucket`.
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// JetStream's stream behind object store `bucket`.
+pub fn object_stream(bucket: &str) -> String {
+    format!("OBJ_{bucket}")
+}
+
+/// How often [`raise`] looks.
+const EVERY: Duration = Duration::from_secs(5);
+
+/// For the node's life: every few seconds, each stream of `streams` (name, wanted replicas) that exists with
+/// fewer replicas than wanted is updated to have them. JetStream refuses while the servers are missing; the
+/// next look tries again. Streams at their count cost one info request per look.
+pub async fn raise(
+    js: jetstream::Context,
+    streams: Vec<(String, usize)>,
+    cancel: CancellationToken,
+) {
+    loop {
+        for (name, wanted) in &streams {
+            raise_one(&js, name, *wanted).await;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
+async fn raise_one(js: &jetstream::Context, name: &str, wanted: usize) {
+    let Ok(Ok(mut stream)) = tokio::time::timeout(EVERY, js.get_stream(name)).await else {
+        return;
+    };
+    let Ok(Ok(info)) = tokio::time::timeout(EVERY, stream.info()).await else {
+        return;
+    };
+    let has = info.config.num_replicas;
+    if has >= wanted {
+        return;
+    }
+    let mut config = info.config.clone();
+    config.num_replicas = wanted;
+    match tokio::time::timeout(EVERY, js.update_stream(config)).await {
+        Ok(Ok(_)) => {
+            tracing::info!(stream = name, replicas = wanted, was = has, "replicas raised");
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(stream = name, replicas = wanted, was = has, error = %e,
+                "replicas not raised yet")
+        }
+        Err(_) => tracing::debug!(stream = name, "replicas not raised yet: no answer"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_majority_at_least() {
+        assert_eq!(
+            (fewest(1), fewest(2), fewest(3), fewest(5)),
+            (1, 2, 2, 3)
+        );
+    }
+
+    #[tokio::test]
+    async fn fewer_replicas_only_when_servers_are_missing() {
+        let mut tried = Vec::new();
+        let r = create("s", 3, |n| {
+            tried.push(n);
+            async move {
+                if n > 2 {
+                    Err("no suitable peers for placement".to_string())
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!((r, tried), (Ok(2), vec![3, 2]));
+
+        let mut tried = Vec::new();
+        let r: Result<usize, _> = create("s", 3, |n| {
+            tried.push(n);
+            async move { Err::<usize, _>("no suitable peers for placement".to_string()) }
+        })
+        .await;
+        assert_eq!(tried, vec![3, 2], "never below a majority");
+        assert!(r.is_err());
+
+        let mut tried = Vec::new();
+        let r: Result<usize, _> = create("s", 3, |n| {
+            tried.push(n);
+            async move { Err::<usize, _>("timed out".to_string()) }
+        })
+        .await;
+        assert_eq!((r.is_err(), tried), (true, vec![3]), "other errors as they are");
+    }
+}

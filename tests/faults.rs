@@ -1,0 +1,114 @@
+//! The fault suite: real three-node clusters under application write load (Python's sqlite3 driver, one process
+//! per node) while processes die; every test ends with the kit's oracle ([`Cluster::verdict`]): nothing
+//! committed is lost, every node converges, no node died but those killed on purpose, application errors are
+//! ordinary SQLite errors and are counted.
+//!
+//! `cargo test` runs the short form (a few cycles); `scripts/faults.sh` runs the long form (seed, cycles,
+//! duration from `HARMONYLITE_FAULT_*`, see [`Plan`]). `docs/RELIABILITY.md` has the figures.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::oracle::report;
+use support::*;
+
+const START: Duration = Duration::from_secs(90);
+const T: Duration = Duration::from_secs(60);
+const CONVERGE: Duration = Duration::from_secs(180);
+
+fn schema() -> String {
+    format!("{BOOKS}\n{LEDGER}")
+}
+
+/// `kill -9` of a node's sidecar (restarted after a random number of application commits), of its nats-server
+/// child (the sidecar starts a new one), and of an application process (started again), at random moments
+/// under write load on all three nodes.
+#[test]
+fn kill_nine_of_sidecar_nats_server_and_application_under_load() {
+    let plan = Plan::from_env(6);
+    let mut rng = Rng::new(plan.seed);
+    let mut c = Cluster::start(Options {
+        schema: schema(),
+        ..Default::default()
+    });
+    let mut apps = Apps::on_every_node(&c, plan.rate, 5000);
+    apps.wait_for_more(20, T);
+    let started = Instant::now();
+    let mut kinds = [0u64; 3];
+    let mut k = 0;
+    while plan.goes_on(k, started) {
+        let i = 1 + rng.below(3) as usize;
+        // Every kind in turn (from a seeded start), so that a short run meets each.
+        let kind = ((k + plan.seed) % 3) as usize;
+        match kind {
+            0 => {
+                c.node_mut(i).kill9();
+                apps.wait_for_more(10 + rng.below(150) as usize, T);
+                c.node_mut(i).start_and_wait(START);
+            }
+            1 => {
+                let node = c.node(i);
+                let old = node
+                    .eventually(T, "the node's nats-server", || node.nats_server_pid());
+                send_signal(old, Signal::SIGKILL);
+                node.eventually(T, "a new nats-server", || {
+                    node.nats_server_pid().filter(|p| *p != old)
+                });
+            }
+            _ => apps.kill9_and_restart(i - 1),
+        }
+        kinds[kind] += 1;
+        c.assert_all_alive();
+        apps.wait_for_more(20 + rng.below(200) as usize, T);
+        k += 1;
+    }
+    let v = c.verdict(&mut apps, CONVERGE);
+    report(
+        "kill9",
+        &format!(
+            "seed={} cycles={k} (sidecar {}, nats-server {}, application {}) {} run={:.0}s",
+            plan.seed,
+            kinds[0],
+            kinds[1],
+            kinds[2],
+            v.summary(),
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    assert!(v.committed > 0 && v.rows as usize >= v.committed);
+}
+
+/// Three nodes started together, node 3 killed at once (before any stream exists): nodes 1 and 2 replicate
+/// between them; when node 3 comes, it catches up and the streams get their third replica.
+#[test]
+fn a_node_down_at_the_first_start_does_not_stop_the_others() {
+    let mut c = Cluster::new(Options {
+        schema: schema(),
+        ..Default::default()
+    });
+    c.start_all();
+    c.node_mut(3).kill9();
+    c.node(1).wait_running(START);
+    c.node(2).wait_running(START);
+    let mut apps = Apps::new(c.path());
+    apps.start(c.node(1), 50.0, 5000);
+    apps.start(c.node(2), 50.0, 5000);
+    apps.wait_for_more(50, T);
+    for (from, to) in [(1, 2), (2, 1)] {
+        let q = format!("SELECT count(*) FROM ledger WHERE node = {from};");
+        c.eventually(T, &format!("node {from}'s rows on node {to}"), || {
+            c.node(to).sql(&q).trim() != "0"
+        });
+    }
+    c.node_mut(3).start_and_wait(START);
+    apps.start(c.node(3), 50.0, 5000);
+    apps.wait_for_more(50, T);
+    c.eventually(Duration::from_secs(120), "the stream has three replicas", || {
+        c.node(1)
+            .stream_info("harmonylite-changes-c-1")
+            .is_some_and(|i| i.config.num_replicas == 3)
+    });
+    let v = c.verdict(&mut apps, CONVERGE);
+    report("first-start", &v.summary());
+}
