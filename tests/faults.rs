@@ -16,6 +16,7 @@ use support::*;
 const START: Duration = Duration::from_secs(90);
 const T: Duration = Duration::from_secs(60);
 const CONVERGE: Duration = Duration::from_secs(180);
+const STREAM: &str = "harmonylite-changes-c-1";
 
 fn schema() -> String {
     format!("{BOOKS}\n{LEDGER}")
@@ -49,8 +50,7 @@ fn kill_nine_of_sidecar_nats_server_and_application_under_load() {
             }
             1 => {
                 let node = c.node(i);
-                let old = node
-                    .eventually(T, "the node's nats-server", || node.nats_server_pid());
+                let old = node.eventually(T, "the node's nats-server", || node.nats_server_pid());
                 send_signal(old, Signal::SIGKILL);
                 node.eventually(T, "a new nats-server", || {
                     node.nats_server_pid().filter(|p| *p != old)
@@ -104,11 +104,97 @@ fn a_node_down_at_the_first_start_does_not_stop_the_others() {
     c.node_mut(3).start_and_wait(START);
     apps.start(c.node(3), 50.0, 5000);
     apps.wait_for_more(50, T);
-    c.eventually(Duration::from_secs(120), "the stream has three replicas", || {
-        c.node(1)
-            .stream_info("harmonylite-changes-c-1")
-            .is_some_and(|i| i.config.num_replicas == 3)
-    });
+    c.eventually(
+        Duration::from_secs(120),
+        "the stream has three replicas",
+        || {
+            c.node(1)
+                .stream_info(STREAM)
+                .is_some_and(|i| i.config.num_replicas == 3)
+        },
+    );
     let v = c.verdict(&mut apps, CONVERGE);
     report("first-start", &v.summary());
+}
+
+/// A node offline until the stream no longer holds its next change (`max_entries = 300`) and a periodic
+/// snapshot was saved after that, its application writing on meanwhile, then back: it finds its next change gone, publishes its own unpublished writes, restores the
+/// latest periodic snapshot and converges, its application still writing throughout.
+#[test]
+fn a_node_offline_past_retention_comes_back_from_a_snapshot() {
+    let plan = Plan::from_env(1);
+    let mut rng = Rng::new(plan.seed);
+    let mut c = Cluster::start(Options {
+        schema: schema(),
+        extra_toml:
+            "[replication_log]\nmax_entries = 300\n[snapshot]\ninterval = 2000\nleader_ttl = 3000\n"
+                .into(),
+        ..Default::default()
+    });
+    let mut apps = Apps::on_every_node(&c, plan.rate, 5000);
+    apps.wait_for_more(20, T);
+    let started = Instant::now();
+    let mut k = 0;
+    let mut restored = 0;
+    while plan.goes_on(k, started) {
+        let i = 1 + rng.below(3) as usize;
+        let node = c.node(i);
+        let mark = node.log_mark();
+        let restores = |n: &Node| {
+            n.log_since(mark)
+                .matches("snapshot restored into the database")
+                .count()
+        };
+        c.node_mut(i).kill9();
+        let others: Vec<usize> = (1..=3).filter(|j| *j != i).collect();
+        // Nothing the node handled lies beyond the stream's last message when it died.
+        let handled = c.eventually(T, "the stream's last sequence", || {
+            c.node(others[0])
+                .stream_info(STREAM)
+                .map(|s| s.state.last_sequence)
+        });
+        // Away until the stream no longer holds the node's next change ...
+        c.eventually(
+            Duration::from_secs(120),
+            "the stream moves past the node",
+            || {
+                c.node(others[0])
+                    .stream_info(STREAM)
+                    .is_some_and(|s| s.state.first_sequence > handled + 1)
+            },
+        );
+        // ... and a periodic snapshot is saved after that, then a while more.
+        let marks: Vec<u64> = others.iter().map(|j| c.node(*j).log_mark()).collect();
+        c.eventually(
+            T,
+            "a snapshot saved after the stream moved past the node",
+            || {
+                others
+                    .iter()
+                    .zip(&marks)
+                    .any(|(j, m)| c.node(*j).log_since(*m).contains("snapshot saved"))
+            },
+        );
+        apps.wait_for_more(rng.below(300) as usize, T);
+        c.node_mut(i).start_and_wait(START);
+        let node = c.node(i);
+        node.eventually(
+            Duration::from_secs(120),
+            "the node restores a snapshot",
+            || restores(node) > 0,
+        );
+        restored += 1;
+        apps.wait_for_more(50, T);
+        k += 1;
+    }
+    let v = c.verdict(&mut apps, CONVERGE);
+    report(
+        "offline-past-retention",
+        &format!(
+            "seed={} cycles={k} restores={restored} {} run={:.0}s",
+            plan.seed,
+            v.summary(),
+            started.elapsed().as_secs_f64()
+        ),
+    );
 }

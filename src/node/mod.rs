@@ -472,13 +472,18 @@ impl RunningNode {
             self.counters.clone(),
             self.nats.client.clone(),
         )?;
-        tracing::info!("publishing local changes before the restore");
-        if !publisher.drain(&self.cancel).await {
-            anyhow::bail!("stopped before local changes were published; nothing restored");
-        }
-        drop(publisher);
         let started = std::time::Instant::now();
-        recover::restore(&cfg, &self.nats.jetstream, store, m, replicas, &self.cancel).await?;
+        recover::restore(
+            &cfg,
+            &self.nats.jetstream,
+            store,
+            m,
+            replicas,
+            &self.cancel,
+            &mut publisher,
+        )
+        .await?;
+        drop(publisher);
         self.counters.snapshot_done(started.elapsed());
         prepare(&cfg)
     }

@@ -72,7 +72,11 @@ pub async fn usable_snapshot(
     Ok(Some((store, m)))
 }
 
-/// Restore snapshot `m` into the database. The node's pending local changes must have been published first.
+/// Attempts at a restore while applications keep writing (each one publishes what they wrote first).
+const MAX_RESTORE_ATTEMPTS: u32 = 50;
+
+/// Restore snapshot `m` into the database, the node's local changes published first by `publisher` (again
+/// when an application commits between that and the restore: the restore checks under the write lock).
 /// This node's retention entry is lowered to the snapshot's positions before the database changes, so the
 /// stream keeps what the restored database still needs.
 pub async fn restore(
@@ -82,6 +86,7 @@ pub async fn restore(
     m: &Manifest,
     replicas: usize,
     cancel: &CancellationToken,
+    publisher: &mut crate::publish::Publisher,
 ) -> anyhow::Result<()> {
     tracing::info!(object = %m.object, saved_by = m.node_id, created_at = %m.created_at,
         bytes = m.database_bytes, "restoring snapshot");
@@ -102,10 +107,31 @@ pub async fn restore(
         r = snapshot::fetch(cfg, store, m) => r?,
         _ = cancel.cancelled() => anyhow::bail!("restore cancelled"),
     };
-    let (live, m2, cfg2) = (cfg.db_path.clone(), m.clone(), cfg.clone());
-    tokio::task::spawn_blocking(move || snapshot::restore_into(&live, &copy, &m2, &cfg2))
+    for attempt in 1.. {
+        tracing::info!("publishing local changes before the restore");
+        if !publisher.drain(cancel).await {
+            anyhow::bail!("stopped before local changes were published; nothing restored");
+        }
+        let published_upto = publisher.published_upto();
+        let (live, copy, m2, cfg2) = (cfg.db_path.clone(), copy.clone(), m.clone(), cfg.clone());
+        match tokio::task::spawn_blocking(move || {
+            snapshot::restore_into(&live, &copy, &m2, &cfg2, published_upto)
+        })
         .await
-        .expect("restore panicked")?;
+        .expect("restore panicked")
+        {
+            Err(snapshot::SnapshotError::LocalChangesPending) if attempt < MAX_RESTORE_ATTEMPTS => {
+                tracing::info!(
+                    attempt,
+                    "an application wrote while the restore began; publishing that first"
+                );
+            }
+            r => {
+                r?;
+                break;
+            }
+        }
+    }
     drop(dir);
     Ok(())
 }

@@ -140,6 +140,11 @@ impl Publisher {
         self.wake.clone()
     }
 
+    /// The change log's ids up to here are acknowledged by JetStream.
+    pub fn published_upto(&self) -> i64 {
+        self.state.published_upto
+    }
+
     /// Publish everything the change log holds, retrying failures, until it is empty (true) or `cancel` fires
     /// (false). Used before a snapshot replaces the database, so no local change is thrown away.
     pub async fn drain(&mut self, cancel: &CancellationToken) -> bool {

@@ -47,6 +47,10 @@ pub enum SnapshotError {
     },
     #[error("snapshot manifest is unreadable: {0}")]
     Manifest(String),
+    /// An application committed local changes after they were published and before the restore took the
+    /// database's write lock: nothing was restored; publish them and restore again.
+    #[error("local changes were written since they were published; nothing was restored")]
+    LocalChangesPending,
     #[error(
         "snapshot {object} is corrupt: sha256 {actual} does not match the manifest's {expected}; nothing was restored"
     )]
@@ -423,11 +427,17 @@ pub async fn fetch(
 /// Make the fetched copy this node's database: capture installed on it (a first install: nothing backfilled),
 /// the snapshot's positions as applied positions, a new change-log incarnation, the live database's page
 /// size; then write it into the live database with the backup API, in one step.
+///
+/// `published_upto`: the change log's ids up to here are published. Once the restore holds the live
+/// database's write lock (no application can commit), it checks that the change log holds nothing newer: a
+/// change committed meanwhile would be overwritten before it was ever published, so the restore is then
+/// abandoned (nothing changed) with [`SnapshotError::LocalChangesPending`].
 pub fn restore_into(
     live: &Path,
     copy: &Path,
     m: &Manifest,
     cfg: &Config,
+    published_upto: i64,
 ) -> Result<(), SnapshotError> {
     let started = Instant::now();
     let mut dst = crate::db::open_db(live)?;
@@ -457,9 +467,18 @@ pub fn restore_into(
         let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
         // All pages in one step: one write transaction on the live database (retried while it is busy).
         let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let mut checked = false;
         loop {
-            match backup.step(-1)? {
+            // The first page taken holds the write lock until the backup ends; then the check, then the rest.
+            match backup.step(if checked { -1 } else { 1 })? {
                 StepResult::Done => break,
+                StepResult::More if !checked => {
+                    if local_changes_after(live, published_upto)? {
+                        // Dropping the unfinished backup rolls the live database back.
+                        return Err(SnapshotError::LocalChangesPending);
+                    }
+                    checked = true;
+                }
                 StepResult::More => {}
                 _ if Instant::now() > deadline => {
                     return Err(rusqlite::Error::SqliteFailure(
@@ -480,6 +499,29 @@ pub fn restore_into(
         bytes = m.database_bytes, seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
         "snapshot restored into the database");
     Ok(())
+}
+
+/// Whether the live database's committed change log holds ids above `published_upto` (read on a connection
+/// of its own, which WAL lets read while the restore holds the write lock).
+fn local_changes_after(live: &Path, published_upto: i64) -> Result<bool, SnapshotError> {
+    let c = Connection::open_with_flags(live, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    c.busy_timeout(std::time::Duration::from_secs(5))?;
+    let has_log: bool = c.query_row(
+        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [capture::LOG],
+        |r| r.get(0),
+    )?;
+    if !has_log {
+        return Ok(false);
+    }
+    Ok(c.query_row(
+        &format!(
+            "SELECT EXISTS(SELECT 1 FROM {} WHERE id > ?1)",
+            capture::LOG
+        ),
+        [published_upto],
+        |r| r.get(0),
+    )?)
 }
 
 /// True when the snapshot can bring a shard needing `needed` (its first available being `first`) back: its

@@ -294,3 +294,17 @@ fn describe_differences(per_node: &[Result<BTreeMap<String, Checksum>, String>])
     }
     out
 }
+
+impl Drop for Cluster {
+    /// With `HARMONYLITE_TEST_KEEP` set, a failing test leaves its directory (logs, databases) in place and
+    /// says where.
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("HARMONYLITE_TEST_KEEP").is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "kept the cluster's directory: {}",
+                self.dir.path().display()
+            );
+        }
+    }
+}
