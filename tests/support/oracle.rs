@@ -187,6 +187,26 @@ impl Apps {
         self.seen.lock().unwrap().committed.len()
     }
 
+    /// Transactions committed so far by the applications of node `node` (1-based).
+    pub fn committed_on(&self, node: u64) -> usize {
+        let prefix = format!("n{node}-");
+        let seen = self.seen.lock().unwrap();
+        seen.committed
+            .range(prefix.clone()..)
+            .take_while(|id| id.starts_with(&prefix))
+            .count()
+    }
+
+    /// Waits until `more` further transactions have committed on node `node` (1-based); panics after `timeout`.
+    pub fn wait_for_more_on(&self, node: u64, more: usize, timeout: Duration) {
+        let target = self.committed_on(node) + more;
+        super::wait::eventually(
+            timeout,
+            &format!("node {node}'s applications commit"),
+            || self.committed_on(node) >= target,
+        );
+    }
+
     /// Waits until `more` further transactions have committed (all applications together); panics after
     /// `timeout`.
     pub fn wait_for_more(&self, more: usize, timeout: Duration) {
@@ -326,11 +346,7 @@ impl Cluster {
         self.assert_all_alive();
         for n in &self.nodes {
             let panics = n.log_lines_with(&["panicked"]);
-            assert!(
-                panics.is_empty(),
-                "node {} panicked: {panics:?}",
-                n.id
-            );
+            assert!(panics.is_empty(), "node {} panicked: {panics:?}", n.id);
         }
         Verdict {
             committed: seen.committed.len(),
@@ -412,7 +428,10 @@ impl Plan {
             .map(|v| v.parse().expect("HARMONYLITE_FAULT_CYCLES: a number"))
             .unwrap_or(short_cycles);
         let duration = var("HARMONYLITE_FAULT_DURATION_S")
-            .map(|v| v.parse::<u64>().expect("HARMONYLITE_FAULT_DURATION_S: seconds"))
+            .map(|v| {
+                v.parse::<u64>()
+                    .expect("HARMONYLITE_FAULT_DURATION_S: seconds")
+            })
             .filter(|s| *s > 0)
             .map(Duration::from_secs);
         let rate = var("HARMONYLITE_FAULT_RATE")
