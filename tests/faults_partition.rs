@@ -140,13 +140,13 @@ fn a_partitioned_minority_keeps_writing_and_converges_after_the_heal() {
         let heal_mark: Vec<i64> = (0..=3)
             .map(|i| if i == 0 { 0 } else { own_mark(&c, i) })
             .collect();
-        for from in 1..=3 {
-            let all = rows_upto(&c, from, from, heal_mark[from]);
+        for (from, &upto) in heal_mark.iter().enumerate().skip(1) {
+            let all = rows_upto(&c, from, from, upto);
             for to in (1..=3).filter(|t| *t != from && (*t == m || from == m)) {
                 c.eventually(
                     CATCH_UP,
                     &format!("node {from}'s rows up to the heal on node {to}"),
-                    || rows_upto(&c, to, from, heal_mark[from]) == all,
+                    || rows_upto(&c, to, from, upto) == all,
                 );
             }
         }
