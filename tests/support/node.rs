@@ -69,6 +69,16 @@ pub struct Node {
     pub client_port: u16,
     /// Cluster ports of the peers (`-cluster-peers`); empty: no cluster flags.
     pub peers: Vec<u16>,
+    /// Host of `-cluster-addr` (default `127.0.0.1`), e.g. the node's address in its network namespace.
+    pub cluster_host: String,
+    /// Host of each peer's route URL, in the order of [`Node::peers`]; empty (the default): every peer on
+    /// `127.0.0.1`.
+    pub peer_hosts: Vec<String>,
+    /// The network namespace the node runs in (`ip netns exec NS harmonylite ...`, which execs: the pid stays
+    /// the node's); `None` (the default): the test's own. Its client port is then loopback inside that
+    /// namespace, which the test process cannot reach (call [`Node::stream_info`] through
+    /// `netns::Network::run_in`); its files are shared as usual. See `netns::Network`.
+    pub netns: Option<String>,
     /// `[replication_log] shards`.
     pub shards: u32,
     /// `[replication_log] compress`.
@@ -102,6 +112,9 @@ impl Node {
             cluster_port,
             client_port,
             peers,
+            cluster_host: "127.0.0.1".to_string(),
+            peer_hosts: Vec::new(),
+            netns: None,
             shards: 1,
             compress: true,
             verbose: true,
@@ -176,10 +189,18 @@ impl Node {
         }
     }
 
-    /// A command running the binary on this node's config (written now), e.g. for `-cleanup` while it is stopped.
+    /// A command running the binary on this node's config (written now), e.g. for `-cleanup` while it is stopped;
+    /// in the node's network namespace when it has one.
     pub fn command(&self) -> Command {
         self.write_config();
-        let mut cmd = Command::new(harmonylite_bin());
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(harmonylite_bin());
+                cmd
+            }
+            None => Command::new(harmonylite_bin()),
+        };
         cmd.arg("-config").arg(&self.config);
         cmd.env("HARMONYLITE_LOG", self.log_filter());
         cmd
@@ -209,10 +230,14 @@ impl Node {
             let peers: Vec<String> = self
                 .peers
                 .iter()
-                .map(|p| format!("nats://127.0.0.1:{p}/"))
+                .enumerate()
+                .map(|(i, p)| {
+                    let host = self.peer_hosts.get(i).map_or("127.0.0.1", String::as_str);
+                    format!("nats://{host}:{p}/")
+                })
                 .collect();
             cmd.arg("-cluster-addr")
-                .arg(format!("127.0.0.1:{}", self.cluster_port));
+                .arg(format!("{}:{}", self.cluster_host, self.cluster_port));
             cmd.arg("-cluster-peers").arg(peers.join(","));
         }
         cmd.args(&self.args);

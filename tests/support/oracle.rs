@@ -187,6 +187,26 @@ impl Apps {
         self.seen.lock().unwrap().committed.len()
     }
 
+    /// Transactions committed so far by the applications of node `node` (1-based).
+    pub fn committed_on(&self, node: u64) -> usize {
+        let prefix = format!("n{node}-");
+        let seen = self.seen.lock().unwrap();
+        seen.committed
+            .range(prefix.clone()..)
+            .take_while(|id| id.starts_with(&prefix))
+            .count()
+    }
+
+    /// Waits until `more` further transactions have committed on node `node` (1-based); panics after `timeout`.
+    pub fn wait_for_more_on(&self, node: u64, more: usize, timeout: Duration) {
+        let target = self.committed_on(node) + more;
+        super::wait::eventually(
+            timeout,
+            &format!("node {node}'s applications commit"),
+            || self.committed_on(node) >= target,
+        );
+    }
+
     /// Waits until `more` further transactions have committed (all applications together); panics after
     /// `timeout`.
     pub fn wait_for_more(&self, more: usize, timeout: Duration) {
