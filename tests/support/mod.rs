@@ -38,7 +38,7 @@ pub use cluster::{BOOKS, Cluster, Options};
 pub use http::{Response, http_get, http_get_within, metric};
 pub use logs::json_lines;
 pub use node::{Node, harmonylite_bin};
-pub use oracle::{Apps, LEDGER, Plan, Rng, Verdict};
+pub use oracle::{Apps, LEDGER, Plan, Published, Rng, StreamWatch, Verdict};
 pub use ports::{free_port, free_ports};
 pub use process::{
     ChildGuard, PidGuard, Signal, child_pids, file_len, last_lines, listening_sockets,
