@@ -205,7 +205,9 @@ pub async fn run(
             let applied = counters.applied();
             // Read after the applied positions: a change of ours they cover (and the trim may remove) was
             // acknowledged by then in all but the rarest timings.
-            let published_upto = counters.published_upto.load(std::sync::atomic::Ordering::Acquire);
+            let published_upto = counters
+                .published_upto
+                .load(std::sync::atomic::Ordering::Acquire);
             let mine = Positions {
                 node_id: cfg.node_id,
                 incarnation,

@@ -155,8 +155,7 @@ pub async fn progress(
             }
         }
     }
-    let found = match tokio::task::block_in_place(|| combine(conn, cap, shards, published, &ends))
-    {
+    let found = match tokio::task::block_in_place(|| combine(conn, cap, shards, published, &ends)) {
         Ok(f) => f.min(max),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the change log to find the publish progress");
