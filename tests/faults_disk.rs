@@ -78,11 +78,12 @@ impl Tmpfs {
 
     /// Free bytes left.
     fn free(&self) -> u64 {
-        nix_free(&self.dir)
+        free_bytes(&self.dir)
     }
 }
 
-fn nix_free(dir: &Path) -> u64 {
+/// Bytes available on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> u64 {
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
@@ -154,7 +155,7 @@ fn disk_full_on_one_node_then_space_returns() {
                 .lines()
                 .any(|l| l.contains("ERROR") && (l.contains("full") || l.contains("space")))
         });
-    let full_for = started.elapsed();
+    let said_in = started.elapsed();
     // The other nodes go on meanwhile: node 3 stays full while they commit a few seconds' worth.
     apps.wait_for_more(500, T);
     c.assert_all_alive();
@@ -229,12 +230,14 @@ fn disk_full_on_one_node_then_space_returns() {
         c.node(3).log_since(mark).contains("ERROR"),
         "node 3 said nothing loud about its full disk"
     );
-    let _ = (full_for, filler);
     report(
         "disk-full",
         &format!(
-            "seed={} node3_error_lines={} jetstream_disabled_and_restarted={js_disabled} app_errors_while_full={errors_full} resumed_in={:.1}s replica_current_in={:.1}s {} run={:.0}s",
+            "seed={} filler={}MiB error_said_in={:.1}s node3_error_lines={} jetstream_disabled_and_restarted={js_disabled} \
+             app_errors_while_full={errors_full} resumed_in={:.1}s replica_current_in={:.1}s {} run={:.0}s",
             plan.seed,
+            filler >> 20,
+            said_in.as_secs_f64(),
             loud.len(),
             resumed_in.as_secs_f64(),
             replica_in.as_secs_f64(),

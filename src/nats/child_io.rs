@@ -277,6 +277,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_server_that_disables_jetstream_is_recognised() {
+        // The wordings of nats-server 2.12 (a file store that could not be written, and a resource limit).
+        assert!(says_jetstream_disabled(
+            "[42] 2026/01/01 00:00:00.000000 [ERR] JetStream out of resources, will be DISABLED"
+        ));
+        assert!(says_jetstream_disabled(
+            "[42] [ERR] JetStream out of File resources, will be DISABLED"
+        ));
+        assert!(!says_jetstream_disabled("[42] [INF] Starting JetStream"));
+    }
+
+    #[test]
     fn splits_levels() {
         assert_eq!(
             split_level("[42] [INF] Server is ready"),

@@ -189,6 +189,58 @@ pub async fn progress(
 mod tests {
     use super::*;
 
+    /// A change log of 20 rows (ids 1..=20, one per key of table `t`), and each row's shard of 2.
+    fn log_of_twenty() -> (tempfile::TempDir, Connection, Capture, Vec<u32>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("a.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);")
+            .unwrap();
+        let cap = capture::install(&mut conn, &[], &[]).unwrap();
+        for i in 1..=20 {
+            conn.execute("INSERT INTO t VALUES (?1, 'x')", [i]).unwrap();
+        }
+        let shards = capture::read_log(&conn, &cap, 0, 20)
+            .unwrap()
+            .iter()
+            .map(|r| wire::shard_of("t", &wire::key_bytes(&r.key), 2))
+            .collect();
+        (dir, conn, cap, shards)
+    }
+
+    #[test]
+    fn progress_is_where_every_shard_has_its_rows() {
+        let (_dir, conn, cap, shard_of_id) = log_of_twenty();
+        assert_eq!(capture::max_log_id(&conn).unwrap(), 20);
+        // One shard: its latest pass end, or the bucket's when higher.
+        assert_eq!(combine(&conn, &cap, 1, 0, &[12]).unwrap(), 12);
+        assert_eq!(combine(&conn, &cap, 1, 15, &[12]).unwrap(), 15);
+        assert_eq!(combine(&conn, &cap, 1, 0, &[0]).unwrap(), 0);
+        // Two shards: shard 1 has the pass ending at 18, shard 2's latest message ends at 10. The progress
+        // stops before shard 2's first row after 10 (the last pass may not have reached shard 2).
+        let first_of_2_after_10 = (11..=18)
+            .find(|id| shard_of_id[*id as usize - 1] == 2)
+            .unwrap();
+        assert_eq!(
+            combine(&conn, &cap, 2, 0, &[18, 10]).unwrap(),
+            first_of_2_after_10 - 1
+        );
+        // With the bucket at 18 (every shard acknowledged), nothing is held back.
+        assert_eq!(combine(&conn, &cap, 2, 18, &[18, 10]).unwrap(), 18);
+        // Shard 2 with no row in (10, 18]: all of it is covered.
+        let ids_of_1: Vec<i64> = (1..=20)
+            .filter(|id| shard_of_id[*id as usize - 1] == 1)
+            .collect();
+        let last_of_1 = *ids_of_1.last().unwrap();
+        let below_2: i64 = (1..=last_of_1)
+            .rev()
+            .find(|id| shard_of_id[*id as usize - 1] == 2)
+            .unwrap();
+        assert_eq!(
+            combine(&conn, &cap, 2, 0, &[last_of_1, below_2]).unwrap(),
+            last_of_1
+        );
+    }
+
     #[test]
     fn message_ids_name_their_origin_and_pass_end() {
         assert_eq!(own_pass_end("3.1f.2a.1.0", 3, 0x1f), Some(0x2a));
