@@ -32,6 +32,7 @@ pub mod config;
 pub(crate) mod conflict;
 pub mod counters;
 pub mod db;
+pub(crate) mod disk_full;
 pub mod logging;
 pub mod memory;
 pub mod nats;

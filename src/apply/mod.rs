@@ -190,6 +190,7 @@ impl Applier {
 
     async fn run_loop(&mut self, cancel: &CancellationToken) {
         let mut busy = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut disk = crate::disk_full::DiskFull::new("applying");
         let mut schema = self.capture.subscribe();
         loop {
             // The local schema changed: shards waiting for it try again now.
@@ -239,6 +240,7 @@ impl Applier {
             match tokio::task::block_in_place(|| self.apply(&plan)) {
                 Ok(()) => {
                     busy.reset();
+                    disk.succeeded();
                     metrics::histogram!("harmonylite_apply_batch_seconds")
                         .record(started.elapsed().as_secs_f64());
                 }
@@ -263,10 +265,12 @@ impl Applier {
                     }
                 }
                 Err(e @ (TxnError::Sqlite(_) | TxnError::Capture(_))) => {
-                    // Busy or I/O trouble: nothing was applied; try again shortly.
+                    // Busy or I/O trouble (a full disk said once, loudly): nothing was applied; try again shortly.
                     self.counters.error("apply", "transaction");
-                    tracing::warn!(error = %e, retry_in_ms = busy.current().as_millis() as u64,
-                        "apply transaction failed; retrying");
+                    if !disk.failed(&e) {
+                        tracing::warn!(error = %e, retry_in_ms = busy.current().as_millis() as u64,
+                            "apply transaction failed; retrying");
+                    }
                     if !busy.sleep(cancel).await {
                         return;
                     }

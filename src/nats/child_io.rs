@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -73,18 +74,29 @@ pub(crate) fn forward_lines(
     stream: impl Read + Send + 'static,
     recent: &RecentLines,
     log: &NatsLog,
+    jetstream_disabled: &Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     let recent = recent.clone();
     let log = log.clone();
+    let disabled = jetstream_disabled.clone();
     std::thread::Builder::new()
         .name("nats-log".into())
         .spawn(move || {
             for line in BufReader::new(stream).lines() {
                 let Ok(line) = line else { break };
                 log.line(&line, Instant::now());
+                if says_jetstream_disabled(&line) {
+                    disabled.store(true, Ordering::SeqCst);
+                }
                 recent.push(line);
             }
         })
+}
+
+/// nats-server's line when it turns JetStream off for good (until restarted): its store could not be written
+/// ("JetStream out of File resources, will be DISABLED"), typically a full disk.
+pub(crate) fn says_jetstream_disabled(line: &str) -> bool {
+    line.contains("JetStream out of") && line.contains("will be DISABLED")
 }
 
 /// An event with target [`NATS_TARGET`] at a level known only at run time.
@@ -263,6 +275,18 @@ pub(crate) fn read_ports_file(dir: &Path, pid: u32) -> Option<Ports> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_that_disables_jetstream_is_recognised() {
+        // The wordings of nats-server 2.12 (a file store that could not be written, and a resource limit).
+        assert!(says_jetstream_disabled(
+            "[42] 2026/01/01 00:00:00.000000 [ERR] JetStream out of resources, will be DISABLED"
+        ));
+        assert!(says_jetstream_disabled(
+            "[42] [ERR] JetStream out of File resources, will be DISABLED"
+        ));
+        assert!(!says_jetstream_disabled("[42] [INF] Starting JetStream"));
+    }
 
     #[test]
     fn splits_levels() {

@@ -287,6 +287,7 @@ async fn launch(
 ) -> Result<(ServerProcess, super::child_io::Ports), NatsError> {
     let ports_dir = conf::effective_ports_dir(&spec, user_conf.as_ref());
     let binary = blocking(extract::server_binary).await?;
+    let store_dir = spec.store_dir.clone();
     let render = Box::new(move |pinned: Option<u16>| {
         let mut spec = spec.clone();
         if let Some(port) = pinned {
@@ -298,6 +299,7 @@ async fn launch(
         binary,
         conf_path,
         ports_dir,
+        store_dir,
         render,
     };
     ServerProcess::start(launch).await

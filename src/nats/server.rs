@@ -16,7 +16,7 @@
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -39,6 +39,8 @@ const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(25);
+/// Free space the store's file system needs before a server that disabled JetStream (a full disk) is restarted.
+const MIN_FREE_TO_RESTART: u64 = 16 << 20;
 
 /// How to start the server; `render` produces the config text, given the client port to pin (after the first
 /// start).
@@ -46,6 +48,8 @@ pub(crate) struct Launch {
     pub binary: PathBuf,
     pub conf_path: PathBuf,
     pub ports_dir: PathBuf,
+    /// The JetStream store (`store_dir`), watched for free space after a full disk.
+    pub store_dir: PathBuf,
     pub render: Box<dyn Fn(Option<u16>) -> String + Send>,
 }
 
@@ -68,6 +72,8 @@ struct Shared {
     wake: Condvar,
     pid: AtomicI32,
     restarts: AtomicU64,
+    /// The running server said it disabled JetStream (its store could not be written).
+    jetstream_disabled: Arc<AtomicBool>,
     recent: RecentLines,
     log: NatsLog,
     failure: Mutex<Option<NatsError>>,
@@ -120,6 +126,7 @@ impl ServerProcess {
             wake: Condvar::new(),
             pid: AtomicI32::new(0),
             restarts: AtomicU64::new(0),
+            jetstream_disabled: Arc::default(),
             recent: RecentLines::default(),
             log: NatsLog::default(),
             failure: Mutex::new(None),
@@ -248,6 +255,17 @@ fn supervise(shared: &Arc<Shared>, launch: &Launch, status: &watch::Sender<Statu
                     ) {
                         Watch::Stopped => return,
                         Watch::StartFailed(err) => return fail(err),
+                        Watch::Restart => {
+                            status.send_modify(|s| s.ports = None);
+                            if started.elapsed() >= BACKOFF_RESET_AFTER {
+                                backoff.reset();
+                            }
+                            if shared.wait_stop(backoff.next_delay()).is_some() {
+                                return;
+                            }
+                            shared.restarts.fetch_add(1, Ordering::SeqCst);
+                            continue;
+                        }
                         Watch::Exited(exit) => {
                             let ran = started.elapsed();
                             if first {
@@ -305,6 +323,8 @@ enum Watch {
     Stopped,
     StartFailed(NatsError),
     Exited(ExitStatus),
+    /// Stopped on purpose, to be started again: it had disabled JetStream, and its disk has room again.
+    Restart,
 }
 
 /// Polls the child until it exits or a stop is requested; publishes its ports once they appear.
@@ -340,6 +360,9 @@ fn watch_child(
             Err(e) => tracing::warn!(error = %e, "cannot poll nats-server"),
         }
         if reported {
+            if shared.jetstream_disabled.load(Ordering::SeqCst) {
+                return restart_when_space_is_free(shared, launch, status, running);
+            }
             continue;
         }
         if let Some(ports) = read_ports_file(&launch.ports_dir, pid) {
@@ -362,6 +385,64 @@ fn watch_child(
             });
         }
     }
+}
+
+/// nats-server disabled JetStream (its store could not be written: a full disk) and does not enable it again by
+/// itself. Said once, loudly; once the store's file system has [`MIN_FREE_TO_RESTART`] free, the server is
+/// stopped gracefully so that the supervisor starts it again with JetStream.
+fn restart_when_space_is_free(
+    shared: &Shared,
+    launch: &Launch,
+    status: &watch::Sender<Status>,
+    running: &mut Running,
+) -> Watch {
+    tracing::error!(
+        from = "nats",
+        store = %launch.store_dir.display(),
+        "nats-server disabled JetStream: its store could not be written (is the disk full?); this node's \
+         replicas stay behind until it is restarted, which happens once {} MiB are free there",
+        MIN_FREE_TO_RESTART >> 20
+    );
+    loop {
+        if let Some(stop) = shared.wait_stop(Duration::from_secs(1)) {
+            stop_child(running, stop);
+            shared.pid.store(0, Ordering::SeqCst);
+            status.send_modify(|s| s.ports = None);
+            return Watch::Stopped;
+        }
+        if let Ok(Some(exit)) = running.child.try_wait() {
+            shared.pid.store(0, Ordering::SeqCst);
+            for reader in running.readers.drain(..) {
+                let _ = reader.join();
+            }
+            return Watch::Exited(exit);
+        }
+        if free_bytes(&launch.store_dir).is_some_and(|f| f >= MIN_FREE_TO_RESTART) {
+            break;
+        }
+    }
+    tracing::warn!(
+        from = "nats",
+        "space is free again in the nats-server store; restarting nats-server so that JetStream runs again"
+    );
+    stop_child(running, Stop::Graceful);
+    shared.pid.store(0, Ordering::SeqCst);
+    for reader in running.readers.drain(..) {
+        let _ = reader.join();
+    }
+    Watch::Restart
+}
+
+/// Bytes available to us on the file system holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a valid C string and a zeroed out-struct that statvfs fills.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 fn stop_child(running: &mut Running, stop: Stop) {
@@ -398,6 +479,7 @@ fn describe(exit: ExitStatus) -> String {
 
 fn spawn(launch: &Launch, shared: &Arc<Shared>) -> Result<Running, NatsError> {
     shared.recent.clear();
+    shared.jetstream_disabled.store(false, Ordering::SeqCst);
     let parent = std::process::id() as i32;
     let mut attempts = 0;
     let mut child = loop {
@@ -438,11 +520,11 @@ fn spawn(launch: &Launch, shared: &Arc<Shared>) -> Result<Running, NatsError> {
     let out = child
         .stdout
         .take()
-        .map(|s| forward_lines(s, &shared.recent, &shared.log));
+        .map(|s| forward_lines(s, &shared.recent, &shared.log, &shared.jetstream_disabled));
     let err = child
         .stderr
         .take()
-        .map(|s| forward_lines(s, &shared.recent, &shared.log));
+        .map(|s| forward_lines(s, &shared.recent, &shared.log, &shared.jetstream_disabled));
     for reader in [out, err].into_iter().flatten() {
         match reader {
             Ok(handle) => readers.push(handle),

@@ -137,6 +137,7 @@ async fn record_snapshot_positions(
         node_id: m.node_id,
         incarnation: 0,
         positions: m.positions.clone(),
+        published_upto: 0,
     };
     let r = match retention::bucket(js, replicas).await {
         Ok(kv) => retention::write(&kv, retention::SNAPSHOT_KEY, &entry).await,
@@ -280,6 +281,20 @@ impl RunningNode {
         )
         .await?;
 
+        let mut prepared = prepared;
+        // A lost state file: find the publish progress again before anything is published or applied.
+        crate::publish::recover::progress(
+            &self.nats.jetstream,
+            &cfg,
+            &prepared.conn,
+            &prepared.capture,
+            &mut prepared.state,
+        )
+        .await;
+        if cfg.publish {
+            self.counters
+                .set_published_upto(prepared.state.published_upto.max(0) as u64);
+        }
         let mut certified = if cfg.replicate {
             // Read before this run writes the entry again.
             retention::certified(
@@ -291,7 +306,6 @@ impl RunningNode {
         } else {
             Default::default()
         };
-        let mut prepared = prepared;
         if cfg.replicate {
             let applied = recover::applied_positions(&prepared.conn);
             let gaps = recover::gaps(&self.nats.jetstream, &cfg, &applied, &certified).await;

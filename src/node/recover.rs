@@ -97,6 +97,7 @@ pub async fn restore(
         node_id: cfg.node_id,
         incarnation: 0,
         positions: m.positions.clone(),
+        published_upto: 0,
     };
     retention::write(&kv, &retention::node_key(cfg.node_id), &entry)
         .await

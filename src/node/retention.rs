@@ -42,6 +42,14 @@ pub struct Positions {
     #[serde(default)]
     pub incarnation: u64,
     pub positions: BTreeMap<String, u64>,
+    /// The node's change-log ids acknowledged by JetStream up to here (its publish progress; 0 for a
+    /// snapshot): what a node that lost its state file starts from, at least (see `publish::recover`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub published_upto: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Open the bucket, creating it when missing.
@@ -195,6 +203,11 @@ pub async fn run(
             }
             let kv = store.as_ref().expect("set above");
             let applied = counters.applied();
+            // Read after the applied positions: a change of ours they cover (and the trim may remove) was
+            // acknowledged by then in all but the rarest timings.
+            let published_upto = counters
+                .published_upto
+                .load(std::sync::atomic::Ordering::Acquire);
             let mine = Positions {
                 node_id: cfg.node_id,
                 incarnation,
@@ -204,6 +217,7 @@ pub async fn run(
                     .filter(|(_, p)| **p > 0)
                     .map(|(s, p)| (s.clone(), *p))
                     .collect(),
+                published_upto,
             };
             if written.as_ref() != Some(&mine) && !mine.positions.is_empty() {
                 write(kv, &key, &mine).await?;
@@ -256,6 +270,7 @@ mod tests {
             node_id: id,
             incarnation: 1,
             positions: pos.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+            published_upto: 0,
         }
     }
 

@@ -8,6 +8,7 @@
 //! only when every shard is acknowledged. On any error the same messages are retried with backoff under the
 //! same message ids, so nothing is lost and nothing is stored twice.
 
+pub mod recover;
 pub mod state;
 
 use std::collections::HashMap;
@@ -176,6 +177,7 @@ impl Publisher {
         let mut deleted_below = 0i64;
         let mut last_delete = std::time::Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut disk = crate::disk_full::DiskFull::new("publishing");
         // A file event can arrive before the commit that caused it is visible (SQLite updates the WAL index
         // through shared memory, which raises no event): after a wake that found nothing, look again shortly.
         let mut recheck: Option<Duration> = None;
@@ -183,12 +185,18 @@ impl Publisher {
             match self.pass(&cancel).await {
                 Ok(true) => {
                     backoff.reset();
+                    disk.succeeded();
                     continue;
                 }
-                Ok(false) => backoff.reset(),
+                Ok(false) => {
+                    backoff.reset();
+                    disk.succeeded();
+                }
                 Err(e) => {
                     self.counters.error("publish", e.kind());
-                    tracing::warn!(error = %e, retry_in_ms = backoff.current().as_millis() as u64, "publish pass failed; changes stay pending");
+                    if !disk.failed(&e) {
+                        tracing::warn!(error = %e, retry_in_ms = backoff.current().as_millis() as u64, "publish pass failed; changes stay pending");
+                    }
                     if !backoff.sleep(&cancel).await {
                         return;
                     }

@@ -29,6 +29,9 @@ pub struct PublishState {
     incarnation: u64,
     pub published_upto: i64,
     pub inflight_end: i64,
+    /// The progress was read from the file (else it starts from zero: a first start, or a file lost, damaged,
+    /// or another node's; see `publish::recover`).
+    pub from_file: bool,
 }
 
 const MAGIC: &str = "harmonylite-publish-state-v1";
@@ -68,6 +71,7 @@ impl PublishState {
             incarnation,
             published_upto: 0,
             inflight_end: 0,
+            from_file: false,
         };
         match std::fs::read(path) {
             Ok(bytes) => {
@@ -87,6 +91,7 @@ impl PublishState {
                     Some((n, i, p, e)) if n == node_id && i == incarnation => {
                         st.published_upto = p;
                         st.inflight_end = e;
+                        st.from_file = true;
                     }
                     Some(_) => {
                         tracing::info!(path = %path.display(), "state file belongs to another node or change log; starting afresh")
@@ -100,6 +105,11 @@ impl PublishState {
             Err(e) => return Err(io(e)),
         }
         Ok(st)
+    }
+
+    /// The node's incarnation of the change log this state is for.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// Write the state atomically and durably (it survives a crash or a power loss whole).
@@ -138,6 +148,7 @@ mod tests {
         }
         let s = PublishState::open(&p, 1, 9).unwrap();
         assert_eq!((s.published_upto, s.inflight_end), (40, 50));
+        assert!(s.from_file);
         drop(s);
         let s = PublishState::open(&p, 1, 10).unwrap();
         assert_eq!(
@@ -146,6 +157,8 @@ mod tests {
         );
         drop(s);
         std::fs::write(&p, [0xa1, 0x00]).unwrap();
-        assert_eq!(PublishState::open(&p, 1, 9).unwrap().published_upto, 0);
+        let s = PublishState::open(&p, 1, 9).unwrap();
+        assert_eq!(s.published_upto, 0);
+        assert!(!s.from_file);
     }
 }

@@ -10,7 +10,7 @@
 //! | [`node`]     | [`Node`]: one real `harmonylite` process: its paths (data directory, database, config, log), extra TOML, arguments and environment, start / `kill -9` / SIGTERM stop / restart, waiting for it to run or exit, its log and pid; [`harmonylite_bin`] |
 //! | [`logs`]     | [`Node::log_mark`] / [`Node::log_since`] (what a node printed in a window), [`json_lines`] (a JSON-format log parsed) |
 //! | [`cluster`]  | [`Cluster`] of N nodes peered on loopback in one temporary directory ([`Options`]), with the convergence oracle [`Cluster::converged`] (one table) and [`Cluster::converged_all`] (every user table); failures show every node's last log lines |
-//! | [`oracle`]   | the fault suite's oracle: [`Apps`] (application processes writing every node, `app_writer.py`; commits per node: [`Apps::committed_on`]), [`Cluster::verdict`] (nothing committed lost, all converged, no node dead or panicked, application errors counted: a [`Verdict`]), [`LEDGER`] (its schema), [`Plan`] (seed, cycles, duration from the environment), [`Rng`], [`oracle::report`] |
+//! | [`oracle`]   | the fault suite's oracle: [`Apps`] (application processes writing every node, `app_writer.py`; commits per node: [`Apps::committed_on`]), [`Cluster::verdict`] (nothing committed lost, all converged, no node dead or panicked, application errors counted: a [`Verdict`]), [`LEDGER`] (its schema), [`Plan`] (seed, cycles, duration from the environment), [`Rng`], [`oracle::report`], [`StreamWatch`] (reads a replication stream as it grows: `ledger` rows published twice, a [`Published`]) |
 //! | [`netns`]    | [`netns::Network`]: one network namespace per node on a hub bridge (veth pairs), [`netns::Network::place`] puts a cluster's nodes there (a [`Node`] runs in its namespace: `netns`, `cluster_host`, `peer_hosts`), [`netns::Network::partition`] / [`netns::Network::heal`]; namespaces removed on drop, also on panic; [`netns::namespaces_with_prefix`] |
 //! | [`http`]     | [`http_get`] (and [`http_get_within`] for slow answers) from the test process to a node's metrics, health and readiness endpoints; [`metric`] reads one Prometheus series |
 //! | [`docker`]   | [`docker::engine_unavailable`] (the SKIPPED reason), [`docker::Image`] (built for a test, tag removed on drop), [`docker::Compose`] (one compose project, `down -v` on drop, also on panic) |
@@ -40,7 +40,7 @@ pub use cluster::{BOOKS, Cluster, Options};
 pub use http::{Response, http_get, http_get_within, metric};
 pub use logs::json_lines;
 pub use node::{Node, harmonylite_bin};
-pub use oracle::{Apps, LEDGER, Plan, Rng, Verdict};
+pub use oracle::{Apps, LEDGER, Plan, Published, Rng, StreamWatch, Verdict};
 pub use ports::{free_port, free_ports};
 pub use process::{
     ChildGuard, PidGuard, Signal, child_pids, file_len, last_lines, listening_sockets,

@@ -358,6 +358,192 @@ impl Cluster {
     }
 }
 
+/// What a [`StreamWatch`] read of the replication stream, about [`LEDGER`]'s `ledger` table.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// Messages read.
+    pub messages: usize,
+    /// Messages purged by retention before the watch could read them (0: it saw the whole stream).
+    pub missed: u64,
+    /// Sequences below the stream's last that could not be read (deleted, or not served) and were skipped.
+    pub unreadable: u64,
+    /// `ledger` rows carried, all messages read together.
+    pub ledger_rows: usize,
+    /// Distinct `ledger` rows carried.
+    pub distinct: usize,
+    /// `ledger` rows (insert-only: each should be published once) carried by more than one message.
+    pub published_twice: usize,
+}
+
+#[derive(Default)]
+struct Read {
+    next: u64,
+    p: Published,
+    counts: BTreeMap<String, u32>,
+}
+
+/// Reads a replication stream as it grows (a thread, message by message from the stream's leader, through any
+/// node of the cluster, before
+/// retention trims it) and counts the `ledger` rows its messages carry: every application transaction inserts
+/// one `ledger` row and never changes it, so a row carried by two messages was published twice.
+pub struct StreamWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    read: Arc<Mutex<Read>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    stream: String,
+}
+
+impl StreamWatch {
+    /// Starts reading `stream` from its first message, through every node of `c` (whichever answers).
+    pub fn start(c: &Cluster, stream: &str) -> StreamWatch {
+        let addrs: Vec<String> = c
+            .nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.client_port))
+            .collect();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let read = Arc::new(Mutex::new(Read {
+            next: 1,
+            ..Default::default()
+        }));
+        let (stop2, read2, name) = (stop.clone(), read.clone(), stream.to_string());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(watch(addrs, name, stop2, read2));
+        });
+        StreamWatch {
+            stop,
+            read,
+            thread: Some(thread),
+            stream: stream.to_string(),
+        }
+    }
+
+    /// Waits (at most `timeout`) until the watch has read up to the stream's last sequence as node `via` sees
+    /// it, stops it, and returns what it read.
+    pub fn finish(mut self, c: &Cluster, via: usize, timeout: Duration) -> Published {
+        let last = c
+            .node(via)
+            .eventually(timeout, "the stream's state", || {
+                c.node(via).stream_info(&self.stream)
+            })
+            .state
+            .last_sequence;
+        c.eventually(timeout, "the stream watch reads the whole stream", || {
+            self.read.lock().unwrap().next > last
+        });
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("stream watch thread");
+        }
+        let r = self.read.lock().unwrap();
+        let mut p = r.p.clone();
+        p.distinct = r.counts.len();
+        p.published_twice = r.counts.values().filter(|n| **n > 1).count();
+        p
+    }
+}
+
+impl Drop for StreamWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn watch(
+    addrs: Vec<String>,
+    stream: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    read: Arc<Mutex<Read>>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stopped = || stop.load(Relaxed);
+    let pause = || tokio::time::sleep(Duration::from_millis(50));
+    let client = loop {
+        match async_nats::ConnectOptions::new()
+            .connect(addrs.as_slice())
+            .await
+        {
+            Ok(c) => break c,
+            Err(_) if !stopped() => pause().await,
+            Err(_) => return,
+        }
+    };
+    let js = async_nats::jetstream::new(client);
+    let limit = Duration::from_secs(5);
+    while !stopped() {
+        let Ok(Ok(mut s)) = tokio::time::timeout(limit, js.get_stream(&stream)).await else {
+            pause().await;
+            continue;
+        };
+        let mut tries = 0;
+        while !stopped() {
+            let next = read.lock().unwrap().next;
+            // From the stream's leader: a replica behind would answer "not found" for a message it lacks.
+            match tokio::time::timeout(limit, s.get_raw_message(next)).await {
+                Ok(Ok(m)) => {
+                    let msg = harmonylite::wire::decode(&m.payload).expect("a HarmonyLite message");
+                    let mut r = read.lock().unwrap();
+                    r.p.messages += 1;
+                    for t in msg.tables.iter().filter(|t| t.table == "ledger") {
+                        let at = |names: &[String]| {
+                            names.iter().position(|c| c == "id").expect("ledger.id")
+                        };
+                        let (in_row, in_key) = (at(&t.columns), at(&t.key));
+                        for row in &t.rows {
+                            let key = match row {
+                                harmonylite::wire::Row::Upsert(v) => format!("{:?}", v[in_row]),
+                                harmonylite::wire::Row::Delete(v) => format!("{:?}", v[in_key]),
+                            };
+                            r.p.ledger_rows += 1;
+                            *r.counts.entry(key).or_default() += 1;
+                        }
+                    }
+                    r.next += 1;
+                    tries = 0;
+                }
+                Ok(Err(e))
+                    if e.kind()
+                        == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    // Not there: not written yet, or purged (the stream's first sequence is past it).
+                    match tokio::time::timeout(limit, s.info()).await {
+                        Ok(Ok(info)) if info.state.first_sequence > next => {
+                            let first = info.state.first_sequence;
+                            let mut r = read.lock().unwrap();
+                            r.p.missed += first - next;
+                            r.next = first;
+                        }
+                        Ok(Ok(info)) if info.state.last_sequence > next => {
+                            // An interior deleted message, or one a new leader does not serve yet: asked
+                            // again for a second before it is skipped (and counted).
+                            tries += 1;
+                            if tries >= 20 {
+                                tries = 0;
+                                let mut r = read.lock().unwrap();
+                                r.p.unreadable += 1;
+                                r.next += 1;
+                            } else {
+                                pause().await;
+                            }
+                        }
+                        Ok(Ok(_)) => pause().await,
+                        _ => break,
+                    }
+                }
+                _ => break,
+            }
+        }
+        pause().await;
+    }
+}
+
 /// `pid`'s children whose command name starts with `name` (e.g. the node's `nats-server-<hash>`).
 pub fn children_named(pid: u32, name: &str) -> Vec<u32> {
     super::process::child_pids(pid)
