@@ -49,8 +49,7 @@ fn kill_nine_of_sidecar_nats_server_and_application_under_load() {
             }
             1 => {
                 let node = c.node(i);
-                let old = node
-                    .eventually(T, "the node's nats-server", || node.nats_server_pid());
+                let old = node.eventually(T, "the node's nats-server", || node.nats_server_pid());
                 send_signal(old, Signal::SIGKILL);
                 node.eventually(T, "a new nats-server", || {
                     node.nats_server_pid().filter(|p| *p != old)
@@ -104,11 +103,15 @@ fn a_node_down_at_the_first_start_does_not_stop_the_others() {
     c.node_mut(3).start_and_wait(START);
     apps.start(c.node(3), 50.0, 5000);
     apps.wait_for_more(50, T);
-    c.eventually(Duration::from_secs(120), "the stream has three replicas", || {
-        c.node(1)
-            .stream_info("harmonylite-changes-c-1")
-            .is_some_and(|i| i.config.num_replicas == 3)
-    });
+    c.eventually(
+        Duration::from_secs(120),
+        "the stream has three replicas",
+        || {
+            c.node(1)
+                .stream_info("harmonylite-changes-c-1")
+                .is_some_and(|i| i.config.num_replicas == 3)
+        },
+    );
     let v = c.verdict(&mut apps, CONVERGE);
     report("first-start", &v.summary());
 }

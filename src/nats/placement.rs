@@ -36,9 +36,13 @@ where
         match create(replicas).await {
             Ok(t) => {
                 if replicas < wanted {
-                    tracing::warn!(what, replicas, wanted,
+                    tracing::warn!(
+                        what,
+                        replicas,
+                        wanted,
                         "created with {replicas} of {wanted} replicas: not every server is up; the missing \
-                         replicas are added when the servers join");
+                         replicas are added when the servers join"
+                    );
                 }
                 return Ok(t);
             }
@@ -101,7 +105,12 @@ async fn raise_one(js: &jetstream::Context, name: &str, wanted: usize) {
     config.num_replicas = wanted;
     match tokio::time::timeout(EVERY, js.update_stream(config)).await {
         Ok(Ok(_)) => {
-            tracing::info!(stream = name, replicas = wanted, was = has, "replicas raised");
+            tracing::info!(
+                stream = name,
+                replicas = wanted,
+                was = has,
+                "replicas raised"
+            );
         }
         Ok(Err(e)) => {
             tracing::debug!(stream = name, replicas = wanted, was = has, error = %e,
@@ -117,10 +126,7 @@ mod tests {
 
     #[test]
     fn a_majority_at_least() {
-        assert_eq!(
-            (fewest(1), fewest(2), fewest(3), fewest(5)),
-            (1, 2, 2, 3)
-        );
+        assert_eq!((fewest(1), fewest(2), fewest(3), fewest(5)), (1, 2, 2, 3));
     }
 
     #[tokio::test]
@@ -154,6 +160,10 @@ mod tests {
             async move { Err::<usize, _>("timed out".to_string()) }
         })
         .await;
-        assert_eq!((r.is_err(), tried), (true, vec![3]), "other errors as they are");
+        assert_eq!(
+            (r.is_err(), tried),
+            (true, vec![3]),
+            "other errors as they are"
+        );
     }
 }

@@ -11,6 +11,7 @@
 //! | [`logs`]     | [`Node::log_mark`] / [`Node::log_since`] (what a node printed in a window), [`json_lines`] (a JSON-format log parsed) |
 //! | [`cluster`]  | [`Cluster`] of N nodes peered on loopback in one temporary directory ([`Options`]), with the convergence oracle [`Cluster::converged`] (one table) and [`Cluster::converged_all`] (every user table); failures show every node's last log lines |
 //! | [`oracle`]   | the fault suite's oracle: [`Apps`] (application processes writing every node, `app_writer.py`), [`Cluster::verdict`] (nothing committed lost, all converged, no node dead or panicked, application errors counted: a [`Verdict`]), [`LEDGER`] (its schema), [`Plan`] (seed, cycles, duration from the environment), [`Rng`], [`oracle::report`] |
+//! | [`stream`]   | messages the test puts on a change stream: [`stream::upsert`] (a real wire message), [`stream::publish`] (any bytes, with JetStream acknowledgements); [`Node::loaded_config`] (subject and stream names), [`Node::wait_paused_on`] (a shard paused on a table or column this node lacks) |
 //! | [`http`]     | [`http_get`] (and [`http_get_within`] for slow answers) from the test process to a node's metrics, health and readiness endpoints; [`metric`] reads one Prometheus series |
 //! | [`docker`]   | [`docker::engine_unavailable`] (the SKIPPED reason), [`docker::Image`] (built for a test, tag removed on drop), [`docker::Compose`] (one compose project, `down -v` on drop, also on panic) |
 //! | [`servers`]  | real servers, killed on drop: [`S3Server`] (moto), [`WebDavServer`] (wsgidav), [`SftpServer`] (OpenSSH sshd, dedicated user), [`NatsServer`] (bundled nats-server with JetStream; [`NatsServer::cluster`]: three in a cluster, for an existing NATS deployment) |
@@ -31,6 +32,7 @@ pub mod ports;
 pub mod process;
 pub mod servers;
 pub mod sql;
+pub mod stream;
 pub mod tls;
 pub mod wait;
 

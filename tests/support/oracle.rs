@@ -326,11 +326,7 @@ impl Cluster {
         self.assert_all_alive();
         for n in &self.nodes {
             let panics = n.log_lines_with(&["panicked"]);
-            assert!(
-                panics.is_empty(),
-                "node {} panicked: {panics:?}",
-                n.id
-            );
+            assert!(panics.is_empty(), "node {} panicked: {panics:?}", n.id);
         }
         Verdict {
             committed: seen.committed.len(),
@@ -412,7 +408,10 @@ impl Plan {
             .map(|v| v.parse().expect("HARMONYLITE_FAULT_CYCLES: a number"))
             .unwrap_or(short_cycles);
         let duration = var("HARMONYLITE_FAULT_DURATION_S")
-            .map(|v| v.parse::<u64>().expect("HARMONYLITE_FAULT_DURATION_S: seconds"))
+            .map(|v| {
+                v.parse::<u64>()
+                    .expect("HARMONYLITE_FAULT_DURATION_S: seconds")
+            })
             .filter(|s| *s > 0)
             .map(Duration::from_secs);
         let rate = var("HARMONYLITE_FAULT_RATE")

@@ -1,0 +1,361 @@
+//! The fault suite, bad input: poison published onto a running cluster's change stream while applications write
+//! every node; invalid configurations given to the binary; an application using the `sqlite3` CLI without a
+//! busy timeout beside a node that applies a heavy stream. Cluster tests end with the kit's oracle
+//! ([`Cluster::verdict`]).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use harmonylite::wire::{self, Value};
+use support::oracle::report;
+use support::stream::{publish, text, upsert};
+use support::*;
+
+const T: Duration = Duration::from_secs(60);
+const CONVERGE: Duration = Duration::from_secs(180);
+
+fn schema() -> String {
+    format!("{BOOKS}\n{LEDGER}")
+}
+
+/// NATS's default `max_payload` (the bundled server's configuration does not change it).
+const MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// Poison on the change stream of a three-node cluster under application load on every node. Messages that
+/// can never apply (garbage, truncated or invalid zstd, malformed rows, reserved tables, a large one near the
+/// payload limit) are quarantined on every node (a row each in `__harmonylite__quarantine`, the metric, one
+/// ERROR line each) and the shard goes on; a message larger than the server's limit is refused at publish.
+/// Messages naming a column or a table the nodes do not have yet pause the shard until the schema is altered
+/// on each node, then apply. No internal or SQLite table is ever written from the stream.
+#[test]
+fn poison_on_the_stream_is_quarantined_and_a_schema_ahead_waits_for_the_schema() {
+    let plan = Plan::from_env(1);
+    let started = Instant::now();
+    let metrics = free_ports(3);
+    let c = Cluster::start(Options {
+        schema: schema(),
+        per_node_toml: metrics
+            .iter()
+            .map(|p| format!("[prometheus]\nenable = true\nbind = \"127.0.0.1:{p}\"\n"))
+            .collect(),
+        ..Default::default()
+    });
+    let cfg = c.node(1).loaded_config();
+    let (subject, stream) = (cfg.subject_name(1), cfg.stream_name(1));
+    let client = c.node(1).client_port;
+    let mut apps = Apps::on_every_node(&c, plan.rate, 5000);
+    apps.wait_for_more(30, T);
+
+    // Poison: (what, payload, how the quarantine's reason starts).
+    let books = ["id", "title", "author", "publication_year"];
+    let book = |id: i64, title: &str| {
+        vec![
+            Value::Integer(id),
+            text(title),
+            text("Poison"),
+            Value::Integer(2026),
+        ]
+    };
+    let valid = wire::encode(&upsert("Books", &books, "id", book(600, "Never")), true);
+    let huge_title = "x".repeat(MAX_PAYLOAD - 10_000);
+    let reserved = |table: &str, columns: &[&str]| {
+        let row = columns.iter().map(|_| Value::Integer(1_000_000)).collect();
+        wire::encode(&upsert(table, columns, columns[0], row), true)
+    };
+    let poison: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "garbage text",
+            b"GARBAGE: no message at all \x00\xff\xfe".to_vec(),
+            "undecodable message: unknown wire version 71",
+        ),
+        ("one byte", b"\x02".to_vec(), "undecodable message: empty"),
+        (
+            "truncated zstd",
+            valid[..valid.len() / 2].to_vec(),
+            "undecodable message: cannot decompress",
+        ),
+        (
+            "not zstd",
+            b"\x02\x01not zstd at all".to_vec(),
+            "undecodable message: cannot decompress",
+        ),
+        (
+            "bad body",
+            b"\x02\x00\xff\xff".to_vec(),
+            "undecodable message: cannot decode",
+        ),
+        (
+            "row width",
+            wire::encode(
+                &upsert("Books", &books, "id", vec![Value::Integer(601)]),
+                true,
+            ),
+            "malformed message",
+        ),
+        (
+            "key not shipped",
+            wire::encode(
+                &upsert("Books", &["title"], "id", vec![text("No key")]),
+                true,
+            ),
+            "malformed message",
+        ),
+        (
+            "large malformed",
+            wire::encode(
+                &upsert(
+                    "Books",
+                    &books,
+                    "id",
+                    vec![Value::Integer(602), text(&huge_title)],
+                ),
+                false,
+            ),
+            "malformed message",
+        ),
+        (
+            "__harmonylite__applied",
+            wire::encode(
+                &upsert(
+                    "__harmonylite__applied",
+                    &["stream", "seq"],
+                    "stream",
+                    vec![text(&stream), Value::Integer(1_000_000)],
+                ),
+                true,
+            ),
+            "refused message: table \"__harmonylite__applied\" is reserved",
+        ),
+        (
+            "__harmonylite__quarantine",
+            reserved("__harmonylite__quarantine", &["id", "seq"]),
+            "refused message: table \"__harmonylite__quarantine\" is reserved",
+        ),
+        (
+            "__harmonylite__change_log",
+            reserved("__harmonylite__change_log", &["id", "tbl"]),
+            "refused message: table \"__harmonylite__change_log\" is reserved",
+        ),
+        (
+            "__HarmonyLite__Meta",
+            reserved("__HarmonyLite__Meta", &["key", "value"]),
+            "refused message: table \"__HarmonyLite__Meta\" is reserved",
+        ),
+        (
+            "sqlite_sequence",
+            wire::encode(
+                &upsert(
+                    "sqlite_sequence",
+                    &["name", "seq"],
+                    "name",
+                    vec![text("Books"), Value::Integer(100_000)],
+                ),
+                true,
+            ),
+            "refused message: table \"sqlite_sequence\" is reserved",
+        ),
+        (
+            "sqlite_master",
+            reserved("sqlite_master", &["name", "sql"]),
+            "refused message: table \"sqlite_master\" is reserved",
+        ),
+        (
+            "sqlite_schema",
+            reserved("sqlite_schema", &["name", "sql"]),
+            "refused message: table \"sqlite_schema\" is reserved",
+        ),
+    ];
+    assert!(
+        poison[7].1.len() > MAX_PAYLOAD - 20_000 && poison[7].1.len() < MAX_PAYLOAD,
+        "the large message is near the limit"
+    );
+    let marks: Vec<u64> = c.nodes.iter().map(Node::log_mark).collect();
+    let last_before = c.node(1).stream_info(&stream).unwrap().state.last_sequence;
+
+    // Larger than the server accepts: refused at publish, nothing reaches the stream.
+    let oversize = vec![0x02; MAX_PAYLOAD + 1];
+    let refused = publish(client, &subject, vec![oversize]).remove(0);
+    let oversize_error = refused.expect_err("a payload above max_payload is refused");
+    assert!(
+        oversize_error.to_lowercase().contains("payload"),
+        "{oversize_error}"
+    );
+
+    let payloads: Vec<Vec<u8>> = poison.iter().map(|(_, p, _)| p.clone()).collect();
+    let seqs: Vec<u64> = publish(client, &subject, payloads)
+        .into_iter()
+        .zip(&poison)
+        .map(|(r, (what, ..))| r.unwrap_or_else(|e| panic!("publish {what}: {e}")))
+        .collect();
+    assert!(
+        seqs[0] > last_before,
+        "nothing of the oversize message was stored"
+    );
+    // A good message after the poison applies on every node, and so do application rows written later.
+    publish(
+        client,
+        &subject,
+        vec![wire::encode(
+            &upsert("Books", &books, "id", book(500, "After the poison")),
+            true,
+        )],
+    )
+    .remove(0)
+    .unwrap();
+    for n in &c.nodes {
+        n.eventually(T, "the good message applied", || {
+            n.sql("SELECT title FROM Books WHERE id = 500;").trim() == "After the poison"
+        });
+    }
+    c.book_reaches_the_others(2, "Written after the poison");
+    apps.wait_for_more(30, T);
+
+    for (n, mark) in c.nodes.iter().zip(&marks) {
+        let q = n.sql(&format!(
+            "SELECT seq || ' ' || reason FROM __harmonylite__quarantine WHERE stream = '{stream}' ORDER BY seq;"
+        ));
+        let lines: Vec<&str> = q.lines().collect();
+        assert_eq!(lines.len(), poison.len(), "node {}: {q}", n.id);
+        for ((line, (what, _, reason)), seq) in lines.iter().zip(&poison).zip(&seqs) {
+            assert!(
+                line.starts_with(&format!("{seq} {reason}")),
+                "node {}: {what}: {line:?} should start with {seq} {reason:?}",
+                n.id
+            );
+        }
+        let errors = n
+            .log_since(*mark)
+            .lines()
+            .filter(|l| l.contains("ERROR") && l.contains("quarantined"))
+            .count();
+        assert_eq!(errors, poison.len(), "node {}", n.id);
+        let port = metrics[n.id as usize - 1];
+        let counted = n.eventually(T, "the quarantine metric", || {
+            let body = http_get(port, "/metrics")?.body;
+            metric(&body, "harmonylite_quarantined_messages", &[])
+                .filter(|v| *v as usize == poison.len())
+        });
+        assert_eq!(counted as usize, poison.len());
+        // Nothing from the stream wrote an internal or SQLite table.
+        let books_seq: u64 = n
+            .sql("SELECT seq FROM sqlite_sequence WHERE name = 'Books';")
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            books_seq < 1_000,
+            "node {}: Books sequence {books_seq}",
+            n.id
+        );
+        let applied: u64 = n
+            .sql(&format!(
+                "SELECT seq FROM __harmonylite__applied WHERE stream = '{stream}';"
+            ))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(applied < 1_000_000, "node {}: applied {applied}", n.id);
+        assert_eq!(
+            n.sql("SELECT count(*) FROM __harmonylite__meta WHERE key = '1000000';")
+                .trim(),
+            "0"
+        );
+        assert_eq!(
+            n.sql("SELECT count(*) FROM sqlite_schema WHERE name = '1000000' OR sql = '1000000';")
+                .trim(),
+            "0"
+        );
+    }
+    let quarantine_s = started.elapsed().as_secs_f64();
+
+    // Ahead of every node's schema: a column, then a table, nobody has yet. Each shard waits, then resumes
+    // once its node is altered.
+    let mut waits = Vec::new();
+    for (what, message, alter, check) in [
+        (
+            "column",
+            upsert(
+                "Books",
+                &["id", "title", "author", "publication_year", "isbn"],
+                "id",
+                vec![
+                    Value::Integer(701),
+                    text("Ahead"),
+                    text("Schema"),
+                    Value::Integer(2026),
+                    text("978-3"),
+                ],
+            ),
+            "ALTER TABLE Books ADD COLUMN isbn TEXT;",
+            "SELECT isbn FROM Books WHERE id = 701;",
+        ),
+        (
+            "table",
+            upsert(
+                "Reviews",
+                &["id", "body"],
+                "id",
+                vec![Value::Integer(1), text("Good")],
+            ),
+            "CREATE TABLE Reviews (id INTEGER PRIMARY KEY, body TEXT);",
+            "SELECT body FROM Reviews WHERE id = 1;",
+        ),
+    ] {
+        let want = if what == "column" { "978-3" } else { "Good" };
+        let table = message.tables[0].table.clone();
+        let column = (what == "column").then_some("isbn");
+        publish(client, &subject, vec![wire::encode(&message, true)])
+            .remove(0)
+            .unwrap();
+        for n in &c.nodes {
+            n.wait_paused_on(&table, column, T);
+        }
+        let paused_at = Instant::now();
+        // Paused: application rows committed now wait behind the message on every other node.
+        apps.wait_for_more(20, T);
+        during(Duration::from_secs(2), || c.assert_all_alive());
+        for n in &c.nodes {
+            n.sql(alter);
+            n.eventually(
+                T,
+                &format!("node {} resumed after the {what}", n.id),
+                || n.try_sql(check).is_ok_and(|v| v.trim() == want),
+            );
+        }
+        waits.push(format!(
+            "{what} paused {:.1}s",
+            paused_at.elapsed().as_secs_f64()
+        ));
+        for n in &c.nodes {
+            assert!(
+                !n.log_lines_with(&["local schema caught up; shard resumed"])
+                    .is_empty(),
+                "node {}",
+                n.id
+            );
+        }
+    }
+    c.book_reaches_the_others(3, "After the schema caught up");
+
+    let v = c.verdict(&mut apps, CONVERGE);
+    for n in &c.nodes {
+        assert_eq!(
+            n.sql("SELECT count(*) FROM __harmonylite__quarantine;")
+                .trim(),
+            poison.len().to_string(),
+            "node {}: nothing quarantined but the poison",
+            n.id
+        );
+    }
+    report(
+        "poison",
+        &format!(
+            "quarantined={} per node (all in {quarantine_s:.0}s) oversize_publish=\"{oversize_error}\" {} {} run={:.0}s",
+            poison.len(),
+            waits.join(", "),
+            v.summary(),
+            started.elapsed().as_secs_f64()
+        ),
+    );
+}
