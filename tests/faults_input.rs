@@ -359,3 +359,101 @@ fn poison_on_the_stream_is_quarantined_and_a_schema_ahead_waits_for_the_schema()
         ),
     );
 }
+
+/// An application on node 2 using the `sqlite3` CLI with no busy timeout (one process per INSERT, as a shell
+/// script would) while node 2 applies about 10,000 rows a second written on node 1 in big transactions. A write
+/// meets `database is locked` only when it starts while node 2's applier holds the write lock (the applier takes
+/// it for its apply transactions only: decoding, planning and skipping its own echoes hold none), so the share
+/// of failed attempts must stay within the share of time node 2's apply transactions took (the metric
+/// `harmonylite_apply_batch_seconds`), with margin. Both figures are reported.
+#[test]
+fn sqlite3_cli_without_busy_timeout_beside_a_heavy_apply() {
+    let plan = Plan::from_env(1);
+    let window = plan.duration.unwrap_or(Duration::from_secs(15));
+    let started = Instant::now();
+    let metrics = free_port();
+    let c = Cluster::start(Options {
+        nodes: 2,
+        per_node_toml: vec![
+            String::new(),
+            format!("[prometheus]\nenable = true\nbind = \"127.0.0.1:{metrics}\"\n"),
+        ],
+        schema: format!(
+            "{LEDGER}\nCREATE TABLE bulk (id INTEGER PRIMARY KEY, v TEXT);\n\
+             CREATE TABLE cli (id INTEGER PRIMARY KEY, v TEXT);"
+        ),
+        ..Default::default()
+    });
+    let mut apps = Apps::new(c.path());
+    let (n1, n2) = (c.node(1), c.node(2));
+    // The peer: transactions of 500 rows every 40 ms on node 1 (at most 12,500 rows/s).
+    const BATCH: u64 = 500;
+    let peer = Writer::start(&n1.db, Duration::from_millis(40), |i| {
+        format!(
+            "WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < {BATCH}) \
+             INSERT INTO bulk(v) SELECT 'batch {i} row ' || x || ' ' || hex(randomblob(24)) FROM s;"
+        )
+    });
+    let count = |n: &Node, t: &str| -> u64 {
+        n.sql(&format!("SELECT count(*) FROM {t};"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // Node 2 applies the stream before the application starts.
+    c.eventually(T, "node 2 applies node 1's rows", || {
+        count(n2, "bulk") >= 5 * BATCH
+    });
+    let apply_seconds = || -> f64 {
+        let body = http_get(metrics, "/metrics")
+            .expect("node 2's metrics")
+            .body;
+        metric(&body, "harmonylite_apply_batch_seconds_sum", &[]).unwrap_or(0.0)
+    };
+    let applied_before = count(n2, "bulk");
+    let busy_before = apply_seconds();
+    let t0 = Instant::now();
+    let (mut attempts, mut locked) = (0u64, 0u64);
+    while t0.elapsed() < window {
+        attempts += 1;
+        let sql = format!("INSERT INTO cli(v) VALUES ('cli {attempts}');");
+        match try_sqlite3(&n2.db, &sql, None) {
+            Ok(_) => {}
+            Err(e) if e.contains("database is locked") => locked += 1,
+            Err(e) => panic!("sqlite3 {sql:?}: {e}"),
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let lock_share = (apply_seconds() - busy_before) / secs;
+    let applied = count(n2, "bulk") - applied_before;
+    let (peer_txns, peer_failed) = peer.stop();
+    assert_eq!(peer_failed, 0, "the peer's transactions all commit");
+    let apply_rate = applied as f64 / secs;
+    let rate = locked as f64 / attempts as f64;
+    let v = c.verdict(&mut apps, CONVERGE);
+    assert_eq!(
+        count(n1, "cli"),
+        attempts - locked,
+        "every INSERT that succeeded on node 2 is on node 1"
+    );
+    report(
+        "sqlite3-cli-no-timeout",
+        &format!(
+            "locked={locked}/{attempts} ({:.2}%) in {secs:.0}s while node 2 applied {apply_rate:.0} rows/s \
+             (peer: {peer_txns} transactions of {BATCH} rows), its apply transactions {:.1}% of the time {} \
+             run={:.0}s",
+            rate * 100.0,
+            lock_share * 100.0,
+            v.summary(),
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    assert!(
+        apply_rate > 3_000.0,
+        "the load is heavy: node 2 applied {apply_rate:.0} rows/s"
+    );
+    assert!(
+        rate <= lock_share * 1.5 + 0.03,
+        "{locked}/{attempts} attempts met a lock, more than the applier's share of time {lock_share:.3} allows"
+    );
+}
