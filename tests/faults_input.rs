@@ -457,3 +457,123 @@ fn sqlite3_cli_without_busy_timeout_beside_a_heavy_apply() {
         "{locked}/{attempts} attempts met a lock, more than the applier's share of time {lock_share:.3} allows"
     );
 }
+
+/// Every refused value of every configuration key (the table the config unit test uses), and the paths that are
+/// only checked at start (a database that is a directory or missing, a state file that is a directory, NATS
+/// files that are missing or not files, route TLS files): the binary exits non-zero with an error naming the
+/// key, and writes nothing (the database unchanged, no WAL, no state file, no nats-server directory).
+#[test]
+fn invalid_configurations_are_refused_with_the_key_named_and_nothing_written() {
+    let cases: &[(&str, &str, &str)] = include!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/config/bad_values.in"
+    ));
+    let dir = temp_dir("hl-badcfg-");
+    let missing = dir.path().join("missing");
+    let a_dir = dir.path().join("a-directory");
+    std::fs::create_dir(&a_dir).unwrap();
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, "not a certificate").unwrap();
+    let (m, d, f) = (missing.display(), a_dir.display(), a_file.display());
+    let at_start: Vec<(String, &str, &str, i32)> = vec![
+        (format!("db_path = \"{d}\""), "db_path", "is a directory", 1),
+        (format!("db_path = \"{m}\""), "db_path", "does not exist", 1),
+        (
+            format!("seq_map_path = \"{d}\""),
+            "seq_map_path",
+            "is a directory",
+            1,
+        ),
+        (
+            format!("[nats]\nserver_config = \"{m}\""),
+            "nats.server_config",
+            "cannot read",
+            1,
+        ),
+        (
+            format!("[nats]\nseed_file = \"{m}\""),
+            "nats.seed_file",
+            "cannot read",
+            1,
+        ),
+        (
+            format!("[nats]\nca_file = \"{d}\""),
+            "nats.ca_file",
+            "is not a file",
+            1,
+        ),
+        (
+            format!("[nats]\ncert_file = \"{m}\"\nkey_file = \"{m}\""),
+            "nats.cert_file",
+            "cannot read",
+            1,
+        ),
+        (
+            format!("[nats]\ncluster_cert_file = \"{f}\""),
+            "nats.cluster_key_file",
+            "together",
+            2,
+        ),
+        (
+            format!(
+                "[nats]\ncluster_cert_file = \"{m}\"\ncluster_key_file = \"{m}\"\ncluster_ca_file = \"{m}\""
+            ),
+            "nats.cluster_cert_file",
+            "cannot read",
+            2,
+        ),
+    ];
+    let all = cases
+        .iter()
+        .map(|(toml, key, value)| (toml.to_string(), *key, *value, 2))
+        .chain(at_start);
+    let started = Instant::now();
+    let mut n = 0;
+    for (i, (toml, key, shown, code)) in all.enumerate() {
+        let root = dir.path().join(format!("case-{i}"));
+        std::fs::create_dir(&root).unwrap();
+        let mut node = Node::new(&root, 1, free_port(), free_port(), Vec::new());
+        sqlite3(&node.db, BOOKS);
+        let db_before = std::fs::read(&node.db).unwrap();
+        let listing = |p: &std::path::Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let before = listing(node.data_dir());
+        node.extra_toml = toml.clone();
+        node.start();
+        let exit = node.wait_exit(Duration::from_secs(30));
+        let log = node.log_text();
+        assert_eq!(exit, Some(code), "{toml:?}: exit {exit:?}\n{log}");
+        assert!(
+            log.contains(key) && log.contains(shown),
+            "{toml:?}: the error should name {key} and say {shown:?}:\n{log}"
+        );
+        assert!(!log.contains("panicked"), "{toml:?}:\n{log}");
+        assert_eq!(
+            listing(node.data_dir()),
+            before,
+            "{toml:?}: files written (state file, WAL, nats-server directory)"
+        );
+        assert!(
+            std::fs::read(&node.db).unwrap() == db_before,
+            "{toml:?}: the database changed"
+        );
+        assert!(
+            !a_dir.read_dir().unwrap().any(|_| true) && !missing.exists(),
+            "{toml:?}: written into the path given"
+        );
+        n += 1;
+    }
+    report(
+        "bad-config",
+        &format!(
+            "{n} invalid configurations refused, each naming its key, nothing written, in {:.1}s",
+            started.elapsed().as_secs_f64()
+        ),
+    );
+}
