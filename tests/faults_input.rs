@@ -577,3 +577,58 @@ fn invalid_configurations_are_refused_with_the_key_named_and_nothing_written() {
         ),
     );
 }
+
+/// A second process configured with the `node_id` of a running node of the cluster (its own database and
+/// data directory, routes to the cluster) under application load: it refuses to run, with an error naming the
+/// node id, and exits 1 before its engine starts (no consumer, no status entry, nothing published), while the
+/// first keeps running and the cluster goes on replicating. The same node killed with -9 and started again at
+/// once is not refused.
+#[test]
+fn a_second_node_with_a_running_nodes_id_is_refused() {
+    let mut c = Cluster::start(Options {
+        schema: schema(),
+        ..Default::default()
+    });
+    let mut apps = Apps::on_every_node(&c, 20.0, 5000);
+    apps.wait_for_more(20, T);
+    let peers = c.nodes.iter().map(|n| n.cluster_port).collect();
+    let root = c.fresh_dir("twin");
+    let mut twin = Node::new(&root, 1, free_port(), free_port(), peers);
+    sqlite3(&twin.db, &schema());
+    let mark = c.node(1).log_mark();
+    let started = Instant::now();
+    twin.start();
+    let exit = twin.wait_exit(Duration::from_secs(120));
+    let refused_in = started.elapsed();
+    let log = twin.log_text();
+    assert_eq!(exit, Some(1), "{log}");
+    assert!(
+        log.contains("node_id 1 is already used by another running node"),
+        "{log}"
+    );
+    for never in ["node running", "consumer started", "status entry written"] {
+        assert!(
+            !log.contains(never),
+            "the twin's engine started ({never}):\n{log}"
+        );
+    }
+    assert!(
+        !c.node(1).log_since(mark).contains("consumer deleted"),
+        "the twin touched node 1's consumer"
+    );
+    c.assert_all_alive();
+    c.book_reaches_the_others(1, "Beside a refused twin");
+    // The same node, killed and started again at once, is itself, not a twin.
+    c.node_mut(1).kill9();
+    c.node_mut(1).start_and_wait(T);
+    apps.wait_for_more(20, T);
+    let v = c.verdict(&mut apps, CONVERGE);
+    report(
+        "duplicate-node-id",
+        &format!(
+            "twin refused in {:.1}s (exit 1), node 1 restarted after kill -9 not refused, {}",
+            refused_in.as_secs_f64(),
+            v.summary()
+        ),
+    );
+}

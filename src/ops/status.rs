@@ -61,6 +61,10 @@ pub struct Entry {
     /// NATS). Older entries do not say.
     #[serde(default)]
     pub expected_nodes: Option<u64>,
+    /// The writer's database (its change-log incarnation): tells a restart of the same node from another
+    /// process given the same `node_id` ([`refuse_twin`]). Older entries do not say.
+    #[serde(default)]
+    pub instance: Option<u64>,
 }
 
 /// One shard as a node sees it.
@@ -149,6 +153,7 @@ impl Entry {
             },
             published_upto: cfg.publish.then(|| counters.published_upto.load(Relaxed)),
             expected_nodes: Some(expected_nodes as u64),
+            instance: None,
         }
     }
 }
@@ -161,6 +166,56 @@ pub fn node_key(node_id: u64) -> String {
 /// The node id in a `node-<id>` key.
 pub fn key_node(key: &str) -> Option<u64> {
     key.strip_prefix("node-")?.parse().ok()
+}
+
+/// How long [`refuse_twin`] watches another instance's entry for a new write (the writer writes every
+/// [`PERIOD`]).
+const TWIN_WATCH: Duration = Duration::from_secs(3);
+/// An entry older than this (by the server's timestamp and our clock) is from a process that has stopped.
+const TWIN_RECENT: Duration = Duration::from_secs(30);
+
+/// Refuses to run a second process with this node's id in the cluster: when `node_id`'s status entry was
+/// written by another database (its `instance`, the change-log incarnation, differs from `instance`) and is
+/// still being written (a new revision within [`TWIN_WATCH`]), that process is alive and this one must not
+/// run. The same node restarting (after `kill -9` as well) finds its own instance; a stopped process's entry
+/// is not written again. Reading errors let the node start (the check cannot prove a twin).
+pub async fn refuse_twin(
+    js: &jetstream::Context,
+    node_id: u64,
+    instance: u64,
+) -> Result<(), String> {
+    let Ok(store) = js.get_key_value(BUCKET).await else {
+        return Ok(());
+    };
+    let key = node_key(node_id);
+    let read = |e: &kv::Entry| serde_json::from_slice::<Entry>(&e.value).ok();
+    let Ok(Some(first)) = store.entry(&key).await else {
+        return Ok(());
+    };
+    if read(&first).is_none_or(|e| e.instance == Some(instance)) {
+        return Ok(());
+    }
+    let created_ms = (first.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+    let age_ms = report::unix_ms(std::time::SystemTime::now()).saturating_sub(created_ms);
+    if age_ms > TWIN_RECENT.as_millis() as u64 {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + TWIN_WATCH;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(PERIOD / 4).await;
+        let Ok(Some(now)) = store.entry(&key).await else {
+            continue;
+        };
+        if now.revision != first.revision
+            && read(&now).is_some_and(|e| e.instance != Some(instance))
+        {
+            return Err(format!(
+                "node_id {node_id} is already used by another running node of this cluster (another database \
+                 writes the status entry {key} of bucket {BUCKET} every second); give every node its own node_id"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Open the bucket, creating it when missing.
@@ -209,6 +264,7 @@ pub async fn run(
     counters: Arc<Counters>,
     replicas: usize,
     expected_nodes: usize,
+    instance: u64,
     cancel: CancellationToken,
 ) {
     let key = node_key(cfg.node_id);
@@ -222,7 +278,8 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = counters.progressed(), if !failing => tick.reset(),
         }
-        let entry = Entry::of(&cfg, &counters, expected_nodes);
+        let mut entry = Entry::of(&cfg, &counters, expected_nodes);
+        entry.instance = Some(instance);
         let r = tokio::select! {
             _ = cancel.cancelled() => return,
             r = put(&js, &mut store, replicas, &key, &entry) => r,
