@@ -598,9 +598,20 @@ fn a_second_node_with_a_running_nodes_id_is_refused() {
     let mark = c.node(1).log_mark();
     let started = Instant::now();
     twin.start();
-    let exit = twin.wait_exit(Duration::from_secs(120));
+    let own_lines = |n: &Node| -> String {
+        let text = n.log_text();
+        let own: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("nats-server:"))
+            .collect();
+        own.join("\n")
+    };
+    if poll(Duration::from_secs(120), || !twin.is_alive()).is_none() {
+        panic!("the twin still runs after 120 s:\n{}", own_lines(&twin));
+    }
+    let exit = twin.wait_exit(Duration::from_secs(5));
     let refused_in = started.elapsed();
-    let log = twin.log_text();
+    let log = own_lines(&twin);
     assert_eq!(exit, Some(1), "{log}");
     assert!(
         log.contains("node_id 1 is already used by another running node"),

@@ -174,44 +174,67 @@ const TWIN_WATCH: Duration = Duration::from_secs(3);
 /// An entry older than this (by the server's timestamp and our clock) is from a process that has stopped.
 const TWIN_RECENT: Duration = Duration::from_secs(30);
 
-/// Refuses to run a second process with this node's id in the cluster: when `node_id`'s status entry was
-/// written by another database (its `instance`, the change-log incarnation, differs from `instance`) and is
-/// still being written (a new revision within [`TWIN_WATCH`]), that process is alive and this one must not
-/// run. The same node restarting (after `kill -9` as well) finds its own instance; a stopped process's entry
-/// is not written again. Reading errors let the node start (the check cannot prove a twin).
+/// Refuses to run a second process with this node's id in the cluster. Two signs of a live twin: the cluster's
+/// servers keep refusing routes of this node's server (same name as the twin's: counted in
+/// [`crate::nats::DUPLICATE_NAME_REFUSALS`]), or `node_id`'s status entry is written by another database (its
+/// `instance`, the change-log incarnation, differs from `instance`) and is still being written (a new revision
+/// within [`TWIN_WATCH`]). The same node restarting (after `kill -9` as well) finds its own instance, and the
+/// routes of a dead process are closed at once; a stopped process's entry is not written again. When neither
+/// sign shows, nothing is watched: the start is not delayed.
 pub async fn refuse_twin(
     js: &jetstream::Context,
     node_id: u64,
     instance: u64,
 ) -> Result<(), String> {
-    let Ok(store) = js.get_key_value(BUCKET).await else {
-        return Ok(());
-    };
+    use std::sync::atomic::Ordering::Relaxed;
+    let refusals = || crate::nats::DUPLICATE_NAME_REFUSALS.load(Relaxed);
+    let ask = Duration::from_secs(1);
     let key = node_key(node_id);
     let read = |e: &kv::Entry| serde_json::from_slice::<Entry>(&e.value).ok();
-    let Ok(Some(first)) = store.entry(&key).await else {
-        return Ok(());
+    let store = match tokio::time::timeout(ask, js.get_key_value(BUCKET)).await {
+        Ok(Ok(s)) => Some(s),
+        _ => None,
     };
-    if read(&first).is_none_or(|e| e.instance == Some(instance)) {
+    let first = match &store {
+        Some(s) => match tokio::time::timeout(ask, s.entry(&key)).await {
+            Ok(Ok(e)) => e,
+            _ => None,
+        },
+        None => None,
+    };
+    let other_recent = first.as_ref().is_some_and(|e| {
+        let created_ms = (e.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+        let age_ms = report::unix_ms(std::time::SystemTime::now()).saturating_sub(created_ms);
+        read(e).is_some_and(|x| x.instance != Some(instance))
+            && age_ms <= TWIN_RECENT.as_millis() as u64
+    });
+    let refused_before = refusals();
+    if !other_recent && refused_before == 0 {
         return Ok(());
     }
-    let created_ms = (first.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
-    let age_ms = report::unix_ms(std::time::SystemTime::now()).saturating_sub(created_ms);
-    if age_ms > TWIN_RECENT.as_millis() as u64 {
-        return Ok(());
-    }
+    let twin = |why: &str| {
+        Err(format!(
+            "node_id {node_id} is already used by another running node of this cluster ({why}); give every \
+             node its own node_id"
+        ))
+    };
     let deadline = tokio::time::Instant::now() + TWIN_WATCH;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(PERIOD / 4).await;
-        let Ok(Some(now)) = store.entry(&key).await else {
+        if refusals() >= refused_before + 5 {
+            return twin(&format!(
+                "the cluster's servers refuse this node's server name harmonylite-node-{node_id} as a duplicate"
+            ));
+        }
+        let (Some(s), Some(first)) = (&store, &first) else {
             continue;
         };
-        if now.revision != first.revision
+        if let Ok(Ok(Some(now))) = tokio::time::timeout(ask, s.entry(&key)).await
+            && now.revision != first.revision
             && read(&now).is_some_and(|e| e.instance != Some(instance))
         {
-            return Err(format!(
-                "node_id {node_id} is already used by another running node of this cluster (another database \
-                 writes the status entry {key} of bucket {BUCKET} every second); give every node its own node_id"
+            return twin(&format!(
+                "another database writes the status entry {key} of bucket {BUCKET} every second"
             ));
         }
     }
