@@ -24,13 +24,42 @@ pub fn open_db(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// The database must exist: HarmonyLite replicates an existing database.
+/// The database must exist and be a file: HarmonyLite replicates an existing database. The node's state file
+/// must not be a directory, and the NATS files the configuration names must be readable files: all checked
+/// before anything is written, so a wrong path changes nothing.
 pub fn check_db(cfg: &Config) -> anyhow::Result<()> {
-    if !cfg.db_path.exists() {
-        bail!(
-            "database file {} does not exist; HarmonyLite replicates an existing database (create it first)",
+    match std::fs::metadata(&cfg.db_path) {
+        Ok(m) if m.is_dir() => bail!(
+            "db_path {} is a directory, not a database file",
             cfg.db_path.display()
+        ),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "db_path: database file {} does not exist; HarmonyLite replicates an existing database (create it first)",
+            cfg.db_path.display()
+        ),
+        Err(e) => bail!("db_path: cannot read {}: {e}", cfg.db_path.display()),
+    }
+    if cfg.seq_map_path.is_dir() {
+        bail!(
+            "seq_map_path {} is a directory, not a file",
+            cfg.seq_map_path.display()
         );
+    }
+    let n = &cfg.nats;
+    for (key, path) in [
+        ("nats.server_config", &n.server_config),
+        ("nats.seed_file", &n.seed_file),
+        ("nats.ca_file", &n.ca_file),
+        ("nats.cert_file", &n.cert_file),
+        ("nats.key_file", &n.key_file),
+    ] {
+        let Some(path) = path else { continue };
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => bail!("{key} {} is not a file", path.display()),
+            Err(e) => bail!("{key}: cannot read {}: {e}", path.display()),
+        }
     }
     Ok(())
 }

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 /// Current wire version. A node refuses (and parks) messages of a version it does not know.
 pub const VERSION: u8 = 2;
+/// The highest version byte a later release may plausibly write. A message whose first byte is above
+/// [`VERSION`] up to this one waits for an upgrade that reads it; any higher first byte is garbage (random
+/// bytes would otherwise stop a shard for good).
+pub const NEWEST_PLAUSIBLE_VERSION: u8 = VERSION + 14;
 /// The version before the conflict journal's fields.
 const VERSION_1: u8 = 1;
 const FLAG_ZSTD: u8 = 1;

@@ -19,20 +19,6 @@ fn status(node: &Node, flag: &str) -> Output {
 
 use support::output_text as text;
 
-/// Waits until `node` logs that a shard is paused on a change naming `table`.`column`.
-fn wait_paused_on(_c: &Cluster, node: &Node, table: &str, column: &str) -> String {
-    let (t, col) = (format!("table={table}"), format!("column={column}"));
-    match poll(T, || node.log_lines_with(&["shard paused", &t, &col]).pop()) {
-        Some(line) => line,
-        None => panic!(
-            "node {} not paused on {table}.{column} after {T:?}; its warnings and errors:\n{}\n{}",
-            node.id,
-            node.log_lines_with(&[" WARN "]).join("\n"),
-            node.log_lines_with(&[" ERROR "]).join("\n")
-        ),
-    }
-}
-
 /// The reproduction: migrations run right after a deploy, while the nodes are still starting. On node
 /// 1, as soon as its triggers exist, a column is added and a row uses it; the same column is added on nodes 2
 /// and 3 only after they have received that row. A table created on every node in the same window is captured
@@ -60,7 +46,7 @@ fn schema_changes_in_the_first_second_after_start_are_not_missed() {
 
     // Nodes 2 and 3 receive the row with its rating and wait for the column.
     for i in [2, 3] {
-        wait_paused_on(&c, c.node(i), "Books", "rating");
+        c.node(i).wait_paused_on("Books", Some("rating"), T);
     }
     for i in [2, 3] {
         c.node(i)
@@ -142,11 +128,11 @@ fn add_column_on_one_node_with_writes_before_the_others_are_altered() {
     n1.sql("UPDATE Books SET rating = 3 WHERE id = 1;");
     n2.sql("INSERT INTO Books (id, title, author) VALUES (200, 'Old schema', 'O');");
     n2.sql("UPDATE Books SET title = 'Changed on 2' WHERE id = 2;");
-    let line = wait_paused_on(&c, n3, "Books", "rating");
+    let line = n3.wait_paused_on("Books", Some("rating"), T);
     for part in ["stream=", "seq=", "table=Books", "column=rating"] {
         assert!(line.contains(part), "{part} missing in: {line}");
     }
-    wait_paused_on(&c, n2, "Books", "rating");
+    n2.wait_paused_on("Books", Some("rating"), T);
     // Still paused, not crashed, while the schema is behind.
     during(Duration::from_secs(2), || {
         c.assert_all_alive();
@@ -344,7 +330,7 @@ fn a_node_never_altered_stays_paused_reports_it_and_resumes_when_altered() {
     c.eventually(T, "node 2 has the row", || {
         n2.sql("SELECT rating FROM Books WHERE id = 50;").trim() == "5"
     });
-    wait_paused_on(&c, n3, "Books", "rating");
+    n3.wait_paused_on("Books", Some("rating"), T);
 
     // The cluster view names the table that differs and the node behind.
     let o = c.eventually(T, "the registry shows node 3 behind", || {

@@ -9,7 +9,8 @@ use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use harmonylite::wire::{self, Message, Row, TableChanges, Value};
+use harmonylite::wire::{self, Value};
+use support::stream::{publish, text, upsert};
 use support::{
     Cluster, NatsServer, Node, Options, during, free_port, http_get, listening_sockets, temp_dir,
 };
@@ -242,26 +243,11 @@ fn messages_naming_reserved_tables_change_nothing() {
     node.start_and_wait(START);
     let sequence_before = node.sql("SELECT seq FROM sqlite_sequence WHERE name = 'Books';");
 
-    let message = |table: &str, columns: &[&str], key: &str, row: Vec<Value>| Message {
-        origin: 99,
-        unit: format!("hostile-{table}"),
-        part: 1,
-        last: true,
-        schema: 0,
-        tables: vec![TableChanges {
-            table: table.into(),
-            columns: columns.iter().map(|c| c.to_string()).collect(),
-            key: vec![key.into()],
-            rows: vec![Row::Upsert(row)],
-        }],
-        seen: None,
-        at_ms: 0,
-    };
-    let text = |s: &str| Value::Text(s.as_bytes().to_vec());
-    let stream = "harmonylite-changes-c-1";
+    let stream = node.loaded_config().stream_name(1);
+    let stream = stream.as_str();
     let mut payloads = vec![
         wire::encode(
-            &message(
+            &upsert(
                 "__harmonylite__applied",
                 &["stream", "seq"],
                 "stream",
@@ -270,7 +256,7 @@ fn messages_naming_reserved_tables_change_nothing() {
             true,
         ),
         wire::encode(
-            &message(
+            &upsert(
                 "sqlite_sequence",
                 &["name", "seq"],
                 "name",
@@ -279,7 +265,7 @@ fn messages_naming_reserved_tables_change_nothing() {
             true,
         ),
         wire::encode(
-            &message(
+            &upsert(
                 "__HarmonyLite__Change_Log",
                 &["id", "tbl", "k"],
                 "id",
@@ -291,7 +277,7 @@ fn messages_naming_reserved_tables_change_nothing() {
         b"\x02\x00\xff\xff".to_vec(),
     ];
     payloads.push(wire::encode(
-        &message(
+        &upsert(
             "Books",
             &["id", "title", "author", "publication_year"],
             "id",
@@ -304,23 +290,10 @@ fn messages_naming_reserved_tables_change_nothing() {
         ),
         true,
     ));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = async_nats::connect(format!("nats://127.0.0.1:{client}"))
-            .await
-            .unwrap();
-        let js = async_nats::jetstream::new(client);
-        for p in payloads {
-            js.publish("harmonylite-change-log-1", p.into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
-    });
+    let subject = node.loaded_config().subject_name(1);
+    for (i, r) in publish(client, &subject, payloads).into_iter().enumerate() {
+        assert_eq!(r, Ok(i as u64 + 1), "payload {i}");
+    }
     node.eventually(Duration::from_secs(30), "the good message applied", || {
         node.sql("SELECT title FROM Books WHERE id = 500;").trim() == "After the poison"
     });

@@ -72,13 +72,13 @@ impl ApplyError {
     }
 
     /// Whether the message can never apply, on any node, whatever happens later: undecodable (but for a wire
-    /// version newer than ours, which an upgrade will read), malformed, or naming a reserved table. Such a
+    /// version newer than ours, up to [`crate::wire::NEWEST_PLAUSIBLE_VERSION`], which an upgrade will read),
+    /// malformed, or naming a reserved table. Such a
     /// message is quarantined; any other error is waited out.
     pub fn is_poison(&self) -> bool {
         match self {
-            ApplyError::Decode(e) => {
-                !matches!(**e, WireError::Version(v) if v > crate::wire::VERSION)
-            }
+            ApplyError::Decode(e) => !matches!(**e, WireError::Version(v)
+                    if v > crate::wire::VERSION && v <= crate::wire::NEWEST_PLAUSIBLE_VERSION),
             ApplyError::KeyNotShipped { .. }
             | ApplyError::RowWidth { .. }
             | ApplyError::KeyWidth { .. }
@@ -374,4 +374,29 @@ pub fn apply_message(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::ApplyError;
+    use crate::wire::{self, WireError};
+
+    fn version(v: u8) -> ApplyError {
+        ApplyError::Decode(Arc::new(WireError::Version(v)))
+    }
+
+    /// A newer wire version waits for an upgrade; a first byte no release will write (garbage such as text)
+    /// and an older one are poison.
+    #[test]
+    fn only_plausible_newer_versions_wait() {
+        assert!(!version(wire::VERSION + 1).is_poison());
+        assert!(!version(wire::NEWEST_PLAUSIBLE_VERSION).is_poison());
+        assert!(version(wire::NEWEST_PLAUSIBLE_VERSION + 1).is_poison());
+        assert!(version(b'G').is_poison());
+        assert!(version(0).is_poison());
+        let garbage = wire::decode(b"GARBAGE, not a message").unwrap_err();
+        assert!(ApplyError::Decode(Arc::new(garbage)).is_poison());
+    }
 }

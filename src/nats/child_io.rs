@@ -84,6 +84,10 @@ pub(crate) fn forward_lines(
         .spawn(move || {
             for line in BufReader::new(stream).lines() {
                 let Ok(line) = line else { break };
+                if line.contains("Duplicate Server Name") || line.contains("duplicate name") {
+                    super::DUPLICATE_NAME_REFUSALS
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 log.line(&line, Instant::now());
                 if says_jetstream_disabled(&line) {
                     disabled.store(true, Ordering::SeqCst);

@@ -14,6 +14,11 @@
 //! With `nats.urls` set, only steps 4 and 5 run, against the external servers.
 
 mod child_io;
+
+/// How many times the embedded nats-server said that a route was refused because the other side has the same
+/// server name (`harmonylite-node-<id>`): another running node has this node's id.
+pub static DUPLICATE_NAME_REFUSALS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
 mod client;
 mod conf;
 pub mod conf_syntax;

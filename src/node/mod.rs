@@ -204,6 +204,8 @@ pub struct RunningNode {
     last_recovery: Option<std::time::Instant>,
     /// A snapshot whose restore failed (say, its hash did not match): not tried again.
     failed_snapshot: Option<String>,
+    /// This node's database (its change-log incarnation), in its status entry.
+    instance: u64,
 }
 
 /// What the engine starts from: the write connection, the capture installed on it, the publisher's progress.
@@ -231,6 +233,13 @@ impl RunningNode {
         let nats = Nats::start(&cfg, &flags)
             .await
             .context("cannot start NATS")?;
+        let instance = prepared.capture.incarnation;
+        if let Err(e) =
+            crate::ops::status::refuse_twin(&nats.jetstream, cfg.node_id, instance).await
+        {
+            nats.shutdown().await;
+            anyhow::bail!(e);
+        }
         if let Some(o) = &observed {
             o.set_nats(NatsView {
                 client: nats.client.clone(),
@@ -255,6 +264,7 @@ impl RunningNode {
             _watch: None,
             last_recovery: None,
             failed_snapshot: None,
+            instance,
         };
         match node.start_engine(prepared).await {
             Ok(()) => Ok(node),
@@ -375,6 +385,7 @@ impl RunningNode {
             self.counters.clone(),
             replicas,
             expected_nodes,
+            self.instance,
             self.cancel.clone(),
         ));
         self.tasks.spawn(snapshots::run(

@@ -448,6 +448,7 @@ mod tests {
                 counters: Default::default(),
                 published_upto: Some(5),
                 expected_nodes: Some(3),
+                instance: None,
             },
             created_ms: now,
         }

@@ -61,6 +61,10 @@ pub struct Entry {
     /// NATS). Older entries do not say.
     #[serde(default)]
     pub expected_nodes: Option<u64>,
+    /// The writer's database (its change-log incarnation): tells a restart of the same node from another
+    /// process given the same `node_id` ([`refuse_twin`]). Older entries do not say.
+    #[serde(default)]
+    pub instance: Option<u64>,
 }
 
 /// One shard as a node sees it.
@@ -149,6 +153,7 @@ impl Entry {
             },
             published_upto: cfg.publish.then(|| counters.published_upto.load(Relaxed)),
             expected_nodes: Some(expected_nodes as u64),
+            instance: None,
         }
     }
 }
@@ -161,6 +166,79 @@ pub fn node_key(node_id: u64) -> String {
 /// The node id in a `node-<id>` key.
 pub fn key_node(key: &str) -> Option<u64> {
     key.strip_prefix("node-")?.parse().ok()
+}
+
+/// How long [`refuse_twin`] watches another instance's entry for a new write (the writer writes every
+/// [`PERIOD`]).
+const TWIN_WATCH: Duration = Duration::from_secs(3);
+/// An entry older than this (by the server's timestamp and our clock) is from a process that has stopped.
+const TWIN_RECENT: Duration = Duration::from_secs(30);
+
+/// Refuses to run a second process with this node's id in the cluster. Two signs of a live twin: the cluster's
+/// servers keep refusing routes of this node's server (same name as the twin's: counted in
+/// [`crate::nats::DUPLICATE_NAME_REFUSALS`]), or `node_id`'s status entry is written by another database (its
+/// `instance`, the change-log incarnation, differs from `instance`) and is still being written (a new revision
+/// within [`TWIN_WATCH`]). The same node restarting (after `kill -9` as well) finds its own instance, and the
+/// routes of a dead process are closed at once; a stopped process's entry is not written again. When neither
+/// sign shows, nothing is watched: the start is not delayed.
+pub async fn refuse_twin(
+    js: &jetstream::Context,
+    node_id: u64,
+    instance: u64,
+) -> Result<(), String> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let refusals = || crate::nats::DUPLICATE_NAME_REFUSALS.load(Relaxed);
+    let ask = Duration::from_secs(1);
+    let key = node_key(node_id);
+    let read = |e: &kv::Entry| serde_json::from_slice::<Entry>(&e.value).ok();
+    let store = match tokio::time::timeout(ask, js.get_key_value(BUCKET)).await {
+        Ok(Ok(s)) => Some(s),
+        _ => None,
+    };
+    let first = match &store {
+        Some(s) => match tokio::time::timeout(ask, s.entry(&key)).await {
+            Ok(Ok(e)) => e,
+            _ => None,
+        },
+        None => None,
+    };
+    let other_recent = first.as_ref().is_some_and(|e| {
+        let created_ms = (e.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+        let age_ms = report::unix_ms(std::time::SystemTime::now()).saturating_sub(created_ms);
+        read(e).is_some_and(|x| x.instance != Some(instance))
+            && age_ms <= TWIN_RECENT.as_millis() as u64
+    });
+    let refused_before = refusals();
+    if !other_recent && refused_before == 0 {
+        return Ok(());
+    }
+    let twin = |why: &str| {
+        Err(format!(
+            "node_id {node_id} is already used by another running node of this cluster ({why}); give every \
+             node its own node_id"
+        ))
+    };
+    let deadline = tokio::time::Instant::now() + TWIN_WATCH;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(PERIOD / 4).await;
+        if refusals() >= refused_before + 5 {
+            return twin(&format!(
+                "the cluster's servers refuse this node's server name harmonylite-node-{node_id} as a duplicate"
+            ));
+        }
+        let (Some(s), Some(first)) = (&store, &first) else {
+            continue;
+        };
+        if let Ok(Ok(Some(now))) = tokio::time::timeout(ask, s.entry(&key)).await
+            && now.revision != first.revision
+            && read(&now).is_some_and(|e| e.instance != Some(instance))
+        {
+            return twin(&format!(
+                "another database writes the status entry {key} of bucket {BUCKET} every second"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Open the bucket, creating it when missing.
@@ -209,6 +287,7 @@ pub async fn run(
     counters: Arc<Counters>,
     replicas: usize,
     expected_nodes: usize,
+    instance: u64,
     cancel: CancellationToken,
 ) {
     let key = node_key(cfg.node_id);
@@ -222,7 +301,8 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = counters.progressed(), if !failing => tick.reset(),
         }
-        let entry = Entry::of(&cfg, &counters, expected_nodes);
+        let mut entry = Entry::of(&cfg, &counters, expected_nodes);
+        entry.instance = Some(instance);
         let r = tokio::select! {
             _ = cancel.cancelled() => return,
             r = put(&js, &mut store, replicas, &key, &entry) => r,

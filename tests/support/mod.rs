@@ -12,6 +12,7 @@
 //! | [`cluster`]  | [`Cluster`] of N nodes peered on loopback in one temporary directory ([`Options`]), with the convergence oracle [`Cluster::converged`] (one table) and [`Cluster::converged_all`] (every user table); failures show every node's last log lines |
 //! | [`oracle`]   | the fault suite's oracle: [`Apps`] (application processes writing every node, `app_writer.py`; commits per node: [`Apps::committed_on`]), [`Cluster::verdict`] (nothing committed lost, all converged, no node dead or panicked, application errors counted: a [`Verdict`]), [`LEDGER`] (its schema), [`Plan`] (seed, cycles, duration from the environment), [`Rng`], [`oracle::report`], [`StreamWatch`] (reads a replication stream as it grows: `ledger` rows published twice, a [`Published`]) |
 //! | [`netns`]    | [`netns::Network`]: one network namespace per node on a hub bridge (veth pairs), [`netns::Network::place`] puts a cluster's nodes there (a [`Node`] runs in its namespace: `netns`, `cluster_host`, `peer_hosts`), [`netns::Network::partition`] / [`netns::Network::heal`]; namespaces removed on drop, also on panic; [`netns::namespaces_with_prefix`] |
+//! | [`stream`]   | messages the test puts on a change stream: [`stream::upsert`] (a real wire message), [`stream::publish`] (any bytes, with JetStream acknowledgements); [`Node::loaded_config`] (subject and stream names), [`Node::wait_paused_on`] (a shard paused on a table or column this node lacks) |
 //! | [`http`]     | [`http_get`] (and [`http_get_within`] for slow answers) from the test process to a node's metrics, health and readiness endpoints; [`metric`] reads one Prometheus series |
 //! | [`docker`]   | [`docker::engine_unavailable`] (the SKIPPED reason), [`docker::Image`] (built for a test, tag removed on drop), [`docker::Compose`] (one compose project, `down -v` on drop, also on panic) |
 //! | [`servers`]  | real servers, killed on drop: [`S3Server`] (moto), [`WebDavServer`] (wsgidav), [`SftpServer`] (OpenSSH sshd, dedicated user), [`NatsServer`] (bundled nats-server with JetStream; [`NatsServer::cluster`]: three in a cluster, for an existing NATS deployment) |
@@ -33,6 +34,7 @@ pub mod ports;
 pub mod process;
 pub mod servers;
 pub mod sql;
+pub mod stream;
 pub mod tls;
 pub mod wait;
 

@@ -293,6 +293,7 @@ mod tests {
                 counters: Activity::default(),
                 published_upto: Some(id * 10),
                 expected_nodes: Some(3),
+                instance: None,
             },
             created_ms,
         }
