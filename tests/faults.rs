@@ -122,7 +122,7 @@ fn a_node_down_at_the_first_start_does_not_stop_the_others() {
 /// latest periodic snapshot and converges, its application still writing throughout.
 #[test]
 fn a_node_offline_past_retention_comes_back_from_a_snapshot() {
-    let plan = Plan::from_env(1);
+    let plan = Plan::from_env(1).slower(5);
     let mut rng = Rng::new(plan.seed);
     let mut c = Cluster::start(Options {
         schema: schema(),

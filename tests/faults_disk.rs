@@ -102,7 +102,7 @@ impl Drop for Tmpfs {
 /// line, stay up, keep its database intact, and resume publishing and applying by itself.
 #[test]
 fn disk_full_on_one_node_then_space_returns() {
-    let plan = Plan::from_env(1);
+    let plan = Plan::from_env(1).slower(5);
     // A stream reserves its size cap on every replica's store: 16 MiB leaves node 3's small disk room for it.
     let mut c = Cluster::new(Options {
         schema: LEDGER.to_string(),
@@ -309,7 +309,7 @@ enum Cut {
 /// `ledger` row once).
 #[test]
 fn power_loss_of_the_publish_progress_file() {
-    let plan = Plan::from_env(3);
+    let plan = Plan::from_env(3).slower(2);
     let mut rng = Rng::new(plan.seed);
     let mut c = Cluster::start(Options {
         schema: LEDGER.to_string(),

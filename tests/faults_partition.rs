@@ -44,7 +44,7 @@ fn own_mark(c: &Cluster, i: usize) -> i64 {
 /// At the end every node converges and every committed transaction is on every node.
 #[test]
 fn a_partitioned_minority_keeps_writing_and_converges_after_the_heal() {
-    let plan = Plan::from_env(1);
+    let plan = Plan::from_env(1).slower(5);
     let mut rng = Rng::new(plan.seed);
     // Declared before the cluster: dropped after it (the nodes are killed first), also on a panic.
     let mut net = match Network::create(3) {

@@ -595,6 +595,8 @@ pub struct Plan {
     pub cycles: u64,
     pub duration: Option<Duration>,
     pub rate: f64,
+    /// The short form's cycles (what `cargo test` runs).
+    pub short_cycles: u64,
 }
 
 impl Plan {
@@ -628,9 +630,18 @@ impl Plan {
             cycles,
             duration,
             rate,
+            short_cycles,
         };
         eprintln!("fault plan: {plan:?} (replay with HARMONYLITE_FAULT_SEED={seed})");
         plan
+    }
+
+    /// For a fault whose cycle lasts several times the kill -9 cycle: one in `divisor` of the long form's
+    /// cycles, never fewer than the short form's (the short form is left as it is).
+    pub fn slower(mut self, divisor: u64) -> Plan {
+        self.cycles = (self.cycles / divisor.max(1)).max(self.short_cycles.min(self.cycles));
+        eprintln!("fault plan: this test runs {} cycles", self.cycles);
+        self
     }
 
     /// Whether cycle `k` (0-based) should run, the run having started at `started`.
