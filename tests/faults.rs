@@ -117,7 +117,7 @@ fn a_node_down_at_the_first_start_does_not_stop_the_others() {
     report("first-start", &v.summary());
 }
 
-/// A node offline until the stream no longer holds its next change (`max_entries = 300`) and a periodic
+/// A node offline until the stream no longer holds its next change (`max_entries = 2000`) and a periodic
 /// snapshot was saved after that, its application writing on meanwhile, then back: it finds its next change gone, publishes its own unpublished writes, restores the
 /// latest periodic snapshot and converges, its application still writing throughout.
 #[test]
@@ -127,7 +127,7 @@ fn a_node_offline_past_retention_comes_back_from_a_snapshot() {
     let mut c = Cluster::start(Options {
         schema: schema(),
         extra_toml:
-            "[replication_log]\nmax_entries = 300\n[snapshot]\ninterval = 2000\nleader_ttl = 3000\n"
+            "[replication_log]\nmax_entries = 2000\n[snapshot]\ninterval = 2000\nleader_ttl = 3000\n"
                 .into(),
         ..Default::default()
     });
