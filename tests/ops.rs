@@ -106,17 +106,22 @@ fn metrics_follow_rows_written_and_applied() {
     );
     for (i, (m, _)) in ports.iter().enumerate().skip(1) {
         let id = (i + 1).to_string();
-        let t = eventually(T, "peer counts 25 applied rows and no lag", || {
-            let t = scrape(*m);
-            (metric(&t, "harmonylite_applied_rows", &[("node_id", &id)]) == Some(25.0)
-                && metric(
-                    &t,
-                    "harmonylite_lag_messages",
-                    &[("node_id", &id), ("shard", "1")],
-                ) == Some(0.0)
-                && metric(&t, "harmonylite_jetstream_quorum", &[("node_id", &id)]) == Some(1.0))
-            .then_some(t)
-        });
+        // The stream's last sequence is read by the status task about once a second, the applied position
+        // at every apply: wait until both have been seen at the same point.
+        let t = eventually(
+            T,
+            "peer counts 25 applied rows, no lag, position at the stream's end",
+            || {
+                let t = scrape(*m);
+                let shard = [("node_id", id.as_str()), ("shard", "1")];
+                (metric(&t, "harmonylite_applied_rows", &[("node_id", &id)]) == Some(25.0)
+                    && metric(&t, "harmonylite_lag_messages", &shard) == Some(0.0)
+                    && metric(&t, "harmonylite_jetstream_quorum", &[("node_id", &id)]) == Some(1.0)
+                    && metric(&t, "harmonylite_applied_position", &shard)
+                        == metric(&t, "harmonylite_stream_last_sequence", &shard))
+                .then_some(t)
+            },
+        );
         assert_eq!(
             metric(&t, "harmonylite_published", &[("node_id", &id)]),
             Some(0.0)
