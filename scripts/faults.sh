@@ -39,7 +39,8 @@ export HARMONYLITE_BIN="$PWD/target/release/harmonylite"
 export HARMONYLITE_FAULT_SEED="$seed" HARMONYLITE_FAULT_CYCLES="$cycles" \
     HARMONYLITE_FAULT_DURATION_S="$duration" HARMONYLITE_FAULT_RATE="$rate"
 mkdir -p "$(dirname "$report")"
-export HARMONYLITE_FAULT_REPORT="$PWD/$report"
+case "$report" in /*) ;; *) report="$PWD/$report" ;; esac
+export HARMONYLITE_FAULT_REPORT="$report"
 {
     echo "# scripts/faults.sh --seed $seed --cycles $cycles --duration $duration --rate $rate $filter"
     echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ), $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(nproc) cores"
