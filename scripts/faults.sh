@@ -50,14 +50,16 @@ status=0
 # One test at a time: each runs its own three-node cluster.
 targets=()
 for f in tests/faults*.rs; do targets+=(--test "$(basename "$f" .rs)"); done
-cargo test --locked "${targets[@]}" -- --test-threads 1 --nocapture $filter 2>&1 |
-    tee target/faults-output.txt | grep -E '^(test |FAULT-REPORT|fault plan|thread .* panicked|test result)' ||
-    true
-! grep -q '^test result: FAILED\|^error' target/faults-output.txt && grep -q '^test result: ok' target/faults-output.txt ||
-    status=1
+# Every run keeps its whole output (the tests' logs, a failing test's panic message) in its own file.
+output="target/faults-output-$(date -u +%Y%m%dT%H%M%SZ)-seed$seed.txt"
+echo "# output: $output" >>"$report"
+cargo test --locked --no-fail-fast "${targets[@]}" -- --test-threads 1 --nocapture $filter 2>&1 |
+    tee "$output" | awk '/^thread .* panicked/ { n = 4 } n > 0 { print; n--; next }
+        /^(test |FAULT-REPORT|fault plan|test result)/' || true
+! grep -q '^test result: FAILED\|^error' "$output" && grep -q '^test result: ok' "$output" || status=1
 echo "# finished in $(( $(date +%s) - start )) s, status $status" >>"$report"
 echo
 echo "Report ($report):"
 tail -n 40 "$report"
-[ $status -eq 0 ] || echo "FAILED: see target/faults-output.txt (replay with --seed $seed)" >&2
+[ $status -eq 0 ] || echo "FAILED: see $output (replay with --seed $seed)" >&2
 exit $status

@@ -57,9 +57,14 @@ impl Tmpfs {
         })
     }
 
-    /// Writes a file `name` in 1 MiB pieces (then smaller ones) until the file system is full; returns its size.
+    /// Appends to file `name` in 1 MiB pieces (then smaller ones) until the file system is full; returns the
+    /// bytes written.
     fn fill(&self, name: &str) -> u64 {
-        let mut f = std::fs::File::create(self.dir.join(name)).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(name))
+            .unwrap();
         let mut written = 0u64;
         for size in [1 << 20, 64 << 10, 4 << 10, 512, 1] {
             let chunk = vec![0xa5u8; size];
@@ -207,8 +212,11 @@ fn full_then_free(c: &Cluster, disk: &Tmpfs, apps: &mut Apps, k: u64, stats: &mu
         stats.filler >> 20,
         disk.free()
     );
-    // Node 3 cannot apply what the other nodes write (nor, mostly, publish): it says so, at ERROR.
+    // Node 3 cannot apply what the other nodes write (nor, mostly, publish): it says so, at ERROR. The disk
+    // stays full: a file replaced by a new one (the state file), a page freed by SQLite, a WAL reused from its
+    // start let the node write on for a while; whatever space it frees, the filler takes.
     node3.eventually(T, "node 3's ERROR line about its full disk", || {
+        stats.filler += disk.fill("filler");
         node3
             .log_since(mark)
             .lines()

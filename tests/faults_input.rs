@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use harmonylite::wire::{self, Value};
 use support::oracle::report;
-use support::stream::{publish, text, upsert};
+use support::stream::{
+    BAD_BODY, NOT_ZSTD, applied_position_message, publish, sqlite_sequence_message, text, upsert,
+};
 use support::*;
 
 const T: Duration = Duration::from_secs(60);
@@ -77,12 +79,12 @@ fn poison_on_the_stream_is_quarantined_and_a_schema_ahead_waits_for_the_schema()
         ),
         (
             "not zstd",
-            b"\x02\x01not zstd at all".to_vec(),
+            NOT_ZSTD.to_vec(),
             "undecodable message: cannot decompress",
         ),
         (
             "bad body",
-            b"\x02\x00\xff\xff".to_vec(),
+            BAD_BODY.to_vec(),
             "undecodable message: cannot decode",
         ),
         (
@@ -116,15 +118,7 @@ fn poison_on_the_stream_is_quarantined_and_a_schema_ahead_waits_for_the_schema()
         ),
         (
             "__harmonylite__applied",
-            wire::encode(
-                &upsert(
-                    "__harmonylite__applied",
-                    &["stream", "seq"],
-                    "stream",
-                    vec![text(&stream), Value::Integer(1_000_000)],
-                ),
-                true,
-            ),
+            applied_position_message(&stream, 1_000_000),
             "refused message: table \"__harmonylite__applied\" is reserved",
         ),
         (
@@ -144,15 +138,7 @@ fn poison_on_the_stream_is_quarantined_and_a_schema_ahead_waits_for_the_schema()
         ),
         (
             "sqlite_sequence",
-            wire::encode(
-                &upsert(
-                    "sqlite_sequence",
-                    &["name", "seq"],
-                    "name",
-                    vec![text("Books"), Value::Integer(100_000)],
-                ),
-                true,
-            ),
+            sqlite_sequence_message("Books", 100_000),
             "refused message: table \"sqlite_sequence\" is reserved",
         ),
         (

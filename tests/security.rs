@@ -10,7 +10,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use harmonylite::wire::{self, Value};
-use support::stream::{publish, text, upsert};
+use support::stream::{
+    BAD_BODY, NOT_ZSTD, applied_position_message, publish, sqlite_sequence_message, text, upsert,
+};
 use support::{
     Cluster, NatsServer, Node, Options, during, free_port, http_get, listening_sockets, temp_dir,
 };
@@ -246,24 +248,8 @@ fn messages_naming_reserved_tables_change_nothing() {
     let stream = node.loaded_config().stream_name(1);
     let stream = stream.as_str();
     let mut payloads = vec![
-        wire::encode(
-            &upsert(
-                "__harmonylite__applied",
-                &["stream", "seq"],
-                "stream",
-                vec![text(stream), Value::Integer(1_000_000)],
-            ),
-            true,
-        ),
-        wire::encode(
-            &upsert(
-                "sqlite_sequence",
-                &["name", "seq"],
-                "name",
-                vec![text("Books"), Value::Integer(100_000)],
-            ),
-            true,
-        ),
+        applied_position_message(stream, 1_000_000),
+        sqlite_sequence_message("Books", 100_000),
         wire::encode(
             &upsert(
                 "__HarmonyLite__Change_Log",
@@ -273,8 +259,8 @@ fn messages_naming_reserved_tables_change_nothing() {
             ),
             false,
         ),
-        b"\x02\x01not zstd at all".to_vec(),
-        b"\x02\x00\xff\xff".to_vec(),
+        NOT_ZSTD.to_vec(),
+        BAD_BODY.to_vec(),
     ];
     payloads.push(wire::encode(
         &upsert(

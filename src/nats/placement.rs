@@ -58,6 +58,31 @@ where
     }
 }
 
+/// Opens key-value bucket `bucket`, or creates it (history 1; `max_age` zero: entries do not expire) with
+/// `replicas` replicas as [`create`] does.
+pub async fn kv_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    replicas: usize,
+    max_age: Duration,
+) -> Result<jetstream::kv::Store, String> {
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    create(bucket, replicas, |num_replicas| {
+        js.create_key_value(jetstream::kv::Config {
+            bucket: bucket.to_string(),
+            description: description.to_string(),
+            history: 1,
+            max_age,
+            num_replicas,
+            ..Default::default()
+        })
+    })
+    .await
+}
+
 /// JetStream's stream behind key-value bucket `bucket`.
 pub fn kv_stream(bucket: &str) -> String {
     format!("KV_{bucket}")

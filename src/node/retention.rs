@@ -54,21 +54,14 @@ fn is_zero(n: &u64) -> bool {
 
 /// Open the bucket, creating it when missing.
 pub async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, String> {
-    match js.get_key_value(BUCKET).await {
-        Ok(s) => Ok(s),
-        Err(_) => {
-            crate::nats::placement::create(BUCKET, replicas, |num_replicas| {
-                js.create_key_value(kv::Config {
-                    bucket: BUCKET.to_string(),
-                    description: "HarmonyLite: stream positions each node has handled".to_string(),
-                    history: 1,
-                    num_replicas,
-                    ..Default::default()
-                })
-            })
-            .await
-        }
-    }
+    crate::nats::placement::kv_bucket(
+        js,
+        BUCKET,
+        "HarmonyLite: stream positions each node has handled",
+        replicas,
+        Duration::ZERO,
+    )
+    .await
 }
 
 /// Every entry of the bucket, by key.

@@ -37,23 +37,14 @@ impl Lease {
         replicas: usize,
         node_id: u64,
     ) -> Result<Lease, String> {
-        let store = match js.get_key_value(LEASE_BUCKET).await {
-            Ok(s) => s,
-            Err(_) => {
-                crate::nats::placement::create(LEASE_BUCKET, replicas, |num_replicas| {
-                    js.create_key_value(kv::Config {
-                        bucket: LEASE_BUCKET.to_string(),
-                        description: "HarmonyLite: which node takes the periodic snapshots"
-                            .to_string(),
-                        history: 1,
-                        max_age: ttl,
-                        num_replicas,
-                        ..Default::default()
-                    })
-                })
-                .await?
-            }
-        };
+        let store = crate::nats::placement::kv_bucket(
+            js,
+            LEASE_BUCKET,
+            "HarmonyLite: which node takes the periodic snapshots",
+            replicas,
+            ttl,
+        )
+        .await?;
         Ok(Lease {
             store,
             node_id,

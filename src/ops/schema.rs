@@ -120,21 +120,14 @@ async fn put(
     entry: &Entry,
 ) -> Result<(), String> {
     if store.is_none() {
-        let s = match js.get_key_value(BUCKET).await {
-            Ok(s) => s,
-            Err(_) => {
-                crate::nats::placement::create(BUCKET, replicas, |num_replicas| {
-                    js.create_key_value(kv::Config {
-                        bucket: BUCKET.to_string(),
-                        description: "HarmonyLite: each node's schema fingerprint".to_string(),
-                        history: 1,
-                        num_replicas,
-                        ..Default::default()
-                    })
-                })
-                .await?
-            }
-        };
+        let s = crate::nats::placement::kv_bucket(
+            js,
+            BUCKET,
+            "HarmonyLite: each node's schema fingerprint",
+            replicas,
+            Duration::ZERO,
+        )
+        .await?;
         *store = Some(s);
     }
     let s = store.as_ref().expect("store set above");

@@ -243,22 +243,14 @@ pub async fn refuse_twin(
 
 /// Open the bucket, creating it when missing.
 async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, String> {
-    match js.get_key_value(BUCKET).await {
-        Ok(s) => Ok(s),
-        Err(_) => {
-            crate::nats::placement::create(BUCKET, replicas, |num_replicas| {
-                js.create_key_value(kv::Config {
-                    bucket: BUCKET.to_string(),
-                    description: "HarmonyLite: each node's status, written about once a second"
-                        .to_string(),
-                    history: 1,
-                    num_replicas,
-                    ..Default::default()
-                })
-            })
-            .await
-        }
-    }
+    crate::nats::placement::kv_bucket(
+        js,
+        BUCKET,
+        "HarmonyLite: each node's status, written about once a second",
+        replicas,
+        std::time::Duration::ZERO,
+    )
+    .await
 }
 
 async fn put(

@@ -159,15 +159,7 @@ impl Network {
     pub fn partition(&mut self, side: &[usize]) {
         self.heal();
         for &i in side {
-            must(&[
-                "-n",
-                &self.hub,
-                "link",
-                "set",
-                &format!("v{i}"),
-                "master",
-                "br1",
-            ]);
+            self.attach(i, "br1");
             self.cut.insert(i);
         }
     }
@@ -175,16 +167,14 @@ impl Network {
     /// Joins every node again (all hub ports on the first bridge).
     pub fn heal(&mut self) {
         for i in std::mem::take(&mut self.cut) {
-            must(&[
-                "-n",
-                &self.hub,
-                "link",
-                "set",
-                &format!("v{i}"),
-                "master",
-                "br0",
-            ]);
+            self.attach(i, "br0");
         }
+    }
+
+    /// Moves node `i`'s hub port to `bridge`.
+    fn attach(&self, i: usize, bridge: &str) {
+        let port = format!("v{i}");
+        must(&["-n", &self.hub, "link", "set", &port, "master", bridge]);
     }
 
     /// Runs `f` on a thread inside node `i`'s namespace (1-based), e.g. [`super::Node::stream_info`], which

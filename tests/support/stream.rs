@@ -105,3 +105,36 @@ impl Node {
         }
     }
 }
+
+/// Bytes that start like a compressed message of the current wire version but are not zstd.
+pub const NOT_ZSTD: &[u8] = b"\x02\x01not zstd at all";
+/// Bytes that start like an uncompressed message of the current wire version but cannot be decoded.
+pub const BAD_BODY: &[u8] = b"\x02\x00\xff\xff";
+
+/// A message (encoded, compressed) that would move `stream`'s applied position in a node's own bookkeeping to
+/// `seq`: the stream must never write it.
+pub fn applied_position_message(stream: &str, seq: i64) -> Vec<u8> {
+    harmonylite::wire::encode(
+        &upsert(
+            "__harmonylite__applied",
+            &["stream", "seq"],
+            "stream",
+            vec![text(stream), Value::Integer(seq)],
+        ),
+        true,
+    )
+}
+
+/// A message (encoded, compressed) that would set SQLite's AUTOINCREMENT counter of `table` to `seq`: the
+/// stream must never write it.
+pub fn sqlite_sequence_message(table: &str, seq: i64) -> Vec<u8> {
+    harmonylite::wire::encode(
+        &upsert(
+            "sqlite_sequence",
+            &["name", "seq"],
+            "name",
+            vec![text(table), Value::Integer(seq)],
+        ),
+        true,
+    )
+}
