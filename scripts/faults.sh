@@ -54,8 +54,8 @@ for f in tests/faults*.rs; do targets+=(--test "$(basename "$f" .rs)"); done
 output="target/faults-output-$(date -u +%Y%m%dT%H%M%SZ)-seed$seed.txt"
 echo "# output: $output" >>"$report"
 cargo test --locked --no-fail-fast "${targets[@]}" -- --test-threads 1 --nocapture $filter 2>&1 |
-    tee "$output" | awk '/^thread .* panicked/ { n = 4 } n > 0 { print; n--; next }
-        /^(test |FAULT-REPORT|fault plan|test result)/' || true
+    tee "$output" | awk '/^thread .* panicked/ { n = 4 } n > 0 { print; fflush(); n--; next }
+        /^(test |FAULT-REPORT|fault plan|test result)/ { print; fflush() }' || true
 ! grep -q '^test result: FAILED\|^error' "$output" && grep -q '^test result: ok' "$output" || status=1
 echo "# finished in $(( $(date +%s) - start )) s, status $status" >>"$report"
 echo

@@ -69,6 +69,10 @@ struct ShardGauges {
     oldest_unapplied_ms: u64,
     /// The highest stream sequence at which JetStream stored one of this node's own changes (this run).
     published: u64,
+    /// The position this node's positions entry certified when this run started (messages up to it were
+    /// handled by an earlier run on this database; own changes skipped then leave the database's position
+    /// behind it).
+    certified: u64,
 }
 
 impl ShardGauges {
@@ -217,6 +221,17 @@ impl Counters {
     pub fn applied(&self) -> Vec<u64> {
         let v = self.shards.lock().unwrap_or_else(|e| e.into_inner());
         v.iter().map(|g| g.applied).collect()
+    }
+
+    /// The position this node's positions entry certifies for `shard` (0: none; see [`ShardGauges`]).
+    pub fn set_certified(&self, shard: u32, seq: u64) {
+        self.with_shard(shard, |g| g.certified = seq);
+    }
+
+    /// Certified position per shard (index 0 = shard 1).
+    pub fn certified(&self) -> Vec<u64> {
+        let v = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter().map(|g| g.certified).collect()
     }
 
     /// JetStream stored one of this node's own changes at `seq` of `shard`'s stream.

@@ -142,7 +142,14 @@ impl ShardConsumer {
         let input = &mut self.input;
         let mut stream = self.js.get_stream(&input.stream).await?;
         let first = stream.info().await?.state.first_sequence;
-        if input.next < first && first <= input.certified + 1 {
+        // Certified: read from this node's positions entry at start, or later when it did not answer then.
+        let certified = self
+            .counters
+            .certified()
+            .get(input.shard as usize - 1)
+            .copied()
+            .unwrap_or(0);
+        if input.next < first && first <= certified + 1 {
             tracing::info!(shard = input.shard, stream = %input.stream, from = input.next, to = first,
                 "stepping over a purged range this node had handled before it stopped (its own changes)");
             input.next = first;

@@ -59,9 +59,6 @@ pub struct ShardInput {
     pub stream: String,
     /// First stream sequence to deliver (the applied position + 1).
     pub next: u64,
-    /// Position up to which this node had handled the stream before it stopped (its retention entry): a
-    /// purged range up to here may be stepped over, since none of it changed this node's data.
-    pub certified: u64,
     pub tx: mpsc::Sender<Incoming>,
     /// Wakes the applier after a delivery.
     pub wake: Arc<Notify>,
@@ -153,7 +150,6 @@ impl Applier {
                 shard,
                 stream: stream.clone(),
                 next: applied + 1,
-                certified: 0,
                 tx,
                 wake: wake.clone(),
             });

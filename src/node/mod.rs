@@ -305,14 +305,26 @@ impl RunningNode {
             self.counters
                 .set_published_upto(prepared.state.published_upto.max(0) as u64);
         }
-        let mut certified = if cfg.replicate {
-            // Read before this run writes the entry again.
-            retention::certified(
+        // Read before this run writes the entry again; when it cannot be read, the retention task reads it
+        // before it writes.
+        let (mut certified, mut certified_unknown) = if cfg.replicate {
+            match retention::certified(
                 &self.nats.jetstream,
                 cfg.node_id,
                 prepared.capture.incarnation,
             )
             .await
+            {
+                Ok(c) => (c, false),
+                Err(error) => {
+                    tracing::warn!(
+                        error,
+                        "cannot read this node's positions entry; it is read again in the background (a shard \
+                         that seems to be at a gap meanwhile waits for it)"
+                    );
+                    (Default::default(), true)
+                }
+            }
         } else {
             Default::default()
         };
@@ -330,7 +342,9 @@ impl RunningNode {
                         {
                             Ok(p) => {
                                 prepared = p;
+                                // The restored database is not the one the entry spoke for.
                                 certified = Default::default();
+                                certified_unknown = false;
                             }
                             Err(e) => {
                                 tracing::error!(error = %format!("{e:#}"),
@@ -402,6 +416,7 @@ impl RunningNode {
             current.get().incarnation,
             replicas,
             expected_nodes,
+            certified_unknown,
             self.cancel.clone(),
         ));
 
@@ -457,8 +472,11 @@ impl RunningNode {
             self.counters.clone(),
             conn,
         )?;
-        for mut input in inputs {
-            input.certified = certified.get(&input.stream).copied().unwrap_or(0);
+        for input in inputs {
+            self.counters.set_certified(
+                input.shard,
+                certified.get(&input.stream).copied().unwrap_or(0),
+            );
             let c = ShardConsumer::new(
                 self.nats.jetstream.clone(),
                 self.cfg.server_name(),

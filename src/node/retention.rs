@@ -114,28 +114,91 @@ pub fn node_key(node_id: u64) -> String {
     format!("node-{node_id}")
 }
 
-/// This node's entry as it is now (`None` when it has none or the bucket is not reachable within seconds).
+/// How long [`entry`] asks again a bucket that does not answer (a cluster electing leaders after a server's
+/// death answers within seconds).
+const ENTRY_PATIENCE: Duration = Duration::from_secs(30);
+
+/// This node's entry as it is now: `None` when it has none, the bucket does not exist, or the bucket did not
+/// answer within [`ENTRY_PATIENCE`] (said at WARN).
 pub async fn entry(js: &jetstream::Context, node_id: u64) -> Option<Positions> {
-    let read = async {
-        let store = js.get_key_value(BUCKET).await.ok()?;
-        let v = store.get(node_key(node_id)).await.ok()??;
-        serde_json::from_slice::<Positions>(&v).ok()
-    };
-    tokio::time::timeout(Duration::from_secs(5), read)
+    match entry_patiently(js, node_id).await {
+        Ok(found) => found,
+        Err(error) => {
+            tracing::warn!(
+                bucket = BUCKET,
+                error,
+                "cannot read this node's positions entry"
+            );
+            None
+        }
+    }
+}
+
+/// This node's entry (`Ok(None)`: it has none, or the bucket does not exist). A bucket that does not answer is
+/// asked again for up to [`ENTRY_PATIENCE`]: taking "no answer" for "no entry" would make a node coming back
+/// take its own changes skipped before it stopped, and trimmed from the stream since, for a gap.
+async fn entry_patiently(
+    js: &jetstream::Context,
+    node_id: u64,
+) -> Result<Option<Positions>, String> {
+    let deadline = tokio::time::Instant::now() + ENTRY_PATIENCE;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+    loop {
+        let error =
+            match tokio::time::timeout(Duration::from_secs(5), read_entry(js, node_id)).await {
+                Ok(Ok(found)) => return Ok(found),
+                Ok(Err(e)) => e,
+                Err(_) => "no answer within 5 s".to_string(),
+            };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(error);
+        }
+        tracing::debug!(
+            bucket = BUCKET,
+            error,
+            "positions entry not read yet; asking again"
+        );
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// One try of [`entry`]: `Ok(None)` only when the bucket or the key does not exist.
+async fn read_entry(js: &jetstream::Context, node_id: u64) -> Result<Option<Positions>, String> {
+    use jetstream::context::GetStreamErrorKind;
+    match js
+        .get_stream(crate::nats::placement::kv_stream(BUCKET))
         .await
-        .ok()
-        .flatten()
+    {
+        Ok(_) => {}
+        Err(e)
+            if matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    let store = js.get_key_value(BUCKET).await.map_err(|e| e.to_string())?;
+    let value = store
+        .get(node_key(node_id))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(value.and_then(|v| serde_json::from_slice::<Positions>(&v).ok()))
 }
 
 /// The positions this node's entry certifies for the database of change-log incarnation `incarnation`, per
-/// stream (empty when it has none, it belongs to another database, or the bucket is not reachable within a
-/// few seconds).
+/// stream (empty when it has none or it belongs to another database); an error when the bucket did not answer
+/// within [`ENTRY_PATIENCE`].
 pub async fn certified(
     js: &jetstream::Context,
     node_id: u64,
     incarnation: u64,
-) -> BTreeMap<String, u64> {
-    match entry(js, node_id).await {
+) -> Result<BTreeMap<String, u64>, String> {
+    Ok(certifies(entry_patiently(js, node_id).await?, incarnation))
+}
+
+fn certifies(entry: Option<Positions>, incarnation: u64) -> BTreeMap<String, u64> {
+    match entry {
         Some(p) if p.incarnation == incarnation && incarnation != 0 => p.positions,
         _ => BTreeMap::new(),
     }
@@ -170,7 +233,11 @@ pub fn trim_points(
         .collect()
 }
 
-/// Write this node's positions and trim the streams, until cancelled.
+/// Write this node's positions and trim the streams, until cancelled. The positions written are the applied
+/// ones, or those this node's entry certified at start when higher (`counters`' certified positions). When
+/// the entry could not be read at start (`certified_unknown`), it is read before anything is written, and the
+/// positions it certifies are set in `counters` (a shard stopped at a gap steps over them at its next look).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     js: jetstream::Context,
     cfg: Arc<Config>,
@@ -178,6 +245,7 @@ pub async fn run(
     incarnation: u64,
     replicas: usize,
     expected_nodes: usize,
+    mut certified_unknown: bool,
     cancel: CancellationToken,
 ) {
     let streams: Vec<String> = (1..=cfg.replication_log.shards.get())
@@ -195,7 +263,27 @@ pub async fn run(
                 store = Some(bucket(&js, replicas).await?);
             }
             let kv = store.as_ref().expect("set above");
-            let applied = counters.applied();
+            if certified_unknown {
+                let found =
+                    tokio::time::timeout(Duration::from_secs(5), read_entry(&js, cfg.node_id))
+                        .await
+                        .map_err(|_| "positions entry: no answer within 5 s".to_string())??;
+                let found = certifies(found, incarnation);
+                for (i, stream) in streams.iter().enumerate() {
+                    if let Some(&p) = found.get(stream) {
+                        counters.set_certified(i as u32 + 1, p);
+                    }
+                }
+                tracing::info!(certified = ?found, "positions entry read");
+                certified_unknown = false;
+            }
+            let certified = counters.certified();
+            let applied: Vec<u64> = counters
+                .applied()
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| a.max(certified.get(i).copied().unwrap_or(0)))
+                .collect();
             // Read after the applied positions: a change of ours they cover (and the trim may remove) was
             // acknowledged by then in all but the rarest timings.
             let published_upto = counters
@@ -265,6 +353,26 @@ mod tests {
             positions: pos.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
             published_upto: 0,
         }
+    }
+
+    #[test]
+    fn an_entry_certifies_only_for_its_own_database() {
+        let entry = p(1, &[("a", 100)]);
+        assert_eq!(
+            certifies(Some(entry.clone()), 1),
+            BTreeMap::from([("a".to_string(), 100)])
+        );
+        assert!(
+            certifies(Some(entry.clone()), 2).is_empty(),
+            "another change-log incarnation"
+        );
+        assert!(certifies(None, 1).is_empty(), "no entry");
+        let mut unknown = entry;
+        unknown.incarnation = 0;
+        assert!(
+            certifies(Some(unknown), 0).is_empty(),
+            "incarnation unknown"
+        );
     }
 
     #[test]
