@@ -148,11 +148,11 @@ fn add_column_on_one_node_with_writes_before_the_others_are_altered() {
             n.sql("SELECT rating FROM Books WHERE id = 100;").trim() == "4"
         });
         // From the node's own log: capture re-installed for the ALTER, then the shard resumed.
+        // The line follows the commit that made the row visible: wait for it too.
         let stamp = |what: &str| {
-            let line = n
-                .log_lines_with(&[what])
-                .pop()
-                .unwrap_or_else(|| panic!("node {} never logged {what:?}", n.id));
+            let line = n.eventually(T, &format!("the log line {what:?}"), || {
+                n.log_lines_with(&[what]).pop()
+            });
             humantime::parse_rfc3339(line.split_whitespace().next().unwrap()).unwrap()
         };
         let woke = stamp("local schema caught up")
