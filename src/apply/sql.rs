@@ -162,10 +162,15 @@ fn row_key(table: &str, key: &[&Value]) -> RowKey {
 
 /// Every row key of one table's changes, or `None` when any row is malformed.
 pub fn row_keys_of(t: &TableChanges) -> Option<Vec<RowKey>> {
+    row_keys_named(t, &t.table)
+}
+
+/// [`row_keys_of`], with the keys made under the table name `table`.
+pub fn row_keys_named(t: &TableChanges, table: &str) -> Option<Vec<RowKey>> {
     let pos = key_positions(t).ok()?;
     t.rows
         .iter()
-        .map(|r| key_of(t, &pos, r).ok().map(|k| row_key(&t.table, &k)))
+        .map(|r| key_of(t, &pos, r).ok().map(|k| row_key(table, &k)))
         .collect()
 }
 
@@ -273,7 +278,8 @@ fn without_columns<'a>(t: &'a TableChanges, drop: &[usize]) -> Cow<'a, TableChan
 }
 
 /// Apply one message inside the caller's transaction, against the local schema `cap` (which must be the one
-/// this transaction sees).
+/// this transaction sees). A message with conditional (backfill) rows must have been decided by its window first
+/// (`apply::window::decide`).
 pub fn apply_message(
     tx: &Transaction<'_>,
     m: &Message,
@@ -295,7 +301,12 @@ pub fn apply_message(
             table: t.table.clone(),
         });
     }
-    for t in &m.tables {
+    if !m.conditional.is_empty() {
+        // The applier decides a backfill by its window first; until then nothing can be applied.
+        return Err(ApplyError::MustWait);
+    }
+    for (ti, t) in m.tables.iter().enumerate() {
+        let replayed = m.replayed.contains(&(ti as u32));
         if !selected(&t.table, &cfg.include_tables, &cfg.exclude_tables) {
             out.skipped += t.rows.len() as u64;
             continue;
@@ -341,7 +352,10 @@ pub fn apply_message(
                 Decision::Wait => return Err(ApplyError::MustWait),
                 Decision::Apply => {}
             }
-            if let Some(lost) = recent.concurrent(&rk, m.origin, m.seen) {
+            if let Some(lost) = recent
+                .concurrent(&rk, m.origin, m.seen)
+                .filter(|_| !replayed)
+            {
                 let winner = Winner {
                     origin: m.origin,
                     seq,

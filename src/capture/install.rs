@@ -69,8 +69,14 @@ pub fn install(
         tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", ident(name)))?;
     }
 
+    let listed_tables = schema::user_tables(&tx)?;
+    let rebuilding = listed_tables
+        .iter()
+        .any(|t| super::local::is_rebuild_temporary(&t.name));
+    let floor = rebuild_floor(&tx, rebuilding)?;
+    let mut backfilled = false;
     let mut tables = Vec::new();
-    for listed in schema::user_tables(&tx)? {
+    for listed in listed_tables {
         if !schema::selected(&listed.name, include, exclude) {
             continue;
         }
@@ -86,7 +92,10 @@ pub fn install(
                 adopt_renamed(&tx, &origin, &info)?;
             }
             Some(_) => {}
-            None if captured_before => backfill(&tx, &info)?,
+            None if captured_before => {
+                backfill(&tx, &info)?;
+                backfilled = true;
+            }
             None => {}
         }
         for c in &info.columns {
@@ -97,6 +106,26 @@ pub fn install(
         }
         tx.execute_batch(&trigger_sql(&info))?;
         tables.push(info);
+    }
+    if backfilled {
+        // What the backfilled rows' values hold at least: the applied positions now, or, for a rebuild made in
+        // steps, when its temporary table was first seen (the copy then made misses what was applied since).
+        tx.execute(
+            &format!("DELETE FROM {META} WHERE key LIKE 'backfill_seen:%'"),
+            [],
+        )?;
+        for (stream, seq) in &floor {
+            tx.execute(
+                &format!("INSERT INTO {META}(key, value) VALUES(?1, ?2)"),
+                rusqlite::params![format!("backfill_seen:{stream}"), *seq as i64],
+            )?;
+        }
+    }
+    if !rebuilding {
+        tx.execute(
+            &format!("DELETE FROM {META} WHERE key LIKE 'rebuild_floor:%'"),
+            [],
+        )?;
     }
     let known = known(&tx)?;
     let schema_version = super::schema_version(&tx)?;
@@ -132,6 +161,42 @@ fn incarnation(tx: &Transaction<'_>) -> rusqlite::Result<u64> {
         [v],
     )?;
     Ok(v as u64)
+}
+
+/// Per stream, the lowest applied position a backfill made now may rely on: the applied positions, lowered to
+/// those recorded when a rebuild's temporary table was first seen (`rebuilding`: one exists now, so its
+/// position is recorded, or kept when lower). A rebuild in separate steps (Alembic's batch mode) copies the
+/// rows in its first step: changes applied after that copy are not in the table it renames into place.
+fn rebuild_floor(
+    tx: &Transaction<'_>,
+    rebuilding: bool,
+) -> rusqlite::Result<std::collections::BTreeMap<String, u64>> {
+    let mut floor: std::collections::BTreeMap<String, u64> = tx
+        .prepare(&format!("SELECT stream, seq FROM {APPLIED}"))?
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?
+        .collect::<Result<_, _>>()?;
+    let recorded: Vec<(String, i64)> = tx
+        .prepare(&format!(
+            "SELECT substr(key, 15), value FROM {META} WHERE key LIKE 'rebuild_floor:%'"
+        ))?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (stream, seq) in recorded {
+        let f = floor.entry(stream).or_insert(u64::MAX);
+        *f = (*f).min(seq.max(0) as u64);
+    }
+    floor.retain(|_, v| *v != u64::MAX);
+    if rebuilding {
+        for (stream, seq) in &floor {
+            tx.execute(
+                &format!("INSERT OR REPLACE INTO {META}(key, value) VALUES(?1, ?2)"),
+                rusqlite::params![format!("rebuild_floor:{stream}"), *seq as i64],
+            )?;
+        }
+    }
+    Ok(floor)
 }
 
 /// The stable id of table `name`, assigned on first sight.
@@ -175,6 +240,11 @@ fn adopt_renamed(tx: &Transaction<'_>, origin: &str, info: &TableInfo) -> rusqli
             &format!("UPDATE {LOG} SET tbl = ?1 WHERE tbl = ?2"),
             [info.id, old_id],
         )?;
+        // Backfill rows (negated ids) stay backfill rows.
+        tx.execute(
+            &format!("UPDATE {LOG} SET tbl = ?1 WHERE tbl = ?2"),
+            [-info.id, -old_id],
+        )?;
     }
     tx.execute(
         &format!("INSERT OR REPLACE INTO {RENAMES}(old, new) VALUES(?1, ?2)"),
@@ -184,19 +254,22 @@ fn adopt_renamed(tx: &Transaction<'_>, origin: &str, info: &TableInfo) -> rusqli
     Ok(())
 }
 
-/// Record every row of `info` in the change log, so rows written while it had no triggers are published.
+/// Record every row of `info` in the change log, so rows written while it had no triggers are published. The
+/// rows are recorded under the table's id negated: they are a *backfill*, published as conditional rows that
+/// cannot win over a newer change from another node (see `docs/DESIGN.md`, "Schema changes").
 fn backfill(tx: &Transaction<'_>, info: &TableInfo) -> rusqlite::Result<()> {
     let n = tx.execute(
         &format!(
             "INSERT INTO {LOG}(tbl, k) SELECT {}, {} FROM {}",
-            info.id,
+            -info.id,
             key_expr(info, &ident(&info.name)),
             ident(&info.name)
         ),
         [],
     )?;
     tracing::info!(table = %info.name, rows = n,
-        "table captured (new, or re-created since capture was installed); its existing rows are published");
+        "table captured (new, or re-created since capture was installed); its existing rows are published \
+         as a backfill, which never replaces a newer change from another node");
     Ok(())
 }
 

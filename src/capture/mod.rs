@@ -11,6 +11,7 @@
 
 mod install;
 pub mod keys;
+pub mod local;
 pub mod schema;
 pub mod watch;
 
@@ -263,6 +264,9 @@ pub struct LogRow {
     pub id: i64,
     pub table_id: i64,
     pub key: Vec<Value>,
+    /// Recorded by a rebuilt (or newly captured) table's backfill, not by a trigger: the log holds the table's
+    /// id negated.
+    pub backfill: bool,
 }
 
 /// Highest change-log id (0 when empty).
@@ -288,7 +292,8 @@ pub fn read_log(
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         let id: i64 = r.get(0)?;
-        let table_id: i64 = r.get(1)?;
+        let logged: i64 = r.get(1)?;
+        let (table_id, backfill) = (logged.abs(), logged < 0);
         let Some(info) = cap.table(table_id) else {
             continue;
         };
@@ -310,7 +315,12 @@ pub fn read_log(
             },
             _ => vec![raw],
         };
-        out.push(LogRow { id, table_id, key });
+        out.push(LogRow {
+            id,
+            table_id,
+            key,
+            backfill,
+        });
     }
     Ok(out)
 }
@@ -319,6 +329,18 @@ pub fn read_log(
 /// back and a message id is never reused.
 pub fn delete_published(conn: &Connection, below: i64) -> rusqlite::Result<usize> {
     conn.execute(&format!("DELETE FROM {LOG} WHERE id < ?1"), [below])
+}
+
+/// Per stream, the applied position the latest backfill's values hold at least (written by the install that
+/// recorded it; see `install::rebuild_floor`). A stream missing means nothing applied yet.
+pub fn backfill_seen(conn: &Connection) -> rusqlite::Result<HashMap<String, u64>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT substr(key, 15), value FROM {META} WHERE key LIKE 'backfill_seen:%'"
+    ))?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+    })?;
+    rows.collect()
 }
 
 /// Applied stream positions, by stream name.

@@ -173,10 +173,7 @@ pub fn describe(
     Ok((columns, key))
 }
 
-/// Applies `include_tables` / `exclude_tables`.
-pub fn selected(name: &str, include: &[String], exclude: &[String]) -> bool {
-    (include.is_empty() || include.iter().any(|t| t == name)) && !exclude.iter().any(|t| t == name)
-}
+pub use super::local::selected;
 
 /// A fingerprint of the captured schema (table names, columns, keys), carried in every message.
 pub fn fingerprint(tables: &[TableInfo]) -> u64 {

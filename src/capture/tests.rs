@@ -210,6 +210,8 @@ fn apply_sql_reproduces_rows_exactly() {
         tables,
         seen: Some(0),
         at_ms: 0,
+        conditional: Vec::new(),
+        replayed: Vec::new(),
     };
     let msg = wire::decode(&wire::encode(&msg, true)).unwrap();
 

@@ -467,6 +467,7 @@ impl RunningNode {
     ) -> anyhow::Result<()> {
         let (applier, inputs) = Applier::new(
             self.cfg.clone(),
+            self.nats.jetstream.clone(),
             current.clone(),
             in_flight.clone(),
             self.counters.clone(),

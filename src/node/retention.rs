@@ -233,6 +233,25 @@ pub fn trim_points(
         .collect()
 }
 
+/// Per stream, the lowest position the registered nodes other than `mine` reported (0 when one has none).
+fn others_lowest(
+    entries: &BTreeMap<String, Positions>,
+    mine: &str,
+    streams: &[String],
+) -> Vec<u64> {
+    streams
+        .iter()
+        .map(|s| {
+            entries
+                .iter()
+                .filter(|(k, _)| k.starts_with("node-") && k.as_str() != mine)
+                .map(|(_, p)| p.positions.get(s).copied().unwrap_or(0))
+                .min()
+                .unwrap_or(u64::MAX)
+        })
+        .collect()
+}
+
 /// Write this node's positions and trim the streams, until cancelled. The positions written are the applied
 /// ones, or those this node's entry certified at start when higher (`counters`' certified positions). When
 /// the entry could not be read at start (`certified_unknown`), it is read before anything is written, and the
@@ -278,11 +297,15 @@ pub async fn run(
                 certified_unknown = false;
             }
             let certified = counters.certified();
+            let floors = counters.hold_floors();
             let applied: Vec<u64> = counters
                 .applied()
                 .into_iter()
                 .enumerate()
-                .map(|(i, a)| a.max(certified.get(i).copied().unwrap_or(0)))
+                .map(|(i, a)| {
+                    a.max(certified.get(i).copied().unwrap_or(0))
+                        .min(floors.get(i).copied().unwrap_or(u64::MAX))
+                })
                 .collect();
             // Read after the applied positions: a change of ours they cover (and the trim may remove) was
             // acknowledged by then in all but the rarest timings.
@@ -307,6 +330,9 @@ pub async fn run(
             tick += 1;
             if tick.is_multiple_of(TRIM_EVERY) {
                 let entries = read_all(kv).await?;
+                if floors.iter().any(|&f| f != u64::MAX) {
+                    counters.release_holds(&others_lowest(&entries, &key, &streams));
+                }
                 for (stream, below) in trim_points(&entries, &streams, expected_nodes) {
                     if purged.get(&stream).is_some_and(|&p| p >= below) {
                         continue;

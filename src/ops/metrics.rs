@@ -184,6 +184,10 @@ fn describe() {
         "Values overwritten by a concurrent change from another node, kept in __harmonylite__conflicts."
     );
     describe_counter!(
+        "harmonylite_backfill_superseded_rows",
+        "Rows of a rebuilt table's backfill not applied because the stream held a newer change of the row."
+    );
+    describe_counter!(
         "harmonylite_schema_pauses",
         "Times a shard paused at a message naming a table or column this node does not have yet."
     );
@@ -272,6 +276,7 @@ fn update(o: &Observed) {
     counter!("harmonylite_quarantined_messages").absolute(get(&c.quarantined));
     counter!("harmonylite_schema_pauses").absolute(get(&c.schema_pauses));
     counter!("harmonylite_conflicts").absolute(get(&c.conflicts));
+    counter!("harmonylite_backfill_superseded_rows").absolute(get(&c.backfill_superseded));
     for ((op, kind), n) in c.errors() {
         counter!("harmonylite_errors", "op" => op, "kind" => kind).absolute(n);
     }

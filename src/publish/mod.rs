@@ -85,8 +85,11 @@ struct ShardUnit {
     shard: u32,
     msg_id: String,
     payloads: Vec<Vec<u8>>,
-    /// Per message: the rows it carries (key, newest log id).
+    /// Per message: the rows it carries (key, newest log id), conditional rows left out (they are not local
+    /// writes in flight: see `conflict`).
     rows: Vec<Vec<(RowKey, i64)>>,
+    /// Whether the unit carries conditional (backfill) rows.
+    conditional: bool,
 }
 
 struct Pass {
@@ -306,6 +309,16 @@ impl Publisher {
             if let Some(top) = seqs.as_ref().and_then(|s| s.iter().max()) {
                 stats.set_published_seq(unit.shard, *top);
             }
+            if unit.conditional {
+                // Stored at these positions (0: stored by an earlier attempt, position unknown: the hold then
+                // ends once every node is past the stream's end as it is now).
+                let top = seqs
+                    .as_ref()
+                    .and_then(|s| s.iter().max())
+                    .copied()
+                    .unwrap_or(0);
+                stats.hold_until(unit.shard, top);
+            }
         }
         let msgs: usize = pass.units.iter().map(|u| u.payloads.len()).sum();
         stats
@@ -366,16 +379,26 @@ impl Publisher {
             max.min(from + MAX_PASS_ROWS)
         };
         let log = capture::read_log(&tx, &cap, from, end)?;
-        // Coalesce: each row once, ordered by its newest change.
-        let mut newest: HashMap<(i64, Vec<u8>), usize> = HashMap::with_capacity(log.len());
+        // Coalesce: each row once, ordered by its newest change. A row is a conditional backfill row only when
+        // every change of it in the pass is a backfill; one trigger-recorded change makes it an ordinary write.
+        let mut newest: HashMap<(i64, Vec<u8>), (usize, bool)> = HashMap::with_capacity(log.len());
         for (i, r) in log.iter().enumerate() {
-            newest.insert((r.table_id, wire::key_bytes(&r.key)), i);
+            let e = newest
+                .entry((r.table_id, wire::key_bytes(&r.key)))
+                .or_insert((i, true));
+            *e = (i, e.1 && r.backfill);
         }
-        let mut order: Vec<usize> = newest.into_values().collect();
+        let mut order: Vec<(usize, bool)> = newest.into_values().collect();
         order.sort_unstable();
 
         // What this node had applied when it read these values: the conflict journal's `seen`.
         let applied = capture::applied_positions(&tx)?;
+        // A backfill's values may hold less (a rebuild in steps): its conditional rows' `seen`.
+        let backfill_seen = if log.iter().any(|r| r.backfill) {
+            capture::backfill_seen(&tx)?
+        } else {
+            HashMap::new()
+        };
         let ctx = UnitContext {
             prefix: format!("{:x}.{:x}.{:x}", cfg.node_id, cap.incarnation, end),
             origin: cfg.node_id,
@@ -385,10 +408,17 @@ impl Publisher {
             seen: (1..=cfg.replication_log.shards.get())
                 .map(|s| applied.get(&cfg.stream_name(s)).copied().unwrap_or(0))
                 .collect(),
+            backfill_seen: (1..=cfg.replication_log.shards.get())
+                .map(|s| {
+                    let stream = cfg.stream_name(s);
+                    let a = applied.get(&stream).copied().unwrap_or(0);
+                    backfill_seen.get(&stream).map_or(a, |&b| b.min(a))
+                })
+                .collect(),
             at_ms: crate::counters::now_ms(),
         };
         let mut shards: HashMap<u32, ShardBuild> = HashMap::new();
-        for i in order {
+        for (i, conditional) in order {
             let lr = &log[i];
             let Some(info) = cap.table(lr.table_id) else {
                 continue;
@@ -407,6 +437,7 @@ impl Publisher {
                     info,
                     row,
                     (crate::conflict::row_key(&info.name, &kb), lr.id),
+                    conditional,
                 );
         }
         tx.commit()?;
@@ -414,7 +445,17 @@ impl Publisher {
         drop(log);
         let mut builds: Vec<ShardBuild> = shards.into_values().collect();
         builds.sort_unstable_by_key(|b| b.shard);
-        let units = builds.into_iter().flat_map(|b| b.finish(&ctx)).collect();
+        let units: Vec<ShardUnit> = builds.into_iter().flat_map(|b| b.finish(&ctx)).collect();
+        // A backfill's window (after `seen`, before its own position) stays in the stream until every node has
+        // handled the backfill: see `Counters::hold`.
+        for u in units.iter().filter(|u| u.conditional) {
+            let seen = ctx
+                .backfill_seen
+                .get(u.shard as usize - 1)
+                .copied()
+                .unwrap_or(0);
+            self.counters.hold(u.shard, seen);
+        }
         if self.state.inflight_end != end {
             self.state.inflight_end = end;
             self.state.save()?;
@@ -496,6 +537,9 @@ struct UnitContext {
     max_rows: usize,
     /// This node's applied position per shard (index 0 = shard 1) in the pass's read transaction.
     seen: Vec<u64>,
+    /// What a backfill's values hold at least, per shard: `seen`, or lower after a rebuild made in steps. A
+    /// message with conditional rows carries it as its `seen`.
+    backfill_seen: Vec<u64>,
     /// When the pass was read (unix ms).
     at_ms: u64,
 }
@@ -510,6 +554,8 @@ struct ShardBuild {
     current: Option<Filling>,
     payloads: Vec<Vec<u8>>,
     rows: Vec<Vec<(RowKey, i64)>>,
+    /// Whether the unit being filled carries conditional rows.
+    conditional: bool,
     units: Vec<ShardUnit>,
 }
 
@@ -521,6 +567,7 @@ impl ShardBuild {
             current: None,
             payloads: Vec::new(),
             rows: Vec::new(),
+            conditional: false,
             units: Vec::new(),
         }
     }
@@ -529,7 +576,14 @@ impl ShardBuild {
         format!("{}.{}.{}", ctx.prefix, self.shard, self.unit_index)
     }
 
-    fn push(&mut self, ctx: &UnitContext, info: &TableInfo, row: Row, key: (RowKey, i64)) {
+    fn push(
+        &mut self,
+        ctx: &UnitContext,
+        info: &TableInfo,
+        row: Row,
+        key: (RowKey, i64),
+        conditional: bool,
+    ) {
         let size = row.approx_size();
         if let Some((_, _, count, bytes)) = &self.current
             && (*count >= ctx.max_rows || *bytes + size > MAX_MESSAGE_BYTES)
@@ -554,21 +608,41 @@ impl ShardBuild {
                 tables: Vec::new(),
                 seen: Some(ctx.seen.get(self.shard as usize - 1).copied().unwrap_or(0)),
                 at_ms: ctx.at_ms,
+                conditional: Vec::new(),
+                replayed: Vec::new(),
             };
             (msg, Vec::new(), 0, 0)
         });
         *count += 1;
         *bytes += size;
+        let last = msg.tables.len().checked_sub(1);
         match msg.tables.last_mut() {
-            Some(t) if t.table == info.name => t.rows.push(row),
-            _ => msg.tables.push(TableChanges {
-                table: info.name.clone(),
-                columns: info.shipped_columns(),
-                key: info.key_names(),
-                rows: vec![row],
-            }),
+            Some(t)
+                if t.table == info.name
+                    && last.is_some_and(|i| msg.conditional.contains(&(i as u32)))
+                        == conditional =>
+            {
+                t.rows.push(row)
+            }
+            _ => {
+                if conditional {
+                    msg.conditional.push(msg.tables.len() as u32);
+                }
+                msg.tables.push(TableChanges {
+                    table: info.name.clone(),
+                    columns: info.shipped_columns(),
+                    key: info.key_names(),
+                    rows: vec![row],
+                })
+            }
         }
-        rows.push(key);
+        if conditional {
+            self.conditional = true;
+            let b = ctx.backfill_seen.get(self.shard as usize - 1).copied();
+            msg.seen = msg.seen.min(b).or(b);
+        } else {
+            rows.push(key);
+        }
     }
 
     /// Encode the message being filled; with `last`, close the unit.
@@ -587,6 +661,7 @@ impl ShardBuild {
                 msg_id: msg.unit,
                 payloads: std::mem::take(&mut self.payloads),
                 rows: std::mem::take(&mut self.rows),
+                conditional: std::mem::take(&mut self.conditional),
             });
             self.unit_index += 1;
         }

@@ -218,6 +218,7 @@ fn copy_database(
     db: &Path,
     dir: &Path,
     handled: &Handled,
+    selection: &(Vec<String>, Vec<String>),
 ) -> Result<(PathBuf, BTreeMap<String, u64>), SnapshotError> {
     let copy = dir.join("snapshot.db");
     let src = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
@@ -254,6 +255,8 @@ fn copy_database(
         }
     }
     capture::uninstall(&mut c)?;
+    // Node-local tables (a tool's bookkeeping, `exclude_tables`) are this node's, not the cluster's.
+    drop_local_tables(&c, selection)?;
     drop(c);
     Ok((copy, positions))
 }
@@ -297,9 +300,11 @@ pub async fn save(
     let started = Instant::now();
     let dir = work_dir(cfg)?;
     let (db, d) = (cfg.db_path.clone(), dir.path().to_path_buf());
-    let (copy, positions) = tokio::task::spawn_blocking(move || copy_database(&db, &d, &handled))
-        .await
-        .expect("snapshot copy panicked")?;
+    let selection = (cfg.include_tables.clone(), cfg.exclude_tables.clone());
+    let (copy, positions) =
+        tokio::task::spawn_blocking(move || copy_database(&db, &d, &handled, &selection))
+            .await
+            .expect("snapshot copy panicked")?;
     let database_bytes = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
     let packed = dir.path().join("snapshot.db.zst");
     let (c, p) = (copy.clone(), packed.clone());
@@ -448,6 +453,10 @@ pub fn restore_into(
         if theirs != page_size {
             c.execute_batch(&format!("PRAGMA page_size = {page_size}; VACUUM;"))?;
         }
+        // The node keeps its own local tables: Litestream's stay Litestream's.
+        let selection = (cfg.include_tables.clone(), cfg.exclude_tables.clone());
+        drop_local_tables(&c, &selection)?;
+        keep_local_tables(&c, live, &selection)?;
         capture::install(&mut c, &cfg.include_tables, &cfg.exclude_tables)?;
         let tx = c.transaction()?;
         for (stream, seq) in &m.positions {
@@ -499,6 +508,67 @@ pub fn restore_into(
         bytes = m.database_bytes, seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
         "snapshot restored into the database");
     Ok(())
+}
+
+/// Drop the tables that do not replicate (built-in local tables, `exclude_tables`, tables outside
+/// `include_tables`) from a snapshot copy.
+fn drop_local_tables(
+    c: &Connection,
+    selection: &(Vec<String>, Vec<String>),
+) -> rusqlite::Result<()> {
+    for t in local_tables(c, "main", selection)? {
+        c.execute_batch(&format!("DROP TABLE IF EXISTS main.{}", capture::ident(&t)))?;
+    }
+    Ok(())
+}
+
+/// User tables of `schema` that do not replicate.
+fn local_tables(
+    c: &Connection,
+    schema: &str,
+    (include, exclude): &(Vec<String>, Vec<String>),
+) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = c.prepare(&format!(
+        "SELECT name FROM {schema}.sqlite_schema WHERE type = 'table' AND sql LIKE 'CREATE TABLE%'"
+    ))?;
+    let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for n in names {
+        let n = n?;
+        if !capture::is_reserved_table(&n) && !capture::schema::selected(&n, include, exclude) {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+/// Copy the live database's node-local tables (with their indexes) into the snapshot copy `c`.
+fn keep_local_tables(
+    c: &Connection,
+    live: &Path,
+    selection: &(Vec<String>, Vec<String>),
+) -> rusqlite::Result<()> {
+    c.execute("ATTACH DATABASE ?1 AS live", [live.to_string_lossy()])?;
+    let r = (|| {
+        for t in local_tables(c, "live", selection)? {
+            let objects: Vec<String> = c
+                .prepare(
+                    "SELECT sql FROM live.sqlite_schema WHERE tbl_name = ?1 AND sql IS NOT NULL
+                     AND type IN ('table', 'index') ORDER BY type = 'index'",
+                )?
+                .query_map([&t], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for sql in &objects {
+                c.execute_batch(sql)?;
+            }
+            let q = capture::ident(&t);
+            c.execute_batch(&format!("INSERT INTO main.{q} SELECT * FROM live.{q}"))?;
+            tracing::debug!(table = %t, "node-local table kept through the restore");
+        }
+        Ok(())
+    })();
+    c.execute_batch("DETACH DATABASE live")?;
+    r
 }
 
 /// Whether the live database's committed change log holds ids above `published_upto` (read on a connection

@@ -35,6 +35,8 @@ pub fn upsert(table: &str, columns: &[&str], key: &str, row: Vec<Value>) -> Mess
         }],
         seen: None,
         at_ms: 0,
+        conditional: Vec::new(),
+        replayed: Vec::new(),
     }
 }
 
