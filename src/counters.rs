@@ -78,6 +78,8 @@ struct ShardGauges {
     /// While a backfill of this node's is not handled by every node: the stream must keep what follows
     /// `floor` (see [`Counters::hold`]).
     hold: Option<Hold>,
+    /// Changes held because this node's schema is behind, per lower-cased table: (rows, since unix ms).
+    held: BTreeMap<String, (u64, u64)>,
 }
 
 /// A backfill's window kept in the stream: everything after `floor` until every node has handled `until`.
@@ -300,6 +302,17 @@ impl Counters {
                 g.hold = None;
             }
         }
+    }
+
+    /// The changes `shard` holds, per table: (rows, since unix ms); empty when it holds none.
+    pub fn set_held(&self, shard: u32, held: BTreeMap<String, (u64, u64)>) {
+        self.with_shard(shard, |g| g.held = held);
+    }
+
+    /// Per shard (index 0 = shard 1), the changes it holds per table: (rows, since unix ms).
+    pub fn held(&self) -> Vec<BTreeMap<String, (u64, u64)>> {
+        let v = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter().map(|g| g.held.clone()).collect()
     }
 
     /// JetStream stored one of this node's own changes at `seq` of `shard`'s stream.

@@ -176,7 +176,7 @@ fn a_rebuild_in_separate_steps_never_publishes_its_temporary_table() {
     assert_eq!(sum.1, 302, "{sum:?}");
     for node in &c.nodes {
         assert!(
-            node.log_lines_with(&["shard paused", "_alembic_tmp_"])
+            node.log_lines_with(&["changes held", "_alembic_tmp_"])
                 .is_empty(),
             "node {} paused on the temporary table",
             node.id

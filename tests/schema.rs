@@ -298,7 +298,8 @@ fn drop_table_while_writes_go_on_elsewhere() {
     );
     for i in 1..=3 {
         assert!(
-            c.node(i).log_lines_with(&["shard paused"]).is_empty(),
+            c.node(i).log_lines_with(&["shard paused"]).is_empty()
+                && c.node(i).log_lines_with(&["changes held"]).is_empty(),
             "node {i} paused"
         );
     }
@@ -394,4 +395,110 @@ fn schema_status_without_a_running_node() {
     let o = status(n, "-schema-status-cluster");
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("1 node, consistent"), "{}", text(&o));
+}
+
+/// A table created on one node only (a tool's table, or a migration not yet run elsewhere): its changes are held
+/// on the others, whole with their transactions, while writes to every other table go on replicating. The held
+/// change survives a restart (the recorded position stays before it), is shown in the metrics and `/health`,
+/// said at ERROR once it lasts longer than `max_stuck_seconds`, and is applied once the table exists.
+#[test]
+fn a_table_one_node_lacks_holds_only_its_own_changes() {
+    let (m2, h2) = (free_port(), free_port());
+    let mut c = Cluster::start(Options {
+        per_node_toml: vec![
+            String::new(),
+            format!(
+                "[prometheus]\nenable = true\nbind = \"127.0.0.1:{m2}\"\n\n\
+                 [health_check]\nenable = true\nbind = \"127.0.0.1:{h2}\"\nmax_stuck_seconds = 3\n"
+            ),
+        ],
+        ..Default::default()
+    });
+    c.node(1).sql(
+        "CREATE TABLE only_here (id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO only_here VALUES (1, 'held');",
+    );
+    // Wait until node 1 captured the table, then write a book in the same transaction as a new held row.
+    c.eventually(T, "node 1 captured only_here", || {
+        !c.node(1)
+            .log_lines_with(&["table captured", "only_here"])
+            .is_empty()
+            || c.node(1).sql("SELECT count(*) FROM sqlite_master WHERE name = '__harmonylite__only_here_insert';").trim() == "1"
+    });
+    c.node(1).sql(
+        "BEGIN; INSERT INTO only_here VALUES (2, 'with a book');
+         INSERT INTO Books (id, title, author) VALUES (900, 'Held with its transaction', 'H'); COMMIT;",
+    );
+    for i in [2, 3] {
+        c.node(i).wait_paused_on("only_here", None, T);
+    }
+    // Other tables go on: books written on nodes 1 and 2 reach everyone.
+    c.book_reaches_the_others(1, "After the hold, from 1");
+    c.book_reaches_the_others(2, "After the hold, from 2");
+    c.node(1)
+        .sql("INSERT INTO Authors (id, name) VALUES (77, 'Not held');");
+    c.eventually(T, "the author reached nodes 2 and 3", || {
+        [2, 3].iter().all(|&i| {
+            c.node(i)
+                .sql("SELECT count(*) FROM Authors WHERE id = 77;")
+                .trim()
+                == "1"
+        })
+    });
+    // The book written in the held transaction waits with it (a transaction is never split).
+    for i in [2, 3] {
+        assert_eq!(
+            c.node(i)
+                .sql("SELECT count(*) FROM Books WHERE id = 900;")
+                .trim(),
+            "0"
+        );
+    }
+    // Shown: metrics per shard and table, /health per shard, an ERROR once past max_stuck_seconds.
+    let r = eventually(T, "held gauges", || {
+        http_get(m2, "/metrics").filter(|r| {
+            r.body.lines().any(|l| {
+                l.starts_with("harmonylite_held_changes{") && l.contains("table=\"only_here\"")
+            })
+        })
+    });
+    assert!(r.body.contains("harmonylite_held_seconds{"), "{}", r.body);
+    let health = eventually(T, "health lists the held table", || {
+        http_get(h2, "/health")
+            .filter(|r| r.body.contains("\"held\"") && r.body.contains("only_here"))
+    });
+    assert!(health.body.contains("changes held"), "{}", health.body);
+    c.node(2)
+        .eventually(T, "the ERROR after max_stuck_seconds", || {
+            !c.node(2)
+                .log_lines_with(&[" ERROR ", "changes held for long", "only_here"])
+                .is_empty()
+        });
+
+    // A restart of node 2 does not lose the held change.
+    c.node_mut(2).kill9();
+    c.node_mut(2).start_and_wait(Duration::from_secs(90));
+    c.node(2).wait_paused_on("only_here", None, T);
+    c.book_reaches_the_others(3, "After node 2 restarted");
+
+    // The table appears on nodes 2 and 3: the held changes are applied, the book of their transaction too.
+    for i in [2, 3] {
+        c.node(i)
+            .sql("CREATE TABLE only_here (id INTEGER PRIMARY KEY, v TEXT);");
+    }
+    c.converged("only_here", T);
+    c.converged("Books", T);
+    for i in 1..=3 {
+        assert_eq!(
+            c.node(i).sql("SELECT v FROM only_here ORDER BY id;").trim(),
+            "held\nwith a book"
+        );
+        assert_eq!(
+            c.node(i)
+                .sql("SELECT count(*) FROM Books WHERE id = 900;")
+                .trim(),
+            "1"
+        );
+    }
+    c.assert_all_alive();
 }

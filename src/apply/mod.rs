@@ -15,12 +15,13 @@
 //! sees, and re-installs capture when it does not, so tables and columns are checked against the real schema.
 
 pub mod consumer;
+mod held;
 pub mod journal;
 pub mod quarantine;
 pub mod sql;
 pub mod window;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -90,8 +91,19 @@ struct ShardState {
     stream: String,
     rx: mpsc::Receiver<Incoming>,
     queue: VecDeque<Decoded>,
-    /// Last stream position handled (applied or skipped).
+    /// Last stream position handled (applied or skipped) with nothing held before it: the position reported
+    /// and recorded.
     applied: u64,
+    /// Last stream position taken from the queue (applied, skipped, quarantined or held).
+    processed: u64,
+    /// Units held because this node's schema is behind ([`held`]), in stream order.
+    held: Vec<held::HeldUnit>,
+    /// Lower-cased tables the held units touch: later changes to them are held too.
+    held_tables: HashSet<String>,
+    /// Why: the missing table (lower-cased) → what was missing and since when.
+    causes: BTreeMap<String, held::Cause>,
+    /// When the held units are tried again.
+    held_retry: Option<Instant>,
     /// Last stream position written to the database.
     persisted: u64,
     paused_until: Option<Instant>,
@@ -167,6 +179,11 @@ impl Applier {
                 rx,
                 queue: VecDeque::new(),
                 applied,
+                processed: applied,
+                held: Vec::new(),
+                held_tables: HashSet::new(),
+                causes: BTreeMap::new(),
+                held_retry: None,
                 persisted: applied,
                 paused_until: None,
                 schema_wait: None,
@@ -214,11 +231,20 @@ impl Applier {
                 }
             }
             let plan = self.plan();
-            if plan.iter().all(|&n| n == 0) {
+            let held_due = self
+                .shards
+                .iter()
+                .any(|s| !s.held.is_empty() && s.held_retry.is_some_and(|t| t <= now));
+            if plan.iter().all(|&n| n == 0) && !held_due {
                 if self.shards.iter().all(|s| s.closed && s.queue.is_empty()) {
                     return;
                 }
-                let next_retry = self.shards.iter().filter_map(|s| s.paused_until).min();
+                let next_retry = self
+                    .shards
+                    .iter()
+                    .filter_map(|s| s.paused_until)
+                    .chain(self.shards.iter().filter_map(|s| s.held_retry))
+                    .min();
                 let sleep = next_retry
                     .map(|t| t.saturating_duration_since(now))
                     .unwrap_or(Duration::from_secs(1));
@@ -242,7 +268,7 @@ impl Applier {
             }
             // Nothing to write (typically our own messages coming back): no write transaction at all, so an
             // application writing without a busy timeout does not meet our lock.
-            if self.all_skipped(&plan) {
+            if !held_due && self.all_skipped(&plan) {
                 self.skip(&plan);
                 continue;
             }
@@ -342,6 +368,9 @@ impl Applier {
             if s.schema_wait.is_some() {
                 s.paused_until = Some(at);
             }
+            if !s.held.is_empty() {
+                s.held_retry = Some(at);
+            }
         }
     }
 
@@ -351,7 +380,8 @@ impl Applier {
             while s.queue.len() < MAX_QUEUED {
                 match s.rx.try_recv() {
                     Ok(inc) => {
-                        if inc.seq <= s.applied || s.queue.back().is_some_and(|d| d.seq >= inc.seq)
+                        if inc.seq <= s.processed
+                            || s.queue.back().is_some_and(|d| d.seq >= inc.seq)
                         {
                             continue;
                         }
@@ -382,6 +412,10 @@ impl Applier {
             .iter()
             .map(|s| {
                 if s.paused_until.is_some() {
+                    return 0;
+                }
+                if s.held.iter().map(|u| u.msgs.len()).sum::<usize>() >= held::MAX_HELD {
+                    // Holding too much: take nothing new until held changes are released.
                     return 0;
                 }
                 let mut take = 0;
@@ -429,6 +463,13 @@ impl Applier {
         let cfg = &self.cfg;
         self.shards.iter().zip(plan).all(|(s, &n)| {
             s.queue.iter().take(n).all(|d| match &d.msg {
+                Ok(m)
+                    if m.tables
+                        .iter()
+                        .any(|t| s.held_tables.contains(&t.table.to_lowercase())) =>
+                {
+                    false
+                }
                 Ok(m) => m.tables.iter().all(|t| {
                     !capture::schema::selected(&t.table, &cfg.include_tables, &cfg.exclude_tables)
                         || sql::row_keys_of(t).is_some_and(|keys| {
@@ -465,8 +506,12 @@ impl Applier {
                         rows += 1;
                     }
                 }
-                s.applied = d.seq;
+                s.processed = d.seq;
             }
+            s.applied = match s.held.first() {
+                Some(u) => s.processed.min(u.first_seq() - 1),
+                None => s.processed,
+            };
             stats.skipped_rows.fetch_add(rows, Ordering::Relaxed);
             stats.applied_msgs.fetch_add(n as u64, Ordering::Relaxed);
             stats.set_applied(s.shard, s.applied);
@@ -525,80 +570,111 @@ impl Applier {
                 before,
             );
         }
-        let mut outcome: Vec<(usize, u64, Option<Stuck>)> = Vec::new(); // (taken, last seq, error)
+        let mut outcome: Vec<Outcome> = Vec::new();
         let mut quarantined: Vec<(Stuck, usize)> = Vec::new(); // (the poison, messages of its unit)
         let mut total = sql::Applied::default();
+        let now = Instant::now();
         for (s, &n) in self.shards.iter().zip(plan) {
-            let mut taken = 0;
-            let mut last = s.applied;
-            let mut error = None;
+            let mut o = Outcome {
+                last: s.processed,
+                ..Outcome::default()
+            };
+            // Held units first (they are older than anything queued), once their retry is due.
+            o.retried = !s.held.is_empty() && s.held_retry.is_some_and(|t| t <= now);
+            if o.retried {
+                for (ui, u) in s.held.iter().enumerate() {
+                    if !u.tables.is_disjoint(&o.still) {
+                        continue;
+                    }
+                    tx.execute_batch("SAVEPOINT unit")?;
+                    match apply_unit(&tx, &u.msgs, s, in_flight, cfg, &cap, &mut self.recent) {
+                        Ok(a) => {
+                            tx.execute_batch("RELEASE unit")?;
+                            total.add(a);
+                            o.released.push(ui);
+                        }
+                        Err(UnitError::MustWait) => return Err(TxnError::MustWait),
+                        Err(UnitError::Failed(f)) => {
+                            tx.execute_batch("ROLLBACK TO unit; RELEASE unit")?;
+                            o.still.extend(u.tables.iter().cloned());
+                            o.causes.push(f);
+                        }
+                    }
+                }
+            } else {
+                o.still = s.held_tables.clone();
+            }
             let mut i = 0;
             while i < n {
                 let unit_len = unit_len(&s.queue, i).unwrap_or(1).min(n - i);
-                tx.execute_batch("SAVEPOINT unit")?;
-                let mut failed = None;
-                for d in s.queue.range(i..i + unit_len) {
-                    let r = match &d.msg {
-                        Ok(m) => sql::apply_message(
-                            &tx,
-                            m,
-                            d.seq,
-                            in_flight,
-                            cfg,
-                            &cap,
-                            &mut self.recent,
-                        ),
-                        Err(e) => Err(sql::ApplyError::Decode(e.clone())),
-                    };
-                    match r {
-                        Ok(a) => {
-                            total.rows += a.rows;
-                            total.skipped += a.skipped;
-                            total.dropped += a.dropped;
-                            total.conflicts += a.conflicts;
-                        }
-                        Err(sql::ApplyError::MustWait) => return Err(TxnError::MustWait),
-                        Err(error) => {
-                            failed = Some(Stuck {
-                                stream: s.stream.clone(),
-                                seq: d.seq,
-                                error,
-                            });
-                            break;
-                        }
-                    }
-                }
-                if let Some(f) = failed {
-                    tx.execute_batch("ROLLBACK TO unit; RELEASE unit")?;
-                    if !f.error.is_poison() {
-                        error = Some(f);
-                        break;
-                    }
-                    // Never applicable: the unit goes to the quarantine and the shard goes on.
-                    for d in s.queue.range(i..i + unit_len) {
-                        let reason = if d.seq == f.seq {
-                            f.error.to_string()
-                        } else {
-                            format!("same transaction as message {} ({})", f.seq, f.error)
-                        };
-                        let msg = match (&d.msg, &d.raw) {
-                            (Ok(m), _) => Ok(m),
-                            (Err(_), raw) => Err(raw.as_deref().unwrap_or_default()),
-                        };
-                        quarantine::record(&tx, &s.stream, d.seq, &reason, msg)?;
-                    }
-                    quarantined.push((f, unit_len));
+                let unit = s.queue.range(i..i + unit_len);
+                let tables = held::tables_of(unit.clone());
+                let last_seq = s.queue[i + unit_len - 1].seq;
+                if !tables.is_disjoint(&o.still) {
+                    // A held unit touches these tables: this one waits behind it.
+                    o.still.extend(tables);
+                    o.newly_held.push((i, unit_len));
                 } else {
-                    tx.execute_batch("RELEASE unit")?;
+                    tx.execute_batch("SAVEPOINT unit")?;
+                    let units: Vec<&Decoded> = unit.collect();
+                    match apply_unit(&tx, units, s, in_flight, cfg, &cap, &mut self.recent) {
+                        Ok(a) => {
+                            tx.execute_batch("RELEASE unit")?;
+                            total.add(a);
+                        }
+                        Err(UnitError::MustWait) => return Err(TxnError::MustWait),
+                        Err(UnitError::Failed(f)) => {
+                            tx.execute_batch("ROLLBACK TO unit; RELEASE unit")?;
+                            if matches!(f.error, sql::ApplyError::SchemaBehind { .. }) {
+                                o.still.extend(tables);
+                                o.newly_held.push((i, unit_len));
+                                o.causes.push(f);
+                            } else if !f.error.is_poison() {
+                                o.error = Some(f);
+                                break;
+                            } else {
+                                // Never applicable: the unit goes to the quarantine and the shard goes on.
+                                for d in s.queue.range(i..i + unit_len) {
+                                    let reason = if d.seq == f.seq {
+                                        f.error.to_string()
+                                    } else {
+                                        format!(
+                                            "same transaction as message {} ({})",
+                                            f.seq, f.error
+                                        )
+                                    };
+                                    let msg = match (&d.msg, &d.raw) {
+                                        (Ok(m), _) => Ok(m),
+                                        (Err(_), raw) => Err(raw.as_deref().unwrap_or_default()),
+                                    };
+                                    quarantine::record(&tx, &s.stream, d.seq, &reason, msg)?;
+                                }
+                                quarantined.push((f, unit_len));
+                            }
+                        }
+                    }
                 }
-                last = s.queue[i + unit_len - 1].seq;
-                taken += unit_len;
+                o.last = last_seq;
+                o.taken += unit_len;
                 i += unit_len;
             }
-            if last > s.persisted {
-                write_position(&tx, &s.stream, last)?;
+            // The recorded position stays before the first message still held.
+            let first_held = s
+                .held
+                .iter()
+                .enumerate()
+                .filter(|(ui, _)| !o.released.contains(ui))
+                .map(|(_, u)| u.first_seq())
+                .chain(o.newly_held.first().map(|&(i, _)| s.queue[i].seq))
+                .min();
+            o.position = match first_held {
+                Some(f) => o.last.min(f - 1),
+                None => o.last,
+            };
+            if o.position > s.persisted {
+                write_position(&tx, &s.stream, o.position)?;
             }
-            outcome.push((taken, last, error));
+            outcome.push(o);
         }
         if total.conflicts > 0 {
             journal::prune(&tx, &cfg.conflicts)?;
@@ -654,34 +730,197 @@ impl Applier {
                 "changes to tables or key columns dropped on this node were not applied"
             );
         }
-        for (s, (taken, last, error)) in self.shards.iter_mut().zip(outcome) {
-            s.persisted = last;
-            if taken > 0 {
-                s.queue.drain(..taken);
-                s.applied = last;
+        let max_stuck = Duration::from_secs(cfg.health_check.max_stuck_seconds);
+        for (s, o) in self.shards.iter_mut().zip(outcome) {
+            s.persisted = s.persisted.max(o.position);
+            let drained: Vec<Decoded> = s.queue.drain(..o.taken).collect();
+            let mut drained: Vec<Option<Decoded>> = drained.into_iter().map(Some).collect();
+            if o.retried {
+                let mut ui = 0;
+                s.held.retain(|_| {
+                    ui += 1;
+                    !o.released.contains(&(ui - 1))
+                });
+            }
+            for &(i, len) in &o.newly_held {
+                let msgs: Vec<Decoded> = drained[i..i + len]
+                    .iter_mut()
+                    .filter_map(Option::take)
+                    .collect();
+                let tables = held::tables_of(msgs.iter());
+                s.held.push(held::HeldUnit { msgs, tables });
+            }
+            let was_holding = !s.held_tables.is_empty();
+            s.held_tables = o.still;
+            s.processed = o.last;
+            s.applied = o.position;
+            if o.taken > 0 || !o.released.is_empty() {
                 s.backoff.reset();
                 stats
                     .applied_msgs
-                    .fetch_add(taken as u64, Ordering::Relaxed);
-                stats.set_applied(s.shard, last);
+                    .fetch_add(o.taken as u64, Ordering::Relaxed);
+                stats.set_applied(s.shard, s.applied);
                 stats.touch();
                 stats
                     .last_applied_ms
                     .store(crate::counters::now_ms(), Ordering::Relaxed);
             }
-            match error {
-                Some(err) => pause(s, stats, err),
-                None if taken > 0 => {
-                    if s.schema_wait.take().is_some() {
-                        tracing::info!(shard = s.shard, stream = %s.stream, "local schema caught up; shard resumed");
-                    }
-                    stats.set_paused(s.shard, None);
-                    stats.set_schema_paused(s.shard, false);
+            for f in &o.causes {
+                note_held(s, stats, f);
+            }
+            let tables = &s.held_tables;
+            s.causes.retain(|t, _| tables.contains(t));
+            if s.held.is_empty() {
+                s.held_retry = None;
+                if was_holding || o.retried {
+                    tracing::info!(shard = s.shard, stream = %s.stream,
+                        "local schema caught up; held changes applied, shard resumed");
                 }
+            } else if o.retried || s.held_retry.is_none() {
+                s.held_retry = Some(Instant::now() + SCHEMA_RECHECK);
+            }
+            for c in s.causes.values_mut() {
+                if !c.said_error && c.since.elapsed() > max_stuck {
+                    c.said_error = true;
+                    tracing::error!(shard = s.shard, stream = %s.stream, table = %c.table,
+                        column = %c.column.as_deref().unwrap_or(""), held_s = c.since.elapsed().as_secs(),
+                        "changes held for long: this node still lacks a table or column other nodes write; \
+                         the stream keeps everything from the first held change. Create it, or add the table \
+                         to exclude_tables (the held changes are then dropped)");
+                }
+            }
+            publish_held(s, stats);
+            match o.error {
+                Some(err) => pause(s, stats, err),
+                None if o.taken > 0 => stats.set_paused(s.shard, held_reason(s)),
                 None => {}
             }
         }
         Ok(())
+    }
+}
+
+/// One unit's messages applied in order; the first failure ends it.
+#[allow(clippy::too_many_arguments)]
+fn apply_unit<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    msgs: impl IntoIterator<Item = &'a Decoded>,
+    s: &ShardState,
+    in_flight: &InFlight,
+    cfg: &Config,
+    cap: &capture::Capture,
+    recent: &mut journal::Recent,
+) -> Result<sql::Applied, UnitError> {
+    let mut total = sql::Applied::default();
+    for d in msgs {
+        let r = match &d.msg {
+            Ok(m) => sql::apply_message(tx, m, d.seq, in_flight, cfg, cap, recent),
+            Err(e) => Err(sql::ApplyError::Decode(e.clone())),
+        };
+        match r {
+            Ok(a) => total.add(a),
+            Err(sql::ApplyError::MustWait) => return Err(UnitError::MustWait),
+            Err(error) => {
+                return Err(UnitError::Failed(Stuck {
+                    stream: s.stream.clone(),
+                    seq: d.seq,
+                    error,
+                }));
+            }
+        }
+    }
+    Ok(total)
+}
+
+enum UnitError {
+    MustWait,
+    Failed(Stuck),
+}
+
+/// What one apply transaction did to one shard.
+#[derive(Default)]
+struct Outcome {
+    /// Messages taken from the queue (applied, quarantined or held).
+    taken: usize,
+    /// The last of them (or the shard's processed position).
+    last: u64,
+    /// The position recorded: `last`, or before the first message still held.
+    position: u64,
+    error: Option<Stuck>,
+    /// Whether the held units were tried again, and which of them (indexes) were applied.
+    retried: bool,
+    released: Vec<usize>,
+    /// Queue ranges (start, length) held in this transaction.
+    newly_held: Vec<(usize, usize)>,
+    /// Lower-cased tables still held after it.
+    still: HashSet<String>,
+    /// Why units are held (the missing table or column each one named).
+    causes: Vec<Stuck>,
+}
+
+/// A unit of `s` is held at `f` (a table or column this node lacks): said once per missing table.
+fn note_held(s: &mut ShardState, stats: &Counters, f: &Stuck) {
+    let sql::ApplyError::SchemaBehind { table, column } = &f.error else {
+        tracing::warn!(shard = s.shard, error = %f, "held changes could not be applied yet; retrying");
+        return;
+    };
+    let key = table.to_lowercase();
+    if s.causes.contains_key(&key) {
+        return;
+    }
+    stats.schema_pauses.fetch_add(1, Ordering::Relaxed);
+    stats.error("apply", "schema_behind");
+    tracing::warn!(shard = s.shard, stream = %f.stream, seq = f.seq, table = %table,
+        column = %column.as_deref().unwrap_or(""),
+        "changes held: a change names a table or column this node does not have yet; it and every later change \
+         to the tables its transaction touches wait, the rest of the shard goes on. They are applied as soon as \
+         the local schema has it");
+    s.causes.insert(
+        key,
+        held::Cause {
+            table: table.clone(),
+            column: column.clone(),
+            since: Instant::now(),
+            since_ms: crate::counters::now_ms(),
+            said_error: false,
+        },
+    );
+}
+
+/// The shard's pause reason while it holds changes (health and status read it).
+fn held_reason(s: &ShardState) -> Option<String> {
+    if s.held.is_empty() {
+        return None;
+    }
+    let missing: Vec<String> = s
+        .causes
+        .values()
+        .map(|c| match &c.column {
+            Some(col) => format!("{}.{col}", c.table),
+            None => c.table.clone(),
+        })
+        .collect();
+    let mut tables: Vec<&String> = s.held_tables.iter().collect();
+    tables.sort();
+    Some(format!(
+        "changes held: this node has no {} yet; held tables: {}",
+        missing.join(", "),
+        tables
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// The shard's held gauges for metrics, health and status.
+fn publish_held(s: &ShardState, stats: &Counters) {
+    stats.set_held(s.shard, held::gauges(&s.held, &s.causes));
+    stats.set_schema_paused(s.shard, !s.held.is_empty());
+    if s.held.is_empty() {
+        stats.set_paused(s.shard, None);
+    } else {
+        stats.set_paused(s.shard, held_reason(s));
     }
 }
 

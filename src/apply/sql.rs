@@ -111,6 +111,15 @@ pub struct Applied {
     pub conflicts: u64,
 }
 
+impl Applied {
+    pub fn add(&mut self, o: Applied) {
+        self.rows += o.rows;
+        self.skipped += o.skipped;
+        self.dropped += o.dropped;
+        self.conflicts += o.conflicts;
+    }
+}
+
 /// Positions of the key columns within `columns`.
 fn key_positions(t: &TableChanges) -> Result<Vec<usize>, ApplyError> {
     t.key

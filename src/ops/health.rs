@@ -28,6 +28,17 @@ pub struct ShardHealth {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gap_needs: Option<u64>,
     pub stuck_seconds: u64,
+    /// Tables whose changes this shard holds (this node lacks a table or column they need).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldTable>,
+}
+
+/// Changes one shard holds for one table.
+#[derive(Debug, Serialize)]
+pub struct HeldTable {
+    pub table: String,
+    pub rows: u64,
+    pub seconds: u64,
 }
 
 /// The health body (`detailed = true`).
@@ -166,7 +177,8 @@ pub fn report(o: &Observed) -> Health {
             .collect(),
         lag: views
             .iter()
-            .map(|v| ShardHealth {
+            .zip(c.held())
+            .map(|(v, held)| ShardHealth {
                 shard: v.shard,
                 stream: cfg.stream_name(v.shard),
                 applied: v.applied,
@@ -176,6 +188,14 @@ pub fn report(o: &Observed) -> Health {
                 paused: v.paused.clone(),
                 gap_needs: v.gap,
                 stuck_seconds: v.stuck_for_ms / 1000,
+                held: held
+                    .into_iter()
+                    .map(|(table, (rows, since))| HeldTable {
+                        table,
+                        rows,
+                        seconds: crate::counters::now_ms().saturating_sub(since) / 1000,
+                    })
+                    .collect(),
             })
             .collect(),
         problems,

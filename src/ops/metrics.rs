@@ -183,6 +183,14 @@ fn describe() {
         "harmonylite_conflicts",
         "Values overwritten by a concurrent change from another node, kept in __harmonylite__conflicts."
     );
+    describe_gauge!(
+        "harmonylite_held_changes",
+        "Rows held per shard and table because this node lacks a table or column a change names (the missing table and every table its transactions touch)."
+    );
+    describe_gauge!(
+        "harmonylite_held_seconds",
+        "How long changes of the table have been held on the shard."
+    );
     describe_counter!(
         "harmonylite_backfill_superseded_rows",
         "Rows of a rebuilt table's backfill not applied because the stream held a newer change of the row."
@@ -260,6 +268,32 @@ fn describe() {
     );
 }
 
+/// The held-changes gauges per (shard, table); a table no longer held reads 0.
+fn update_held(c: &crate::counters::Counters) {
+    static SHOWN: std::sync::Mutex<std::collections::BTreeSet<(String, String)>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut shown = SHOWN.lock().unwrap_or_else(|e| e.into_inner());
+    let now = now_ms();
+    let mut current = std::collections::BTreeSet::new();
+    for (i, held) in c.held().into_iter().enumerate() {
+        let shard = (i + 1).to_string();
+        for (table, (rows, since)) in held {
+            gauge!("harmonylite_held_changes", "shard" => shard.clone(), "table" => table.clone())
+                .set(rows as f64);
+            gauge!("harmonylite_held_seconds", "shard" => shard.clone(), "table" => table.clone())
+                .set(now.saturating_sub(since) as f64 / 1000.0);
+            current.insert((shard.clone(), table));
+        }
+    }
+    for (shard, table) in shown.difference(&current) {
+        gauge!("harmonylite_held_changes", "shard" => shard.clone(), "table" => table.clone())
+            .set(0.0);
+        gauge!("harmonylite_held_seconds", "shard" => shard.clone(), "table" => table.clone())
+            .set(0.0);
+    }
+    *shown = current;
+}
+
 /// Copy the node's counters and gauges into the recorder.
 fn update(o: &Observed) {
     let c = &o.counters;
@@ -289,6 +323,7 @@ fn update(o: &Observed) {
         gauge!("harmonylite_lag_seconds", "shard" => shard.clone()).set(v.lag_ms as f64 / 1000.0);
         gauge!("harmonylite_shard_paused", "shard" => shard).set(v.paused.is_some() as u8 as f64);
     }
+    update_held(c);
     gauge!("harmonylite_paused_shards")
         .set(views.iter().filter(|v| v.paused.is_some()).count() as f64);
     gauge!("harmonylite_gap_shards").set(views.iter().filter(|v| v.gap.is_some()).count() as f64);

@@ -95,7 +95,7 @@ impl Node {
         let t = format!("table={table}");
         let col = column.map(|c| format!("column={c}")).unwrap_or_default();
         match wait::poll(timeout, || {
-            self.log_lines_with(&["shard paused", &t, &col]).pop()
+            self.log_lines_with(&["changes held", &t, &col]).pop()
         }) {
             Some(line) => line,
             None => panic!(
