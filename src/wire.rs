@@ -148,6 +148,9 @@ pub struct Message {
     /// is applied only when the stream holds no change to the same row after `seen` and before this message
     /// (`docs/DESIGN.md`, "Schema changes"). Empty for ordinary changes (version 2 on the wire).
     pub conditional: Vec<u32>,
+    /// With conditional rows: the origin's own change-log ids up to here are in the backfill's values, so its own
+    /// messages of passes ending at or below it are not newer than the backfill (0 otherwise).
+    pub own_upto: u64,
     /// Not on the wire: indexes into `tables` of groups a node put in place of superseded conditional rows
     /// (`apply::window::decide`); their rows are not journaled as conflicts.
     #[serde(skip)]
@@ -199,6 +202,7 @@ impl From<MessageV2> for Message {
             seen: m.seen,
             at_ms: m.at_ms,
             conditional: Vec::new(),
+            own_upto: 0,
             replayed: Vec::new(),
         }
     }
@@ -227,6 +231,7 @@ impl From<MessageV1> for Message {
             seen: None,
             at_ms: 0,
             conditional: Vec::new(),
+            own_upto: 0,
             replayed: Vec::new(),
         }
     }
@@ -297,6 +302,16 @@ pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
     }
 }
 
+/// A unit id's origin incarnation and pass end (`<node>.<incarnation>.<pass end>.<shard>.<unit>`, hex), when it
+/// has that form.
+pub fn unit_pass(unit: &str) -> Option<(u64, u64)> {
+    let mut parts = unit.split('.');
+    let _node = parts.next()?;
+    let incarnation = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let end = u64::from_str_radix(parts.next()?, 16).ok()?;
+    Some((incarnation, end))
+}
+
 /// FNV-1 64-bit hash (as the original's sharding uses FNV-1, not FNV-1a).
 pub fn fnv1_64(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -342,6 +357,7 @@ mod tests {
             seen: Some(41),
             at_ms: 1_790_000_000_000,
             conditional: Vec::new(),
+            own_upto: 0,
             replayed: Vec::new(),
         }
     }
@@ -352,8 +368,11 @@ mod tests {
         let plain = encode(&m, false);
         assert_eq!(plain[0], 2);
         assert_eq!(decode(&plain).unwrap(), m);
+        assert_eq!(unit_pass("7.1f.2a.1.0"), Some((0x1f, 0x2a)));
+        assert_eq!(unit_pass("test-x"), None);
         let mut c = sample();
         c.conditional = vec![0];
+        c.own_upto = 41;
         let cond = encode(&c, true);
         assert_eq!(cond[0], 3);
         let back = decode(&cond).unwrap();

@@ -255,8 +255,8 @@ fn poison_on_the_stream_is_quarantined_and_a_schema_ahead_waits_for_the_schema()
     }
     let quarantine_s = started.elapsed().as_secs_f64();
 
-    // Ahead of every node's schema: a column, then a table, nobody has yet. Each shard waits, then resumes
-    // once its node is altered.
+    // Ahead of every node's schema: a column, then a table, nobody has yet. Each node holds it, then applies it
+    // once the node is altered.
     let mut waits = Vec::new();
     for (what, message, alter, check) in [
         (
@@ -298,7 +298,7 @@ fn poison_on_the_stream_is_quarantined_and_a_schema_ahead_waits_for_the_schema()
             n.wait_paused_on(&table, column, T);
         }
         let paused_at = Instant::now();
-        // Paused: application rows committed now wait behind the message on every other node.
+        // Held: application rows committed now (other tables) go on replicating past the held message.
         apps.wait_for_more(20, T);
         during(Duration::from_secs(2), || c.assert_all_alive());
         for n in &c.nodes {

@@ -72,6 +72,7 @@ fn demo_snapshot_section() {
 /// A node away for 200 transactions with `max_entries = 64` finds its next change gone; with a snapshot saved
 /// meanwhile it restores, publishes first the write it made just before it was killed, and converges. A
 /// reader polling its database during the restore sees the old content or the new, never an error or a mix.
+/// Node-local tables (Litestream's) stay each node's own: not in the snapshot, kept through the restore.
 #[test]
 fn a_node_past_the_cap_restores_a_snapshot_and_keeps_its_last_write() {
     let mut c = Cluster::start(Options {
@@ -79,6 +80,12 @@ fn a_node_past_the_cap_restores_a_snapshot_and_keeps_its_last_write() {
         ..Default::default()
     });
     c.converged("Books", T);
+    for i in [2, 3] {
+        c.node(i).sql(&format!(
+            "CREATE TABLE _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER);
+             INSERT INTO _litestream_seq VALUES (1, {i});"
+        ));
+    }
     // Its last write, then killed before it could matter whether it was published.
     c.node(3)
         .sql("INSERT INTO Books (id, title, author) VALUES (300, 'last write of node 3', 'N3');");
@@ -131,6 +138,21 @@ fn a_node_past_the_cap_restores_a_snapshot_and_keeps_its_last_write() {
     stop.store(true, Ordering::Relaxed);
     assert!(reader.join().unwrap() > 0);
     assert_eq!(rows, 7 + 1 + 200);
+    assert_eq!(
+        count(c.node(3), "SELECT seq FROM _litestream_seq WHERE id = 1;"),
+        3,
+        "node 3's own Litestream table after the restore"
+    );
+    assert_eq!(
+        count(
+            c.node(1),
+            "SELECT count(*) FROM sqlite_master WHERE name = '_litestream_seq';"
+        ),
+        0
+    );
+    for i in [2, 3] {
+        c.node(i).sql("DROP TABLE _litestream_seq;");
+    }
     for i in 1..=3 {
         assert_eq!(
             count(c.node(i), "SELECT count(*) FROM Books WHERE id = 300;"),

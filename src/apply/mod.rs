@@ -335,11 +335,11 @@ impl Applier {
                     continue;
                 }
                 let tables = window::conditional_tables(m);
-                let seen = m.seen.unwrap_or(0);
+                let b = window::Backfill::of(m);
                 let w = match &prev {
-                    Some(p) if p.covers(seen, d.seq, &tables) => p.clone(),
+                    Some(p) if p.covers(&b, d.seq, &tables) => p.clone(),
                     _ => Arc::new(
-                        window::read(&self.js, &s.stream, seen, d.seq, tables, prev.as_deref())
+                        window::read(&self.js, &s.stream, b, d.seq, tables, prev.as_deref())
                             .await?,
                     ),
                 };
@@ -490,8 +490,22 @@ impl Applier {
                 continue;
             }
             let mut rows = 0u64;
+            let mut dropped = 0u64;
             for d in s.queue.drain(..n) {
                 if let Ok(m) = &d.msg {
+                    let cfg = &self.cfg;
+                    dropped += m
+                        .tables
+                        .iter()
+                        .filter(|t| {
+                            !capture::schema::selected(
+                                &t.table,
+                                &cfg.include_tables,
+                                &cfg.exclude_tables,
+                            )
+                        })
+                        .map(|t| t.rows.len() as u64)
+                        .sum::<u64>();
                     let own = m.origin == self.cfg.node_id;
                     for key in sql::row_keys(m) {
                         self.in_flight.decide(&key, d.seq);
@@ -513,6 +527,7 @@ impl Applier {
                 None => s.processed,
             };
             stats.skipped_rows.fetch_add(rows, Ordering::Relaxed);
+            stats.dropped_rows.fetch_add(dropped, Ordering::Relaxed);
             stats.applied_msgs.fetch_add(n as u64, Ordering::Relaxed);
             stats.set_applied(s.shard, s.applied);
         }
@@ -725,9 +740,9 @@ impl Applier {
             stats
                 .dropped_rows
                 .fetch_add(total.dropped, Ordering::Relaxed);
-            tracing::info!(
+            tracing::debug!(
                 rows = total.dropped,
-                "changes to tables or key columns dropped on this node were not applied"
+                "changes to tables or key columns this node does not replicate were not applied"
             );
         }
         let max_stuck = Duration::from_secs(cfg.health_check.max_stuck_seconds);
@@ -774,7 +789,7 @@ impl Applier {
                 s.held_retry = None;
                 if was_holding || o.retried {
                     tracing::info!(shard = s.shard, stream = %s.stream,
-                        "local schema caught up; held changes applied, shard resumed");
+                        "local schema caught up; shard resumed (held changes applied)");
                 }
             } else if o.retried || s.held_retry.is_none() {
                 s.held_retry = Some(Instant::now() + SCHEMA_RECHECK);

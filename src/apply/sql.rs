@@ -317,7 +317,9 @@ pub fn apply_message(
     for (ti, t) in m.tables.iter().enumerate() {
         let replayed = m.replayed.contains(&(ti as u32));
         if !selected(&t.table, &cfg.include_tables, &cfg.exclude_tables) {
+            // A table this node does not replicate (excluded, or node-local): dropped here.
             out.skipped += t.rows.len() as u64;
+            out.dropped += t.rows.len() as u64;
             continue;
         }
         let (local, drop) = match cap.target(&t.table, &t.columns) {

@@ -24,11 +24,39 @@ use crate::wire::{self, Message, Row, TableChanges};
 /// How long one window read may take before it is tried again.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Which backfill a window is read for: its `seen`, and the origin's own changes its values already hold
+/// (messages of the origin's incarnation whose pass ended at or below `own_upto`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Backfill {
+    pub seen: u64,
+    pub origin: u64,
+    pub incarnation: Option<u64>,
+    pub own_upto: u64,
+}
+
+impl Backfill {
+    pub fn of(m: &Message) -> Backfill {
+        Backfill {
+            seen: m.seen.unwrap_or(0),
+            origin: m.origin,
+            incarnation: wire::unit_pass(&m.unit).map(|(i, _)| i),
+            own_upto: m.own_upto,
+        }
+    }
+
+    /// Whether a message of the window is one of the origin's own changes already in the backfill's values.
+    fn holds(&self, m: &Message) -> bool {
+        m.origin == self.origin
+            && wire::unit_pass(&m.unit)
+                .is_some_and(|(inc, end)| Some(inc) == self.incarnation && end <= self.own_upto)
+    }
+}
+
 /// What a window holds for the tables of one backfill.
 #[derive(Debug, Default)]
 pub struct Touched {
-    /// The window's stream positions read: `(seen, upto)` (exclusive at both ends).
-    pub seen: u64,
+    pub backfill: Backfill,
+    /// The window's stream positions read: `(backfill.seen, upto)` (exclusive at both ends).
     pub upto: u64,
     /// Lower-cased names of the tables whose rows are collected.
     pub tables: HashSet<String>,
@@ -47,9 +75,9 @@ pub struct Change {
 }
 
 impl Touched {
-    /// Whether this window answers for a backfill message at `seq` whose origin had seen `seen`, for `tables`.
-    pub fn covers(&self, seen: u64, seq: u64, tables: &HashSet<String>) -> bool {
-        self.seen == seen && self.upto == seq && tables.is_subset(&self.tables)
+    /// Whether this window answers for backfill `b`'s message at `seq`, for `tables`.
+    pub fn covers(&self, b: &Backfill, seq: u64, tables: &HashSet<String>) -> bool {
+        self.backfill == *b && self.upto == seq && tables.is_subset(&self.tables)
     }
 }
 
@@ -63,11 +91,22 @@ pub fn conditional_tables(m: &Message) -> HashSet<String> {
         .collect()
 }
 
-/// The last change `m` makes to each row of `tables` (table names lower-cased), over what `into` holds.
-pub fn collect(m: Message, tables: &HashSet<String>, into: &mut HashMap<RowKey, Change>) {
-    for mut t in m.tables {
+/// The last change `m` makes to each row of `tables` (table names lower-cased), over what `into` holds. The
+/// conditional rows of other backfills do not count (each either changed nothing, or equals a value the stream
+/// already held), nor do the backfill's origin's own changes its values already hold.
+pub fn collect(
+    m: Message,
+    b: &Backfill,
+    tables: &HashSet<String>,
+    into: &mut HashMap<RowKey, Change>,
+) {
+    if b.holds(&m) {
+        return;
+    }
+    let conditional = m.conditional.clone();
+    for (i, mut t) in m.tables.into_iter().enumerate() {
         let name = t.table.to_lowercase();
-        if !tables.contains(&name) {
+        if !tables.contains(&name) || conditional.contains(&(i as u32)) {
             continue;
         }
         let Some(keys) = sql::row_keys_named(&t, &name) else {
@@ -150,21 +189,24 @@ pub fn decide(m: &Message, w: &Touched) -> (Message, u64) {
 pub async fn read(
     js: &jetstream::Context,
     stream_name: &str,
-    seen: u64,
+    backfill: Backfill,
     before: u64,
     tables: HashSet<String>,
     prev: Option<&Touched>,
 ) -> Result<Touched, String> {
+    let seen = backfill.seen;
     let mut out = match prev {
-        Some(p) if p.seen == seen && p.upto <= before && tables.is_subset(&p.tables) => Touched {
-            seen,
-            upto: p.upto,
-            tables: p.tables.clone(),
-            last: p.last.clone(),
-            complete: p.complete,
-        },
+        Some(p) if p.backfill == backfill && p.upto <= before && tables.is_subset(&p.tables) => {
+            Touched {
+                backfill,
+                upto: p.upto,
+                tables: p.tables.clone(),
+                last: p.last.clone(),
+                complete: p.complete,
+            }
+        }
         _ => Touched {
-            seen,
+            backfill,
             upto: seen + 1,
             tables,
             last: HashMap::new(),
@@ -242,7 +284,7 @@ async fn read_range(
             }
             read += 1;
             if let Ok(msg) = wire::decode(&m.message.payload) {
-                collect(msg, &out.tables, &mut out.last);
+                collect(msg, &out.backfill, &out.tables, &mut out.last);
             }
             if seq + 1 >= before {
                 break;
@@ -281,10 +323,15 @@ mod tests {
         Row::Upsert(vec![Value::Integer(id), Value::Text(v.into())])
     }
 
-    fn message(tables: Vec<TableChanges>, conditional: Vec<u32>) -> Message {
+    fn message(
+        origin: u64,
+        unit: &str,
+        tables: Vec<TableChanges>,
+        conditional: Vec<u32>,
+    ) -> Message {
         Message {
-            origin: 3,
-            unit: "u".into(),
+            origin,
+            unit: unit.into(),
             part: 1,
             last: true,
             schema: 0,
@@ -292,32 +339,58 @@ mod tests {
             seen: Some(10),
             at_ms: 0,
             conditional,
+            own_upto: 0x40,
             replayed: Vec::new(),
         }
     }
 
     /// The window saw row 1 updated and row 2 deleted (under another letter case of the table's name): the
-    /// backfill keeps only row 3, and rows 1 and 2 become the window's last changes.
+    /// backfill keeps only row 3, and rows 1 and 2 become the window's last changes. Another backfill's
+    /// conditional row and the origin's own change already in the values are not changes; the origin's own
+    /// change of a later pass is.
     #[test]
     fn rows_the_window_changed_are_replaced_by_its_last_change() {
         let tables: HashSet<String> = ["items".to_string()].into();
+        let backfill = message(
+            3,
+            "3.1f.50.1.0",
+            vec![
+                group("other", vec![up(9, "plain")]),
+                group("items", vec![up(1, "stale"), up(2, "stale"), up(3, "kept")]),
+            ],
+            vec![1],
+        );
+        let b = Backfill::of(&backfill);
+        assert_eq!(b.incarnation, Some(0x1f));
         let mut w = Touched {
-            seen: 10,
+            backfill: b,
             upto: 20,
             tables: tables.clone(),
             complete: true,
             ..Touched::default()
         };
-        collect(
+        let msgs = [
             message(
+                1,
+                "1.5.9.1.0",
                 vec![group("Items", vec![up(1, "newer"), up(2, "x")])],
                 vec![],
             ),
-            &tables,
-            &mut w.last,
-        );
-        collect(
             message(
+                3,
+                "3.1f.40.1.0",
+                vec![group("items", vec![up(3, "own, in the values")])],
+                vec![],
+            ),
+            message(
+                2,
+                "2.7.8.1.0",
+                vec![group("items", vec![up(3, "other backfill")])],
+                vec![0],
+            ),
+            message(
+                1,
+                "1.5.a.1.0",
                 vec![
                     TableChanges {
                         key: vec!["id".into()],
@@ -329,17 +402,11 @@ mod tests {
                 ],
                 vec![],
             ),
-            &tables,
-            &mut w.last,
-        );
-        assert_eq!(w.last.len(), 2);
-        let backfill = message(
-            vec![
-                group("other", vec![up(9, "plain")]),
-                group("items", vec![up(1, "stale"), up(2, "stale"), up(3, "kept")]),
-            ],
-            vec![1],
-        );
+        ];
+        for m in msgs {
+            collect(m, &b, &tables, &mut w.last);
+        }
+        assert_eq!(w.last.len(), 2, "{:?}", w.last.keys());
         let (out, superseded) = decide(&backfill, &w);
         assert_eq!(superseded, 2);
         assert!(out.conditional.is_empty());
@@ -350,6 +417,27 @@ mod tests {
         assert!(replaced.contains(&&up(1, "newer")));
         assert!(replaced.contains(&&Row::Delete(vec![Value::Integer(2)])));
         assert_eq!(out.replayed.len(), 2);
+
+        // The origin's own change of a pass after the values were read counts.
+        collect(
+            message(
+                3,
+                "3.1f.41.1.0",
+                vec![group("items", vec![up(3, "own, later")])],
+                vec![],
+            ),
+            &b,
+            &tables,
+            &mut w.last,
+        );
+        let (out, superseded) = decide(&backfill, &w);
+        assert_eq!(superseded, 3);
+        assert!(
+            out.tables
+                .iter()
+                .flat_map(|t| &t.rows)
+                .any(|r| *r == up(3, "own, later"))
+        );
 
         // A window partly gone from the stream proves nothing: no backfill row is applied.
         w.complete = false;

@@ -73,7 +73,12 @@ pub fn install(
     let rebuilding = listed_tables
         .iter()
         .any(|t| super::local::is_rebuild_temporary(&t.name));
-    let floor = rebuild_floor(&tx, rebuilding)?;
+    let log_before: i64 = tx.query_row(
+        &format!("SELECT coalesce(max(id), 0) FROM {LOG}"),
+        [],
+        |r| r.get(0),
+    )?;
+    let (floor, rebuild_log) = rebuild_floor(&tx, rebuilding, log_before)?;
     let mut backfilled = false;
     let mut tables = Vec::new();
     for listed in listed_tables {
@@ -114,6 +119,12 @@ pub fn install(
             &format!("DELETE FROM {META} WHERE key LIKE 'backfill_seen:%'"),
             [],
         )?;
+        // And the node's own changes they hold: those logged before the rebuild (before its temporary table
+        // was first seen, for a rebuild in steps).
+        tx.execute(
+            &format!("INSERT OR REPLACE INTO {META}(key, value) VALUES('backfill_own_upto', ?1)"),
+            [rebuild_log.unwrap_or(log_before)],
+        )?;
         for (stream, seq) in &floor {
             tx.execute(
                 &format!("INSERT INTO {META}(key, value) VALUES(?1, ?2)"),
@@ -123,7 +134,7 @@ pub fn install(
     }
     if !rebuilding {
         tx.execute(
-            &format!("DELETE FROM {META} WHERE key LIKE 'rebuild_floor:%'"),
+            &format!("DELETE FROM {META} WHERE key LIKE 'rebuild_floor:%' OR key = 'rebuild_log'"),
             [],
         )?;
     }
@@ -166,11 +177,14 @@ fn incarnation(tx: &Transaction<'_>) -> rusqlite::Result<u64> {
 /// Per stream, the lowest applied position a backfill made now may rely on: the applied positions, lowered to
 /// those recorded when a rebuild's temporary table was first seen (`rebuilding`: one exists now, so its
 /// position is recorded, or kept when lower). A rebuild in separate steps (Alembic's batch mode) copies the
-/// rows in its first step: changes applied after that copy are not in the table it renames into place.
+/// rows in its first step: changes applied after that copy are not in the table it renames into place. Also
+/// the change log's highest id when the temporary table was first seen (`log_now` at that install): the node's
+/// own changes up to it are in the copy.
 fn rebuild_floor(
     tx: &Transaction<'_>,
     rebuilding: bool,
-) -> rusqlite::Result<std::collections::BTreeMap<String, u64>> {
+    log_now: i64,
+) -> rusqlite::Result<(std::collections::BTreeMap<String, u64>, Option<i64>)> {
     let mut floor: std::collections::BTreeMap<String, u64> = tx
         .prepare(&format!("SELECT stream, seq FROM {APPLIED}"))?
         .query_map([], |r| {
@@ -188,6 +202,20 @@ fn rebuild_floor(
         *f = (*f).min(seq.max(0) as u64);
     }
     floor.retain(|_, v| *v != u64::MAX);
+    let mut rebuild_log: Option<i64> = tx
+        .query_row(
+            &format!("SELECT value FROM {META} WHERE key = 'rebuild_log'"),
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if rebuilding && rebuild_log.is_none() {
+        tx.execute(
+            &format!("INSERT INTO {META}(key, value) VALUES('rebuild_log', ?1)"),
+            [log_now],
+        )?;
+        rebuild_log = Some(log_now);
+    }
     if rebuilding {
         for (stream, seq) in &floor {
             tx.execute(
@@ -196,7 +224,7 @@ fn rebuild_floor(
             )?;
         }
     }
-    Ok(floor)
+    Ok((floor, rebuild_log))
 }
 
 /// The stable id of table `name`, assigned on first sight.

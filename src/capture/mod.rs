@@ -343,6 +343,16 @@ pub fn backfill_seen(conn: &Connection) -> rusqlite::Result<HashMap<String, u64>
     rows.collect()
 }
 
+/// The node's own change-log ids up to which the latest backfill's values hold its own changes (0: none).
+pub fn backfill_own_upto(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row(
+        &format!("SELECT coalesce(max(value), 0) FROM {META} WHERE key = 'backfill_own_upto'"),
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|v| v.max(0) as u64)
+}
+
 /// Applied stream positions, by stream name.
 pub fn applied_positions(conn: &Connection) -> rusqlite::Result<HashMap<String, u64>> {
     let mut stmt = conn.prepare(&format!("SELECT stream, seq FROM {APPLIED}"))?;

@@ -211,6 +211,7 @@ fn apply_sql_reproduces_rows_exactly() {
         seen: Some(0),
         at_ms: 0,
         conditional: Vec::new(),
+        own_upto: 0,
         replayed: Vec::new(),
     };
     let msg = wire::decode(&wire::encode(&msg, true)).unwrap();

@@ -394,10 +394,13 @@ impl Publisher {
         // What this node had applied when it read these values: the conflict journal's `seen`.
         let applied = capture::applied_positions(&tx)?;
         // A backfill's values may hold less (a rebuild in steps): its conditional rows' `seen`.
-        let backfill_seen = if log.iter().any(|r| r.backfill) {
-            capture::backfill_seen(&tx)?
+        let (backfill_seen, own_upto) = if log.iter().any(|r| r.backfill) {
+            (
+                capture::backfill_seen(&tx)?,
+                capture::backfill_own_upto(&tx)?,
+            )
         } else {
-            HashMap::new()
+            (HashMap::new(), 0)
         };
         let ctx = UnitContext {
             prefix: format!("{:x}.{:x}.{:x}", cfg.node_id, cap.incarnation, end),
@@ -415,6 +418,7 @@ impl Publisher {
                     backfill_seen.get(&stream).map_or(a, |&b| b.min(a))
                 })
                 .collect(),
+            own_upto,
             at_ms: crate::counters::now_ms(),
         };
         let mut shards: HashMap<u32, ShardBuild> = HashMap::new();
@@ -540,6 +544,8 @@ struct UnitContext {
     /// What a backfill's values hold at least, per shard: `seen`, or lower after a rebuild made in steps. A
     /// message with conditional rows carries it as its `seen`.
     backfill_seen: Vec<u64>,
+    /// This node's own change-log ids up to which a backfill's values hold its own changes.
+    own_upto: u64,
     /// When the pass was read (unix ms).
     at_ms: u64,
 }
@@ -609,6 +615,7 @@ impl ShardBuild {
                 seen: Some(ctx.seen.get(self.shard as usize - 1).copied().unwrap_or(0)),
                 at_ms: ctx.at_ms,
                 conditional: Vec::new(),
+                own_upto: 0,
                 replayed: Vec::new(),
             };
             (msg, Vec::new(), 0, 0)
@@ -640,6 +647,7 @@ impl ShardBuild {
             self.conditional = true;
             let b = ctx.backfill_seen.get(self.shard as usize - 1).copied();
             msg.seen = msg.seen.min(b).or(b);
+            msg.own_upto = ctx.own_upto;
         } else {
             rows.push(key);
         }

@@ -15,8 +15,10 @@
 //! | [`stream`]   | messages the test puts on a change stream: [`stream::upsert`] (a real wire message), [`stream::publish`] (any bytes, with JetStream acknowledgements); [`Node::loaded_config`] (subject and stream names), [`Node::wait_paused_on`] (a shard paused on a table or column this node lacks) |
 //! | [`http`]     | [`http_get`] (and [`http_get_within`] for slow answers) from the test process to a node's metrics, health and readiness endpoints; [`metric`] reads one Prometheus series |
 //! | [`docker`]   | [`docker::engine_unavailable`] (the SKIPPED reason), [`docker::Image`] (built for a test, tag removed on drop), [`docker::Compose`] (one compose project, `down -v` on drop, also on panic) |
+//! | [`django`]   | [`django::Django`]: a Django project of `tests/tools/` run on a node's database (`manage.py` to completion within a deadline, or in the background as an application) |
 //! | [`servers`]  | real servers, killed on drop: [`S3Server`] (moto), [`WebDavServer`] (wsgidav), [`SftpServer`] (OpenSSH sshd, dedicated user), [`NatsServer`] (bundled nats-server with JetStream; [`NatsServer::cluster`]: three in a cluster, for an existing NATS deployment) |
 //! | [`tls`]      | [`TestCa`]: a CA made by the test and the loopback certificates it signs ([`CertFiles`]), as PEM files |
+//! | [`tools`]    | real tools beside a node, from `tests/tools/`: Alembic ([`Node::alembic_upgrade`]), SQLAlchemy writers ([`tools::BookWriter`]), Litestream ([`tools::Litestream`]) |
 //!
 //! The nodes' binary is `HARMONYLITE_BIN`, else the one cargo built for the test or bench, else one next to
 //! the running executable (see [`harmonylite_bin`]).
@@ -24,6 +26,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod cluster;
+pub mod django;
 pub mod docker;
 pub mod http;
 pub mod logs;
@@ -36,6 +39,7 @@ pub mod servers;
 pub mod sql;
 pub mod stream;
 pub mod tls;
+pub mod tools;
 pub mod wait;
 
 pub use cluster::{BOOKS, Cluster, Options};
