@@ -36,6 +36,7 @@ pub fn upsert(table: &str, columns: &[&str], key: &str, row: Vec<Value>) -> Mess
         seen: None,
         at_ms: 0,
         conditional: Vec::new(),
+        own_upto: 0,
         replayed: Vec::new(),
     }
 }
