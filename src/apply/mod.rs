@@ -7,8 +7,9 @@
 //!
 //! A message that cannot be applied rolls back only its unit and pauses its shard (the other shards go on); it
 //! is counted, reported with its stream position, and retried. When the reason is that this node's schema is
-//! behind (a table or column it does not have yet), the shard waits for the local schema to change: a schema
-//! change wakes it at once, and it looks again every second. A message that can never apply (undecodable,
+//! behind (a table or column it does not have yet), its unit is held instead ([`held`]): it and every later
+//! unit touching the tables it touches wait, the rest of the shard goes on, and the held units are tried again
+//! once the local schema has been stable for [`SCHEMA_SETTLE`] (every second otherwise). A message that can never apply (undecodable,
 //! malformed, or naming a reserved table: [`sql::ApplyError::is_poison`]) is not retried: it goes to the
 //! [`quarantine`] with the rest of its unit and the shard goes on. Any other reason (a constraint, a busy or
 //! failing database) is retried with backoff. Each apply transaction first checks that the capture in force matches the schema it
@@ -107,8 +108,6 @@ struct ShardState {
     /// Last stream position written to the database.
     persisted: u64,
     paused_until: Option<Instant>,
-    /// Set while paused because this node's schema is behind: the message it waits at (stream sequence).
-    schema_wait: Option<u64>,
     backoff: Backoff,
     closed: bool,
 }
@@ -186,7 +185,6 @@ impl Applier {
                 held_retry: None,
                 persisted: applied,
                 paused_until: None,
-                schema_wait: None,
                 backoff: PAUSE_BACKOFF,
                 closed: false,
             });
@@ -365,9 +363,6 @@ impl Applier {
     fn schema_changed(&mut self) {
         let at = Instant::now() + SCHEMA_SETTLE;
         for s in &mut self.shards {
-            if s.schema_wait.is_some() {
-                s.paused_until = Some(at);
-            }
             if !s.held.is_empty() {
                 s.held_retry = Some(at);
             }
@@ -807,7 +802,8 @@ impl Applier {
             publish_held(s, stats);
             match o.error {
                 Some(err) => pause(s, stats, err),
-                None if o.taken > 0 => stats.set_paused(s.shard, held_reason(s)),
+                // Not paused at an error: the pause reason is what it holds, if anything.
+                None if s.paused_until.is_none() => stats.set_paused(s.shard, held_reason(s)),
                 None => {}
             }
         }
@@ -932,34 +928,11 @@ fn held_reason(s: &ShardState) -> Option<String> {
 fn publish_held(s: &ShardState, stats: &Counters) {
     stats.set_held(s.shard, held::gauges(&s.held, &s.causes));
     stats.set_schema_paused(s.shard, !s.held.is_empty());
-    if s.held.is_empty() {
-        stats.set_paused(s.shard, None);
-    } else {
-        stats.set_paused(s.shard, held_reason(s));
-    }
 }
 
-/// Pause shard `s` at the message it could not apply.
+/// Pause shard `s` at the message it could not apply (a change naming a table or column this node lacks is held
+/// instead, never paused at: see [`held`]).
 fn pause(s: &mut ShardState, stats: &Counters, err: Stuck) {
-    if let sql::ApplyError::SchemaBehind { table, column } = &err.error {
-        // Waits for the local schema: said once per message, then looked at again every second (or at once
-        // when the schema changes).
-        if s.schema_wait != Some(err.seq) {
-            s.schema_wait = Some(err.seq);
-            stats.schema_pauses.fetch_add(1, Ordering::Relaxed);
-            stats.error("apply", "schema_behind");
-            tracing::warn!(shard = s.shard, stream = %err.stream, seq = err.seq, table = %table,
-                column = %column.as_deref().unwrap_or(""),
-                "shard paused: a change names a table or column this node does not have yet; \
-                 it resumes as soon as the local schema has it");
-        }
-        s.paused_until = Some(Instant::now() + SCHEMA_RECHECK);
-        stats.set_schema_paused(s.shard, true);
-        stats.set_paused(s.shard, Some(err.to_string()));
-        return;
-    }
-    s.schema_wait = None;
-    stats.set_schema_paused(s.shard, false);
     stats.apply_errors.fetch_add(1, Ordering::Relaxed);
     stats.error("apply", err.error.kind());
     let delay = s.backoff.next_delay();
