@@ -458,10 +458,12 @@ impl Applier {
         let cfg = &self.cfg;
         self.shards.iter().zip(plan).all(|(s, &n)| {
             s.queue.iter().take(n).all(|d| match &d.msg {
+                // A change to a held table is held, never skipped ahead of what is held.
                 Ok(m)
-                    if m.tables
-                        .iter()
-                        .any(|t| s.held_tables.contains(&t.table.to_lowercase())) =>
+                    if !s.held_tables.is_empty()
+                        && m.tables
+                            .iter()
+                            .any(|t| s.held_tables.contains(&t.table.to_lowercase())) =>
                 {
                     false
                 }
@@ -618,11 +620,12 @@ impl Applier {
             while i < n {
                 let unit_len = unit_len(&s.queue, i).unwrap_or(1).min(n - i);
                 let unit = s.queue.range(i..i + unit_len);
-                let tables = held::tables_of(unit.clone());
                 let last_seq = s.queue[i + unit_len - 1].seq;
-                if !tables.is_disjoint(&o.still) {
+                // The tables a unit touches matter only while something is held (or once it is).
+                let tables = || held::tables_of(s.queue.range(i..i + unit_len));
+                if !o.still.is_empty() && !tables().is_disjoint(&o.still) {
                     // A held unit touches these tables: this one waits behind it.
-                    o.still.extend(tables);
+                    o.still.extend(tables());
                     o.newly_held.push((i, unit_len));
                 } else {
                     tx.execute_batch("SAVEPOINT unit")?;
@@ -636,7 +639,7 @@ impl Applier {
                         Err(UnitError::Failed(f)) => {
                             tx.execute_batch("ROLLBACK TO unit; RELEASE unit")?;
                             if matches!(f.error, sql::ApplyError::SchemaBehind { .. }) {
-                                o.still.extend(tables);
+                                o.still.extend(tables());
                                 o.newly_held.push((i, unit_len));
                                 o.causes.push(f);
                             } else if !f.error.is_poison() {

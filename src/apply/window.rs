@@ -132,10 +132,19 @@ pub fn collect(
 /// superseded. Replacement groups are listed in the message's `replayed` (not journaled as conflicts: every
 /// node but the origin holds those values already).
 pub fn decide(m: &Message, w: &Touched) -> (Message, u64) {
-    let mut out = m.clone();
-    out.tables = Vec::with_capacity(m.tables.len());
-    out.conditional = Vec::new();
-    out.replayed = Vec::new();
+    let mut out = Message {
+        origin: m.origin,
+        unit: m.unit.clone(),
+        part: m.part,
+        last: m.last,
+        schema: m.schema,
+        tables: Vec::with_capacity(m.tables.len()),
+        seen: m.seen,
+        at_ms: m.at_ms,
+        conditional: Vec::new(),
+        own_upto: m.own_upto,
+        replayed: Vec::new(),
+    };
     let mut superseded = 0u64;
     let mut replacements: Vec<(Arc<TableChanges>, Vec<Row>)> = Vec::new();
     for (i, t) in m.tables.iter().enumerate() {

@@ -452,7 +452,7 @@ impl Publisher {
         let units: Vec<ShardUnit> = builds.into_iter().flat_map(|b| b.finish(&ctx)).collect();
         // A backfill's window (after `seen`, before its own position) stays in the stream until every node has
         // handled the backfill: see `Counters::hold`.
-        for u in units.iter().filter(|u| u.conditional) {
+        for u in units.iter().filter(|u| u.conditional && cfg.publish) {
             let seen = ctx
                 .backfill_seen
                 .get(u.shard as usize - 1)
