@@ -8,9 +8,11 @@
 //! second otherwise.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use super::Decoded;
+use super::{Decoded, ShardState, Stuck, sql};
+use crate::counters::Counters;
 use crate::wire::Message;
 
 /// Most messages a shard holds; beyond it the shard stops taking new messages until some are released.
@@ -70,4 +72,79 @@ pub fn gauges(
         }
     }
     out
+}
+
+/// A unit of `s` is held at `f` (a table or column this node lacks): said once per missing table.
+pub(super) fn note(s: &mut ShardState, stats: &Counters, f: &Stuck) {
+    let sql::ApplyError::SchemaBehind { table, column } = &f.error else {
+        tracing::warn!(shard = s.shard, error = %f, "held changes could not be applied yet; retrying");
+        return;
+    };
+    let key = table.to_lowercase();
+    if s.causes.contains_key(&key) {
+        return;
+    }
+    stats.schema_pauses.fetch_add(1, Ordering::Relaxed);
+    stats.error("apply", "schema_behind");
+    tracing::warn!(shard = s.shard, stream = %f.stream, seq = f.seq, table = %table,
+        column = %column.as_deref().unwrap_or(""),
+        "changes held: a change names a table or column this node does not have yet; it and every later change \
+         to the tables its transaction touches wait, the rest of the shard goes on. They are applied as soon as \
+         the local schema has it");
+    s.causes.insert(
+        key,
+        Cause {
+            table: table.clone(),
+            column: column.clone(),
+            since: Instant::now(),
+            since_ms: crate::counters::now_ms(),
+            said_error: false,
+        },
+    );
+}
+
+/// The shard's pause reason while it holds changes (health and status read it).
+pub(super) fn reason(s: &ShardState) -> Option<String> {
+    if s.held.is_empty() {
+        return None;
+    }
+    let missing: Vec<String> = s
+        .causes
+        .values()
+        .map(|c| match &c.column {
+            Some(col) => format!("{}.{col}", c.table),
+            None => c.table.clone(),
+        })
+        .collect();
+    let mut tables: Vec<&String> = s.held_tables.iter().collect();
+    tables.sort();
+    Some(format!(
+        "changes held: this node has no {} yet; held tables: {}",
+        missing.join(", "),
+        tables
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// The shard's held gauges for metrics, health and status.
+pub(super) fn publish(s: &ShardState, stats: &Counters) {
+    stats.set_held(s.shard, gauges(&s.held, &s.causes));
+    stats.set_schema_paused(s.shard, !s.held.is_empty());
+}
+
+/// Say at ERROR, once per missing table, that changes have been held for longer than `max_stuck`.
+pub(super) fn say_long(s: &mut ShardState, max_stuck: Duration) {
+    for c in s.causes.values_mut() {
+        if !c.said_error && c.since.elapsed() > max_stuck {
+            c.said_error = true;
+            tracing::error!(shard = s.shard, stream = %s.stream, table = %c.table,
+                column = %c.column.as_deref().unwrap_or(""), held_s = c.since.elapsed().as_secs(),
+                "changes held for long: this node still lacks a table or column other nodes write; \
+                 the stream keeps everything from the first held change. Create it, or add the table \
+                 to exclude_tables (the held changes are then dropped)");
+        }
+    }
 }

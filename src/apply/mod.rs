@@ -779,7 +779,7 @@ impl Applier {
                     .store(crate::counters::now_ms(), Ordering::Relaxed);
             }
             for f in &o.causes {
-                note_held(s, stats, f);
+                held::note(s, stats, f);
             }
             let tables = &s.held_tables;
             s.causes.retain(|t, _| tables.contains(t));
@@ -792,21 +792,12 @@ impl Applier {
             } else if o.retried || s.held_retry.is_none() {
                 s.held_retry = Some(Instant::now() + SCHEMA_RECHECK);
             }
-            for c in s.causes.values_mut() {
-                if !c.said_error && c.since.elapsed() > max_stuck {
-                    c.said_error = true;
-                    tracing::error!(shard = s.shard, stream = %s.stream, table = %c.table,
-                        column = %c.column.as_deref().unwrap_or(""), held_s = c.since.elapsed().as_secs(),
-                        "changes held for long: this node still lacks a table or column other nodes write; \
-                         the stream keeps everything from the first held change. Create it, or add the table \
-                         to exclude_tables (the held changes are then dropped)");
-                }
-            }
-            publish_held(s, stats);
+            held::say_long(s, max_stuck);
+            held::publish(s, stats);
             match o.error {
                 Some(err) => pause(s, stats, err),
                 // Not paused at an error: the pause reason is what it holds, if anything.
-                None if s.paused_until.is_none() => stats.set_paused(s.shard, held_reason(s)),
+                None if s.paused_until.is_none() => stats.set_paused(s.shard, held::reason(s)),
                 None => {}
             }
         }
@@ -870,67 +861,6 @@ struct Outcome {
     still: HashSet<String>,
     /// Why units are held (the missing table or column each one named).
     causes: Vec<Stuck>,
-}
-
-/// A unit of `s` is held at `f` (a table or column this node lacks): said once per missing table.
-fn note_held(s: &mut ShardState, stats: &Counters, f: &Stuck) {
-    let sql::ApplyError::SchemaBehind { table, column } = &f.error else {
-        tracing::warn!(shard = s.shard, error = %f, "held changes could not be applied yet; retrying");
-        return;
-    };
-    let key = table.to_lowercase();
-    if s.causes.contains_key(&key) {
-        return;
-    }
-    stats.schema_pauses.fetch_add(1, Ordering::Relaxed);
-    stats.error("apply", "schema_behind");
-    tracing::warn!(shard = s.shard, stream = %f.stream, seq = f.seq, table = %table,
-        column = %column.as_deref().unwrap_or(""),
-        "changes held: a change names a table or column this node does not have yet; it and every later change \
-         to the tables its transaction touches wait, the rest of the shard goes on. They are applied as soon as \
-         the local schema has it");
-    s.causes.insert(
-        key,
-        held::Cause {
-            table: table.clone(),
-            column: column.clone(),
-            since: Instant::now(),
-            since_ms: crate::counters::now_ms(),
-            said_error: false,
-        },
-    );
-}
-
-/// The shard's pause reason while it holds changes (health and status read it).
-fn held_reason(s: &ShardState) -> Option<String> {
-    if s.held.is_empty() {
-        return None;
-    }
-    let missing: Vec<String> = s
-        .causes
-        .values()
-        .map(|c| match &c.column {
-            Some(col) => format!("{}.{col}", c.table),
-            None => c.table.clone(),
-        })
-        .collect();
-    let mut tables: Vec<&String> = s.held_tables.iter().collect();
-    tables.sort();
-    Some(format!(
-        "changes held: this node has no {} yet; held tables: {}",
-        missing.join(", "),
-        tables
-            .iter()
-            .map(|t| t.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
-}
-
-/// The shard's held gauges for metrics, health and status.
-fn publish_held(s: &ShardState, stats: &Counters) {
-    stats.set_held(s.shard, held::gauges(&s.held, &s.causes));
-    stats.set_schema_paused(s.shard, !s.held.is_empty());
 }
 
 /// Pause shard `s` at the message it could not apply (a change naming a table or column this node lacks is held
