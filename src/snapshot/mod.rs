@@ -51,6 +51,16 @@ pub enum SnapshotError {
     /// database's write lock: nothing was restored; publish them and restore again.
     #[error("local changes were written since they were published; nothing was restored")]
     LocalChangesPending,
+    /// This node has handled less of some stream than the latest snapshot holds: its copy would replace a newer
+    /// snapshot with an older one (and a node catching up from it would find the stream trimmed past it).
+    #[error(
+        "this node has handled {stream} only up to {have}, the latest snapshot up to {latest}; the newer snapshot is kept"
+    )]
+    Behind {
+        stream: String,
+        have: u64,
+        latest: u64,
+    },
     #[error(
         "snapshot {object} is corrupt: sha256 {actual} does not match the manifest's {expected}; nothing was restored"
     )]
@@ -301,10 +311,20 @@ pub async fn save(
     let dir = work_dir(cfg)?;
     let (db, d) = (cfg.db_path.clone(), dir.path().to_path_buf());
     let selection = (cfg.include_tables.clone(), cfg.exclude_tables.clone());
+    let previous = latest(store).await.ok().flatten();
     let (copy, positions) =
         tokio::task::spawn_blocking(move || copy_database(&db, &d, &handled, &selection))
             .await
             .expect("snapshot copy panicked")?;
+    if let Some(prev) = &previous
+        && let Some((stream, have, latest)) = behind(&positions, prev)
+    {
+        return Err(SnapshotError::Behind {
+            stream,
+            have,
+            latest,
+        });
+    }
     let database_bytes = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
     let packed = dir.path().join("snapshot.db.zst");
     let (c, p) = (copy.clone(), packed.clone());
@@ -325,7 +345,6 @@ pub async fn save(
         progress: Progress::new("uploading snapshot", compressed_bytes),
     };
     store.put(&object, Box::pin(upload)).await?;
-    let previous = latest(store).await.ok().flatten();
     let manifest = Manifest {
         format: 1,
         object: object.clone(),
@@ -350,6 +369,14 @@ pub async fn save(
         seconds = format!("{secs:.2}"), mb_per_s = format!("{:.1}", database_bytes as f64 / 1e6 / secs.max(0.001)),
         "snapshot saved");
     Ok(manifest)
+}
+
+/// The first stream in which `positions` fall short of snapshot `m`'s: (stream, ours, the snapshot's).
+pub fn behind(positions: &BTreeMap<String, u64>, m: &Manifest) -> Option<(String, u64, u64)> {
+    m.positions.iter().find_map(|(stream, &latest)| {
+        let have = positions.get(stream).copied().unwrap_or(0);
+        (have < latest).then(|| (stream.clone(), have, latest))
+    })
 }
 
 /// The latest snapshot's manifest, if the store has one.
