@@ -194,6 +194,25 @@ impl InFlight {
         }
     }
 
+    /// What [`InFlight::decide`] would answer now for a change to `key` at `seq`, changing nothing; and whether
+    /// `decide` would end the tracking (the change is at or past our own stored one). The applier decides with
+    /// this inside its transaction and ends the tracking with `decide` once the transaction committed, so a
+    /// transaction rolled back and tried again decides the same.
+    pub fn peek(&self, key: &RowKey, seq: u64) -> (Decision, bool) {
+        if !self.enabled {
+            return (Decision::Apply, false);
+        }
+        let inner = self.inner.lock().unwrap();
+        match inner.map.get(key).map(|e| e.state) {
+            Some(State::Unsent) => (Decision::Skip, false),
+            Some(State::Sent) => (Decision::Wait, false),
+            Some(State::Acked(a)) if seq < a => (Decision::Skip, false),
+            Some(State::Acked(a)) if seq == a => (Decision::Skip, true),
+            Some(State::Acked(_)) => (Decision::Apply, true),
+            None => (Decision::Apply, false),
+        }
+    }
+
     /// True when [`InFlight::decide`] would certainly skip this change (without changing anything). Newer local
     /// writes found later can only turn an `Apply` into a `Skip`, never the reverse, so a batch whose rows all
     /// pass this test can be skipped without opening a write transaction.

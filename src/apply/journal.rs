@@ -72,6 +72,12 @@ impl Recent {
         self.current.insert(key, last);
     }
 
+    /// Forget what was noted of `key`.
+    pub fn forget(&mut self, key: &RowKey) {
+        self.current.remove(key);
+        self.previous.remove(key);
+    }
+
     /// Whether a change from `origin` that had seen positions up to `seen` overwrites a value it had not seen:
     /// the value's [`Last`] when it does.
     pub fn concurrent(&self, key: &RowKey, origin: u64, seen: Option<u64>) -> Option<Last> {
@@ -136,10 +142,58 @@ pub fn record(
     drop(rows);
     let key_json =
         serde_json::Value::Array(key.iter().map(|v| json_of(v)).collect::<Vec<_>>()).to_string();
+    insert(
+        tx,
+        table,
+        &key_json,
+        lost_row.as_deref(),
+        lost,
+        winner,
+        &Reason::Concurrent,
+    )
+}
+
+/// Why an entry was journaled (column `reason`).
+pub enum Reason<'a> {
+    /// A same-key overwrite by a change that had not seen the value.
+    Concurrent,
+    /// A row of another key took this row's value on a unique index: `index` (its name) and the row that took
+    /// it (`by`, a JSON array of its key values).
+    Unique { index: &'a str, by: String },
+}
+
+/// The JSON array of key values, as the journal's `row_key` holds them.
+pub fn key_json<'a>(key: impl IntoIterator<Item = &'a Value>) -> String {
+    serde_json::Value::Array(key.into_iter().map(json_of).collect::<Vec<_>>()).to_string()
+}
+
+/// A row's values as a JSON object of column → value, as the journal's `lost_row` holds them.
+pub fn row_json(columns: &[String], values: &[Value]) -> String {
+    let mut obj = serde_json::Map::new();
+    for (c, v) in columns.iter().zip(values) {
+        obj.insert(c.clone(), json_of(v));
+    }
+    serde_json::Value::Object(obj).to_string()
+}
+
+/// Write one journal entry.
+pub fn insert(
+    tx: &Transaction<'_>,
+    table: &str,
+    key_json: &str,
+    lost_row: Option<&str>,
+    lost: Last,
+    winner: &Winner,
+    reason: &Reason<'_>,
+) -> rusqlite::Result<()> {
+    let (why, index, by) = match reason {
+        Reason::Concurrent => ("concurrent", None, None),
+        Reason::Unique { index, by } => ("unique", Some(*index), Some(by.as_str())),
+    };
     tx.prepare_cached(&format!(
         "INSERT INTO {CONFLICTS} (recorded_at, tbl, row_key, lost_row, lost_origin, lost_seq, lost_at, \
-         winner_origin, winner_seq, winner_at, winner_seen) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+         winner_origin, winner_seq, winner_at, winner_seen, reason, index_name, winner_key) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
     ))?
     .execute(rusqlite::params![
         crate::counters::now_ms() as i64,
@@ -153,6 +207,9 @@ pub fn record(
         winner.seq as i64,
         winner.at_ms as i64,
         winner.seen as i64,
+        why,
+        index,
+        by,
     ])?;
     Ok(())
 }
@@ -171,7 +228,7 @@ pub fn prune(tx: &Transaction<'_>, cfg: &ConflictsConfig) -> rusqlite::Result<()
 
 /// A SQLite value as JSON: numbers and text as themselves, a blob as `{"blob": "<hex>"}`, text that is not
 /// UTF-8 as `{"text_hex": "<hex>"}`.
-fn json_value(v: ValueRef<'_>) -> serde_json::Value {
+pub(super) fn json_value(v: ValueRef<'_>) -> serde_json::Value {
     use serde_json::{Value as J, json};
     match v {
         ValueRef::Null => J::Null,
@@ -256,7 +313,8 @@ mod tests {
              CREATE TABLE {CONFLICTS} (id INTEGER PRIMARY KEY, recorded_at INTEGER NOT NULL,
              tbl TEXT NOT NULL, row_key TEXT NOT NULL, lost_row TEXT, lost_origin INTEGER NOT NULL,
              lost_seq INTEGER NOT NULL, lost_at INTEGER NOT NULL, winner_origin INTEGER NOT NULL,
-             winner_seq INTEGER NOT NULL, winner_at INTEGER NOT NULL, winner_seen INTEGER NOT NULL);"
+             winner_seq INTEGER NOT NULL, winner_at INTEGER NOT NULL, winner_seen INTEGER NOT NULL,
+             reason TEXT NOT NULL DEFAULT 'concurrent', index_name TEXT, winner_key TEXT);"
         ))
         .unwrap();
         let tx = conn.transaction().unwrap();

@@ -20,6 +20,7 @@ mod held;
 pub mod journal;
 pub mod quarantine;
 pub mod sql;
+pub mod unique;
 pub mod window;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -134,8 +135,8 @@ pub struct Applier {
     conn: Connection,
     shards: Vec<ShardState>,
     wake: Arc<Notify>,
-    /// Which position last set each recently written row, for the conflict journal.
-    recent: journal::Recent,
+    /// Which position last set each recently written row (the conflict journal), unique indexes by table.
+    mem: sql::Memory,
 }
 
 /// How long a paused shard waits before it tries its message again: 0.5 s, doubling up to 30 s.
@@ -198,7 +199,7 @@ impl Applier {
             conn,
             shards,
             wake,
-            recent: journal::Recent::default(),
+            mem: sql::Memory::default(),
         };
         Ok((applier, inputs))
     }
@@ -512,7 +513,7 @@ impl Applier {
                                 origin: m.origin,
                                 at_ms: m.at_ms,
                             };
-                            self.recent.note(key, last);
+                            self.mem.recent.note(key, last);
                         }
                         rows += 1;
                     }
@@ -552,8 +553,26 @@ impl Applier {
         }
     }
 
-    /// Apply the planned messages in one transaction (blocking).
+    /// Apply the planned messages in one transaction (blocking). When it is rolled back, what it decided about
+    /// our own changes in flight is undone too, so trying again decides the same.
     fn apply(&mut self, plan: &[usize]) -> Result<(), TxnError> {
+        self.mem.settled.clear();
+        let r = self.apply_txn(plan);
+        if r.is_err() {
+            let shards = &self.shards;
+            let msgs = shards.iter().zip(plan).flat_map(|(s, &n)| {
+                s.held
+                    .iter()
+                    .flat_map(|u| u.msgs.iter())
+                    .chain(s.queue.range(..n))
+                    .filter_map(|d| d.msg.as_ref().ok())
+            });
+            self.mem.rolled_back(msgs);
+        }
+        r
+    }
+
+    fn apply_txn(&mut self, plan: &[usize]) -> Result<(), TxnError> {
         let (cfg, in_flight) = (&*self.cfg, &*self.in_flight);
         let tx = self
             .conn
@@ -599,7 +618,8 @@ impl Applier {
                         continue;
                     }
                     tx.execute_batch("SAVEPOINT unit")?;
-                    match apply_unit(&tx, &u.msgs, s, in_flight, cfg, &cap, &mut self.recent) {
+                    let mark = self.mem.settled.len();
+                    match apply_unit(&tx, &u.msgs, s, in_flight, cfg, &cap, &mut self.mem) {
                         Ok(a) => {
                             tx.execute_batch("RELEASE unit")?;
                             total.add(a);
@@ -608,6 +628,7 @@ impl Applier {
                         Err(UnitError::MustWait) => return Err(TxnError::MustWait),
                         Err(UnitError::Failed(f)) => {
                             tx.execute_batch("ROLLBACK TO unit; RELEASE unit")?;
+                            self.mem.settled.truncate(mark);
                             o.still.extend(u.tables.iter().cloned());
                             o.causes.push(f);
                         }
@@ -629,8 +650,9 @@ impl Applier {
                     o.newly_held.push((i, unit_len));
                 } else {
                     tx.execute_batch("SAVEPOINT unit")?;
+                    let mark = self.mem.settled.len();
                     let units: Vec<&Decoded> = unit.collect();
-                    match apply_unit(&tx, units, s, in_flight, cfg, &cap, &mut self.recent) {
+                    match apply_unit(&tx, units, s, in_flight, cfg, &cap, &mut self.mem) {
                         Ok(a) => {
                             tx.execute_batch("RELEASE unit")?;
                             total.add(a);
@@ -638,6 +660,7 @@ impl Applier {
                         Err(UnitError::MustWait) => return Err(TxnError::MustWait),
                         Err(UnitError::Failed(f)) => {
                             tx.execute_batch("ROLLBACK TO unit; RELEASE unit")?;
+                            self.mem.settled.truncate(mark);
                             if matches!(f.error, sql::ApplyError::SchemaBehind { .. }) {
                                 o.still.extend(tables());
                                 o.newly_held.push((i, unit_len));
@@ -701,6 +724,7 @@ impl Applier {
             [before],
         )?;
         tx.commit()?;
+        self.mem.committed(in_flight);
 
         let stats = &*self.counters;
         if total.rows + total.skipped > 0 {
@@ -814,12 +838,12 @@ fn apply_unit<'a>(
     in_flight: &InFlight,
     cfg: &Config,
     cap: &capture::Capture,
-    recent: &mut journal::Recent,
+    mem: &mut sql::Memory,
 ) -> Result<sql::Applied, UnitError> {
     let mut total = sql::Applied::default();
     for d in msgs {
         let r = match &d.msg {
-            Ok(m) => sql::apply_message(tx, m, d.seq, in_flight, cfg, cap, recent),
+            Ok(m) => sql::apply_message(tx, m, d.seq, in_flight, cfg, cap, mem),
             Err(e) => Err(sql::ApplyError::Decode(e.clone())),
         };
         match r {

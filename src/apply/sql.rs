@@ -15,7 +15,8 @@ use std::borrow::Cow;
 
 use rusqlite::Transaction;
 
-use super::journal::{self, Last, Recent, Winner};
+use super::journal::{self, Last, Reason, Recent, Winner};
+use super::unique::{self, Incoming};
 use crate::capture::{Capture, Target, ident, is_reserved_table, schema::selected};
 use crate::config::Config;
 use crate::conflict::{Decision, InFlight, RowKey};
@@ -71,9 +72,9 @@ impl ApplyError {
         }
     }
 
-    /// Whether the message can never apply, on any node, whatever happens later: undecodable (but for a wire
-    /// version newer than ours, up to [`crate::wire::NEWEST_PLAUSIBLE_VERSION`], which an upgrade will read),
-    /// malformed, or naming a reserved table. Such a
+    /// Whether the message can never apply, whatever happens later: undecodable (but for a wire version newer
+    /// than ours, up to [`crate::wire::NEWEST_PLAUSIBLE_VERSION`], which an upgrade will read), malformed,
+    /// naming a reserved table, or failing a `CHECK`, `NOT NULL` or trigger `RAISE` of this node's schema. Such a
     /// message is quarantined; any other error is waited out.
     pub fn is_poison(&self) -> bool {
         match self {
@@ -83,6 +84,14 @@ impl ApplyError {
             | ApplyError::RowWidth { .. }
             | ApplyError::KeyWidth { .. }
             | ApplyError::ReservedTable { .. } => true,
+            // A CHECK, NOT NULL or trigger RAISE this node's schema has and the origin's had not: these values
+            // can never be written here.
+            ApplyError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+                f.extended_code,
+                rusqlite::ffi::SQLITE_CONSTRAINT_CHECK
+                    | rusqlite::ffi::SQLITE_CONSTRAINT_NOTNULL
+                    | rusqlite::ffi::SQLITE_CONSTRAINT_TRIGGER
+            ),
             ApplyError::Sqlite(_) | ApplyError::MustWait | ApplyError::SchemaBehind { .. } => false,
         }
     }
@@ -208,47 +217,60 @@ fn col(name: &str, rowid_keyed: bool) -> String {
 struct Statements {
     update: Option<String>,
     insert: String,
+    /// With `OR REPLACE`: only when a collision could not be resolved row by row.
+    update_replace: Option<String>,
+    insert_replace: String,
     delete: String,
+    /// Whether the row exists (for tables whose columns are all key columns).
+    exists: String,
 }
 
-fn statements(table: &str, t: &TableChanges, pos: &[usize]) -> Statements {
+fn statements(table: &str, t: &TableChanges, pos: &[usize], collated: bool) -> Statements {
     let rowid_keyed = t.key.len() == 1 && t.key[0] == "rowid";
     let table = ident(table);
-    let cond: Vec<String> = t
-        .key
-        .iter()
-        .zip(pos)
-        .map(|(k, p)| format!("{} IS ?{}", col(k, rowid_keyed), p + 1))
-        .collect();
+    // The row by its key's exact bytes: under a collated key (`NOCASE`) another spelling is another row.
+    let exact = |first: &dyn Fn(usize) -> usize| -> String {
+        t.key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let c = col(k, rowid_keyed);
+                let p = first(i);
+                if collated {
+                    format!("{c} IS ?{p} AND {c} IS ?{p} COLLATE BINARY")
+                } else {
+                    format!("{c} IS ?{p}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let cond = exact(&|i| pos[i] + 1);
     let sets: Vec<String> = (0..t.columns.len())
         .filter(|i| !pos.contains(i))
         .map(|i| format!("{} = ?{}", col(&t.columns[i], rowid_keyed), i + 1))
         .collect();
-    let update = (!sets.is_empty()).then(|| {
-        format!(
-            "UPDATE OR REPLACE {table} SET {} WHERE {}",
-            sets.join(", "),
-            cond.join(" AND ")
-        )
-    });
+    let update = |or: &str| {
+        (!sets.is_empty())
+            .then(|| format!("UPDATE{or} {table} SET {} WHERE {cond}", sets.join(", ")))
+    };
     let cols: Vec<String> = t.columns.iter().map(|c| col(c, rowid_keyed)).collect();
     let params: Vec<String> = (1..=t.columns.len()).map(|i| format!("?{i}")).collect();
-    let insert = format!(
-        "INSERT OR REPLACE INTO {table} ({}) VALUES ({})",
-        cols.join(", "),
-        params.join(", ")
-    );
-    let dcond: Vec<String> = t
-        .key
-        .iter()
-        .enumerate()
-        .map(|(i, k)| format!("{} IS ?{}", col(k, rowid_keyed), i + 1))
-        .collect();
-    let delete = format!("DELETE FROM {table} WHERE {}", dcond.join(" AND "));
+    let insert = |or: &str| {
+        format!(
+            "INSERT{or} INTO {table} ({}) VALUES ({})",
+            cols.join(", "),
+            params.join(", ")
+        )
+    };
+    let dcond = exact(&|i| i + 1);
     Statements {
-        update,
-        insert,
-        delete,
+        update: update(""),
+        insert: insert(""),
+        update_replace: update(" OR REPLACE"),
+        insert_replace: insert(" OR REPLACE"),
+        delete: format!("DELETE FROM {table} WHERE {dcond}"),
+        exists: format!("SELECT count(*) FROM {table} WHERE {cond}"),
     }
 }
 
@@ -286,6 +308,38 @@ fn without_columns<'a>(t: &'a TableChanges, drop: &[usize]) -> Cow<'a, TableChan
     })
 }
 
+/// What the applier keeps between messages.
+#[derive(Default)]
+pub struct Memory {
+    /// Who last set each recently written row (the conflict journal).
+    pub recent: Recent,
+    /// Unique indexes by table (unique collisions).
+    pub uniques: unique::Cache,
+    /// Rows whose own change came back (or was passed) in the open transaction: their tracking in
+    /// [`InFlight`] ends once it commits ([`Memory::committed`]).
+    pub settled: Vec<(RowKey, u64)>,
+}
+
+impl Memory {
+    /// The open transaction committed: end the tracking of the rows it settled.
+    pub fn committed(&mut self, in_flight: &InFlight) {
+        for (k, seq) in self.settled.drain(..) {
+            in_flight.decide(&k, seq);
+        }
+    }
+
+    /// The open transaction was rolled back: what it settled is still in flight, and what it noted of the
+    /// messages `rolled_back` is forgotten (they are applied again later).
+    pub fn rolled_back<'a>(&mut self, rolled_back: impl IntoIterator<Item = &'a Message>) {
+        self.settled.clear();
+        for m in rolled_back {
+            for k in row_keys(m) {
+                self.recent.forget(&k);
+            }
+        }
+    }
+}
+
 /// Apply one message inside the caller's transaction, against the local schema `cap` (which must be the one
 /// this transaction sees). A message with conditional (backfill) rows must have been decided by its window first
 /// (`apply::window::decide`).
@@ -296,7 +350,7 @@ pub fn apply_message(
     in_flight: &InFlight,
     cfg: &Config,
     cap: &Capture,
-    recent: &mut Recent,
+    mem: &mut Memory,
 ) -> Result<Applied, ApplyError> {
     let set_by = Last {
         seq,
@@ -347,15 +401,37 @@ pub fn apply_message(
         }
         let t = without_columns(t, &drop);
         let pos = key_positions(&t)?;
-        let st = statements(local, &t, &pos);
+        // Unique indexes are read only when a table has a collated key or a row collides.
+        let uniques = mem.uniques.get(tx, cap.schema_version, local, &t.key)?;
+        let st = statements(local, &t, &pos, uniques.key_collated);
+        let here = Here {
+            tx,
+            local,
+            t: &t,
+            st: &st,
+            m,
+            seq,
+            in_flight,
+            cfg,
+        };
         for row in &t.rows {
             let key = key_of(&t, &pos, row)?;
             let rk = row_key(&t.table, &key);
-            match in_flight.decide(&rk, seq) {
+            let (decision, settles) = in_flight.peek(&rk, seq);
+            if settles {
+                mem.settled.push((rk.clone(), seq));
+            }
+            match decision {
                 Decision::Skip => {
                     if m.origin == cfg.node_id {
                         // Our own change, back from the stream: the row's value is the one stored at `seq`.
-                        recent.note(rk, set_by);
+                        mem.recent.note(rk, set_by);
+                    } else if let Row::Upsert(values) = row
+                        && uniques.any()
+                    {
+                        // Our newer write keeps the row, but what this change took from other rows in stream
+                        // order it takes here too.
+                        out.conflicts += here.displace(&uniques, values, &mut mem.recent, None)?;
                     }
                     out.skipped += 1;
                     continue;
@@ -363,33 +439,23 @@ pub fn apply_message(
                 Decision::Wait => return Err(ApplyError::MustWait),
                 Decision::Apply => {}
             }
-            if let Some(lost) = recent
+            if let Some(lost) = mem
+                .recent
                 .concurrent(&rk, m.origin, m.seen)
                 .filter(|_| !replayed)
             {
-                let winner = Winner {
-                    origin: m.origin,
-                    seq,
-                    at_ms: m.at_ms,
-                    seen: m.seen.unwrap_or(0),
-                };
-                journal::record(tx, local, &t.key, &key, lost, &winner)?;
+                journal::record(tx, local, &t.key, &key, lost, &here.winner())?;
                 out.conflicts += 1;
             }
-            recent.note(rk, set_by);
+            mem.recent.note(rk, set_by);
             match row {
-                Row::Upsert(values) => {
-                    let changed = match &st.update {
-                        Some(u) => tx
-                            .prepare_cached(u)?
-                            .execute(rusqlite::params_from_iter(values.iter()))?,
-                        None => 0,
-                    };
-                    if changed == 0 {
-                        tx.prepare_cached(&st.insert)?
-                            .execute(rusqlite::params_from_iter(values.iter()))?;
+                Row::Upsert(values) => match here.upsert(values) {
+                    Ok(()) => {}
+                    Err(e) if is_collision(&e) => {
+                        out.conflicts += here.collided(&uniques, values, &key, &mut mem.recent)?;
                     }
-                }
+                    Err(e) => return Err(e.into()),
+                },
                 Row::Delete(k) => {
                     tx.prepare_cached(&st.delete)?
                         .execute(rusqlite::params_from_iter(k.iter()))?;
@@ -399,6 +465,181 @@ pub fn apply_message(
         }
     }
     Ok(out)
+}
+
+/// A unique or primary key violation (SQLite undid the statement).
+fn is_collision(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+/// One table's changes of one message, being applied.
+struct Here<'a> {
+    tx: &'a Transaction<'a>,
+    local: &'a str,
+    t: &'a TableChanges,
+    st: &'a Statements,
+    m: &'a Message,
+    seq: u64,
+    in_flight: &'a InFlight,
+    cfg: &'a Config,
+}
+
+impl Here<'_> {
+    fn winner(&self) -> Winner {
+        Winner {
+            origin: self.m.origin,
+            seq: self.seq,
+            at_ms: self.m.at_ms,
+            seen: self.m.seen.unwrap_or(0),
+        }
+    }
+
+    /// Write a row by its key: update it, or insert it when absent. Plain statements: a collision is an error.
+    fn upsert(&self, values: &[Value]) -> rusqlite::Result<()> {
+        let p = || rusqlite::params_from_iter(values.iter());
+        let there = match &self.st.update {
+            Some(u) => self.tx.prepare_cached(u)?.execute(p())? > 0,
+            None => {
+                self.tx
+                    .prepare_cached(&self.st.exists)?
+                    .query_row(p(), |r| r.get::<_, i64>(0))?
+                    > 0
+            }
+        };
+        if !there {
+            self.tx.prepare_cached(&self.st.insert)?.execute(p())?;
+        }
+        Ok(())
+    }
+
+    /// The incoming row collides on a unique index with rows of other keys (DESIGN.md, "Unique
+    /// collisions"). Rows whose last change is in the stream lose to it: journaled and removed, then the row is
+    /// written. A row with our own newer write in flight wins: the incoming row is journaled and its key
+    /// removed here, as that write will remove it everywhere. Returns the journal entries written.
+    fn collided(
+        &self,
+        uniques: &unique::TableUniques,
+        values: &[Value],
+        key: &[&Value],
+        recent: &mut Recent,
+    ) -> Result<u64, ApplyError> {
+        let mut ours = None;
+        let n = self.displace(uniques, values, recent, Some(&mut ours))?;
+        if let Some((index, by)) = ours {
+            let lost = Last {
+                seq: self.seq,
+                origin: self.m.origin,
+                at_ms: self.m.at_ms,
+            };
+            let winner = Winner {
+                origin: self.cfg.node_id,
+                seq: 0,
+                at_ms: crate::counters::now_ms(),
+                seen: 0,
+            };
+            journal::insert(
+                self.tx,
+                self.local,
+                &journal::key_json(key.iter().copied()),
+                Some(&journal::row_json(&self.t.columns, values)),
+                lost,
+                &winner,
+                &Reason::Unique { index: &index, by },
+            )?;
+            self.tx
+                .prepare_cached(&self.st.delete)?
+                .execute(rusqlite::params_from_iter(key.iter()))?;
+            return Ok(n + 1);
+        }
+        match self.upsert(values) {
+            Ok(()) => Ok(n),
+            Err(e) if is_collision(&e) => {
+                // A collision the indexes did not show: SQLite resolves it (the row it removes is not journaled).
+                tracing::warn!(table = self.local, error = %e,
+                    "a unique collision could not be resolved row by row; the incoming row replaces what it collides with");
+                let p = || rusqlite::params_from_iter(values.iter());
+                let changed = match &self.st.update_replace {
+                    Some(u) => self.tx.prepare_cached(u)?.execute(p())?,
+                    None => 0,
+                };
+                if changed == 0 {
+                    self.tx
+                        .prepare_cached(&self.st.insert_replace)?
+                        .execute(p())?;
+                }
+                Ok(n)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Remove (and journal) the rows of other keys the incoming values collide with, but those with our own
+    /// newer write in flight: the first of them goes to `ours` (index, its key as JSON) when asked, else they
+    /// are left alone. Rows this message writes itself are removed without an entry (a transaction that
+    /// swapped two values). Returns the journal entries written.
+    fn displace(
+        &self,
+        uniques: &unique::TableUniques,
+        values: &[Value],
+        recent: &mut Recent,
+        mut ours: Option<&mut Option<(String, String)>>,
+    ) -> Result<u64, ApplyError> {
+        let row = Incoming {
+            columns: &self.t.columns,
+            key_cols: &self.t.key,
+            values,
+        };
+        let Some(found) = unique::collisions(self.tx, self.local, uniques, &row)? else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        let mut own_rows: Option<Vec<RowKey>> = None;
+        for c in &found {
+            let refs: Vec<&Value> = c.key.iter().collect();
+            let rk = row_key(&self.t.table, &refs);
+            match self.in_flight.peek(&rk, self.seq).0 {
+                Decision::Wait => return Err(ApplyError::MustWait),
+                Decision::Skip => {
+                    if let Some(o) = ours.as_deref_mut()
+                        && o.is_none()
+                    {
+                        *o = Some((c.index.clone(), journal::key_json(c.key.iter())));
+                    }
+                    continue;
+                }
+                Decision::Apply => {}
+            }
+            let written_here = own_rows
+                .get_or_insert_with(|| row_keys_named(self.t, &self.t.table).unwrap_or_default())
+                .contains(&rk);
+            if !written_here {
+                let lost = recent.get(&rk).unwrap_or(Last {
+                    seq: 0,
+                    origin: 0,
+                    at_ms: 0,
+                });
+                journal::insert(
+                    self.tx,
+                    self.local,
+                    &journal::key_json(c.key.iter()),
+                    Some(&c.row),
+                    lost,
+                    &self.winner(),
+                    &Reason::Unique {
+                        index: &c.index,
+                        by: journal::key_json(row.key()),
+                    },
+                )?;
+                n += 1;
+            }
+            self.tx
+                .prepare_cached(&self.st.delete)?
+                .execute(rusqlite::params_from_iter(c.key.iter()))?;
+        }
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

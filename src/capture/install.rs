@@ -44,10 +44,24 @@ pub fn install(
          CREATE TABLE IF NOT EXISTS {CONFLICTS} (id INTEGER PRIMARY KEY, recorded_at INTEGER NOT NULL,
              tbl TEXT NOT NULL, row_key TEXT NOT NULL, lost_row TEXT, lost_origin INTEGER NOT NULL,
              lost_seq INTEGER NOT NULL, lost_at INTEGER NOT NULL, winner_origin INTEGER NOT NULL,
-             winner_seq INTEGER NOT NULL, winner_at INTEGER NOT NULL, winner_seen INTEGER NOT NULL);
+             winner_seq INTEGER NOT NULL, winner_at INTEGER NOT NULL, winner_seen INTEGER NOT NULL,
+             reason TEXT NOT NULL DEFAULT 'concurrent', index_name TEXT, winner_key TEXT);
          CREATE TABLE IF NOT EXISTS {QUARANTINE} (id INTEGER PRIMARY KEY, quarantined_at INTEGER NOT NULL,
              stream TEXT NOT NULL, seq INTEGER NOT NULL, reason TEXT NOT NULL, payload BLOB NOT NULL);"
     ))?;
+    // A journal made by an earlier version lacks the columns of unique collisions.
+    let has_reason: i64 = tx.query_row(
+        &format!("SELECT count(*) FROM pragma_table_info('{CONFLICTS}') WHERE name = 'reason'"),
+        [],
+        |r| r.get(0),
+    )?;
+    if has_reason == 0 {
+        tx.execute_batch(&format!(
+            "ALTER TABLE {CONFLICTS} ADD COLUMN reason TEXT NOT NULL DEFAULT 'concurrent';
+             ALTER TABLE {CONFLICTS} ADD COLUMN index_name TEXT;
+             ALTER TABLE {CONFLICTS} ADD COLUMN winner_key TEXT;"
+        ))?;
+    }
     let incarnation = incarnation(&tx)?;
 
     // Our triggers as they are now, by the table they are attached to; then drop them all and re-create those

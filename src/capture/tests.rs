@@ -231,7 +231,7 @@ fn apply_sql_reproduces_rows_exactly() {
         &in_flight,
         &cfg,
         &peer_cap,
-        &mut crate::apply::journal::Recent::default(),
+        &mut sql::Memory::default(),
     )
     .unwrap();
     tx.execute(&format!("DELETE FROM {LOG} WHERE id > ?1"), [before])
