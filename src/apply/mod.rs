@@ -468,6 +468,9 @@ impl Applier {
                 {
                     false
                 }
+                // Another node's change skipped for our newer write may still take a unique value from
+                // another row (DESIGN.md, "Unique collisions"): only our own changes skip the transaction.
+                Ok(m) if m.origin != cfg.node_id => false,
                 Ok(m) => m.tables.iter().all(|t| {
                     !capture::schema::selected(&t.table, &cfg.include_tables, &cfg.exclude_tables)
                         || sql::row_keys_of(t).is_some_and(|keys| {

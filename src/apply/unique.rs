@@ -52,7 +52,7 @@ impl TableUniques {
     }
 }
 
-/// Unique indexes by table, read once per schema version.
+/// Unique indexes by table (the local name, as the capture spells it), read once per schema version.
 #[derive(Default)]
 pub struct Cache {
     version: i64,
@@ -71,12 +71,11 @@ impl Cache {
             self.tables.clear();
             self.version = schema_version;
         }
-        let k = table.to_lowercase();
-        if let Some(u) = self.tables.get(&k) {
+        if let Some(u) = self.tables.get(table) {
             return Ok(u.clone());
         }
         let u = Arc::new(read(tx, table, key_cols)?);
-        self.tables.insert(k, u.clone());
+        self.tables.insert(table.to_string(), u.clone());
         Ok(u)
     }
 }
