@@ -8,9 +8,14 @@
 //! application write fails, the nodes converge, a table rebuild (`new__library_book`: create, copy, drop,
 //! rename) on a node that is behind reverts no newer value and brings back no deleted row, and `-verify` finds
 //! the nodes identical.
+//!
+//! And a `unique=True` field (`catalog.Entry.code`) claimed through the ORM on two nodes at the same moment, by
+//! rows of different primary keys: the later claim in stream order keeps the value on every node, and every
+//! entry that lost it is in every node's conflict journal exactly once.
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -389,15 +394,7 @@ fn django_migrations_node_by_node_revert_nothing() {
         );
         manage(&django, &c, i, NEW, &["migrate", "library", "--check"]);
     }
-    let o = output_retrying(c.node(2).command().args(["-verify", "-timeout", "30"]));
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "-verify:\n{}\n{}",
-        output_text(&o),
-        c.logs_tail()
-    );
-    eprintln!("{}", String::from_utf8_lossy(&o.stdout).trim());
+    eprintln!("{}", c.assert_verified(2));
     c.assert_all_alive();
 }
 
@@ -486,5 +483,333 @@ fn django_release_with_one_added_field_reaches_every_node() {
         );
         manage(&django, &c, i, NEW, &["migrate", "catalog", "--check"]);
     }
+    c.assert_all_alive();
+}
+
+/// How many codes both applications claim at the same moment in
+/// [`django_unique_field_claimed_on_two_nodes_at_once_converges`].
+const CLAIMS: u32 = 60;
+
+/// One application's `manage.py claim_codes` run: the entries it created, and those its own node refused
+/// with an IntegrityError (the other node's entry with that code had already arrived).
+#[derive(Debug)]
+struct Claimed {
+    node: usize,
+    created: BTreeSet<i64>,
+    failed: BTreeSet<i64>,
+    /// How long its writes took.
+    seconds: f64,
+}
+
+/// The `catalog_entry` rows of `node` whose code is one of the claimed ones: code → id.
+fn claimed_codes(node: &Node) -> BTreeMap<String, i64> {
+    let conn = node.open();
+    let mut stmt = conn
+        .prepare("SELECT code, id FROM catalog_entry WHERE code LIKE 'race-%'")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// One journal entry of `catalog_entry` on a node.
+#[derive(Debug)]
+struct Lost {
+    reason: String,
+    row_key: serde_json::Value,
+    lost_row: serde_json::Value,
+    index_name: Option<String>,
+    winner_key: Option<serde_json::Value>,
+    lost_origin: i64,
+    lost_seq: i64,
+    winner_origin: i64,
+    winner_seq: i64,
+}
+
+/// Every journal entry of `catalog_entry` on `node`, in the order they were written.
+fn journal(node: &Node) -> Vec<Lost> {
+    let conn = node.open();
+    let mut stmt = conn
+        .prepare(
+            "SELECT reason, row_key, lost_row, index_name, winner_key, lost_origin, lost_seq, winner_origin, \
+             winner_seq FROM __harmonylite__conflicts \
+             WHERE tbl = 'catalog_entry' ORDER BY id",
+        )
+        .unwrap();
+    let json = |s: Option<String>| s.map(|s| serde_json::from_str(&s).unwrap());
+    stmt.query_map([], |r| {
+        Ok(Lost {
+            reason: r.get(0)?,
+            row_key: json(r.get(1)?).unwrap_or_default(),
+            lost_row: json(r.get(2)?).unwrap_or_default(),
+            index_name: r.get(3)?,
+            winner_key: json(r.get(4)?),
+            lost_origin: r.get(5)?,
+            lost_seq: r.get(6)?,
+            winner_origin: r.get(7)?,
+            winner_seq: r.get(8)?,
+        })
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+/// `Entry.code` is `unique=True`. The applications on nodes 1 and 2 create [`CLAIMS`] entries each through the
+/// ORM, started at the same moment, entry `first + k` with the code `race-k` (node 1 the ids 1000.., node 2 the
+/// ids 2000..): every code is claimed twice, by rows of different primary keys. Node 1 claims `race-0` first,
+/// node 2 `race-59` first: the claims in the middle meet within milliseconds, those at the ends are where a
+/// node may already have the other's entry. A create refused on its own node with an IntegrityError (the
+/// other node's entry had already arrived) is an application error as on a single SQLite, counted. What must
+/// hold: the nodes converge, and on every node each claimed code is held by one created entry, the later of
+/// the two in stream order; every created entry that is no longer there is in that node's
+/// `__harmonylite__conflicts` exactly once (reason `unique`, the index of `code`, its row, and the key of the
+/// entry that holds its code), and nothing else is; at least one such collision happened; no shard paused;
+/// `-verify` finds the nodes identical.
+#[test]
+fn django_unique_field_claimed_on_two_nodes_at_once_converges() {
+    let c = Cluster::start(Options::default());
+    let django = Django::new("django", c.path());
+    for i in 1..=3 {
+        migrate(
+            &django,
+            &c,
+            i,
+            &["catalog"],
+            &["catalog.0001_initial", "catalog.0002_entry_summary"],
+        );
+    }
+    c.converged_all(T);
+    // The unique index Django's `unique=True` made (for a column constraint, SQLite's automatic index).
+    let index = c
+        .node(1)
+        .sql(
+            "SELECT il.name FROM pragma_index_list('catalog_entry') il, pragma_index_info(il.name) ii \
+             WHERE il.\"unique\" = 1 AND ii.name = 'code';",
+        )
+        .trim()
+        .to_string();
+    assert_eq!(index, "sqlite_autoindex_catalog_entry_1");
+
+    // Both applications import Django and open their database, then wait for the start file.
+    let start = c.path().join("claim.start");
+    let count = CLAIMS.to_string();
+    let mut apps: Vec<(usize, PathBuf, PathBuf, ChildGuard)> =
+        [(1usize, "1000", "ascending"), (2, "2000", "descending")]
+            .into_iter()
+            .map(|(node, first, order)| {
+                let ready = c.path().join(format!("claim-node{node}.ready"));
+                let log = c.path().join(format!("claim-node{node}.log"));
+                let name = format!("claimed on node {node}");
+                let child = django.spawn(
+                    c.node(node),
+                    NEW,
+                    &[
+                        "claim_codes",
+                        "--first",
+                        first,
+                        "--count",
+                        &count,
+                        "--name",
+                        &name,
+                        "--ready",
+                        ready.to_str().unwrap(),
+                        "--start",
+                        start.to_str().unwrap(),
+                        "--order",
+                        order,
+                    ],
+                    &log,
+                );
+                (node, ready, log, child)
+            })
+            .collect();
+    wait::eventually(MANAGE, "both applications ready to write", || {
+        for (node, _, log, child) in &mut apps {
+            if let Some(st) = child.exited() {
+                panic!(
+                    "claim_codes on node {node} exited ({st}) before the start:\n{}",
+                    read_lossy(log)
+                );
+            }
+        }
+        apps.iter().all(|(_, ready, _, _)| ready.exists())
+    });
+    std::fs::write(&start, b"").unwrap();
+
+    let mut claimed = Vec::new();
+    for (node, _, log, mut child) in apps {
+        let st = wait::poll(MANAGE, || child.exited()).unwrap_or_else(|| {
+            panic!(
+                "claim_codes on node {node} still running after {MANAGE:?}:\n{}",
+                read_lossy(&log)
+            )
+        });
+        let out = read_lossy(&log);
+        assert!(
+            st.success(),
+            "claim_codes on node {node} exited {st}:\n{out}"
+        );
+        let result: serde_json::Value = out
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("claim_codes on node {node} printed no JSON:\n{out}"));
+        assert_eq!(
+            result["errors"],
+            serde_json::json!([]),
+            "claim_codes on node {node}: errors other than IntegrityError"
+        );
+        let ids = |k: &str| -> BTreeSet<i64> {
+            result[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect()
+        };
+        let one = Claimed {
+            node,
+            created: ids("created"),
+            failed: ids("failed"),
+            seconds: result["seconds"].as_f64().unwrap_or_default(),
+        };
+        assert_eq!(
+            one.created.len() + one.failed.len(),
+            CLAIMS as usize,
+            "claim_codes on node {node}: {one:?}"
+        );
+        claimed.push(one);
+    }
+    let created: BTreeSet<i64> = claimed.iter().flat_map(|w| w.created.clone()).collect();
+    // The code of entry `id`, and the other node's entry that claimed it.
+    let code_of = |id: i64| format!("race-{}", id % 1000);
+    let rival = |id: i64| if id < 2000 { id + 1000 } else { id - 1000 };
+    // The node whose application created entry `id`.
+    let node_of = |id: i64| if id < 2000 { 1 } else { 2 };
+    for w in &claimed {
+        // An entry refused on its own node: the rival's entry with that code was there already, so it was
+        // created.
+        for id in &w.failed {
+            assert!(
+                created.contains(&rival(*id)),
+                "node {}: entry {id} was refused, but its rival {} was not created either",
+                w.node,
+                rival(*id)
+            );
+        }
+    }
+    let both = created
+        .iter()
+        .filter(|id| **id < 2000 && created.contains(&rival(**id)))
+        .count();
+    eprintln!(
+        "claim_codes: node 1 created {} and was refused {} in {}s, node 2 created {} and was refused {} in {}s; \
+         {both} codes created on both nodes",
+        claimed[0].created.len(),
+        claimed[0].failed.len(),
+        claimed[0].seconds,
+        claimed[1].created.len(),
+        claimed[1].failed.len(),
+        claimed[1].seconds
+    );
+
+    let tables = c.converged_all(T);
+    eprintln!("converged: {tables:?}");
+    let held = claimed_codes(c.node(1));
+    // Each code is held by exactly one created entry; the other is gone.
+    for k in 0..i64::from(CLAIMS) {
+        let code = format!("race-{k}");
+        let id = held
+            .get(&code)
+            .unwrap_or_else(|| panic!("no entry holds {code}: {held:?}"));
+        assert!(
+            created.contains(id) && code_of(*id) == code,
+            "{code} is held by entry {id}, which no application created with it"
+        );
+    }
+    let present: BTreeSet<i64> = held.values().copied().collect();
+    let lost: BTreeSet<i64> = created.difference(&present).copied().collect();
+    assert!(
+        !lost.is_empty(),
+        "no created entry lost its code ({both} codes created on both nodes): the writes did not collide, \
+         the test proves nothing"
+    );
+
+    let mut differ = String::new();
+    for i in 1..=3 {
+        let n = c.node(i);
+        assert_eq!(claimed_codes(n), held, "node {i}");
+        let entries = journal(n);
+        let mut journaled: BTreeMap<i64, usize> = BTreeMap::new();
+        for e in &entries {
+            let id = e.row_key[0].as_i64();
+            let ok = e.reason == "unique"
+                && e.row_key.as_array().map(Vec::len) == Some(1)
+                && id.is_some_and(|id| {
+                    e.lost_row["id"] == id
+                        && e.lost_row["code"] == code_of(id)
+                        && e.winner_key.as_ref().and_then(|w| w[0].as_i64())
+                            == held.get(&code_of(id)).copied()
+                })
+                && e.index_name.as_deref() == Some(index.as_str());
+            // Node 3 wrote neither entry: it applied both in stream order, the winner after the loser.
+            let in_order = i != 3
+                || id.is_some_and(|id| {
+                    e.lost_origin == node_of(id)
+                        && e.winner_origin == node_of(rival(id))
+                        && 0 < e.lost_seq
+                        && e.lost_seq < e.winner_seq
+                });
+            if !ok || !in_order {
+                differ.push_str(&format!("node {i}: unexpected entry {e:?}\n"));
+            }
+            if let Some(id) = id {
+                *journaled.entry(id).or_default() += 1;
+            }
+        }
+        let once: BTreeSet<i64> = journaled.keys().copied().collect();
+        let twice: Vec<_> = journaled.iter().filter(|(_, n)| **n > 1).collect();
+        if once != lost || !twice.is_empty() {
+            differ.push_str(&format!(
+                "node {i}: journaled {journaled:?}; lost (created, no longer there): {lost:?}; \
+                 not journaled: {:?}; journaled but not lost: {:?}\n",
+                lost.difference(&once).collect::<Vec<_>>(),
+                once.difference(&lost).collect::<Vec<_>>()
+            ));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "the conflict journals do not hold exactly the lost entries:\n{differ}\ntable: {held:?}\n{}",
+        c.logs_tail()
+    );
+    eprintln!(
+        "{} entries lost their code; each journaled once on every node",
+        lost.len()
+    );
+
+    for n in &c.nodes {
+        let paused: Vec<String> = n
+            .log_lines_with(&["paused"])
+            .into_iter()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        assert!(
+            paused.is_empty(),
+            "node {}: a shard paused:\n{}",
+            n.id,
+            paused.join("\n")
+        );
+        let unresolved = n.log_lines_with(&["could not be resolved row by row"]);
+        assert!(
+            unresolved.is_empty(),
+            "node {}: collisions left to OR REPLACE (not journaled):\n{}",
+            n.id,
+            unresolved.join("\n")
+        );
+    }
+    eprintln!("{}", c.assert_verified(3));
     c.assert_all_alive();
 }

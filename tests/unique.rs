@@ -436,14 +436,7 @@ fn a_burst_of_collisions_from_three_nodes_converges() {
     }
     assert!(written.is_subset(&inserted));
     c.converged_all(T);
-    let o = output_retrying(c.node(1).command().arg("-verify").args(["-timeout", "30"]));
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}\n{}",
-        output_text(&o),
-        c.logs_tail()
-    );
+    c.assert_verified(1);
     let lost = every_loser_journaled_once(&c, "users", "id", &written);
     eprintln!(
         "{} inserts succeeded, {refused} writes refused by their own node, {lost} rows lost to collisions",

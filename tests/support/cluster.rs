@@ -177,16 +177,44 @@ impl Cluster {
         })
     }
 
+    /// Runs `-verify` (30 s timeout) from node `node`'s config and asserts it exits 0: every node identical at a
+    /// common point of the streams. Returns its standard output (the summary line).
+    pub fn assert_verified(&self, node: usize) -> String {
+        let o = super::process::output_retrying(
+            self.node(node)
+                .command()
+                .args(["-verify", "-timeout", "30"]),
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "-verify:\n{}\n{}",
+            super::process::output_text(&o),
+            self.logs_tail()
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
     /// Waits until every node has the same user tables (all of them, found in `sqlite_master`, but HarmonyLite's
-    /// `__harmonylite%` and SQLite's `sqlite_%`) with identical contents; returns each table's (checksum, rows).
-    /// Panics after `timeout` with what differs and every node's last log lines.
+    /// `__harmonylite%`, SQLite's `sqlite_%`, and the built-in node-local tables HarmonyLite never replicates,
+    /// e.g. `django_migrations`, whose `applied` times differ from node to node: see
+    /// `harmonylite::capture::local::is_builtin_local`) with identical contents; returns each table's (checksum,
+    /// rows). Panics after `timeout` with what differs and every node's last log lines.
     pub fn converged_all(&self, timeout: Duration) -> BTreeMap<String, Checksum> {
         let mut last = Vec::new();
         let result = wait::poll(timeout, || {
             last = self
                 .nodes
                 .iter()
-                .map(|n| sql::try_checksums(&n.db).map_err(|e| e.to_string()))
+                .map(|n| {
+                    sql::try_checksums(&n.db)
+                        .map(|m| {
+                            m.into_iter()
+                                .filter(|(t, _)| !harmonylite::capture::local::is_builtin_local(t))
+                                .collect()
+                        })
+                        .map_err(|e| e.to_string())
+                })
                 .collect::<Vec<_>>();
             agreed(&last)
         });

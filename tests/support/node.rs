@@ -306,8 +306,12 @@ impl Node {
         )
     }
 
-    /// Stream `stream` as this node's nats-server sees it (`None` when it cannot be read).
-    pub fn stream_info(&self, stream: &str) -> Option<async_nats::jetstream::stream::Info> {
+    /// Runs `f` with a JetStream context on this node's nats-server (a runtime of its own, 5 s for `f`); `None`
+    /// when the server cannot be reached in time or `f` gives nothing.
+    pub fn with_jetstream<T>(
+        &self,
+        f: impl AsyncFnOnce(async_nats::jetstream::Context) -> Option<T>,
+    ) -> Option<T> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -317,15 +321,17 @@ impl Node {
                 .await
                 .ok()?;
             let js = async_nats::jetstream::new(client);
-            let mut s = tokio::time::timeout(Duration::from_secs(5), js.get_stream(stream))
+            tokio::time::timeout(Duration::from_secs(5), f(js))
                 .await
                 .ok()?
-                .ok()?;
-            tokio::time::timeout(Duration::from_secs(5), s.info())
-                .await
-                .ok()?
-                .ok()
-                .cloned()
+        })
+    }
+
+    /// Stream `stream` as this node's nats-server sees it (`None` when it cannot be read).
+    pub fn stream_info(&self, stream: &str) -> Option<async_nats::jetstream::stream::Info> {
+        self.with_jetstream(async |js| {
+            let mut s = js.get_stream(stream).await.ok()?;
+            s.info().await.ok().cloned()
         })
     }
 

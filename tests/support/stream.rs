@@ -1,13 +1,16 @@
 //! Messages put on a cluster's change stream by the test itself, as any client of a node's nats-server could:
 //! real wire-format messages built with [`harmonylite::wire`] ([`upsert`]) or any bytes, published with
-//! JetStream acknowledgements ([`publish`]); and the node's own view of its config ([`Node::loaded_config`]) for
-//! the subject and stream names.
+//! JetStream acknowledgements ([`publish`]); the node's own view of its config ([`Node::loaded_config`]) for
+//! the subject and stream names; and what a node did with the stream: the positions every node has handled
+//! ([`Node::handled_positions`], [`Cluster::caught_up`]) and its quarantine ([`Node::quarantined`]).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use harmonylite::config::{Config, Overrides};
 use harmonylite::wire::{Message, Row, TableChanges, Value};
 
+use super::cluster::Cluster;
 use super::node::Node;
 use super::wait;
 
@@ -106,6 +109,108 @@ impl Node {
                 self.log_lines_with(&[" ERROR "]).join("\n")
             ),
         }
+    }
+}
+
+/// One row of a node's `__harmonylite__quarantine`.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    pub stream: String,
+    pub seq: u64,
+    pub reason: String,
+    /// As stored: the bytes received when they could not be decoded, else the decoded message encoded again.
+    pub payload: Vec<u8>,
+}
+
+impl Quarantined {
+    /// The payload decoded as a wire message (`None` when it is not one, e.g. garbage received).
+    pub fn message(&self) -> Option<Message> {
+        harmonylite::wire::decode(&self.payload).ok()
+    }
+}
+
+impl Node {
+    /// What every node of the cluster has handled (applied, or skipped as its own), as their entries in the
+    /// `harmonylite-positions` bucket say (each node writes its own about once a second), read through this node's
+    /// nats-server: node id → stream → position. `None` when it cannot be read. (`__harmonylite__applied` is no
+    /// such measure: a node writes the positions of messages it only skipped there at its next apply.)
+    pub fn handled_positions(&self) -> Option<BTreeMap<u64, BTreeMap<String, u64>>> {
+        self.with_jetstream(async |js| {
+            harmonylite::node::retention::handled_by_node(&js)
+                .await
+                .ok()
+        })
+    }
+
+    /// Every row of this node's `__harmonylite__quarantine`, oldest first (none before capture is installed).
+    pub fn quarantined(&self) -> Vec<Quarantined> {
+        let conn = super::sql::open_read_only(&self.db);
+        let Ok(mut stmt) = conn.prepare(
+            "SELECT stream, seq, reason, payload FROM __harmonylite__quarantine ORDER BY id",
+        ) else {
+            return Vec::new();
+        };
+        stmt.query_map([], |r| {
+            Ok(Quarantined {
+                stream: r.get(0)?,
+                seq: r.get::<_, i64>(1)? as u64,
+                reason: r.get(2)?,
+                payload: r.get(3)?,
+            })
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+}
+
+impl Cluster {
+    /// Waits (at most `timeout`) until every node has handled every message each shard's stream holds now: its
+    /// handled position ([`Node::handled_positions`]) has reached the stream's last sequence, read once through
+    /// the first running node. Own changes count: a node's position moves past them as it skips them. Returns
+    /// the last sequences, by shard (shard 1 first). Call it once the writes of interest are on the stream (seen
+    /// on another node, say). Panics with every node's positions and last log lines.
+    pub fn caught_up(&self, timeout: Duration) -> Vec<u64> {
+        let via = self
+            .nodes
+            .iter()
+            .find(|n| n.is_alive())
+            .expect("a running node");
+        let cfg = via.loaded_config();
+        let streams: Vec<String> = (1..=cfg.replication_log.shards.get())
+            .map(|s| cfg.stream_name(s))
+            .collect();
+        let last: Vec<u64> = streams
+            .iter()
+            .map(|s| {
+                self.eventually(timeout, &format!("stream {s}'s last sequence"), || {
+                    via.stream_info(s).map(|i| i.state.last_sequence)
+                })
+            })
+            .collect();
+        let mut seen = None;
+        let done = wait::poll(timeout, || {
+            seen = via.handled_positions();
+            let handled = seen.as_ref()?;
+            self.nodes
+                .iter()
+                .all(|n| {
+                    streams.iter().zip(&last).all(|(s, l)| {
+                        handled
+                            .get(&n.id)
+                            .and_then(|p| p.get(s))
+                            .is_some_and(|p| p >= l)
+                    })
+                })
+                .then_some(())
+        });
+        if done.is_none() {
+            panic!(
+                "not every node handled {streams:?} up to {last:?} within {timeout:?}; handled: {seen:?}\n{}",
+                self.logs_tail()
+            );
+        }
+        last
     }
 }
 
