@@ -752,7 +752,7 @@ impl Applier {
                 .fetch_add(total.conflicts, Ordering::Relaxed);
             tracing::info!(
                 rows = total.conflicts,
-                "concurrent writes: overwritten values kept in __harmonylite__conflicts"
+                "conflicting writes: lost values (concurrent overwrites, unique collisions) kept in __harmonylite__conflicts"
             );
         }
         if total.rows > 10_000 {

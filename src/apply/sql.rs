@@ -401,7 +401,7 @@ pub fn apply_message(
         }
         let t = without_columns(t, &drop);
         let pos = key_positions(&t)?;
-        // Unique indexes are read only when a table has a collated key or a row collides.
+        // The table's unique indexes are read once per schema version; they are searched only on a collision.
         let uniques = mem.uniques.get(tx, cap.schema_version, local, &t.key)?;
         let st = statements(local, &t, &pos, uniques.key_collated);
         let here = Here {
