@@ -166,44 +166,50 @@ pub async fn run(
                 }
             }
         }
-        if store.is_none() {
-            match snapshot::store::open(&cfg, &js).await {
-                Ok(s) => store = Some(s),
+        let streams = stream_states(&js, &cfg).await;
+        let handled = super::handled_positions(&js, cfg.node_id).await;
+        let l = lease.as_mut().expect("set above");
+        // A node that has not caught up (stopped at a gap, restoring, just started after a long absence) leaves
+        // the snapshots to the others: its copy would be older than what the cluster needs. Only the holder
+        // opens the store (opening creates the bucket on first use).
+        let mut behind = lagging(&handled.positions, &streams, None);
+        let mut latest = None;
+        if behind.is_none() && l.hold().await {
+            if store.is_none() {
+                match snapshot::store::open(&cfg, &js).await {
+                    Ok(s) => store = Some(s),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "snapshot store not available");
+                        continue;
+                    }
+                }
+            }
+            match snapshot::latest(store.as_deref().expect("set above")).await {
+                Ok(m) => latest = m,
                 Err(e) => {
-                    tracing::warn!(error = %e, "snapshot store not available");
+                    tracing::debug!(error = %e, "snapshot manifest not readable");
+                    store = None;
                     continue;
                 }
             }
+            let others = latest.as_ref().filter(|m| m.node_id != cfg.node_id);
+            behind = lagging(&handled.positions, &[], others);
+        } else if behind.is_none() {
+            last = None;
+            continue;
         }
-        let st = store.as_deref().expect("set above");
-        let streams = stream_states(&js, &cfg).await;
-        let handled = super::handled_positions(&js, cfg.node_id).await;
-        let latest = match snapshot::latest(st).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(error = %e, "snapshot manifest not readable");
-                store = None;
-                continue;
-            }
-        };
-        let l = lease.as_mut().expect("set above");
-        // A node that has not caught up (stopped at a gap, restoring, just started after a long absence) leaves
-        // the snapshots to the others: its copy would be older than what the cluster needs.
-        let others = latest.as_ref().filter(|m| m.node_id != cfg.node_id);
-        if let Some(why) = lagging(&handled.positions, &streams, others) {
+        if let Some(why) = behind {
             if !lagging_said {
                 tracing::info!(reason = %why, "this node is behind; it leaves the periodic snapshots to another node");
                 lagging_said = true;
             }
+            // Not renewed: the lease expires and another node takes it.
             l.revision = None;
             last = None;
             continue;
         }
         lagging_said = false;
-        if !l.hold().await {
-            last = None;
-            continue;
-        }
+        let st = store.as_deref().expect("opened by the holder");
         if last.is_none()
             && let Some(m) = &latest
         {
