@@ -149,9 +149,7 @@ pub async fn run(
     }
     let ttl = Duration::from_millis(cfg.snapshot.leader_ttl_ms.max(3000));
     let mut lease: Option<Lease> = None;
-    let mut store: Option<Box<dyn snapshot::store::Store>> = None;
     let mut last: Option<(Instant, std::collections::BTreeMap<String, u64>)> = None;
-    let mut lagging_said = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -166,62 +164,30 @@ pub async fn run(
                 }
             }
         }
-        let streams = stream_states(&js, &cfg).await;
-        let handled = super::handled_positions(&js, cfg.node_id).await;
         let l = lease.as_mut().expect("set above");
-        // A node that has not caught up (stopped at a gap, restoring, just started after a long absence) leaves
-        // the snapshots to the others: its copy would be older than what the cluster needs. Only the holder
-        // opens the store (opening creates the bucket on first use).
-        let mut behind = lagging(&handled.positions, &streams, None);
-        let mut latest = None;
-        if behind.is_none() && l.hold().await {
-            if store.is_none() {
-                match snapshot::store::open(&cfg, &js).await {
-                    Ok(s) => store = Some(s),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "snapshot store not available");
-                        continue;
-                    }
-                }
-            }
-            match snapshot::latest(store.as_deref().expect("set above")).await {
-                Ok(m) => latest = m,
-                Err(e) => {
-                    tracing::debug!(error = %e, "snapshot manifest not readable");
-                    store = None;
-                    continue;
-                }
-            }
-            let others = latest.as_ref().filter(|m| m.node_id != cfg.node_id);
-            behind = lagging(&handled.positions, &[], others);
-        } else if behind.is_none() {
+        if !l.hold().await {
             last = None;
             continue;
         }
-        if let Some(why) = behind {
-            if !lagging_said {
-                tracing::info!(reason = %why, "this node is behind; it leaves the periodic snapshots to another node");
-                lagging_said = true;
+        let store = match snapshot::store::open(&cfg, &js).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot store not available");
+                continue;
             }
-            // Not renewed: the lease expires and another node takes it.
-            l.revision = None;
-            last = None;
-            continue;
-        }
-        lagging_said = false;
-        let st = store.as_deref().expect("opened by the holder");
-        if last.is_none()
-            && let Some(m) = &latest
-        {
+        };
+        if last.is_none() {
             // Start counting from the latest snapshot, whoever took it.
-            let age = humantime::parse_rfc3339(&m.created_at)
-                .ok()
-                .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
-                .unwrap_or_default();
-            last = Some((
-                Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
-                m.positions.clone(),
-            ));
+            if let Ok(Some(m)) = snapshot::latest(store.as_ref()).await {
+                let age = humantime::parse_rfc3339(&m.created_at)
+                    .ok()
+                    .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+                    .unwrap_or_default();
+                last = Some((
+                    Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+                    m.positions,
+                ));
+            }
         }
         let mut look = Look {
             since_last: last.as_ref().map(|(t, _)| t.elapsed()),
@@ -229,85 +195,35 @@ pub async fn run(
             trimmed: false,
             bytes: 0,
         };
-        for (name, s) in &streams {
-            let at = last
-                .as_ref()
-                .and_then(|(_, p)| p.get(name).copied())
-                .unwrap_or(0);
-            look.grown = look.grown.max(s.last_sequence.saturating_sub(at));
-            look.trimmed |= s.first_sequence > 1;
-            look.bytes = look.bytes.max(s.bytes);
+        for shard in 1..=cfg.replication_log.shards.get() {
+            let name = cfg.stream_name(shard);
+            if let Ok(mut s) = js.get_stream(&name).await
+                && let Ok(info) = s.info().await
+            {
+                let at = last
+                    .as_ref()
+                    .and_then(|(_, p)| p.get(&name).copied())
+                    .unwrap_or(0);
+                look.grown = look.grown.max(info.state.last_sequence.saturating_sub(at));
+                look.trimmed |= info.state.first_sequence > 1;
+                look.bytes = look.bytes.max(info.state.bytes);
+            }
         }
         let Some(why) = due(&cfg, &look) else {
             continue;
         };
         tracing::info!(reason = why, "taking a snapshot");
+        let handled = super::handled_positions(&js, cfg.node_id).await;
         let started = Instant::now();
-        match snapshot::save(&cfg, st, handled).await {
+        match snapshot::save(&cfg, store.as_ref(), handled).await {
             Ok(m) => {
                 counters.snapshot_done(started.elapsed());
                 super::record_snapshot_positions(&js, &m, replicas).await;
                 last = Some((Instant::now(), m.positions));
             }
-            Err(e @ snapshot::SnapshotError::Behind { .. }) => {
-                tracing::info!(error = %e, "no snapshot taken")
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "snapshot failed; trying again later");
-                store = None;
-            }
+            Err(e) => tracing::warn!(error = %e, "snapshot failed; trying again later"),
         }
     }
-}
-
-/// What a stream holds now.
-struct Span {
-    first_sequence: u64,
-    last_sequence: u64,
-    bytes: u64,
-}
-
-/// Each stream's span, by name (streams not reachable now are left out).
-async fn stream_states(js: &jetstream::Context, cfg: &Config) -> Vec<(String, Span)> {
-    let mut out = Vec::new();
-    for shard in 1..=cfg.replication_log.shards.get() {
-        let name = cfg.stream_name(shard);
-        if let Ok(mut s) = js.get_stream(&name).await
-            && let Ok(info) = s.info().await
-        {
-            out.push((
-                name,
-                Span {
-                    first_sequence: info.state.first_sequence,
-                    last_sequence: info.state.last_sequence,
-                    bytes: info.state.bytes,
-                },
-            ));
-        }
-    }
-    out
-}
-
-/// Why a node with these handled positions is behind, if it is: some stream was trimmed past them, or the
-/// latest snapshot (another node's) holds more of some stream.
-fn lagging(
-    handled: &std::collections::BTreeMap<String, u64>,
-    streams: &[(String, Span)],
-    latest: Option<&snapshot::Manifest>,
-) -> Option<String> {
-    for (name, s) in streams {
-        let at = handled.get(name).copied().unwrap_or(0);
-        if s.last_sequence > 0 && at + 1 < s.first_sequence {
-            return Some(format!(
-                "{name} starts at {} and this node has handled it up to {at}",
-                s.first_sequence
-            ));
-        }
-    }
-    let m = latest?;
-    snapshot::behind(handled, m).map(|(stream, have, latest)| {
-        format!("the latest snapshot holds {stream} up to {latest}, this node has handled it up to {have}")
-    })
 }
 
 #[cfg(test)]
@@ -353,38 +269,5 @@ mod tests {
         cfg.replication_log.max_entries = 64;
         assert!(due(&cfg, &look(Some(1), 32, false, 0)).is_some());
         assert!(due(&cfg, &look(Some(1), 31, false, 0)).is_none());
-    }
-
-    #[test]
-    fn a_node_behind_the_stream_or_the_latest_snapshot_is_lagging() {
-        let state = |first_sequence, last_sequence| Span {
-            first_sequence,
-            last_sequence,
-            bytes: 0,
-        };
-        let at = |n: u64| std::collections::BTreeMap::from([("s".to_string(), n)]);
-        let streams = vec![("s".to_string(), state(134, 300))];
-        assert!(lagging(&at(0), &streams, None).is_some(), "trimmed past it");
-        assert!(lagging(&at(132), &streams, None).is_some());
-        assert!(lagging(&at(133), &streams, None).is_none(), "next is 134");
-        let m = snapshot::Manifest {
-            format: 1,
-            object: "o".into(),
-            sha256: String::new(),
-            compressed_bytes: 0,
-            database_bytes: 0,
-            positions: at(250),
-            node_id: 1,
-            created_at: String::new(),
-        };
-        assert!(
-            lagging(&at(200), &streams, Some(&m)).is_some(),
-            "older than the snapshot"
-        );
-        assert!(lagging(&at(250), &streams, Some(&m)).is_none());
-        assert!(
-            lagging(&Default::default(), &[], None).is_none(),
-            "nothing known"
-        );
     }
 }
