@@ -3,7 +3,9 @@
 //! plain SQLite insert rates, the cost of our capture triggers, the original's one-row-per-acked-message design
 //! on the same cluster, our sustained replicated rows/s for 1-, 10- and 100-row transactions, replication lag
 //! percentiles idle and at half the maximum rate, sidecar and nats-server RSS, three-node cold start, and
-//! snapshot save and restore rates with their peak RSS (64 MiB database with `--quick`, 1 GiB otherwise).
+//! snapshot save and restore rates with their peak RSS (64 MiB database with `--quick`, 1 GiB otherwise), and
+//! large rows: replicated MB/s for rows of 1 KB, 1 MB and 64 MB, with the nodes' peak RSS while the 64 MB rows
+//! replicate (fewer rows with `--quick`).
 //!
 //! Run it with `scripts/bench.sh [--quick] [--soak SECS] [--json FILE]`, which builds the release `harmonylite`
 //! binary and runs this bench against it through `cargo bench --bench bench -- ARGS`. `--quick` finishes within
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use serde_json::json;
-use support::{child_pids, rss_kb};
+use support::{MB, child_pids, peak_rss_kb, reset_peak_rss, rss_kb};
 
 struct Scale {
     bulk_rows: usize,
@@ -405,6 +407,124 @@ fn snapshot_bench(mb: u64) -> serde_json::Value {
     })
 }
 
+/// One class of large rows: `rows` rows of `bytes` random bytes each, `per_txn` rows per transaction.
+struct RowClass {
+    key: &'static str,
+    label: &'static str,
+    bytes: usize,
+    rows: usize,
+    per_txn: usize,
+}
+
+/// Large rows on a fresh three-node cluster: per class of [`RowClass`], rows of random bytes written on node 1
+/// as fast as it takes them, timed from the first write until the last row is on both peers (MB/s of row
+/// bytes, 1 MB = 10^6 bytes); and the peak RSS (`VmHWM`, reset before) of the sidecars and of their
+/// nats-servers while the 64 MB rows replicate, the largest over the nodes.
+fn large_rows_bench(quick: bool) -> serde_json::Value {
+    let classes = [
+        RowClass {
+            key: "1kb",
+            label: "1 KB rows, 100 per transaction",
+            bytes: 1024,
+            rows: if quick { 5_000 } else { 20_000 },
+            per_txn: 100,
+        },
+        RowClass {
+            key: "1mb",
+            label: "1 MB rows",
+            bytes: MB,
+            rows: if quick { 16 } else { 128 },
+            per_txn: 1,
+        },
+        RowClass {
+            key: "64mb",
+            label: "64 MB rows",
+            bytes: 64 * MB,
+            rows: if quick { 2 } else { 8 },
+            per_txn: 1,
+        },
+    ];
+    let mut c = support::Cluster::new(support::Options {
+        schema: "CREATE TABLE big (id INTEGER PRIMARY KEY, data BLOB);".into(),
+        verbose: false,
+        ..Default::default()
+    });
+    c.start_all();
+    c.wait_all_running(Duration::from_secs(120));
+    let sidecars: Vec<u32> = c.nodes.iter().filter_map(|n| n.pid()).collect();
+    let servers: Vec<u32> = sidecars.iter().flat_map(|&p| child_pids(p)).collect();
+    let mut w = support::open(&c.node(1).db);
+    let peers: Vec<Connection> = [2, 3]
+        .iter()
+        .map(|&i| support::open(&c.node(i).db))
+        .collect();
+    let mut res = serde_json::Map::new();
+    let mut next_id = 1i64;
+    for class in &classes {
+        eprintln!(
+            "bench: large rows, {} x {} ({})...",
+            class.rows, class.bytes, class.label
+        );
+        let peak = class.bytes >= 64 * MB;
+        if peak {
+            for &pid in sidecars.iter().chain(&servers) {
+                reset_peak_rss(pid);
+            }
+        }
+        let (first, last) = (next_id, next_id + class.rows as i64 - 1);
+        let start = Instant::now();
+        for _ in 0..class.rows / class.per_txn {
+            let tx = w.transaction().unwrap();
+            for _ in 0..class.per_txn {
+                tx.execute(
+                    "INSERT INTO big (id, data) VALUES (?1, randomblob(?2))",
+                    rusqlite::params![next_id, class.bytes as i64],
+                )
+                .unwrap();
+                next_id += 1;
+            }
+            tx.commit().unwrap();
+        }
+        loop {
+            let arrived = peers.iter().all(|p| {
+                p.query_row(
+                    "SELECT count(*) FROM big WHERE id BETWEEN ?1 AND ?2",
+                    [first, last],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap()
+                    == class.rows as i64
+            });
+            if arrived {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(900) {
+                panic!("{} did not reach every peer within 900 s", class.label);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let mb = (class.rows * class.bytes) as f64 / 1e6;
+        let mut r = json!({
+            "label": class.label,
+            "rows": class.rows,
+            "row_bytes": class.bytes,
+            "rows_per_transaction": class.per_txn,
+            "seconds": secs,
+            "replicated_mb_per_s": mb / secs,
+        });
+        if peak {
+            let max = |pids: &[u32]| {
+                pids.iter().map(|&p| peak_rss_kb(p)).max().unwrap_or(0) as f64 / 1024.0
+            };
+            r["peak_rss_mb"] = json!({"sidecar": max(&sidecars), "nats_server": max(&servers)});
+        }
+        res.insert(class.key.into(), r);
+    }
+    c.stop_all();
+    serde_json::Value::Object(res)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
@@ -505,6 +625,7 @@ fn main() {
     let snapshot_mb = if quick { 64 } else { 1024 };
     eprintln!("bench: snapshot save and restore of a {snapshot_mb} MiB database...");
     let snap = snapshot_bench(snapshot_mb);
+    let large = large_rows_bench(quick);
 
     let report = json!({
         "quick": quick,
@@ -520,6 +641,7 @@ fn main() {
         "cold_start_3_nodes_s": cold_start,
         "soak": soak_report,
         "snapshot": snap,
+        "large_rows": large,
     });
 
     let l = &report["local_sqlite"];
@@ -598,6 +720,22 @@ fn main() {
             "{:.1} / {:.1}",
             snap["save_peak_rss_mb"].as_f64().unwrap(),
             snap["restore_peak_rss_mb"].as_f64().unwrap()
+        ),
+    );
+    for key in ["1kb", "1mb", "64mb"] {
+        row(
+            &format!("replicated MB/s, {}", large[key]["label"].as_str().unwrap()),
+            format!("{:.1}", large[key]["replicated_mb_per_s"].as_f64().unwrap()),
+        );
+    }
+    row(
+        "peak RSS sidecar / nats-server, 64 MB rows (MB)",
+        format!(
+            "{:.1} / {:.1}",
+            large["64mb"]["peak_rss_mb"]["sidecar"].as_f64().unwrap(),
+            large["64mb"]["peak_rss_mb"]["nats_server"]
+                .as_f64()
+                .unwrap()
         ),
     );
     let text = serde_json::to_string_pretty(&report).unwrap();

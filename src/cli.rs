@@ -18,6 +18,10 @@ pub struct Cli {
     pub json: bool,
     pub verify: bool,
     pub wait_replicated: bool,
+    /// `-remove-node N`: forget node N cluster-wide, then exit.
+    pub remove_node: Option<u64>,
+    /// With `-remove-node`: remove a node whose status is fresh too.
+    pub force: bool,
     /// `-timeout SECONDS`: how long a command may take or wait (`-verify`: 30 s, `-wait-replicated`: 60 s when
     /// not given).
     pub timeout: Option<u64>,
@@ -38,6 +42,7 @@ const VALUE_FLAGS: &[&str] = &[
     "leaf-servers",
     "pprof",
     "timeout",
+    "remove-node",
 ];
 
 /// The clap view of the command line; [`parse_from`] turns it into a [`Cli`].
@@ -114,6 +119,18 @@ struct Args {
     #[arg(long, value_name = "SECONDS", value_parser = parse_go_uint)]
     timeout: Option<u64>,
 
+    /// Forget node N cluster-wide and for good (it is down and will not come back under that id), then exit:
+    /// its positions, status and schema entries, its replicas of every stream; refused while N's status is
+    /// fresh unless -force is given.
+    #[arg(long = "remove-node", value_name = "N", value_parser = parse_go_uint)]
+    remove_node: Option<u64>,
+
+    /// With -remove-node: remove the node even though its status entry is fresh.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", hide_default_value = true, value_parser = parse_go_bool, action = ArgAction::Set,
+          requires = "remove_node")]
+    force: bool,
+
     /// Address (host:port) on which the embedded NATS server listens for cluster routes.
     #[arg(long = "cluster-addr", value_name = "HOST:PORT")]
     cluster_addr: Option<String>,
@@ -152,6 +169,8 @@ pub fn parse_from<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, clap::
         json: args.json,
         verify: args.verify,
         wait_replicated: args.wait_replicated,
+        remove_node: args.remove_node,
+        force: args.force,
         timeout: args.timeout,
         cluster_addr: args.cluster_addr.filter(|s| !s.is_empty()),
         cluster_peers: split_list(args.cluster_peers.as_deref()),
@@ -329,6 +348,8 @@ mod tests {
                 verify: true,
                 timeout: Some(7),
                 wait_replicated: true,
+                remove_node: None,
+                force: false,
                 cluster_addr: Some("localhost:4221".into()),
                 cluster_peers: vec!["nats://a:1/".into()],
                 leaf_servers: vec!["nats://l:7422".into()],
@@ -486,5 +507,14 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn remove_node_with_and_without_force() {
+        let cli = ok(&["-config", "n.toml", "-remove-node", "4"]);
+        assert_eq!((cli.remove_node, cli.force), (Some(4), false));
+        let cli = ok(&["-config", "n.toml", "-remove-node=4", "-force"]);
+        assert_eq!((cli.remove_node, cli.force), (Some(4), true));
+        assert!(parse_from(["harmonylite", "-force"].map(String::from)).is_err());
     }
 }

@@ -29,8 +29,15 @@ pub struct Counters {
     pub backfill_superseded: AtomicU64,
     /// Stream messages that can never be applied, kept in `__harmonylite__quarantine`.
     pub quarantined: AtomicU64,
+    /// Local changes that can never be published, set aside in `__harmonylite__unpublished` (since start).
+    pub unpublished: AtomicU64,
+    /// Pieces of large values published, and staged from other nodes.
+    pub pieces_published: AtomicU64,
+    pub pieces_staged: AtomicU64,
     /// Ports this node opens to anyone (see `nats::exposure`), as said at start.
     security_warnings: Mutex<Vec<String>>,
+    /// See [`Counters::set_stale_nodes`].
+    stale_nodes: Mutex<Vec<crate::node::membership::Holding>>,
     /// Change-log rows written by applications and not yet published (measured about once a second).
     pub pending_rows: AtomicU64,
     /// Unix ms when the latest snapshot this node saved or restored finished, and how long it took.
@@ -67,6 +74,8 @@ struct ShardGauges {
     stuck_since_ms: u64,
     /// The stream's last sequence at the last look.
     last_seq: u64,
+    /// Whether the stream has been looked at (until then the lag is not known).
+    last_seq_known: bool,
     /// Age in ms of the oldest message not yet handled at the last look (0 when caught up).
     oldest_unapplied_ms: u64,
     /// The highest stream sequence at which JetStream stored one of this node's own changes (this run).
@@ -103,8 +112,8 @@ pub struct ShardView {
     pub shard: u32,
     pub applied: u64,
     pub last_seq: u64,
-    /// Messages in the stream this node has not handled yet.
-    pub lag_msgs: u64,
+    /// Messages in the stream this node has not handled yet; `None` until the stream's last sequence is known.
+    pub lag_msgs: Option<u64>,
     /// Age in ms of the oldest of them (0 when caught up).
     pub lag_ms: u64,
     pub paused: Option<String>,
@@ -115,6 +124,19 @@ pub struct ShardView {
 }
 
 impl Counters {
+    /// The nodes that hold back a stream's retention, silent for `stale_node_seconds` (see
+    /// [`crate::node::membership::holding_back`]), as the last look found them.
+    pub fn set_stale_nodes(&self, nodes: Vec<crate::node::membership::Holding>) {
+        *self.stale_nodes.lock().unwrap_or_else(|e| e.into_inner()) = nodes;
+    }
+
+    pub fn stale_nodes(&self) -> Vec<crate::node::membership::Holding> {
+        self.stale_nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn set_security_warnings(&self, warnings: Vec<String>) {
         *self
             .security_warnings
@@ -181,6 +203,7 @@ impl Counters {
     pub fn set_stream(&self, shard: u32, last_seq: u64, oldest_unapplied_ms: u64) {
         self.with_shard(shard, |g| {
             g.last_seq = last_seq;
+            g.last_seq_known = true;
             g.oldest_unapplied_ms = oldest_unapplied_ms;
         });
     }
@@ -197,7 +220,7 @@ impl Counters {
                     shard: i as u32 + 1,
                     applied: g.applied,
                     last_seq: g.last_seq,
-                    lag_msgs,
+                    lag_msgs: g.last_seq_known.then_some(lag_msgs),
                     lag_ms: if lag_msgs == 0 {
                         0
                     } else {
@@ -396,12 +419,17 @@ mod tests {
     fn lag_and_stuck_time_per_shard() {
         let c = Counters::default();
         c.set_applied(1, 10);
+        assert_eq!(c.shard_views()[0].lag_msgs, None, "not known before a look");
         c.set_stream(1, 15, 2_000);
         c.set_applied(2, 7);
         c.set_stream(2, 7, 500);
         let v = c.shard_views();
-        assert_eq!((v[0].lag_msgs, v[0].lag_ms), (5, 2_000));
-        assert_eq!((v[1].lag_msgs, v[1].lag_ms), (0, 0), "caught up: no age");
+        assert_eq!((v[0].lag_msgs, v[0].lag_ms), (Some(5), 2_000));
+        assert_eq!(
+            (v[1].lag_msgs, v[1].lag_ms),
+            (Some(0), 0),
+            "caught up: no age"
+        );
         assert_eq!(v[0].stuck_for_ms, 0);
         c.set_gap(1, Some(11));
         assert!(c.shard_views()[0].stuck_for_ms < 60_000);

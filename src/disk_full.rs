@@ -3,9 +3,33 @@
 //! condition starts, a summary at most every [`crate::repeat::PERIOD`] while it lasts, and one INFO line when a
 //! retry succeeds again (see [`crate::repeat`]).
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::repeat::{Repeats, Report};
+
+/// The parts of this node stopped by a full disk now (`/health` `disk_full`, `harmonylite_disk_full`).
+static FULL: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+
+/// Records whether part `what` is stopped by a full disk.
+pub fn set_full(what: &'static str, full: bool) {
+    let mut parts = FULL.lock().unwrap_or_else(|e| e.into_inner());
+    if full {
+        parts.insert(what);
+    } else {
+        parts.remove(what);
+    }
+}
+
+/// The parts of this node stopped by a full disk now (empty when none).
+pub fn full_parts() -> Vec<&'static str> {
+    FULL.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .copied()
+        .collect()
+}
 
 /// True when `e` (or an error it was caused by) is SQLite's "database or disk is full" or the system's "no space
 /// left on device".
@@ -51,6 +75,7 @@ impl DiskFull {
         if !is_disk_full(e) {
             return false;
         }
+        set_full(self.what, true);
         let text = e.to_string();
         match self.repeats.observe(KEY, &text, Instant::now()) {
             Some(Report::Started { text }) => tracing::error!(
@@ -78,6 +103,7 @@ impl DiskFull {
 
     /// An attempt succeeded: the end of the condition is said, if it was going on.
     pub fn succeeded(&mut self) {
+        set_full(self.what, false);
         if let Some(Report::Ended { total, lasted, .. }) = self.repeats.resolve(KEY, Instant::now())
         {
             tracing::info!(

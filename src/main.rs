@@ -101,6 +101,8 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e.into()),
         }
+    } else if let Some(n) = cli.remove_node {
+        rt().block_on(node::remove_node(&cfg, &cli, n))
     } else if cli.save_snapshot {
         rt().block_on(node::save_snapshot(&cfg, &cli))
     } else {

@@ -4,13 +4,16 @@
 //! `compressed` flag is set). Version 2 added what the conflict journal needs (`seen`, `at_ms`); version 1
 //! messages, still in a stream after an upgrade, decode with those unknown. Version 3 adds `conditional` (a
 //! rebuilt table's backfill, see `docs/DESIGN.md` "Schema changes"); it is written only for messages that carry
-//! such rows, so every other message stays version 2 and a node of the previous release still reads it. Values travel as their SQLite storage class: integers as i64, reals as their
-//! IEEE-754 bits, text and blobs as raw bytes — so a DATETIME text, `-0.0` or invalid UTF-8 arrive byte-exact.
+//! such rows, so every other message stays version 2 and a node of the previous release still reads it. Version
+//! 4 adds large values (a [`Piece`] of one, and [`Value::Staged`] naming one; see `docs/DESIGN.md` "Large
+//! values"), likewise written only for messages that carry them. Values travel as their SQLite storage class:
+//! integers as i64, reals as their IEEE-754 bits, text and blobs as raw bytes — so a DATETIME text, `-0.0` or
+//! invalid UTF-8 arrive byte-exact.
 
 use serde::{Deserialize, Serialize};
 
 /// Current wire version. A node refuses (and parks) messages of a version it does not know.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// The highest version byte a later release may plausibly write. A message whose first byte is above
 /// [`VERSION`] up to this one waits for an upgrade that reads it; any higher first byte is garbage (random
 /// bytes would otherwise stop a shard for good).
@@ -19,6 +22,8 @@ pub const NEWEST_PLAUSIBLE_VERSION: u8 = VERSION + 14;
 const VERSION_1: u8 = 1;
 /// The version before conditional (backfill) rows; still written for messages without them.
 const VERSION_2: u8 = 2;
+/// The version before large values (pieces and staged values); still written for backfills without them.
+const VERSION_3: u8 = 3;
 const FLAG_ZSTD: u8 = 1;
 
 /// One SQLite value, by storage class.
@@ -29,6 +34,35 @@ pub enum Value {
     Real(f64),
     Text(#[serde(with = "serde_bytes")] Vec<u8>),
     Blob(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A large text or blob value sent ahead in [`Piece`] messages on the same stream (version 4): the
+    /// receiver assembles it from its staged pieces when it applies the row.
+    Staged(StagedValue),
+}
+
+/// Names a large value sent in pieces, and what it must be once assembled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedValue {
+    /// `<origin>.<incarnation>.<log id>.<column>.<content hash>` (hex): unique per row change and content.
+    pub id: String,
+    /// Length in bytes.
+    pub len: u64,
+    /// Text (else blob).
+    pub text: bool,
+    /// FNV-1 64 of the bytes ([`fnv1_64`]).
+    pub hash: u64,
+}
+
+/// One slice of a large value (a message of its own, before the unit whose row refers to it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Piece {
+    /// The value's id ([`StagedValue::id`]).
+    pub id: String,
+    /// Where the slice starts in the value.
+    pub offset: u64,
+    /// The value's whole length.
+    pub len: u64,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
 }
 
 impl Value {
@@ -54,6 +88,10 @@ impl Value {
                 out.extend_from_slice(&(b.len() as u64).to_le_bytes());
                 out.extend_from_slice(b);
             }
+            Value::Staged(s) => {
+                out.push(5);
+                out.extend_from_slice(s.id.as_bytes());
+            }
         }
     }
 
@@ -71,6 +109,7 @@ impl Value {
     fn approx_size(&self) -> usize {
         match self {
             Value::Text(t) | Value::Blob(t) => t.len() + 4,
+            Value::Staged(s) => s.id.len() + 24,
             _ => 9,
         }
     }
@@ -85,6 +124,11 @@ impl rusqlite::ToSql for Value {
             Value::Real(f) => ValueRef::Real(*f),
             Value::Text(t) => ValueRef::Text(t),
             Value::Blob(b) => ValueRef::Blob(b),
+            Value::Staged(s) => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    format!("large value {} was not assembled", s.id).into(),
+                ));
+            }
         }))
     }
 }
@@ -151,6 +195,8 @@ pub struct Message {
     /// With conditional rows: the origin's own change-log ids up to here are in the backfill's values, so its own
     /// messages of passes ending at or below it are not newer than the backfill (0 otherwise).
     pub own_upto: u64,
+    /// A slice of a large value (version 4): such a message carries no tables and is a unit of its own.
+    pub piece: Option<Piece>,
     /// Not on the wire: indexes into `tables` of groups a node put in place of superseded conditional rows
     /// (`apply::window::decide`); their rows are not journaled as conflicts.
     #[serde(skip)]
@@ -158,6 +204,15 @@ pub struct Message {
 }
 
 impl Message {
+    /// Whether any row carries a staged (large) value.
+    pub fn has_staged(&self) -> bool {
+        self.tables.iter().any(|t| {
+            t.rows.iter().any(|r| match r {
+                Row::Upsert(v) | Row::Delete(v) => v.iter().any(|v| matches!(v, Value::Staged(_))),
+            })
+        })
+    }
+
     /// Whether the rows of `tables[i]` are conditional.
     pub fn is_conditional(&self, i: usize) -> bool {
         self.conditional.iter().any(|&c| c as usize == i)
@@ -203,6 +258,56 @@ impl From<MessageV2> for Message {
             at_ms: m.at_ms,
             conditional: Vec::new(),
             own_upto: 0,
+            piece: None,
+            replayed: Vec::new(),
+        }
+    }
+}
+
+/// A version 3 message (a backfill), as decoded.
+#[derive(Deserialize)]
+struct MessageV3 {
+    origin: u64,
+    unit: String,
+    part: u32,
+    last: bool,
+    schema: u64,
+    tables: Vec<TableChanges>,
+    seen: Option<u64>,
+    at_ms: u64,
+    conditional: Vec<u32>,
+    own_upto: u64,
+}
+
+/// A version 3 message, as encoded (the same fields, borrowed).
+#[derive(Serialize)]
+struct MessageV3Ref<'a> {
+    origin: u64,
+    unit: &'a str,
+    part: u32,
+    last: bool,
+    schema: u64,
+    tables: &'a [TableChanges],
+    seen: Option<u64>,
+    at_ms: u64,
+    conditional: &'a [u32],
+    own_upto: u64,
+}
+
+impl From<MessageV3> for Message {
+    fn from(m: MessageV3) -> Message {
+        Message {
+            origin: m.origin,
+            unit: m.unit,
+            part: m.part,
+            last: m.last,
+            schema: m.schema,
+            tables: m.tables,
+            seen: m.seen,
+            at_ms: m.at_ms,
+            conditional: m.conditional,
+            own_upto: m.own_upto,
+            piece: None,
             replayed: Vec::new(),
         }
     }
@@ -232,6 +337,7 @@ impl From<MessageV1> for Message {
             at_ms: 0,
             conditional: Vec::new(),
             own_upto: 0,
+            piece: None,
             replayed: Vec::new(),
         }
     }
@@ -249,9 +355,26 @@ pub enum WireError {
     Decode(#[from] postcard::Error),
 }
 
-/// Encode a message (version 2 unless it carries conditional rows); zstd-compress the body when `compress`.
+/// Encode a message in the oldest version that carries it: 4 with a piece or a staged value, 3 with conditional
+/// rows, 2 otherwise; zstd-compress the body when `compress`.
 pub fn encode(msg: &Message, compress: bool) -> Vec<u8> {
-    let (version, body) = if msg.conditional.is_empty() {
+    let (version, body) = if msg.piece.is_some() || msg.has_staged() {
+        (VERSION, postcard::to_stdvec(msg))
+    } else if !msg.conditional.is_empty() {
+        let v3 = MessageV3Ref {
+            origin: msg.origin,
+            unit: &msg.unit,
+            part: msg.part,
+            last: msg.last,
+            schema: msg.schema,
+            tables: &msg.tables,
+            seen: msg.seen,
+            at_ms: msg.at_ms,
+            conditional: &msg.conditional,
+            own_upto: msg.own_upto,
+        };
+        (VERSION_3, postcard::to_stdvec(&v3))
+    } else {
         let v2 = MessageV2Ref {
             origin: msg.origin,
             unit: &msg.unit,
@@ -263,8 +386,6 @@ pub fn encode(msg: &Message, compress: bool) -> Vec<u8> {
             at_ms: msg.at_ms,
         };
         (VERSION_2, postcard::to_stdvec(&v2))
-    } else {
-        (VERSION, postcard::to_stdvec(msg))
     };
     let body = body.expect("in-memory encoding cannot fail");
     let mut out = Vec::with_capacity(body.len() / 2 + 2);
@@ -298,6 +419,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
     match version {
         VERSION_1 => Ok(postcard::from_bytes::<MessageV1>(&body)?.into()),
         VERSION_2 => Ok(postcard::from_bytes::<MessageV2>(&body)?.into()),
+        VERSION_3 => Ok(postcard::from_bytes::<MessageV3>(&body)?.into()),
         _ => Ok(postcard::from_bytes(&body)?),
     }
 }
@@ -358,6 +480,7 @@ mod tests {
             at_ms: 1_790_000_000_000,
             conditional: Vec::new(),
             own_upto: 0,
+            piece: None,
             replayed: Vec::new(),
         }
     }
@@ -378,6 +501,39 @@ mod tests {
         let back = decode(&cond).unwrap();
         assert_eq!(back, c);
         assert!(back.is_conditional(0) && !back.is_conditional(1));
+    }
+
+    #[test]
+    fn pieces_and_staged_values_are_version_4_and_nothing_else_is() {
+        let mut m = sample();
+        m.tables[0].rows.push(Row::Upsert(vec![
+            Value::Integer(9),
+            Value::Staged(StagedValue {
+                id: "7.1.2a.1.ff".into(),
+                len: 3 << 20,
+                text: true,
+                hash: 0xff,
+            }),
+        ]));
+        assert!(m.has_staged() && !sample().has_staged());
+        let b = encode(&m, true);
+        assert_eq!(b[0], 4);
+        assert_eq!(decode(&b).unwrap(), m);
+        let mut p = sample();
+        p.tables.clear();
+        p.piece = Some(Piece {
+            id: "7.1.2a.1.ff".into(),
+            offset: 1 << 20,
+            len: 3 << 20,
+            data: vec![7; 1000],
+        });
+        let b = encode(&p, false);
+        assert_eq!(b[0], 4);
+        assert_eq!(decode(&b).unwrap(), p);
+        // A backfill without large values is still version 3, which the previous release reads.
+        let mut c = sample();
+        c.conditional = vec![0];
+        assert_eq!(encode(&c, false)[0], 3);
     }
 
     #[test]

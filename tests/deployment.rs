@@ -81,6 +81,18 @@ impl Demo {
             .env("PATH", SYSTEM_PATH)
             .env("HOME", "/mnt/home")
             .env("HARMONYLITE_LOG", "info");
+        // As in a terminal, Ctrl+C must reach the script: a process started in the background of a
+        // non-interactive shell (a CI runner's job) inherits SIGINT ignored, and bash cannot trap a signal
+        // ignored on entry.
+        // SAFETY: only an async-signal-safe call between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                nix::sys::signal::signal(Signal::SIGINT, nix::sys::signal::SigHandler::SigDfl)
+                    .map(|_| ())
+                    .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+            });
+        }
         Demo {
             script: ChildGuard::spawn_logged(cmd, &log),
             log,

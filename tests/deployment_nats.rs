@@ -295,15 +295,22 @@ fn embedded_node_whose_ca_did_not_sign_its_certificate_is_refused_at_start() {
 #[test]
 fn leaf_node_replicates_with_the_hub_both_ways() {
     let (leaf_port, monitor_port) = (free_port(), free_port());
-    let hub = NatsServer::start_with(&format!(
-        "leafnodes {{\n  listen: \"127.0.0.1:{leaf_port}\"\n}}\nhttp: \"127.0.0.1:{monitor_port}\"\n"
-    ));
-    // Node 1 is a client of the hub; node 2 runs its own server, a leaf node of the hub.
+    let hub = NatsServer::start_in_domain(
+        "hub",
+        &format!(
+            "leafnodes {{\n  listen: \"127.0.0.1:{leaf_port}\"\n}}\nhttp: \"127.0.0.1:{monitor_port}\"\n"
+        ),
+    );
+    // Node 1 is a client of the hub; node 2 runs its own server, a leaf node of the hub, which reaches the
+    // hub's JetStream through its domain.
     let mut cluster = Cluster::new(Options {
         nodes: 2,
         per_node_toml: vec![
-            format!("[nats]\nurls = [\"{}\"]\n{QUICK}", hub.url),
-            String::new(),
+            format!(
+                "[nats]\nurls = [\"{}\"]\njetstream_domain = \"hub\"\n{QUICK}",
+                hub.url
+            ),
+            "[nats]\njetstream_domain = \"hub\"\n".into(),
         ],
         ..Default::default()
     });
@@ -318,12 +325,35 @@ fn leaf_node_replicates_with_the_hub_both_ways() {
     cluster.node_mut(1).start_and_wait(START);
     start_all(&mut cluster, std::slice::from_ref(&hub));
 
-    // The leaf is connected and its stream's subject is known to the hub: changes can flow.
-    let subject = "harmonylite-change-log-1";
-    cluster.eventually(START, "the leaf's stream subject seen by the hub", || {
-        http_get(monitor_port, "/leafz?subs=1").is_some_and(|r| r.body.contains(subject))
+    // One JetStream, the hub's: both nodes' consumers are on its stream.
+    cluster.eventually(START, "both nodes' consumers on the hub's stream", || {
+        http_get(monitor_port, "/jsz?consumers=true").is_some_and(|r| {
+            r.body.contains("harmonylite-node-1") && r.body.contains("harmonylite-node-2")
+        })
     });
     cluster.book_reaches_the_others(2, "From the leaf");
     cluster.book_reaches_the_others(1, "From the hub");
     cluster.assert_all_alive();
+}
+
+/// A leaf node without `nats.jetstream_domain` cannot reach the hub's JetStream: it refuses to start at once and
+/// says which key to set, before any server starts.
+#[test]
+fn a_leaf_node_without_the_hubs_domain_is_refused_with_the_key_to_set() {
+    let mut lone = Cluster::new(Options {
+        nodes: 1,
+        ..Default::default()
+    });
+    let node = lone.node_mut(1);
+    node.peers.clear();
+    node.args = vec![
+        "-leaf-servers".into(),
+        format!("nats://127.0.0.1:{}", free_port()),
+    ];
+    node.start();
+    let code = node.wait_exit(REFUSED_WITHIN);
+    let log = node.log_text();
+    assert!(code.is_some_and(|c| c != 0), "exit {code:?}:\n{log}");
+    assert!(log.contains("set nats.jetstream_domain"), "{log}");
+    assert!(!log.contains("Starting nats-server"), "{log}");
 }

@@ -80,7 +80,8 @@ fn kill_nine_of_sidecar_nats_server_and_application_under_load() {
 }
 
 /// Three nodes started together, node 3 killed at once (before any stream exists): nodes 1 and 2 replicate
-/// between them; when node 3 comes, it catches up and the streams get their third replica.
+/// between them; when node 3 comes, it catches up and the streams get their third replica, after which no node
+/// looks at their replica count again.
 #[test]
 fn a_node_down_at_the_first_start_does_not_stop_the_others() {
     let mut c = Cluster::new(Options {
@@ -113,6 +114,13 @@ fn a_node_down_at_the_first_start_does_not_stop_the_others() {
                 .is_some_and(|i| i.config.num_replicas == 3)
         },
     );
+    // Once every stream has its replicas, each node stops looking (no info request every few seconds).
+    for n in &c.nodes {
+        n.eventually(T, "the replica raise stops looking", || {
+            !n.log_lines_with(&["every stream has its replicas; no more looks"])
+                .is_empty()
+        });
+    }
     let v = c.verdict(&mut apps, CONVERGE);
     report("first-start", &v.summary());
 }

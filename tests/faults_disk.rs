@@ -122,10 +122,15 @@ fn disk_full_on_one_node_then_space_returns() {
             return;
         }
     };
+    let health_port = free_port();
     {
         let n = c.node_mut(3);
         n.use_data_dir(&dir);
         sqlite3(&n.db, LEDGER);
+        n.serve_metrics();
+        n.add_toml(&format!(
+            "[health_check]\nenable = true\nbind = \"127.0.0.1:{health_port}\"\n"
+        ));
     }
     c.start_all();
     c.wait_all_running(START);
@@ -150,7 +155,7 @@ fn disk_full_on_one_node_then_space_returns() {
     let mut stats = FullStats::default();
     let mut k = 0;
     while plan.goes_on(k, started) {
-        full_then_free(&c, &disk, &mut apps, k, &mut stats);
+        full_then_free(&c, &disk, &mut apps, k, &mut stats, health_port);
         k += 1;
     }
     apps.wait_for_more(100, T);
@@ -199,9 +204,16 @@ struct FullStats {
     replica_in: Duration,
 }
 
-/// One cycle: node 3's disk filled while the applications write, node 3 says so at ERROR and stays up; the
-/// filler removed, node 3 publishes and applies again, and its nats-server holds a current replica again.
-fn full_then_free(c: &Cluster, disk: &Tmpfs, apps: &mut Apps, k: u64, stats: &mut FullStats) {
+/// One cycle: node 3's disk filled while the applications write, node 3 says so at ERROR, in `/health`
+/// (`disk_full`) and in `harmonylite_disk_full`, and stays up; the filler removed, node 3 publishes and applies again, and its nats-server holds a current replica again.
+fn full_then_free(
+    c: &Cluster,
+    disk: &Tmpfs,
+    apps: &mut Apps,
+    k: u64,
+    stats: &mut FullStats,
+    health_port: u16,
+) {
     let node3 = c.node(3);
     let mark = node3.log_mark();
     let errors_before: u64 = apps.errors().values().sum();
@@ -223,6 +235,21 @@ fn full_then_free(c: &Cluster, disk: &Tmpfs, apps: &mut Apps, k: u64, stats: &mu
             .any(|l| l.contains("ERROR") && l.contains("stopped: the disk is full"))
     });
     stats.said_in = stats.said_in.max(filled.elapsed());
+    // /health names the stopped part (and is unhealthy), and the metric says so.
+    let disk_full = || -> Option<Vec<serde_json::Value>> {
+        let r = http_get(health_port, "/health")?;
+        let j: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        j["disk_full"].as_array().cloned()
+    };
+    node3.eventually(
+        T,
+        "node 3's /health names its full disk and the metric is 1",
+        || {
+            stats.filler += disk.fill("filler");
+            disk_full().is_some_and(|parts| !parts.is_empty())
+                && node3.metric("harmonylite_disk_full") == Some(1.0)
+        },
+    );
     // The other nodes go on meanwhile: node 3 stays full while they commit a few seconds' worth.
     apps.wait_for_more(500, T);
     c.assert_all_alive();
@@ -258,6 +285,14 @@ fn full_then_free(c: &Cluster, disk: &Tmpfs, apps: &mut Apps, k: u64, stats: &mu
         );
     }
     stats.resumed_in = stats.resumed_in.max(freed.elapsed());
+    node3.eventually(
+        T,
+        "node 3's /health and metric say the disk is no longer full",
+        || {
+            disk_full().is_some_and(|parts| parts.is_empty())
+                && node3.metric("harmonylite_disk_full") == Some(0.0)
+        },
+    );
     // Its nats-server holds a current replica of the stream again: JetStream disables itself on a server whose
     // store cannot be written, and the node restarts that server once there is room.
     if poll(T, || replica_current(c, 3)).is_none() {

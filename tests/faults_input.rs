@@ -566,8 +566,8 @@ fn invalid_configurations_are_refused_with_the_key_named_and_nothing_written() {
 
 /// A second process configured with the `node_id` of a running node of the cluster (its own database and
 /// data directory, routes to the cluster) under application load: it refuses to run, with an error naming the
-/// node id, and exits 1 before its engine starts (no consumer, no status entry, nothing published), while the
-/// first keeps running and the cluster goes on replicating. The same node killed with -9 and started again at
+/// node id, and exits 1 before its engine starts (no consumer, no status entry, nothing published), leaving
+/// nothing behind (no capture in its database, no server files, no publish state), while the first keeps running and the cluster goes on replicating. The same node killed with -9 and started again at
 /// once is not refused.
 #[test]
 fn a_second_node_with_a_running_nodes_id_is_refused() {
@@ -612,6 +612,23 @@ fn a_second_node_with_a_running_nodes_id_is_refused() {
     assert!(
         !c.node(1).log_since(mark).contains("consumer deleted"),
         "the twin touched node 1's consumer"
+    );
+    // Nothing of the refused start is left: no capture in its database, no server files, no publish state.
+    assert_eq!(
+        sqlite3(
+            &twin.db,
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE '\\_\\_harmonylite%' ESCAPE '\\';"
+        )
+        .trim(),
+        "0",
+        "the twin's database keeps capture"
+    );
+    let nats_dir = twin.db.parent().unwrap().join("nats");
+    assert!(!nats_dir.exists(), "{} left behind", nats_dir.display());
+    assert!(
+        !twin.seq_map.exists(),
+        "{} left behind",
+        twin.seq_map.display()
     );
     c.assert_all_alive();
     c.book_reaches_the_others(1, "Beside a refused twin");

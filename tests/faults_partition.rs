@@ -11,7 +11,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::netns::{Network, namespaces_with_prefix};
+use support::netns::Network;
 use support::oracle::report;
 use support::*;
 
@@ -19,24 +19,6 @@ const START: Duration = Duration::from_secs(90);
 const T: Duration = Duration::from_secs(60);
 const CATCH_UP: Duration = Duration::from_secs(120);
 const CONVERGE: Duration = Duration::from_secs(180);
-
-/// Rows of `origin`'s applications with `n` above `after` in node `on`'s database.
-fn rows_after(c: &Cluster, on: usize, origin: usize, after: i64) -> i64 {
-    let q = format!("SELECT count(*) FROM ledger WHERE node = {origin} AND n > {after};");
-    c.node(on).sql(&q).trim().parse().unwrap()
-}
-
-/// Rows of `origin`'s applications with `n` up to `upto` in node `on`'s database.
-fn rows_upto(c: &Cluster, on: usize, origin: usize, upto: i64) -> i64 {
-    let q = format!("SELECT count(*) FROM ledger WHERE node = {origin} AND n <= {upto};");
-    c.node(on).sql(&q).trim().parse().unwrap()
-}
-
-/// The highest `n` of node `i`'s own applications in its database: every row of theirs above it commits later.
-fn own_mark(c: &Cluster, i: usize) -> i64 {
-    let q = format!("SELECT coalesce(max(n), 0) FROM ledger WHERE node = {i};");
-    c.node(i).sql(&q).trim().parse().unwrap()
-}
 
 /// Cycle after cycle, one node (node 3 first, then as the seed chooses) is cut off from the two others while
 /// every node's application writes: the cut-off node's commits go on, the two others replicate each other's new
@@ -47,14 +29,9 @@ fn a_partitioned_minority_keeps_writing_and_converges_after_the_heal() {
     let plan = Plan::from_env(1).slower(5);
     let mut rng = Rng::new(plan.seed);
     // Declared before the cluster: dropped after it (the nodes are killed first), also on a panic.
-    let mut net = match Network::create(3) {
-        Ok(net) => net,
-        Err(reason) => {
-            println!("SKIPPED: {reason}");
-            return;
-        }
+    let Some(mut net) = Network::create_or_skip(3) else {
+        return;
     };
-    let prefix = net.prefix().to_string();
     let started = Instant::now();
     let mut c = Cluster::new(Options {
         schema: format!("{BOOKS}\n{LEDGER}"),
@@ -82,7 +59,7 @@ fn a_partitioned_minority_keeps_writing_and_converges_after_the_heal() {
     for from in 1..=3 {
         for to in (1..=3).filter(|t| *t != from) {
             c.eventually(T, &format!("node {from}'s rows on node {to}"), || {
-                rows_after(&c, to, from, 0) > 0
+                c.ledger_rows_after(to, from, 0) > 0
             });
         }
     }
@@ -102,7 +79,7 @@ fn a_partitioned_minority_keeps_writing_and_converges_after_the_heal() {
         let cut_at = Instant::now();
         // Rows committed from now on cannot cross the cut.
         let mark: Vec<i64> = (0..=3)
-            .map(|i| if i == 0 { 0 } else { own_mark(&c, i) })
+            .map(|i| if i == 0 { 0 } else { c.own_ledger_mark(i) })
             .collect();
         let minority_before = apps.committed_on(m as u64);
 
@@ -111,7 +88,7 @@ fn a_partitioned_minority_keeps_writing_and_converges_after_the_heal() {
             c.eventually(
                 T,
                 &format!("node {a}'s new rows on node {b} during the partition (node {m} cut off)"),
-                || rows_after(&c, b, a, mark[a]) >= 20,
+                || c.ledger_rows_after(b, a, mark[a]) >= 20,
             );
         }
         let majority_replicated = cut_at.elapsed();
@@ -121,12 +98,12 @@ fn a_partitioned_minority_keeps_writing_and_converges_after_the_heal() {
         let minority_commits = apps.committed_on(m as u64) - minority_before;
         // Nothing committed after the cut crossed it, either way (rows are never deleted: one look suffices).
         for &a in &majority {
-            let leaked = rows_after(&c, m, a, mark[a]);
+            let leaked = c.ledger_rows_after(m, a, mark[a]);
             assert_eq!(
                 leaked, 0,
                 "node {m}, cut off, has {leaked} of node {a}'s new rows"
             );
-            let leaked = rows_after(&c, a, m, mark[m]);
+            let leaked = c.ledger_rows_after(a, m, mark[m]);
             assert_eq!(
                 leaked, 0,
                 "node {a} has {leaked} of node {m}'s rows written while it was cut off"
@@ -138,15 +115,15 @@ fn a_partitioned_minority_keeps_writing_and_converges_after_the_heal() {
         net.heal();
         let healed_at = Instant::now();
         let heal_mark: Vec<i64> = (0..=3)
-            .map(|i| if i == 0 { 0 } else { own_mark(&c, i) })
+            .map(|i| if i == 0 { 0 } else { c.own_ledger_mark(i) })
             .collect();
         for (from, &upto) in heal_mark.iter().enumerate().skip(1) {
-            let all = rows_upto(&c, from, from, upto);
+            let all = c.ledger_rows_upto(from, from, upto);
             for to in (1..=3).filter(|t| *t != from && (*t == m || from == m)) {
                 c.eventually(
                     CATCH_UP,
                     &format!("node {from}'s rows up to the heal on node {to}"),
-                    || rows_upto(&c, to, from, upto) == all,
+                    || c.ledger_rows_upto(to, from, upto) == all,
                 );
             }
         }
@@ -190,9 +167,5 @@ fn a_partitioned_minority_keeps_writing_and_converges_after_the_heal() {
         ),
     );
     assert!(v.committed > 0 && v.rows as usize >= v.committed);
-    drop(apps);
-    drop(c);
-    drop(net);
-    let left = namespaces_with_prefix(&prefix);
-    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    net.remove_after(apps, c);
 }

@@ -229,12 +229,34 @@ fn writer_goes_on(
     )
 }
 
+/// `alembic upgrade head` on `node` with the recipe of OPERATIONS.md for deletes on the migrating node: its
+/// application deletes nothing from the migration's start until HarmonyLite's delete trigger is on the rebuilt
+/// `book` again (a row deleted in between is not recorded: the other nodes would keep it). Inserts and updates
+/// go on all along. Returns Alembic's output.
+fn upgrade_holding_deletes(c: &Cluster, writers: &[BookWriter], node: usize) -> String {
+    let w = writers
+        .iter()
+        .find(|w| w.node == node as u64)
+        .expect("a writer on the node");
+    w.hold_deletes(true);
+    let log = c.node(node).alembic_upgrade("head");
+    c.eventually(T, "capture installed on the rebuilt book", || {
+        c.node(node)
+            .sql("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name = '__harmonylite__book_delete' AND tbl_name = 'book';")
+            .trim()
+            == "1"
+    });
+    w.hold_deletes(false);
+    log
+}
+
 /// A rolling deploy of three releases with Alembic while three SQLAlchemy applications write (one per node,
 /// each owning its books, all updating five shared ones): 0001 creates `author` and `book` (UNIQUE title,
 /// foreign key), 0002 adds `book.isbn`, 0003 is a batch migration Alembic runs as a rebuild
 /// (`_alembic_tmp_book`, copy, drop, rename). Node 1 migrates to head first and its application writes ISBNs,
 /// so nodes 2 and 3 wait for the column; node 2 migrates next; node 3 stays behind a while, while the others
-/// go on updating and deleting, and migrates last. Every upgrade succeeds, every node converges with the
+/// go on updating and deleting, and migrates last. Each node's application holds its deletes while its node
+/// migrates (OPERATIONS.md). Every upgrade succeeds, every node converges with the
 /// column, every book holds its writer's last value on every node, no deleted book comes back, and `-verify`
 /// finds the nodes identical.
 #[test]
@@ -253,7 +275,7 @@ fn alembic_batch_migration_node_by_node_reverts_nothing() {
     }
 
     // Node 1: 0002 and 0003; its application writes ISBNs at once, so nodes 2 and 3 wait for the column.
-    let log = c.node(1).alembic_upgrade("head");
+    let log = upgrade_holding_deletes(&c, &writers, 1);
     assert!(log.contains("0002 -> 0003"), "{log}");
     c.eventually(T, "writer 1 writes ISBNs on node 1", || {
         writers.iter_mut().for_each(BookWriter::assert_running);
@@ -270,7 +292,7 @@ fn alembic_batch_migration_node_by_node_reverts_nothing() {
     }
 
     // Node 2 next, while node 3 stays behind.
-    c.node(2).alembic_upgrade("head");
+    upgrade_holding_deletes(&c, &writers, 2);
     let paused_at = Instant::now();
     let (w1, w2) = (
         tools::last_owned_id(c.node(1), 1),
@@ -289,7 +311,7 @@ fn alembic_batch_migration_node_by_node_reverts_nothing() {
     );
 
     // Node 3 last; the applications go on until node 3's writes ISBNs too.
-    c.node(3).alembic_upgrade("head");
+    upgrade_holding_deletes(&c, &writers, 3);
     let (w1, w2) = (
         tools::last_owned_id(c.node(1), 1),
         tools::last_owned_id(c.node(2), 2),

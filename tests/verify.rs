@@ -137,3 +137,20 @@ fn an_unreachable_cluster_is_not_verified() {
         text(&o)
     );
 }
+
+/// What a deploy script does: start a fresh three-node cluster and run `-verify` the moment every node has
+/// installed capture, while the nodes' responders may not be subscribed yet. The request is sent again until
+/// every node answers: exit 0, the three nodes identical.
+#[test]
+fn verify_run_while_a_fresh_cluster_starts_waits_for_every_node() {
+    let mut c = Cluster::new(Options::default());
+    c.start_all_until_captured(T);
+    let o = verify(c.node(1), &["-timeout", "30"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", c.logs_tail());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("verified: 3 nodes, "),
+        "{out}"
+    );
+    c.assert_all_alive();
+}

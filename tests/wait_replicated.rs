@@ -232,3 +232,20 @@ fn an_unreachable_cluster_fails_with_a_clear_error() {
     assert_eq!(o.status.code(), Some(1), "{text}");
     assert!(text.contains("cannot reach the cluster's NATS"), "{text}");
 }
+
+/// `-wait-replicated` run the moment a fresh three-node cluster has installed capture (its buckets may not
+/// exist yet) asks again until the nodes answer: exit 0.
+#[test]
+fn wait_replicated_while_a_fresh_cluster_starts_waits_for_every_node() {
+    let mut c = Cluster::new(Options::default());
+    c.start_all_until_captured(T);
+    let o = wait_replicated(c.node(1), &["-timeout", "30"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}\n{}",
+        output_text(&o),
+        c.logs_tail()
+    );
+    c.assert_all_alive();
+}

@@ -174,9 +174,13 @@ impl ShardConsumer {
                 ..Default::default()
             })
             .await?;
+        // Pieces of large values are large messages: a pull brings a few megabytes at once, at least two of the
+        // largest messages the server takes.
+        let pull_bytes = (8usize << 20).max(2 * self.js.client().server_info().max_payload);
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(1000)
+            .max_bytes_per_batch(pull_bytes)
             .heartbeat(Duration::from_secs(5))
             .messages()
             .await?;
@@ -201,9 +205,14 @@ impl ShardConsumer {
                 });
             }
             tracing::trace!(shard = input.shard, seq, "delivered");
+            let kib = (m.message.payload.len() / 1024 + 1).min(super::IN_TRANSIT_KIB as usize);
+            let Ok(room) = input.room.clone().acquire_many_owned(kib as u32).await else {
+                return Ok(());
+            };
             let incoming = super::Incoming {
                 seq,
                 payload: m.message.payload.clone(),
+                _room: Some(room),
             };
             if input.tx.send(incoming).await.is_err() {
                 return Ok(());

@@ -18,6 +18,7 @@
 pub mod consumer;
 mod held;
 pub mod journal;
+mod pieces;
 pub mod quarantine;
 pub mod sql;
 pub mod unique;
@@ -43,12 +44,20 @@ use crate::wire::{self, Message};
 const MAX_TXN_ROWS: usize = 20_000;
 /// Most messages buffered per shard.
 const MAX_QUEUED: usize = 1_000;
+/// Most bytes (as received) buffered per shard: pieces of large values are large messages.
+const MAX_QUEUED_BYTES: usize = 32 << 20;
 
 /// A message delivered by a shard's consumer.
 pub struct Incoming {
     pub seq: u64,
     pub payload: bytes::Bytes,
+    /// Its share of the bytes a shard may have between its consumer and its queue (released once queued).
+    pub _room: Option<tokio::sync::OwnedSemaphorePermit>,
 }
+
+/// KiB a shard may have delivered and not yet queued (the channel holds up to 256 messages, which pieces of
+/// large values would make hundreds of megabytes).
+pub const IN_TRANSIT_KIB: u32 = 16 * 1024;
 
 struct Decoded {
     seq: u64,
@@ -57,6 +66,8 @@ struct Decoded {
     raw: Option<bytes::Bytes>,
     /// For a message with conditional (backfill) rows: its window, once read (`window`).
     window: Option<Arc<window::Touched>>,
+    /// Size as received.
+    bytes: usize,
 }
 
 /// What a shard's consumer needs to feed the applier: where to start and where to deliver.
@@ -66,6 +77,8 @@ pub struct ShardInput {
     /// First stream sequence to deliver (the applied position + 1).
     pub next: u64,
     pub tx: mpsc::Sender<Incoming>,
+    /// Bounds the bytes in `tx` ([`IN_TRANSIT_KIB`]).
+    pub room: Arc<tokio::sync::Semaphore>,
     /// Wakes the applier after a delivery.
     pub wake: Arc<Notify>,
 }
@@ -158,6 +171,19 @@ impl Applier {
         conn: Connection,
     ) -> Result<(Applier, Vec<ShardInput>), rusqlite::Error> {
         let positions = capture::applied_positions(&conn)?;
+        let expired = pieces::expire(
+            &conn,
+            cfg.replication_log
+                .max_age_seconds
+                .get()
+                .saturating_mul(1000),
+        )?;
+        if expired > 0 {
+            tracing::warn!(
+                pieces = expired,
+                "removed pieces of large values staged longer than the streams keep changes; no row claimed them"
+            );
+        }
         let wake = Arc::new(Notify::new());
         let mut shards = Vec::new();
         let mut inputs = Vec::new();
@@ -167,6 +193,7 @@ impl Applier {
             counters.set_applied(shard, applied);
             let (tx, rx) = mpsc::channel(256);
             inputs.push(ShardInput {
+                room: Arc::new(tokio::sync::Semaphore::new(IN_TRANSIT_KIB as usize)),
                 shard,
                 stream: stream.clone(),
                 next: applied + 1,
@@ -373,7 +400,15 @@ impl Applier {
     /// Move delivered messages into the per-shard queues, decoding them.
     fn fill(&mut self) {
         for s in &mut self.shards {
-            while s.queue.len() < MAX_QUEUED {
+            let mut bytes: usize = s.queue.iter().map(|d| d.bytes).sum();
+            // The byte bound holds between units only: a unit is applied whole, so it must fit whole.
+            let between_units = |q: &VecDeque<Decoded>| {
+                q.back()
+                    .is_none_or(|d| d.msg.as_ref().map_or(true, |m| m.last))
+            };
+            while s.queue.len() < MAX_QUEUED
+                && (bytes < MAX_QUEUED_BYTES || !between_units(&s.queue))
+            {
                 match s.rx.try_recv() {
                     Ok(inc) => {
                         if inc.seq <= s.processed
@@ -382,12 +417,15 @@ impl Applier {
                             continue;
                         }
                         let msg = wire::decode(&inc.payload).map_err(Arc::new);
+                        bytes += inc.payload.len();
+                        let size = inc.payload.len();
                         let raw = msg.is_err().then_some(inc.payload);
                         s.queue.push_back(Decoded {
                             seq: inc.seq,
                             msg,
                             raw,
                             window: None,
+                            bytes: size,
                         });
                     }
                     Err(mpsc::error::TryRecvError::Empty) => break,
@@ -471,6 +509,7 @@ impl Applier {
                 // Another node's change skipped for our newer write may still take a unique value from
                 // another row (DESIGN.md, "Unique collisions"): only our own changes skip the transaction.
                 Ok(m) if m.origin != cfg.node_id => false,
+                Ok(m) if m.piece.is_some() => pieces::own_now(m, cfg, &self.capture.get()),
                 Ok(m) => m.tables.iter().all(|t| {
                     !capture::schema::selected(&t.table, &cfg.include_tables, &cfg.exclude_tables)
                         || sql::row_keys_of(t).is_some_and(|keys| {
@@ -846,7 +885,19 @@ fn apply_unit<'a>(
     let mut total = sql::Applied::default();
     for d in msgs {
         let r = match &d.msg {
-            Ok(m) => sql::apply_message(tx, m, d.seq, in_flight, cfg, cap, mem),
+            Ok(m) => match &m.piece {
+                // Our own pieces come back: this database has the value.
+                Some(_) if pieces::own_now(m, cfg, cap) => Ok(sql::Applied::default()),
+                Some(p) => pieces::stage(tx, m, p, &s.stream, d.seq, &mut mem.staged)
+                    .map(|()| sql::Applied::default())
+                    .map_err(sql::ApplyError::from),
+                None => sql::apply_message(tx, m, d.seq, in_flight, cfg, cap, mem).and_then(|a| {
+                    if s.held.is_empty() {
+                        pieces::passed(tx, m, &s.stream, &mut mem.staged)?;
+                    }
+                    Ok(a)
+                }),
+            },
             Err(e) => Err(sql::ApplyError::Decode(e.clone())),
         };
         match r {

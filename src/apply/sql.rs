@@ -55,6 +55,10 @@ pub enum ApplyError {
         table: String,
         column: Option<String>,
     },
+    #[error(
+        "large value {id} cannot be assembled: {have} of its {len} bytes are staged here in order, or they do not match what the origin sent"
+    )]
+    PiecesMissing { id: String, have: u64, len: u64 },
 }
 
 impl ApplyError {
@@ -69,6 +73,7 @@ impl ApplyError {
             ApplyError::MustWait => "must_wait",
             ApplyError::SchemaBehind { .. } => "schema_behind",
             ApplyError::ReservedTable { .. } => "reserved_table",
+            ApplyError::PiecesMissing { .. } => "pieces_missing",
         }
     }
 
@@ -83,7 +88,8 @@ impl ApplyError {
             ApplyError::KeyNotShipped { .. }
             | ApplyError::RowWidth { .. }
             | ApplyError::KeyWidth { .. }
-            | ApplyError::ReservedTable { .. } => true,
+            | ApplyError::ReservedTable { .. }
+            | ApplyError::PiecesMissing { .. } => true,
             // A CHECK, NOT NULL or trigger RAISE this node's schema has and the origin's had not: these values
             // can never be written here.
             ApplyError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
@@ -318,6 +324,8 @@ pub struct Memory {
     /// Rows whose own change came back (or was passed) in the open transaction: their tracking in
     /// [`InFlight`] ends once it commits ([`Memory::committed`]).
     pub settled: Vec<(RowKey, u64)>,
+    /// Whether pieces of large values are staged.
+    pub staged: super::pieces::Staged,
 }
 
 impl Memory {
@@ -332,6 +340,7 @@ impl Memory {
     /// messages `rolled_back` is forgotten (they are applied again later).
     pub fn rolled_back<'a>(&mut self, rolled_back: impl IntoIterator<Item = &'a Message>) {
         self.settled.clear();
+        self.staged.forget();
         for m in rolled_back {
             for k in row_keys(m) {
                 self.recent.forget(&k);
@@ -421,6 +430,21 @@ pub fn apply_message(
             if settles {
                 mem.settled.push((rk.clone(), seq));
             }
+            // A large value is assembled only for a row whose values are used here.
+            let assembled;
+            let row = match row {
+                Row::Upsert(values)
+                    if super::pieces::has_staged(row)
+                        && (decision == Decision::Apply
+                            || (decision == Decision::Skip
+                                && m.origin != cfg.node_id
+                                && uniques.any())) =>
+                {
+                    assembled = Row::Upsert(super::pieces::resolve(tx, values, &mut mem.staged)?);
+                    &assembled
+                }
+                row => row,
+            };
             match decision {
                 Decision::Skip => {
                     if m.origin == cfg.node_id {

@@ -35,6 +35,7 @@ pub struct Backfill {
 }
 
 impl Backfill {
+    /// The backfill `m` belongs to (meaningful for messages with conditional rows).
     pub fn of(m: &Message) -> Backfill {
         Backfill {
             seen: m.seen.unwrap_or(0),
@@ -44,24 +45,47 @@ impl Backfill {
         }
     }
 
-    /// Whether a message of the window is one of the origin's own changes already in the backfill's values.
-    fn holds(&self, m: &Message) -> bool {
-        m.origin == self.origin
-            && wire::unit_pass(&m.unit)
+    /// Whether a change of the window is one of the origin's own changes already in the backfill's values.
+    fn holds(&self, e: &Entry) -> bool {
+        e.origin == self.origin
+            && e.pass
                 .is_some_and(|(inc, end)| Some(inc) == self.incarnation && end <= self.own_upto)
     }
 }
 
+/// One change to a row at a stream position: who made it, in which pass (what [`Backfill::holds`] looks at).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    pos: u64,
+    origin: u64,
+    pass: Option<(u64, u64)>,
+}
+
+impl Entry {
+    fn of(pos: u64, m: &Message) -> Entry {
+        Entry {
+            pos,
+            origin: m.origin,
+            pass: wire::unit_pass(&m.unit),
+        }
+    }
+}
+
 /// What a window holds for the tables of one backfill.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Touched {
     pub backfill: Backfill,
     /// The window's stream positions read: `(backfill.seen, upto)` (exclusive at both ends).
     pub upto: u64,
+    /// The lowest position read: other backfills in the window are decided from what changed after their own
+    /// `seen`, which may lie below this backfill's.
+    pub from: u64,
     /// Lower-cased names of the tables whose rows are collected.
     pub tables: HashSet<String>,
     /// Row keys (lower-cased table name) changed in the window, with the last change to each.
     pub last: HashMap<RowKey, Change>,
+    /// Every change read since `from`, per row key, in stream order.
+    history: HashMap<RowKey, Vec<Entry>>,
     /// False when part of the window had already left the stream: nothing can be proven, so no conditional row
     /// of the backfill is applied (said at WARN).
     pub complete: bool,
@@ -91,39 +115,98 @@ pub fn conditional_tables(m: &Message) -> HashSet<String> {
         .collect()
 }
 
-/// The last change `m` makes to each row of `tables` (table names lower-cased), over what `into` holds. The
-/// conditional rows of other backfills do not count (each either changed nothing, or equals a value the stream
-/// already held), nor do the backfill's origin's own changes its values already hold.
-pub fn collect(
-    m: Message,
-    b: &Backfill,
-    tables: &HashSet<String>,
-    into: &mut HashMap<RowKey, Change>,
-) {
-    if b.holds(&m) {
-        return;
-    }
-    let conditional = m.conditional.clone();
-    for (i, mut t) in m.tables.into_iter().enumerate() {
-        let name = t.table.to_lowercase();
-        if !tables.contains(&name) || conditional.contains(&(i as u32)) {
-            continue;
-        }
-        let Some(keys) = sql::row_keys_named(&t, &name) else {
-            continue;
-        };
-        let rows = std::mem::take(&mut t.rows);
-        let group = Arc::new(t);
-        for (k, row) in keys.into_iter().zip(rows) {
-            into.insert(
-                k,
-                Change {
-                    group: group.clone(),
-                    row,
-                },
-            );
+impl Touched {
+    /// An empty window for backfill `b` over `tables`, to be read from its `seen`.
+    pub fn new(b: Backfill, tables: HashSet<String>) -> Touched {
+        Touched {
+            backfill: b,
+            upto: b.seen + 1,
+            from: b.seen + 1,
+            tables,
+            last: HashMap::new(),
+            history: HashMap::new(),
+            complete: true,
         }
     }
+
+    /// Take in the message at stream position `pos` (positions come in stream order, from `from` on). Each row
+    /// of `tables` it changes is a change, with two exceptions:
+    ///
+    /// - another backfill's conditional row is a change only where that backfill applied it: where nothing it
+    ///   counts changed the row between its own `seen` and its position (then its value may be a write made
+    ///   between a rebuild and the re-install, which only that backfill carries); a row it superseded changed
+    ///   nothing (its replacement is an earlier change, already read). This backfill's own other messages are
+    ///   skipped;
+    /// - the origin's own changes already in this backfill's values (`Backfill::holds`) are not changes: the
+    ///   values are at least as new as they are, so one of them coming after a change makes the values win
+    ///   again (the stream's later write wins, as everywhere). Anything at or before `seen` is remembered only
+    ///   for deciding other backfills.
+    pub fn absorb(&mut self, pos: u64, m: Message) {
+        let entry = Entry::of(pos, &m);
+        let other = (!m.conditional.is_empty()).then(|| Backfill::of(&m));
+        let in_window = pos > self.backfill.seen;
+        let held = self.backfill.holds(&entry);
+        let conditional = m.conditional.clone();
+        for (i, mut t) in m.tables.into_iter().enumerate() {
+            let name = t.table.to_lowercase();
+            let is_conditional = conditional.contains(&(i as u32));
+            if !self.tables.contains(&name) {
+                continue;
+            }
+            if is_conditional && other == Some(self.backfill) {
+                continue;
+            }
+            let Some(keys) = sql::row_keys_named(&t, &name) else {
+                continue;
+            };
+            let rows = std::mem::take(&mut t.rows);
+            let group = Arc::new(t);
+            for (k, row) in keys.into_iter().zip(rows) {
+                if is_conditional
+                    && let Some(o) = &other
+                    && !self.applied(o, pos, &k)
+                {
+                    continue;
+                }
+                self.history.entry(k.clone()).or_default().push(entry);
+                if in_window && held {
+                    // The origin's values hold this change, newer than any before it.
+                    self.last.remove(&k);
+                } else if in_window {
+                    self.last.insert(
+                        k,
+                        Change {
+                            group: group.clone(),
+                            row,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether backfill `o`, at position `pos`, applied its conditional row `k`: the last change to the row in
+    /// `(o.seen, pos)`, if any, is one of its origin's own that its values hold (and that range was all read).
+    fn applied(&self, o: &Backfill, pos: u64, k: &RowKey) -> bool {
+        self.complete
+            && self.from <= o.seen + 1
+            && self.history.get(k).is_none_or(|h| {
+                h.iter()
+                    .rev()
+                    .find(|e| e.pos > o.seen && e.pos < pos)
+                    .is_none_or(|e| o.holds(e))
+            })
+    }
+}
+
+/// The lowest position other backfills among `batch` need read (their `seen + 1`), if below `from`.
+fn needed_from(batch: &[(u64, Message)], b: &Backfill, from: u64) -> Option<u64> {
+    batch
+        .iter()
+        .filter(|(_, m)| !m.conditional.is_empty() && Backfill::of(m) != *b)
+        .map(|(_, m)| m.seen.unwrap_or(0) + 1)
+        .min()
+        .filter(|&f| f < from)
 }
 
 /// `m` with its conditional rows decided by window `w`: a row no change in the window touched stays (as an
@@ -143,6 +226,7 @@ pub fn decide(m: &Message, w: &Touched) -> (Message, u64) {
         at_ms: m.at_ms,
         conditional: Vec::new(),
         own_upto: m.own_upto,
+        piece: None,
         replayed: Vec::new(),
     };
     let mut superseded = 0u64;
@@ -203,47 +287,86 @@ pub async fn read(
     tables: HashSet<String>,
     prev: Option<&Touched>,
 ) -> Result<Touched, String> {
-    let seen = backfill.seen;
     let mut out = match prev {
         Some(p) if p.backfill == backfill && p.upto <= before && tables.is_subset(&p.tables) => {
-            Touched {
-                backfill,
-                upto: p.upto,
-                tables: p.tables.clone(),
-                last: p.last.clone(),
-                complete: p.complete,
-            }
+            p.clone()
         }
-        _ => Touched {
-            backfill,
-            upto: seen + 1,
-            tables,
-            last: HashMap::new(),
-            complete: true,
-        },
+        _ => Touched::new(backfill, tables),
     };
-    // Positions `out.upto ..before` remain to be read (`seen + 1 ..` at first).
-    let from = out.upto;
-    out.upto = before;
-    if from >= before || !out.complete {
+    if out.upto >= before || !out.complete {
+        out.upto = out.upto.max(before);
         return Ok(out);
     }
-    tokio::time::timeout(
-        READ_TIMEOUT,
-        read_range(js, stream_name, from, before, &mut out),
-    )
-    .await
-    .map_err(|_| format!("no answer within {} s", READ_TIMEOUT.as_secs()))??;
+    tokio::time::timeout(READ_TIMEOUT, extend(js, stream_name, &mut out, before))
+        .await
+        .map_err(|_| format!("no answer within {} s", READ_TIMEOUT.as_secs()))??;
     Ok(out)
 }
 
-async fn read_range(
+/// Read `[t.upto, before)` into `t`, after whatever earlier range the other backfills in it need.
+async fn extend(
+    js: &jetstream::Context,
+    stream_name: &str,
+    t: &mut Touched,
+    before: u64,
+) -> Result<(), String> {
+    let batch = fetch(js, stream_name, t.upto, before, &t.tables).await?;
+    t.upto = before;
+    let Some(batch) = batch else {
+        t.complete = false;
+        return Ok(());
+    };
+    if let Some(lo) = needed_from(&batch, &t.backfill, t.from) {
+        prepend(js, stream_name, t, lo).await?;
+    }
+    for (pos, m) in batch {
+        t.absorb(pos, m);
+    }
+    Ok(())
+}
+
+/// Read `[lo, t.from)` (changes before everything `t` holds, none of them this backfill's) into `t`.
+fn prepend<'a>(
+    js: &'a jetstream::Context,
+    stream_name: &'a str,
+    t: &'a mut Touched,
+    lo: u64,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+    Box::pin(async move {
+        let mut earlier = Touched {
+            backfill: t.backfill,
+            upto: lo,
+            from: lo,
+            tables: t.tables.clone(),
+            last: HashMap::new(),
+            history: HashMap::new(),
+            complete: true,
+        };
+        extend(js, stream_name, &mut earlier, t.from).await?;
+        t.from = earlier.from;
+        t.complete &= earlier.complete;
+        for (k, mut h) in earlier.history {
+            if let Some(later) = t.history.remove(&k) {
+                h.extend(later);
+            }
+            t.history.insert(k, h);
+        }
+        Ok(())
+    })
+}
+
+/// The messages of `[from, before)` (decoded, only their groups of `tables`), or `None` when part of the range
+/// has left the stream (said at WARN).
+async fn fetch(
     js: &jetstream::Context,
     stream_name: &str,
     from: u64,
     before: u64,
-    out: &mut Touched,
-) -> Result<(), String> {
+    tables: &HashSet<String>,
+) -> Result<Option<Vec<(u64, Message)>>, String> {
+    if from >= before {
+        return Ok(Some(Vec::new()));
+    }
     let mut stream = js
         .get_stream(stream_name)
         .await
@@ -261,8 +384,7 @@ async fn read_range(
             first_available = first,
             "part of a backfill's window has left the stream; its rows are not applied on this node"
         );
-        out.complete = false;
-        return Ok(());
+        return Ok(None);
     }
     let c: consumer::PullConsumer = stream
         .create_consumer(consumer::pull::Config {
@@ -284,16 +406,30 @@ async fn read_range(
             .messages()
             .await
             .map_err(|e| e.to_string())?;
-        let mut read = 0u64;
+        let mut out = Vec::new();
         while let Some(m) = messages.next().await {
             let m = m.map_err(|e| e.to_string())?;
             let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
             if seq >= before {
                 break;
             }
-            read += 1;
-            if let Ok(msg) = wire::decode(&m.message.payload) {
-                collect(msg, &out.backfill, &out.tables, &mut out.last);
+            if let Ok(mut msg) = wire::decode(&m.message.payload) {
+                // Keep only the groups of the window's tables (and which of them are conditional).
+                let mut kept = Vec::new();
+                let mut conditional = Vec::new();
+                for (i, g) in std::mem::take(&mut msg.tables).into_iter().enumerate() {
+                    if tables.contains(&g.table.to_lowercase()) {
+                        if msg.conditional.contains(&(i as u32)) {
+                            conditional.push(kept.len() as u32);
+                        }
+                        kept.push(g);
+                    }
+                }
+                if !kept.is_empty() {
+                    msg.tables = kept;
+                    msg.conditional = conditional;
+                    out.push((seq, msg));
+                }
             }
             if seq + 1 >= before {
                 break;
@@ -303,11 +439,10 @@ async fn read_range(
             stream = stream_name,
             from,
             before,
-            messages = read,
-            rows = out.last.len(),
+            messages = out.len(),
             "backfill window read"
         );
-        Ok::<(), String>(())
+        Ok::<_, String>(Some(out))
     }
     .await;
     let _ = stream.delete_consumer(&name).await;
@@ -349,6 +484,7 @@ mod tests {
             at_ms: 0,
             conditional,
             own_upto: 0x40,
+            piece: None,
             replayed: Vec::new(),
         }
     }
@@ -371,13 +507,7 @@ mod tests {
         );
         let b = Backfill::of(&backfill);
         assert_eq!(b.incarnation, Some(0x1f));
-        let mut w = Touched {
-            backfill: b,
-            upto: 20,
-            tables: tables.clone(),
-            complete: true,
-            ..Touched::default()
-        };
+        let mut w = Touched::new(b, tables.clone());
         let msgs = [
             message(
                 1,
@@ -412,8 +542,8 @@ mod tests {
                 vec![],
             ),
         ];
-        for m in msgs {
-            collect(m, &b, &tables, &mut w.last);
+        for (pos, m) in (11..).zip(msgs) {
+            w.absorb(pos, m);
         }
         assert_eq!(w.last.len(), 2, "{:?}", w.last.keys());
         let (out, superseded) = decide(&backfill, &w);
@@ -428,16 +558,14 @@ mod tests {
         assert_eq!(out.replayed.len(), 2);
 
         // The origin's own change of a pass after the values were read counts.
-        collect(
+        w.absorb(
+            15,
             message(
                 3,
                 "3.1f.41.1.0",
                 vec![group("items", vec![up(3, "own, later")])],
                 vec![],
             ),
-            &b,
-            &tables,
-            &mut w.last,
         );
         let (out, superseded) = decide(&backfill, &w);
         assert_eq!(superseded, 3);
@@ -453,5 +581,105 @@ mod tests {
         let (out, superseded) = decide(&backfill, &w);
         assert_eq!(superseded, 3);
         assert_eq!(out.tables, vec![group("other", vec![up(9, "plain")])]);
+    }
+
+    /// Another backfill's conditional row that nothing changed in its own window was applied: it is a change
+    /// (it may carry a write made between that node's rebuild and its re-install, which only it holds), so a
+    /// later backfill's stale row of the same key is replaced by it, not by an older ordinary change. Where
+    /// its own window changed the row, it was superseded and is no change.
+    #[test]
+    fn another_backfills_applied_row_is_a_change() {
+        let tables: HashSet<String> = ["items".to_string()].into();
+        let stale = message(
+            3,
+            "3.1f.50.1.0",
+            vec![group("items", vec![up(1, "stale"), up(2, "stale")])],
+            vec![0],
+        );
+        let b = Backfill::of(&stale);
+        let mut w = Touched::new(b, tables.clone());
+        // Position 11: node 2 updates rows 1 and 2 (an ordinary write, before its own rebuild).
+        w.absorb(
+            11,
+            message(
+                2,
+                "2.7.8.1.0",
+                vec![group("items", vec![up(1, "older"), up(2, "older")])],
+                vec![],
+            ),
+        );
+        // Position 12: node 1 updates row 2 again.
+        w.absorb(
+            12,
+            message(
+                1,
+                "1.5.9.1.0",
+                vec![group("items", vec![up(2, "node 1")])],
+                vec![],
+            ),
+        );
+        // Position 13: node 2's backfill (seen 10, its own changes up to pass 8 held): row 1 carries a value
+        // written after its rebuild; row 2 was changed by node 1 in its window, so it was superseded.
+        let mut other = message(
+            2,
+            "2.7.9.1.0",
+            vec![group("items", vec![up(1, "gap write"), up(2, "stale too")])],
+            vec![0],
+        );
+        other.own_upto = 8;
+        w.absorb(13, other);
+        let (out, superseded) = decide(&stale, &w);
+        assert_eq!(superseded, 2);
+        let rows: Vec<&Row> = out.tables.iter().flat_map(|t| &t.rows).collect();
+        assert!(rows.contains(&&up(1, "gap write")), "{rows:?}");
+        assert!(rows.contains(&&up(2, "node 1")), "{rows:?}");
+    }
+
+    /// A change from another node followed, later in the stream, by one of the origin's own changes its values
+    /// hold: the later write wins, as it does everywhere, so the values stay. A stale row another backfill
+    /// applied before that own change does not win either.
+    #[test]
+    fn an_own_change_after_a_change_keeps_the_values() {
+        let tables: HashSet<String> = ["items".to_string()].into();
+        let mine = message(
+            3,
+            "3.1f.50.1.0",
+            vec![group("items", vec![up(1, "mine"), up(2, "mine")])],
+            vec![0],
+        );
+        let b = Backfill::of(&mine);
+        let mut w = Touched::new(b, tables.clone());
+        w.absorb(
+            11,
+            message(
+                1,
+                "1.5.9.1.0",
+                vec![group("items", vec![up(1, "node 1")])],
+                vec![],
+            ),
+        );
+        let mut stale = message(
+            1,
+            "1.5.a.1.0",
+            vec![group("items", vec![up(2, "stale copy")])],
+            vec![0],
+        );
+        stale.own_upto = 9;
+        w.absorb(12, stale);
+        w.absorb(
+            13,
+            message(
+                3,
+                "3.1f.3f.1.0",
+                vec![group("items", vec![up(1, "own"), up(2, "own")])],
+                vec![],
+            ),
+        );
+        let (out, superseded) = decide(&mine, &w);
+        assert_eq!(superseded, 0);
+        assert_eq!(
+            out.tables,
+            vec![group("items", vec![up(1, "mine"), up(2, "mine")])]
+        );
     }
 }

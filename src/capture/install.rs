@@ -17,8 +17,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction};
 
 use super::schema::{self, TableInfo};
 use super::{
-    APPLIED, COLUMNS, CONFLICTS, Capture, CaptureError, LOG, META, PREFIX, QUARANTINE, RENAMES,
-    TABLES, ident, key_expr,
+    APPLIED, COLUMNS, CONFLICTS, Capture, CaptureError, LOG, META, PIECES, PREFIX, QUARANTINE,
+    RENAMES, TABLES, UNPUBLISHED, ident, key_expr,
 };
 
 /// The trigger operations, as they end our trigger names (`__harmonylite__<table>_<op>`).
@@ -47,7 +47,13 @@ pub fn install(
              winner_seq INTEGER NOT NULL, winner_at INTEGER NOT NULL, winner_seen INTEGER NOT NULL,
              reason TEXT NOT NULL DEFAULT 'concurrent', index_name TEXT, winner_key TEXT);
          CREATE TABLE IF NOT EXISTS {QUARANTINE} (id INTEGER PRIMARY KEY, quarantined_at INTEGER NOT NULL,
-             stream TEXT NOT NULL, seq INTEGER NOT NULL, reason TEXT NOT NULL, payload BLOB NOT NULL);"
+             stream TEXT NOT NULL, seq INTEGER NOT NULL, reason TEXT NOT NULL, payload BLOB NOT NULL);
+         CREATE TABLE IF NOT EXISTS {PIECES} (id INTEGER PRIMARY KEY, value TEXT NOT NULL, off INTEGER NOT NULL,
+             origin INTEGER NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL, pass INTEGER NOT NULL,
+             staged_at INTEGER NOT NULL, data BLOB NOT NULL);
+         CREATE UNIQUE INDEX IF NOT EXISTS {PIECES}_value ON {PIECES}(value, off);
+         CREATE TABLE IF NOT EXISTS {UNPUBLISHED} (id INTEGER PRIMARY KEY, set_aside_at INTEGER NOT NULL,
+             tbl INTEGER NOT NULL, k, table_name TEXT, log_id INTEGER NOT NULL UNIQUE, reason TEXT NOT NULL);"
     ))?;
     // A journal made by an earlier version lacks the columns of unique collisions.
     let has_reason: i64 = tx.query_row(

@@ -44,6 +44,10 @@ pub const CONFLICTS: &str = "__harmonylite__conflicts";
 /// Messages from the stream that can never be applied (undecodable, malformed, or naming a table no stream may
 /// write), kept for an operator to read; see `apply::quarantine`.
 pub const QUARANTINE: &str = "__harmonylite__quarantine";
+/// Pieces of other nodes' large values, staged until the row that holds the value is applied (`apply::pieces`).
+pub const PIECES: &str = "__harmonylite__pieces";
+/// Local changes that can never be published, set aside for an operator (`publish::large`).
+pub const UNPUBLISHED: &str = "__harmonylite__unpublished";
 
 /// Whether `table` is one no change from the stream may write: ours (`__harmonylite__*`) or SQLite's own
 /// (`sqlite_*`: `sqlite_sequence`, `sqlite_stat1`, ...), in any letter case.
@@ -351,6 +355,69 @@ pub fn backfill_own_upto(conn: &Connection) -> rusqlite::Result<u64> {
         |r| r.get::<_, i64>(0),
     )
     .map(|v| v.max(0) as u64)
+}
+
+/// Whether capture was ever installed on this database (its bookkeeping tables exist).
+pub fn installed(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [TABLES],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+/// Whether any table `include`/`exclude` select holds a row (what an application or a copy put in a database
+/// before capture was first installed on it).
+pub fn has_user_rows(
+    conn: &Connection,
+    include: &[String],
+    exclude: &[String],
+) -> Result<bool, CaptureError> {
+    for t in schema::user_tables(conn)? {
+        if !schema::selected(&t.name, include, exclude) || is_reserved_table(&t.name) {
+            continue;
+        }
+        let found: bool = conn.query_row(
+            &format!("SELECT EXISTS(SELECT 1 FROM {})", ident(&t.name)),
+            [],
+            |r| r.get(0),
+        )?;
+        if found {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The META key saying that this database was captured for the first time and has not yet been given the
+/// cluster's data (see `node::join`).
+const JOIN_PENDING: &str = "join_pending";
+
+/// Whether this database still has to join its cluster's data.
+pub fn join_pending(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        &format!("SELECT count(*) FROM {META} WHERE key = ?1"),
+        [JOIN_PENDING],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+/// Record (or forget) that this database has to join its cluster's data.
+pub fn set_join_pending(conn: &Connection, pending: bool) -> rusqlite::Result<()> {
+    if pending {
+        conn.execute(
+            &format!("INSERT OR REPLACE INTO {META}(key, value) VALUES(?1, 1)"),
+            [JOIN_PENDING],
+        )?;
+    } else {
+        conn.execute(
+            &format!("DELETE FROM {META} WHERE key = ?1"),
+            [JOIN_PENDING],
+        )?;
+    }
+    Ok(())
 }
 
 /// Applied stream positions, by stream name.

@@ -27,21 +27,22 @@ pub struct TableInfo {
     pub key: KeyKind,
     /// `SELECT` of a row's shipped columns by its key values (`?1`, `?2`, ...), built once.
     pub select_sql: String,
+    /// Its ` FROM ... WHERE ...` part, to select other columns of the row.
+    pub by_key_sql: String,
 }
 
 impl TableInfo {
     pub fn new(id: i64, name: String, columns: Vec<String>, key: KeyKind) -> TableInfo {
         let cols: Vec<String> = columns.iter().map(|c| ident(c)).collect();
         let table = ident(&name);
-        let select_sql = match &key {
-            KeyKind::Rowid => format!(
-                "SELECT rowid, {} FROM {table} WHERE rowid = ?1",
-                cols.join(", ")
+        let (list, by_key_sql) = match &key {
+            KeyKind::Rowid => (
+                format!("rowid, {}", cols.join(", ")),
+                format!(" FROM {table} WHERE rowid = ?1"),
             ),
-            KeyKind::RowidAlias(c) => format!(
-                "SELECT {} FROM {table} WHERE {} = ?1",
+            KeyKind::RowidAlias(c) => (
                 cols.join(", "),
-                ident(c)
+                format!(" FROM {table} WHERE {} = ?1", ident(c)),
             ),
             KeyKind::Columns(kc) => {
                 let cond: Vec<String> = kc
@@ -49,19 +50,20 @@ impl TableInfo {
                     .enumerate()
                     .map(|(i, c)| format!("{} IS ?{}", ident(c), i + 1))
                     .collect();
-                format!(
-                    "SELECT {} FROM {table} WHERE {}",
+                (
                     cols.join(", "),
-                    cond.join(" AND ")
+                    format!(" FROM {table} WHERE {}", cond.join(" AND ")),
                 )
             }
         };
+        let select_sql = format!("SELECT {list}{by_key_sql}");
         TableInfo {
             id,
             name,
             columns,
             key,
             select_sql,
+            by_key_sql,
         }
     }
 

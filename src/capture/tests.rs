@@ -212,6 +212,7 @@ fn apply_sql_reproduces_rows_exactly() {
         at_ms: 0,
         conditional: Vec::new(),
         own_upto: 0,
+        piece: None,
         replayed: Vec::new(),
     };
     let msg = wire::decode(&wire::encode(&msg, true)).unwrap();

@@ -100,6 +100,17 @@ pub fn positive_u64_any<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU64, D
     Ok(NonZeroU64::new(uint(d, 1, i64::MAX as u64)?).expect("checked positive"))
 }
 
+/// `nats.max_payload`: bytes, 64 KiB to 64 MiB (nats-server's own ceiling).
+pub fn max_payload<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    uint(d, 64 * 1024, 64 * 1024 * 1024)
+}
+
+/// `replication_log.max_message_bytes`: bytes, 16 KiB to 64 MiB (its bound by `nats.max_payload` is checked with
+/// the whole config).
+pub fn max_message_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    uint(d, 16 * 1024, 64 * 1024 * 1024)
+}
+
 /// `snapshot.nats.replicas`: `0..=5` (0 has already become 1, see `compat`).
 pub fn snapshot_replicas<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     Ok(uint(d, 0, MAX_REPLICAS as u64)? as u32)

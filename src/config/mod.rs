@@ -57,6 +57,9 @@ pub struct Overrides {
     pub cluster_secret: Option<String>,
 }
 
+/// Room kept between a message's body and the server's `max_payload`, for headers and encoding.
+pub const HEADROOM: u64 = 16 * 1024;
+
 /// The environment variable that replaces `nats.cluster_secret`.
 pub const CLUSTER_SECRET_ENV: &str = "HARMONYLITE_CLUSTER_SECRET";
 

@@ -72,7 +72,9 @@ fn defaults_without_file() {
             max_bytes: 1 << 30,
             replicas: None,
             compress: true,
-            update_existing: false
+            update_existing: false,
+            max_message_bytes: 512 * 1024,
+            stale_node_seconds: std::num::NonZeroU64::new(3600).unwrap(),
         }
     );
     let s = &c.snapshot;
@@ -295,7 +297,9 @@ detailed = false
             max_bytes: 5_000_000,
             replicas: Some(3),
             compress: false,
-            update_existing: true
+            update_existing: true,
+            max_message_bytes: 512 * 1024,
+            stale_node_seconds: std::num::NonZeroU64::new(3600).unwrap(),
         }
     );
     assert!(!c.snapshot.enabled);

@@ -13,6 +13,22 @@ fn bad_values_are_invalid() {
 }
 
 #[test]
+fn message_size_is_bounded_by_max_payload() {
+    let (c, _) =
+        load_ok("[nats]\nmax_payload = 8388608\n[replication_log]\nmax_message_bytes = 4194304");
+    assert_eq!(
+        (c.nats.max_payload, c.replication_log.max_message_bytes),
+        (8 << 20, 4 << 20)
+    );
+    let err = load_str("[replication_log]\nmax_message_bytes = 1040000").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("must be at most nats.max_payload (1048576) - 16384 = 1032192"),
+        "{err}"
+    );
+}
+
+#[test]
 fn wrong_type_message_names_expected_type() {
     let err = load_str("[replication_log]\nshards = \"two\"").unwrap_err();
     assert_eq!(

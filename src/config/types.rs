@@ -118,6 +118,18 @@ pub struct ReplicationLogConfig {
     /// `update_existing`: update an existing stream whose config differs.
     #[serde(deserialize_with = "de::boolean")]
     pub update_existing: bool,
+    /// `max_message_bytes` (ours, default 512 KiB): the size the publisher aims for per message; a value longer
+    /// than a quarter of it travels in pieces of this size. At most `nats.max_payload` − [`HEADROOM`], and kept
+    /// under an external server's own `max_payload`, read at start.
+    ///
+    /// [`HEADROOM`]: crate::config::HEADROOM
+    #[serde(deserialize_with = "de::max_message_bytes")]
+    pub max_message_bytes: u64,
+    /// `stale_node_seconds` (ours, default 3600): a node not heard of for this long whose position is a stream's
+    /// lowest (it holds the stream's retention) is named at WARN once per this period, in `/health` and in
+    /// `-status`.
+    #[serde(deserialize_with = "de::positive_u64")]
+    pub stale_node_seconds: NonZeroU64,
 }
 
 impl Default for ReplicationLogConfig {
@@ -130,6 +142,8 @@ impl Default for ReplicationLogConfig {
             replicas: None,
             compress: true,
             update_existing: false,
+            max_message_bytes: 512 * 1024,
+            stale_node_seconds: NonZeroU64::new(3600).expect("non-zero"),
         }
     }
 }
@@ -278,6 +292,16 @@ pub struct NatsConfig {
     /// `ready_timeout_seconds` (ours, default 60): how long start-up waits for JetStream and a meta leader.
     #[serde(deserialize_with = "de::positive_u64")]
     pub ready_timeout_seconds: NonZeroU64,
+    /// `max_payload` (ours, default 1 MiB): the embedded server's largest message, 64 KiB to 64 MiB. An
+    /// external server's own limit is read at start instead.
+    #[serde(deserialize_with = "de::max_payload")]
+    pub max_payload: u64,
+    /// `jetstream_domain` (ours, default empty): the cluster's JetStream domain. Every node's JetStream client
+    /// uses it (`$JS.<domain>.API`), and an embedded server that runs JetStream gets it in its `jetstream`
+    /// block. A leaf node (`-leaf-servers`) needs it: its server runs no JetStream and reaches the hub's
+    /// through the leaf connection, where only a domain's API crosses.
+    #[serde(deserialize_with = "de::string")]
+    pub jetstream_domain: String,
 }
 
 impl Default for NatsConfig {
@@ -302,6 +326,8 @@ impl Default for NatsConfig {
             reconnect_wait_seconds: 2,
             sync_always: true,
             ready_timeout_seconds: NonZeroU64::new(60).expect("non-zero"),
+            max_payload: 1024 * 1024,
+            jetstream_domain: String::new(),
         }
     }
 }
@@ -533,6 +559,7 @@ impl fmt::Debug for NatsConfig {
             .field("reconnect_wait_seconds", &self.reconnect_wait_seconds)
             .field("sync_always", &self.sync_always)
             .field("ready_timeout_seconds", &self.ready_timeout_seconds)
+            .field("max_payload", &self.max_payload)
             .finish()
     }
 }

@@ -31,9 +31,33 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         .map_err(|r| invalid("nats.subject_prefix", quoted(&n.subject_prefix), r))?;
     check_stream_prefix(&n.stream_prefix)
         .map_err(|r| invalid("nats.stream_prefix", quoted(&n.stream_prefix), r))?;
+    if !n.jetstream_domain.is_empty()
+        && !n
+            .jetstream_domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(invalid(
+            "nats.jetstream_domain",
+            quoted(&n.jetstream_domain),
+            "expected letters, digits, '_' or '-' (a JetStream domain is one subject token)",
+        ));
+    }
     check_host_port(&n.bind_address, true)
         .map_err(|r| invalid("nats.bind_address", quoted(&n.bind_address), r))?;
     check_cluster_tls(n)?;
+    let most = n.max_payload.saturating_sub(super::HEADROOM);
+    if config.replication_log.max_message_bytes > most {
+        return Err(invalid(
+            "replication_log.max_message_bytes",
+            config.replication_log.max_message_bytes.to_string(),
+            format!(
+                "must be at most nats.max_payload ({}) - {} = {most}",
+                n.max_payload,
+                super::HEADROOM
+            ),
+        ));
+    }
 
     let p = &config.prometheus;
     check_host_port(&p.bind, false).map_err(|r| invalid("prometheus.bind", quoted(&p.bind), r))?;

@@ -25,7 +25,14 @@ pub(crate) struct ServerSpec {
     pub monitor: bool,
     pub ports_file_dir: PathBuf,
     pub store_dir: PathBuf,
+    /// Whether the server runs JetStream. A leaf node's does not: its node uses the hub's streams (see
+    /// DESIGN.md "Leaf nodes").
+    pub jetstream: bool,
+    /// `nats.jetstream_domain`, set in the `jetstream` block when the server runs JetStream.
+    pub domain: Option<String>,
     pub sync_always: bool,
+    /// `nats.max_payload`.
+    pub max_payload: u64,
     pub cluster: Option<ClusterSpec>,
     pub leaf_remotes: Vec<LeafRemote>,
     pub users: Vec<User>,
@@ -132,12 +139,18 @@ impl ServerSpec {
         map.insert("ports_file_dir", path_value(&self.ports_file_dir));
         // Our log lines get their own timestamps.
         map.insert("logtime", Value::raw("false"));
+        map.insert("max_payload", Value::raw(self.max_payload.to_string()));
 
-        let mut js = Map::new().with("store_dir", path_value(&self.store_dir));
-        if self.sync_always {
-            js.insert("sync_interval", Value::raw("always"));
+        if self.jetstream {
+            let mut js = Map::new().with("store_dir", path_value(&self.store_dir));
+            if self.sync_always {
+                js.insert("sync_interval", Value::raw("always"));
+            }
+            if let Some(domain) = &self.domain {
+                js.insert("domain", Value::string(domain));
+            }
+            map.insert("jetstream", Value::Map(js));
         }
-        map.insert("jetstream", Value::Map(js));
 
         if let Some(cluster) = &self.cluster {
             let routes = cluster

@@ -11,7 +11,10 @@ fn spec() -> ServerSpec {
         monitor: true,
         ports_file_dir: "/data/nats/harmonylite-node-7".into(),
         store_dir: "/data/nats/harmonylite-node-7".into(),
+        jetstream: true,
+        domain: None,
         sync_always: true,
+        max_payload: 1024 * 1024,
         cluster: Some(ClusterSpec {
             listen: "localhost:4221".into(),
             routes: vec![
@@ -102,6 +105,25 @@ fn generates_every_setting() {
     assert!(
         get(&map, "cluster.tls").is_none(),
         "no route TLS unless set"
+    );
+}
+
+#[test]
+fn a_leaf_nodes_server_runs_without_jetstream() {
+    let mut hub = spec();
+    hub.domain = Some("hub".into());
+    let map = reparse(&render(&hub, None, None));
+    assert_eq!(text(&map, "jetstream.domain").unwrap(), "hub");
+    let mut leaf = spec();
+    leaf.jetstream = false;
+    leaf.domain = Some("hub".into());
+    leaf.leaf_remotes[0].hub = false;
+    let map = reparse(&render(&leaf, None, None));
+    assert!(get(&map, "jetstream").is_none(), "no jetstream block");
+    assert!(get(&map, "leafnodes.remotes").is_some());
+    assert_eq!(
+        text(&map, "ports_file_dir").unwrap(),
+        "/data/nats/harmonylite-node-7"
     );
 }
 

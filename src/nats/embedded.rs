@@ -42,6 +42,25 @@ async fn open(cfg: &Config, flags: &ClusterFlags, reuse_running: bool) -> Result
         (!n.cluster_secret.is_empty()).then(|| conf::RouteSecret(n.cluster_secret.clone()));
     let (cluster, other_peers) = cluster_block(flags, &peer_urls, auth.route_tls.clone(), secret)?;
 
+    // A leaf node (a remote that is not marked `hub`) runs no JetStream of its own: the hub's streams are the
+    // one order every node applies, and the node's change log keeps what it cannot publish while the leaf
+    // connection is down.
+    let leaf = leaf_remotes.iter().any(|r| !r.hub);
+    if leaf && n.jetstream_domain.is_empty() {
+        return Err(NatsError::Settings(
+            "a leaf node (-leaf-servers) uses the hub's JetStream, which it reaches only through a domain: \
+             give the hub's JetStream a domain (`jetstream { domain: hub }` in its server config, or \
+             nats.jetstream_domain = \"hub\" on HarmonyLite hub nodes) and set nats.jetstream_domain to it \
+             on this node"
+                .into(),
+        ));
+    }
+    if leaf && !reuse_running {
+        tracing::info!(
+            "a leaf node: its nats-server runs without JetStream and the node uses the hub's streams; \
+             changes made while the leaf connection is down wait in the change log"
+        );
+    }
     let spec = ServerSpec {
         server_name: server_name.clone(),
         client_host: client_host.clone(),
@@ -49,7 +68,10 @@ async fn open(cfg: &Config, flags: &ClusterFlags, reuse_running: bool) -> Result
         monitor: true,
         ports_file_dir: paths.store_dir.clone(),
         store_dir: paths.store_dir,
+        jetstream: !leaf,
+        domain: (!n.jetstream_domain.is_empty()).then(|| n.jetstream_domain.clone()),
         sync_always: n.sync_always,
+        max_payload: n.max_payload,
         cluster,
         leaf_remotes,
         users: auth.users,
@@ -72,21 +94,48 @@ async fn open(cfg: &Config, flags: &ClusterFlags, reuse_running: bool) -> Result
         reconnect_wait: Duration::from_secs(n.reconnect_wait_seconds.max(1)),
     };
     let timeout = Duration::from_secs(n.ready_timeout_seconds.get());
+    let mut lock = None;
     if reuse_running {
         let ports_dir = conf::effective_ports_dir(&spec, user_conf.as_ref());
-        if let Some(port) = blocking(move || running_client_port(&ports_dir)).await {
+        let mut running = {
+            let dir = ports_dir.clone();
+            blocking(move || running_client_port(&dir)).await
+        };
+        if running.is_none() {
+            lock = NodeLock::try_take(cfg)?;
+            if lock.is_none() {
+                // The node runs or is starting: wait for its server rather than start a second one.
+                tracing::debug!("the node is starting; waiting for its nats-server");
+                let deadline = tokio::time::Instant::now() + timeout;
+                while running.is_none() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let dir = ports_dir.clone();
+                    running = blocking(move || running_client_port(&dir)).await;
+                }
+                if running.is_none() {
+                    return Err(NatsError::Settings(format!(
+                        "the node of this configuration is starting (it holds {}) and its nats-server did \
+                         not come up within {}s",
+                        NodeLock::path(cfg).display(),
+                        timeout.as_secs()
+                    )));
+                }
+            }
+        }
+        if let Some(port) = running {
             tracing::debug!(port, "using the running node's nats-server");
             let probe = ready::Probe {
                 peers: Vec::new(),
                 monitor_url: None,
             };
             let (client, jetstream) =
-                connect_and_wait(&settings_for(port), timeout, &probe).await?;
+                connect_and_wait(&settings_for(port), &n.jetstream_domain, timeout, &probe).await?;
             return Ok(Nats {
                 client,
                 jetstream,
                 server: None,
                 cluster_size_hint: 1 + other_peers.len(),
+                _lock: None,
             });
         }
     }
@@ -99,16 +148,89 @@ async fn open(cfg: &Config, flags: &ClusterFlags, reuse_running: bool) -> Result
             .collect(),
         monitor_url: ports.monitor_url.clone(),
     };
-    match connect_and_wait(&settings, timeout, &probe).await {
+    match connect_and_wait(&settings, &n.jetstream_domain, timeout, &probe).await {
         Ok((client, jetstream)) => Ok(Nats {
             client,
             jetstream,
             server: Some(server),
             cluster_size_hint: 1 + other_peers.len(),
+            _lock: lock,
         }),
         Err(e) => {
             let _ = tokio::task::spawn_blocking(move || server.stop()).await;
             Err(e)
+        }
+    }
+}
+
+/// An exclusive `flock` on `<data>/nats/<server name>.lock`: held by a running node for its whole life (taken
+/// before it touches its database), and by a command that starts the node's server itself while the node is
+/// not running. A command that finds it held knows the node runs or is starting, and waits for its server
+/// instead of starting a second one on the node's ports.
+#[derive(Debug)]
+pub struct NodeLock {
+    _file: std::fs::File,
+}
+
+impl NodeLock {
+    fn path(cfg: &Config) -> PathBuf {
+        cfg.data_root_dir()
+            .join("nats")
+            .join(format!("{}.lock", cfg.server_name()))
+    }
+
+    /// Takes the lock when it is free; `Ok(None)` when another process holds it.
+    fn try_take(cfg: &Config) -> Result<Option<NodeLock>, NatsError> {
+        let path = NodeLock::path(cfg);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| NatsError::io("cannot create", dir, e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| NatsError::io("cannot open", &path, e))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on an open descriptor we own; it is released when the file is closed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(Some(NodeLock { _file: file }));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(NatsError::io("cannot lock", &path, err))
+        }
+    }
+
+    /// The node's lock, waited for while a command holds it (at most `nats.ready_timeout_seconds`). `None`
+    /// with external NATS (`nats.urls`): there is no server of the node's to guard.
+    pub async fn for_node(cfg: &Config) -> Result<Option<NodeLock>, NatsError> {
+        if !cfg.nats.urls.is_empty() {
+            return Ok(None);
+        }
+        let deadline =
+            std::time::Instant::now() + Duration::from_secs(cfg.nats.ready_timeout_seconds.get());
+        let mut said = false;
+        loop {
+            if let Some(lock) = NodeLock::try_take(cfg)? {
+                return Ok(Some(lock));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(NatsError::Settings(format!(
+                    "another process holds {} (this node already runs from this data directory, or a \
+                     command started its server): stop it first",
+                    NodeLock::path(cfg).display()
+                )));
+            }
+            if !said {
+                tracing::info!(lock = %NodeLock::path(cfg).display(),
+                    "another process holds this node's lock (a command using its server?); waiting");
+                said = true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }

@@ -26,6 +26,10 @@ pub enum NatsError {
         message: String,
     },
 
+    /// Settings that cannot work together (named in the message).
+    #[error("{0}")]
+    Settings(String),
+
     #[error("nats.seed_file {path}: {reason}")]
     Seed { path: PathBuf, reason: String },
 

@@ -23,6 +23,7 @@ mod client;
 mod conf;
 pub mod conf_syntax;
 mod embedded;
+pub use embedded::NodeLock;
 mod error;
 pub mod exposure;
 pub mod extract;
@@ -74,6 +75,8 @@ pub struct Nats {
     pub jetstream: async_nats::jetstream::Context,
     server: Option<ServerProcess>,
     cluster_size_hint: usize,
+    /// A command's hold on the node's lock while it runs the node's server itself.
+    _lock: Option<embedded::NodeLock>,
 }
 
 impl std::fmt::Debug for Nats {
@@ -168,14 +171,27 @@ fn non_empty(path: &Option<PathBuf>) -> Option<PathBuf> {
     path.clone().filter(|p| !p.as_os_str().is_empty())
 }
 
-/// Connect the client and wait until JetStream answers.
+/// The JetStream API of `client`: the domain's (`$JS.<domain>.API`) when `nats.jetstream_domain` is set.
+pub fn jetstream_context(
+    client: &async_nats::Client,
+    domain: &str,
+) -> async_nats::jetstream::Context {
+    if domain.is_empty() {
+        async_nats::jetstream::new(client.clone())
+    } else {
+        async_nats::jetstream::with_domain(client.clone(), domain)
+    }
+}
+
+/// Connect the client and wait until JetStream answers (through `domain`'s API when it is not empty).
 async fn connect_and_wait(
     settings: &client::ClientSettings,
+    domain: &str,
     timeout: Duration,
     probe: &ready::Probe,
 ) -> Result<(async_nats::Client, async_nats::jetstream::Context), NatsError> {
     let client = client::connect(settings).await?;
-    let jetstream = async_nats::jetstream::new(client.clone());
+    let jetstream = jetstream_context(&client, domain);
     ready::wait_ready(&jetstream, timeout, probe).await?;
     Ok((client, jetstream))
 }
@@ -224,6 +240,7 @@ async fn start_external(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Nats
     };
     let (client, jetstream) = connect_and_wait(
         &settings,
+        &n.jetstream_domain,
         Duration::from_secs(n.ready_timeout_seconds.get()),
         &probe,
     )
@@ -234,5 +251,6 @@ async fn start_external(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Nats
         jetstream,
         server: None,
         cluster_size_hint,
+        _lock: None,
     })
 }

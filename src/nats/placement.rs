@@ -96,17 +96,26 @@ pub fn object_stream(bucket: &str) -> String {
 /// How often [`raise`] looks.
 const EVERY: Duration = Duration::from_secs(5);
 
-/// For the node's life: every few seconds, each stream of `streams` (name, wanted replicas) that exists with
-/// fewer replicas than wanted is updated to have them. JetStream refuses while the servers are missing; the
-/// next look tries again. Streams at their count cost one info request per look.
+/// Every few seconds, each stream of `streams` (name, wanted replicas) that exists with fewer replicas than
+/// wanted is updated to have them. JetStream refuses while the servers are missing; the next look tries again.
+/// Once every stream is at its count (or does not exist) the task ends: a stream at its count is not looked at
+/// again.
 pub async fn raise(
     js: jetstream::Context,
-    streams: Vec<(String, usize)>,
+    mut streams: Vec<(String, usize)>,
     cancel: CancellationToken,
 ) {
     loop {
-        for (name, wanted) in &streams {
-            raise_one(&js, name, *wanted).await;
+        let mut below = Vec::new();
+        for (name, wanted) in streams {
+            if !raise_one(&js, &name, wanted).await {
+                below.push((name, wanted));
+            }
+        }
+        streams = below;
+        if streams.is_empty() {
+            tracing::debug!("every stream has its replicas; no more looks");
+            return;
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -115,16 +124,24 @@ pub async fn raise(
     }
 }
 
-async fn raise_one(js: &jetstream::Context, name: &str, wanted: usize) {
-    let Ok(Ok(mut stream)) = tokio::time::timeout(EVERY, js.get_stream(name)).await else {
-        return;
+/// Whether stream `name` needs no more looks: it has (now) at least `wanted` replicas, or it does not exist
+/// (a bucket made later, on first use, is created with its replicas by [`create`]; one made while servers
+/// are missing is raised at the node's next start).
+async fn raise_one(js: &jetstream::Context, name: &str, wanted: usize) -> bool {
+    let mut stream = match tokio::time::timeout(EVERY, js.get_stream(name)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND);
+        }
+        _ => return false,
     };
     let Ok(Ok(info)) = tokio::time::timeout(EVERY, stream.info()).await else {
-        return;
+        return false;
     };
     let has = info.config.num_replicas;
     if has >= wanted {
-        return;
+        return true;
     }
     let mut config = info.config.clone();
     config.num_replicas = wanted;
@@ -136,12 +153,17 @@ async fn raise_one(js: &jetstream::Context, name: &str, wanted: usize) {
                 was = has,
                 "replicas raised"
             );
+            true
         }
         Ok(Err(e)) => {
             tracing::debug!(stream = name, replicas = wanted, was = has, error = %e,
-                "replicas not raised yet")
+                "replicas not raised yet");
+            false
         }
-        Err(_) => tracing::debug!(stream = name, "replicas not raised yet: no answer"),
+        Err(_) => {
+            tracing::debug!(stream = name, "replicas not raised yet: no answer");
+            false
+        }
     }
 }
 

@@ -42,6 +42,9 @@ const POLL: Duration = Duration::from_millis(25);
 /// Free space the store's file system needs before a server that disabled JetStream (a full disk) is restarted.
 const MIN_FREE_TO_RESTART: u64 = 16 << 20;
 
+/// The part named in `/health` `disk_full` while nats-server's JetStream is disabled by its store.
+const NATS_STORE: &str = "nats-server JetStream store";
+
 /// How to start the server; `render` produces the config text, given the client port to pin (after the first
 /// start).
 pub(crate) struct Launch {
@@ -403,6 +406,15 @@ fn restart_when_space_is_free(
          replicas stay behind until it is restarted, which happens once {} MiB are free there",
         MIN_FREE_TO_RESTART >> 20
     );
+    crate::disk_full::set_full(NATS_STORE, true);
+    // Whichever way the watch ends, the store is no longer the part stopped.
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            crate::disk_full::set_full(NATS_STORE, false);
+        }
+    }
+    let _clear = Clear;
     loop {
         if let Some(stop) = shared.wait_stop(Duration::from_secs(1)) {
             stop_child(running, stop);

@@ -10,6 +10,8 @@
 //! ([`CurrentCapture`]), the conflict rule's table of in-flight local changes ([`InFlight`]) and the
 //! [`Counters`].
 
+mod join;
+pub mod membership;
 mod recover;
 pub mod retention;
 mod snapshots;
@@ -113,6 +115,23 @@ pub async fn save_snapshot(cfg: &Config, cli: &Cli) -> anyhow::Result<()> {
     result
 }
 
+/// `-remove-node N`: forget node N cluster-wide (see `membership`), through the running node's NATS (or the
+/// node's server started for the command); prints what it did.
+pub async fn remove_node(cfg: &Config, cli: &Cli, n: u64) -> anyhow::Result<()> {
+    let nats = Nats::attach(cfg, &ClusterFlags::from_cli(cli))
+        .await
+        .context("cannot reach the cluster's NATS")?;
+    let size = nats.cluster_size_hint();
+    let replicas = size.clamp(1, 3);
+    let peers = cli.cluster_peers.clone();
+    let result = membership::remove(&nats.jetstream, cfg, n, size, replicas, cli.force).await;
+    nats.shutdown().await;
+    let mut outcome = result?;
+    outcome.peers_now = peers;
+    print!("{}", outcome.text());
+    Ok(())
+}
+
 /// What this node's retention entry says it has handled, for a snapshot's positions.
 async fn handled_positions(
     js: &async_nats::jetstream::Context,
@@ -206,6 +225,8 @@ pub struct RunningNode {
     failed_snapshot: Option<String>,
     /// This node's database (its change-log incarnation), in its status entry.
     instance: u64,
+    /// The node's lock (see [`crate::nats::NodeLock`]), released when the node is dropped.
+    _lock: Option<crate::nats::NodeLock>,
 }
 
 /// What the engine starts from: the write connection, the capture installed on it, the publisher's progress.
@@ -213,6 +234,67 @@ struct Prepared {
     conn: rusqlite::Connection,
     capture: capture::Capture,
     state: PublishState,
+    /// Capture was installed now for the first time on this database.
+    first: bool,
+}
+
+/// What a node's start may create beside its database and did not find there (the data folder's server
+/// files, the publish state, the pre-join copy): removed again when the node is refused at start, so a
+/// refused node leaves nothing behind.
+struct Footprint {
+    new: Vec<std::path::PathBuf>,
+}
+
+impl Footprint {
+    fn before_start(cfg: &Config) -> Footprint {
+        let nats = cfg.data_root_dir().join("nats");
+        let server = cfg.server_name();
+        let candidates = [
+            nats.join(&server),
+            nats.join(format!("{server}.conf")),
+            nats.join(format!("{server}.lock")),
+            nats.clone(),
+            cfg.seq_map_path.clone(),
+            join::pre_join_path(&cfg.db_path),
+        ];
+        Footprint {
+            new: candidates.into_iter().filter(|p| !p.exists()).collect(),
+        }
+    }
+
+    /// Takes back a refused start: capture uninstalled when this start installed it, then the new paths
+    /// removed (the `nats` folder only when empty).
+    fn take_back(self, prepared: Prepared, lock: Option<crate::nats::NodeLock>) {
+        let Prepared {
+            mut conn, first, ..
+        } = prepared;
+        if first && let Err(e) = capture::uninstall(&mut conn) {
+            tracing::warn!(error = %e, "cannot remove the capture this refused start installed");
+        }
+        drop(conn);
+        self.remove_new(lock);
+    }
+
+    /// Removes the paths this start made (the lock released first).
+    fn remove_new(self, lock: Option<crate::nats::NodeLock>) {
+        drop(lock);
+        for p in &self.new {
+            let r = if p.is_dir() {
+                if p.file_name().is_some_and(|n| n == "nats") {
+                    std::fs::remove_dir(p)
+                } else {
+                    std::fs::remove_dir_all(p)
+                }
+            } else if p.exists() {
+                std::fs::remove_file(p)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = r {
+                tracing::debug!(path = %p.display(), error = %e, "not removed after a refused start");
+            }
+        }
+    }
 }
 
 impl RunningNode {
@@ -224,7 +306,16 @@ impl RunningNode {
         counters: Arc<Counters>,
         observed: Option<Arc<Observed>>,
     ) -> anyhow::Result<RunningNode> {
-        let prepared = prepare(&cfg)?;
+        let footprint = Footprint::before_start(&cfg);
+        // Before the database is touched: a command run meanwhile waits for this node's server.
+        let lock = crate::nats::NodeLock::for_node(&cfg).await?;
+        let prepared = match prepare(&cfg) {
+            Ok(p) => p,
+            Err(e) => {
+                footprint.remove_new(lock);
+                return Err(e);
+            }
+        };
         let exposed = crate::nats::exposure::warnings(&cfg, &flags);
         for w in &exposed {
             tracing::warn!("{w}");
@@ -234,10 +325,14 @@ impl RunningNode {
             .await
             .context("cannot start NATS")?;
         let instance = prepared.capture.incarnation;
-        if let Err(e) =
-            crate::ops::status::refuse_twin(&nats.jetstream, cfg.node_id, instance).await
-        {
+        let refused =
+            match crate::ops::status::refuse_twin(&nats.jetstream, cfg.node_id, instance).await {
+                Ok(()) => membership::refuse_removed(&nats.jetstream, cfg.node_id).await,
+                Err(e) => Err(e),
+            };
+        if let Err(e) = refused {
             nats.shutdown().await;
+            tokio::task::block_in_place(|| footprint.take_back(prepared, lock));
             anyhow::bail!(e);
         }
         if let Some(o) = &observed {
@@ -265,6 +360,7 @@ impl RunningNode {
             last_recovery: None,
             failed_snapshot: None,
             instance,
+            _lock: lock,
         };
         match node.start_engine(prepared).await {
             Ok(()) => Ok(node),
@@ -328,6 +424,25 @@ impl RunningNode {
         } else {
             Default::default()
         };
+        let mut join_pending = cfg.replicate
+            && capture::join_pending(&prepared.conn)
+                .context("cannot read the database's join state")?;
+        if join_pending {
+            match self.join(prepared, replicas).await? {
+                (p, true) => {
+                    prepared = p;
+                    join_pending = false;
+                    // The restored database is not the one the entry spoke for.
+                    certified = Default::default();
+                    certified_unknown = false;
+                }
+                (p, false) => {
+                    prepared = p;
+                    join_pending = capture::join_pending(&prepared.conn)
+                        .context("cannot read the database's join state")?;
+                }
+            }
+        }
         if cfg.replicate {
             let applied = recover::applied_positions(&prepared.conn);
             let gaps = recover::gaps(&self.nats.jetstream, &cfg, &applied, &certified).await;
@@ -363,6 +478,7 @@ impl RunningNode {
             conn,
             capture,
             state,
+            ..
         } = prepared;
         let in_flight = Arc::new(InFlight::new(
             cfg.publish && cfg.replicate,
@@ -383,6 +499,16 @@ impl RunningNode {
             self.cancel.clone(),
         ));
 
+        if cfg.replicate && cfg.snapshot.enabled && !join_pending {
+            self.tasks.spawn(join::serve(
+                self.nats.client.clone(),
+                self.nats.jetstream.clone(),
+                cfg.clone(),
+                self.counters.clone(),
+                replicas,
+                self.cancel.clone(),
+            ));
+        }
         if cfg.replicate {
             self.start_applier(conn, &current, &in_flight, &certified)?;
         } else {
@@ -505,6 +631,7 @@ impl RunningNode {
             conn,
             capture,
             state,
+            ..
         } = prepared;
         drop(conn);
         let mut publisher = Publisher::new(
@@ -530,6 +657,127 @@ impl RunningNode {
         drop(publisher);
         self.counters.snapshot_done(started.elapsed());
         prepare(&cfg)
+    }
+
+    /// A joining node (its database captured for the first time, `join`): restore the cluster's snapshot when
+    /// there is one, else ask a peer for one and restore it, or settle that there is nothing to join; all of it
+    /// before the engine applies anything (a restore later would replace what the node did meanwhile). Returns
+    /// what the engine starts from, and whether a snapshot was restored. When no peer gives a snapshot within
+    /// [`join::PATIENCE`], or the store cannot be read, the node starts without the cluster's base data (said
+    /// at WARN) and the database stays marked: its next start tries again.
+    async fn join(
+        &mut self,
+        prepared: Prepared,
+        replicas: usize,
+    ) -> anyhow::Result<(Prepared, bool)> {
+        let cfg = self.cfg.clone();
+        let settled = |p: &Prepared| -> anyhow::Result<()> {
+            capture::set_join_pending(&p.conn, false)
+                .context("cannot record the database's join state")?;
+            join::drop_pre_join(&cfg);
+            Ok(())
+        };
+        let patience = std::time::Instant::now() + join::PATIENCE;
+        let mut prepared = prepared;
+        loop {
+            let decision = self.join_decision(replicas).await?;
+            let ask = match decision {
+                join::Decision::FirstStart => {
+                    tracing::info!(
+                        "the streams are empty, no node has handled a change and there is no snapshot: the cluster's first start, nothing to join"
+                    );
+                    settled(&prepared)?;
+                    return Ok((prepared, false));
+                }
+                join::Decision::CannotSeed => {
+                    tracing::warn!(
+                        "this node joins a cluster that already holds data, but snapshots are disabled ([snapshot] \
+                         enabled = false): the rows the other nodes held before their capture began, and changes \
+                         already trimmed from the streams, will not reach it. Seed its database with a copy of a \
+                         peer's (sqlite3 <peer db> \".backup <file>\") before its first start, or enable snapshots"
+                    );
+                    settled(&prepared)?;
+                    return Ok((prepared, false));
+                }
+                join::Decision::StoreUnreadable(e) => {
+                    tracing::warn!(error = %e,
+                        "this node joins a cluster that holds data but cannot read the snapshot store: it applies the \
+                         stream without the rows that predate capture, and tries again at its next start");
+                    return Ok((prepared, false));
+                }
+                join::Decision::Restore(_, m)
+                    if self.failed_snapshot.as_deref() == Some(m.object.as_str()) =>
+                {
+                    true
+                }
+                join::Decision::Restore(store, m) => {
+                    let pre = join::pre_join_path(&cfg.db_path);
+                    if pre.exists() {
+                        tracing::warn!(copy = %pre.display(),
+                            "this node joins a cluster that holds data: the snapshot replaces the rows its database \
+                             held before its first capture (they are never published); the file as it was is kept");
+                    }
+                    tracing::info!(object = %m.object,
+                        "this node joins a cluster that holds data: restoring the latest snapshot before applying the stream");
+                    match self
+                        .drain_and_restore(prepared, store.as_ref(), &m, replicas)
+                        .await
+                    {
+                        Ok(p) => {
+                            capture::set_join_pending(&p.conn, false)
+                                .context("cannot record the database's join state")?;
+                            return Ok((p, true));
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %format!("{e:#}"),
+                                "snapshot not restored; this joining node asks a peer for another");
+                            self.failed_snapshot = Some(m.object.clone());
+                            prepared = prepare(&cfg)?;
+                            true
+                        }
+                    }
+                }
+                join::Decision::AskPeer => true,
+            };
+            if ask
+                && !join::ask_peer(
+                    self.nats.client.clone(),
+                    cfg.clone(),
+                    patience,
+                    self.cancel.clone(),
+                )
+                .await
+            {
+                tracing::warn!(
+                    "no peer gave this joining node a snapshot within {:?}: it applies the stream without the rows \
+                     that predate capture, and asks again at its next start (a node with snapshots enabled must be \
+                     running)",
+                    join::PATIENCE
+                );
+                return Ok((prepared, false));
+            }
+        }
+    }
+
+    /// [`join::decide`], asked again for a minute while the cluster's JetStream does not answer (a cluster
+    /// starting for the first time elects its buckets' leaders meanwhile); then the start fails rather than
+    /// guess.
+    async fn join_decision(&self, replicas: usize) -> anyhow::Result<join::Decision> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match join::decide(&self.cfg, &self.nats.jetstream, replicas).await {
+                Ok(d) => return Ok(d),
+                Err(e) if std::time::Instant::now() >= deadline => anyhow::bail!(
+                    "cannot tell whether this node joins a cluster that holds data (its database was never \
+                     captured before): {e}"
+                ),
+                Err(e) => tracing::debug!(error = %e, "join: the cluster does not answer yet"),
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => anyhow::bail!("stopped"),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
     }
 
     /// A shard met a gap while running: when the latest snapshot covers it, stop the engine, restore, and
@@ -633,10 +881,19 @@ impl RunningNode {
 fn prepare(cfg: &Config) -> anyhow::Result<Prepared> {
     check_db(cfg)?;
     let mut conn = open_db(&cfg.db_path).context("cannot open the database")?;
+    // A database captured for the first time may be joining a cluster that holds data (`join`).
+    let first = !capture::installed(&conn).context("cannot read the database")?;
+    if first && cfg.replicate {
+        tokio::task::block_in_place(|| join::keep_pre_join(&conn, cfg))?;
+    }
     let capture = tokio::task::block_in_place(|| {
         capture::install(&mut conn, &cfg.include_tables, &cfg.exclude_tables)
     })
     .context("cannot install change capture")?;
+    if first && cfg.replicate {
+        capture::set_join_pending(&conn, true)
+            .context("cannot record the database's join state")?;
+    }
     tracing::info!(tables = capture.tables.len(), names = ?capture.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
         "change capture installed");
     let state = PublishState::open(&cfg.seq_map_path, cfg.node_id, capture.incarnation)?;
@@ -644,6 +901,7 @@ fn prepare(cfg: &Config) -> anyhow::Result<Prepared> {
         conn,
         capture,
         state,
+        first,
     })
 }
 

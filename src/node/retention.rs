@@ -66,17 +66,74 @@ pub async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Stor
 
 /// Every entry of the bucket, by key.
 pub async fn read_all(store: &kv::Store) -> Result<BTreeMap<String, Positions>, String> {
+    Ok(read_all_dated(store)
+        .await?
+        .into_iter()
+        .map(|(k, (p, _))| (k, p))
+        .collect())
+}
+
+/// Every entry of the bucket, by key, with when it was last written (unix ms, by the servers' clock).
+pub async fn read_all_dated(
+    store: &kv::Store,
+) -> Result<BTreeMap<String, (Positions, u64)>, String> {
     let mut keys = store.keys().await.map_err(|e| e.to_string())?;
     let mut out = BTreeMap::new();
     while let Some(key) = keys.next().await {
         let key = key.map_err(|e| e.to_string())?;
-        if let Some(v) = store.get(&key).await.map_err(|e| e.to_string())?
-            && let Ok(p) = serde_json::from_slice::<Positions>(&v)
+        if let Some(e) = store.entry(&key).await.map_err(|e| e.to_string())?
+            && e.operation == kv::Operation::Put
+            && let Ok(p) = serde_json::from_slice::<Positions>(&e.value)
         {
-            out.insert(key, p);
+            let written = (e.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+            out.insert(key, (p, written));
         }
     }
     Ok(out)
+}
+
+/// The nodes of `entries` that hold back a stream (see [`super::membership::holding_back`]): silent since
+/// their status entry was last written (`heard`; this node is not silent; a node without one, since its
+/// positions entry was), the streams' ends from `counters` (streams whose end is not known yet left out).
+fn stale_nodes(
+    entries: &BTreeMap<String, (Positions, u64)>,
+    heard: &BTreeMap<u64, u64>,
+    me: u64,
+    streams: &[String],
+    counters: &Counters,
+    after: Duration,
+) -> Vec<super::membership::Holding> {
+    let now = crate::ops::status::report::unix_ms(std::time::SystemTime::now());
+    let nodes: Vec<(u64, BTreeMap<String, u64>, u64)> = entries
+        .iter()
+        .filter(|(k, _)| k.starts_with("node-"))
+        .map(|(_, (p, written))| {
+            let silent = if p.node_id == me {
+                0
+            } else {
+                now.saturating_sub(heard.get(&p.node_id).copied().unwrap_or(*written))
+            };
+            (p.node_id, p.positions.clone(), silent)
+        })
+        .collect();
+    // A node heard of that never wrote its positions holds every stream from its start.
+    let mut nodes = nodes;
+    for (&id, &at) in heard {
+        if id != me && !nodes.iter().any(|n| n.0 == id) {
+            nodes.push((id, BTreeMap::new(), now.saturating_sub(at)));
+        }
+    }
+    let last: BTreeMap<String, u64> = counters
+        .shard_views()
+        .iter()
+        .filter(|v| v.lag_msgs.is_some())
+        .filter_map(|v| {
+            streams
+                .get(v.shard as usize - 1)
+                .map(|s| (s.clone(), v.last_seq))
+        })
+        .collect();
+    super::membership::holding_back(&nodes, &last, after.as_millis() as u64)
 }
 
 /// Write `p` under `key`.
@@ -276,6 +333,9 @@ pub async fn run(
     let mut purged: BTreeMap<String, u64> = BTreeMap::new();
     let mut backoff = Backoff::new(PERIOD, Duration::from_secs(30));
     let mut tick = 0u32;
+    let stale_after = Duration::from_secs(cfg.replication_log.stale_node_seconds.get());
+    // Stale nodes named at WARN, and when (each once per `stale_after`).
+    let mut warned: BTreeMap<u64, tokio::time::Instant> = BTreeMap::new();
     loop {
         let step = async {
             if store.is_none() {
@@ -329,11 +389,60 @@ pub async fn run(
             }
             tick += 1;
             if tick.is_multiple_of(TRIM_EVERY) {
-                let entries = read_all(kv).await?;
+                let removed = super::membership::removed(&js).await?;
+                let mut dated = read_all_dated(kv).await?;
+                dated.retain(|k, (p, _)| {
+                    !k.starts_with("node-") || !removed.contains_key(&p.node_id)
+                });
+                // Naming stale nodes never holds up the trim: when the status bucket does not answer (a
+                // leader election), it waits for the next look.
+                let heard = match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    crate::ops::status::last_heard(&js),
+                )
+                .await
+                {
+                    Ok(Ok(h)) => Some(h),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "status entries not read; stale nodes not looked for");
+                        None
+                    }
+                    Err(_) => None,
+                };
+                if let Some(mut heard) = heard {
+                    heard.retain(|id, _| !removed.contains_key(id));
+                    let stale = stale_nodes(
+                        &dated,
+                        &heard,
+                        cfg.node_id,
+                        &streams,
+                        &counters,
+                        stale_after,
+                    );
+                    for h in &stale {
+                        if warned
+                            .get(&h.node_id)
+                            .is_none_or(|at: &tokio::time::Instant| at.elapsed() >= stale_after)
+                        {
+                            tracing::warn!(
+                                node_id = h.node_id,
+                                "{}",
+                                super::membership::holding_text(h)
+                            );
+                            warned.insert(h.node_id, tokio::time::Instant::now());
+                        }
+                    }
+                    warned.retain(|id, _| stale.iter().any(|h| h.node_id == *id));
+                    counters.set_stale_nodes(stale);
+                }
+                let entries: BTreeMap<String, Positions> =
+                    dated.into_iter().map(|(k, (p, _))| (k, p)).collect();
                 if floors.iter().any(|&f| f != u64::MAX) {
                     counters.release_holds(&others_lowest(&entries, &key, &streams));
                 }
-                for (stream, below) in trim_points(&entries, &streams, expected_nodes) {
+                let expected =
+                    super::membership::expected_without_removed(expected_nodes, &removed);
+                for (stream, below) in trim_points(&entries, &streams, expected) {
                     if purged.get(&stream).is_some_and(|&p| p >= below) {
                         continue;
                     }

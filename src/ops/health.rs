@@ -21,7 +21,8 @@ pub struct ShardHealth {
     pub stream: String,
     pub applied: u64,
     pub last_sequence: u64,
-    pub lag_messages: u64,
+    /// `null` until the stream's last sequence is known.
+    pub lag_messages: Option<u64>,
     pub lag_seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused: Option<String>,
@@ -73,6 +74,14 @@ pub struct Health {
     pub security_warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db_error: Option<String>,
+    /// A snapshot being saved, downloaded or restored by this node: bytes, total, rate and time left
+    /// (`null` when none).
+    pub snapshot_transfer: Option<crate::snapshot::Transfer>,
+    /// Nodes not heard of for `replication_log.stale_node_seconds` that hold back a stream's retention.
+    pub stale_nodes: Vec<crate::node::membership::Holding>,
+    /// The parts of this node a full disk stops now ("publishing", "applying", "nats-server JetStream
+    /// store"); empty when none.
+    pub disk_full: Vec<String>,
 }
 
 impl Health {
@@ -117,6 +126,16 @@ pub fn report(o: &Observed) -> Health {
             problems.push("JetStream has no quorum for this node's streams".to_string());
         }
     }
+    let disk_full: Vec<String> = crate::disk_full::full_parts()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    if !disk_full.is_empty() {
+        problems.push(format!(
+            "the disk is full: {} stopped",
+            disk_full.join(", ")
+        ));
+    }
     for v in &views {
         if v.stuck_for_ms > max_stuck_ms {
             let what = match (&v.gap, &v.paused) {
@@ -137,11 +156,16 @@ pub fn report(o: &Observed) -> Health {
         not_ready.push("the streams do not exist yet".to_string());
     }
     for v in &views {
-        if v.lag_msgs > cfg.health_check.ready_max_lag {
-            not_ready.push(format!(
-                "shard {} is {} messages behind (ready_max_lag {})",
-                v.shard, v.lag_msgs, cfg.health_check.ready_max_lag
-            ));
+        match v.lag_msgs {
+            None => not_ready.push(format!(
+                "shard {}: the stream's last sequence is not known yet",
+                v.shard
+            )),
+            Some(lag) if lag > cfg.health_check.ready_max_lag => not_ready.push(format!(
+                "shard {} is {lag} messages behind (ready_max_lag {})",
+                v.shard, cfg.health_check.ready_max_lag
+            )),
+            Some(_) => {}
         }
     }
 
@@ -202,6 +226,9 @@ pub fn report(o: &Observed) -> Health {
         not_ready,
         security_warnings: c.security_warnings(),
         db_error: db.error,
+        snapshot_transfer: crate::snapshot::transfer(),
+        stale_nodes: c.stale_nodes(),
+        disk_full,
     }
 }
 
@@ -255,6 +282,27 @@ mod tests {
     }
 
     #[test]
+    fn lag_is_null_and_the_node_not_ready_until_the_stream_is_known() {
+        let cfg = crate::config::load(None, &Default::default()).unwrap().0;
+        let c = Arc::new(Counters::default());
+        let o = Observed::new(Arc::new(cfg), c.clone());
+        c.set_applied(1, 0);
+        let h = report(&o);
+        assert_eq!(h.lag[0].lag_messages, None);
+        assert!(
+            h.not_ready.iter().any(|p| p.contains("not known yet")),
+            "{:?}",
+            h.not_ready
+        );
+        let json = serde_json::to_value(&h).unwrap();
+        assert!(json["lag"][0]["lag_messages"].is_null(), "{json}");
+        c.set_stream(1, 0, 0);
+        let h = report(&o);
+        assert_eq!(h.lag[0].lag_messages, Some(0));
+        assert!(!h.not_ready.iter().any(|p| p.contains("not known yet")));
+    }
+
+    #[test]
     fn lag_beyond_the_limit_is_not_ready_and_a_long_pause_is_unhealthy() {
         let mut cfg = crate::config::load(None, &Default::default()).unwrap().0;
         cfg.health_check.ready_max_lag = 10;
@@ -265,7 +313,7 @@ mod tests {
         c.set_stream(1, 50, 1_500);
         let h = report(&o);
         assert!(h.not_ready.iter().any(|p| p.contains("45 messages behind")));
-        assert_eq!(h.lag[0].lag_messages, 45);
+        assert_eq!(h.lag[0].lag_messages, Some(45));
         assert!(!h.problems.iter().any(|p| p.contains("shard 1")));
         c.set_gap(1, Some(6));
         // Stuck for longer than 0 s once a millisecond has passed.

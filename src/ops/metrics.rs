@@ -172,6 +172,18 @@ fn describe() {
         "Stream messages that can never be applied (undecodable, malformed, or naming a reserved table), kept in __harmonylite__quarantine."
     );
     describe_counter!(
+        "harmonylite_unpublished_rows",
+        "Local changes that can never be published (too large for any message, or refused by the server for good), set aside in __harmonylite__unpublished; the changes behind them go on."
+    );
+    describe_counter!(
+        "harmonylite_value_pieces_published",
+        "Pieces of large values published (a value longer than a quarter of replication_log.max_message_bytes travels in pieces)."
+    );
+    describe_counter!(
+        "harmonylite_value_pieces_staged",
+        "Pieces of other nodes' large values staged in __harmonylite__pieces until their row is applied."
+    );
+    describe_counter!(
         "harmonylite_discarded_rows",
         "Local change-log rows read and not published because publish = false."
     );
@@ -206,6 +218,10 @@ fn describe() {
     describe_gauge!(
         "harmonylite_stream_last_sequence",
         "The stream's last sequence at the last look, per shard."
+    );
+    describe_gauge!(
+        "harmonylite_disk_full",
+        "1 while a full disk stops a part of this node (publishing, applying, its nats-server's store), else 0."
     );
     describe_gauge!(
         "harmonylite_lag_messages",
@@ -308,18 +324,25 @@ fn update(o: &Observed) {
     counter!("harmonylite_dropped_rows").absolute(get(&c.dropped_rows));
     counter!("harmonylite_discarded_rows").absolute(get(&c.discarded_rows));
     counter!("harmonylite_quarantined_messages").absolute(get(&c.quarantined));
+    counter!("harmonylite_unpublished_rows").absolute(get(&c.unpublished));
+    counter!("harmonylite_value_pieces_published").absolute(get(&c.pieces_published));
+    counter!("harmonylite_value_pieces_staged").absolute(get(&c.pieces_staged));
     counter!("harmonylite_schema_pauses").absolute(get(&c.schema_pauses));
     counter!("harmonylite_conflicts").absolute(get(&c.conflicts));
     counter!("harmonylite_backfill_superseded_rows").absolute(get(&c.backfill_superseded));
     for ((op, kind), n) in c.errors() {
         counter!("harmonylite_errors", "op" => op, "kind" => kind).absolute(n);
     }
+    gauge!("harmonylite_disk_full").set(!crate::disk_full::full_parts().is_empty() as u8 as f64);
     let views = c.shard_views();
     for v in &views {
         let shard = v.shard.to_string();
         gauge!("harmonylite_applied_position", "shard" => shard.clone()).set(v.applied as f64);
         gauge!("harmonylite_stream_last_sequence", "shard" => shard.clone()).set(v.last_seq as f64);
-        gauge!("harmonylite_lag_messages", "shard" => shard.clone()).set(v.lag_msgs as f64);
+        // Left out until the stream's last sequence is known (a 0 would read as caught up).
+        if let Some(lag) = v.lag_msgs {
+            gauge!("harmonylite_lag_messages", "shard" => shard.clone()).set(lag as f64);
+        }
         gauge!("harmonylite_lag_seconds", "shard" => shard.clone()).set(v.lag_ms as f64 / 1000.0);
         gauge!("harmonylite_shard_paused", "shard" => shard).set(v.paused.is_some() as u8 as f64);
     }

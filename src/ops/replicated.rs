@@ -319,12 +319,15 @@ pub async fn wait(
                 });
                 last.known_nodes = report.nodes.len();
                 // The nodes' own view counts too: a command may not know the routes the node was started with.
-                last.expected_nodes = report
-                    .nodes
-                    .iter()
-                    .filter_map(|n| n.expected_nodes)
-                    .map(|n| n as usize)
-                    .fold(expected_nodes, usize::max);
+                last.expected_nodes = crate::node::membership::expected_without_removed(
+                    report
+                        .nodes
+                        .iter()
+                        .filter_map(|n| n.expected_nodes)
+                        .map(|n| n as usize)
+                        .fold(expected_nodes, usize::max),
+                    &report.removed,
+                );
                 tracing::debug!(upto, ?published, targets = ?targets.as_ref().map(|t| t.iter().map(|s| s.last_sequence).collect::<Vec<_>>()),
                     nodes = ?report.nodes.iter().map(|n| (n.node_id, n.shards.iter().map(|s| s.applied).collect::<Vec<_>>())).collect::<Vec<_>>(),
                     "waiting until replicated");

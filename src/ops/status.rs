@@ -100,6 +100,9 @@ pub struct Activity {
     /// Absent in entries of earlier builds.
     #[serde(default)]
     pub quarantined: u64,
+    /// Absent in entries of earlier builds.
+    #[serde(default)]
+    pub unpublished: u64,
 }
 
 /// Why the cluster status could not be read.
@@ -150,6 +153,7 @@ impl Entry {
                 dropped_rows: counters.dropped_rows.load(Relaxed),
                 schema_pauses: counters.schema_pauses.load(Relaxed),
                 quarantined: counters.quarantined.load(Relaxed),
+                unpublished: counters.unpublished.load(Relaxed),
             },
             published_upto: cfg.publish.then(|| counters.published_upto.load(Relaxed)),
             expected_nodes: Some(expected_nodes as u64),
@@ -414,12 +418,30 @@ async fn gather_once(
             last_sequence,
         });
     }
+    let removed = crate::node::membership::removed(js)
+        .await
+        .map_err(|reason| StatusError::Bucket {
+            bucket: crate::node::membership::BUCKET.to_string(),
+            reason,
+        })?;
     let now_ms = report::unix_ms(std::time::SystemTime::now());
-    Ok(Report::assess(stored, unreadable, handled, streams, now_ms))
+    Ok(Report::assess(stored, unreadable, handled, streams, now_ms)
+        .without_removed(removed)
+        .with_stale_nodes(cfg.replication_log.stale_node_seconds.get() * 1000))
 }
 
 /// Every readable entry of the status bucket, and the ids of nodes whose entry could not be read (empty when
 /// the bucket does not exist yet).
+/// When each node's status entry was last written (unix ms, by the servers' clock), by node id: when it was
+/// last heard of. Empty when the bucket does not exist yet.
+pub async fn last_heard(js: &jetstream::Context) -> Result<BTreeMap<u64, u64>, String> {
+    let (stored, _) = read_entries(js).await.map_err(|e| e.to_string())?;
+    Ok(stored
+        .into_iter()
+        .map(|s| (s.entry.node_id, s.created_ms))
+        .collect())
+}
+
 async fn read_entries(
     js: &jetstream::Context,
 ) -> Result<(Vec<Stored>, BTreeSet<u64>), StatusError> {

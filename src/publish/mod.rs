@@ -8,6 +8,7 @@
 //! only when every shard is acknowledged. On any error the same messages are retried with backoff under the
 //! same message ids, so nothing is lost and nothing is stored twice.
 
+pub mod large;
 pub mod recover;
 pub mod state;
 
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -32,8 +33,6 @@ use state::PublishState;
 
 /// Most change-log rows one pass reads; a larger backlog is published over several passes.
 pub const MAX_PASS_ROWS: i64 = 100_000;
-/// Soft limit on the encoded size of one message.
-const MAX_MESSAGE_BYTES: usize = 512 * 1024;
 /// JetStream's limit on messages per atomic batch.
 const MAX_BATCH_MESSAGES: usize = 1000;
 
@@ -74,6 +73,28 @@ impl PublishError {
     }
 }
 
+impl PublishError {
+    /// True when the server (or the client, before sending) refuses the message for good: it is too large for
+    /// this server or stream. Retrying the same bytes cannot help.
+    pub fn is_permanent(&self) -> bool {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        let text = text.to_ascii_lowercase();
+        [
+            "max payload",
+            "maximum payload",
+            "exceeds maximum",
+            "message size exceeds",
+        ]
+        .iter()
+        .any(|p| text.contains(p))
+    }
+}
+
 fn is_duplicate_batch(e: &jetstream::context::PublishError) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<jetstream::Error>())
@@ -96,6 +117,8 @@ struct Pass {
     end: i64,
     rows: usize,
     units: Vec<ShardUnit>,
+    /// Changes that can never be published (see [`large`]).
+    aside: Vec<large::Aside>,
 }
 
 pub struct Publisher {
@@ -108,6 +131,7 @@ pub struct Publisher {
     js: jetstream::Context,
     client: async_nats::Client,
     wake: Arc<Notify>,
+    limits: large::Limits,
 }
 
 impl Publisher {
@@ -126,14 +150,25 @@ impl Publisher {
         if cfg.publish {
             counters.set_published_upto(state.published_upto.max(0) as u64);
         }
+        let server_max = client.server_info().max_payload as u64;
+        let limits = large::Limits::new(cfg.replication_log.max_message_bytes, server_max);
+        if (limits.message as u64) < cfg.replication_log.max_message_bytes {
+            tracing::info!(
+                max_payload = server_max,
+                max_message_bytes = limits.message,
+                "messages kept under the server's max_payload (replication_log.max_message_bytes is larger)"
+            );
+        }
+        let js = crate::nats::jetstream_context(&client, &cfg.nats.jetstream_domain);
         Ok(Publisher {
+            limits,
             cfg,
             conn,
             state,
             capture,
             in_flight,
             counters,
-            js: jetstream::new(client.clone()),
+            js,
             client,
             wake: Arc::new(Notify::new()),
         })
@@ -260,6 +295,13 @@ impl Publisher {
                 .fetch_add(pass.rows as u64, Ordering::Relaxed);
             return Ok(true);
         }
+        if !pass.aside.is_empty() {
+            tokio::task::block_in_place(|| large::set_aside(&self.conn, &pass.aside, stats))?;
+            self.forget(
+                pass.aside.iter().map(|a| (a.key.clone(), a.log_id)),
+                pass.end,
+            );
+        }
         self.in_flight.mark_sent(
             pass.units.iter().flat_map(|u| u.rows.iter().flatten()),
             pass.end,
@@ -279,11 +321,31 @@ impl Publisher {
             )
             .await;
             let mut failed = None;
+            let mut refused = Vec::new();
             for (i, r) in todo.into_iter().zip(results) {
                 match r {
                     Ok(seqs) => acks[i] = Some(seqs),
+                    Err(e) if e.is_permanent() => refused.push((i, e)),
                     Err(e) => failed = Some(e),
                 }
+            }
+            for (i, e) in refused {
+                // Refused for good: retrying cannot help, and the changes behind must not wait for it.
+                let unit = &pass.units[i];
+                let reason = format!("the server refused its message for good: {e}");
+                let aside: Vec<large::Aside> = unit
+                    .rows
+                    .iter()
+                    .flatten()
+                    .map(|(key, log_id)| large::Aside {
+                        log_id: *log_id,
+                        key: key.clone(),
+                        reason: reason.clone(),
+                    })
+                    .collect();
+                tokio::task::block_in_place(|| large::set_aside(&self.conn, &aside, stats))?;
+                self.forget(aside.into_iter().map(|a| (a.key, a.log_id)), pass.end);
+                acks[i] = Some(Vec::new());
             }
             let Some(err) = failed else { break };
             stats.publish_errors.fetch_add(1, Ordering::Relaxed);
@@ -351,12 +413,26 @@ impl Publisher {
         Ok(true)
     }
 
+    /// End the conflict rule's tracking of rows set aside: no echo of them will come back, so newer changes
+    /// from the stream may land on them.
+    fn forget(&self, rows: impl Iterator<Item = (crate::conflict::RowKey, i64)>, upto: i64) {
+        let rows: Vec<(crate::conflict::RowKey, i64)> = rows.collect();
+        self.in_flight.mark_sent(rows.iter(), upto);
+        self.in_flight
+            .mark_acked(rows.iter().map(|(k, id)| (k, *id, None)));
+    }
+
     /// Read the next pass from the change log (blocking; runs inside `block_in_place`).
     ///
     /// The pass is read in one read transaction whose schema version is the one the capture in force was
     /// installed against: when the schema changed (a new table, a new column), capture is installed again
     /// first, so every row is read with the columns its table has now.
     fn build(&mut self) -> Result<Option<Pass>, PublishError> {
+        // The server's limit as it says now (it may have changed with a reconnect).
+        self.limits = large::Limits::new(
+            self.cfg.replication_log.max_message_bytes,
+            self.client.server_info().max_payload as u64,
+        );
         let cfg = &*self.cfg;
         let (cap, tx) = loop {
             let cap = self.capture.get();
@@ -420,7 +496,20 @@ impl Publisher {
                 .collect(),
             own_upto,
             at_ms: crate::counters::now_ms(),
+            limits: self.limits,
         };
+        let sink = large::PieceSink {
+            js: &self.js,
+            counters: &self.counters,
+            limits: self.limits,
+            compress: cfg.replication_log.compress,
+            origin: cfg.node_id,
+            incarnation: cap.incarnation,
+            schema: cap.fingerprint,
+            at_ms: ctx.at_ms,
+            prefix: &ctx.prefix,
+        };
+        let mut aside = Vec::new();
         let mut shards: HashMap<u32, ShardBuild> = HashMap::new();
         for (i, conditional) in order {
             let lr = &log[i];
@@ -429,10 +518,45 @@ impl Publisher {
             };
             let kb = wire::key_bytes(&lr.key);
             let shard = wire::shard_of(&info.name, &kb, cfg.replication_log.shards.get());
-            let row = match read_row(&tx, info, &lr.key)? {
-                Some(values) => Row::Upsert(values),
+            let set_aside = |reason: String| large::Aside {
+                log_id: lr.id,
+                key: crate::conflict::row_key(&info.name, &kb),
+                reason,
+            };
+            let row = match large::read_row(&tx, info, &lr.key, &self.limits)? {
+                Some(mut read) => {
+                    let mut refused = None;
+                    if cfg.publish {
+                        let subject = cfg.subject_name(shard);
+                        for &col in &read.large {
+                            match sink.send(&tx, info, &lr.key, col, lr.id, shard, &subject) {
+                                Ok(v) => read.values[col] = Value::Staged(v),
+                                Err(e) if e.is_permanent() => {
+                                    refused = Some(e);
+                                    break;
+                                }
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    }
+                    if let Some(e) = refused {
+                        aside.push(set_aside(format!(
+                            "the server refused a piece of its large value for good: {e}"
+                        )));
+                        continue;
+                    }
+                    Row::Upsert(read.values)
+                }
                 None => Row::Delete(lr.key.clone()),
             };
+            let size = row.approx_size();
+            if size > self.limits.message {
+                aside.push(set_aside(format!(
+                    "the change of {size} bytes does not fit a message of {} bytes even with its long values sent apart (its key is too long); replication_log.max_message_bytes and nats.max_payload bound it",
+                    self.limits.message
+                )));
+                continue;
+            }
             shards
                 .entry(shard)
                 .or_insert_with(|| ShardBuild::new(shard))
@@ -464,7 +588,12 @@ impl Publisher {
             self.state.inflight_end = end;
             self.state.save()?;
         }
-        Ok(Some(Pass { end, rows, units }))
+        Ok(Some(Pass {
+            end,
+            rows,
+            units,
+            aside,
+        }))
     }
 }
 
@@ -548,6 +677,7 @@ struct UnitContext {
     own_upto: u64,
     /// When the pass was read (unix ms).
     at_ms: u64,
+    limits: large::Limits,
 }
 
 /// The message being filled: the message, its rows (key, newest log id), row count, approximate bytes.
@@ -592,7 +722,7 @@ impl ShardBuild {
     ) {
         let size = row.approx_size();
         if let Some((_, _, count, bytes)) = &self.current
-            && (*count >= ctx.max_rows || *bytes + size > MAX_MESSAGE_BYTES)
+            && (*count >= ctx.max_rows || *bytes + size > ctx.limits.message)
         {
             // Another row follows, so this message ends the unit only when the unit is full.
             let last = self.payloads.len() + 1 == MAX_BATCH_MESSAGES;
@@ -616,6 +746,7 @@ impl ShardBuild {
                 at_ms: ctx.at_ms,
                 conditional: Vec::new(),
                 own_upto: 0,
+                piece: None,
                 replayed: Vec::new(),
             };
             (msg, Vec::new(), 0, 0)
@@ -679,18 +810,4 @@ impl ShardBuild {
         self.seal(ctx, true);
         self.units
     }
-}
-
-/// The current values of one row, by key (`None` when the row no longer exists).
-fn read_row(
-    conn: &Connection,
-    info: &TableInfo,
-    key: &[Value],
-) -> rusqlite::Result<Option<Vec<Value>>> {
-    let mut stmt = conn.prepare_cached(&info.select_sql)?;
-    let n = stmt.column_count();
-    stmt.query_row(rusqlite::params_from_iter(key.iter()), |r| {
-        (0..n).map(|i| Ok(Value::from_ref(r.get_ref(i)?))).collect()
-    })
-    .optional()
 }

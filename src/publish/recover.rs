@@ -26,12 +26,16 @@ use crate::wire;
 /// Messages read back per shard at most, looking for this node's latest one.
 const SCAN_LIMIT: u64 = 200_000;
 
-/// The pass end in message id `id` when this node (`node_id`, change-log `incarnation`) published it.
+/// The pass end in message id `id` when this node (`node_id`, change-log `incarnation`) published it as a unit
+/// (`<node>.<incarnation>.<pass end>.<shard>.<unit>`). A piece of a large value (`...<shard>.v<log id>...`) goes
+/// out before its pass's units, so it says nothing of the pass being stored.
 fn own_pass_end(id: &str, node_id: u64, incarnation: u64) -> Option<i64> {
     let mut parts = id.split('.');
     let node = u64::from_str_radix(parts.next()?, 16).ok()?;
     let inc = u64::from_str_radix(parts.next()?, 16).ok()?;
     let end = i64::from_str_radix(parts.next()?, 16).ok()?;
+    let _shard = parts.next()?;
+    parts.next()?.parse::<u64>().ok()?;
     (node == node_id && inc == incarnation).then_some(end)
 }
 
@@ -247,5 +251,7 @@ mod tests {
         assert_eq!(own_pass_end("3.1f.2a.1.0", 2, 0x1f), None);
         assert_eq!(own_pass_end("3.1e.2a.1.0", 3, 0x1f), None);
         assert_eq!(own_pass_end("garbage", 3, 0x1f), None);
+        // A piece of a large value is not a unit: its pass may not be stored yet.
+        assert_eq!(own_pass_end("3.1f.2a.1.v29.2.0.9c1f", 3, 0x1f), None);
     }
 }

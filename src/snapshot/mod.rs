@@ -101,6 +101,25 @@ fn work_dir(cfg: &Config) -> Result<tempfile::TempDir, SnapshotError> {
         .map_err(io("cannot create a directory in", &root))
 }
 
+/// The transfer under way in this process (a snapshot saved or restored), for `/health`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Transfer {
+    /// What is being done, e.g. "downloading snapshot".
+    pub what: &'static str,
+    pub bytes: u64,
+    pub total: u64,
+    pub mb_per_s: f64,
+    /// Estimated from the rate so far (`None` before anything moved).
+    pub seconds_left: Option<f64>,
+}
+
+static TRANSFER: std::sync::Mutex<Option<Transfer>> = std::sync::Mutex::new(None);
+
+/// The transfer under way, if any.
+pub fn transfer() -> Option<Transfer> {
+    TRANSFER.lock().map(|t| t.clone()).unwrap_or(None)
+}
+
 /// A long transfer's progress: a bar when stderr is a terminal (a `-save-snapshot` typed by someone), else a
 /// log line with bytes, rate and time left every few seconds.
 pub struct Progress {
@@ -125,18 +144,37 @@ impl Progress {
             bar.set_message(what);
             bar
         });
-        Progress {
+        let p = Progress {
             what,
             total,
             done: 0,
             start: now,
             last: now,
             bar,
+        };
+        p.publish();
+        p
+    }
+
+    /// Make this transfer the one `/health` shows.
+    fn publish(&self) {
+        let rate = self.rate();
+        let t = Transfer {
+            what: self.what,
+            bytes: self.done,
+            total: self.total,
+            mb_per_s: (rate / 1e4).round() / 100.0,
+            seconds_left: (self.done > 0 && rate > 0.0)
+                .then(|| (self.total.saturating_sub(self.done) as f64 / rate).round()),
+        };
+        if let Ok(mut g) = TRANSFER.lock() {
+            *g = Some(t);
         }
     }
 
     pub fn add(&mut self, n: u64) {
         self.done += n;
+        self.publish();
         if let Some(bar) = &self.bar {
             bar.set_position(self.done);
             return;
@@ -168,6 +206,9 @@ impl Progress {
 
 impl Drop for Progress {
     fn drop(&mut self) {
+        if let Ok(mut g) = TRANSFER.lock() {
+            *g = None;
+        }
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
@@ -262,6 +303,28 @@ fn copy_database(
         for (stream, &seq) in &handled.positions {
             let p = positions.entry(stream.clone()).or_insert(0);
             *p = (*p).max(seq);
+        }
+    }
+    // Pieces of large values staged for rows not applied yet are not kept in a snapshot: a node restoring it
+    // reads them again from the stream.
+    let has_pieces: bool = c.query_row(
+        "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [capture::PIECES],
+        |r| r.get(0),
+    )?;
+    if has_pieces {
+        let mut stmt = c.prepare(&format!(
+            "SELECT stream, min(seq) FROM {} GROUP BY stream",
+            capture::PIECES
+        ))?;
+        let firsts: Vec<(String, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        drop(stmt);
+        for (stream, first) in firsts {
+            if let Some(p) = positions.get_mut(&stream) {
+                *p = (*p).min(first.saturating_sub(1).max(0) as u64);
+            }
         }
     }
     capture::uninstall(&mut c)?;

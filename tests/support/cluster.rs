@@ -107,12 +107,43 @@ impl Cluster {
         })
     }
 
+    /// Prepares one more node (not started): the next id, fresh loopback ports, peered with every node of the
+    /// cluster, the first node's settings (shards, compression, verbosity, extra TOML), its database made
+    /// with `schema` (empty: no database file). Returns its number (1-based).
+    pub fn add_node(&mut self, schema: &str) -> usize {
+        let id = self.nodes.len() as u64 + 1;
+        let peers = self.nodes.iter().map(|n| n.cluster_port).collect();
+        let first = &self.nodes[0];
+        let mut node = Node::new(self.dir.path(), id, free_port(), free_port(), peers);
+        node.shards = first.shards;
+        node.compress = first.compress;
+        node.verbose = first.verbose;
+        node.extra_toml = first.extra_toml.clone();
+        if !schema.is_empty() {
+            sql::sqlite3(&node.db, schema);
+        }
+        node.write_config();
+        self.nodes.push(node);
+        id as usize
+    }
+
     /// Prepares and starts every node; waits until all run (90 s at most).
     pub fn start(opts: Options) -> Cluster {
         let mut c = Cluster::new(opts);
         c.start_all();
         c.wait_all_running(Duration::from_secs(90));
         c
+    }
+
+    /// Starts every node and returns as soon as each has installed capture (its log says so), long before
+    /// it runs: what a deploy script sees right after starting the nodes.
+    pub fn start_all_until_captured(&mut self, timeout: Duration) {
+        self.start_all();
+        for n in &self.nodes {
+            n.eventually(timeout, "capture installed", || {
+                !n.log_lines_with(&["change capture installed"]).is_empty()
+            });
+        }
     }
 
     /// Starts every node that is not running, without waiting.
@@ -220,8 +251,9 @@ impl Cluster {
         });
         result.unwrap_or_else(|| {
             panic!(
-                "the nodes' tables did not converge within {timeout:?}:\n{}{}",
+                "the nodes' tables did not converge within {timeout:?}:\n{}{}{}",
                 describe_differences(&last),
+                self.differing_rows(&last),
                 self.logs_tail()
             )
         })
@@ -288,7 +320,7 @@ impl Cluster {
 }
 
 /// The value every node reported, if they all reported the same one without an error.
-fn agreed<T: Clone + PartialEq>(values: &[Result<T, String>]) -> Option<T> {
+pub(super) fn agreed<T: Clone + PartialEq>(values: &[Result<T, String>]) -> Option<T> {
     let first = values.first()?.as_ref().ok()?;
     values
         .iter()
@@ -297,6 +329,41 @@ fn agreed<T: Clone + PartialEq>(values: &[Result<T, String>]) -> Option<T> {
 }
 
 /// For a failure message: per node, its error or the tables whose checksum is not the same on every node.
+impl Cluster {
+    /// For each table whose checksums differ, the rows some nodes hold and others do not (at most 10 a node).
+    fn differing_rows(&self, per_node: &[Result<BTreeMap<String, Checksum>, String>]) -> String {
+        let maps: Vec<_> = per_node.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let tables: std::collections::BTreeSet<&String> = maps
+            .iter()
+            .flat_map(|m| m.iter())
+            .filter(|(t, c)| !maps.iter().all(|o| o.get(*t) == Some(*c)))
+            .map(|(t, _)| t)
+            .collect();
+        let mut out = String::new();
+        for t in tables {
+            let rows: Vec<_> = self
+                .nodes
+                .iter()
+                .map(|n| sql::try_row_texts(&n.db, t).unwrap_or_default())
+                .collect();
+            for (i, mine) in rows.iter().enumerate() {
+                let only: Vec<_> = mine
+                    .iter()
+                    .filter(|r| !rows.iter().all(|o| o.contains(*r)))
+                    .take(10)
+                    .collect();
+                if !only.is_empty() {
+                    out.push_str(&format!(
+                        "{t}: rows node {} holds that not every node does: {only:?}\n",
+                        i + 1
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
 fn describe_differences(per_node: &[Result<BTreeMap<String, Checksum>, String>]) -> String {
     let maps: Vec<_> = per_node.iter().filter_map(|r| r.as_ref().ok()).collect();
     let mut out = String::new();

@@ -117,6 +117,28 @@ impl Network {
         Ok(net)
     }
 
+    /// [`Network::create`], or `None` after printing `SKIPPED: <reason>` (the test then passes without running).
+    pub fn create_or_skip(n: usize) -> Option<Network> {
+        match Network::create(n) {
+            Ok(net) => Some(net),
+            Err(reason) => {
+                println!("SKIPPED: {reason}");
+                None
+            }
+        }
+    }
+
+    /// Ends a test: the applications stopped, the cluster's nodes killed, then every namespace removed; panics
+    /// when one is left behind.
+    pub fn remove_after(self, apps: super::oracle::Apps, c: Cluster) {
+        let prefix = self.prefix.clone();
+        drop(apps);
+        drop(c);
+        drop(self);
+        let left = namespaces_with_prefix(&prefix);
+        assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    }
+
     /// `hl-<tag>-`: the start of every namespace name of this network (see [`namespaces_with_prefix`]).
     pub fn prefix(&self) -> &str {
         &self.prefix

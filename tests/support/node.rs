@@ -126,6 +126,13 @@ impl Node {
         }
     }
 
+    /// Where a joining node keeps its database as it was before its first capture (`<db>.pre-join`).
+    pub fn pre_join_copy(&self) -> PathBuf {
+        let mut p = self.db.as_os_str().to_owned();
+        p.push(".pre-join");
+        PathBuf::from(p)
+    }
+
     /// The data directory: the database's directory (where HarmonyLite also keeps the nats-server's store).
     pub fn data_dir(&self) -> &Path {
         self.db.parent().expect("db path has a directory")
@@ -173,6 +180,38 @@ impl Node {
             .unwrap_or_else(|e| panic!("node {}: extra TOML {:?}: {e}", self.id, self.extra_toml));
         merge_toml(&mut table, extra);
         toml::to_string(&table).unwrap()
+    }
+
+    /// Merges `toml` into [`Node::extra_toml`] (tables key by key, other values replace, as the config itself is
+    /// merged), e.g. to change a setting between two runs, and writes the config.
+    pub fn add_toml(&mut self, toml: &str) {
+        let parse = |text: &str| -> toml::Table {
+            text.parse()
+                .unwrap_or_else(|e| panic!("node {}: TOML {text:?}: {e}", self.id))
+        };
+        let mut table = parse(&self.extra_toml);
+        merge_toml(&mut table, parse(toml));
+        self.extra_toml = toml::to_string(&table).unwrap();
+        self.write_config();
+    }
+
+    /// Serves the node's Prometheus metrics on a free loopback port from its next start (`[prometheus]`); read
+    /// them with [`Node::metric`].
+    pub fn serve_metrics(&mut self) {
+        let port = super::ports::free_port();
+        self.add_toml(&format!(
+            "[prometheus]\nenable = true\nbind = \"127.0.0.1:{port}\"\n"
+        ));
+    }
+
+    /// The value of the node's metric `name` (its series labelled with this `node_id`), scraped now from the
+    /// port [`Node::serve_metrics`] chose; `None` when nothing answers or the series is absent.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let cfg: toml::Table = self.config_text().parse().ok()?;
+        let bind = cfg.get("prometheus")?.get("bind")?.as_str()?.to_string();
+        let port: u16 = bind.rsplit_once(':')?.1.parse().ok()?;
+        let body = super::http::http_get(port, "/metrics")?.body;
+        super::http::metric(&body, name, &[("node_id", &self.id.to_string())])
     }
 
     /// Writes [`Node::config_text`] to [`Node::config`].

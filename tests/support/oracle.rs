@@ -299,6 +299,25 @@ impl Verdict {
 }
 
 impl Cluster {
+    /// Rows of `origin`'s applications with `n` above `after` in node `on`'s `ledger`.
+    pub fn ledger_rows_after(&self, on: usize, origin: usize, after: i64) -> i64 {
+        let q = format!("SELECT count(*) FROM ledger WHERE node = {origin} AND n > {after};");
+        self.node(on).sql(&q).trim().parse().unwrap()
+    }
+
+    /// Rows of `origin`'s applications with `n` up to `upto` in node `on`'s `ledger`.
+    pub fn ledger_rows_upto(&self, on: usize, origin: usize, upto: i64) -> i64 {
+        let q = format!("SELECT count(*) FROM ledger WHERE node = {origin} AND n <= {upto};");
+        self.node(on).sql(&q).trim().parse().unwrap()
+    }
+
+    /// The highest `n` of node `i`'s own applications in its `ledger`: every row of theirs above it commits
+    /// later.
+    pub fn own_ledger_mark(&self, i: usize) -> i64 {
+        let q = format!("SELECT coalesce(max(n), 0) FROM ledger WHERE node = {i};");
+        self.node(i).sql(&q).trim().parse().unwrap()
+    }
+
     /// The oracle: stops the applications, waits (at most `timeout`) until every node's user tables are
     /// identical, then checks that every committed transaction is on every node, that no row was made up, that
     /// every node started by the test is alive and none panicked. Panics with the details when one does not

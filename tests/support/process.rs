@@ -44,6 +44,23 @@ pub fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Peak resident set size of process `pid` in KiB (`VmHWM`: since it started, or since
+/// [`reset_peak_rss`]; 0 when it is gone).
+pub fn peak_rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resets process `pid`'s peak resident set size ([`peak_rss_kb`]) to its current one (`5` written to
+/// `/proc/<pid>/clear_refs`); false when that was refused (another user's process, or it is gone).
+pub fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
 /// Direct children of process `pid` (e.g. a node's nats-server).
 pub fn child_pids(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();

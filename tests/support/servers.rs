@@ -461,7 +461,14 @@ impl NatsServer {
     /// One server with `conf` (nats-server config text, e.g. `authorization { ... }` or `tls { ... }`) appended
     /// to the kit's (server name, loopback client port, JetStream in its temporary directory).
     pub fn start_with(conf: &str) -> NatsServer {
-        let server = NatsServer::spawn(free_port(), conf);
+        let server = NatsServer::spawn(free_port(), conf, None);
+        server.wait_listening();
+        server
+    }
+
+    /// [`NatsServer::start_with`] with its JetStream in `domain` (what a leaf node reaches it through).
+    pub fn start_in_domain(domain: &str, conf: &str) -> NatsServer {
+        let server = NatsServer::spawn(free_port(), conf, Some(domain));
         server.wait_listening();
         server
     }
@@ -482,7 +489,7 @@ impl NatsServer {
                 let cluster = format!(
                     "cluster {{\n  name: hl-test\n  listen: \"127.0.0.1:{route}\"\n  routes: [{list}]\n}}\n"
                 );
-                NatsServer::spawn(free_port(), &format!("{cluster}{conf}"))
+                NatsServer::spawn(free_port(), &format!("{cluster}{conf}"), None)
             })
             .collect();
         for server in &servers {
@@ -491,7 +498,7 @@ impl NatsServer {
         servers
     }
 
-    fn spawn(port: u16, conf: &str) -> NatsServer {
+    fn spawn(port: u16, conf: &str, domain: Option<&str>) -> NatsServer {
         let bin = harmonylite::nats::extract::server_binary().expect("extract nats-server");
         let dir = temp_dir("hl-nats-");
         let store = dir.path().join("js");
@@ -500,8 +507,11 @@ impl NatsServer {
             &config,
             format!(
                 "server_name: \"hl-test-{port}\"\nlisten: \"127.0.0.1:{port}\"\n\
-                 jetstream {{\n  store_dir: \"{}\"\n}}\n{conf}\n",
-                store.display()
+                 jetstream {{\n  store_dir: \"{}\"\n{}}}\n{conf}\n",
+                store.display(),
+                domain
+                    .map(|d| format!("  domain: \"{d}\"\n"))
+                    .unwrap_or_default()
             ),
         )
         .expect("write the nats-server config");
@@ -522,5 +532,22 @@ impl NatsServer {
 
     pub fn log(&self) -> String {
         read_lossy(&self.run.log)
+    }
+}
+
+impl super::Cluster {
+    /// Nodes on an existing NATS deployment: [`super::Cluster::new`] with `opts`, then node i joined to server
+    /// i of `servers` (round robin) through `[nats] urls`, with short connection retries and no cluster flags
+    /// (nothing embedded is spawned). Starts nothing.
+    pub fn on_nats(servers: &[NatsServer], opts: super::Options) -> super::Cluster {
+        let mut cluster = super::Cluster::new(opts);
+        for (i, node) in cluster.nodes.iter_mut().enumerate() {
+            node.peers.clear();
+            node.add_toml(&format!(
+                "[nats]\nurls = [\"{}\"]\nconnect_retries = 3\nreconnect_wait_seconds = 1\n",
+                servers[i % servers.len()].url
+            ));
+        }
+        cluster
     }
 }

@@ -94,6 +94,40 @@ pub fn try_checksum(db: &Path, table: &str) -> rusqlite::Result<Checksum> {
     Ok((sum, count))
 }
 
+/// Every row of `table` as text (its values in column order, as SQLite's `quote()` shows them), for saying
+/// which rows differ between nodes.
+pub fn try_row_texts(
+    db: &Path,
+    table: &str,
+) -> rusqlite::Result<std::collections::BTreeSet<String>> {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    c.busy_timeout(Duration::from_secs(5))?;
+    let q = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    let columns: Vec<String> = c
+        .prepare(&format!(
+            "SELECT name FROM pragma_table_info({})",
+            sql_text(table)
+        ))?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if columns.is_empty() {
+        return Ok(Default::default());
+    }
+    let select = columns
+        .iter()
+        .map(|c| format!("quote({})", q(c)))
+        .collect::<Vec<_>>()
+        .join(" || ', ' || ");
+    let mut stmt = c.prepare(&format!("SELECT {select} FROM {}", q(table)))?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    rows.collect()
+}
+
+/// `s` as an SQL string literal.
+fn sql_text(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 /// [`try_checksum`], panicking on an error.
 pub fn checksum(db: &Path, table: &str) -> Checksum {
     try_checksum(db, table).unwrap_or_else(|e| panic!("checksum of {table} in {db:?}: {e}"))

@@ -40,6 +40,7 @@ pub fn upsert(table: &str, columns: &[&str], key: &str, row: Vec<Value>) -> Mess
         at_ms: 0,
         conditional: Vec::new(),
         own_upto: 0,
+        piece: None,
         replayed: Vec::new(),
     }
 }

@@ -225,6 +225,7 @@ pub struct BookWriter {
     stop: PathBuf,
     state: PathBuf,
     log: PathBuf,
+    hold: PathBuf,
 }
 
 impl BookWriter {
@@ -232,7 +233,12 @@ impl BookWriter {
     /// (state, stop flag, output) in `dir`.
     pub fn start(node: &Node, writer: u64, author: i64, shared: &[i64], dir: &Path) -> BookWriter {
         let file = |ext: &str| dir.join(format!("writer-{writer}.{ext}"));
-        let (stop, state, log) = (file("stop"), file("json"), file("log"));
+        let (stop, state, log, hold) = (
+            file("stop"),
+            file("json"),
+            file("log"),
+            file("hold-deletes"),
+        );
         let shared: Vec<String> = shared.iter().map(i64::to_string).collect();
         let mut cmd = Command::new("python3");
         cmd.arg(tools_dir().join("book_writer.py"))
@@ -245,6 +251,8 @@ impl BookWriter {
             .arg(&state)
             .arg("--stop")
             .arg(&stop)
+            .arg("--hold-deletes")
+            .arg(&hold)
             .env("PYTHONDONTWRITEBYTECODE", "1");
         let guard = ChildGuard::spawn_logged(cmd, &log);
         BookWriter {
@@ -254,6 +262,17 @@ impl BookWriter {
             stop,
             state,
             log,
+            hold,
+        }
+    }
+
+    /// While `on`, the writer deletes nothing (it still inserts and updates): OPERATIONS.md's recipe for the
+    /// node whose table is being rebuilt, until HarmonyLite's triggers are on the rebuilt table again.
+    pub fn hold_deletes(&self, on: bool) {
+        if on {
+            std::fs::write(&self.hold, b"").unwrap();
+        } else {
+            let _ = std::fs::remove_file(&self.hold);
         }
     }
 

@@ -46,6 +46,9 @@ def main() -> int:
     p.add_argument("--period-ms", type=float, default=25.0, help="pause between two transactions")
     p.add_argument("--state", required=True, help="where to write the final state (JSON)")
     p.add_argument("--stop", required=True, help="stop once this file exists")
+    p.add_argument("--hold-deletes", default=None,
+                   help="while this file exists, delete nothing (the recipe of OPERATIONS.md for a node whose "
+                        "table is being rebuilt); looked at once the transaction holds the write lock")
     p.add_argument("--seed", type=int, default=None)
     a = p.parse_args()
 
@@ -90,8 +93,10 @@ def main() -> int:
                     v = values(book_id)
                     conn.execute(book.update().where(book.c.id == book_id).values(**v))
                     changes[book_id] = v
-                # Now and then a deletion.
-                if counter % 5 == 0 and len(live) > 3:
+                # Now and then a deletion (the insert above holds the write lock: no migration runs between
+                # this look at the hold file and the commit).
+                holding = a.hold_deletes is not None and os.path.exists(a.hold_deletes)
+                if counter % 5 == 0 and len(live) > 3 and not holding:
                     book_id = rng.choice(live)
                     conn.execute(book.delete().where(book.c.id == book_id))
                     changes.pop(book_id, None)

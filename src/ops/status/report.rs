@@ -23,8 +23,14 @@ pub struct Report {
     /// What ages are measured from: the later of `newest_entry_ms` and `now_ms`.
     pub reference_ms: u64,
     pub streams: Vec<StreamState>,
-    /// One per known node, by id.
+    /// One per known node, by id (removed nodes left out).
     pub nodes: Vec<NodeRow>,
+    /// Nodes removed for good (`-remove-node`), by id.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub removed: BTreeMap<u64, crate::node::membership::Removal>,
+    /// Nodes not heard of for `replication_log.stale_node_seconds` that hold back a stream's retention.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stale_nodes: Vec<crate::node::membership::Holding>,
 }
 
 /// One node.
@@ -136,7 +142,45 @@ impl Report {
             reference_ms,
             streams,
             nodes,
+            removed: BTreeMap::new(),
+            stale_nodes: Vec::new(),
         }
+    }
+
+    /// Names the nodes that hold back a stream, silent for more than `after_ms` (by their status entry's
+    /// age; a node that never wrote one counts as silent).
+    pub fn with_stale_nodes(mut self, after_ms: u64) -> Report {
+        let nodes: Vec<(u64, BTreeMap<String, u64>, u64)> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.node_id,
+                    n.shards
+                        .iter()
+                        .map(|s| (s.stream.clone(), s.applied))
+                        .collect(),
+                    n.age_ms.unwrap_or(u64::MAX),
+                )
+            })
+            .collect();
+        let last = self
+            .streams
+            .iter()
+            .map(|s| (s.stream.clone(), s.last_sequence))
+            .collect();
+        self.stale_nodes = crate::node::membership::holding_back(&nodes, &last, after_ms);
+        self
+    }
+
+    /// Leave the removed nodes out (they are listed in `removed`).
+    pub fn without_removed(
+        mut self,
+        removed: BTreeMap<u64, crate::node::membership::Removal>,
+    ) -> Report {
+        self.nodes.retain(|n| !removed.contains_key(&n.node_id));
+        self.removed = removed;
+        self
     }
 
     /// The report as one JSON document.
@@ -225,6 +269,12 @@ impl Report {
             }
             out.push_str(line.trim_end());
             out.push('\n');
+        }
+        for h in &self.stale_nodes {
+            out.push_str(&format!(
+                "\nHolding a stream: {}\n",
+                crate::node::membership::holding_text(h)
+            ));
         }
         out
     }

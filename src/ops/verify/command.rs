@@ -24,6 +24,8 @@ use crate::ops::status::{self, StatusError};
 
 /// Pause before a new round when the last one found no common point.
 const ROUND_PAUSE: Duration = Duration::from_millis(100);
+/// How long a round waits for missing replies before it sends its request again.
+const RESEND: Duration = Duration::from_secs(1);
 /// How long replies are still collected once every known node has answered.
 const GRACE: Duration = Duration::from_millis(300);
 
@@ -114,6 +116,7 @@ where
     let deadline = tokio::time::Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     let report = status::gather(js, cfg, handled, left().max(Duration::from_secs(1))).await?;
+    let expected = crate::node::membership::expected_without_removed(expected, &report.removed);
     let mut nodes: BTreeSet<u64> = report.nodes.iter().map(|n| n.node_id).collect();
     let inbox = client.new_inbox();
     let mut replies = client
@@ -125,7 +128,11 @@ where
         round += 1;
         let target = match last_sequences(js, cfg).await {
             Ok((t, members)) => {
-                nodes.extend(members);
+                nodes.extend(
+                    members
+                        .into_iter()
+                        .filter(|m| !report.removed.contains_key(m)),
+                );
                 t
             }
             Err(e) if left().is_zero() => return Err(e),
@@ -140,28 +147,43 @@ where
             target: target.clone(),
             wait_ms: MAX_WAIT.min(left()).as_millis() as u64,
         };
-        let body = serde_json::to_vec(&req).expect("a request serialises");
-        client
-            .publish_with_reply(subject(cfg), inbox.clone(), body.into())
-            .await
-            .map_err(|e| nats_err("send the verify request")(&e))?;
-        client
-            .flush()
-            .await
-            .map_err(|e| nats_err("send the verify request")(&e))?;
+        let body: bytes::Bytes = serde_json::to_vec(&req)
+            .expect("a request serialises")
+            .into();
+        let send = || async {
+            client
+                .publish_with_reply(subject(cfg), inbox.clone(), body.clone())
+                .await
+                .map_err(|e| nats_err("send the verify request")(&e))?;
+            client
+                .flush()
+                .await
+                .map_err(|e| nats_err("send the verify request")(&e))
+        };
+        send().await?;
         let mut got: BTreeMap<u64, Reply> = BTreeMap::new();
         let all_answered = |nodes: &BTreeSet<u64>, got: &BTreeMap<u64, Reply>| {
             !got.is_empty() && nodes.iter().all(|n| got.contains_key(n)) && got.len() >= expected
         };
         let mut grace_until: Option<tokio::time::Instant> = None;
+        // A node whose responder was not subscribed yet (it is starting) never saw the request: it is sent
+        // again while some node has not answered (each node answers one round once, see `serve`).
+        let mut resend_at = tokio::time::Instant::now() + RESEND;
         loop {
             if grace_until.is_none() && all_answered(&nodes, &got) {
                 grace_until = Some(tokio::time::Instant::now() + GRACE);
             }
-            let until = grace_until.unwrap_or(deadline).min(deadline);
+            let until = grace_until.unwrap_or(resend_at).min(deadline);
             let wait = until.saturating_duration_since(tokio::time::Instant::now());
-            let Ok(Some(msg)) = tokio::time::timeout(wait, replies.next()).await else {
-                break;
+            let msg = match tokio::time::timeout(wait, replies.next()).await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(_) if grace_until.is_none() && tokio::time::Instant::now() < deadline => {
+                    send().await?;
+                    resend_at = tokio::time::Instant::now() + RESEND;
+                    continue;
+                }
+                Err(_) => break,
             };
             match serde_json::from_slice::<Reply>(&msg.payload) {
                 Ok(r) if r.round == round => {

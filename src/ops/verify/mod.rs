@@ -103,6 +103,9 @@ pub async fn serve(
         }
     };
     let mut answering = JoinSet::new();
+    // The requests taken (reply inbox, round): a command sends a round again until every node has answered,
+    // and a node answers each round once. The oldest are forgotten.
+    let mut taken: std::collections::VecDeque<(String, u64)> = std::collections::VecDeque::new();
     loop {
         let msg = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -118,6 +121,14 @@ pub async fn serve(
                 continue;
             }
         };
+        let key = (reply_to.to_string(), req.round);
+        if taken.contains(&key) {
+            continue;
+        }
+        if taken.len() >= 256 {
+            taken.pop_front();
+        }
+        taken.push_back(key);
         let (client, cfg, counters) = (client.clone(), cfg.clone(), counters.clone());
         answering.spawn(async move {
             tracing::debug!(round = req.round, target = ?req.target, "verify request");

@@ -60,6 +60,10 @@ impl NatsStore {
                     .await
                     .map_err(|e| e.to_string()),
             };
+            let r = match r {
+                Ok(store) => read_through_leader(js, &bucket, store).await,
+                Err(e) => Err(e),
+            };
             match r {
                 Ok(store) => return Ok(NatsStore { bucket, store }),
                 Err(e) if std::time::Instant::now() < deadline => {
@@ -75,6 +79,33 @@ impl NatsStore {
             }
         }
     }
+}
+
+/// The bucket's objects read through its stream's leader, never a replica: a direct get (what the client
+/// asks for by default) may be answered by a replica that has not stored the latest manifest yet, and a node
+/// joining right after `-save-snapshot` would then find no snapshot. Buckets created with direct gets on are
+/// changed once; snapshots are read seldom, so the leader carries the reads.
+async fn read_through_leader(
+    js: &jetstream::Context,
+    bucket: &str,
+    store: object_store::ObjectStore,
+) -> Result<object_store::ObjectStore, String> {
+    let mut stream = js
+        .get_stream(format!("OBJ_{bucket}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut config = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .config
+        .clone();
+    if !config.allow_direct {
+        return Ok(store);
+    }
+    config.allow_direct = false;
+    js.update_stream(&config).await.map_err(|e| e.to_string())?;
+    js.get_object_store(bucket).await.map_err(|e| e.to_string())
 }
 
 impl Store for NatsStore {
