@@ -83,6 +83,9 @@ pub async fn cluster_status(cfg: &Config, cli: &Cli) -> anyhow::Result<crate::op
     Ok(report?)
 }
 
+/// How long `-save-snapshot` waits for this node's recorded positions to reach the latest snapshot's.
+const BEHIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// `-save-snapshot`: save a snapshot of this node's database to the configured store, through the running
 /// node's NATS (or the node's server started for the command). The running node is not disturbed: the copy
 /// is one read transaction.
@@ -97,8 +100,20 @@ pub async fn save_snapshot(cfg: &Config, cli: &Cli) -> anyhow::Result<()> {
     let replicas = nats.cluster_size_hint().clamp(1, 3);
     let result = async {
         let store = crate::snapshot::store::open(cfg, &nats.jetstream).await?;
-        let handled = handled_positions(&nats.jetstream, cfg.node_id).await;
-        let m = crate::snapshot::save(cfg, store.as_ref(), handled).await?;
+        // The node records what it has handled once a second: a node that has just caught up may still be
+        // recorded behind the latest snapshot, so a refusal for that reason is retried for a while.
+        let patience = std::time::Instant::now() + BEHIND_PATIENCE;
+        let m = loop {
+            let handled = handled_positions(&nats.jetstream, cfg.node_id).await;
+            match crate::snapshot::save(cfg, store.as_ref(), handled).await {
+                Err(crate::snapshot::SnapshotError::Behind { .. })
+                    if std::time::Instant::now() < patience =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                r => break r?,
+            }
+        };
         record_snapshot_positions(&nats.jetstream, &m, replicas).await;
         println!(
             "Snapshot saved to {}: {} ({} bytes, {} compressed), positions {:?}",
