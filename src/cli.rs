@@ -5,9 +5,48 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Parser};
 
+/// What a run of the binary does: a node, or one command. Derived from the flags; two at once are refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// No command flag: run the node.
+    #[default]
+    Run,
+    Version,
+    Cleanup,
+    SaveSnapshot,
+    SchemaStatus,
+    SchemaStatusCluster,
+    Status,
+    Verify,
+    WaitReplicated,
+    RemoveNode(u64),
+}
+
+impl Mode {
+    /// The flag that asks for this mode, as written in the docs.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Mode::Run => "(none)",
+            Mode::Version => "-version",
+            Mode::Cleanup => "-cleanup",
+            Mode::SaveSnapshot => "-save-snapshot",
+            Mode::SchemaStatus => "-schema-status",
+            Mode::SchemaStatusCluster => "-schema-status-cluster",
+            Mode::Status => "-status",
+            Mode::Verify => "-verify",
+            Mode::WaitReplicated => "-wait-replicated",
+            Mode::RemoveNode(_) => "-remove-node",
+        }
+    }
+}
+
 /// Parsed command line.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Cli {
+    /// What to do, from the command flags below (which stay for the commands that read their neighbours).
+    pub mode: Mode,
+    /// `-v`: log below WARN for a command, at DEBUG for a node (as `logging.verbose`).
+    pub verbose: bool,
     pub config: Option<PathBuf>,
     pub node_id: Option<u64>,
     pub cleanup: bool,
@@ -151,6 +190,10 @@ struct Args {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true",
           default_value = "false", hide_default_value = true, value_parser = parse_go_bool, action = ArgAction::Set)]
     version: bool,
+
+    /// Say more: a command's progress lines (INFO and below), a node's DEBUG lines (as `logging.verbose`).
+    #[arg(short = 'v', long, action = ArgAction::SetTrue)]
+    verbose: bool,
 }
 
 /// Parses the command line (`args` starts with the program name). Accepts Go's single-dash long flags as well
@@ -158,7 +201,40 @@ struct Args {
 /// [`clap::error::ErrorKind::DisplayHelp`]; call `err.exit()` to print it.
 pub fn parse_from<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, clap::Error> {
     let args = Args::try_parse_from(normalise(args))?;
+    let asked: Vec<Mode> = [
+        (args.version, Mode::Version),
+        (args.cleanup, Mode::Cleanup),
+        (args.save_snapshot, Mode::SaveSnapshot),
+        (args.schema_status, Mode::SchemaStatus),
+        (args.schema_status_cluster, Mode::SchemaStatusCluster),
+        (args.status, Mode::Status),
+        (args.verify, Mode::Verify),
+        (args.wait_replicated, Mode::WaitReplicated),
+        (
+            args.remove_node.is_some(),
+            Mode::RemoveNode(args.remove_node.unwrap_or(0)),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(on, mode)| on.then_some(mode))
+    .collect();
+    let mode = match asked.as_slice() {
+        [] => Mode::Run,
+        [one] => *one,
+        [first, second, ..] => {
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "{} and {} are two commands; run one at a time\n",
+                    first.flag(),
+                    second.flag()
+                ),
+            ));
+        }
+    };
     Ok(Cli {
+        mode,
+        verbose: args.verbose,
         config: args.config.filter(|p| !p.is_empty()).map(PathBuf::from),
         node_id: args.node_id,
         cleanup: args.cleanup,
@@ -288,16 +364,10 @@ mod tests {
             "c.toml",
             "-node-id",
             "3",
-            "-cleanup",
-            "-save-snapshot",
-            "-schema-status",
-            "-schema-status-cluster",
             "-status",
             "-json",
-            "-verify",
             "-timeout",
             "7",
-            "-wait-replicated",
             "-cluster-addr",
             "localhost:4221",
             "-cluster-peers",
@@ -306,23 +376,16 @@ mod tests {
             "nats://l:7422",
             "-pprof",
             ":6060",
-            "-version",
         ]);
         let double = ok(&[
             "--config",
             "c.toml",
             "--node-id",
             "3",
-            "--cleanup",
-            "--save-snapshot",
-            "--schema-status",
-            "--schema-status-cluster",
             "--status",
             "--json",
-            "--verify",
             "--timeout",
             "7",
-            "--wait-replicated",
             "--cluster-addr",
             "localhost:4221",
             "--cluster-peers",
@@ -331,32 +394,80 @@ mod tests {
             "nats://l:7422",
             "--pprof",
             ":6060",
-            "--version",
         ]);
         assert_eq!(single, double);
         assert_eq!(
             single,
             Cli {
+                mode: Mode::Status,
+                verbose: false,
                 config: Some(PathBuf::from("c.toml")),
                 node_id: Some(3),
-                cleanup: true,
-                save_snapshot: true,
-                schema_status: true,
-                schema_status_cluster: true,
+                cleanup: false,
+                save_snapshot: false,
+                schema_status: false,
+                schema_status_cluster: false,
                 status: true,
                 json: true,
-                verify: true,
+                verify: false,
                 timeout: Some(7),
-                wait_replicated: true,
+                wait_replicated: false,
                 remove_node: None,
                 force: false,
                 cluster_addr: Some("localhost:4221".into()),
                 cluster_peers: vec!["nats://a:1/".into()],
                 leaf_servers: vec!["nats://l:7422".into()],
                 pprof: Some(":6060".into()),
-                version: true,
+                version: false,
             }
         );
+    }
+
+    #[test]
+    fn each_command_flag_is_its_mode_in_both_forms() {
+        let cases = [
+            (&["-version"][..], Mode::Version),
+            (&["-cleanup"][..], Mode::Cleanup),
+            (&["-save-snapshot"][..], Mode::SaveSnapshot),
+            (&["-schema-status"][..], Mode::SchemaStatus),
+            (&["-schema-status-cluster"][..], Mode::SchemaStatusCluster),
+            (&["-status"][..], Mode::Status),
+            (&["-verify"][..], Mode::Verify),
+            (&["-wait-replicated"][..], Mode::WaitReplicated),
+            (&["-remove-node", "4"][..], Mode::RemoveNode(4)),
+            (&["-cleanup=false"][..], Mode::Run),
+        ];
+        for (args, mode) in cases {
+            assert_eq!(ok(args).mode, mode, "{args:?}");
+            let double: Vec<String> = args
+                .iter()
+                .map(|a| {
+                    if a.starts_with('-') {
+                        format!("-{a}")
+                    } else {
+                        a.to_string()
+                    }
+                })
+                .collect();
+            let double: Vec<&str> = double.iter().map(String::as_str).collect();
+            assert_eq!(ok(&double).mode, mode, "{double:?}");
+        }
+        assert!(ok(&["-v"]).verbose && ok(&["--verbose"]).verbose);
+        assert_eq!(ok(&["-v", "-status"]).mode, Mode::Status);
+    }
+
+    #[test]
+    fn two_commands_at_once_are_refused_naming_both() {
+        let e = parse(&["-status", "-verify"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let text = e.to_string();
+        assert!(
+            text.contains("-status") && text.contains("-verify"),
+            "{text}"
+        );
+        assert!(parse(&["-cleanup", "-remove-node", "2"]).is_err());
+        assert!(parse(&["-version", "-save-snapshot"]).is_err());
+        assert!(parse(&["-status", "-verify=false"]).is_ok());
     }
 
     #[test]

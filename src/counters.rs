@@ -37,7 +37,7 @@ pub struct Counters {
     /// Ports this node opens to anyone (see `nats::exposure`), as said at start.
     security_warnings: Mutex<Vec<String>>,
     /// See [`Counters::set_stale_nodes`].
-    stale_nodes: Mutex<Vec<crate::node::membership::Holding>>,
+    stale_nodes: Mutex<Vec<crate::cluster::Holding>>,
     /// Change-log rows written by applications and not yet published (measured about once a second).
     pub pending_rows: AtomicU64,
     /// Unix ms when the latest snapshot this node saved or restored finished, and how long it took.
@@ -125,12 +125,12 @@ pub struct ShardView {
 
 impl Counters {
     /// The nodes that hold back a stream's retention, silent for `stale_node_seconds` (see
-    /// [`crate::node::membership::holding_back`]), as the last look found them.
-    pub fn set_stale_nodes(&self, nodes: Vec<crate::node::membership::Holding>) {
+    /// [`crate::cluster::holding::holding_back`]), as the last look found them.
+    pub fn set_stale_nodes(&self, nodes: Vec<crate::cluster::Holding>) {
         *self.stale_nodes.lock().unwrap_or_else(|e| e.into_inner()) = nodes;
     }
 
-    pub fn stale_nodes(&self) -> Vec<crate::node::membership::Holding> {
+    pub fn stale_nodes(&self) -> Vec<crate::cluster::Holding> {
         self.stale_nodes
             .lock()
             .unwrap_or_else(|e| e.into_inner())

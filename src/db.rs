@@ -64,11 +64,11 @@ pub fn check_db(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `-cleanup`: remove every trigger and table we created; user data stays.
-pub fn cleanup(cfg: &Config) -> anyhow::Result<()> {
+/// `-cleanup`: remove every trigger and table we created; user data stays. Returns how many were removed.
+pub fn cleanup(cfg: &Config) -> anyhow::Result<usize> {
     check_db(cfg)?;
     let mut conn = open_db(&cfg.db_path)?;
     let n = capture::uninstall(&mut conn)?;
-    tracing::info!(objects = n, db = %cfg.db_path.display(), "removed HarmonyLite triggers and tables");
-    Ok(())
+    tracing::debug!(objects = n, db = %cfg.db_path.display(), "removed HarmonyLite triggers and tables");
+    Ok(n)
 }

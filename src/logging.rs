@@ -24,12 +24,17 @@ use crate::config::{LogFormat, LoggingConfig};
 pub const NATS_TARGET: &str = "nats-server";
 
 /// Installs the global subscriber: `HARMONYLITE_LOG` as the filter if set, else ours at info (debug when
-/// `verbose`) and other crates at warn.
-pub fn init(cfg: &LoggingConfig, node_id: u64) {
+/// `verbose`) and other crates at warn. A one-shot `command` prints its answer on stdout, so its log says
+/// only warnings and errors unless `verbose` (then everything down to debug).
+pub fn init(cfg: &LoggingConfig, node_id: u64, verbose: bool, command: bool) {
     use tracing_subscriber::EnvFilter;
-    let default = if cfg.verbose { "debug" } else { "info" };
+    let ours = match (verbose, command) {
+        (true, _) => "debug",
+        (false, true) => "warn",
+        (false, false) => "info",
+    };
     let filter = EnvFilter::try_from_env("HARMONYLITE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,harmonylite={default},nats={default}")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,harmonylite={ours},nats={ours}")));
     // Colours only on a terminal: a log file or a journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

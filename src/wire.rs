@@ -12,6 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::ids::fnv1_64;
+
 /// Current wire version. A node refuses (and parks) messages of a version it does not know.
 pub const VERSION: u8 = 4;
 /// The highest version byte a later release may plausibly write. A message whose first byte is above
@@ -432,16 +434,6 @@ pub fn unit_pass(unit: &str) -> Option<(u64, u64)> {
     let incarnation = u64::from_str_radix(parts.next()?, 16).ok()?;
     let end = u64::from_str_radix(parts.next()?, 16).ok()?;
     Some((incarnation, end))
-}
-
-/// FNV-1 64-bit hash (as the original's sharding uses FNV-1, not FNV-1a).
-pub fn fnv1_64(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in data {
-        h = h.wrapping_mul(0x100000001b3);
-        h ^= *b as u64;
-    }
-    h
 }
 
 /// Shard (1-based) of a row: by a hash of its table name and key values.

@@ -185,7 +185,7 @@ fn incarnation(tx: &Transaction<'_>) -> rusqlite::Result<u64> {
     if let Some(v) = found {
         return Ok(v as u64);
     }
-    let r = crate::config::random_bytes();
+    let r = crate::ids::random_bytes();
     let v = (u64::from_le_bytes(r[..8].try_into().expect("8 bytes")) >> 1) as i64;
     tx.execute(
         &format!("INSERT INTO {META}(key, value) VALUES('incarnation', ?1)"),

@@ -61,6 +61,10 @@ pub struct Overrides {
 pub const HEADROOM: u64 = 16 * 1024;
 
 /// The environment variable that replaces `nats.cluster_secret`.
+/// The path on which the health server answers write confirmation (`-wait-replicated` over HTTP); the health
+/// paths may not take it.
+pub const WAIT_REPLICATED_ROUTE: &str = "/wait-replicated";
+
 pub const CLUSTER_SECRET_ENV: &str = "HARMONYLITE_CLUSTER_SECRET";
 
 impl Overrides {
@@ -156,31 +160,10 @@ pub fn default_node_id() -> u64 {
         .map(|s| s.trim().to_string())
         .find(|s| !s.is_empty());
     let hash = match machine_id {
-        Some(id) => crate::wire::fnv1_64(id.as_bytes()),
-        None => crate::wire::fnv1_64(&random_bytes()),
+        Some(id) => crate::ids::fnv1_64(id.as_bytes()),
+        None => crate::ids::fnv1_64(&crate::ids::random_bytes()),
     };
     if hash == 0 { 1 } else { hash }
-}
-
-/// 16 random bytes from the OS (with a time- and process-based fallback should the OS refuse).
-pub fn random_bytes() -> [u8; 16] {
-    let mut buf = [0u8; 16];
-    if getrandom::fill(&mut buf).is_err() {
-        // Fall back on the randomly keyed std hasher, mixed with the time and the process id.
-        use std::hash::{BuildHasher, Hasher};
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        for (i, chunk) in buf.chunks_mut(8).enumerate() {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u128(nanos);
-            h.write_u32(std::process::id());
-            h.write_usize(i);
-            chunk.copy_from_slice(&h.finish().to_le_bytes());
-        }
-    }
-    buf
 }
 
 fn invalid(

@@ -43,7 +43,7 @@ pub(super) fn assert_invalid(text: &str, key: &str, value: &str) {
 
 #[test]
 fn fnv1_known_values() {
-    use crate::wire::fnv1_64;
+    use crate::ids::fnv1_64;
     assert_eq!(fnv1_64(b""), 0xcbf2_9ce4_8422_2325);
     assert_eq!(fnv1_64(b"a"), 0xaf63_bd4c_8601_b7be);
     assert_eq!(fnv1_64(b"foobar"), 0x340d_8765_a4dd_a9c2);

@@ -87,7 +87,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     check_host_port(&h.bind, false)
         .map_err(|r| invalid("health_check.bind", quoted(&h.bind), r))?;
     // The health server also answers write confirmation on a fixed path.
-    let wait_route = crate::ops::replicated::ROUTE;
+    let wait_route = super::WAIT_REPLICATED_ROUTE;
     if !h.path.starts_with('/') || h.path.chars().any(char::is_whitespace) || h.path == wait_route {
         return Err(invalid(
             "health_check.path",

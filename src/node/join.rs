@@ -30,7 +30,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::retention;
+use crate::cluster::positions;
 use crate::config::Config;
 use crate::counters::Counters;
 use crate::snapshot::{self, Manifest, store};
@@ -112,8 +112,8 @@ async fn cluster_has_data(
             return Ok(true);
         }
     }
-    let kv = retention::bucket(js, replicas).await?;
-    Ok(retention::read_all(&kv)
+    let kv = positions::bucket(js, replicas).await?;
+    Ok(positions::read_all(&kv)
         .await?
         .values()
         .any(|p| p.positions.values().any(|&s| s > 0)))
@@ -322,13 +322,13 @@ async fn take(
         }
     }
     tracing::info!("taking a snapshot for a joining node");
-    let handled = super::handled_positions(js, cfg.node_id).await;
+    let handled = super::snapshots::handled_positions(js, cfg.node_id).await;
     let started = std::time::Instant::now();
     let m = snapshot::save(cfg, store.as_ref(), handled)
         .await
         .map_err(|e| e.to_string())?;
     counters.snapshot_done(started.elapsed());
-    super::record_snapshot_positions(js, &m, replicas).await;
+    super::snapshots::record_snapshot_positions(js, &m, replicas).await;
     Ok(m.object)
 }
 

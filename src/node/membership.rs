@@ -2,67 +2,13 @@
 //! entries gone from the positions, status and schema-registry buckets, its server taken out of every stream's
 //! replicas, and a removed id refused when it starts again.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 
+use crate::cluster::removals::{BUCKET, Removal, key, removed};
 use crate::config::Config;
-
-/// The bucket of removal records, one per removed node (key `node-<id>`).
-pub const BUCKET: &str = "harmonylite-removed";
-
-/// A node removed from the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Removal {
-    pub node_id: u64,
-    /// RFC 3339.
-    pub removed_at: String,
-    /// How many nodes the cluster counted when the node was removed (the more of the removing node's
-    /// `-cluster-peers` + 1 and the nodes with a positions entry, the removed one included): a node whose
-    /// configuration counts that many still names the removed node's route and subtracts it; one configured
-    /// for fewer never counted it, or was reconfigured since.
-    pub cluster_size: u64,
-    /// The node whose configuration ran the command.
-    pub by_node: u64,
-}
-
-fn key(node_id: u64) -> String {
-    format!("node-{node_id}")
-}
-
-/// The removal records, by node id (empty when no node was ever removed).
-pub async fn removed(js: &jetstream::Context) -> Result<BTreeMap<u64, Removal>, String> {
-    let store = match js.get_key_value(BUCKET).await {
-        Ok(s) => s,
-        Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => {
-            return Ok(BTreeMap::new());
-        }
-        Err(e) => return Err(e.to_string()),
-    };
-    let mut out = BTreeMap::new();
-    let mut keys = store.keys().await.map_err(|e| e.to_string())?;
-    while let Some(k) = keys.next().await {
-        let k = k.map_err(|e| e.to_string())?;
-        if let Some(v) = store.get(&k).await.map_err(|e| e.to_string())?
-            && let Ok(r) = serde_json::from_slice::<Removal>(&v)
-        {
-            out.insert(r.node_id, r);
-        }
-    }
-    Ok(out)
-}
-
-/// `expected` nodes (a node's `-cluster-peers` + 1) less the removed nodes it still counts.
-pub fn expected_without_removed(expected: usize, removed: &BTreeMap<u64, Removal>) -> usize {
-    let still_counted = removed
-        .values()
-        .filter(|r| expected as u64 >= r.cluster_size)
-        .count();
-    expected.saturating_sub(still_counted).max(1)
-}
 
 /// Refuse to start a node whose id was removed.
 pub async fn refuse_removed(js: &jetstream::Context, node_id: u64) -> Result<(), String> {
@@ -283,9 +229,14 @@ pub async fn remove(
             );
         }
     }
-    let mut known: std::collections::BTreeSet<u64> = super::retention::handled_by_node(js)
+    let mut known: std::collections::BTreeSet<u64> = crate::cluster::positions::handled_by_node(js)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot read bucket {}: {e}", super::retention::BUCKET))?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read bucket {}: {e}",
+                crate::cluster::positions::BUCKET
+            )
+        })?
         .into_keys()
         .collect();
     known.insert(node_id);
@@ -314,7 +265,7 @@ pub async fn remove(
         ..Default::default()
     };
     for bucket in [
-        super::retention::BUCKET,
+        crate::cluster::positions::BUCKET,
         crate::ops::status::BUCKET,
         crate::ops::schema::BUCKET,
     ] {
@@ -353,134 +304,4 @@ pub async fn remove(
         }
     }
     Ok(outcome)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn removal(node_id: u64, cluster_size: u64) -> Removal {
-        Removal {
-            node_id,
-            removed_at: String::new(),
-            cluster_size,
-            by_node: 1,
-        }
-    }
-
-    #[test]
-    fn a_node_subtracts_the_removed_nodes_its_configuration_still_counts() {
-        let mut r = BTreeMap::new();
-        assert_eq!(expected_without_removed(3, &r), 3);
-        // Four nodes, all configured with the other three: node 4 removed.
-        r.insert(4, removal(4, 4));
-        assert_eq!(expected_without_removed(4, &r), 3);
-        // A node configured for three (it never named node 4, or was reconfigured since).
-        assert_eq!(expected_without_removed(3, &r), 3);
-        // Then node 3 removed too while the configurations still name four.
-        r.insert(3, removal(3, 4));
-        assert_eq!(expected_without_removed(4, &r), 2);
-        // Never below one.
-        assert_eq!(expected_without_removed(1, &r), 1);
-    }
-}
-
-/// A node holding back a stream's retention: its position is the stream's lowest, below the stream's end, and
-/// it has not been heard of for longer than the configured `stale_node_seconds`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Holding {
-    pub node_id: u64,
-    pub stream: String,
-    /// The position it has handled (the stream keeps every change after it).
-    pub position: u64,
-    /// The stream's last sequence.
-    pub last_sequence: u64,
-    /// How long it has not been heard of, in ms.
-    pub silent_ms: u64,
-}
-
-/// The nodes among `nodes` (id, handled position per stream, ms since it was last heard of) that hold back a
-/// stream of `last` (stream → last sequence): each stream's lowest position, when below the stream's end,
-/// held by a node silent for more than `after_ms`. A node without a position for a stream counts as 0.
-pub fn holding_back(
-    nodes: &[(u64, BTreeMap<String, u64>, u64)],
-    last: &BTreeMap<String, u64>,
-    after_ms: u64,
-) -> Vec<Holding> {
-    let mut out = Vec::new();
-    for (stream, &end) in last {
-        let at = |n: &(u64, BTreeMap<String, u64>, u64)| n.1.get(stream).copied().unwrap_or(0);
-        let Some(lowest) = nodes.iter().map(at).min() else {
-            continue;
-        };
-        if lowest >= end {
-            continue;
-        }
-        for n in nodes.iter().filter(|n| at(n) == lowest && n.2 > after_ms) {
-            out.push(Holding {
-                node_id: n.0,
-                stream: stream.clone(),
-                position: lowest,
-                last_sequence: end,
-                silent_ms: n.2,
-            });
-        }
-    }
-    out
-}
-
-/// One line naming `h` for logs and `-status`.
-pub fn holding_text(h: &Holding) -> String {
-    let mins = h.silent_ms / 60_000;
-    let silent = if h.silent_ms == u64::MAX {
-        "has never been heard of".to_string()
-    } else {
-        format!("has not been heard of for {}h{:02}m", mins / 60, mins % 60)
-    };
-    format!(
-        "node {} {silent} and holds {} at {} of {}: the stream keeps every change since for it (up to its \
-         caps); if it is gone for good, run `harmonylite -config <file> -remove-node {}`",
-        h.node_id, h.stream, h.position, h.last_sequence, h.node_id
-    )
-}
-
-#[cfg(test)]
-mod holding_tests {
-    use super::*;
-
-    fn node(id: u64, pos: u64, silent_ms: u64) -> (u64, BTreeMap<String, u64>, u64) {
-        (id, BTreeMap::from([("s".to_string(), pos)]), silent_ms)
-    }
-
-    #[test]
-    fn only_a_silent_node_at_the_lowest_position_below_the_end_holds_back() {
-        let last = BTreeMap::from([("s".to_string(), 100)]);
-        let hour = 3_600_000;
-        let nodes = [node(1, 100, 10), node(2, 100, 5), node(3, 40, 2 * hour)];
-        let h = holding_back(&nodes, &last, hour);
-        assert_eq!(h.len(), 1);
-        assert_eq!(
-            (h[0].node_id, h[0].position, h[0].last_sequence),
-            (3, 40, 100)
-        );
-        assert!(
-            holding_text(&h[0]).contains("2h00m"),
-            "{}",
-            holding_text(&h[0])
-        );
-        assert!(holding_text(&h[0]).contains("-remove-node 3"));
-        // Silent, but not for long enough.
-        assert!(holding_back(&[node(1, 100, 10), node(3, 40, hour - 1)], &last, hour).is_empty());
-        // Silent for long, but not the lowest: a live node behind it holds the stream.
-        assert!(holding_back(&[node(1, 30, 10), node(3, 40, 2 * hour)], &last, hour).is_empty());
-        // Every node at the end (an idle cluster): nothing is held, however old the entries.
-        assert!(
-            holding_back(
-                &[node(1, 100, 2 * hour), node(3, 100, 2 * hour)],
-                &last,
-                hour
-            )
-            .is_empty()
-        );
-    }
 }

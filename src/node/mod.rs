@@ -13,7 +13,7 @@
 mod join;
 pub mod membership;
 mod recover;
-pub mod retention;
+mod retention;
 mod snapshots;
 mod streams;
 
@@ -24,7 +24,8 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::db::{check_db, cleanup, open_db};
+pub use crate::db::{check_db, open_db};
+pub use snapshots::save_now as save_snapshot;
 
 use crate::apply::{
     Applier,
@@ -32,6 +33,7 @@ use crate::apply::{
 };
 use crate::capture::{self, CurrentCapture};
 use crate::cli::Cli;
+use crate::cluster::positions;
 use crate::config::Config;
 use crate::conflict::InFlight;
 use crate::counters::Counters;
@@ -41,146 +43,6 @@ use crate::publish::{Publisher, state::PublishState};
 
 /// How long shutdown waits for the engine's tasks before stopping NATS anyway.
 const ENGINE_STOP_GRACE: Duration = Duration::from_secs(10);
-
-/// `-schema-status-cluster`: every node's schema from the registry, through the running node's NATS (or the
-/// node's server started for the command). Returns the report and whether all nodes agree.
-pub async fn schema_status_cluster(cfg: &Config, cli: &Cli) -> anyhow::Result<(String, bool)> {
-    let nats = Nats::attach(cfg, &ClusterFlags::from_cli(cli))
-        .await
-        .context("cannot reach the cluster's NATS")?;
-    let entries = tokio::time::timeout(
-        Duration::from_secs(cfg.nats.ready_timeout_seconds.get()),
-        crate::ops::schema::read_entries(&nats.jetstream),
-    )
-    .await;
-    nats.shutdown().await;
-    let entries = entries
-        .context("timed out reading the schema registry")?
-        .context("cannot read the schema registry")?;
-    Ok(crate::ops::schema::cluster_report(&entries))
-}
-
-/// `-status`: every node's status and lag, through the running node's NATS (or the node's server started for
-/// the command). Fails when the cluster's JetStream does not answer within `nats.ready_timeout_seconds`.
-pub async fn cluster_status(cfg: &Config, cli: &Cli) -> anyhow::Result<crate::ops::status::Report> {
-    let nats = Nats::attach(cfg, &ClusterFlags::from_cli(cli))
-        .await
-        .context("cannot reach the cluster's NATS")?;
-    let js = &nats.jetstream;
-    let within = Duration::from_secs(cfg.nats.ready_timeout_seconds.get());
-    let report = crate::ops::status::gather(
-        js,
-        cfg,
-        || async {
-            retention::handled_by_node(js)
-                .await
-                .map_err(|e| format!("cannot read the {} bucket: {e}", retention::BUCKET))
-        },
-        within,
-    )
-    .await;
-    nats.shutdown().await;
-    Ok(report?)
-}
-
-/// How long `-save-snapshot` waits for this node's recorded positions to reach the latest snapshot's.
-const BEHIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// `-save-snapshot`: save a snapshot of this node's database to the configured store, through the running
-/// node's NATS (or the node's server started for the command). The running node is not disturbed: the copy
-/// is one read transaction.
-pub async fn save_snapshot(cfg: &Config, cli: &Cli) -> anyhow::Result<()> {
-    if !cfg.snapshot.enabled {
-        anyhow::bail!("snapshots are disabled in this configuration ([snapshot] enabled = false)");
-    }
-    check_db(cfg)?;
-    let nats = Nats::attach(cfg, &ClusterFlags::from_cli(cli))
-        .await
-        .context("cannot reach the cluster's NATS")?;
-    let replicas = nats.cluster_size_hint().clamp(1, 3);
-    let result = async {
-        let store = crate::snapshot::store::open(cfg, &nats.jetstream).await?;
-        // The node records what it has handled once a second: a node that has just caught up may still be
-        // recorded behind the latest snapshot, so a refusal for that reason is retried for a while.
-        let patience = std::time::Instant::now() + BEHIND_PATIENCE;
-        let m = loop {
-            let handled = handled_positions(&nats.jetstream, cfg.node_id).await;
-            match crate::snapshot::save(cfg, store.as_ref(), handled).await {
-                Err(crate::snapshot::SnapshotError::Behind { .. })
-                    if std::time::Instant::now() < patience =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                }
-                r => break r?,
-            }
-        };
-        record_snapshot_positions(&nats.jetstream, &m, replicas).await;
-        println!(
-            "Snapshot saved to {}: {} ({} bytes, {} compressed), positions {:?}",
-            store.describe(),
-            m.object,
-            m.database_bytes,
-            m.compressed_bytes,
-            m.positions
-        );
-        anyhow::Ok(())
-    }
-    .await;
-    nats.shutdown().await;
-    result
-}
-
-/// `-remove-node N`: forget node N cluster-wide (see `membership`), through the running node's NATS (or the
-/// node's server started for the command); prints what it did.
-pub async fn remove_node(cfg: &Config, cli: &Cli, n: u64) -> anyhow::Result<()> {
-    let nats = Nats::attach(cfg, &ClusterFlags::from_cli(cli))
-        .await
-        .context("cannot reach the cluster's NATS")?;
-    let size = nats.cluster_size_hint();
-    let replicas = size.clamp(1, 3);
-    let peers = cli.cluster_peers.clone();
-    let result = membership::remove(&nats.jetstream, cfg, n, size, replicas, cli.force).await;
-    nats.shutdown().await;
-    let mut outcome = result?;
-    outcome.peers_now = peers;
-    print!("{}", outcome.text());
-    Ok(())
-}
-
-/// What this node's retention entry says it has handled, for a snapshot's positions.
-async fn handled_positions(
-    js: &async_nats::jetstream::Context,
-    node_id: u64,
-) -> crate::snapshot::Handled {
-    retention::entry(js, node_id)
-        .await
-        .map(|e| crate::snapshot::Handled {
-            incarnation: e.incarnation,
-            positions: e.positions,
-        })
-        .unwrap_or_default()
-}
-
-/// Keep the stream from being trimmed below a snapshot's positions, so it can always be caught up from.
-async fn record_snapshot_positions(
-    js: &async_nats::jetstream::Context,
-    m: &crate::snapshot::Manifest,
-    replicas: usize,
-) {
-    let entry = retention::Positions {
-        node_id: m.node_id,
-        incarnation: 0,
-        positions: m.positions.clone(),
-        published_upto: 0,
-    };
-    let r = match retention::bucket(js, replicas).await {
-        Ok(kv) => retention::write(&kv, retention::SNAPSHOT_KEY, &entry).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "cannot record the snapshot's positions; the stream may be trimmed past them");
-    }
-}
 
 /// Run a node until SIGTERM/SIGINT or `sleep_timeout`. The metrics and health endpoints (when enabled) start
 /// first and answer while the node waits for its cluster.
@@ -419,7 +281,7 @@ impl RunningNode {
         // Read before this run writes the entry again; when it cannot be read, the retention task reads it
         // before it writes.
         let (mut certified, mut certified_unknown) = if cfg.replicate {
-            match retention::certified(
+            match positions::certified(
                 &self.nats.jetstream,
                 cfg.node_id,
                 prepared.capture.incarnation,

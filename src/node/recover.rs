@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
-use super::retention;
 use crate::apply::consumer::Gap;
 use crate::capture;
+use crate::cluster::positions;
 use crate::config::Config;
 use crate::snapshot::{self, Manifest, store};
 
@@ -90,16 +90,16 @@ pub async fn restore(
 ) -> anyhow::Result<()> {
     tracing::info!(object = %m.object, saved_by = m.node_id, created_at = %m.created_at,
         bytes = m.database_bytes, "restoring snapshot");
-    let kv = retention::bucket(js, replicas).await.map_err(|e| {
+    let kv = positions::bucket(js, replicas).await.map_err(|e| {
         anyhow::anyhow!("cannot record the snapshot's positions before restoring: {e}")
     })?;
-    let entry = retention::Positions {
+    let entry = positions::Positions {
         node_id: cfg.node_id,
         incarnation: 0,
         positions: m.positions.clone(),
         published_upto: 0,
     };
-    retention::write(&kv, &retention::node_key(cfg.node_id), &entry)
+    positions::write(&kv, &positions::node_key(cfg.node_id), &entry)
         .await
         .map_err(|e| {
             anyhow::anyhow!("cannot record the snapshot's positions before restoring: {e}")

@@ -17,82 +17,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::positions::{
+    Positions, SNAPSHOT_KEY, bucket, certifies, node_key, read_all_dated, read_entry, write,
+};
 use crate::config::Config;
 use crate::counters::Counters;
 use crate::retry::Backoff;
 
-/// The bucket of handled positions.
-pub const BUCKET: &str = "harmonylite-positions";
-/// The key under which the latest snapshot's positions are kept.
-pub const SNAPSHOT_KEY: &str = "snapshot";
 /// How often the positions are written and the streams trimmed.
 const PERIOD: Duration = Duration::from_secs(1);
 const TRIM_EVERY: u32 = 5;
 
-/// A node's (or the latest snapshot's) handled position per stream.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Positions {
-    pub node_id: u64,
-    /// The change-log incarnation of the database these positions belong to (0 for a snapshot): a
-    /// certification holds only for the same database, never for a replaced or restored one.
-    #[serde(default)]
-    pub incarnation: u64,
-    pub positions: BTreeMap<String, u64>,
-    /// The node's change-log ids acknowledged by JetStream up to here (its publish progress; 0 for a
-    /// snapshot): what a node that lost its state file starts from, at least (see `publish::recover`).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub published_upto: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-/// Open the bucket, creating it when missing.
-pub async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, String> {
-    crate::nats::placement::kv_bucket(
-        js,
-        BUCKET,
-        "HarmonyLite: stream positions each node has handled",
-        replicas,
-        Duration::ZERO,
-    )
-    .await
-}
-
-/// Every entry of the bucket, by key.
-pub async fn read_all(store: &kv::Store) -> Result<BTreeMap<String, Positions>, String> {
-    Ok(read_all_dated(store)
-        .await?
-        .into_iter()
-        .map(|(k, (p, _))| (k, p))
-        .collect())
-}
-
-/// Every entry of the bucket, by key, with when it was last written (unix ms, by the servers' clock).
-pub async fn read_all_dated(
-    store: &kv::Store,
-) -> Result<BTreeMap<String, (Positions, u64)>, String> {
-    let mut keys = store.keys().await.map_err(|e| e.to_string())?;
-    let mut out = BTreeMap::new();
-    while let Some(key) = keys.next().await {
-        let key = key.map_err(|e| e.to_string())?;
-        if let Some(e) = store.entry(&key).await.map_err(|e| e.to_string())?
-            && e.operation == kv::Operation::Put
-            && let Ok(p) = serde_json::from_slice::<Positions>(&e.value)
-        {
-            let written = (e.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
-            out.insert(key, (p, written));
-        }
-    }
-    Ok(out)
-}
-
-/// The nodes of `entries` that hold back a stream (see [`super::membership::holding_back`]): silent since
+/// The nodes of `entries` that hold back a stream (see [`crate::cluster::holding::holding_back`]): silent since
 /// their status entry was last written (`heard`; this node is not silent; a node without one, since its
 /// positions entry was), the streams' ends from `counters` (streams whose end is not known yet left out).
 fn stale_nodes(
@@ -102,7 +40,7 @@ fn stale_nodes(
     streams: &[String],
     counters: &Counters,
     after: Duration,
-) -> Vec<super::membership::Holding> {
+) -> Vec<crate::cluster::Holding> {
     let now = crate::ops::status::report::unix_ms(std::time::SystemTime::now());
     let nodes: Vec<(u64, BTreeMap<String, u64>, u64)> = entries
         .iter()
@@ -133,132 +71,7 @@ fn stale_nodes(
                 .map(|s| (s.clone(), v.last_seq))
         })
         .collect();
-    super::membership::holding_back(&nodes, &last, after.as_millis() as u64)
-}
-
-/// Write `p` under `key`.
-pub async fn write(store: &kv::Store, key: &str, p: &Positions) -> Result<(), String> {
-    let body = serde_json::to_vec(p).map_err(|e| e.to_string())?;
-    store
-        .put(key, body.into())
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-/// What every node's entry says it has handled: node id → stream → position (empty when the bucket does not
-/// exist yet). The snapshot's entry is left out.
-pub async fn handled_by_node(
-    js: &jetstream::Context,
-) -> Result<BTreeMap<u64, BTreeMap<String, u64>>, String> {
-    let store = match js.get_key_value(BUCKET).await {
-        Ok(s) => s,
-        Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => {
-            return Ok(BTreeMap::new());
-        }
-        Err(e) => return Err(e.to_string()),
-    };
-    Ok(read_all(&store)
-        .await?
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("node-"))
-        .map(|(_, p)| (p.node_id, p.positions))
-        .collect())
-}
-
-/// This node's key.
-pub fn node_key(node_id: u64) -> String {
-    format!("node-{node_id}")
-}
-
-/// How long [`entry`] asks again a bucket that does not answer (a cluster electing leaders after a server's
-/// death answers within seconds).
-const ENTRY_PATIENCE: Duration = Duration::from_secs(30);
-
-/// This node's entry as it is now: `None` when it has none, the bucket does not exist, or the bucket did not
-/// answer within [`ENTRY_PATIENCE`] (said at WARN).
-pub async fn entry(js: &jetstream::Context, node_id: u64) -> Option<Positions> {
-    match entry_patiently(js, node_id).await {
-        Ok(found) => found,
-        Err(error) => {
-            tracing::warn!(
-                bucket = BUCKET,
-                error,
-                "cannot read this node's positions entry"
-            );
-            None
-        }
-    }
-}
-
-/// This node's entry (`Ok(None)`: it has none, or the bucket does not exist). A bucket that does not answer is
-/// asked again for up to [`ENTRY_PATIENCE`]: taking "no answer" for "no entry" would make a node coming back
-/// take its own changes skipped before it stopped, and trimmed from the stream since, for a gap.
-async fn entry_patiently(
-    js: &jetstream::Context,
-    node_id: u64,
-) -> Result<Option<Positions>, String> {
-    let deadline = tokio::time::Instant::now() + ENTRY_PATIENCE;
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
-    loop {
-        let error =
-            match tokio::time::timeout(Duration::from_secs(5), read_entry(js, node_id)).await {
-                Ok(Ok(found)) => return Ok(found),
-                Ok(Err(e)) => e,
-                Err(_) => "no answer within 5 s".to_string(),
-            };
-        if tokio::time::Instant::now() >= deadline {
-            return Err(error);
-        }
-        tracing::debug!(
-            bucket = BUCKET,
-            error,
-            "positions entry not read yet; asking again"
-        );
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
-}
-
-/// One try of [`entry`]: `Ok(None)` only when the bucket or the key does not exist.
-async fn read_entry(js: &jetstream::Context, node_id: u64) -> Result<Option<Positions>, String> {
-    use jetstream::context::GetStreamErrorKind;
-    match js
-        .get_stream(crate::nats::placement::kv_stream(BUCKET))
-        .await
-    {
-        Ok(_) => {}
-        Err(e)
-            if matches!(e.kind(), GetStreamErrorKind::JetStream(j)
-                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-        {
-            return Ok(None);
-        }
-        Err(e) => return Err(e.to_string()),
-    }
-    let store = js.get_key_value(BUCKET).await.map_err(|e| e.to_string())?;
-    let value = store
-        .get(node_key(node_id))
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(value.and_then(|v| serde_json::from_slice::<Positions>(&v).ok()))
-}
-
-/// The positions this node's entry certifies for the database of change-log incarnation `incarnation`, per
-/// stream (empty when it has none or it belongs to another database); an error when the bucket did not answer
-/// within [`ENTRY_PATIENCE`].
-pub async fn certified(
-    js: &jetstream::Context,
-    node_id: u64,
-    incarnation: u64,
-) -> Result<BTreeMap<String, u64>, String> {
-    Ok(certifies(entry_patiently(js, node_id).await?, incarnation))
-}
-
-fn certifies(entry: Option<Positions>, incarnation: u64) -> BTreeMap<String, u64> {
-    match entry {
-        Some(p) if p.incarnation == incarnation && incarnation != 0 => p.positions,
-        _ => BTreeMap::new(),
-    }
+    crate::cluster::holding::holding_back(&nodes, &last, after.as_millis() as u64)
 }
 
 /// What the trim keeps: for each stream, the lowest position of the registered nodes and the snapshot, once
@@ -389,7 +202,7 @@ pub async fn run(
             }
             tick += 1;
             if tick.is_multiple_of(TRIM_EVERY) {
-                let removed = super::membership::removed(&js).await?;
+                let removed = crate::cluster::removals::removed(&js).await?;
                 let mut dated = read_all_dated(kv).await?;
                 dated.retain(|k, (p, _)| {
                     !k.starts_with("node-") || !removed.contains_key(&p.node_id)
@@ -427,7 +240,7 @@ pub async fn run(
                             tracing::warn!(
                                 node_id = h.node_id,
                                 "{}",
-                                super::membership::holding_text(h)
+                                crate::cluster::holding::holding_text(h)
                             );
                             warned.insert(h.node_id, tokio::time::Instant::now());
                         }
@@ -441,7 +254,7 @@ pub async fn run(
                     counters.release_holds(&others_lowest(&entries, &key, &streams));
                 }
                 let expected =
-                    super::membership::expected_without_removed(expected_nodes, &removed);
+                    crate::cluster::removals::expected_without_removed(expected_nodes, &removed);
                 for (stream, below) in trim_points(&entries, &streams, expected) {
                     if purged.get(&stream).is_some_and(|&p| p >= below) {
                         continue;
@@ -488,26 +301,6 @@ mod tests {
             positions: pos.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
             published_upto: 0,
         }
-    }
-
-    #[test]
-    fn an_entry_certifies_only_for_its_own_database() {
-        let entry = p(1, &[("a", 100)]);
-        assert_eq!(
-            certifies(Some(entry.clone()), 1),
-            BTreeMap::from([("a".to_string(), 100)])
-        );
-        assert!(
-            certifies(Some(entry.clone()), 2).is_empty(),
-            "another change-log incarnation"
-        );
-        assert!(certifies(None, 1).is_empty(), "no entry");
-        let mut unknown = entry;
-        unknown.incarnation = 0;
-        assert!(
-            certifies(Some(unknown), 0).is_empty(),
-            "incarnation unknown"
-        );
     }
 
     #[test]

@@ -15,8 +15,71 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::positions;
 use crate::config::Config;
 use crate::snapshot;
+
+/// How long [`save_now`] waits for this node's recorded positions to reach the latest snapshot's.
+const BEHIND_PATIENCE: Duration = Duration::from_secs(15);
+
+/// Save a snapshot of this node's database now (`-save-snapshot`) and record its positions. The node records
+/// what it has handled once a second: a node that has just caught up may still be recorded behind the latest
+/// snapshot, so a refusal for that reason is retried for up to [`BEHIND_PATIENCE`]. Returns the manifest and
+/// where the store is.
+pub async fn save_now(
+    cfg: &Config,
+    js: &jetstream::Context,
+    replicas: usize,
+) -> anyhow::Result<(snapshot::Manifest, String)> {
+    let store = snapshot::store::open(cfg, js).await?;
+    let patience = Instant::now() + BEHIND_PATIENCE;
+    let m = loop {
+        let handled = handled_positions(js, cfg.node_id).await;
+        match snapshot::save(cfg, store.as_ref(), handled).await {
+            Err(snapshot::SnapshotError::Behind { .. }) if Instant::now() < patience => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            r => break r?,
+        }
+    };
+    record_snapshot_positions(js, &m, replicas).await;
+    Ok((m, store.describe()))
+}
+
+/// What this node's retention entry says it has handled, for a snapshot's positions.
+pub(super) async fn handled_positions(
+    js: &async_nats::jetstream::Context,
+    node_id: u64,
+) -> crate::snapshot::Handled {
+    positions::entry(js, node_id)
+        .await
+        .map(|e| crate::snapshot::Handled {
+            incarnation: e.incarnation,
+            positions: e.positions,
+        })
+        .unwrap_or_default()
+}
+
+/// Keep the stream from being trimmed below a snapshot's positions, so it can always be caught up from.
+pub(super) async fn record_snapshot_positions(
+    js: &async_nats::jetstream::Context,
+    m: &crate::snapshot::Manifest,
+    replicas: usize,
+) {
+    let entry = positions::Positions {
+        node_id: m.node_id,
+        incarnation: 0,
+        positions: m.positions.clone(),
+        published_upto: 0,
+    };
+    let r = match positions::bucket(js, replicas).await {
+        Ok(kv) => positions::write(&kv, positions::SNAPSHOT_KEY, &entry).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "cannot record the snapshot's positions; the stream may be trimmed past them");
+    }
+}
 
 /// The lease bucket and key (the original's names).
 pub const LEASE_BUCKET: &str = "e-harmonylite";
@@ -213,12 +276,12 @@ pub async fn run(
             continue;
         };
         tracing::info!(reason = why, "taking a snapshot");
-        let handled = super::handled_positions(&js, cfg.node_id).await;
+        let handled = handled_positions(&js, cfg.node_id).await;
         let started = Instant::now();
         match snapshot::save(&cfg, store.as_ref(), handled).await {
             Ok(m) => {
                 counters.snapshot_done(started.elapsed());
-                super::record_snapshot_positions(&js, &m, replicas).await;
+                record_snapshot_positions(&js, &m, replicas).await;
                 last = Some((Instant::now(), m.positions));
             }
             Err(e) => tracing::warn!(error = %e, "snapshot failed; trying again later"),

@@ -131,7 +131,7 @@ pub fn wanted_replicas(cfg: &Config, replicas: usize) -> Vec<(String, usize)> {
         .map(|shard| (cfg.stream_name(shard), replicas))
         .collect();
     for bucket in [
-        super::retention::BUCKET,
+        crate::cluster::positions::BUCKET,
         crate::ops::schema::BUCKET,
         crate::ops::status::BUCKET,
         super::snapshots::LEASE_BUCKET,

@@ -78,7 +78,7 @@ pub struct Health {
     /// (`null` when none).
     pub snapshot_transfer: Option<crate::snapshot::Transfer>,
     /// Nodes not heard of for `replication_log.stale_node_seconds` that hold back a stream's retention.
-    pub stale_nodes: Vec<crate::node::membership::Holding>,
+    pub stale_nodes: Vec<crate::cluster::Holding>,
     /// The parts of this node a full disk stops now ("publishing", "applying", "nats-server JetStream
     /// store"); empty when none.
     pub disk_full: Vec<String>,

@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::counters::Counters;
 
 /// The path of the health server's route.
-pub const ROUTE: &str = "/wait-replicated";
+pub const ROUTE: &str = crate::config::WAIT_REPLICATED_ROUTE;
 /// How long the wait lasts when no timeout is given.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest wait the HTTP route accepts.
@@ -319,7 +319,7 @@ pub async fn wait(
                 });
                 last.known_nodes = report.nodes.len();
                 // The nodes' own view counts too: a command may not know the routes the node was started with.
-                last.expected_nodes = crate::node::membership::expected_without_removed(
+                last.expected_nodes = crate::cluster::removals::expected_without_removed(
                     report
                         .nodes
                         .iter()
@@ -416,12 +416,12 @@ pub async fn command(
 
 /// The retention bucket's handled positions by node.
 async fn handled_positions(js: &jetstream::Context) -> Result<Handled, String> {
-    crate::node::retention::handled_by_node(js)
+    crate::cluster::positions::handled_by_node(js)
         .await
         .map_err(|e| {
             format!(
                 "cannot read the {} bucket: {e}",
-                crate::node::retention::BUCKET
+                crate::cluster::positions::BUCKET
             )
         })
 }

@@ -346,6 +346,21 @@ pub struct StreamState {
 /// Node id → stream → handled position, as the retention bucket has them.
 pub type Handled = BTreeMap<u64, BTreeMap<String, u64>>;
 
+/// `-status`: [`gather`] with the handled positions of the positions bucket.
+pub async fn command(
+    js: &jetstream::Context,
+    cfg: &Config,
+    within: Duration,
+) -> Result<Report, StatusError> {
+    use crate::cluster::positions;
+    let handled = || async {
+        positions::handled_by_node(js)
+            .await
+            .map_err(|e| format!("cannot read the {} bucket: {e}", positions::BUCKET))
+    };
+    gather(js, cfg, handled, within).await
+}
+
 /// Read everything `-status` shows: the status entries, the streams' last sequences, and the handled
 /// positions of the nodes the retention bucket knows (read by `handled`). Right after a node died, a stream
 /// or bucket may have no leader for a few seconds and its requests go unanswered: each attempt is short
@@ -418,10 +433,10 @@ async fn gather_once(
             last_sequence,
         });
     }
-    let removed = crate::node::membership::removed(js)
+    let removed = crate::cluster::removals::removed(js)
         .await
         .map_err(|reason| StatusError::Bucket {
-            bucket: crate::node::membership::BUCKET.to_string(),
+            bucket: crate::cluster::removals::BUCKET.to_string(),
             reason,
         })?;
     let now_ms = report::unix_ms(std::time::SystemTime::now());

@@ -141,7 +141,7 @@ pub async fn progress(
         return;
     }
     let incarnation = state.incarnation();
-    let published = crate::node::retention::entry(js, cfg.node_id)
+    let published = crate::cluster::positions::entry(js, cfg.node_id)
         .await
         .filter(|p| p.incarnation == incarnation)
         .map_or(0, |p| p.published_upto as i64);

@@ -137,7 +137,7 @@ impl Node {
     /// such measure: a node writes the positions of messages it only skipped there at its next apply.)
     pub fn handled_positions(&self) -> Option<BTreeMap<u64, BTreeMap<String, u64>>> {
         self.with_jetstream(async |js| {
-            harmonylite::node::retention::handled_by_node(&js)
+            harmonylite::cluster::positions::handled_by_node(&js)
                 .await
                 .ok()
         })

@@ -27,10 +27,10 @@ pub struct Report {
     pub nodes: Vec<NodeRow>,
     /// Nodes removed for good (`-remove-node`), by id.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub removed: BTreeMap<u64, crate::node::membership::Removal>,
+    pub removed: BTreeMap<u64, crate::cluster::removals::Removal>,
     /// Nodes not heard of for `replication_log.stale_node_seconds` that hold back a stream's retention.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub stale_nodes: Vec<crate::node::membership::Holding>,
+    pub stale_nodes: Vec<crate::cluster::Holding>,
 }
 
 /// One node.
@@ -169,14 +169,14 @@ impl Report {
             .iter()
             .map(|s| (s.stream.clone(), s.last_sequence))
             .collect();
-        self.stale_nodes = crate::node::membership::holding_back(&nodes, &last, after_ms);
+        self.stale_nodes = crate::cluster::holding::holding_back(&nodes, &last, after_ms);
         self
     }
 
     /// Leave the removed nodes out (they are listed in `removed`).
     pub fn without_removed(
         mut self,
-        removed: BTreeMap<u64, crate::node::membership::Removal>,
+        removed: BTreeMap<u64, crate::cluster::removals::Removal>,
     ) -> Report {
         self.nodes.retain(|n| !removed.contains_key(&n.node_id));
         self.removed = removed;
@@ -273,7 +273,7 @@ impl Report {
         for h in &self.stale_nodes {
             out.push_str(&format!(
                 "\nHolding a stream: {}\n",
-                crate::node::membership::holding_text(h)
+                crate::cluster::holding::holding_text(h)
             ));
         }
         out

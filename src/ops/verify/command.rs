@@ -17,9 +17,9 @@ use futures::StreamExt;
 
 use super::{MAX_WAIT, Reply, Request, TableReply, subject};
 use crate::cli::Cli;
+use crate::cluster::positions;
 use crate::config::Config;
 use crate::nats::{ClusterFlags, Nats};
-use crate::node::retention;
 use crate::ops::status::{self, StatusError};
 
 /// Pause before a new round when the last one found no common point.
@@ -87,9 +87,9 @@ pub async fn verify(cfg: &Config, cli: &Cli, timeout: Duration) -> Result<Outcom
         cfg,
         nats.cluster_size_hint(),
         || async {
-            retention::handled_by_node(js)
+            positions::handled_by_node(js)
                 .await
-                .map_err(|e| format!("cannot read the {} bucket: {e}", retention::BUCKET))
+                .map_err(|e| format!("cannot read the {} bucket: {e}", positions::BUCKET))
         },
         timeout,
     )
@@ -116,7 +116,7 @@ where
     let deadline = tokio::time::Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     let report = status::gather(js, cfg, handled, left().max(Duration::from_secs(1))).await?;
-    let expected = crate::node::membership::expected_without_removed(expected, &report.removed);
+    let expected = crate::cluster::removals::expected_without_removed(expected, &report.removed);
     let mut nodes: BTreeSet<u64> = report.nodes.iter().map(|n| n.node_id).collect();
     let inbox = client.new_inbox();
     let mut replies = client

@@ -89,7 +89,7 @@ pub const PART_SIZE: usize = 8 * 1024 * 1024;
 
 /// A unique suffix for temporary object names (`<name>.tmp-<hex>`), so concurrent writers never share one.
 fn temp_suffix() -> String {
-    format!("tmp-{}", hex::encode(&crate::config::random_bytes()[..8]))
+    format!("tmp-{}", hex::encode(&crate::ids::random_bytes()[..8]))
 }
 
 /// `e` and its causes, `: `-separated (an HTTP client's error alone often says only "error sending request").
