@@ -7,33 +7,83 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Declares the running totals in one table: each row is the [`Total`] variant, its Prometheus counter
+/// (empty: not exported as a metric) and the counter's help text. Adding a total is a row here and a
+/// [`Counters::add`] where the work happens; the metrics, `/health` and the status entry read them all from
+/// [`Counters::totals`].
+macro_rules! totals {
+    ($($(#[$doc:meta])* $name:ident => $metric:literal, $help:literal;)*) => {
+        /// A running total of what the node did since it started.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Total {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl Total {
+            pub const ALL: &[Total] = &[$(Total::$name,)*];
+            pub const COUNT: usize = Total::ALL.len();
+
+            /// The Prometheus counter it is exported as (`harmonylite_` prefix), if any.
+            pub fn metric(self) -> Option<&'static str> {
+                match self {
+                    $(Total::$name => Some($metric).filter(|m: &&str| !m.is_empty()),)*
+                }
+            }
+
+            /// The metric's help text.
+            pub fn help(self) -> &'static str {
+                match self {
+                    $(Total::$name => $help,)*
+                }
+            }
+        }
+    };
+}
+
+totals! {
+    /// Rows of this node's changes published (acknowledged).
+    PublishedRows => "harmonylite_published", "Rows published to JetStream (acknowledged).";
+    PublishedMessages => "harmonylite_published_messages", "JetStream messages published (acknowledged).";
+    PublishErrors => "", "";
+    /// Rows read and dropped because `publish = false`.
+    DiscardedRows => "harmonylite_discarded_rows", "Local change-log rows read and not published because publish = false.";
+    AppliedRows => "harmonylite_applied_rows", "Rows from other nodes written into the database.";
+    AppliedMessages => "harmonylite_applied_messages", "Stream messages handled (applied, or skipped as this node's own).";
+    SkippedRows => "harmonylite_skipped_echo_rows", "Rows skipped because they are this node's own changes coming back, or older than its own newer write.";
+    ApplyErrors => "", "";
+    /// Times a shard paused because this node's schema was behind (once per message waited at).
+    SchemaPauses => "harmonylite_schema_pauses", "Times a shard paused at a message naming a table or column this node does not have yet.";
+    /// Incoming rows of tables (or key columns) dropped on this node, not applied.
+    DroppedRows => "harmonylite_dropped_rows", "Incoming rows of tables or key columns this node does not replicate.";
+    /// Values overwritten by a concurrent change and kept in the conflict journal.
+    Conflicts => "harmonylite_conflicts", "Values overwritten by a concurrent change from another node, kept in __harmonylite__conflicts.";
+    /// Rows of a rebuilt table's backfill not applied because a newer change of the row was in the stream.
+    BackfillSuperseded => "harmonylite_backfill_superseded_rows", "Rows of a rebuilt table's backfill not applied because the stream held a newer change of the row.";
+    /// Stream messages that can never be applied, kept in `__harmonylite__quarantine`.
+    Quarantined => "harmonylite_quarantined_messages", "Stream messages that can never be applied (undecodable, malformed, or naming a reserved table), kept in __harmonylite__quarantine.";
+    /// Local changes that can never be published, set aside in `__harmonylite__unpublished` (since start).
+    Unpublished => "harmonylite_unpublished_rows", "Local changes that can never be published (too large for any message, or refused by the server for good), set aside in __harmonylite__unpublished; the changes behind them go on.";
+    /// Pieces of large values published.
+    PiecesPublished => "harmonylite_value_pieces_published", "Pieces of large values published (a value longer than a quarter of replication_log.max_message_bytes travels in pieces).";
+    /// Pieces of other nodes' large values staged.
+    PiecesStaged => "harmonylite_value_pieces_staged", "Pieces of other nodes' large values staged in __harmonylite__pieces until their row is applied.";
+}
+
+/// The totals at one moment, by [`Total`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals([u64; Total::COUNT]);
+
+impl Totals {
+    pub fn get(&self, t: Total) -> u64 {
+        self.0[t as usize]
+    }
+}
+
 /// Counters and gauges of one running node, shared by its tasks (`Arc<Counters>`).
 #[derive(Default)]
 pub struct Counters {
-    pub published_rows: AtomicU64,
-    pub published_msgs: AtomicU64,
-    pub publish_errors: AtomicU64,
-    /// Rows read and dropped because `publish = false`.
-    pub discarded_rows: AtomicU64,
-    pub applied_rows: AtomicU64,
-    pub applied_msgs: AtomicU64,
-    pub skipped_rows: AtomicU64,
-    pub apply_errors: AtomicU64,
-    /// Times a shard paused because this node's schema was behind (once per message waited at).
-    pub schema_pauses: AtomicU64,
-    /// Incoming rows of tables (or key columns) dropped on this node, not applied.
-    pub dropped_rows: AtomicU64,
-    /// Values overwritten by a concurrent change and kept in the conflict journal.
-    pub conflicts: AtomicU64,
-    /// Rows of a rebuilt table's backfill not applied because a newer change of the row was in the stream.
-    pub backfill_superseded: AtomicU64,
-    /// Stream messages that can never be applied, kept in `__harmonylite__quarantine`.
-    pub quarantined: AtomicU64,
-    /// Local changes that can never be published, set aside in `__harmonylite__unpublished` (since start).
-    pub unpublished: AtomicU64,
-    /// Pieces of large values published, and staged from other nodes.
-    pub pieces_published: AtomicU64,
-    pub pieces_staged: AtomicU64,
+    /// The running totals of [`Total`], counted with [`Counters::add`].
+    totals: [AtomicU64; Total::COUNT],
     /// Ports this node opens to anyone (see `nats::exposure`), as said at start.
     security_warnings: Mutex<Vec<String>>,
     /// See [`Counters::set_stale_nodes`].
@@ -124,6 +174,19 @@ pub struct ShardView {
 }
 
 impl Counters {
+    /// Count `n` more of `t`.
+    #[inline]
+    pub fn add(&self, t: Total, n: u64) {
+        self.totals[t as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Every total now.
+    pub fn totals(&self) -> Totals {
+        Totals(std::array::from_fn(|i| {
+            self.totals[i].load(Ordering::Relaxed)
+        }))
+    }
+
     /// The nodes that hold back a stream's retention, silent for `stale_node_seconds` (see
     /// [`crate::cluster::holding::holding_back`]), as the last look found them.
     pub fn set_stale_nodes(&self, nodes: Vec<crate::cluster::Holding>) {
@@ -456,5 +519,27 @@ mod tests {
         );
         c.touch();
         assert!(c.idle_ms() < 60_000);
+    }
+
+    #[test]
+    fn totals_count_apart_and_their_metrics_are_named_once() {
+        let c = Counters::default();
+        c.add(Total::AppliedRows, 3);
+        c.add(Total::AppliedRows, 2);
+        c.add(Total::Conflicts, 1);
+        let t = c.totals();
+        assert_eq!(t.get(Total::AppliedRows), 5);
+        assert_eq!(t.get(Total::Conflicts), 1);
+        assert_eq!(t.get(Total::PublishedRows), 0);
+        let mut names = std::collections::BTreeSet::new();
+        for &t in Total::ALL {
+            if let Some(name) = t.metric() {
+                assert!(name.starts_with("harmonylite_"), "{name}");
+                assert!(!t.help().is_empty(), "{name} has no help text");
+                assert!(names.insert(name), "{name} is named twice");
+            }
+        }
+        assert_eq!(Total::PublishedRows.metric(), Some("harmonylite_published"));
+        assert_eq!(Total::ApplyErrors.metric(), None);
     }
 }

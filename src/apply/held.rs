@@ -8,11 +8,10 @@
 //! second otherwise.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{Decoded, ShardState, Stuck, sql};
-use crate::counters::Counters;
+use crate::counters::{Counters, Total};
 use crate::wire::Message;
 
 /// Most messages a shard holds; beyond it the shard stops taking new messages until some are released.
@@ -84,7 +83,7 @@ pub(super) fn note(s: &mut ShardState, stats: &Counters, f: &Stuck) {
     if s.causes.contains_key(&key) {
         return;
     }
-    stats.schema_pauses.fetch_add(1, Ordering::Relaxed);
+    stats.add(Total::SchemaPauses, 1);
     stats.error("apply", "schema_behind");
     tracing::warn!(shard = s.shard, stream = %f.stream, seq = f.seq, table = %table,
         column = %column.as_deref().unwrap_or(""),

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::capture::{self, APPLIED, CurrentCapture};
 use crate::config::Config;
 use crate::conflict::{InFlight, RowKey};
-use crate::counters::Counters;
+use crate::counters::{Counters, Total};
 use crate::retry::Backoff;
 use crate::wire::{self, Message};
 
@@ -371,9 +371,7 @@ impl Applier {
                 };
                 let (decided, superseded) = window::decide(m, &w);
                 if superseded > 0 {
-                    self.counters
-                        .backfill_superseded
-                        .fetch_add(superseded, Ordering::Relaxed);
+                    self.counters.add(Total::BackfillSuperseded, superseded);
                     tracing::info!(stream = %s.stream, seq = d.seq, rows = superseded,
                         "backfill rows superseded: the stream changed them after their node read them; \
                          their newer values stay");
@@ -566,9 +564,9 @@ impl Applier {
                 Some(u) => s.processed.min(u.first_seq() - 1),
                 None => s.processed,
             };
-            stats.skipped_rows.fetch_add(rows, Ordering::Relaxed);
-            stats.dropped_rows.fetch_add(dropped, Ordering::Relaxed);
-            stats.applied_msgs.fetch_add(n as u64, Ordering::Relaxed);
+            stats.add(Total::SkippedRows, rows);
+            stats.add(Total::DroppedRows, dropped);
+            stats.add(Total::AppliedMessages, n as u64);
             stats.set_applied(s.shard, s.applied);
         }
     }
@@ -776,19 +774,15 @@ impl Applier {
                 "applied"
             );
         }
-        stats.applied_rows.fetch_add(total.rows, Ordering::Relaxed);
+        stats.add(Total::AppliedRows, total.rows);
         for (f, messages) in &quarantined {
-            stats
-                .quarantined
-                .fetch_add(*messages as u64, Ordering::Relaxed);
+            stats.add(Total::Quarantined, *messages as u64);
             stats.error("apply", f.error.kind());
             tracing::error!(stream = %f.stream, seq = f.seq, messages, error = %f.error,
                 "message can never be applied: quarantined in __harmonylite__quarantine with the rest of its transaction; the shard goes on");
         }
         if total.conflicts > 0 {
-            stats
-                .conflicts
-                .fetch_add(total.conflicts, Ordering::Relaxed);
+            stats.add(Total::Conflicts, total.conflicts);
             tracing::info!(
                 rows = total.conflicts,
                 "conflicting writes: lost values (concurrent overwrites, unique collisions) kept in __harmonylite__conflicts"
@@ -797,13 +791,9 @@ impl Applier {
         if total.rows > 10_000 {
             crate::memory::release();
         }
-        stats
-            .skipped_rows
-            .fetch_add(total.skipped, Ordering::Relaxed);
+        stats.add(Total::SkippedRows, total.skipped);
         if total.dropped > 0 {
-            stats
-                .dropped_rows
-                .fetch_add(total.dropped, Ordering::Relaxed);
+            stats.add(Total::DroppedRows, total.dropped);
             tracing::debug!(
                 rows = total.dropped,
                 "changes to tables or key columns this node does not replicate were not applied"
@@ -835,9 +825,7 @@ impl Applier {
             s.applied = o.position;
             if o.taken > 0 || !o.released.is_empty() {
                 s.backoff.reset();
-                stats
-                    .applied_msgs
-                    .fetch_add(o.taken as u64, Ordering::Relaxed);
+                stats.add(Total::AppliedMessages, o.taken as u64);
                 stats.set_applied(s.shard, s.applied);
                 stats.touch();
                 stats
@@ -944,7 +932,7 @@ struct Outcome {
 /// Pause shard `s` at the message it could not apply (a change naming a table or column this node lacks is held
 /// instead, never paused at: see [`held`]).
 fn pause(s: &mut ShardState, stats: &Counters, err: Stuck) {
-    stats.apply_errors.fetch_add(1, Ordering::Relaxed);
+    stats.add(Total::ApplyErrors, 1);
     stats.error("apply", err.error.kind());
     let delay = s.backoff.next_delay();
     tracing::error!(shard = s.shard, error = %err, retry_in_ms = delay.as_millis() as u64,

@@ -15,7 +15,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::observe::Observed;
 use crate::config::PrometheusConfig;
-use crate::counters::now_ms;
+use crate::counters::{Total, now_ms};
 
 /// Seconds buckets for batch durations.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -123,11 +123,13 @@ pub fn rename(text: &str, prefix: &str) -> String {
 }
 
 fn describe() {
-    // The original's five.
-    describe_counter!(
-        "harmonylite_published",
-        "Rows published to JetStream (acknowledged)."
-    );
+    // The running totals, from their table in `counters`.
+    for &t in Total::ALL {
+        if let Some(name) = t.metric() {
+            describe_counter!(name, t.help());
+        }
+    }
+    // The original's five: harmonylite_published (a total, above) and these.
     describe_gauge!(
         "harmonylite_pending_publish",
         "Change-log rows written by applications and not yet published."
@@ -148,52 +150,8 @@ fn describe() {
     );
     // Ours.
     describe_counter!(
-        "harmonylite_published_messages",
-        "JetStream messages published (acknowledged)."
-    );
-    describe_counter!(
-        "harmonylite_applied_rows",
-        "Rows from other nodes written into the database."
-    );
-    describe_counter!(
-        "harmonylite_applied_messages",
-        "Stream messages handled (applied, or skipped as this node's own)."
-    );
-    describe_counter!(
-        "harmonylite_skipped_echo_rows",
-        "Rows skipped because they are this node's own changes coming back, or older than its own newer write."
-    );
-    describe_counter!(
-        "harmonylite_dropped_rows",
-        "Incoming rows of tables or key columns this node does not replicate."
-    );
-    describe_counter!(
-        "harmonylite_quarantined_messages",
-        "Stream messages that can never be applied (undecodable, malformed, or naming a reserved table), kept in __harmonylite__quarantine."
-    );
-    describe_counter!(
-        "harmonylite_unpublished_rows",
-        "Local changes that can never be published (too large for any message, or refused by the server for good), set aside in __harmonylite__unpublished; the changes behind them go on."
-    );
-    describe_counter!(
-        "harmonylite_value_pieces_published",
-        "Pieces of large values published (a value longer than a quarter of replication_log.max_message_bytes travels in pieces)."
-    );
-    describe_counter!(
-        "harmonylite_value_pieces_staged",
-        "Pieces of other nodes' large values staged in __harmonylite__pieces until their row is applied."
-    );
-    describe_counter!(
-        "harmonylite_discarded_rows",
-        "Local change-log rows read and not published because publish = false."
-    );
-    describe_counter!(
         "harmonylite_errors",
         "Errors by operation (publish, apply, consume) and kind."
-    );
-    describe_counter!(
-        "harmonylite_conflicts",
-        "Values overwritten by a concurrent change from another node, kept in __harmonylite__conflicts."
     );
     describe_gauge!(
         "harmonylite_held_changes",
@@ -202,14 +160,6 @@ fn describe() {
     describe_gauge!(
         "harmonylite_held_seconds",
         "How long changes of the table have been held on the shard."
-    );
-    describe_counter!(
-        "harmonylite_backfill_superseded_rows",
-        "Rows of a rebuilt table's backfill not applied because the stream held a newer change of the row."
-    );
-    describe_counter!(
-        "harmonylite_schema_pauses",
-        "Times a shard paused at a message naming a table or column this node does not have yet."
     );
     describe_gauge!(
         "harmonylite_applied_position",
@@ -314,22 +264,14 @@ fn update_held(c: &crate::counters::Counters) {
 fn update(o: &Observed) {
     let c = &o.counters;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    counter!("harmonylite_published").absolute(get(&c.published_rows));
     gauge!("harmonylite_pending_publish").set(get(&c.pending_rows) as f64);
     gauge!("harmonylite_schema_mismatch_paused").set((c.schema_paused() > 0) as u8 as f64);
-    counter!("harmonylite_published_messages").absolute(get(&c.published_msgs));
-    counter!("harmonylite_applied_rows").absolute(get(&c.applied_rows));
-    counter!("harmonylite_applied_messages").absolute(get(&c.applied_msgs));
-    counter!("harmonylite_skipped_echo_rows").absolute(get(&c.skipped_rows));
-    counter!("harmonylite_dropped_rows").absolute(get(&c.dropped_rows));
-    counter!("harmonylite_discarded_rows").absolute(get(&c.discarded_rows));
-    counter!("harmonylite_quarantined_messages").absolute(get(&c.quarantined));
-    counter!("harmonylite_unpublished_rows").absolute(get(&c.unpublished));
-    counter!("harmonylite_value_pieces_published").absolute(get(&c.pieces_published));
-    counter!("harmonylite_value_pieces_staged").absolute(get(&c.pieces_staged));
-    counter!("harmonylite_schema_pauses").absolute(get(&c.schema_pauses));
-    counter!("harmonylite_conflicts").absolute(get(&c.conflicts));
-    counter!("harmonylite_backfill_superseded_rows").absolute(get(&c.backfill_superseded));
+    let totals = c.totals();
+    for &t in Total::ALL {
+        if let Some(name) = t.metric() {
+            counter!(name).absolute(totals.get(t));
+        }
+    }
     for ((op, kind), n) in c.errors() {
         counter!("harmonylite_errors", "op" => op, "kind" => kind).absolute(n);
     }

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::counters::Counters;
+use crate::counters::{Counters, Total};
 
 pub use report::Report;
 
@@ -137,23 +137,24 @@ impl Entry {
                 }
             })
             .collect();
+        let totals = counters.totals();
         Entry {
             node_id: cfg.node_id,
             version: env!("CARGO_PKG_VERSION").to_string(),
             written_at_ms: report::unix_ms(std::time::SystemTime::now()),
             shards,
             counters: Activity {
-                published_msgs: counters.published_msgs.load(Relaxed),
-                published_rows: counters.published_rows.load(Relaxed),
-                publish_errors: counters.publish_errors.load(Relaxed),
-                applied_msgs: counters.applied_msgs.load(Relaxed),
-                applied_rows: counters.applied_rows.load(Relaxed),
-                skipped_rows: counters.skipped_rows.load(Relaxed),
-                apply_errors: counters.apply_errors.load(Relaxed),
-                dropped_rows: counters.dropped_rows.load(Relaxed),
-                schema_pauses: counters.schema_pauses.load(Relaxed),
-                quarantined: counters.quarantined.load(Relaxed),
-                unpublished: counters.unpublished.load(Relaxed),
+                published_msgs: totals.get(Total::PublishedMessages),
+                published_rows: totals.get(Total::PublishedRows),
+                publish_errors: totals.get(Total::PublishErrors),
+                applied_msgs: totals.get(Total::AppliedMessages),
+                applied_rows: totals.get(Total::AppliedRows),
+                skipped_rows: totals.get(Total::SkippedRows),
+                apply_errors: totals.get(Total::ApplyErrors),
+                dropped_rows: totals.get(Total::DroppedRows),
+                schema_pauses: totals.get(Total::SchemaPauses),
+                quarantined: totals.get(Total::Quarantined),
+                unpublished: totals.get(Total::Unpublished),
             },
             published_upto: cfg.publish.then(|| counters.published_upto.load(Relaxed)),
             expected_nodes: Some(expected_nodes as u64),

@@ -14,7 +14,6 @@
 //! on.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
@@ -23,7 +22,7 @@ use rusqlite::types::ValueRef;
 
 use super::PublishError;
 use crate::capture::{LOG, TABLES, TableInfo, UNPUBLISHED};
-use crate::counters::Counters;
+use crate::counters::{Counters, Total};
 use crate::wire::{self, Message, Piece, StagedValue, Value};
 
 /// Pieces published before their acknowledgements are awaited.
@@ -256,9 +255,7 @@ impl PieceSink<'_> {
                 let oldest = acks.pop_front().expect("non-empty");
                 handle.block_on(oldest.into_future()).map_err(ack_err)?;
             }
-            self.counters
-                .pieces_published
-                .fetch_add(1, Ordering::Relaxed);
+            self.counters.add(Total::PiecesPublished, 1);
         }
         for fut in acks {
             handle.block_on(fut.into_future()).map_err(ack_err)?;
@@ -312,7 +309,7 @@ pub fn set_aside(conn: &Connection, rows: &[Aside], counters: &Counters) -> rusq
         }
     }
     tx.commit()?;
-    counters.unpublished.fetch_add(added, Ordering::Relaxed);
+    counters.add(Total::Unpublished, added);
     Ok(())
 }
 

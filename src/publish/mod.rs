@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::capture::{self, CurrentCapture, TableInfo};
 use crate::config::Config;
 use crate::conflict::{InFlight, RowKey};
-use crate::counters::Counters;
+use crate::counters::{Counters, Total};
 use crate::retry::Backoff;
 use crate::wire::{self, Message, Row, TableChanges, Value};
 use state::PublishState;
@@ -290,9 +290,7 @@ impl Publisher {
             self.state.published_upto = pass.end;
             self.state.inflight_end = pass.end;
             self.state.save()?;
-            stats
-                .discarded_rows
-                .fetch_add(pass.rows as u64, Ordering::Relaxed);
+            stats.add(Total::DiscardedRows, pass.rows as u64);
             return Ok(true);
         }
         if !pass.aside.is_empty() {
@@ -348,7 +346,7 @@ impl Publisher {
                 acks[i] = Some(Vec::new());
             }
             let Some(err) = failed else { break };
-            stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+            stats.add(Total::PublishErrors, 1);
             stats.error("publish", err.kind());
             tracing::warn!(error = %err, retry_in_ms = backoff.current().as_millis() as u64, "publish failed; retrying the same messages");
             if !backoff.sleep(cancel).await {
@@ -383,9 +381,7 @@ impl Publisher {
             }
         }
         let msgs: usize = pass.units.iter().map(|u| u.payloads.len()).sum();
-        stats
-            .published_msgs
-            .fetch_add(msgs as u64, Ordering::Relaxed);
+        stats.add(Total::PublishedMessages, msgs as u64);
         self.state.published_upto = pass.end;
         self.state.inflight_end = pass.end;
         self.state.save()?;
@@ -396,9 +392,7 @@ impl Publisher {
             upto = pass.end,
             "published"
         );
-        stats
-            .published_rows
-            .fetch_add(pass.rows as u64, Ordering::Relaxed);
+        stats.add(Total::PublishedRows, pass.rows as u64);
         stats.touch();
         stats
             .last_published_ms
