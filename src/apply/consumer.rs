@@ -66,7 +66,14 @@ pub struct ShardConsumer {
     gaps: tokio::sync::mpsc::UnboundedSender<Gap>,
     /// The interruptions going on (one condition: this consumer cannot deliver).
     trouble: Repeats,
+    /// Until the consumer first delivers: an interruption then is routine (a stream whose replicas are being
+    /// raised as the cluster forms answers "insufficient resources" for a moment), said at DEBUG unless it
+    /// lasts past [`STARTING`] (then at WARN, as the repeat).
+    starting: Option<Instant>,
 }
+
+/// How long interruptions before the first delivery count as part of the start.
+const STARTING: Duration = Duration::from_secs(30);
 
 /// The key of [`ShardConsumer::trouble`]'s only condition.
 const INTERRUPTED: &str = "interrupted";
@@ -87,6 +94,7 @@ impl ShardConsumer {
             counters,
             gaps,
             trouble: Repeats::default(),
+            starting: Some(Instant::now()),
         }
     }
 
@@ -120,6 +128,12 @@ impl ShardConsumer {
                         .trouble
                         .observe(INTERRUPTED, &e.to_string(), Instant::now())
                     {
+                        Some(Report::Started { .. })
+                            if self.starting.is_some_and(|t| t.elapsed() < STARTING) =>
+                        {
+                            tracing::debug!(shard, stream = %stream, error = %e,
+                            retry_in_ms, "consumer interrupted while starting; resuming")
+                        }
                         Some(Report::Started { .. }) => {
                             tracing::warn!(shard, stream = %stream, error = %e,
                             retry_in_ms, "consumer interrupted; resuming")
@@ -185,11 +199,17 @@ impl ShardConsumer {
             .messages()
             .await?;
         tracing::debug!(shard = input.shard, from = input.next, "consumer started");
+        let starting = self.starting.take().is_some();
         if let Some(Report::Ended { total, lasted, .. }) =
             self.trouble.resolve(INTERRUPTED, Instant::now())
         {
-            tracing::info!(shard = input.shard, stream = %input.stream, interruptions = total,
-                after_s = lasted.as_secs(), "consumer resumed");
+            if starting && lasted < STARTING {
+                tracing::debug!(shard = input.shard, stream = %input.stream, interruptions = total,
+                    after_s = lasted.as_secs(), "consumer started after interruptions");
+            } else {
+                tracing::info!(shard = input.shard, stream = %input.stream, interruptions = total,
+                    after_s = lasted.as_secs(), "consumer resumed");
+            }
         }
         backoff.reset();
         while let Some(m) = messages.next().await {

@@ -121,18 +121,67 @@ macro_rules! nats_event {
 /// said once, then summarised every [`crate::repeat::PERIOD`], and their end is said once: when the line stops
 /// coming back, or when a route to the same address is created. Shared by the child's two output streams and
 /// its restarts.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct NatsLog(Arc<Mutex<Repeats>>);
+///
+/// nats-server's own informational lines (its banner, routes created and closed, leaders elected) go to DEBUG:
+/// a healthy start says a few lines of ours, and `-v` shows the rest. While the cluster forms (until the
+/// server has a route to every configured peer, at most [`FORMING_AT_MOST`]), its notes about peers not there
+/// yet ([`forming_chatter`]) are DEBUG too; after that they are warnings again.
+#[derive(Debug, Clone)]
+pub(crate) struct NatsLog {
+    repeats: Arc<Mutex<Repeats>>,
+    forming: Arc<AtomicBool>,
+    created: Instant,
+    /// Repeated conditions whose start was said at DEBUG (while the cluster formed): their end is DEBUG too.
+    quiet: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+impl Default for NatsLog {
+    fn default() -> NatsLog {
+        NatsLog {
+            repeats: Arc::default(),
+            forming: Arc::new(AtomicBool::new(true)),
+            created: Instant::now(),
+            quiet: Arc::default(),
+        }
+    }
+}
+
+/// How long a server's start may count as its cluster forming, at most.
+pub(crate) const FORMING_AT_MOST: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What nats-server says while its cluster forms: a peer's route refused or not answering, routing or a meta
+/// leader not there yet.
+fn forming_chatter(message: &str) -> bool {
+    message.contains("Error trying to connect to route")
+        || message.contains("Waiting for routing to be established")
+        || message.contains("has not established contact with a meta leader")
+        || message.contains("is not current with the meta leader")
+}
 
 impl NatsLog {
     fn lock(&self) -> std::sync::MutexGuard<'_, Repeats> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.repeats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The flag that ends the forming period when set to false (see [`super::ready::wait_ready`]).
+    pub fn forming_flag(&self) -> Arc<AtomicBool> {
+        self.forming.clone()
+    }
+
+    fn forming(&self, now: Instant) -> bool {
+        self.forming.load(Ordering::Relaxed)
+            && now.saturating_duration_since(self.created) < FORMING_AT_MOST
     }
 
     /// Forwards one output line, seen at `now`.
     pub fn line(&self, line: &str, now: Instant) {
         let (tag, message) = split_level(line);
-        let level = level_of(tag, message);
+        let chatter = forming_chatter(message);
+        let level = if chatter && self.forming(now) {
+            Level::DEBUG
+        } else {
+            level_of(tag, message)
+        };
         let (ended, report) = {
             let mut repeats = self.lock();
             let ended = match first_address(message) {
@@ -141,7 +190,7 @@ impl NatsLog {
                 }
                 _ => Vec::new(),
             };
-            let report = if level <= Level::WARN {
+            let report = if level <= Level::WARN || chatter {
                 repeats.observe(&normalise(message), message, now)
             } else {
                 Some(Report::Started {
@@ -150,24 +199,41 @@ impl NatsLog {
             };
             (ended, report)
         };
-        for (_, r) in ended {
-            log_report(level, r);
+        if chatter && level == Level::DEBUG && matches!(report, Some(Report::Started { .. })) {
+            self.quiet_set().insert(normalise(message));
+        }
+        for (key, r) in ended {
+            log_report(level, self.end_level(&key), r);
         }
         if let Some(r) = report {
-            log_report(level, r);
+            log_report(level, Level::INFO, r);
+        }
+    }
+
+    fn quiet_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.quiet.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The level the end of condition `key` is said at: DEBUG when its start was.
+    fn end_level(&self, key: &str) -> Level {
+        if self.quiet_set().remove(key) {
+            Level::DEBUG
+        } else {
+            Level::INFO
         }
     }
 
     /// Says which repeated conditions are over (quiet for [`crate::repeat::QUIET`]); called regularly.
     pub fn tick(&self, now: Instant) {
         let ended = self.lock().expire(now);
-        for (_, r) in ended {
-            log_report(Level::INFO, r);
+        for (key, r) in ended {
+            log_report(Level::INFO, self.end_level(&key), r);
         }
     }
 }
 
-fn log_report(level: Level, report: Report) {
+/// Logs `report` at `level`, or its end at `over`.
+fn log_report(level: Level, over: Level, report: Report) {
     match report {
         Report::Started { text } => nats_event!(level, "{text}"),
         Report::Repeating {
@@ -188,8 +254,8 @@ fn log_report(level: Level, report: Report) {
             lasted,
             text,
             ..
-        } => tracing::info!(
-            target: NATS_TARGET,
+        } => nats_event!(
+            over,
             total,
             lasted_s = lasted.as_secs(),
             "over ({total} times in {} s): {text}",
@@ -198,15 +264,15 @@ fn log_report(level: Level, report: Report) {
     }
 }
 
-/// The level a line is logged at: its tag's, but a route that cannot be reached is a warning (routine while a
-/// cluster forms; readiness reports peers that stay away), and untagged lines (such as a config parse error)
-/// are warnings.
+/// The level a line is logged at: its tag's, but informational lines are DEBUG (see [`NatsLog`]), a route
+/// that cannot be reached is a warning (readiness reports peers that stay away), and untagged lines (such as
+/// a config parse error) are warnings.
 fn level_of(tag: &str, message: &str) -> Level {
     match tag {
         "ERR" if message.contains("Error trying to connect to route") => Level::WARN,
         "ERR" | "FTL" => Level::ERROR,
         "WRN" => Level::WARN,
-        "INF" => Level::INFO,
+        "INF" => Level::DEBUG,
         "DBG" => Level::DEBUG,
         "TRC" => Level::TRACE,
         _ => Level::WARN,
@@ -318,6 +384,8 @@ mod tests {
         let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
         let text = crate::logging::captured(|| {
             let log = NatsLog::default();
+            // The cluster had formed: peers going away are warnings.
+            log.forming_flag().store(false, Ordering::Relaxed);
             log.line("[7] [INF] Server is ready", at(0));
             // Two peers down for 70 s, each route retried every second (with a pool of connections per peer).
             for s in 0..70u64 {
@@ -372,10 +440,59 @@ mod tests {
             "{text}"
         );
         assert!(
-            lines[0].contains("INFO node=1 nats-server: Server is ready"),
+            lines[0].contains("DEBUG node=1 nats-server: Server is ready"),
             "{text}"
         );
         assert_eq!(lines.len(), 10, "{text}");
+    }
+
+    #[test]
+    fn peers_not_there_yet_while_the_cluster_forms_are_debug_then_warnings_again() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        let refused = |s: u64| {
+            format!(
+                "[7] [ERR] Error trying to connect to route (attempt {s}): dial tcp 127.0.0.1:4250: connect: connection refused"
+            )
+        };
+        let text = crate::logging::captured(|| {
+            let log = NatsLog::default();
+            log.line("[7] [WRN] Waiting for routing to be established...", at(0));
+            for s in 0..40u64 {
+                log.line(&refused(s), at(s * 1000));
+                log.tick(at(s * 1000 + 500));
+            }
+            log.line(
+                "[7] [INF] 127.0.0.1:4250 - rid:9 - Route connection created",
+                at(40_000),
+            );
+            // Formed; later the peer goes away.
+            log.forming_flag().store(false, Ordering::Relaxed);
+            log.line(&refused(41), at(41_000));
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            !lines[..lines.len() - 1]
+                .iter()
+                .any(|l| l.contains(" WARN ") || l.contains(" INFO ")),
+            "{text}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("repeating (")),
+            "a flood is summarised while the cluster forms too: {text}"
+        );
+        assert!(
+            lines[lines.len() - 1].contains(
+                " WARN node=1 nats-server: Error trying to connect to route (attempt 41)"
+            ),
+            "{text}"
+        );
+        // Never past FORMING_AT_MOST, even without the flag.
+        let late = crate::logging::captured(|| {
+            let log = NatsLog::default();
+            log.line(&refused(0), log.created + FORMING_AT_MOST);
+        });
+        assert!(late.contains(" WARN "), "{late}");
     }
 
     #[test]

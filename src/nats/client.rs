@@ -103,10 +103,18 @@ pub(crate) fn reconnect_delay(attempts: usize, cap: Duration) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << exp)).min(cap.max(Duration::from_millis(100)))
 }
 
+/// Whether the client lost its connection since it last said it had one (so that getting it back is said).
+static DISCONNECTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn log_event(name: &str, event: Event) {
+    use std::sync::atomic::Ordering;
     match event {
-        Event::Connected => tracing::info!(client = name, "connected to NATS"),
+        Event::Connected if DISCONNECTED.swap(false, Ordering::Relaxed) => {
+            tracing::info!(client = name, "reconnected to NATS")
+        }
+        Event::Connected => tracing::debug!(client = name, "connected to NATS"),
         Event::Disconnected => {
+            DISCONNECTED.store(true, Ordering::Relaxed);
             tracing::warn!(client = name, "disconnected from NATS; reconnecting")
         }
         Event::LameDuckMode => tracing::warn!(client = name, "NATS server entered lame duck mode"),
@@ -127,7 +135,7 @@ pub(crate) async fn connect(settings: &ClientSettings) -> Result<Client, NatsErr
     for attempt in 1..=attempts {
         match options(settings).connect(settings.urls.as_str()).await {
             Ok(client) => {
-                tracing::info!(urls = %shown_urls, attempt, "NATS client connected");
+                tracing::debug!(urls = %shown_urls, attempt, "NATS client connected");
                 return Ok(client);
             }
             Err(e) => {

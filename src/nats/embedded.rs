@@ -127,6 +127,7 @@ async fn open(cfg: &Config, flags: &ClusterFlags, reuse_running: bool) -> Result
             let probe = ready::Probe {
                 peers: Vec::new(),
                 monitor_url: None,
+                forming: None,
             };
             let (client, jetstream) =
                 connect_and_wait(&settings_for(port), &n.jetstream_domain, timeout, &probe).await?;
@@ -147,6 +148,7 @@ async fn open(cfg: &Config, flags: &ClusterFlags, reuse_running: bool) -> Result
             .filter_map(|u| routes::probe_target(u, 6222))
             .collect(),
         monitor_url: ports.monitor_url.clone(),
+        forming: Some(server.forming_flag()),
     };
     match connect_and_wait(&settings, &n.jetstream_domain, timeout, &probe).await {
         Ok((client, jetstream)) => Ok(Nats {

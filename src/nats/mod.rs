@@ -237,6 +237,7 @@ async fn start_external(cfg: &Config, flags: &ClusterFlags) -> Result<Nats, Nats
     let probe = ready::Probe {
         peers: Vec::new(),
         monitor_url: None,
+        forming: None,
     };
     let (client, jetstream) = connect_and_wait(
         &settings,

@@ -35,8 +35,10 @@ where
     loop {
         match create(replicas).await {
             Ok(t) => {
+                // Routine while a cluster starts: the raise adds the replicas as the servers join (and
+                // says so); a server that never comes is named by readiness and the status views.
                 if replicas < wanted {
-                    tracing::warn!(
+                    tracing::info!(
                         what,
                         replicas,
                         wanted,
@@ -70,7 +72,7 @@ pub async fn kv_bucket(
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
     }
-    create(bucket, replicas, |num_replicas| {
+    let created = create(bucket, replicas, |num_replicas| {
         js.create_key_value(jetstream::kv::Config {
             bucket: bucket.to_string(),
             description: description.to_string(),
@@ -80,7 +82,12 @@ pub async fn kv_bucket(
             ..Default::default()
         })
     })
-    .await
+    .await;
+    match created {
+        // Another node created it in the meantime (with the replicas its servers could place then).
+        Err(e) if e.contains("already in use") => js.get_key_value(bucket).await.map_err(|_| e),
+        other => other,
+    }
 }
 
 /// JetStream's stream behind key-value bucket `bucket`.

@@ -18,6 +18,8 @@ const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(250);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(50);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a server connected to every peer still counts as forming its cluster.
+const SETTLING: Duration = Duration::from_secs(5);
 
 /// What readiness knows about the cluster, for progress and error messages.
 pub(crate) struct Probe {
@@ -25,6 +27,40 @@ pub(crate) struct Probe {
     pub peers: Vec<String>,
     /// Monitoring base URL of the embedded server (`http://127.0.0.1:port`), when there is one.
     pub monitor_url: Option<String>,
+    /// The embedded server's "cluster forming" flag (see `child_io::NatsLog`), set to false once it has a
+    /// route to every peer.
+    pub forming: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// Ends the forming period of `probe`'s server a few seconds after it is connected to every configured peer
+/// (nats-server still says it catches up with the meta leader then; looked at every 500 ms, for at most
+/// `child_io::FORMING_AT_MOST`).
+fn watch_forming(probe: &Probe) {
+    use std::sync::atomic::Ordering;
+    let Some(flag) = probe.forming.clone() else {
+        return;
+    };
+    let (Some(monitor_url), false) = (probe.monitor_url.clone(), probe.peers.is_empty()) else {
+        flag.store(false, Ordering::Relaxed);
+        return;
+    };
+    let want = probe.peers.len() + 1;
+    tokio::spawn(async move {
+        let probe = Probe {
+            peers: Vec::new(),
+            monitor_url: Some(monitor_url),
+            forming: None,
+        };
+        let until = Instant::now() + super::child_io::FORMING_AT_MOST;
+        while Instant::now() < until {
+            if connected_servers(&probe).await.is_some_and(|n| n >= want) {
+                tokio::time::sleep(SETTLING).await;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        flag.store(false, Ordering::Relaxed);
+    });
 }
 
 /// Waits until JetStream answers. Logs "cluster formed" and "JetStream ready" with the time taken.
@@ -53,10 +89,11 @@ pub(crate) async fn wait_ready(
                         "cluster formed"
                     );
                 }
-                tracing::info!(
+                tracing::debug!(
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "JetStream ready"
                 );
+                watch_forming(probe);
                 return Ok(());
             }
             Ok(Err(e)) => last_error = e.to_string(),

@@ -191,6 +191,11 @@ impl ServerProcess {
         self.shared.restarts.load(Ordering::SeqCst)
     }
 
+    /// The flag that ends its log's "cluster forming" period (see `child_io::NatsLog`).
+    pub fn forming_flag(&self) -> Arc<AtomicBool> {
+        self.shared.log.forming_flag()
+    }
+
     /// Current ports (None while the server is down).
     pub fn ports(&self) -> Option<Ports> {
         self.status.borrow().ports.clone()

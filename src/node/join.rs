@@ -70,7 +70,7 @@ pub fn keep_pre_join(conn: &rusqlite::Connection, cfg: &Config) -> anyhow::Resul
     }
     conn.execute("VACUUM INTO ?1", [path.to_string_lossy()])
         .map_err(|e| anyhow::anyhow!("cannot copy the database to {}: {e}", path.display()))?;
-    tracing::info!(copy = %path.display(),
+    tracing::debug!(copy = %path.display(),
         "the database holds rows before its first capture; a copy is kept until this node knows whether it joins a cluster's data");
     Ok(())
 }

@@ -560,7 +560,7 @@ impl RunningNode {
             let decision = self.join_decision(replicas).await?;
             let ask = match decision {
                 join::Decision::FirstStart => {
-                    tracing::info!(
+                    tracing::debug!(
                         "the streams are empty, no node has handled a change and there is no snapshot: the cluster's first start, nothing to join"
                     );
                     settled(&prepared)?;
