@@ -83,7 +83,7 @@ pub struct Node {
     pub shards: u32,
     /// `[replication_log] compress`.
     pub compress: bool,
-    /// `[logging] verbose`, and `HARMONYLITE_LOG=info,harmonylite=debug` rather than `info`.
+    /// `[logging] verbose`, and `HARMONYLITE_LOG=info,harmonylite=debug,nats-server=debug` rather than `info`.
     pub verbose: bool,
     /// Extra TOML merged into the generated config (tables key by key, other values replace), e.g.
     /// `"publish = false"` or `"[snapshot]\nenabled = true"`.
@@ -222,7 +222,7 @@ impl Node {
     /// `HARMONYLITE_LOG` for this node.
     fn log_filter(&self) -> &'static str {
         if self.verbose {
-            "info,harmonylite=debug"
+            "info,harmonylite=debug,nats-server=debug"
         } else {
             "info"
         }
