@@ -122,116 +122,157 @@ pub fn rename(text: &str, prefix: &str) -> String {
     out
 }
 
+/// What a metric is, for its description.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    HistogramIn(metrics::Unit),
+}
+
+/// Every metric that is not a running total of `counters::Total` (those are declared in their own table
+/// there): name, kind, help text. `update` sets them.
+const METRICS: &[(&str, Kind, &str)] = &[
+    (
+        "harmonylite_pending_publish",
+        Kind::Gauge,
+        "Change-log rows written by applications and not yet published.",
+    ),
+    (
+        "harmonylite_count_changes",
+        Kind::HistogramIn(metrics::Unit::Microseconds),
+        "Time to count the change-log rows pending publication (microseconds).",
+    ),
+    (
+        "harmonylite_scan_changes",
+        Kind::HistogramIn(metrics::Unit::Microseconds),
+        "Time to read one publish pass from the change log (microseconds).",
+    ),
+    (
+        "harmonylite_schema_mismatch_paused",
+        Kind::Gauge,
+        "1 while a shard waits for this node's schema to catch up with a change it received.",
+    ),
+    (
+        "harmonylite_errors",
+        Kind::Counter,
+        "Errors by operation (publish, apply, consume) and kind.",
+    ),
+    (
+        "harmonylite_held_changes",
+        Kind::Gauge,
+        "Rows held per shard and table because this node lacks a table or column a change names (the missing table and every table its transactions touch).",
+    ),
+    (
+        "harmonylite_held_seconds",
+        Kind::Gauge,
+        "How long changes of the table have been held on the shard.",
+    ),
+    (
+        "harmonylite_applied_position",
+        Kind::Gauge,
+        "Last stream sequence this node handled, per shard.",
+    ),
+    (
+        "harmonylite_stream_last_sequence",
+        Kind::Gauge,
+        "The stream's last sequence at the last look, per shard.",
+    ),
+    (
+        "harmonylite_disk_full",
+        Kind::Gauge,
+        "1 while a full disk stops a part of this node (publishing, applying, its nats-server's store), else 0.",
+    ),
+    (
+        "harmonylite_lag_messages",
+        Kind::Gauge,
+        "Stream messages this node has not handled yet, per shard.",
+    ),
+    (
+        "harmonylite_lag_seconds",
+        Kind::Gauge,
+        "Age of the oldest stream message this node has not handled yet, per shard (0 when caught up).",
+    ),
+    (
+        "harmonylite_shard_paused",
+        Kind::Gauge,
+        "1 while the shard is paused at a message it cannot apply yet, per shard.",
+    ),
+    (
+        "harmonylite_paused_shards",
+        Kind::Gauge,
+        "Shards paused now.",
+    ),
+    (
+        "harmonylite_gap_shards",
+        Kind::Gauge,
+        "Shards stopped at a retention gap (their next change left the stream) now.",
+    ),
+    (
+        "harmonylite_jetstream_quorum",
+        Kind::Gauge,
+        "1 when every shard's stream answered with a leader at the last look.",
+    ),
+    (
+        "harmonylite_nats_connected",
+        Kind::Gauge,
+        "1 while the node's NATS client is connected.",
+    ),
+    (
+        "harmonylite_nats_server_up",
+        Kind::Gauge,
+        "1 while the embedded nats-server runs (or NATS is external and connected).",
+    ),
+    (
+        "harmonylite_nats_server_restarts",
+        Kind::Counter,
+        "Restarts of the embedded nats-server after it died.",
+    ),
+    (
+        "harmonylite_db_connected",
+        Kind::Gauge,
+        "1 when the database opened and answered at the last look.",
+    ),
+    (
+        "harmonylite_uptime_seconds",
+        Kind::Gauge,
+        "Seconds since the node started.",
+    ),
+    (
+        "harmonylite_last_snapshot_age_seconds",
+        Kind::Gauge,
+        "Age of the latest snapshot this node saved or restored (absent before the first).",
+    ),
+    (
+        "harmonylite_last_snapshot_duration_seconds",
+        Kind::Gauge,
+        "How long the latest snapshot this node saved or restored took.",
+    ),
+    (
+        "harmonylite_publish_batch_seconds",
+        Kind::HistogramIn(metrics::Unit::Seconds),
+        "Time from sending a publish pass to its last acknowledgement.",
+    ),
+    (
+        "harmonylite_apply_batch_seconds",
+        Kind::HistogramIn(metrics::Unit::Seconds),
+        "Time of one apply transaction.",
+    ),
+];
+
 fn describe() {
-    // The running totals, from their table in `counters`.
     for &t in Total::ALL {
         if let Some(name) = t.metric() {
             describe_counter!(name, t.help());
         }
     }
-    // The original's five: harmonylite_published (a total, above) and these.
-    describe_gauge!(
-        "harmonylite_pending_publish",
-        "Change-log rows written by applications and not yet published."
-    );
-    describe_histogram!(
-        "harmonylite_count_changes",
-        metrics::Unit::Microseconds,
-        "Time to count the change-log rows pending publication (microseconds)."
-    );
-    describe_histogram!(
-        "harmonylite_scan_changes",
-        metrics::Unit::Microseconds,
-        "Time to read one publish pass from the change log (microseconds)."
-    );
-    describe_gauge!(
-        "harmonylite_schema_mismatch_paused",
-        "1 while a shard waits for this node's schema to catch up with a change it received."
-    );
-    // Ours.
-    describe_counter!(
-        "harmonylite_errors",
-        "Errors by operation (publish, apply, consume) and kind."
-    );
-    describe_gauge!(
-        "harmonylite_held_changes",
-        "Rows held per shard and table because this node lacks a table or column a change names (the missing table and every table its transactions touch)."
-    );
-    describe_gauge!(
-        "harmonylite_held_seconds",
-        "How long changes of the table have been held on the shard."
-    );
-    describe_gauge!(
-        "harmonylite_applied_position",
-        "Last stream sequence this node handled, per shard."
-    );
-    describe_gauge!(
-        "harmonylite_stream_last_sequence",
-        "The stream's last sequence at the last look, per shard."
-    );
-    describe_gauge!(
-        "harmonylite_disk_full",
-        "1 while a full disk stops a part of this node (publishing, applying, its nats-server's store), else 0."
-    );
-    describe_gauge!(
-        "harmonylite_lag_messages",
-        "Stream messages this node has not handled yet, per shard."
-    );
-    describe_gauge!(
-        "harmonylite_lag_seconds",
-        "Age of the oldest stream message this node has not handled yet, per shard (0 when caught up)."
-    );
-    describe_gauge!(
-        "harmonylite_shard_paused",
-        "1 while the shard is paused at a message it cannot apply yet, per shard."
-    );
-    describe_gauge!("harmonylite_paused_shards", "Shards paused now.");
-    describe_gauge!(
-        "harmonylite_gap_shards",
-        "Shards stopped at a retention gap (their next change left the stream) now."
-    );
-    describe_gauge!(
-        "harmonylite_jetstream_quorum",
-        "1 when every shard's stream answered with a leader at the last look."
-    );
-    describe_gauge!(
-        "harmonylite_nats_connected",
-        "1 while the node's NATS client is connected."
-    );
-    describe_gauge!(
-        "harmonylite_nats_server_up",
-        "1 while the embedded nats-server runs (or NATS is external and connected)."
-    );
-    describe_counter!(
-        "harmonylite_nats_server_restarts",
-        "Restarts of the embedded nats-server after it died."
-    );
-    describe_gauge!(
-        "harmonylite_db_connected",
-        "1 when the database opened and answered at the last look."
-    );
-    describe_gauge!(
-        "harmonylite_uptime_seconds",
-        "Seconds since the node started."
-    );
-    describe_gauge!(
-        "harmonylite_last_snapshot_age_seconds",
-        "Age of the latest snapshot this node saved or restored (absent before the first)."
-    );
-    describe_gauge!(
-        "harmonylite_last_snapshot_duration_seconds",
-        "How long the latest snapshot this node saved or restored took."
-    );
-    describe_histogram!(
-        "harmonylite_publish_batch_seconds",
-        metrics::Unit::Seconds,
-        "Time from sending a publish pass to its last acknowledgement."
-    );
-    describe_histogram!(
-        "harmonylite_apply_batch_seconds",
-        metrics::Unit::Seconds,
-        "Time of one apply transaction."
-    );
+    for &(name, kind, help) in METRICS {
+        match kind {
+            Kind::Counter => describe_counter!(name, help),
+            Kind::Gauge => describe_gauge!(name, help),
+            Kind::HistogramIn(unit) => describe_histogram!(name, unit, help),
+        }
+    }
 }
 
 /// The held-changes gauges per (shard, table); a table no longer held reads 0.
@@ -310,6 +351,31 @@ fn update(o: &Observed) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_metric_is_declared_once_and_documented() {
+        let ops =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/OPERATIONS.md"))
+                .expect("docs/OPERATIONS.md");
+        let names: Vec<&str> = Total::ALL
+            .iter()
+            .filter_map(|t| t.metric())
+            .chain(METRICS.iter().map(|m| m.0))
+            .collect();
+        let unique: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            names.len(),
+            "a metric declared twice: {names:?}"
+        );
+        for name in names {
+            assert!(name.starts_with("harmonylite_"), "{name}");
+            assert!(
+                ops.contains(&format!("`{name}`")),
+                "{name} is not in OPERATIONS.md's metrics list"
+            );
+        }
+    }
 
     #[test]
     fn prefix_follows_namespace_and_subsystem() {
