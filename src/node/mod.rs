@@ -115,6 +115,17 @@ struct Prepared {
     first: bool,
 }
 
+/// What the start found or did before the engine's tasks run (see [`RunningNode::recover_before_start`]).
+struct Recovered {
+    prepared: Prepared,
+    /// The positions this node's entry certifies for its database, per stream.
+    certified: std::collections::BTreeMap<String, u64>,
+    /// The entry could not be read: the retention task reads it before it writes.
+    certified_unknown: bool,
+    /// The node still waits to join the cluster's data.
+    join_pending: bool,
+}
+
 /// What a node's start may create beside its database and did not find there (the data folder's server
 /// files, the publish state, the pre-join copy): removed again when the node is refused at start, so a
 /// refused node leaves nothing behind.
@@ -264,93 +275,12 @@ impl RunningNode {
         )
         .await?;
 
-        let mut prepared = prepared;
-        // A lost state file: find the publish progress again before anything is published or applied.
-        crate::publish::recover::progress(
-            &self.nats.jetstream,
-            &cfg,
-            &prepared.conn,
-            &prepared.capture,
-            &mut prepared.state,
-        )
-        .await;
-        if cfg.publish {
-            self.counters
-                .set_published_upto(prepared.state.published_upto.max(0) as u64);
-        }
-        // Read before this run writes the entry again; when it cannot be read, the retention task reads it
-        // before it writes.
-        let (mut certified, mut certified_unknown) = if cfg.replicate {
-            match positions::certified(
-                &self.nats.jetstream,
-                cfg.node_id,
-                prepared.capture.incarnation,
-            )
-            .await
-            {
-                Ok(c) => (c, false),
-                Err(error) => {
-                    tracing::warn!(
-                        error,
-                        "cannot read this node's positions entry; it is read again in the background (a shard \
-                         that seems to be at a gap meanwhile waits for it)"
-                    );
-                    (Default::default(), true)
-                }
-            }
-        } else {
-            Default::default()
-        };
-        let mut join_pending = cfg.replicate
-            && capture::join_pending(&prepared.conn)
-                .context("cannot read the database's join state")?;
-        if join_pending {
-            match self.join(prepared, replicas).await? {
-                (p, true) => {
-                    prepared = p;
-                    join_pending = false;
-                    // The restored database is not the one the entry spoke for.
-                    certified = Default::default();
-                    certified_unknown = false;
-                }
-                (p, false) => {
-                    prepared = p;
-                    join_pending = capture::join_pending(&prepared.conn)
-                        .context("cannot read the database's join state")?;
-                }
-            }
-        }
-        if cfg.replicate {
-            let applied = recover::applied_positions(&prepared.conn);
-            let gaps = recover::gaps(&self.nats.jetstream, &cfg, &applied, &certified).await;
-            if !gaps.is_empty() {
-                match recover::usable_snapshot(&cfg, &self.nats.jetstream, &gaps).await {
-                    Ok(Some((_, m)))
-                        if self.failed_snapshot.as_deref() == Some(m.object.as_str()) => {}
-                    Ok(Some((store, m))) => {
-                        match self
-                            .drain_and_restore(prepared, store.as_ref(), &m, replicas)
-                            .await
-                        {
-                            Ok(p) => {
-                                prepared = p;
-                                // The restored database is not the one the entry spoke for.
-                                certified = Default::default();
-                                certified_unknown = false;
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %format!("{e:#}"),
-                                    "snapshot not restored; the shards stay stopped at their gaps");
-                                self.failed_snapshot = Some(m.object.clone());
-                                prepared = prepare(&cfg)?;
-                            }
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::error!(error = %e, "cannot read the snapshot store"),
-                }
-            }
-        }
+        let Recovered {
+            prepared,
+            certified,
+            certified_unknown,
+            join_pending,
+        } = self.recover_before_start(prepared, replicas).await?;
         let Prepared {
             conn,
             capture,
@@ -458,6 +388,110 @@ impl RunningNode {
             "node running"
         );
         Ok(())
+    }
+
+    /// What must happen before the engine's tasks start: the publish progress found again when the state file
+    /// was lost, the positions this node's entry certifies read, a pending join finished, and a shard at a gap
+    /// brought back from a snapshot when one can be.
+    async fn recover_before_start(
+        &mut self,
+        prepared: Prepared,
+        replicas: usize,
+    ) -> anyhow::Result<Recovered> {
+        let cfg = self.cfg.clone();
+        let mut prepared = prepared;
+        // A lost state file: find the publish progress again before anything is published or applied.
+        crate::publish::recover::progress(
+            &self.nats.jetstream,
+            &cfg,
+            &prepared.conn,
+            &prepared.capture,
+            &mut prepared.state,
+        )
+        .await;
+        if cfg.publish {
+            self.counters
+                .set_published_upto(prepared.state.published_upto.max(0) as u64);
+        }
+        // Read before this run writes the entry again; when it cannot be read, the retention task reads it
+        // before it writes.
+        let (mut certified, mut certified_unknown) = if cfg.replicate {
+            match positions::certified(
+                &self.nats.jetstream,
+                cfg.node_id,
+                prepared.capture.incarnation,
+            )
+            .await
+            {
+                Ok(c) => (c, false),
+                Err(error) => {
+                    tracing::warn!(
+                        error,
+                        "cannot read this node's positions entry; it is read again in the background (a shard \
+                         that seems to be at a gap meanwhile waits for it)"
+                    );
+                    (Default::default(), true)
+                }
+            }
+        } else {
+            Default::default()
+        };
+        let mut join_pending = cfg.replicate
+            && capture::join_pending(&prepared.conn)
+                .context("cannot read the database's join state")?;
+        if join_pending {
+            match self.join(prepared, replicas).await? {
+                (p, true) => {
+                    prepared = p;
+                    join_pending = false;
+                    // The restored database is not the one the entry spoke for.
+                    certified = Default::default();
+                    certified_unknown = false;
+                }
+                (p, false) => {
+                    prepared = p;
+                    join_pending = capture::join_pending(&prepared.conn)
+                        .context("cannot read the database's join state")?;
+                }
+            }
+        }
+        if cfg.replicate {
+            let applied = recover::applied_positions(&prepared.conn);
+            let gaps = recover::gaps(&self.nats.jetstream, &cfg, &applied, &certified).await;
+            if !gaps.is_empty() {
+                match recover::usable_snapshot(&cfg, &self.nats.jetstream, &gaps).await {
+                    Ok(Some((_, m)))
+                        if self.failed_snapshot.as_deref() == Some(m.object.as_str()) => {}
+                    Ok(Some((store, m))) => {
+                        match self
+                            .drain_and_restore(prepared, store.as_ref(), &m, replicas)
+                            .await
+                        {
+                            Ok(p) => {
+                                prepared = p;
+                                // The restored database is not the one the entry spoke for.
+                                certified = Default::default();
+                                certified_unknown = false;
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %format!("{e:#}"),
+                                    "snapshot not restored; the shards stay stopped at their gaps");
+                                self.failed_snapshot = Some(m.object.clone());
+                                prepared = prepare(&cfg)?;
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot read the snapshot store"),
+                }
+            }
+        }
+        Ok(Recovered {
+            prepared,
+            certified,
+            certified_unknown,
+            join_pending,
+        })
     }
 
     /// The applier on the write connection, fed by one consumer per shard from its applied position.
@@ -741,14 +775,7 @@ impl RunningNode {
     /// then NATS (the client drains, the embedded server stops gracefully).
     pub async fn shutdown(mut self) {
         tracing::info!("stopping");
-        self.cancel.cancel();
-        let tasks = &mut self.tasks;
-        let stop = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(ENGINE_STOP_GRACE, stop).await.is_err() {
-            tracing::warn!("engine tasks did not stop within {ENGINE_STOP_GRACE:?}");
-            self.tasks.abort_all();
-        }
-        drop(self._watch.take());
+        self.stop_engine().await;
         self.nats.shutdown().await;
         tracing::info!("stopped");
     }
