@@ -1,28 +1,20 @@
 //! HarmonyLite: leaderless, eventually consistent SQLite replication over NATS JetStream.
 //!
-//! A change travels top to bottom through these modules:
+//! The modules stand in layers (docs/DESIGN.md, "Layers"; `tests/layers.rs` keeps them so): a module uses only
+//! modules below its own. From the top:
 //!
-//! - [`capture`]: schema introspection, triggers and the change-log table, file-event watching.
-//! - [`publish`]: change log → batches → JetStream, acknowledgements, marking published.
-//! - [`wire`]: the versioned message format.
-//! - [`nats`]: the bundled nats-server (extract, configure, spawn, supervise, readiness) or an external cluster,
-//!   and the JetStream client side.
-//! - [`apply`]: JetStream → SQLite transactions, applied positions.
-//!
-//! At the side, used along the way:
-//!
-//! - [`cli`], [`config`]: flags and TOML keys of the original, validated.
-//! - [`conflict`]: the node's own changes in flight, on which the conflict rule rests (publish and apply).
-//! - [`counters`]: what the node did, for `sleep_timeout` and operations.
-//! - [`db`]: the node's connections to the user's database, and `-cleanup`.
-//! - [`snapshot`]: consistent copies of the database with their stream positions, and the stores that keep
-//!   them (NATS object store, S3, WebDAV, SFTP).
-//! - [`retry`]: the one backoff policy, with jitter; [`repeat`]: repeated conditions summarised in the logs;
-//!   [`logging`]: the log formats, every line with the node id; [`memory`]: heap tuning.
-//! - `atomic_file`: files replaced whole and durably (the publisher's state, the server's config).
-//!
-//! And on top, [`node`]: start-up order, the handles each task gets, and the shutdown that runs on every path;
-//! [`ops`]: what operators see (the schema registry, each node's status, and the status commands).
+//! 1. `commands`: every mode of the binary (the node's run, the one-shot commands).
+//! 2. `node`: start-up order, the engine's tasks, recovery, retention's trim, join and removal, snapshots taken.
+//! 3. `ops`: what operators see (health, metrics, status, `-verify`, `-wait-replicated`, the schema registry).
+//! 4. `snapshot`: consistent copies of the database and the stores that keep them.
+//! 5. `apply` (JetStream → SQLite) and `publish` (change log → JetStream): the engine.
+//! 6. `counters`: what the node did.
+//! 7. `cluster` (positions, removals, nodes holding a stream: the KV records nodes keep about each other) and
+//!    `db` (the node's connections to the user's database, `-cleanup`).
+//! 8. `capture` (triggers, change log, schema, file watching) and `nats` (the bundled nats-server or an
+//!    external cluster, the client).
+//! 9. `logging`; 10. `config`, `conflict`, `disk_full`; 11. `wire` (the message format); 12. leaves: `ids`,
+//!    `retry`, `repeat`, `atomic_file`, `memory`, `sd_notify`, `cli`.
 
 pub(crate) mod apply;
 pub(crate) mod atomic_file;

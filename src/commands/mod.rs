@@ -145,8 +145,8 @@ async fn verify(cfg: &Config, cli: &Cli) -> ExitCode {
 async fn wait_replicated(cfg: &Config, cli: &Cli) -> anyhow::Result<ExitCode> {
     let timeout = cli
         .timeout
-        .map_or(ops::replicated::DEFAULT_TIMEOUT, Duration::from_secs);
-    let outcome = ops::replicated::command(cfg, &ClusterFlags::from_cli(cli), timeout).await?;
+        .map_or(ops::wait::DEFAULT_TIMEOUT, Duration::from_secs);
+    let outcome = ops::wait::command(cfg, &ClusterFlags::from_cli(cli), timeout).await?;
     print!("{}", outcome.text());
     exit(outcome.is_replicated(), 1)
 }

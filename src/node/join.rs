@@ -322,13 +322,13 @@ async fn take(
         }
     }
     tracing::info!("taking a snapshot for a joining node");
-    let handled = super::snapshots::handled_positions(js, cfg.node_id).await;
+    let handled = super::saves::handled_positions(js, cfg.node_id).await;
     let started = std::time::Instant::now();
     let m = snapshot::save(cfg, store.as_ref(), handled)
         .await
         .map_err(|e| e.to_string())?;
     counters.snapshot_done(started.elapsed());
-    super::snapshots::record_snapshot_positions(js, &m, replicas).await;
+    super::saves::record_snapshot_positions(js, &m, replicas).await;
     Ok(m.object)
 }
 

@@ -10,11 +10,11 @@
 //! ([`CurrentCapture`]), the conflict rule's table of in-flight local changes ([`InFlight`]) and the
 //! [`Counters`].
 
+mod comeback;
 mod join;
 pub mod membership;
-mod recover;
 mod retention;
-mod snapshots;
+mod saves;
 mod streams;
 
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::db::{check_db, open_db};
-pub use snapshots::save_now as save_snapshot;
+pub use saves::save_now as save_snapshot;
 
 use crate::apply::{
     Applier,
@@ -335,7 +335,7 @@ impl RunningNode {
             self.instance,
             self.cancel.clone(),
         ));
-        self.tasks.spawn(snapshots::run(
+        self.tasks.spawn(saves::run(
             self.nats.jetstream.clone(),
             cfg.clone(),
             self.counters.clone(),
@@ -456,10 +456,10 @@ impl RunningNode {
             }
         }
         if cfg.replicate {
-            let applied = recover::applied_positions(&prepared.conn);
-            let gaps = recover::gaps(&self.nats.jetstream, &cfg, &applied, &certified).await;
+            let applied = comeback::applied_positions(&prepared.conn);
+            let gaps = comeback::gaps(&self.nats.jetstream, &cfg, &applied, &certified).await;
             if !gaps.is_empty() {
-                match recover::usable_snapshot(&cfg, &self.nats.jetstream, &gaps).await {
+                match comeback::usable_snapshot(&cfg, &self.nats.jetstream, &gaps).await {
                     Ok(Some((_, m)))
                         if self.failed_snapshot.as_deref() == Some(m.object.as_str()) => {}
                     Ok(Some((store, m))) => {
@@ -555,7 +555,7 @@ impl RunningNode {
             self.nats.client.clone(),
         )?;
         let started = std::time::Instant::now();
-        recover::restore(
+        comeback::restore(
             &cfg,
             &self.nats.jetstream,
             store,
@@ -701,7 +701,7 @@ impl RunningNode {
             return Ok(());
         }
         self.last_recovery = Some(std::time::Instant::now());
-        match recover::usable_snapshot(&self.cfg, &self.nats.jetstream, std::slice::from_ref(&gap))
+        match comeback::usable_snapshot(&self.cfg, &self.nats.jetstream, std::slice::from_ref(&gap))
             .await
         {
             Ok(Some((_, m))) if self.failed_snapshot.as_deref() == Some(m.object.as_str()) => {

@@ -134,7 +134,7 @@ pub fn wanted_replicas(cfg: &Config, replicas: usize) -> Vec<(String, usize)> {
         crate::cluster::positions::BUCKET,
         crate::ops::schema::BUCKET,
         crate::ops::status::BUCKET,
-        super::snapshots::LEASE_BUCKET,
+        super::saves::LEASE_BUCKET,
     ] {
         out.push((kv_stream(bucket), replicas));
     }

@@ -1,6 +1,6 @@
 //! The node's HTTP endpoints (axum): Prometheus metrics on `[prometheus] bind` (any path, as the original;
 //! `/metrics` is the documented one) and health on `[health_check] bind` at `path`, readiness at
-//! `ready_path`, and write confirmation at [`replicated::ROUTE`] (`GET /wait-replicated?timeout=SECONDS`: 200
+//! `ready_path`, and write confirmation at [`wait::ROUTE`] (`GET /wait-replicated?timeout=SECONDS`: 200
 //! once every change committed on this node before the request is on every node, 504 naming the nodes behind
 //! on timeout, 503 when the cluster cannot be read). When both sections name the same address, one server
 //! answers both: the health paths first, metrics on every other path.
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::health;
 use super::metrics::Exporter;
 use super::observe::Observed;
-use super::replicated;
+use super::wait;
 use crate::config::Config;
 
 /// Why the endpoints cannot be served.
@@ -78,7 +78,7 @@ pub async fn start(
         Router::new()
             .route(&h.path, get(health_handler))
             .route(&h.ready_path, get(ready_handler))
-            .route(replicated::ROUTE, get(wait_replicated_handler))
+            .route(wait::ROUTE, get(wait_replicated_handler))
     };
     let metrics_router = || Router::new().fallback(get(metrics_handler));
     let mut servers: Vec<(&'static str, String, Router<AppState>)> = Vec::new();
@@ -181,16 +181,16 @@ async fn wait_replicated_handler(State(s): State<AppState>, uri: Uri) -> Respons
         return error(StatusCode::SERVICE_UNAVAILABLE, &"NATS is not up yet");
     };
     let cfg = s.observed.cfg.clone();
-    let upto = match tokio::task::spawn_blocking(move || replicated::log_upto(&cfg)).await {
+    let upto = match tokio::task::spawn_blocking(move || wait::log_upto(&cfg)).await {
         Ok(Ok(m)) => m,
         Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, &e),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e),
     };
-    let outcome = replicated::wait(
+    let outcome = wait::wait(
         &nats.jetstream,
         &s.observed.cfg,
         upto,
-        replicated::Progress::Counters(s.observed.counters.clone()),
+        wait::Progress::Counters(s.observed.counters.clone()),
         nats.expected_nodes,
         timeout,
     )
@@ -202,8 +202,8 @@ async fn wait_replicated_handler(State(s): State<AppState>, uri: Uri) -> Respons
     }
 }
 
-/// The `timeout` query parameter in seconds (default [`replicated::DEFAULT_TIMEOUT`], at most
-/// [`replicated::MAX_HTTP_TIMEOUT`]).
+/// The `timeout` query parameter in seconds (default [`wait::DEFAULT_TIMEOUT`], at most
+/// [`wait::MAX_HTTP_TIMEOUT`]).
 fn timeout_param(query: Option<&str>) -> Result<std::time::Duration, String> {
     let value = query
         .into_iter()
@@ -212,10 +212,10 @@ fn timeout_param(query: Option<&str>) -> Result<std::time::Duration, String> {
         .find(|(k, _)| *k == "timeout")
         .map(|(_, v)| v);
     match value {
-        None => Ok(replicated::DEFAULT_TIMEOUT),
+        None => Ok(wait::DEFAULT_TIMEOUT),
         Some(v) => match v.parse::<f64>() {
             Ok(secs) if secs.is_finite() && secs >= 0.0 => {
-                Ok(std::time::Duration::from_secs_f64(secs).min(replicated::MAX_HTTP_TIMEOUT))
+                Ok(std::time::Duration::from_secs_f64(secs).min(wait::MAX_HTTP_TIMEOUT))
             }
             _ => Err(format!("timeout={v:?} is not a number of seconds")),
         },
@@ -240,15 +240,15 @@ mod tests {
     #[test]
     fn the_timeout_parameter() {
         use std::time::Duration;
-        assert_eq!(timeout_param(None), Ok(replicated::DEFAULT_TIMEOUT));
-        assert_eq!(timeout_param(Some("x=1")), Ok(replicated::DEFAULT_TIMEOUT));
+        assert_eq!(timeout_param(None), Ok(wait::DEFAULT_TIMEOUT));
+        assert_eq!(timeout_param(Some("x=1")), Ok(wait::DEFAULT_TIMEOUT));
         assert_eq!(
             timeout_param(Some("x=1&timeout=2.5")),
             Ok(Duration::from_millis(2500))
         );
         assert_eq!(
             timeout_param(Some("timeout=99999")),
-            Ok(replicated::MAX_HTTP_TIMEOUT)
+            Ok(wait::MAX_HTTP_TIMEOUT)
         );
         assert!(timeout_param(Some("timeout=soon")).is_err());
         assert!(timeout_param(Some("timeout=-1")).is_err());

@@ -2,13 +2,13 @@
 //! itself ([`observe`]), Prometheus metrics ([`metrics`]), health and readiness ([`health`]) and the HTTP
 //! server that serves them ([`http`]), each node's status in the cluster and `-status` ([`status`]), checksums
 //! of every node's tables compared at one agreed point of the streams, `-verify` ([`verify`]), and write
-//! confirmation, `-wait-replicated` ([`replicated`]).
+//! confirmation, `-wait-replicated` ([`wait`]).
 
 pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod observe;
-pub mod replicated;
 pub mod schema;
 pub mod status;
 pub mod verify;
+pub mod wait;
