@@ -101,7 +101,7 @@ pub struct RunningNode {
     /// A snapshot whose restore failed (say, its hash did not match): not tried again.
     failed_snapshot: Option<String>,
     /// This node's database (its change-log incarnation), in its status entry.
-    instance: u64,
+    incarnation: u64,
     /// The node's lock (see [`crate::nats::NodeLock`]), released when the node is dropped.
     _lock: Option<crate::nats::NodeLock>,
 }
@@ -212,12 +212,17 @@ impl RunningNode {
         let nats = Nats::start(&cfg, &flags)
             .await
             .context("cannot start NATS")?;
-        let instance = prepared.capture.incarnation;
-        let refused =
-            match crate::ops::status::refuse_twin(&nats.jetstream, cfg.node_id, instance).await {
-                Ok(()) => membership::refuse_removed(&nats.jetstream, cfg.node_id).await,
-                Err(e) => Err(e),
-            };
+        let incarnation = prepared.capture.incarnation;
+        let refused = match crate::ops::status::refuse_twin(
+            &nats.jetstream,
+            cfg.node_id,
+            incarnation,
+        )
+        .await
+        {
+            Ok(()) => membership::refuse_removed(&nats.jetstream, cfg.node_id).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = refused {
             nats.shutdown().await;
             tokio::task::block_in_place(|| footprint.take_back(prepared, lock));
@@ -247,7 +252,7 @@ impl RunningNode {
             _watch: None,
             last_recovery: None,
             failed_snapshot: None,
-            instance,
+            incarnation,
             _lock: lock,
         };
         match node.start_engine(prepared).await {
@@ -332,7 +337,7 @@ impl RunningNode {
             self.counters.clone(),
             replicas,
             expected_nodes,
-            self.instance,
+            self.incarnation,
             self.cancel.clone(),
         ));
         self.tasks.spawn(saves::run(

@@ -173,7 +173,7 @@ pub fn key_node(key: &str) -> Option<u64> {
     key.strip_prefix("node-")?.parse().ok()
 }
 
-/// How long [`refuse_twin`] watches another instance's entry for a new write (the writer writes every
+/// How long [`refuse_twin`] watches another incarnation's entry for a new write (the writer writes every
 /// [`PERIOD`]).
 const TWIN_WATCH: Duration = Duration::from_secs(3);
 /// An entry older than this (by the server's timestamp and our clock) is from a process that has stopped.
@@ -182,14 +182,14 @@ const TWIN_RECENT: Duration = Duration::from_secs(30);
 /// Refuses to run a second process with this node's id in the cluster. Two signs of a live twin: the cluster's
 /// servers keep refusing routes of this node's server (same name as the twin's: counted in
 /// [`crate::nats::DUPLICATE_NAME_REFUSALS`]), or `node_id`'s status entry is written by another database (its
-/// `instance`, the change-log incarnation, differs from `instance`) and is still being written (a new revision
-/// within [`TWIN_WATCH`]). The same node restarting (after `kill -9` as well) finds its own instance, and the
+/// `instance`, the change-log incarnation, differs from `incarnation`) and is still being written (a new revision
+/// within [`TWIN_WATCH`]). The same node restarting (after `kill -9` as well) finds its own incarnation, and the
 /// routes of a dead process are closed at once; a stopped process's entry is not written again. When neither
 /// sign shows, nothing is watched: the start is not delayed.
 pub async fn refuse_twin(
     js: &jetstream::Context,
     node_id: u64,
-    instance: u64,
+    incarnation: u64,
 ) -> Result<(), String> {
     use std::sync::atomic::Ordering::Relaxed;
     let refusals = || crate::nats::DUPLICATE_NAME_REFUSALS.load(Relaxed);
@@ -210,7 +210,7 @@ pub async fn refuse_twin(
     let other_recent = first.as_ref().is_some_and(|e| {
         let created_ms = (e.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
         let age_ms = report::unix_ms(std::time::SystemTime::now()).saturating_sub(created_ms);
-        read(e).is_some_and(|x| x.instance != Some(instance))
+        read(e).is_some_and(|x| x.instance != Some(incarnation))
             && age_ms <= TWIN_RECENT.as_millis() as u64
     });
     let refused_before = refusals();
@@ -236,7 +236,7 @@ pub async fn refuse_twin(
         };
         if let Ok(Ok(Some(now))) = tokio::time::timeout(ask, s.entry(&key)).await
             && now.revision != first.revision
-            && read(&now).is_some_and(|e| e.instance != Some(instance))
+            && read(&now).is_some_and(|e| e.instance != Some(incarnation))
         {
             return twin(&format!(
                 "another database writes the status entry {key} of bucket {BUCKET} every second"
@@ -284,7 +284,7 @@ pub async fn run(
     counters: Arc<Counters>,
     replicas: usize,
     expected_nodes: usize,
-    instance: u64,
+    incarnation: u64,
     cancel: CancellationToken,
 ) {
     let key = node_key(cfg.node_id);
@@ -299,7 +299,7 @@ pub async fn run(
             _ = counters.progressed(), if !failing => tick.reset(),
         }
         let mut entry = Entry::of(&cfg, &counters, expected_nodes);
-        entry.instance = Some(instance);
+        entry.instance = Some(incarnation);
         let r = tokio::select! {
             _ = cancel.cancelled() => return,
             r = put(&js, &mut store, replicas, &key, &entry) => r,
