@@ -133,6 +133,9 @@ pub(crate) struct NatsLog {
     created: Instant,
     /// Repeated conditions whose start was said at DEBUG (while the cluster formed): their end is DEBUG too.
     quiet: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// We asked the server to stop: what it says from then on is about its own stop (snapshots cut short,
+    /// routes closed under it), said at DEBUG.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Default for NatsLog {
@@ -142,6 +145,7 @@ impl Default for NatsLog {
             forming: Arc::new(AtomicBool::new(true)),
             created: Instant::now(),
             quiet: Arc::default(),
+            stopping: Arc::default(),
         }
     }
 }
@@ -163,6 +167,11 @@ impl NatsLog {
         self.repeats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The server is being stopped at our request.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
     /// The flag that ends the forming period when set to false (see [`super::ready::wait_ready`]).
     pub fn forming_flag(&self) -> Arc<AtomicBool> {
         self.forming.clone()
@@ -177,7 +186,7 @@ impl NatsLog {
     pub fn line(&self, line: &str, now: Instant) {
         let (tag, message) = split_level(line);
         let chatter = forming_chatter(message);
-        let level = if chatter && self.forming(now) {
+        let level = if (chatter && self.forming(now)) || self.stopping.load(Ordering::Relaxed) {
             Level::DEBUG
         } else {
             level_of(tag, message)
@@ -486,6 +495,24 @@ mod tests {
                 " WARN node=1 nats-server: Error trying to connect to route (attempt 41)"
             ),
             "{text}"
+        );
+        // Once we stop the server, what it says about its own stop is DEBUG.
+        let stopping = crate::logging::captured(|| {
+            let log = NatsLog::default();
+            log.forming_flag().store(false, Ordering::Relaxed);
+            log.stopping();
+            log.line(
+                "[7] [WRN] Failed to install snapshot for 'x': store is closed",
+                t0,
+            );
+            log.line(
+                "[7] [ERR] 127.0.0.1:1 - rid:18 - Error flushing: broken pipe",
+                t0,
+            );
+        });
+        assert!(
+            stopping.lines().count() == 2 && stopping.lines().all(|l| l.contains(" DEBUG ")),
+            "{stopping}"
         );
         // Never past FORMING_AT_MOST, even without the flag.
         let late = crate::logging::captured(|| {

@@ -117,6 +117,8 @@ fn log_event(name: &str, event: Event) {
             DISCONNECTED.store(true, Ordering::Relaxed);
             tracing::warn!(client = name, "disconnected from NATS; reconnecting")
         }
+        // Our own shutdown (or a command's end) drains the client.
+        Event::Draining => tracing::debug!(client = name, "draining the NATS client"),
         Event::LameDuckMode => tracing::warn!(client = name, "NATS server entered lame duck mode"),
         Event::Closed => tracing::info!(client = name, "NATS connection closed"),
         Event::SlowConsumer(sid) => tracing::warn!(client = name, sid, "slow NATS consumer"),

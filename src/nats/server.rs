@@ -208,6 +208,7 @@ impl ServerProcess {
     }
 
     fn request(&self, stop: Stop) {
+        self.shared.log.stopping();
         let mut guard = self.shared.stop.lock().unwrap_or_else(|e| e.into_inner());
         if *guard != Some(Stop::Kill) {
             *guard = Some(stop);

@@ -63,6 +63,9 @@ pub fn explain_caps(cfg: &Config) {
     }
 }
 
+/// How long failing to create or open a stream is routine at start (peers starting at the same moment).
+const ROUTINE: Duration = Duration::from_secs(5);
+
 /// Create (or check) one stream per shard, retrying until `deadline` has passed. Replication waits for the
 /// streams, so a failure is a warning when it starts (e.g. "no suitable peers for placement"), summarised while
 /// it repeats (see [`crate::repeat`]), and its end is said.
@@ -80,6 +83,7 @@ pub async fn ensure(
         // unanswered, so each attempt is short (growing from 0.5 s to 5 s) and retried.
         let mut attempt_timeout = Duration::from_millis(500);
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_millis(250));
+        let mut warned = false;
         loop {
             let r = tokio::time::timeout(attempt_timeout, ensure_one(js, cfg, &config, replicas))
                 .await
@@ -90,19 +94,27 @@ pub async fn ensure(
                     if let Some(Report::Ended { total, lasted, .. }) =
                         trouble.resolve(&config.name, Instant::now())
                     {
-                        tracing::info!(stream = %config.name, failed_attempts = total, after_s = lasted.as_secs(),
-                            "stream available after {total} failed attempts");
+                        if warned {
+                            tracing::info!(stream = %config.name, failed_attempts = total, after_s = lasted.as_secs(),
+                                "stream available after {total} failed attempts");
+                        } else {
+                            tracing::debug!(stream = %config.name, failed_attempts = total,
+                                "stream available after {total} failed attempts");
+                        }
                     }
                     break;
                 }
                 Err(e) if start.elapsed() < deadline => {
                     let error = e.to_string();
                     match trouble.observe(&config.name, &error, Instant::now()) {
-                        Some(Report::Started { .. }) => {
+                        // Nodes starting together race to create the streams: a few seconds of refusals and
+                        // unanswered requests are routine, said at DEBUG.
+                        _ if !warned && start.elapsed() >= ROUTINE => {
+                            warned = true;
                             tracing::warn!(stream = %config.name, error,
                                 "cannot create or open the stream yet; replication waits for it; retrying")
                         }
-                        Some(Report::Repeating { count, ongoing, .. }) => {
+                        Some(Report::Repeating { count, ongoing, .. }) if warned => {
                             tracing::warn!(stream = %config.name, error, failed_attempts = count,
                                 ongoing_s = ongoing.as_secs(),
                                 "still cannot create or open the stream; replication waits for it; retrying")

@@ -39,6 +39,8 @@ pub use report::Report;
 pub const BUCKET: &str = "harmonylite-status";
 /// How often a node writes its entry.
 const PERIOD: Duration = Duration::from_secs(1);
+/// How long failing to write the status entry is routine after the node starts.
+const ROUTINE_AT_START: Duration = Duration::from_secs(5);
 /// The shortest time between two writes: progress (an applied position or `published_upto` moving) writes the
 /// entry sooner than [`PERIOD`], at most this often.
 const MIN_GAP: Duration = Duration::from_millis(250);
@@ -290,6 +292,7 @@ pub async fn run(
     let key = node_key(cfg.node_id);
     let mut store: Option<kv::Store> = None;
     let mut failing = false;
+    let started = std::time::Instant::now();
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -312,7 +315,9 @@ pub async fn run(
             Ok(()) => {}
             Err(e) => {
                 store = None;
-                if !failing {
+                // At start, the bucket another node is creating at that moment may not take writes for a
+                // moment: routine for the first few seconds, said at DEBUG.
+                if !failing && started.elapsed() >= ROUTINE_AT_START {
                     failing = true;
                     tracing::warn!(bucket = BUCKET, error = %e,
                         "cannot write this node's status entry; retrying every second (said once)");
