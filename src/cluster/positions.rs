@@ -204,18 +204,22 @@ pub(crate) fn certifies(entry: Option<Positions>, incarnation: u64) -> BTreeMap<
     }
 }
 
+/// An entry of node `id` (incarnation 1) with these positions, for tests.
+#[cfg(test)]
+pub(crate) fn sample(id: u64, pos: &[(&str, u64)]) -> Positions {
+    Positions {
+        node_id: id,
+        incarnation: 1,
+        positions: pos.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+        published_upto: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn p(id: u64, pos: &[(&str, u64)]) -> Positions {
-        Positions {
-            node_id: id,
-            incarnation: 1,
-            positions: pos.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
-            published_upto: 0,
-        }
-    }
+    use super::sample as p;
 
     #[test]
     fn an_entry_certifies_only_for_its_own_database() {

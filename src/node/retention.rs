@@ -294,14 +294,7 @@ pub async fn run(
 mod tests {
     use super::*;
 
-    fn p(id: u64, pos: &[(&str, u64)]) -> Positions {
-        Positions {
-            node_id: id,
-            incarnation: 1,
-            positions: pos.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
-            published_upto: 0,
-        }
-    }
+    use crate::cluster::positions::sample as p;
 
     #[test]
     fn trim_keeps_what_the_slowest_node_and_the_snapshot_need() {
