@@ -24,6 +24,9 @@ pub mod sql;
 pub mod unique;
 pub mod window;
 
+#[cfg(test)]
+mod engine_tests;
+
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -508,11 +511,18 @@ impl Applier {
                 // another row (DESIGN.md, "Unique collisions"): only our own changes skip the transaction.
                 Ok(m) if m.origin != cfg.node_id => false,
                 Ok(m) if m.piece.is_some() => pieces::own_now(m, cfg, &self.capture.get()),
+                // Our own change skipped for a newer write of ours may still take a unique value from a row
+                // another node wrote meanwhile: only tables known to have no unique index skip the
+                // transaction.
                 Ok(m) => m.tables.iter().all(|t| {
                     !capture::schema::selected(&t.table, &cfg.include_tables, &cfg.exclude_tables)
-                        || sql::row_keys_of(t).is_some_and(|keys| {
-                            keys.iter().all(|k| self.in_flight.would_skip(k, d.seq))
-                        })
+                        || (self
+                            .mem
+                            .uniques
+                            .known_without(self.capture.get().schema_version, &t.table)
+                            && sql::row_keys_of(t).is_some_and(|keys| {
+                                keys.iter().all(|k| self.in_flight.would_skip(k, d.seq))
+                            }))
                 }),
                 Err(_) => false,
             })

@@ -450,6 +450,17 @@ pub fn apply_message(
                     if m.origin == cfg.node_id {
                         // Our own change, back from the stream: the row's value is the one stored at `seq`.
                         mem.recent.note(rk, set_by);
+                        // A newer write of ours may have moved the row off a unique value meanwhile, and another
+                        // node's row, earlier in the stream, taken it here: in stream order this change takes
+                        // the value from that row, so it does here too (the origin's own large values are not
+                        // staged here: such a row is left as it is).
+                        if let Row::Upsert(values) = row
+                            && uniques.any()
+                            && !super::pieces::has_staged(row)
+                        {
+                            out.conflicts +=
+                                here.displace(&uniques, values, &mut mem.recent, None)?;
+                        }
                     } else if let Row::Upsert(values) = row
                         && uniques.any()
                     {

@@ -60,6 +60,22 @@ pub struct Cache {
 }
 
 impl Cache {
+    /// Whether `table` (as a message names it; its local spelling may differ in case) is known, at
+    /// `schema_version`, to have no unique index but its key. Unknown: `false`.
+    pub fn known_without(&self, schema_version: i64, table: &str) -> bool {
+        if self.version != schema_version {
+            return false;
+        }
+        match self.tables.get(table) {
+            Some(u) => !u.any(),
+            None => self
+                .tables
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(table))
+                .is_some_and(|(_, u)| !u.any()),
+        }
+    }
+
     pub fn get(
         &mut self,
         tx: &Transaction<'_>,

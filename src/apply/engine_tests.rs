@@ -1,0 +1,351 @@
+//! The applier in-process: encoded messages fed over its shard channel, as a consumer would, against a SQLite
+//! database in a temporary directory. No nats-server: the JetStream context is never asked (no backfill here).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use tokio_util::sync::CancellationToken;
+
+use super::{Applier, Incoming, ShardInput};
+use crate::capture::{self, CurrentCapture};
+use crate::conflict::InFlight;
+use crate::counters::{Counters, Total};
+use crate::wire::{self, Message, Row, TableChanges, Value};
+
+/// This node's id; messages from [`OTHER`] are applied, messages from [`ME`] are own echoes.
+const ME: u64 = 2;
+const OTHER: u64 = 7;
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Harness {
+    dir: tempfile::TempDir,
+    input: ShardInput,
+    counters: Arc<Counters>,
+    in_flight: Arc<InFlight>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    stream: String,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("node.db");
+        let mut cfg = crate::config::load(None, &Default::default())
+            .expect("defaults")
+            .0;
+        cfg.node_id = ME;
+        cfg.db_path = db.clone();
+        let mut conn = Connection::open(&db).expect("open");
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE Books (id INTEGER PRIMARY KEY, title TEXT NOT NULL CHECK (title <> 'poison'));
+             CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE);",
+        )
+        .expect("schema");
+        let cap = capture::install(&mut conn, &[], &[]).expect("capture");
+        // A client that never reaches a server: the applier asks JetStream only for backfill windows.
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("nats://127.0.0.1:1")
+            .await
+            .expect("client");
+        let counters = Arc::new(Counters::default());
+        let in_flight = Arc::new(InFlight::new(true, 0));
+        let stream = cfg.stream_name(1);
+        let (applier, mut inputs) = Applier::new(
+            Arc::new(cfg),
+            async_nats::jetstream::new(client),
+            CurrentCapture::new(cap),
+            in_flight.clone(),
+            counters.clone(),
+            conn,
+        )
+        .expect("applier");
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(applier.run(cancel.clone()));
+        Harness {
+            dir,
+            input: inputs.remove(0),
+            counters,
+            in_flight,
+            cancel,
+            task,
+            stream,
+        }
+    }
+
+    /// Deliver `msg` at stream sequence `seq`, as the shard's consumer does.
+    async fn deliver(&self, seq: u64, msg: &Message) {
+        let payload = bytes::Bytes::from(wire::encode(msg, false));
+        self.deliver_raw(seq, payload).await;
+    }
+
+    async fn deliver_raw(&self, seq: u64, payload: bytes::Bytes) {
+        self.input
+            .tx
+            .send(Incoming {
+                seq,
+                payload,
+                _room: None,
+            })
+            .await
+            .expect("applier gone");
+        self.input.wake.notify_one();
+    }
+
+    fn applied(&self) -> u64 {
+        self.counters.shard_views().first().map_or(0, |v| v.applied)
+    }
+
+    async fn wait_applied(&self, seq: u64) {
+        let deadline = Instant::now() + WAIT;
+        while self.applied() < seq {
+            assert!(
+                Instant::now() < deadline,
+                "position {seq} not handled within {WAIT:?} (at {})",
+                self.applied()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn read(&self) -> Connection {
+        Connection::open(self.dir.path().join("node.db")).expect("read connection")
+    }
+
+    /// The titles of Books and the recorded applied position, read in one transaction.
+    fn snapshot(&self) -> (Vec<(i64, String)>, u64) {
+        let mut conn = self.read();
+        let tx = conn.transaction().expect("read transaction");
+        let books = {
+            let mut stmt = tx
+                .prepare("SELECT id, title FROM Books ORDER BY id")
+                .expect("prepare");
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .expect("query")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("rows")
+        };
+        let seq: u64 = tx
+            .query_row(
+                &format!("SELECT seq FROM {} WHERE stream = ?1", capture::APPLIED),
+                [&self.stream],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|s| s as u64)
+            .unwrap_or(0);
+        (books, seq)
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.task.await.expect("applier task");
+    }
+}
+
+fn book(id: i64, title: &str) -> Row {
+    Row::Upsert(vec![
+        Value::Integer(id),
+        Value::Text(title.as_bytes().to_vec()),
+    ])
+}
+
+fn user(origin: u64, unit: &str, id: i64, email: &str) -> Message {
+    let mut m = message(origin, unit, 1, true, Vec::new());
+    m.tables = vec![TableChanges {
+        table: "users".into(),
+        columns: vec!["id".into(), "email".into()],
+        key: vec!["id".into()],
+        rows: vec![Row::Upsert(vec![
+            Value::Integer(id),
+            Value::Text(email.as_bytes().to_vec()),
+        ])],
+    }];
+    m
+}
+
+fn message(origin: u64, unit: &str, part: u32, last: bool, rows: Vec<Row>) -> Message {
+    Message {
+        origin,
+        unit: unit.to_string(),
+        part,
+        last,
+        schema: 0,
+        tables: vec![TableChanges {
+            table: "Books".into(),
+            columns: vec!["id".into(), "title".into()],
+            key: vec!["id".into()],
+            rows,
+        }],
+        seen: None,
+        at_ms: 0,
+        conditional: Vec::new(),
+        own_upto: 0,
+        piece: None,
+        replayed: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_nodes_change_is_written_with_its_position_in_one_transaction() {
+    let h = Harness::start().await;
+    h.deliver(1, &message(OTHER, "u1", 1, true, vec![book(1, "Dune")]))
+        .await;
+    h.wait_applied(1).await;
+    // Flushed with the transaction that wrote the row.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (books, seq) = h.snapshot();
+        if seq == 1 {
+            assert_eq!(books, vec![(1, "Dune".to_string())]);
+            break;
+        }
+        assert!(
+            books.is_empty(),
+            "row written without its position: {books:?}"
+        );
+        assert!(Instant::now() < deadline, "position never recorded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(h.counters.totals().get(Total::AppliedRows), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_of_two_parts_is_applied_whole_or_not_at_all() {
+    let h = Harness::start().await;
+    h.deliver(
+        1,
+        &message(OTHER, "u2", 1, false, vec![book(1, "first part")]),
+    )
+    .await;
+    // Until its last part arrives, nothing of the unit is written.
+    let until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < until {
+        assert!(h.snapshot().0.is_empty(), "a part applied alone");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.deliver(
+        2,
+        &message(OTHER, "u2", 2, true, vec![book(2, "second part")]),
+    )
+    .await;
+    h.wait_applied(2).await;
+    let (books, _) = h.snapshot();
+    assert_eq!(
+        books,
+        vec![
+            (1, "first part".to_string()),
+            (2, "second part".to_string())
+        ]
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_own_echo_is_skipped_and_its_position_still_handled() {
+    let h = Harness::start().await;
+    // This node published its change of book 1 (change-log id 1) and JetStream stored it at sequence 1; the
+    // database already holds the value.
+    let echo = message(ME, "mine", 1, true, vec![book(1, "echo")]);
+    let key = super::sql::row_keys(&echo).remove(0);
+    h.in_flight.mark_sent(&[(key.clone(), 1)], 1);
+    h.in_flight.mark_acked([(&key, 1, Some(1))]);
+    h.deliver(1, &echo).await;
+    h.wait_applied(1).await;
+    assert!(h.snapshot().0.is_empty(), "an own echo was written");
+    assert_eq!(h.counters.totals().get(Total::SkippedRows), 1);
+    assert_eq!(h.counters.totals().get(Total::AppliedRows), 0);
+    // The position of a skipped message is written with the next transaction that applies something.
+    h.deliver(2, &message(OTHER, "u3", 1, true, vec![book(2, "after")]))
+        .await;
+    h.wait_applied(2).await;
+    let deadline = Instant::now() + WAIT;
+    while h.snapshot().1 < 2 {
+        assert!(Instant::now() < deadline, "position 2 never recorded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(h.snapshot().0, vec![(2, "after".to_string())]);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_is_quarantined_with_its_unit_and_the_shard_goes_on() {
+    let h = Harness::start().await;
+    // Undecodable bytes, then a unit whose row fails the table's CHECK, then a good one.
+    h.deliver_raw(1, bytes::Bytes::from_static(b"not a message"))
+        .await;
+    h.deliver(2, &message(OTHER, "bad", 1, true, vec![book(5, "poison")]))
+        .await;
+    h.deliver(3, &message(OTHER, "good", 1, true, vec![book(6, "fine")]))
+        .await;
+    h.wait_applied(3).await;
+    let (books, _) = h.snapshot();
+    assert_eq!(books, vec![(6, "fine".to_string())]);
+    let quarantined: i64 = h
+        .read()
+        .query_row(
+            &format!("SELECT count(*) FROM {}", capture::QUARANTINE),
+            [],
+            |r| r.get(0),
+        )
+        .expect("quarantine");
+    assert_eq!(quarantined, 2, "both poison messages kept");
+    assert_eq!(h.counters.totals().get(Total::Quarantined), 2);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_own_echo_takes_a_unique_value_from_a_row_applied_while_our_newer_write_had_left_it() {
+    let h = Harness::start().await;
+    // This node wrote user 1 as a@x (change-log id 1, stored at sequence 2), then moved it to b@x (id 2, not
+    // published yet).
+    h.read()
+        .execute_batch("INSERT INTO users VALUES (1, 'b@x');")
+        .expect("local write");
+    let echo = user(ME, "mine", 1, "a@x");
+    let key = super::sql::row_keys(&echo).remove(0);
+    h.in_flight.mark_sent(&[(key.clone(), 1)], 1);
+    h.in_flight.mark_acked([(&key, 1, Some(2))]);
+    h.in_flight.record_local([(key, 2)], 2);
+    // Another node's user 9 takes a@x at sequence 1: free here, so it is written.
+    h.deliver(1, &user(OTHER, "theirs", 9, "a@x")).await;
+    h.wait_applied(1).await;
+    // Our a@x at sequence 2 comes back: skipped (our newer b@x stays), but in stream order it took a@x from
+    // user 9, as every other node does when it applies sequence 2.
+    h.deliver(2, &echo).await;
+    h.wait_applied(2).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rows: Vec<(i64, String)> = {
+            let conn = h.read();
+            let mut stmt = conn
+                .prepare("SELECT id, email FROM users ORDER BY id")
+                .expect("prepare");
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        };
+        if rows == vec![(1, "b@x".to_string())] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "user 9 kept a@x: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let journaled: i64 = h
+        .read()
+        .query_row(
+            &format!(
+                "SELECT count(*) FROM {} WHERE row_key = '[9]' AND reason = 'unique'",
+                capture::CONFLICTS
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .expect("journal");
+    assert_eq!(journaled, 1, "the displaced row is in the conflict journal");
+    h.stop().await;
+}
