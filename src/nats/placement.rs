@@ -7,6 +7,7 @@
 //! ([`raise`], run for the node's life).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -22,8 +23,14 @@ pub fn fewest(wanted: usize) -> usize {
     wanted / 2 + 1
 }
 
-/// Runs `create(replicas)` with `wanted` replicas, then with one fewer each time the servers up cannot place
-/// them, down to [`fewest`]`(wanted)`. A creation with fewer replicas than wanted is logged; [`raise`] brings
+/// How long a creation asks again for the wanted replicas before placing fewer.
+const SERVERS_JOINING: Duration = Duration::from_secs(3);
+
+/// A creation of this process had to place fewer replicas than wanted.
+static PLACED_FEWER: AtomicBool = AtomicBool::new(false);
+
+/// Runs `create(replicas)` with `wanted` replicas (asked again for [`SERVERS_JOINING`] while the servers up
+/// cannot place them), then with one fewer each time, down to [`fewest`]`(wanted)`. A creation with fewer replicas than wanted is logged; [`raise`] brings
 /// it to `wanted` later.
 pub async fn create<T, E, F, Fut>(what: &str, wanted: usize, mut create: F) -> Result<T, String>
 where
@@ -32,6 +39,7 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let mut replicas = wanted.max(1);
+    let started = std::time::Instant::now();
     loop {
         match create(replicas).await {
             Ok(t) => {
@@ -50,11 +58,19 @@ where
             }
             Err(e) => {
                 let e = e.to_string();
-                if replicas > fewest(wanted) && too_few_servers(&e) {
-                    replicas -= 1;
-                } else {
+                if !too_few_servers(&e) || replicas <= fewest(wanted) {
                     return Err(e);
                 }
+                // Servers of a cluster that has just formed join JetStream's placement a moment after their
+                // routes: ask again for a few seconds before placing fewer replicas (a stream of two replicas
+                // stalls if one of its two servers dies before the raise). Once a creation had to place
+                // fewer, the servers are taken to be missing and later creations do not wait.
+                if !PLACED_FEWER.load(Ordering::Relaxed) && started.elapsed() < SERVERS_JOINING {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    continue;
+                }
+                PLACED_FEWER.store(true, Ordering::Relaxed);
+                replicas -= 1;
             }
         }
     }
@@ -197,8 +213,12 @@ mod tests {
             }
         })
         .await;
+        // The wanted count is asked again while the servers may still be joining, then one fewer.
+        assert!(tried.iter().filter(|&&n| n == 3).count() >= 2, "{tried:?}");
+        tried.dedup();
         assert_eq!((r, tried), (Ok(2), vec![3, 2]));
 
+        // Once fewer had to be placed, the next creation does not wait.
         let mut tried = Vec::new();
         let r: Result<usize, _> = create("s", 3, |n| {
             tried.push(n);
