@@ -21,6 +21,7 @@ pub mod journal;
 mod pieces;
 pub mod quarantine;
 pub mod sql;
+mod txn;
 pub mod unique;
 pub mod window;
 
@@ -29,7 +30,6 @@ mod engine_tests;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior};
@@ -265,23 +265,10 @@ impl Applier {
                 .iter()
                 .any(|s| !s.held.is_empty() && s.held_retry.is_some_and(|t| t <= now));
             if plan.iter().all(|&n| n == 0) && !held_due {
-                if self.shards.iter().all(|s| s.closed && s.queue.is_empty()) {
+                if self.shards.iter().all(|s| s.closed && s.queue.is_empty())
+                    || !self.idle(now, cancel, &mut schema).await
+                {
                     return;
-                }
-                let next_retry = self
-                    .shards
-                    .iter()
-                    .filter_map(|s| s.paused_until)
-                    .chain(self.shards.iter().filter_map(|s| s.held_retry))
-                    .min();
-                let sleep = next_retry
-                    .map(|t| t.saturating_duration_since(now))
-                    .unwrap_or(Duration::from_secs(1));
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = self.wake.notified() => {}
-                    r = schema.changed() => if r.is_ok() { self.schema_changed() },
-                    _ = tokio::time::sleep(sleep) => {}
                 }
                 continue;
             }
@@ -307,46 +294,79 @@ impl Applier {
                 continue;
             }
             let started = Instant::now();
-            match tokio::task::block_in_place(|| self.apply(&plan)) {
-                Ok(()) => {
-                    busy.reset();
-                    disk.succeeded();
-                    metrics::histogram!("harmonylite_apply_batch_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                }
-                Err(TxnError::MustWait) => {
-                    self.in_flight.wait_acked(Duration::from_millis(20)).await
-                }
-                Err(TxnError::SchemaChanged) => {
-                    let cfg = &*self.cfg;
-                    let r = tokio::task::block_in_place(|| {
-                        self.capture.refresh(
-                            &mut self.conn,
-                            &cfg.include_tables,
-                            &cfg.exclude_tables,
-                        )
-                    });
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, retry_in_ms = busy.current().as_millis() as u64,
-                            "cannot re-install capture after a schema change; retrying");
-                        if !busy.sleep(cancel).await {
-                            return;
-                        }
-                    }
-                }
-                Err(e @ (TxnError::Sqlite(_) | TxnError::Capture(_))) => {
-                    // Busy or I/O trouble (a full disk said once, loudly): nothing was applied; try again shortly.
-                    self.counters.error("apply", "transaction");
-                    if !disk.failed(&e) {
-                        tracing::warn!(error = %e, retry_in_ms = busy.current().as_millis() as u64,
-                            "apply transaction failed; retrying");
-                    }
-                    if !busy.sleep(cancel).await {
-                        return;
-                    }
-                }
+            let r = tokio::task::block_in_place(|| self.apply(&plan));
+            if !self.settle(r, started, &mut busy, &mut disk, cancel).await {
+                return;
             }
         }
+    }
+
+    /// Nothing to apply: wait for a delivery, a schema change, the next retry due, or cancellation (false).
+    async fn idle(
+        &mut self,
+        now: Instant,
+        cancel: &CancellationToken,
+        schema: &mut tokio::sync::watch::Receiver<i64>,
+    ) -> bool {
+        let next_retry = self
+            .shards
+            .iter()
+            .filter_map(|s| s.paused_until)
+            .chain(self.shards.iter().filter_map(|s| s.held_retry))
+            .min();
+        let sleep = next_retry
+            .map(|t| t.saturating_duration_since(now))
+            .unwrap_or(Duration::from_secs(1));
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            _ = self.wake.notified() => {}
+            r = schema.changed() => if r.is_ok() { self.schema_changed() },
+            _ = tokio::time::sleep(sleep) => {}
+        }
+        true
+    }
+
+    /// After an apply transaction: what its outcome asks for (waiting for an own change's acknowledgement,
+    /// re-installing capture, backing off). False when cancelled meanwhile.
+    async fn settle(
+        &mut self,
+        r: Result<(), TxnError>,
+        started: Instant,
+        busy: &mut Backoff,
+        disk: &mut crate::disk_full::DiskFull,
+        cancel: &CancellationToken,
+    ) -> bool {
+        match r {
+            Ok(()) => {
+                busy.reset();
+                disk.succeeded();
+                metrics::histogram!("harmonylite_apply_batch_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Err(TxnError::MustWait) => self.in_flight.wait_acked(Duration::from_millis(20)).await,
+            Err(TxnError::SchemaChanged) => {
+                let cfg = &*self.cfg;
+                let r = tokio::task::block_in_place(|| {
+                    self.capture
+                        .refresh(&mut self.conn, &cfg.include_tables, &cfg.exclude_tables)
+                });
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, retry_in_ms = busy.current().as_millis() as u64,
+                        "cannot re-install capture after a schema change; retrying");
+                    return busy.sleep(cancel).await;
+                }
+            }
+            Err(e @ (TxnError::Sqlite(_) | TxnError::Capture(_))) => {
+                // Busy or I/O trouble (a full disk said once, loudly): nothing was applied; try again shortly.
+                self.counters.error("apply", "transaction");
+                if !disk.failed(&e) {
+                    tracing::warn!(error = %e, retry_in_ms = busy.current().as_millis() as u64,
+                        "apply transaction failed; retrying");
+                }
+                return busy.sleep(cancel).await;
+            }
+        }
+        true
     }
 
     /// Read the window of every planned message with conditional rows that has none yet. A unit's later parts
@@ -602,353 +622,6 @@ impl Applier {
             Err(e) => tracing::warn!(error = %e, "cannot record applied positions"),
         }
     }
-
-    /// Apply the planned messages in one transaction (blocking). When it is rolled back, what it decided about
-    /// our own changes in flight is undone too, so trying again decides the same.
-    fn apply(&mut self, plan: &[usize]) -> Result<(), TxnError> {
-        self.mem.settled.clear();
-        let r = self.apply_txn(plan);
-        if r.is_err() {
-            let shards = &self.shards;
-            let msgs = shards.iter().zip(plan).flat_map(|(s, &n)| {
-                s.held
-                    .iter()
-                    .flat_map(|u| u.msgs.iter())
-                    .chain(s.queue.range(..n))
-                    .filter_map(|d| d.msg.as_ref().ok())
-            });
-            self.mem.rolled_back(msgs);
-        }
-        r
-    }
-
-    fn apply_txn(&mut self, plan: &[usize]) -> Result<(), TxnError> {
-        let (cfg, in_flight) = (&*self.cfg, &*self.in_flight);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // Tables and columns are checked against the capture: it must describe the schema this transaction sees.
-        let cap = self.capture.get();
-        if capture::schema_version(&tx)? != cap.schema_version {
-            return Err(TxnError::SchemaChanged);
-        }
-        // Register local changes committed since the last look, before our own writes add echo rows.
-        let before = capture::max_log_id(&tx)?;
-        let scanned = in_flight.scanned_upto();
-        if before > scanned {
-            let rows = capture::read_log(&tx, &cap, scanned, before)?;
-            // A backfill is not a local write: newer changes from the stream must land over it (see
-            // `window`), so it is not tracked as one.
-            in_flight.record_local(
-                rows.iter().filter(|r| !r.backfill).filter_map(|r| {
-                    cap.table(r.table_id).map(|t| {
-                        (
-                            crate::conflict::row_key(&t.name, &wire::key_bytes(&r.key)),
-                            r.id,
-                        )
-                    })
-                }),
-                before,
-            );
-        }
-        let mut outcome: Vec<Outcome> = Vec::new();
-        let mut quarantined: Vec<(Stuck, usize)> = Vec::new(); // (the poison, messages of its unit)
-        let mut total = sql::Applied::default();
-        let now = Instant::now();
-        for (s, &n) in self.shards.iter().zip(plan) {
-            let mut o = Outcome {
-                last: s.processed,
-                ..Outcome::default()
-            };
-            // Held units first (they are older than anything queued), once their retry is due.
-            o.retried = !s.held.is_empty() && s.held_retry.is_some_and(|t| t <= now);
-            if o.retried {
-                for (ui, u) in s.held.iter().enumerate() {
-                    if !u.tables.is_disjoint(&o.still) {
-                        continue;
-                    }
-                    tx.execute_batch("SAVEPOINT unit")?;
-                    let mark = self.mem.settled.len();
-                    match apply_unit(&tx, &u.msgs, s, in_flight, cfg, &cap, &mut self.mem) {
-                        Ok(a) => {
-                            tx.execute_batch("RELEASE unit")?;
-                            total.add(a);
-                            o.released.push(ui);
-                        }
-                        Err(UnitError::MustWait) => return Err(TxnError::MustWait),
-                        Err(UnitError::Failed(f)) => {
-                            tx.execute_batch("ROLLBACK TO unit; RELEASE unit")?;
-                            self.mem.settled.truncate(mark);
-                            o.still.extend(u.tables.iter().cloned());
-                            o.causes.push(f);
-                        }
-                    }
-                }
-            } else {
-                o.still = s.held_tables.clone();
-            }
-            let mut i = 0;
-            while i < n {
-                let unit_len = unit_len(&s.queue, i).unwrap_or(1).min(n - i);
-                let unit = s.queue.range(i..i + unit_len);
-                let last_seq = s.queue[i + unit_len - 1].seq;
-                // The tables a unit touches matter only while something is held (or once it is).
-                let tables = || held::tables_of(s.queue.range(i..i + unit_len));
-                if !o.still.is_empty() && !tables().is_disjoint(&o.still) {
-                    // A held unit touches these tables: this one waits behind it.
-                    o.still.extend(tables());
-                    o.newly_held.push((i, unit_len));
-                } else {
-                    tx.execute_batch("SAVEPOINT unit")?;
-                    let mark = self.mem.settled.len();
-                    let units: Vec<&Decoded> = unit.collect();
-                    match apply_unit(&tx, units, s, in_flight, cfg, &cap, &mut self.mem) {
-                        Ok(a) => {
-                            tx.execute_batch("RELEASE unit")?;
-                            total.add(a);
-                        }
-                        Err(UnitError::MustWait) => return Err(TxnError::MustWait),
-                        Err(UnitError::Failed(f)) => {
-                            tx.execute_batch("ROLLBACK TO unit; RELEASE unit")?;
-                            self.mem.settled.truncate(mark);
-                            if matches!(f.error, sql::ApplyError::SchemaBehind { .. }) {
-                                o.still.extend(tables());
-                                o.newly_held.push((i, unit_len));
-                                o.causes.push(f);
-                            } else if !f.error.is_poison() {
-                                o.error = Some(f);
-                                break;
-                            } else {
-                                // Never applicable: the unit goes to the quarantine and the shard goes on.
-                                for d in s.queue.range(i..i + unit_len) {
-                                    let reason = if d.seq == f.seq {
-                                        f.error.to_string()
-                                    } else {
-                                        format!(
-                                            "same transaction as message {} ({})",
-                                            f.seq, f.error
-                                        )
-                                    };
-                                    let msg = match (&d.msg, &d.raw) {
-                                        (Ok(m), _) => Ok(m),
-                                        (Err(_), raw) => Err(raw.as_deref().unwrap_or_default()),
-                                    };
-                                    quarantine::record(&tx, &s.stream, d.seq, &reason, msg)?;
-                                }
-                                quarantined.push((f, unit_len));
-                            }
-                        }
-                    }
-                }
-                o.last = last_seq;
-                o.taken += unit_len;
-                i += unit_len;
-            }
-            // The recorded position stays before the first message still held.
-            let first_held = s
-                .held
-                .iter()
-                .enumerate()
-                .filter(|(ui, _)| !o.released.contains(ui))
-                .map(|(_, u)| u.first_seq())
-                .chain(o.newly_held.first().map(|&(i, _)| s.queue[i].seq))
-                .min();
-            o.position = match first_held {
-                Some(f) => o.last.min(f - 1),
-                None => o.last,
-            };
-            if o.position > s.persisted {
-                write_position(&tx, &s.stream, o.position)?;
-            }
-            outcome.push(o);
-        }
-        if total.conflicts > 0 {
-            journal::prune(&tx, &cfg.conflicts)?;
-        }
-        if !quarantined.is_empty() {
-            quarantine::prune(&tx)?;
-        }
-        // Our applies fired the capture triggers: drop those rows so they are never published back.
-        tx.execute(
-            &format!("DELETE FROM {} WHERE id > ?1", capture::LOG),
-            [before],
-        )?;
-        tx.commit()?;
-        self.mem.committed(in_flight);
-
-        let stats = &*self.counters;
-        if total.rows + total.skipped > 0 {
-            tracing::debug!(
-                applied_rows = total.rows,
-                skipped_rows = total.skipped,
-                "applied"
-            );
-        }
-        stats.add(Total::AppliedRows, total.rows);
-        for (f, messages) in &quarantined {
-            stats.add(Total::Quarantined, *messages as u64);
-            stats.error("apply", f.error.kind());
-            tracing::error!(stream = %f.stream, seq = f.seq, messages, error = %f.error,
-                "message can never be applied: quarantined in __harmonylite__quarantine with the rest of its transaction; the shard goes on");
-        }
-        if total.conflicts > 0 {
-            stats.add(Total::Conflicts, total.conflicts);
-            tracing::info!(
-                rows = total.conflicts,
-                "conflicting writes: lost values (concurrent overwrites, unique collisions) kept in __harmonylite__conflicts"
-            );
-        }
-        if total.rows > 10_000 {
-            crate::memory::release();
-        }
-        stats.add(Total::SkippedRows, total.skipped);
-        if total.dropped > 0 {
-            stats.add(Total::DroppedRows, total.dropped);
-            tracing::debug!(
-                rows = total.dropped,
-                "changes to tables or key columns this node does not replicate were not applied"
-            );
-        }
-        let max_stuck = Duration::from_secs(cfg.health_check.max_stuck_seconds);
-        for (s, o) in self.shards.iter_mut().zip(outcome) {
-            s.persisted = s.persisted.max(o.position);
-            let drained: Vec<Decoded> = s.queue.drain(..o.taken).collect();
-            let mut drained: Vec<Option<Decoded>> = drained.into_iter().map(Some).collect();
-            if o.retried {
-                let mut ui = 0;
-                s.held.retain(|_| {
-                    ui += 1;
-                    !o.released.contains(&(ui - 1))
-                });
-            }
-            for &(i, len) in &o.newly_held {
-                let msgs: Vec<Decoded> = drained[i..i + len]
-                    .iter_mut()
-                    .filter_map(Option::take)
-                    .collect();
-                let tables = held::tables_of(msgs.iter());
-                s.held.push(held::HeldUnit { msgs, tables });
-            }
-            let was_holding = !s.held_tables.is_empty();
-            s.held_tables = o.still;
-            s.processed = o.last;
-            s.applied = o.position;
-            if o.taken > 0 || !o.released.is_empty() {
-                s.backoff.reset();
-                stats.add(Total::AppliedMessages, o.taken as u64);
-                stats.set_applied(s.shard, s.applied);
-                stats.touch();
-                stats
-                    .last_applied_ms
-                    .store(crate::counters::now_ms(), Ordering::Relaxed);
-            }
-            for f in &o.causes {
-                held::note(s, stats, f);
-            }
-            let tables = &s.held_tables;
-            s.causes.retain(|t, _| tables.contains(t));
-            if s.held.is_empty() {
-                s.held_retry = None;
-                if was_holding || o.retried {
-                    tracing::info!(shard = s.shard, stream = %s.stream,
-                        "local schema caught up; shard resumed (held changes applied)");
-                }
-            } else if o.retried || s.held_retry.is_none() {
-                s.held_retry = Some(Instant::now() + SCHEMA_RECHECK);
-            }
-            held::say_long(s, max_stuck);
-            held::publish(s, stats);
-            match o.error {
-                Some(err) => pause(s, stats, err),
-                // Not paused at an error: the pause reason is what it holds, if anything.
-                None if s.paused_until.is_none() => stats.set_paused(s.shard, held::reason(s)),
-                None => {}
-            }
-        }
-        Ok(())
-    }
-}
-
-/// One unit's messages applied in order; the first failure ends it.
-#[allow(clippy::too_many_arguments)]
-fn apply_unit<'a>(
-    tx: &rusqlite::Transaction<'_>,
-    msgs: impl IntoIterator<Item = &'a Decoded>,
-    s: &ShardState,
-    in_flight: &InFlight,
-    cfg: &Config,
-    cap: &capture::Capture,
-    mem: &mut sql::Memory,
-) -> Result<sql::Applied, UnitError> {
-    let mut total = sql::Applied::default();
-    for d in msgs {
-        let r = match &d.msg {
-            Ok(m) => match &m.piece {
-                // Our own pieces come back: this database has the value.
-                Some(_) if pieces::own_now(m, cfg, cap) => Ok(sql::Applied::default()),
-                Some(p) => pieces::stage(tx, m, p, &s.stream, d.seq, &mut mem.staged)
-                    .map(|()| sql::Applied::default())
-                    .map_err(sql::ApplyError::from),
-                None => sql::apply_message(tx, m, d.seq, in_flight, cfg, cap, mem).and_then(|a| {
-                    if s.held.is_empty() {
-                        pieces::passed(tx, m, &s.stream, &mut mem.staged)?;
-                    }
-                    Ok(a)
-                }),
-            },
-            Err(e) => Err(sql::ApplyError::Decode(e.clone())),
-        };
-        match r {
-            Ok(a) => total.add(a),
-            Err(sql::ApplyError::MustWait) => return Err(UnitError::MustWait),
-            Err(error) => {
-                return Err(UnitError::Failed(Stuck {
-                    stream: s.stream.clone(),
-                    seq: d.seq,
-                    error,
-                }));
-            }
-        }
-    }
-    Ok(total)
-}
-
-enum UnitError {
-    MustWait,
-    Failed(Stuck),
-}
-
-/// What one apply transaction did to one shard.
-#[derive(Default)]
-struct Outcome {
-    /// Messages taken from the queue (applied, quarantined or held).
-    taken: usize,
-    /// The last of them (or the shard's processed position).
-    last: u64,
-    /// The position recorded: `last`, or before the first message still held.
-    position: u64,
-    error: Option<Stuck>,
-    /// Whether the held units were tried again, and which of them (indexes) were applied.
-    retried: bool,
-    released: Vec<usize>,
-    /// Queue ranges (start, length) held in this transaction.
-    newly_held: Vec<(usize, usize)>,
-    /// Lower-cased tables still held after it.
-    still: HashSet<String>,
-    /// Why units are held (the missing table or column each one named).
-    causes: Vec<Stuck>,
-}
-
-/// Pause shard `s` at the message it could not apply (a change naming a table or column this node lacks is held
-/// instead, never paused at: see [`held`]).
-fn pause(s: &mut ShardState, stats: &Counters, err: Stuck) {
-    stats.add(Total::ApplyErrors, 1);
-    stats.error("apply", err.error.kind());
-    let delay = s.backoff.next_delay();
-    tracing::error!(shard = s.shard, error = %err, retry_in_ms = delay.as_millis() as u64,
-        "cannot apply message; shard paused, will retry");
-    s.paused_until = Some(Instant::now() + delay);
-    stats.set_paused(s.shard, Some(err.to_string()));
 }
 
 fn write_position(tx: &rusqlite::Transaction<'_>, stream: &str, seq: u64) -> rusqlite::Result<()> {

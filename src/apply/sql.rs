@@ -361,11 +361,6 @@ pub fn apply_message(
     cap: &Capture,
     mem: &mut Memory,
 ) -> Result<Applied, ApplyError> {
-    let set_by = Last {
-        seq,
-        origin: m.origin,
-        at_ms: m.at_ms,
-    };
     let mut out = Applied::default();
     // Refused whole, before any row is written.
     if let Some(t) = m.tables.iter().find(|t| is_reserved_table(&t.table)) {
@@ -378,37 +373,11 @@ pub fn apply_message(
         return Err(ApplyError::MustWait);
     }
     for (ti, t) in m.tables.iter().enumerate() {
-        let replayed = m.replayed.contains(&(ti as u32));
-        if !selected(&t.table, &cfg.include_tables, &cfg.exclude_tables) {
-            // A table this node does not replicate (excluded, or node-local): dropped here.
+        let Some((local, t)) = local_table(t, cfg, cap)? else {
             out.skipped += t.rows.len() as u64;
             out.dropped += t.rows.len() as u64;
             continue;
-        }
-        let (local, drop) = match cap.target(&t.table, &t.columns) {
-            Target::Table { info, drop } => (info.name.as_str(), drop),
-            Target::Dropped => {
-                out.skipped += t.rows.len() as u64;
-                out.dropped += t.rows.len() as u64;
-                continue;
-            }
-            Target::Behind { column } => {
-                return Err(ApplyError::SchemaBehind {
-                    table: t.table.clone(),
-                    column,
-                });
-            }
         };
-        // A key column dropped here: the rows cannot be found, so they have nowhere to go.
-        if t.key
-            .iter()
-            .any(|k| drop.iter().any(|&d| &t.columns[d] == k))
-        {
-            out.skipped += t.rows.len() as u64;
-            out.dropped += t.rows.len() as u64;
-            continue;
-        }
-        let t = without_columns(t, &drop);
         let pos = key_positions(&t)?;
         // The table's unique indexes are read once per schema version; they are searched only on a collision.
         let uniques = mem.uniques.get(tx, cap.schema_version, local, &t.key)?;
@@ -423,83 +392,44 @@ pub fn apply_message(
             in_flight,
             cfg,
         };
+        let replayed = m.replayed.contains(&(ti as u32));
         for row in &t.rows {
-            let key = key_of(&t, &pos, row)?;
-            let rk = row_key(&t.table, &key);
-            let (decision, settles) = in_flight.peek(&rk, seq);
-            if settles {
-                mem.settled.push((rk.clone(), seq));
-            }
-            // A large value is assembled only for a row whose values are used here.
-            let assembled;
-            let row = match row {
-                Row::Upsert(values)
-                    if super::pieces::has_staged(row)
-                        && (decision == Decision::Apply
-                            || (decision == Decision::Skip
-                                && m.origin != cfg.node_id
-                                && uniques.any())) =>
-                {
-                    assembled = Row::Upsert(super::pieces::resolve(tx, values, &mut mem.staged)?);
-                    &assembled
-                }
-                row => row,
-            };
-            match decision {
-                Decision::Skip => {
-                    if m.origin == cfg.node_id {
-                        // Our own change, back from the stream: the row's value is the one stored at `seq`.
-                        mem.recent.note(rk, set_by);
-                        // A newer write of ours may have moved the row off a unique value meanwhile, and another
-                        // node's row, earlier in the stream, taken it here: in stream order this change takes
-                        // the value from that row, so it does here too (the origin's own large values are not
-                        // staged here: such a row is left as it is).
-                        if let Row::Upsert(values) = row
-                            && uniques.any()
-                            && !super::pieces::has_staged(row)
-                        {
-                            out.conflicts +=
-                                here.displace(&uniques, values, &mut mem.recent, None)?;
-                        }
-                    } else if let Row::Upsert(values) = row
-                        && uniques.any()
-                    {
-                        // Our newer write keeps the row, but what this change took from other rows in stream
-                        // order it takes here too.
-                        out.conflicts += here.displace(&uniques, values, &mut mem.recent, None)?;
-                    }
-                    out.skipped += 1;
-                    continue;
-                }
-                Decision::Wait => return Err(ApplyError::MustWait),
-                Decision::Apply => {}
-            }
-            if let Some(lost) = mem
-                .recent
-                .concurrent(&rk, m.origin, m.seen)
-                .filter(|_| !replayed)
-            {
-                journal::record(tx, local, &t.key, &key, lost, &here.winner())?;
-                out.conflicts += 1;
-            }
-            mem.recent.note(rk, set_by);
-            match row {
-                Row::Upsert(values) => match here.upsert(values) {
-                    Ok(()) => {}
-                    Err(e) if is_collision(&e) => {
-                        out.conflicts += here.collided(&uniques, values, &key, &mut mem.recent)?;
-                    }
-                    Err(e) => return Err(e.into()),
-                },
-                Row::Delete(k) => {
-                    tx.prepare_cached(&st.delete)?
-                        .execute(rusqlite::params_from_iter(k.iter()))?;
-                }
-            }
-            out.rows += 1;
+            here.row(row, &pos, &uniques, replayed, mem, &mut out)?;
         }
     }
     Ok(out)
+}
+
+/// Where the changes `t` go here: the local table's name and the changes without the columns this node has
+/// dropped; `None` when they have nowhere to go (a table not replicated or dropped here, a key column dropped
+/// here), an error when this node's schema is behind.
+fn local_table<'a>(
+    t: &'a TableChanges,
+    cfg: &Config,
+    cap: &'a Capture,
+) -> Result<Option<(&'a str, Cow<'a, TableChanges>)>, ApplyError> {
+    if !selected(&t.table, &cfg.include_tables, &cfg.exclude_tables) {
+        // A table this node does not replicate (excluded, or node-local): dropped here.
+        return Ok(None);
+    }
+    let (local, drop) = match cap.target(&t.table, &t.columns) {
+        Target::Table { info, drop } => (info.name.as_str(), drop),
+        Target::Dropped => return Ok(None),
+        Target::Behind { column } => {
+            return Err(ApplyError::SchemaBehind {
+                table: t.table.clone(),
+                column,
+            });
+        }
+    };
+    // A key column dropped here: the rows cannot be found, so they have nowhere to go.
+    if t.key
+        .iter()
+        .any(|k| drop.iter().any(|&d| &t.columns[d] == k))
+    {
+        return Ok(None);
+    }
+    Ok(Some((local, without_columns(t, &drop))))
 }
 
 /// A unique or primary key violation (SQLite undid the statement).
@@ -522,6 +452,98 @@ struct Here<'a> {
 }
 
 impl Here<'_> {
+    /// One row of the message: skipped (a newer write here, or our own change back), waited for (our own change
+    /// to it is being published), or written, with what it overwrote or collided with kept in the journal.
+    fn row(
+        &self,
+        row: &Row,
+        pos: &[usize],
+        uniques: &unique::TableUniques,
+        replayed: bool,
+        mem: &mut Memory,
+        out: &mut Applied,
+    ) -> Result<(), ApplyError> {
+        let (tx, t, m, seq, cfg) = (self.tx, self.t, self.m, self.seq, self.cfg);
+        let set_by = Last {
+            seq,
+            origin: m.origin,
+            at_ms: m.at_ms,
+        };
+        let key = key_of(t, pos, row)?;
+        let rk = row_key(&t.table, &key);
+        let (decision, settles) = self.in_flight.peek(&rk, seq);
+        if settles {
+            mem.settled.push((rk.clone(), seq));
+        }
+        // A large value is assembled only for a row whose values are used here.
+        let assembled;
+        let row = match row {
+            Row::Upsert(values)
+                if super::pieces::has_staged(row)
+                    && (decision == Decision::Apply
+                        || (decision == Decision::Skip
+                            && m.origin != cfg.node_id
+                            && uniques.any())) =>
+            {
+                assembled = Row::Upsert(super::pieces::resolve(tx, values, &mut mem.staged)?);
+                &assembled
+            }
+            row => row,
+        };
+        match decision {
+            Decision::Skip => {
+                if m.origin == cfg.node_id {
+                    // Our own change, back from the stream: the row's value is the one stored at `seq`.
+                    mem.recent.note(rk, set_by);
+                    // A newer write of ours may have moved the row off a unique value meanwhile, and another
+                    // node's row, earlier in the stream, taken it here: in stream order this change takes
+                    // the value from that row, so it does here too (the origin's own large values are not
+                    // staged here: such a row is left as it is).
+                    if let Row::Upsert(values) = row
+                        && uniques.any()
+                        && !super::pieces::has_staged(row)
+                    {
+                        out.conflicts += self.displace(uniques, values, &mut mem.recent, None)?;
+                    }
+                } else if let Row::Upsert(values) = row
+                    && uniques.any()
+                {
+                    // Our newer write keeps the row, but what this change took from other rows in stream
+                    // order it takes here too.
+                    out.conflicts += self.displace(uniques, values, &mut mem.recent, None)?;
+                }
+                out.skipped += 1;
+                return Ok(());
+            }
+            Decision::Wait => return Err(ApplyError::MustWait),
+            Decision::Apply => {}
+        }
+        if let Some(lost) = mem
+            .recent
+            .concurrent(&rk, m.origin, m.seen)
+            .filter(|_| !replayed)
+        {
+            journal::record(tx, self.local, &t.key, &key, lost, &self.winner())?;
+            out.conflicts += 1;
+        }
+        mem.recent.note(rk, set_by);
+        match row {
+            Row::Upsert(values) => match self.upsert(values) {
+                Ok(()) => {}
+                Err(e) if is_collision(&e) => {
+                    out.conflicts += self.collided(uniques, values, &key, &mut mem.recent)?;
+                }
+                Err(e) => return Err(e.into()),
+            },
+            Row::Delete(k) => {
+                tx.prepare_cached(&self.st.delete)?
+                    .execute(rusqlite::params_from_iter(k.iter()))?;
+            }
+        }
+        out.rows += 1;
+        Ok(())
+    }
+
     fn winner(&self) -> Winner {
         Winner {
             origin: self.m.origin,

@@ -298,9 +298,37 @@ impl RunningNode {
         ));
         let current = CurrentCapture::new(capture);
         self.counters.touch();
+        self.spawn_cluster_tasks(replicas, &current, join_pending);
+        if cfg.replicate {
+            self.start_applier(conn, &current, &in_flight, &certified)?;
+        } else {
+            drop(conn);
+        }
+        self.spawn_bookkeeping(replicas, current.get().incarnation, certified_unknown);
+        self.start_publisher(state, current, in_flight)?;
+        tracing::info!(
+            node_id = cfg.node_id,
+            shards = cfg.replication_log.shards,
+            replicas,
+            publish = cfg.publish,
+            replicate = cfg.replicate,
+            "node running"
+        );
+        Ok(())
+    }
+
+    /// The tasks that keep the cluster's shared state: stream and bucket replicas raised, this node's schema
+    /// entry, snapshots served to joining nodes.
+    fn spawn_cluster_tasks(
+        &mut self,
+        replicas: usize,
+        current: &CurrentCapture,
+        join_pending: bool,
+    ) {
+        let cfg = &self.cfg;
         self.tasks.spawn(crate::nats::placement::raise(
             self.nats.jetstream.clone(),
-            streams::wanted_replicas(&cfg, replicas),
+            streams::wanted_replicas(cfg, replicas),
             self.cancel.clone(),
         ));
         self.tasks.spawn(crate::ops::schema::publish_entries(
@@ -310,7 +338,6 @@ impl RunningNode {
             replicas,
             self.cancel.clone(),
         ));
-
         if cfg.replicate && cfg.snapshot.enabled && !join_pending {
             self.tasks.spawn(join::serve(
                 self.nats.client.clone(),
@@ -321,11 +348,12 @@ impl RunningNode {
                 self.cancel.clone(),
             ));
         }
-        if cfg.replicate {
-            self.start_applier(conn, &current, &in_flight, &certified)?;
-        } else {
-            drop(conn);
-        }
+    }
+
+    /// The tasks that write what this node is and holds: its status entry, its snapshots, its positions entry
+    /// and the streams' trim.
+    fn spawn_bookkeeping(&mut self, replicas: usize, incarnation: u64, certified_unknown: bool) {
+        let cfg = &self.cfg;
         let expected_nodes = if self.nats.is_embedded() {
             self.nats.cluster_size_hint()
         } else {
@@ -351,13 +379,23 @@ impl RunningNode {
             self.nats.jetstream.clone(),
             cfg.clone(),
             self.counters.clone(),
-            current.get().incarnation,
+            incarnation,
             replicas,
             expected_nodes,
             certified_unknown,
             self.cancel.clone(),
         ));
+    }
 
+    /// The publisher on its own connection, the `-verify` answers that rely on its position, the watch on the
+    /// database's files that wakes it, and a first pass for what was committed while the node was down.
+    fn start_publisher(
+        &mut self,
+        state: PublishState,
+        current: CurrentCapture,
+        in_flight: Arc<InFlight>,
+    ) -> anyhow::Result<()> {
+        let cfg = self.cfg.clone();
         let publisher = Publisher::new(
             cfg.clone(),
             open_db(&cfg.db_path)?,
@@ -384,14 +422,6 @@ impl RunningNode {
         ));
         wake.notify_one(); // publish what was committed while we were down
         self.tasks.spawn(trim_memory(self.cancel.clone()));
-        tracing::info!(
-            node_id = cfg.node_id,
-            shards = cfg.replication_log.shards,
-            replicas,
-            publish = cfg.publish,
-            replicate = cfg.replicate,
-            "node running"
-        );
         Ok(())
     }
 
@@ -418,29 +448,7 @@ impl RunningNode {
             self.counters
                 .set_published_upto(prepared.state.published_upto.max(0) as u64);
         }
-        // Read before this run writes the entry again; when it cannot be read, the retention task reads it
-        // before it writes.
-        let (mut certified, mut certified_unknown) = if cfg.replicate {
-            match positions::certified(
-                &self.nats.jetstream,
-                cfg.node_id,
-                prepared.capture.incarnation,
-            )
-            .await
-            {
-                Ok(c) => (c, false),
-                Err(error) => {
-                    tracing::warn!(
-                        error,
-                        "cannot read this node's positions entry; it is read again in the background (a shard \
-                         that seems to be at a gap meanwhile waits for it)"
-                    );
-                    (Default::default(), true)
-                }
-            }
-        } else {
-            Default::default()
-        };
+        let (mut certified, mut certified_unknown) = self.certified(&cfg, &prepared).await;
         let mut join_pending = cfg.replicate
             && capture::join_pending(&prepared.conn)
                 .context("cannot read the database's join state")?;
@@ -461,34 +469,12 @@ impl RunningNode {
             }
         }
         if cfg.replicate {
-            let applied = comeback::applied_positions(&prepared.conn);
-            let gaps = comeback::gaps(&self.nats.jetstream, &cfg, &applied, &certified).await;
-            if !gaps.is_empty() {
-                match comeback::usable_snapshot(&cfg, &self.nats.jetstream, &gaps).await {
-                    Ok(Some((_, m)))
-                        if self.failed_snapshot.as_deref() == Some(m.object.as_str()) => {}
-                    Ok(Some((store, m))) => {
-                        match self
-                            .drain_and_restore(prepared, store.as_ref(), &m, replicas)
-                            .await
-                        {
-                            Ok(p) => {
-                                prepared = p;
-                                // The restored database is not the one the entry spoke for.
-                                certified = Default::default();
-                                certified_unknown = false;
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %format!("{e:#}"),
-                                    "snapshot not restored; the shards stay stopped at their gaps");
-                                self.failed_snapshot = Some(m.object.clone());
-                                prepared = prepare(&cfg)?;
-                            }
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::error!(error = %e, "cannot read the snapshot store"),
-                }
+            let restored;
+            (prepared, restored) = self.restore_at_gaps(prepared, &certified, replicas).await?;
+            if restored {
+                // The restored database is not the one the entry spoke for.
+                certified = Default::default();
+                certified_unknown = false;
             }
         }
         Ok(Recovered {
@@ -497,6 +483,71 @@ impl RunningNode {
             certified_unknown,
             join_pending,
         })
+    }
+
+    /// The positions this node's entry certifies, read before this run writes the entry again; when it cannot
+    /// be read, none and `true` (the retention task reads it before it writes).
+    async fn certified(
+        &self,
+        cfg: &Config,
+        prepared: &Prepared,
+    ) -> (std::collections::BTreeMap<String, u64>, bool) {
+        if !cfg.replicate {
+            return Default::default();
+        }
+        match positions::certified(
+            &self.nats.jetstream,
+            cfg.node_id,
+            prepared.capture.incarnation,
+        )
+        .await
+        {
+            Ok(c) => (c, false),
+            Err(error) => {
+                tracing::warn!(
+                    error,
+                    "cannot read this node's positions entry; it is read again in the background (a shard \
+                     that seems to be at a gap meanwhile waits for it)"
+                );
+                (Default::default(), true)
+            }
+        }
+    }
+
+    /// A shard at a gap (the stream no longer holds what it needs next) brought back from a snapshot when a
+    /// usable one exists and did not fail before; true when the database was restored.
+    async fn restore_at_gaps(
+        &mut self,
+        prepared: Prepared,
+        certified: &std::collections::BTreeMap<String, u64>,
+        replicas: usize,
+    ) -> anyhow::Result<(Prepared, bool)> {
+        let cfg = self.cfg.clone();
+        let applied = comeback::applied_positions(&prepared.conn);
+        let gaps = comeback::gaps(&self.nats.jetstream, &cfg, &applied, certified).await;
+        if gaps.is_empty() {
+            return Ok((prepared, false));
+        }
+        match comeback::usable_snapshot(&cfg, &self.nats.jetstream, &gaps).await {
+            Ok(Some((_, m))) if self.failed_snapshot.as_deref() == Some(m.object.as_str()) => {}
+            Ok(Some((store, m))) => {
+                return match self
+                    .drain_and_restore(prepared, store.as_ref(), &m, replicas)
+                    .await
+                {
+                    Ok(p) => Ok((p, true)),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"),
+                            "snapshot not restored; the shards stay stopped at their gaps");
+                        self.failed_snapshot = Some(m.object.clone());
+                        Ok((prepare(&cfg)?, false))
+                    }
+                };
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot read the snapshot store"),
+        }
+        Ok((prepared, false))
     }
 
     /// The applier on the write connection, fed by one consumer per shard from its applied position.

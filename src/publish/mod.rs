@@ -305,6 +305,29 @@ impl Publisher {
             pass.end,
         );
 
+        let Some(acks) = self.send(&pass, cancel).await? else {
+            return Ok(false);
+        };
+        self.acknowledged(&pass, &acks)?;
+        metrics::histogram!("harmonylite_publish_batch_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let large = pass.rows > 10_000;
+        drop(pass);
+        if large {
+            crate::memory::release();
+        }
+        Ok(true)
+    }
+
+    /// Publish every unit of `pass`, all shards at once, retrying the failed ones under the same message ids
+    /// until each is acknowledged (its messages' stream positions) or refused for good (set aside, no
+    /// positions). `None` when cancelled first.
+    async fn send(
+        &mut self,
+        pass: &Pass,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Vec<Option<Vec<u64>>>>, PublishError> {
+        let stats = &*self.counters;
         let mut acks: Vec<Option<Vec<u64>>> = vec![None; pass.units.len()];
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut attempt = 0u32;
@@ -319,43 +342,53 @@ impl Publisher {
             )
             .await;
             let mut failed = None;
-            let mut refused = Vec::new();
             for (i, r) in todo.into_iter().zip(results) {
                 match r {
                     Ok(seqs) => acks[i] = Some(seqs),
-                    Err(e) if e.is_permanent() => refused.push((i, e)),
+                    Err(e) if e.is_permanent() => {
+                        // Refused for good: retrying cannot help, and the changes behind must not wait for it.
+                        self.refused(&pass.units[i], pass.end, &e)?;
+                        acks[i] = Some(Vec::new());
+                    }
                     Err(e) => failed = Some(e),
                 }
             }
-            for (i, e) in refused {
-                // Refused for good: retrying cannot help, and the changes behind must not wait for it.
-                let unit = &pass.units[i];
-                let reason = format!("the server refused its message for good: {e}");
-                let aside: Vec<large::Aside> = unit
-                    .rows
-                    .iter()
-                    .flatten()
-                    .map(|(key, log_id)| large::Aside {
-                        log_id: *log_id,
-                        key: key.clone(),
-                        reason: reason.clone(),
-                    })
-                    .collect();
-                tokio::task::block_in_place(|| large::set_aside(&self.conn, &aside, stats))?;
-                self.forget(aside.into_iter().map(|a| (a.key, a.log_id)), pass.end);
-                acks[i] = Some(Vec::new());
-            }
-            let Some(err) = failed else { break };
+            let Some(err) = failed else {
+                return Ok(Some(acks));
+            };
             stats.add(Total::PublishErrors, 1);
             stats.error("publish", err.kind());
             tracing::warn!(error = %err, retry_in_ms = backoff.current().as_millis() as u64, "publish failed; retrying the same messages");
             if !backoff.sleep(cancel).await {
-                return Ok(false);
+                return Ok(None);
             }
             attempt += 1;
         }
+    }
 
-        let acked = pass.units.iter().zip(&acks).flat_map(|(unit, seqs)| {
+    /// Set aside the rows of `unit`, which the server refused for good with `e`.
+    fn refused(&self, unit: &ShardUnit, end: i64, e: &PublishError) -> Result<(), PublishError> {
+        let reason = format!("the server refused its message for good: {e}");
+        let aside: Vec<large::Aside> = unit
+            .rows
+            .iter()
+            .flatten()
+            .map(|(key, log_id)| large::Aside {
+                log_id: *log_id,
+                key: key.clone(),
+                reason: reason.clone(),
+            })
+            .collect();
+        tokio::task::block_in_place(|| large::set_aside(&self.conn, &aside, &self.counters))?;
+        self.forget(aside.into_iter().map(|a| (a.key, a.log_id)), end);
+        Ok(())
+    }
+
+    /// Every unit of `pass` acknowledged (`acks`, per unit): its rows leave the conflict rule's tracking with
+    /// their positions, the pass is recorded as published, the counters move.
+    fn acknowledged(&mut self, pass: &Pass, acks: &[Option<Vec<u64>>]) -> Result<(), PublishError> {
+        let stats = &*self.counters;
+        let acked = pass.units.iter().zip(acks).flat_map(|(unit, seqs)| {
             unit.rows.iter().enumerate().flat_map(move |(i, rows)| {
                 let seq = seqs
                     .as_ref()
@@ -365,7 +398,7 @@ impl Publisher {
             })
         });
         self.in_flight.mark_acked(acked);
-        for (unit, seqs) in pass.units.iter().zip(&acks) {
+        for (unit, seqs) in pass.units.iter().zip(acks) {
             if let Some(top) = seqs.as_ref().and_then(|s| s.iter().max()) {
                 stats.set_published_seq(unit.shard, *top);
             }
@@ -397,14 +430,7 @@ impl Publisher {
         stats
             .last_published_ms
             .store(crate::counters::now_ms(), Ordering::Relaxed);
-        metrics::histogram!("harmonylite_publish_batch_seconds")
-            .record(started.elapsed().as_secs_f64());
-        let large = pass.rows > 10_000;
-        drop(pass);
-        if large {
-            crate::memory::release();
-        }
-        Ok(true)
+        Ok(())
     }
 
     /// End the conflict rule's tracking of rows set aside: no echo of them will come back, so newer changes
@@ -449,49 +475,7 @@ impl Publisher {
             max.min(from + MAX_PASS_ROWS)
         };
         let log = capture::read_log(&tx, &cap, from, end)?;
-        // Coalesce: each row once, ordered by its newest change. A row is a conditional backfill row only when
-        // every change of it in the pass is a backfill; one trigger-recorded change makes it an ordinary write.
-        let mut newest: HashMap<(i64, Vec<u8>), (usize, bool)> = HashMap::with_capacity(log.len());
-        for (i, r) in log.iter().enumerate() {
-            let e = newest
-                .entry((r.table_id, wire::key_bytes(&r.key)))
-                .or_insert((i, true));
-            *e = (i, e.1 && r.backfill);
-        }
-        let mut order: Vec<(usize, bool)> = newest.into_values().collect();
-        order.sort_unstable();
-
-        // What this node had applied when it read these values: the conflict journal's `seen`.
-        let applied = capture::applied_positions(&tx)?;
-        // A backfill's values may hold less (a rebuild in steps): its conditional rows' `seen`.
-        let (backfill_seen, own_upto) = if log.iter().any(|r| r.backfill) {
-            (
-                capture::backfill_seen(&tx)?,
-                capture::backfill_own_upto(&tx)?,
-            )
-        } else {
-            (HashMap::new(), 0)
-        };
-        let ctx = UnitContext {
-            prefix: format!("{:x}.{:x}.{:x}", cfg.node_id, cap.incarnation, end),
-            origin: cfg.node_id,
-            schema: cap.fingerprint,
-            compress: cfg.replication_log.compress,
-            max_rows: cfg.scan_max_changes.get() as usize,
-            seen: (1..=cfg.replication_log.shards.get())
-                .map(|s| applied.get(&cfg.stream_name(s)).copied().unwrap_or(0))
-                .collect(),
-            backfill_seen: (1..=cfg.replication_log.shards.get())
-                .map(|s| {
-                    let stream = cfg.stream_name(s);
-                    let a = applied.get(&stream).copied().unwrap_or(0);
-                    backfill_seen.get(&stream).map_or(a, |&b| b.min(a))
-                })
-                .collect(),
-            own_upto,
-            at_ms: crate::counters::now_ms(),
-            limits: self.limits,
-        };
+        let ctx = unit_context(&tx, cfg, &cap, &log, end, self.limits)?;
         let sink = large::PieceSink {
             js: &self.js,
             counters: &self.counters,
@@ -505,62 +489,25 @@ impl Publisher {
         };
         let mut aside = Vec::new();
         let mut shards: HashMap<u32, ShardBuild> = HashMap::new();
-        for (i, conditional) in order {
+        for (i, conditional) in coalesce(&log) {
             let lr = &log[i];
             let Some(info) = cap.table(lr.table_id) else {
                 continue;
             };
             let kb = wire::key_bytes(&lr.key);
             let shard = wire::shard_of(&info.name, &kb, cfg.replication_log.shards.get());
-            let set_aside = |reason: String| large::Aside {
-                log_id: lr.id,
-                key: crate::conflict::row_key(&info.name, &kb),
-                reason,
-            };
-            let row = match large::read_row(&tx, info, &lr.key, &self.limits)? {
-                Some(mut read) => {
-                    let mut refused = None;
-                    if cfg.publish {
-                        let subject = cfg.subject_name(shard);
-                        for &col in &read.large {
-                            match sink.send(&tx, info, &lr.key, col, lr.id, shard, &subject) {
-                                Ok(v) => read.values[col] = Value::Staged(v),
-                                Err(e) if e.is_permanent() => {
-                                    refused = Some(e);
-                                    break;
-                                }
-                                Err(e) => return Err(e),
-                            }
-                        }
-                    }
-                    if let Some(e) = refused {
-                        aside.push(set_aside(format!(
-                            "the server refused a piece of its large value for good: {e}"
-                        )));
-                        continue;
-                    }
-                    Row::Upsert(read.values)
-                }
-                None => Row::Delete(lr.key.clone()),
-            };
-            let size = row.approx_size();
-            if size > self.limits.message {
-                aside.push(set_aside(format!(
-                    "the change of {size} bytes does not fit a message of {} bytes even with its long values sent apart (its key is too long); replication_log.max_message_bytes and nats.max_payload bound it",
-                    self.limits.message
-                )));
-                continue;
+            let key = crate::conflict::row_key(&info.name, &kb);
+            match read_change(&tx, cfg, &sink, info, lr, shard)? {
+                Ok(row) => shards
+                    .entry(shard)
+                    .or_insert_with(|| ShardBuild::new(shard))
+                    .push(&ctx, info, row, (key, lr.id), conditional),
+                Err(reason) => aside.push(large::Aside {
+                    log_id: lr.id,
+                    key,
+                    reason,
+                }),
             }
-            shards
-                .entry(shard)
-                .or_insert_with(|| ShardBuild::new(shard))
-                .push(
-                    &ctx,
-                    info,
-                    row,
-                    (crate::conflict::row_key(&info.name, &kb), lr.id),
-                    conditional,
-                );
         }
         tx.commit()?;
         let rows = log.len();
@@ -589,6 +536,101 @@ impl Publisher {
             aside,
         }))
     }
+}
+
+/// The pass's changes in the order they go out: each row once (index of its newest change in `log`), ordered
+/// by its newest change, and whether it is a conditional backfill row: only when every change of it in the pass
+/// is a backfill (one trigger-recorded change makes it an ordinary write).
+fn coalesce(log: &[capture::LogRow]) -> Vec<(usize, bool)> {
+    let mut newest: HashMap<(i64, Vec<u8>), (usize, bool)> = HashMap::with_capacity(log.len());
+    for (i, r) in log.iter().enumerate() {
+        let e = newest
+            .entry((r.table_id, wire::key_bytes(&r.key)))
+            .or_insert((i, true));
+        *e = (i, e.1 && r.backfill);
+    }
+    let mut order: Vec<(usize, bool)> = newest.into_values().collect();
+    order.sort_unstable();
+    order
+}
+
+/// What every message of the pass ending at change-log id `end` shares, read in its transaction `tx`.
+fn unit_context(
+    tx: &rusqlite::Transaction<'_>,
+    cfg: &Config,
+    cap: &capture::Capture,
+    log: &[capture::LogRow],
+    end: i64,
+    limits: large::Limits,
+) -> Result<UnitContext, PublishError> {
+    // What this node had applied when it read these values: the conflict journal's `seen`.
+    let applied = capture::applied_positions(tx)?;
+    // A backfill's values may hold less (a rebuild in steps): its conditional rows' `seen`.
+    let (backfill_seen, own_upto) = if log.iter().any(|r| r.backfill) {
+        (capture::backfill_seen(tx)?, capture::backfill_own_upto(tx)?)
+    } else {
+        (HashMap::new(), 0)
+    };
+    Ok(UnitContext {
+        prefix: format!("{:x}.{:x}.{:x}", cfg.node_id, cap.incarnation, end),
+        origin: cfg.node_id,
+        schema: cap.fingerprint,
+        compress: cfg.replication_log.compress,
+        max_rows: cfg.scan_max_changes.get() as usize,
+        seen: (1..=cfg.replication_log.shards.get())
+            .map(|s| applied.get(&cfg.stream_name(s)).copied().unwrap_or(0))
+            .collect(),
+        backfill_seen: (1..=cfg.replication_log.shards.get())
+            .map(|s| {
+                let stream = cfg.stream_name(s);
+                let a = applied.get(&stream).copied().unwrap_or(0);
+                backfill_seen.get(&stream).map_or(a, |&b| b.min(a))
+            })
+            .collect(),
+        own_upto,
+        at_ms: crate::counters::now_ms(),
+        limits,
+    })
+}
+
+/// The change `lr` as it goes out to `shard`: the row's current values (its large values sent ahead as pieces)
+/// or its deletion; `Err` with the reason when it can never be published.
+fn read_change(
+    tx: &rusqlite::Transaction<'_>,
+    cfg: &Config,
+    sink: &large::PieceSink<'_>,
+    info: &TableInfo,
+    lr: &capture::LogRow,
+    shard: u32,
+) -> Result<Result<Row, String>, PublishError> {
+    let row = match large::read_row(tx, info, &lr.key, &sink.limits)? {
+        Some(mut read) => {
+            if cfg.publish {
+                let subject = cfg.subject_name(shard);
+                for &col in &read.large {
+                    match sink.send(tx, info, &lr.key, col, lr.id, shard, &subject) {
+                        Ok(v) => read.values[col] = Value::Staged(v),
+                        Err(e) if e.is_permanent() => {
+                            return Ok(Err(format!(
+                                "the server refused a piece of its large value for good: {e}"
+                            )));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Row::Upsert(read.values)
+        }
+        None => Row::Delete(lr.key.clone()),
+    };
+    let size = row.approx_size();
+    if size > sink.limits.message {
+        return Ok(Err(format!(
+            "the change of {size} bytes does not fit a message of {} bytes even with its long values sent apart (its key is too long); replication_log.max_message_bytes and nats.max_payload bound it",
+            sink.limits.message
+        )));
+    }
+    Ok(Ok(row))
 }
 
 /// Publish one unit; returns the stream sequence of each of its messages (0 where unknown: a retry found

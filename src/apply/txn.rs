@@ -1,0 +1,439 @@
+//! One apply transaction: the planned messages of every shard, each unit inside its own savepoint.
+//!
+//! In order: the change-log rows committed locally since the last look are registered as in flight (before our
+//! own writes add echo rows); per shard, the held units whose retry is due are tried again, then the queued units
+//! are applied, held (schema behind), quarantined (poison) or stop the shard (an error to retry); each shard's
+//! position is written before the first message still held; the echo rows our applies left in the change log
+//! are deleted; the transaction commits. Only then are the shards' states, the counters and the logs updated:
+//! a transaction rolled back changes nothing but what [`Applier::apply`] undoes.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rusqlite::TransactionBehavior;
+
+use super::{
+    Applier, Decoded, SCHEMA_RECHECK, ShardState, Stuck, TxnError, held, journal, pieces,
+    quarantine, sql, unit_len, write_position,
+};
+use crate::capture;
+use crate::config::Config;
+use crate::conflict::InFlight;
+use crate::counters::{Counters, Total};
+use crate::wire;
+
+impl Applier {
+    /// Apply the planned messages in one transaction (blocking). When it is rolled back, what it decided about
+    /// our own changes in flight is undone too, so trying again decides the same.
+    pub(super) fn apply(&mut self, plan: &[usize]) -> Result<(), TxnError> {
+        self.mem.settled.clear();
+        let r = self.apply_txn(plan);
+        if r.is_err() {
+            let shards = &self.shards;
+            let msgs = shards.iter().zip(plan).flat_map(|(s, &n)| {
+                s.held
+                    .iter()
+                    .flat_map(|u| u.msgs.iter())
+                    .chain(s.queue.range(..n))
+                    .filter_map(|d| d.msg.as_ref().ok())
+            });
+            self.mem.rolled_back(msgs);
+        }
+        r
+    }
+
+    fn apply_txn(&mut self, plan: &[usize]) -> Result<(), TxnError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Tables and columns are checked against the capture: it must describe the schema this transaction sees.
+        let cap = self.capture.get();
+        if capture::schema_version(&tx)? != cap.schema_version {
+            return Err(TxnError::SchemaChanged);
+        }
+        let before = register_local(&tx, &cap, &self.in_flight)?;
+        let mut txn = Txn {
+            tx: &tx,
+            in_flight: &self.in_flight,
+            cfg: &self.cfg,
+            cap: &cap,
+            mem: &mut self.mem,
+            total: sql::Applied::default(),
+            quarantined: Vec::new(),
+        };
+        let now = Instant::now();
+        let mut outcome = Vec::with_capacity(plan.len());
+        for (s, &n) in self.shards.iter().zip(plan) {
+            outcome.push(txn.shard(s, n, now)?);
+        }
+        let Txn {
+            total, quarantined, ..
+        } = txn;
+        if total.conflicts > 0 {
+            journal::prune(&tx, &self.cfg.conflicts)?;
+        }
+        if !quarantined.is_empty() {
+            quarantine::prune(&tx)?;
+        }
+        // Our applies fired the capture triggers: drop those rows so they are never published back.
+        tx.execute(
+            &format!("DELETE FROM {} WHERE id > ?1", capture::LOG),
+            [before],
+        )?;
+        tx.commit()?;
+        self.mem.committed(&self.in_flight);
+
+        let stats = &*self.counters;
+        count(stats, &total, &quarantined);
+        let max_stuck = Duration::from_secs(self.cfg.health_check.max_stuck_seconds);
+        for (s, o) in self.shards.iter_mut().zip(outcome) {
+            settle_shard(s, o, stats, max_stuck);
+        }
+        Ok(())
+    }
+}
+
+/// Register the local changes committed since the last look, before our own writes add echo rows; returns the
+/// change log's last id, above which the rows are our applies' echoes.
+fn register_local(
+    tx: &rusqlite::Transaction<'_>,
+    cap: &capture::Capture,
+    in_flight: &InFlight,
+) -> Result<i64, TxnError> {
+    let before = capture::max_log_id(tx)?;
+    let scanned = in_flight.scanned_upto();
+    if before > scanned {
+        let rows = capture::read_log(tx, cap, scanned, before)?;
+        // A backfill is not a local write: newer changes from the stream must land over it (see
+        // `window`), so it is not tracked as one.
+        in_flight.record_local(
+            rows.iter().filter(|r| !r.backfill).filter_map(|r| {
+                cap.table(r.table_id).map(|t| {
+                    (
+                        crate::conflict::row_key(&t.name, &wire::key_bytes(&r.key)),
+                        r.id,
+                    )
+                })
+            }),
+            before,
+        );
+    }
+    Ok(before)
+}
+
+/// What the transaction works with, and what it did over all shards.
+struct Txn<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+    in_flight: &'a InFlight,
+    cfg: &'a Config,
+    cap: &'a capture::Capture,
+    mem: &'a mut sql::Memory,
+    total: sql::Applied,
+    /// The poison of each quarantined unit, and the unit's number of messages.
+    quarantined: Vec<(Stuck, usize)>,
+}
+
+impl Txn<'_> {
+    /// Shard `s`'s part: its held units when their retry is due, then its first `n` queued messages, then its
+    /// position.
+    fn shard(&mut self, s: &ShardState, n: usize, now: Instant) -> Result<Outcome, TxnError> {
+        let mut o = Outcome {
+            last: s.processed,
+            ..Outcome::default()
+        };
+        // Held units first (they are older than anything queued), once their retry is due.
+        o.retried = !s.held.is_empty() && s.held_retry.is_some_and(|t| t <= now);
+        if o.retried {
+            self.retry_held(s, &mut o)?;
+        } else {
+            o.still = s.held_tables.clone();
+        }
+        self.queued(s, n, &mut o)?;
+        // The recorded position stays before the first message still held.
+        let first_held = s
+            .held
+            .iter()
+            .enumerate()
+            .filter(|(ui, _)| !o.released.contains(ui))
+            .map(|(_, u)| u.first_seq())
+            .chain(o.newly_held.first().map(|&(i, _)| s.queue[i].seq))
+            .min();
+        o.position = match first_held {
+            Some(f) => o.last.min(f - 1),
+            None => o.last,
+        };
+        if o.position > s.persisted {
+            write_position(self.tx, &s.stream, o.position)?;
+        }
+        Ok(o)
+    }
+
+    /// Try the held units again, oldest first; one whose tables are still held behind an older one waits.
+    fn retry_held(&mut self, s: &ShardState, o: &mut Outcome) -> Result<(), TxnError> {
+        for (ui, u) in s.held.iter().enumerate() {
+            if !u.tables.is_disjoint(&o.still) {
+                continue;
+            }
+            match self.unit(s, &u.msgs)? {
+                None => o.released.push(ui),
+                Some(f) => {
+                    o.still.extend(u.tables.iter().cloned());
+                    o.causes.push(f);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The first `n` queued messages, unit by unit: applied, held (behind a held unit, or naming what the local
+    /// schema lacks), quarantined (never applicable); the first other failure stops the shard there.
+    fn queued(&mut self, s: &ShardState, n: usize, o: &mut Outcome) -> Result<(), TxnError> {
+        let mut i = 0;
+        while i < n {
+            let unit_len = unit_len(&s.queue, i).unwrap_or(1).min(n - i);
+            let last_seq = s.queue[i + unit_len - 1].seq;
+            // The tables a unit touches matter only while something is held (or once it is).
+            let tables = || held::tables_of(s.queue.range(i..i + unit_len));
+            if !o.still.is_empty() && !tables().is_disjoint(&o.still) {
+                // A held unit touches these tables: this one waits behind it.
+                o.still.extend(tables());
+                o.newly_held.push((i, unit_len));
+            } else if let Some(f) = self.unit(s, s.queue.range(i..i + unit_len))? {
+                if matches!(f.error, sql::ApplyError::SchemaBehind { .. }) {
+                    o.still.extend(tables());
+                    o.newly_held.push((i, unit_len));
+                    o.causes.push(f);
+                } else if !f.error.is_poison() {
+                    o.error = Some(f);
+                    break;
+                } else {
+                    // Never applicable: the unit goes to the quarantine and the shard goes on.
+                    self.quarantine(s, i, unit_len, &f)?;
+                    self.quarantined.push((f, unit_len));
+                }
+            }
+            o.last = last_seq;
+            o.taken += unit_len;
+            i += unit_len;
+        }
+        Ok(())
+    }
+
+    /// One unit inside its savepoint: `None` when applied, the failure when rolled back to the savepoint.
+    fn unit<'m>(
+        &mut self,
+        s: &ShardState,
+        msgs: impl IntoIterator<Item = &'m Decoded>,
+    ) -> Result<Option<Stuck>, TxnError> {
+        self.tx.execute_batch("SAVEPOINT unit")?;
+        let mark = self.mem.settled.len();
+        let (tx, in_flight, cfg, cap) = (self.tx, self.in_flight, self.cfg, self.cap);
+        match apply_unit(tx, msgs, s, in_flight, cfg, cap, self.mem) {
+            Ok(a) => {
+                self.tx.execute_batch("RELEASE unit")?;
+                self.total.add(a);
+                Ok(None)
+            }
+            Err(UnitError::MustWait) => Err(TxnError::MustWait),
+            Err(UnitError::Failed(f)) => {
+                self.tx.execute_batch("ROLLBACK TO unit; RELEASE unit")?;
+                self.mem.settled.truncate(mark);
+                Ok(Some(f))
+            }
+        }
+    }
+
+    /// Record the unit at `queue[i..i + len]` in the quarantine, `f` naming its poison.
+    fn quarantine(&self, s: &ShardState, i: usize, len: usize, f: &Stuck) -> Result<(), TxnError> {
+        for d in s.queue.range(i..i + len) {
+            let reason = if d.seq == f.seq {
+                f.error.to_string()
+            } else {
+                format!("same transaction as message {} ({})", f.seq, f.error)
+            };
+            let msg = match (&d.msg, &d.raw) {
+                (Ok(m), _) => Ok(m),
+                (Err(_), raw) => Err(raw.as_deref().unwrap_or_default()),
+            };
+            quarantine::record(self.tx, &s.stream, d.seq, &reason, msg)?;
+        }
+        Ok(())
+    }
+}
+
+/// The counters and log lines of a committed transaction's totals.
+fn count(stats: &Counters, total: &sql::Applied, quarantined: &[(Stuck, usize)]) {
+    if total.rows + total.skipped > 0 {
+        tracing::debug!(
+            applied_rows = total.rows,
+            skipped_rows = total.skipped,
+            "applied"
+        );
+    }
+    stats.add(Total::AppliedRows, total.rows);
+    for (f, messages) in quarantined {
+        stats.add(Total::Quarantined, *messages as u64);
+        stats.error("apply", f.error.kind());
+        tracing::error!(stream = %f.stream, seq = f.seq, messages, error = %f.error,
+            "message can never be applied: quarantined in __harmonylite__quarantine with the rest of its transaction; the shard goes on");
+    }
+    if total.conflicts > 0 {
+        stats.add(Total::Conflicts, total.conflicts);
+        tracing::info!(
+            rows = total.conflicts,
+            "conflicting writes: lost values (concurrent overwrites, unique collisions) kept in __harmonylite__conflicts"
+        );
+    }
+    if total.rows > 10_000 {
+        crate::memory::release();
+    }
+    stats.add(Total::SkippedRows, total.skipped);
+    if total.dropped > 0 {
+        stats.add(Total::DroppedRows, total.dropped);
+        tracing::debug!(
+            rows = total.dropped,
+            "changes to tables or key columns this node does not replicate were not applied"
+        );
+    }
+}
+
+/// Shard `s` after a committed transaction: its queue drained, held units kept or released, its positions,
+/// the counters, and a pause at its error if it met one.
+fn settle_shard(s: &mut ShardState, o: Outcome, stats: &Counters, max_stuck: Duration) {
+    s.persisted = s.persisted.max(o.position);
+    let drained: Vec<Decoded> = s.queue.drain(..o.taken).collect();
+    let mut drained: Vec<Option<Decoded>> = drained.into_iter().map(Some).collect();
+    if o.retried {
+        let mut ui = 0;
+        s.held.retain(|_| {
+            ui += 1;
+            !o.released.contains(&(ui - 1))
+        });
+    }
+    for &(i, len) in &o.newly_held {
+        let msgs: Vec<Decoded> = drained[i..i + len]
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        let tables = held::tables_of(msgs.iter());
+        s.held.push(held::HeldUnit { msgs, tables });
+    }
+    let was_holding = !s.held_tables.is_empty();
+    s.held_tables = o.still;
+    s.processed = o.last;
+    s.applied = o.position;
+    if o.taken > 0 || !o.released.is_empty() {
+        s.backoff.reset();
+        stats.add(Total::AppliedMessages, o.taken as u64);
+        stats.set_applied(s.shard, s.applied);
+        stats.touch();
+        stats
+            .last_applied_ms
+            .store(crate::counters::now_ms(), Ordering::Relaxed);
+    }
+    for f in &o.causes {
+        held::note(s, stats, f);
+    }
+    let tables = &s.held_tables;
+    s.causes.retain(|t, _| tables.contains(t));
+    if s.held.is_empty() {
+        s.held_retry = None;
+        if was_holding || o.retried {
+            tracing::info!(shard = s.shard, stream = %s.stream,
+                "local schema caught up; shard resumed (held changes applied)");
+        }
+    } else if o.retried || s.held_retry.is_none() {
+        s.held_retry = Some(Instant::now() + SCHEMA_RECHECK);
+    }
+    held::say_long(s, max_stuck);
+    held::publish(s, stats);
+    match o.error {
+        Some(err) => pause(s, stats, err),
+        // Not paused at an error: the pause reason is what it holds, if anything.
+        None if s.paused_until.is_none() => stats.set_paused(s.shard, held::reason(s)),
+        None => {}
+    }
+}
+
+/// One unit's messages applied in order; the first failure ends it.
+#[allow(clippy::too_many_arguments)]
+fn apply_unit<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    msgs: impl IntoIterator<Item = &'a Decoded>,
+    s: &ShardState,
+    in_flight: &InFlight,
+    cfg: &Config,
+    cap: &capture::Capture,
+    mem: &mut sql::Memory,
+) -> Result<sql::Applied, UnitError> {
+    let mut total = sql::Applied::default();
+    for d in msgs {
+        let r = match &d.msg {
+            Ok(m) => match &m.piece {
+                // Our own pieces come back: this database has the value.
+                Some(_) if pieces::own_now(m, cfg, cap) => Ok(sql::Applied::default()),
+                Some(p) => pieces::stage(tx, m, p, &s.stream, d.seq, &mut mem.staged)
+                    .map(|()| sql::Applied::default())
+                    .map_err(sql::ApplyError::from),
+                None => sql::apply_message(tx, m, d.seq, in_flight, cfg, cap, mem).and_then(|a| {
+                    if s.held.is_empty() {
+                        pieces::passed(tx, m, &s.stream, &mut mem.staged)?;
+                    }
+                    Ok(a)
+                }),
+            },
+            Err(e) => Err(sql::ApplyError::Decode(e.clone())),
+        };
+        match r {
+            Ok(a) => total.add(a),
+            Err(sql::ApplyError::MustWait) => return Err(UnitError::MustWait),
+            Err(error) => {
+                return Err(UnitError::Failed(Stuck {
+                    stream: s.stream.clone(),
+                    seq: d.seq,
+                    error,
+                }));
+            }
+        }
+    }
+    Ok(total)
+}
+
+enum UnitError {
+    MustWait,
+    Failed(Stuck),
+}
+
+/// What one apply transaction did to one shard.
+#[derive(Default)]
+struct Outcome {
+    /// Messages taken from the queue (applied, quarantined or held).
+    taken: usize,
+    /// The last of them (or the shard's processed position).
+    last: u64,
+    /// The position recorded: `last`, or before the first message still held.
+    position: u64,
+    error: Option<Stuck>,
+    /// Whether the held units were tried again, and which of them (indexes) were applied.
+    retried: bool,
+    released: Vec<usize>,
+    /// Queue ranges (start, length) held in this transaction.
+    newly_held: Vec<(usize, usize)>,
+    /// Lower-cased tables still held after it.
+    still: HashSet<String>,
+    /// Why units are held (the missing table or column each one named).
+    causes: Vec<Stuck>,
+}
+
+/// Pause shard `s` at the message it could not apply (a change naming a table or column this node lacks is held
+/// instead, never paused at: see [`held`]).
+fn pause(s: &mut ShardState, stats: &Counters, err: Stuck) {
+    stats.add(Total::ApplyErrors, 1);
+    stats.error("apply", err.error.kind());
+    let delay = s.backoff.next_delay();
+    tracing::error!(shard = s.shard, error = %err, retry_in_ms = delay.as_millis() as u64,
+        "cannot apply message; shard paused, will retry");
+    s.paused_until = Some(Instant::now() + delay);
+    stats.set_paused(s.shard, Some(err.to_string()));
+}
