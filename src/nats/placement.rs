@@ -84,7 +84,7 @@ pub async fn kv_bucket(
     description: &str,
     replicas: usize,
     max_age: Duration,
-) -> Result<jetstream::kv::Store, String> {
+) -> Result<jetstream::kv::Store, super::KvError> {
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
     }
@@ -101,8 +101,11 @@ pub async fn kv_bucket(
     .await;
     match created {
         // Another node created it in the meantime (with the replicas its servers could place then).
-        Err(e) if e.contains("already in use") => js.get_key_value(bucket).await.map_err(|_| e),
-        other => other,
+        Err(e) if e.contains("already in use") => js
+            .get_key_value(bucket)
+            .await
+            .map_err(|_| super::KvError::open(bucket, e)),
+        other => other.map_err(|e| super::KvError::open(bucket, e)),
     }
 }
 

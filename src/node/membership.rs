@@ -9,6 +9,7 @@ use futures::StreamExt;
 
 use crate::cluster::removals::{BUCKET, Removal, key, removed};
 use crate::config::Config;
+use crate::nats::KvError;
 
 /// Refuse to start a node whose id was removed.
 pub async fn refuse_removed(js: &jetstream::Context, node_id: u64) -> Result<(), String> {
@@ -50,7 +51,7 @@ async fn leader_entry(
     js: &jetstream::Context,
     bucket: &str,
     key: &str,
-) -> Result<Option<(bytes::Bytes, std::time::SystemTime)>, String> {
+) -> Result<Option<(bytes::Bytes, std::time::SystemTime)>, KvError> {
     use async_nats::jetstream::context::GetStreamErrorKind;
     use async_nats::jetstream::stream::LastRawMessageErrorKind;
     let stream = match js
@@ -64,7 +65,7 @@ async fn leader_entry(
         {
             return Ok(None);
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(KvError::open(bucket, e)),
     };
     match stream
         .get_last_raw_message_by_subject(&format!("$KV.{bucket}.{key}"))
@@ -83,7 +84,7 @@ async fn leader_entry(
             Ok(Some((m.payload, at)))
         }
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(KvError::read(bucket, key, e)),
     }
 }
 
@@ -93,7 +94,7 @@ async fn leader_entry_patiently(
     js: &jetstream::Context,
     bucket: &str,
     key: &str,
-) -> Result<Option<(bytes::Bytes, std::time::SystemTime)>, String> {
+) -> Result<Option<(bytes::Bytes, std::time::SystemTime)>, KvError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         match leader_entry(js, bucket, key).await {
@@ -270,13 +271,7 @@ async fn write_record(
     replicas: usize,
 ) -> anyhow::Result<()> {
     let mut known: std::collections::BTreeSet<u64> = crate::cluster::positions::handled_by_node(js)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read bucket {}: {e}",
-                crate::cluster::positions::BUCKET
-            )
-        })?
+        .await?
         .into_keys()
         .collect();
     known.insert(node_id);
@@ -293,8 +288,7 @@ async fn write_record(
         replicas,
         Duration::ZERO,
     )
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot open bucket {BUCKET}: {e}"))?;
+    .await?;
     let body = serde_json::to_vec(&record).expect("a record serialises");
     store
         .put(key(node_id), body.into())
@@ -313,8 +307,7 @@ async fn delete_entries(js: &jetstream::Context, node_id: u64) -> anyhow::Result
         crate::ops::schema::BUCKET,
     ] {
         let present = leader_entry_patiently(js, bucket, &key(node_id))
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot read {} in {bucket}: {e}", key(node_id)))?
+            .await?
             .is_some();
         if present {
             let s = js

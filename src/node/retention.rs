@@ -222,7 +222,7 @@ impl Retention {
 
     /// One look: the bucket opened (into `store`) when it is not, the entry read when it was not at start, this
     /// node's positions written when they changed, and every [`TRIM_EVERY`] looks the trim.
-    async fn step(&mut self, store: &mut Option<kv::Store>) -> Result<(), String> {
+    async fn step(&mut self, store: &mut Option<kv::Store>) -> anyhow::Result<()> {
         if store.is_none() {
             *store = Some(bucket(&self.js, self.replicas).await?);
         }
@@ -243,13 +243,13 @@ impl Retention {
     }
 
     /// Read this node's entry, which could not be read at start, and set the positions it certifies.
-    async fn read_certified(&mut self) -> Result<(), String> {
+    async fn read_certified(&mut self) -> anyhow::Result<()> {
         let found = tokio::time::timeout(
             Duration::from_secs(5),
             read_entry(&self.js, self.cfg.node_id),
         )
         .await
-        .map_err(|_| "positions entry: no answer within 5 s".to_string())??;
+        .map_err(|_| anyhow::anyhow!("positions entry: no answer within 5 s"))??;
         let found = certifies(found, self.incarnation);
         for (i, stream) in self.streams.iter().enumerate() {
             if let Some(&p) = found.get(stream) {
@@ -298,7 +298,7 @@ impl Retention {
 
     /// The trim: every node's entry read (removed nodes left out), stale nodes named, holds released, and each
     /// stream purged below its trim point.
-    async fn trim(&mut self, kv: &kv::Store, floors: &[u64]) -> Result<(), String> {
+    async fn trim(&mut self, kv: &kv::Store, floors: &[u64]) -> anyhow::Result<()> {
         let removed = crate::cluster::removals::removed(&self.js).await?;
         let mut dated = read_all_dated(kv).await?;
         dated.retain(|k, (p, _)| !k.starts_with("node-") || !removed.contains_key(&p.node_id));
@@ -358,22 +358,14 @@ impl Retention {
         &mut self,
         entries: &BTreeMap<String, Positions>,
         expected: usize,
-    ) -> Result<(), String> {
+    ) -> anyhow::Result<()> {
         for (stream, below) in trim_points(entries, &self.streams, expected) {
             if self.purged.get(&stream).is_some_and(|&p| p >= below) {
                 continue;
             }
-            let s = self
-                .js
-                .get_stream(&stream)
-                .await
-                .map_err(|e| e.to_string())?;
+            let s = self.js.get_stream(&stream).await?;
             // Everything up to and including `below` has been handled by every node.
-            let r = s
-                .purge()
-                .sequence(below + 1)
-                .await
-                .map_err(|e| e.to_string())?;
+            let r = s.purge().sequence(below + 1).await?;
             tracing::debug!(stream, below, removed = r.purged, "stream trimmed");
             self.purged.insert(stream, below);
         }

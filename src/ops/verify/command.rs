@@ -86,11 +86,7 @@ pub async fn verify(cfg: &Config, cli: &Cli, timeout: Duration) -> Result<Outcom
         js,
         cfg,
         nats.cluster_size_hint(),
-        || async {
-            positions::handled_by_node(js)
-                .await
-                .map_err(|e| format!("cannot read the {} bucket: {e}", positions::BUCKET))
-        },
+        || positions::handled_by_node(js),
         timeout,
     )
     .await;
@@ -111,7 +107,7 @@ pub async fn run<F, Fut>(
 ) -> Result<Outcome, VerifyError>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<status::Handled, String>>,
+    Fut: std::future::Future<Output = Result<status::Handled, crate::nats::KvError>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
