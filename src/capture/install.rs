@@ -33,6 +33,50 @@ pub fn install(
 ) -> Result<Capture, CaptureError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let captured_before = table_exists(&tx, TABLES)?;
+    create_tables(&tx)?;
+    let incarnation = incarnation(&tx)?;
+
+    // Our triggers as they are now, by the table they are attached to; then drop them all and re-create those
+    // of the selected tables below.
+    let triggers = drop_triggers(&tx)?;
+
+    let listed_tables = schema::user_tables(&tx)?;
+    let rebuilding = listed_tables
+        .iter()
+        .any(|t| super::local::is_rebuild_temporary(&t.name));
+    let log_before: i64 = tx.query_row(
+        &format!("SELECT coalesce(max(id), 0) FROM {LOG}"),
+        [],
+        |r| r.get(0),
+    )?;
+    let (floor, rebuild_log) = rebuild_floor(&tx, rebuilding, log_before)?;
+    let mut backfilled = false;
+    let mut tables = Vec::new();
+    for listed in listed_tables {
+        if !schema::selected(&listed.name, include, exclude) {
+            continue;
+        }
+        let (info, filled) = capture_table(&tx, listed, &triggers, captured_before)?;
+        backfilled |= filled;
+        tables.push(info);
+    }
+    if backfilled {
+        record_backfill(&tx, &floor, rebuild_log.unwrap_or(log_before))?;
+    }
+    if !rebuilding {
+        tx.execute(
+            &format!("DELETE FROM {META} WHERE key LIKE 'rebuild_floor:%' OR key = 'rebuild_log'"),
+            [],
+        )?;
+    }
+    let known = known(&tx)?;
+    let schema_version = super::schema_version(&tx)?;
+    tx.commit()?;
+    Ok(Capture::new(tables, known, incarnation, schema_version))
+}
+
+/// Create our bookkeeping tables when missing, and add the columns an earlier version's journal lacks.
+fn create_tables(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {LOG} (id INTEGER PRIMARY KEY, tbl INTEGER NOT NULL, k);
          CREATE TABLE IF NOT EXISTS {TABLES} (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
@@ -68,10 +112,11 @@ pub fn install(
              ALTER TABLE {CONFLICTS} ADD COLUMN winner_key TEXT;"
         ))?;
     }
-    let incarnation = incarnation(&tx)?;
+    Ok(())
+}
 
-    // Our triggers as they are now, by the table they are attached to; then drop them all and re-create those
-    // of the selected tables below.
+/// Our triggers as they are now, by the (lowercased) table they are attached to; every one of them dropped.
+fn drop_triggers(tx: &Transaction<'_>) -> rusqlite::Result<HashMap<String, Vec<String>>> {
     let mut triggers: HashMap<String, Vec<String>> = HashMap::new();
     {
         let mut stmt = tx.prepare(
@@ -88,80 +133,72 @@ pub fn install(
     for name in triggers.values().flatten() {
         tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", ident(name)))?;
     }
+    Ok(triggers)
+}
 
-    let listed_tables = schema::user_tables(&tx)?;
-    let rebuilding = listed_tables
-        .iter()
-        .any(|t| super::local::is_rebuild_temporary(&t.name));
-    let log_before: i64 = tx.query_row(
-        &format!("SELECT coalesce(max(id), 0) FROM {LOG}"),
-        [],
-        |r| r.get(0),
-    )?;
-    let (floor, rebuild_log) = rebuild_floor(&tx, rebuilding, log_before)?;
+/// Capture one selected table: described, its rename followed or its rows backfilled (as the `triggers` it had
+/// tell), its columns remembered, its triggers created. Also whether it was backfilled.
+fn capture_table(
+    tx: &Transaction<'_>,
+    listed: schema::ListedTable,
+    triggers: &HashMap<String, Vec<String>>,
+    captured_before: bool,
+) -> Result<(TableInfo, bool), CaptureError> {
+    let (columns, key) = schema::describe(tx, &listed)?;
+    let id = table_id(tx, &listed.name)?;
+    let info = TableInfo::new(id, listed.name, columns, key);
+    let had = triggers
+        .get(&info.name.to_lowercase())
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     let mut backfilled = false;
-    let mut tables = Vec::new();
-    for listed in listed_tables {
-        if !schema::selected(&listed.name, include, exclude) {
-            continue;
+    match continuous_origin(had) {
+        Some(origin) if !origin.eq_ignore_ascii_case(&info.name) => {
+            adopt_renamed(tx, &origin, &info)?;
         }
-        let (columns, key) = schema::describe(&tx, &listed)?;
-        let id = table_id(&tx, &listed.name)?;
-        let info = TableInfo::new(id, listed.name, columns, key);
-        let had = triggers
-            .get(&info.name.to_lowercase())
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        match continuous_origin(had) {
-            Some(origin) if !origin.eq_ignore_ascii_case(&info.name) => {
-                adopt_renamed(&tx, &origin, &info)?;
-            }
-            Some(_) => {}
-            None if captured_before => {
-                backfill(&tx, &info)?;
-                backfilled = true;
-            }
-            None => {}
+        Some(_) => {}
+        None if captured_before => {
+            backfill(tx, &info)?;
+            backfilled = true;
         }
-        for c in &info.columns {
-            tx.prepare_cached(&format!(
-                "INSERT OR IGNORE INTO {COLUMNS}(tbl, name) VALUES(?1, ?2)"
-            ))?
-            .execute(rusqlite::params![id, c])?;
-        }
-        tx.execute_batch(&trigger_sql(&info))?;
-        tables.push(info);
+        None => {}
     }
-    if backfilled {
-        // What the backfilled rows' values hold at least: the applied positions now, or, for a rebuild made in
-        // steps, when its temporary table was first seen (the copy then made misses what was applied since).
-        tx.execute(
-            &format!("DELETE FROM {META} WHERE key LIKE 'backfill_seen:%'"),
-            [],
-        )?;
-        // And the node's own changes they hold: those logged before the rebuild (before its temporary table
-        // was first seen, for a rebuild in steps).
-        tx.execute(
-            &format!("INSERT OR REPLACE INTO {META}(key, value) VALUES('backfill_own_upto', ?1)"),
-            [rebuild_log.unwrap_or(log_before)],
-        )?;
-        for (stream, seq) in &floor {
-            tx.execute(
-                &format!("INSERT INTO {META}(key, value) VALUES(?1, ?2)"),
-                rusqlite::params![format!("backfill_seen:{stream}"), *seq as i64],
-            )?;
-        }
+    for c in &info.columns {
+        tx.prepare_cached(&format!(
+            "INSERT OR IGNORE INTO {COLUMNS}(tbl, name) VALUES(?1, ?2)"
+        ))?
+        .execute(rusqlite::params![id, c])?;
     }
-    if !rebuilding {
+    tx.execute_batch(&trigger_sql(&info))?;
+    Ok((info, backfilled))
+}
+
+/// After a backfill, what its rows hold: the node's own changes up to change-log id `own_upto`, and per stream
+/// the applied positions of `floor`.
+fn record_backfill(
+    tx: &Transaction<'_>,
+    floor: &std::collections::BTreeMap<String, u64>,
+    own_upto: i64,
+) -> rusqlite::Result<()> {
+    // What the backfilled rows' values hold at least: the applied positions now, or, for a rebuild made in
+    // steps, when its temporary table was first seen (the copy then made misses what was applied since).
+    tx.execute(
+        &format!("DELETE FROM {META} WHERE key LIKE 'backfill_seen:%'"),
+        [],
+    )?;
+    // And the node's own changes they hold: those logged before the rebuild (before its temporary table
+    // was first seen, for a rebuild in steps).
+    tx.execute(
+        &format!("INSERT OR REPLACE INTO {META}(key, value) VALUES('backfill_own_upto', ?1)"),
+        [own_upto],
+    )?;
+    for (stream, seq) in floor {
         tx.execute(
-            &format!("DELETE FROM {META} WHERE key LIKE 'rebuild_floor:%' OR key = 'rebuild_log'"),
-            [],
+            &format!("INSERT INTO {META}(key, value) VALUES(?1, ?2)"),
+            rusqlite::params![format!("backfill_seen:{stream}"), *seq as i64],
         )?;
     }
-    let known = known(&tx)?;
-    let schema_version = super::schema_version(&tx)?;
-    tx.commit()?;
-    Ok(Capture::new(tables, known, incarnation, schema_version))
+    Ok(())
 }
 
 fn table_exists(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<bool> {

@@ -11,6 +11,7 @@ use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::nats::KvError;
 use crate::retry::Backoff;
 
 /// The bucket of handled positions.
@@ -37,7 +38,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 /// Open the bucket, creating it when missing.
-pub async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, String> {
+pub async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, KvError> {
     crate::nats::placement::kv_bucket(
         js,
         BUCKET,
@@ -49,7 +50,7 @@ pub async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Stor
 }
 
 /// Every entry of the bucket, by key.
-pub async fn read_all(store: &kv::Store) -> Result<BTreeMap<String, Positions>, String> {
+pub async fn read_all(store: &kv::Store) -> Result<BTreeMap<String, Positions>, KvError> {
     Ok(read_all_dated(store)
         .await?
         .into_iter()
@@ -60,12 +61,15 @@ pub async fn read_all(store: &kv::Store) -> Result<BTreeMap<String, Positions>, 
 /// Every entry of the bucket, by key, with when it was last written (unix ms, by the servers' clock).
 pub async fn read_all_dated(
     store: &kv::Store,
-) -> Result<BTreeMap<String, (Positions, u64)>, String> {
-    let mut keys = store.keys().await.map_err(|e| e.to_string())?;
+) -> Result<BTreeMap<String, (Positions, u64)>, KvError> {
+    let mut keys = store.keys().await.map_err(|e| KvError::keys(BUCKET, e))?;
     let mut out = BTreeMap::new();
     while let Some(key) = keys.next().await {
-        let key = key.map_err(|e| e.to_string())?;
-        if let Some(e) = store.entry(&key).await.map_err(|e| e.to_string())?
+        let key = key.map_err(|e| KvError::keys(BUCKET, e))?;
+        if let Some(e) = store
+            .entry(&key)
+            .await
+            .map_err(|e| KvError::read(BUCKET, &key, e))?
             && e.operation == kv::Operation::Put
             && let Ok(p) = serde_json::from_slice::<Positions>(&e.value)
         {
@@ -77,26 +81,26 @@ pub async fn read_all_dated(
 }
 
 /// Write `p` under `key`.
-pub async fn write(store: &kv::Store, key: &str, p: &Positions) -> Result<(), String> {
-    let body = serde_json::to_vec(p).map_err(|e| e.to_string())?;
+pub async fn write(store: &kv::Store, key: &str, p: &Positions) -> Result<(), KvError> {
+    let body = serde_json::to_vec(p).map_err(|e| KvError::write(BUCKET, key, e))?;
     store
         .put(key, body.into())
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| KvError::write(BUCKET, key, e))
 }
 
 /// What every node's entry says it has handled: node id → stream → position (empty when the bucket does not
 /// exist yet). The snapshot's entry is left out.
 pub async fn handled_by_node(
     js: &jetstream::Context,
-) -> Result<BTreeMap<u64, BTreeMap<String, u64>>, String> {
+) -> Result<BTreeMap<u64, BTreeMap<String, u64>>, KvError> {
     let store = match js.get_key_value(BUCKET).await {
         Ok(s) => s,
         Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => {
             return Ok(BTreeMap::new());
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(KvError::open(BUCKET, e)),
     };
     Ok(read_all(&store)
         .await?
@@ -123,7 +127,7 @@ pub async fn entry(js: &jetstream::Context, node_id: u64) -> Option<Positions> {
         Err(error) => {
             tracing::warn!(
                 bucket = BUCKET,
-                error,
+                error = %error,
                 "cannot read this node's positions entry"
             );
             None
@@ -137,7 +141,7 @@ pub async fn entry(js: &jetstream::Context, node_id: u64) -> Option<Positions> {
 async fn entry_patiently(
     js: &jetstream::Context,
     node_id: u64,
-) -> Result<Option<Positions>, String> {
+) -> Result<Option<Positions>, KvError> {
     let deadline = tokio::time::Instant::now() + ENTRY_PATIENCE;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     loop {
@@ -145,14 +149,14 @@ async fn entry_patiently(
             match tokio::time::timeout(Duration::from_secs(5), read_entry(js, node_id)).await {
                 Ok(Ok(found)) => return Ok(found),
                 Ok(Err(e)) => e,
-                Err(_) => "no answer within 5 s".to_string(),
+                Err(_) => KvError::read(BUCKET, &node_key(node_id), "no answer within 5 s"),
             };
         if tokio::time::Instant::now() >= deadline {
             return Err(error);
         }
         tracing::debug!(
             bucket = BUCKET,
-            error,
+            error = %error,
             "positions entry not read yet; asking again"
         );
         tokio::time::sleep(backoff.next_delay()).await;
@@ -163,7 +167,7 @@ async fn entry_patiently(
 pub(crate) async fn read_entry(
     js: &jetstream::Context,
     node_id: u64,
-) -> Result<Option<Positions>, String> {
+) -> Result<Option<Positions>, KvError> {
     use jetstream::context::GetStreamErrorKind;
     match js
         .get_stream(crate::nats::placement::kv_stream(BUCKET))
@@ -176,13 +180,17 @@ pub(crate) async fn read_entry(
         {
             return Ok(None);
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(KvError::open(BUCKET, e)),
     }
-    let store = js.get_key_value(BUCKET).await.map_err(|e| e.to_string())?;
-    let value = store
-        .get(node_key(node_id))
+    let store = js
+        .get_key_value(BUCKET)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| KvError::open(BUCKET, e))?;
+    let key = node_key(node_id);
+    let value = store
+        .get(&key)
+        .await
+        .map_err(|e| KvError::read(BUCKET, &key, e))?;
     Ok(value.and_then(|v| serde_json::from_slice::<Positions>(&v).ok()))
 }
 
@@ -193,7 +201,7 @@ pub async fn certified(
     js: &jetstream::Context,
     node_id: u64,
     incarnation: u64,
-) -> Result<BTreeMap<String, u64>, String> {
+) -> Result<BTreeMap<String, u64>, KvError> {
     Ok(certifies(entry_patiently(js, node_id).await?, incarnation))
 }
 

@@ -7,6 +7,8 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::nats::KvError;
+
 /// The bucket of removal records, one per removed node (key `node-<id>`).
 pub const BUCKET: &str = "harmonylite-removed";
 
@@ -30,19 +32,22 @@ pub fn key(node_id: u64) -> String {
 }
 
 /// The removal records, by node id (empty when no node was ever removed).
-pub async fn removed(js: &jetstream::Context) -> Result<BTreeMap<u64, Removal>, String> {
+pub async fn removed(js: &jetstream::Context) -> Result<BTreeMap<u64, Removal>, KvError> {
     let store = match js.get_key_value(BUCKET).await {
         Ok(s) => s,
         Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => {
             return Ok(BTreeMap::new());
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(KvError::open(BUCKET, e)),
     };
     let mut out = BTreeMap::new();
-    let mut keys = store.keys().await.map_err(|e| e.to_string())?;
+    let mut keys = store.keys().await.map_err(|e| KvError::keys(BUCKET, e))?;
     while let Some(k) = keys.next().await {
-        let k = k.map_err(|e| e.to_string())?;
-        if let Some(v) = store.get(&k).await.map_err(|e| e.to_string())?
+        let k = k.map_err(|e| KvError::keys(BUCKET, e))?;
+        if let Some(v) = store
+            .get(&k)
+            .await
+            .map_err(|e| KvError::read(BUCKET, &k, e))?
             && let Ok(r) = serde_json::from_slice::<Removal>(&v)
         {
             out.insert(r.node_id, r);

@@ -2,7 +2,9 @@
 //! the HTTP path, and keys that must agree with each other. Each failure names the dotted key and the value as
 //! written in TOML.
 
-use super::{Config, ConfigError, NatsConfig, invalid, quoted};
+use super::{
+    Config, ConfigError, HealthCheckConfig, NatsConfig, PrometheusConfig, invalid, quoted,
+};
 
 /// Checks the deserialised `config` (the type and range checks were done while deserialising).
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
@@ -22,7 +24,13 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "table is also listed in include_tables",
         ));
     }
+    check_nats(config)?;
+    check_prometheus(&config.prometheus)?;
+    check_health_check(&config.health_check)
+}
 
+/// The `[nats]` keys, and `replication_log.max_message_bytes` against `nats.max_payload`.
+fn check_nats(config: &Config) -> Result<(), ConfigError> {
     let n = &config.nats;
     for url in &n.urls {
         check_nats_url(url).map_err(|reason| invalid("nats.urls", quoted(url), reason))?;
@@ -58,8 +66,11 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
+    Ok(())
+}
 
-    let p = &config.prometheus;
+/// The `[prometheus]` keys: its address, and its metric name parts when it is enabled.
+fn check_prometheus(p: &PrometheusConfig) -> Result<(), ConfigError> {
     check_host_port(&p.bind, false).map_err(|r| invalid("prometheus.bind", quoted(&p.bind), r))?;
     if p.enable {
         // Metric names are `<namespace>_<subsystem>_<name>` and must match [a-zA-Z_:][a-zA-Z0-9_:]*.
@@ -82,8 +93,11 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    Ok(())
+}
 
-    let h = &config.health_check;
+/// The `[health_check]` keys: its address and its two paths.
+fn check_health_check(h: &HealthCheckConfig) -> Result<(), ConfigError> {
     check_host_port(&h.bind, false)
         .map_err(|r| invalid("health_check.bind", quoted(&h.bind), r))?;
     // The health server also answers write confirmation on a fixed path.

@@ -142,88 +142,19 @@ impl ServerSpec {
         map.insert("max_payload", Value::raw(self.max_payload.to_string()));
 
         if self.jetstream {
-            let mut js = Map::new().with("store_dir", path_value(&self.store_dir));
-            if self.sync_always {
-                js.insert("sync_interval", Value::raw("always"));
-            }
-            if let Some(domain) = &self.domain {
-                js.insert("domain", Value::string(domain));
-            }
-            map.insert("jetstream", Value::Map(js));
+            map.insert("jetstream", Value::Map(self.jetstream_map()));
         }
 
         if let Some(cluster) = &self.cluster {
-            let routes = cluster
-                .routes
-                .iter()
-                .map(|u| match &cluster.secret {
-                    Some(secret) => Value::string(with_route_credentials(u, secret)),
-                    None => Value::string(u),
-                })
-                .collect();
-            let mut block = Map::new()
-                .with("name", Value::string(CLUSTER_NAME))
-                .with("listen", Value::string(&cluster.listen))
-                .with("routes", Value::Array(routes));
-            if let Some(secret) = &cluster.secret {
-                block.insert(
-                    "authorization",
-                    Value::Map(
-                        Map::new()
-                            .with("user", Value::string(ROUTE_USER))
-                            .with("password", Value::string(&secret.0)),
-                    ),
-                );
-            }
-            if let Some(tls) = &cluster.tls {
-                block.insert(
-                    "tls",
-                    Value::Map(tls.to_map().with("verify", Value::raw("true"))),
-                );
-            }
-            map.insert("cluster", Value::Map(block));
+            map.insert("cluster", Value::Map(cluster.to_map()));
         }
 
         if !self.leaf_remotes.is_empty() {
-            let remotes = self
-                .leaf_remotes
-                .iter()
-                .map(|r| {
-                    let mut remote = Map::new().with(
-                        "urls",
-                        Value::Array(r.urls.iter().map(Value::string).collect()),
-                    );
-                    if r.hub {
-                        remote.insert("hub", Value::raw("true"));
-                    }
-                    Value::Map(remote)
-                })
-                .collect();
-            map.insert(
-                "leafnodes",
-                Value::Map(Map::new().with("remotes", Value::Array(remotes))),
-            );
+            map.insert("leafnodes", Value::Map(leafnodes_map(&self.leaf_remotes)));
         }
 
         if !self.users.is_empty() {
-            let users = self
-                .users
-                .iter()
-                .map(|u| {
-                    Value::Map(match u {
-                        User::Password { user, password } => Map::new()
-                            .with("user", Value::string(user))
-                            .with("password", Value::string(password)),
-                        User::Nkey { public_key } => {
-                            Map::new().with("nkey", Value::string(public_key))
-                        }
-                    })
-                })
-                .collect();
-            map.insert(
-                "authorization",
-                Value::Map(Map::new().with("users", Value::Array(users))),
-            );
+            map.insert("authorization", Value::Map(users_map(&self.users)));
         }
 
         if let Some(tls) = &self.tls {
@@ -236,6 +167,88 @@ impl ServerSpec {
         }
         map
     }
+
+    /// The `jetstream` block: its store, how often it syncs, its domain.
+    fn jetstream_map(&self) -> Map {
+        let mut js = Map::new().with("store_dir", path_value(&self.store_dir));
+        if self.sync_always {
+            js.insert("sync_interval", Value::raw("always"));
+        }
+        if let Some(domain) = &self.domain {
+            js.insert("domain", Value::string(domain));
+        }
+        js
+    }
+}
+
+impl ClusterSpec {
+    /// The `cluster` block: its name, route port and routes (with the secret's credentials), authorization and
+    /// TLS.
+    fn to_map(&self) -> Map {
+        let routes = self
+            .routes
+            .iter()
+            .map(|u| match &self.secret {
+                Some(secret) => Value::string(with_route_credentials(u, secret)),
+                None => Value::string(u),
+            })
+            .collect();
+        let mut block = Map::new()
+            .with("name", Value::string(CLUSTER_NAME))
+            .with("listen", Value::string(&self.listen))
+            .with("routes", Value::Array(routes));
+        if let Some(secret) = &self.secret {
+            block.insert(
+                "authorization",
+                Value::Map(
+                    Map::new()
+                        .with("user", Value::string(ROUTE_USER))
+                        .with("password", Value::string(&secret.0)),
+                ),
+            );
+        }
+        if let Some(tls) = &self.tls {
+            block.insert(
+                "tls",
+                Value::Map(tls.to_map().with("verify", Value::raw("true"))),
+            );
+        }
+        block
+    }
+}
+
+/// The `leafnodes` block: one remote per entry of `remotes`.
+fn leafnodes_map(remotes: &[LeafRemote]) -> Map {
+    let remotes = remotes
+        .iter()
+        .map(|r| {
+            let mut remote = Map::new().with(
+                "urls",
+                Value::Array(r.urls.iter().map(Value::string).collect()),
+            );
+            if r.hub {
+                remote.insert("hub", Value::raw("true"));
+            }
+            Value::Map(remote)
+        })
+        .collect();
+    Map::new().with("remotes", Value::Array(remotes))
+}
+
+/// The `authorization` block of the client port: one entry per user.
+fn users_map(users: &[User]) -> Map {
+    let users = users
+        .iter()
+        .map(|u| {
+            Value::Map(match u {
+                User::Password { user, password } => Map::new()
+                    .with("user", Value::string(user))
+                    .with("password", Value::string(password)),
+                User::Nkey { public_key } => Map::new().with("nkey", Value::string(public_key)),
+            })
+        })
+        .collect();
+    Map::new().with("users", Value::Array(users))
 }
 
 impl TlsFiles {

@@ -29,13 +29,7 @@ async fn open(cfg: &Config, flags: &ClusterFlags, reuse_running: bool) -> Result
     let paths = Paths::create(cfg)?;
     let (client_host, client_port) = routes::parse_bind_address(&n.bind_address)?;
     let user_path = non_empty(&n.server_config);
-    let user_conf = match &user_path {
-        Some(p) => {
-            let p = p.clone();
-            Some(blocking(move || conf::load_user_config(&p)).await?)
-        }
-        None => None,
-    };
+    let user_conf = user_config(user_path.as_ref()).await?;
     let auth = Auth::from_config(n)?;
     let (peer_urls, leaf_remotes) = resolve_routes(flags).await?;
     let secret =
@@ -46,21 +40,7 @@ async fn open(cfg: &Config, flags: &ClusterFlags, reuse_running: bool) -> Result
     // one order every node applies, and the node's change log keeps what it cannot publish while the leaf
     // connection is down.
     let leaf = leaf_remotes.iter().any(|r| !r.hub);
-    if leaf && n.jetstream_domain.is_empty() {
-        return Err(NatsError::Settings(
-            "a leaf node (-leaf-servers) uses the hub's JetStream, which it reaches only through a domain: \
-             give the hub's JetStream a domain (`jetstream { domain: hub }` in its server config, or \
-             nats.jetstream_domain = \"hub\" on HarmonyLite hub nodes) and set nats.jetstream_domain to it \
-             on this node"
-                .into(),
-        ));
-    }
-    if leaf && !reuse_running {
-        tracing::info!(
-            "a leaf node: its nats-server runs without JetStream and the node uses the hub's streams; \
-             changes made while the leaf connection is down wait in the change log"
-        );
-    }
+    check_leaf(n, leaf, reuse_running)?;
     let spec = ServerSpec {
         server_name: server_name.clone(),
         client_host: client_host.clone(),
@@ -77,85 +57,31 @@ async fn open(cfg: &Config, flags: &ClusterFlags, reuse_running: bool) -> Result
         users: auth.users,
         tls: auth.tls.clone(),
     };
-    let settings_for = |port: u16| ClientSettings {
-        urls: client_url(&client_host, port, auth.tls.is_some()),
-        name: server_name,
-        user: (!n.user_name.is_empty()).then(|| (n.user_name.clone(), n.user_password.clone())),
-        nkey_seed: auth.seed,
-        ca_file: non_empty(&n.ca_file),
-        client_cert: auth
-            .tls
-            .as_ref()
-            .map(|t| (t.cert_file.clone(), t.key_file.clone())),
-        require_tls: auth.tls.is_some(),
-        own_server_only: true,
-        attempts: 20,
-        retry_wait: Duration::from_millis(250),
-        reconnect_wait: Duration::from_secs(n.reconnect_wait_seconds.max(1)),
-    };
+    let settings_for =
+        |port: u16| client_settings(n, &client_host, port, server_name, auth.seed, auth.tls);
     let timeout = Duration::from_secs(n.ready_timeout_seconds.get());
+    let cluster_size_hint = 1 + other_peers.len();
     let mut lock = None;
     if reuse_running {
         let ports_dir = conf::effective_ports_dir(&spec, user_conf.as_ref());
-        let mut running = {
-            let dir = ports_dir.clone();
-            blocking(move || running_client_port(&dir)).await
-        };
-        if running.is_none() {
-            lock = NodeLock::try_take(cfg)?;
-            if lock.is_none() {
-                // The node runs or is starting: wait for its server rather than start a second one.
-                tracing::debug!("the node is starting; waiting for its nats-server");
-                let deadline = tokio::time::Instant::now() + timeout;
-                while running.is_none() && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    let dir = ports_dir.clone();
-                    running = blocking(move || running_client_port(&dir)).await;
-                }
-                if running.is_none() {
-                    return Err(NatsError::Settings(format!(
-                        "the node of this configuration is starting (it holds {}) and its nats-server did \
-                         not come up within {}s",
-                        NodeLock::path(cfg).display(),
-                        timeout.as_secs()
-                    )));
-                }
-            }
-        }
+        let (running, taken) = running_server(cfg, ports_dir, timeout).await?;
+        lock = taken;
         if let Some(port) = running {
             tracing::debug!(port, "using the running node's nats-server");
-            let probe = ready::Probe {
-                peers: Vec::new(),
-                monitor_url: None,
-                forming: None,
-            };
-            let (client, jetstream) =
-                connect_and_wait(&settings_for(port), &n.jetstream_domain, timeout, &probe).await?;
-            return Ok(Nats {
-                client,
-                jetstream,
-                server: None,
-                cluster_size_hint: 1 + other_peers.len(),
-                _lock: None,
-            });
+            let settings = settings_for(port);
+            return connect_running(&settings, &n.jetstream_domain, timeout, cluster_size_hint)
+                .await;
         }
     }
     let (server, ports) = launch(spec, user_conf, user_path, paths.conf_path).await?;
     let settings = settings_for(ports.client_port);
-    let probe = ready::Probe {
-        peers: other_peers
-            .iter()
-            .filter_map(|u| routes::probe_target(u, 6222))
-            .collect(),
-        monitor_url: ports.monitor_url.clone(),
-        forming: Some(server.forming_flag()),
-    };
+    let probe = launched_probe(&other_peers, &ports, &server);
     match connect_and_wait(&settings, &n.jetstream_domain, timeout, &probe).await {
         Ok((client, jetstream)) => Ok(Nats {
             client,
             jetstream,
             server: Some(server),
-            cluster_size_hint: 1 + other_peers.len(),
+            cluster_size_hint,
             _lock: lock,
         }),
         Err(e) => {
@@ -163,6 +89,138 @@ async fn open(cfg: &Config, flags: &ClusterFlags, reuse_running: bool) -> Result
             Err(e)
         }
     }
+}
+
+/// The user's `nats.server_config` file, when one is given, read in the blocking thread pool.
+async fn user_config(path: Option<&PathBuf>) -> Result<Option<UserConf>, NatsError> {
+    match path {
+        Some(p) => {
+            let p = p.clone();
+            Ok(Some(blocking(move || conf::load_user_config(&p)).await?))
+        }
+        None => Ok(None),
+    }
+}
+
+/// What readiness looks at for a server we started: the other peers' route ports, its monitoring port, and
+/// whether its cluster is still forming.
+fn launched_probe(
+    other_peers: &[String],
+    ports: &super::child_io::Ports,
+    server: &ServerProcess,
+) -> ready::Probe {
+    ready::Probe {
+        peers: other_peers
+            .iter()
+            .filter_map(|u| routes::probe_target(u, 6222))
+            .collect(),
+        monitor_url: ports.monitor_url.clone(),
+        forming: Some(server.forming_flag()),
+    }
+}
+
+/// A leaf node needs the hub's JetStream domain; said at INFO when it starts its own server.
+fn check_leaf(n: &NatsConfig, leaf: bool, reuse_running: bool) -> Result<(), NatsError> {
+    if leaf && n.jetstream_domain.is_empty() {
+        return Err(NatsError::Settings(
+            "a leaf node (-leaf-servers) uses the hub's JetStream, which it reaches only through a domain: \
+             give the hub's JetStream a domain (`jetstream { domain: hub }` in its server config, or \
+             nats.jetstream_domain = \"hub\" on HarmonyLite hub nodes) and set nats.jetstream_domain to it \
+             on this node"
+                .into(),
+        ));
+    }
+    if leaf && !reuse_running {
+        tracing::info!(
+            "a leaf node: its nats-server runs without JetStream and the node uses the hub's streams; \
+             changes made while the leaf connection is down wait in the change log"
+        );
+    }
+    Ok(())
+}
+
+/// Our client's settings for the embedded server listening on `host:port`.
+fn client_settings(
+    n: &NatsConfig,
+    host: &str,
+    port: u16,
+    name: String,
+    nkey_seed: Option<String>,
+    tls: Option<TlsFiles>,
+) -> ClientSettings {
+    ClientSettings {
+        urls: client_url(host, port, tls.is_some()),
+        name,
+        user: (!n.user_name.is_empty()).then(|| (n.user_name.clone(), n.user_password.clone())),
+        nkey_seed,
+        ca_file: non_empty(&n.ca_file),
+        client_cert: tls
+            .as_ref()
+            .map(|t| (t.cert_file.clone(), t.key_file.clone())),
+        require_tls: tls.is_some(),
+        own_server_only: true,
+        attempts: 20,
+        retry_wait: Duration::from_millis(250),
+        reconnect_wait: Duration::from_secs(n.reconnect_wait_seconds.max(1)),
+    }
+}
+
+/// For a command: the client port of the node's nats-server when it runs (waited for within `timeout` while the
+/// node is starting), else `None` and the node's lock, taken for the server the command starts.
+async fn running_server(
+    cfg: &Config,
+    ports_dir: PathBuf,
+    timeout: Duration,
+) -> Result<(Option<u16>, Option<NodeLock>), NatsError> {
+    let mut running = {
+        let dir = ports_dir.clone();
+        blocking(move || running_client_port(&dir)).await
+    };
+    let mut lock = None;
+    if running.is_none() {
+        lock = NodeLock::try_take(cfg)?;
+        if lock.is_none() {
+            // The node runs or is starting: wait for its server rather than start a second one.
+            tracing::debug!("the node is starting; waiting for its nats-server");
+            let deadline = tokio::time::Instant::now() + timeout;
+            while running.is_none() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let dir = ports_dir.clone();
+                running = blocking(move || running_client_port(&dir)).await;
+            }
+            if running.is_none() {
+                return Err(NatsError::Settings(format!(
+                    "the node of this configuration is starting (it holds {}) and its nats-server did \
+                     not come up within {}s",
+                    NodeLock::path(cfg).display(),
+                    timeout.as_secs()
+                )));
+            }
+        }
+    }
+    Ok((running, lock))
+}
+
+/// Connect to the running node's nats-server (the node holds the lock: none is kept).
+async fn connect_running(
+    settings: &ClientSettings,
+    domain: &str,
+    timeout: Duration,
+    cluster_size_hint: usize,
+) -> Result<Nats, NatsError> {
+    let probe = ready::Probe {
+        peers: Vec::new(),
+        monitor_url: None,
+        forming: None,
+    };
+    let (client, jetstream) = connect_and_wait(settings, domain, timeout, &probe).await?;
+    Ok(Nats {
+        client,
+        jetstream,
+        server: None,
+        cluster_size_hint,
+        _lock: None,
+    })
 }
 
 /// An exclusive `flock` on `<data>/nats/<server name>.lock`: held by a running node for its whole life (taken

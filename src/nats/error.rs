@@ -1,4 +1,5 @@
-//! Errors of the NATS subsystem: each names the file, address or peer at fault and what to do about it.
+//! Errors of the NATS subsystem: each names the file, address or peer at fault and what to do about it; and
+//! [`KvError`], the bucket and key a key-value helper could not open, read or write.
 
 use std::path::PathBuf;
 
@@ -103,5 +104,91 @@ impl NatsError {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// A key-value bucket that could not be opened, read or written: the bucket (and key) and why.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// The bucket could not be opened, or created when missing.
+    #[error("cannot open bucket {bucket}: {reason}")]
+    Open { bucket: String, reason: String },
+
+    #[error("cannot list the keys of bucket {bucket}: {reason}")]
+    Keys { bucket: String, reason: String },
+
+    #[error("cannot read {key} in bucket {bucket}: {reason}")]
+    Read {
+        bucket: String,
+        key: String,
+        reason: String,
+    },
+
+    #[error("cannot write {key} in bucket {bucket}: {reason}")]
+    Write {
+        bucket: String,
+        key: String,
+        reason: String,
+    },
+}
+
+impl KvError {
+    /// `bucket` could not be opened or created (`reason`: the source error).
+    pub fn open(bucket: &str, reason: impl std::fmt::Display) -> KvError {
+        KvError::Open {
+            bucket: bucket.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// `bucket`'s keys could not be listed.
+    pub fn keys(bucket: &str, reason: impl std::fmt::Display) -> KvError {
+        KvError::Keys {
+            bucket: bucket.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// `key` of `bucket` could not be read.
+    pub fn read(bucket: &str, key: &str, reason: impl std::fmt::Display) -> KvError {
+        KvError::Read {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// `key` of `bucket` could not be written.
+    pub fn write(bucket: &str, key: &str, reason: impl std::fmt::Display) -> KvError {
+        KvError::Write {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kv_error_names_its_bucket_and_key() {
+        assert_eq!(
+            KvError::open("harmonylite-removed", "timed out").to_string(),
+            "cannot open bucket harmonylite-removed: timed out"
+        );
+        assert_eq!(
+            KvError::keys("harmonylite-positions", "timed out").to_string(),
+            "cannot list the keys of bucket harmonylite-positions: timed out"
+        );
+        assert_eq!(
+            KvError::read("harmonylite-status", "node-2", "no answer within 5 s").to_string(),
+            "cannot read node-2 in bucket harmonylite-status: no answer within 5 s"
+        );
+        assert_eq!(
+            KvError::write("e-harmonylite", "snapshot-leader", "wrong last sequence").to_string(),
+            "cannot write snapshot-leader in bucket e-harmonylite: wrong last sequence"
+        );
     }
 }

@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use conf::CLUSTER_NAME;
-pub use error::NatsError;
+pub use error::{KvError, NatsError};
 
 use crate::config::Config;
 use server::ServerProcess;

@@ -30,8 +30,8 @@ const SERVERS_JOINING: Duration = Duration::from_secs(3);
 static PLACED_FEWER: AtomicBool = AtomicBool::new(false);
 
 /// Runs `create(replicas)` with `wanted` replicas (asked again for [`SERVERS_JOINING`] while the servers up
-/// cannot place them), then with one fewer each time, down to [`fewest`]`(wanted)`. A creation with fewer replicas than wanted is logged; [`raise`] brings
-/// it to `wanted` later.
+/// cannot place them), then with one fewer each time, down to [`fewest`]`(wanted)`. A creation with fewer
+/// replicas than wanted is logged; [`raise`] brings it to `wanted` later.
 pub async fn create<T, E, F, Fut>(what: &str, wanted: usize, mut create: F) -> Result<T, String>
 where
     E: std::fmt::Display,
@@ -84,7 +84,7 @@ pub async fn kv_bucket(
     description: &str,
     replicas: usize,
     max_age: Duration,
-) -> Result<jetstream::kv::Store, String> {
+) -> Result<jetstream::kv::Store, super::KvError> {
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
     }
@@ -101,8 +101,11 @@ pub async fn kv_bucket(
     .await;
     match created {
         // Another node created it in the meantime (with the replicas its servers could place then).
-        Err(e) if e.contains("already in use") => js.get_key_value(bucket).await.map_err(|_| e),
-        other => other,
+        Err(e) if e.contains("already in use") => js
+            .get_key_value(bucket)
+            .await
+            .map_err(|_| super::KvError::open(bucket, e)),
+        other => other.map_err(|e| super::KvError::open(bucket, e)),
     }
 }
 

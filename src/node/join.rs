@@ -112,9 +112,12 @@ async fn cluster_has_data(
             return Ok(true);
         }
     }
-    let kv = positions::bucket(js, replicas).await?;
+    let kv = positions::bucket(js, replicas)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(positions::read_all(&kv)
-        .await?
+        .await
+        .map_err(|e| e.to_string())?
         .values()
         .any(|p| p.positions.values().any(|&s| s > 0)))
 }

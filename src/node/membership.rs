@@ -9,6 +9,7 @@ use futures::StreamExt;
 
 use crate::cluster::removals::{BUCKET, Removal, key, removed};
 use crate::config::Config;
+use crate::nats::KvError;
 
 /// Refuse to start a node whose id was removed.
 pub async fn refuse_removed(js: &jetstream::Context, node_id: u64) -> Result<(), String> {
@@ -50,7 +51,7 @@ async fn leader_entry(
     js: &jetstream::Context,
     bucket: &str,
     key: &str,
-) -> Result<Option<(bytes::Bytes, std::time::SystemTime)>, String> {
+) -> Result<Option<(bytes::Bytes, std::time::SystemTime)>, KvError> {
     use async_nats::jetstream::context::GetStreamErrorKind;
     use async_nats::jetstream::stream::LastRawMessageErrorKind;
     let stream = match js
@@ -64,7 +65,7 @@ async fn leader_entry(
         {
             return Ok(None);
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(KvError::open(bucket, e)),
     };
     match stream
         .get_last_raw_message_by_subject(&format!("$KV.{bucket}.{key}"))
@@ -83,7 +84,7 @@ async fn leader_entry(
             Ok(Some((m.payload, at)))
         }
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(KvError::read(bucket, key, e)),
     }
 }
 
@@ -93,7 +94,7 @@ async fn leader_entry_patiently(
     js: &jetstream::Context,
     bucket: &str,
     key: &str,
-) -> Result<Option<(bytes::Bytes, std::time::SystemTime)>, String> {
+) -> Result<Option<(bytes::Bytes, std::time::SystemTime)>, KvError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         match leader_entry(js, bucket, key).await {
@@ -173,6 +174,26 @@ pub async fn remove(
 ) -> anyhow::Result<Outcome> {
     anyhow::ensure!(node_id != 0, "-remove-node needs a node id other than 0");
     let server = format!("harmonylite-node-{node_id}");
+    let infos = stream_infos(js).await?;
+    if serves_replicas(&infos, &server) && !force {
+        anyhow::bail!(
+            "node {node_id} is running (its server {server} answers as a replica of the streams): stop it for \
+             good first, or give -force to remove it anyway"
+        );
+    }
+    refuse_fresh_status(js, node_id, force).await?;
+    write_record(js, cfg, node_id, cluster_size, replicas).await?;
+    let mut outcome = Outcome {
+        node_id,
+        ..Default::default()
+    };
+    outcome.entries = delete_entries(js, node_id).await?;
+    leave_replicas(js, infos, &server, &mut outcome).await;
+    Ok(outcome)
+}
+
+/// Every stream's information (streams that do not answer left out).
+async fn stream_infos(js: &jetstream::Context) -> anyhow::Result<Vec<jetstream::stream::Info>> {
     let mut names = js.stream_names();
     let mut streams = Vec::new();
     while let Some(n) = names.next().await {
@@ -189,12 +210,17 @@ pub async fn remove(
             infos.push(info.clone());
         }
     }
+    Ok(infos)
+}
+
+/// Whether `server` leads a stream or answers as one's replica.
+fn serves_replicas(infos: &[jetstream::stream::Info], server: &str) -> bool {
     // Its server answering as a replica is a sign of life too (a node that just started has no status entry
     // yet).
     let leads = infos.iter().any(|i| {
         i.cluster
             .as_ref()
-            .is_some_and(|c| c.leader.as_deref() == Some(server.as_str()))
+            .is_some_and(|c| c.leader.as_deref() == Some(server))
     });
     let answering = infos.iter().any(|i| {
         i.cluster.as_ref().is_some_and(|c| {
@@ -203,12 +229,15 @@ pub async fn remove(
                 .any(|r| r.name == server && !r.offline && r.active <= FRESH)
         })
     });
-    if (leads || answering) && !force {
-        anyhow::bail!(
-            "node {node_id} is running (its server {server} answers as a replica of the streams): stop it for \
-             good first, or give -force to remove it anyway"
-        );
-    }
+    leads || answering
+}
+
+/// Refuse (unless `force`) when node `node_id`'s status entry is fresh, or cannot be read.
+async fn refuse_fresh_status(
+    js: &jetstream::Context,
+    node_id: u64,
+    force: bool,
+) -> anyhow::Result<()> {
     let status = leader_entry_patiently(js, crate::ops::status::BUCKET, &key(node_id))
         .await
         .map_err(|e| {
@@ -229,14 +258,20 @@ pub async fn remove(
             );
         }
     }
+    Ok(())
+}
+
+/// Write node `node_id`'s removal record, with the cluster's size counted from `cluster_size` and the nodes
+/// with a positions entry.
+async fn write_record(
+    js: &jetstream::Context,
+    cfg: &Config,
+    node_id: u64,
+    cluster_size: usize,
+    replicas: usize,
+) -> anyhow::Result<()> {
     let mut known: std::collections::BTreeSet<u64> = crate::cluster::positions::handled_by_node(js)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read bucket {}: {e}",
-                crate::cluster::positions::BUCKET
-            )
-        })?
+        .await?
         .into_keys()
         .collect();
     known.insert(node_id);
@@ -253,25 +288,26 @@ pub async fn remove(
         replicas,
         Duration::ZERO,
     )
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot open bucket {BUCKET}: {e}"))?;
+    .await?;
     let body = serde_json::to_vec(&record).expect("a record serialises");
     store
         .put(key(node_id), body.into())
         .await
         .map_err(|e| anyhow::anyhow!("cannot write the removal record: {e}"))?;
-    let mut outcome = Outcome {
-        node_id,
-        ..Default::default()
-    };
+    Ok(())
+}
+
+/// Delete node `node_id`'s entries from the positions, status and schema-registry buckets: those deleted, as
+/// `<bucket>/<key>`.
+async fn delete_entries(js: &jetstream::Context, node_id: u64) -> anyhow::Result<Vec<String>> {
+    let mut deleted = Vec::new();
     for bucket in [
         crate::cluster::positions::BUCKET,
         crate::ops::status::BUCKET,
         crate::ops::schema::BUCKET,
     ] {
         let present = leader_entry_patiently(js, bucket, &key(node_id))
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot read {} in {bucket}: {e}", key(node_id)))?
+            .await?
             .is_some();
         if present {
             let s = js
@@ -281,14 +317,23 @@ pub async fn remove(
             s.purge(key(node_id)).await.map_err(|e| {
                 anyhow::anyhow!("cannot delete {} from {bucket}: {e}", key(node_id))
             })?;
-            outcome.entries.push(format!("{bucket}/{}", key(node_id)));
+            deleted.push(format!("{bucket}/{}", key(node_id)));
         }
     }
+    Ok(deleted)
+}
+
+/// Take `server` out of the replicas of every stream of `infos` it leads or serves, noted in `outcome`.
+async fn leave_replicas(
+    js: &jetstream::Context,
+    infos: Vec<jetstream::stream::Info>,
+    server: &str,
+    outcome: &mut Outcome,
+) {
     for info in infos {
         let name = info.config.name.clone();
         let on_it = info.cluster.as_ref().is_some_and(|c| {
-            c.leader.as_deref() == Some(server.as_str())
-                || c.replicas.iter().any(|r| r.name == server)
+            c.leader.as_deref() == Some(server) || c.replicas.iter().any(|r| r.name == server)
         });
         if !on_it {
             continue;
@@ -303,5 +348,4 @@ pub async fn remove(
             Err(e) => outcome.stream_errors.push((name, e.to_string())),
         }
     }
-    Ok(outcome)
 }

@@ -505,7 +505,7 @@ impl RunningNode {
             Ok(c) => (c, false),
             Err(error) => {
                 tracing::warn!(
-                    error,
+                    error = %error,
                     "cannot read this node's positions entry; it is read again in the background (a shard \
                      that seems to be at a gap meanwhile waits for it)"
                 );

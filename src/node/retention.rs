@@ -134,145 +134,22 @@ pub async fn run(
     incarnation: u64,
     replicas: usize,
     expected_nodes: usize,
-    mut certified_unknown: bool,
+    certified_unknown: bool,
     cancel: CancellationToken,
 ) {
-    let streams: Vec<String> = (1..=cfg.replication_log.shards.get())
-        .map(|s| cfg.stream_name(s))
-        .collect();
-    let key = node_key(cfg.node_id);
+    let mut r = Retention::new(
+        js,
+        cfg,
+        counters,
+        incarnation,
+        replicas,
+        expected_nodes,
+        certified_unknown,
+    );
     let mut store: Option<kv::Store> = None;
-    let mut written: Option<Positions> = None;
-    let mut purged: BTreeMap<String, u64> = BTreeMap::new();
     let mut backoff = Backoff::new(PERIOD, Duration::from_secs(30));
-    let mut tick = 0u32;
-    let stale_after = Duration::from_secs(cfg.replication_log.stale_node_seconds.get());
-    // Stale nodes named at WARN, and when (each once per `stale_after`).
-    let mut warned: BTreeMap<u64, tokio::time::Instant> = BTreeMap::new();
     loop {
-        let step = async {
-            if store.is_none() {
-                store = Some(bucket(&js, replicas).await?);
-            }
-            let kv = store.as_ref().expect("set above");
-            if certified_unknown {
-                let found =
-                    tokio::time::timeout(Duration::from_secs(5), read_entry(&js, cfg.node_id))
-                        .await
-                        .map_err(|_| "positions entry: no answer within 5 s".to_string())??;
-                let found = certifies(found, incarnation);
-                for (i, stream) in streams.iter().enumerate() {
-                    if let Some(&p) = found.get(stream) {
-                        counters.set_certified(i as u32 + 1, p);
-                    }
-                }
-                tracing::info!(certified = ?found, "positions entry read");
-                certified_unknown = false;
-            }
-            let certified = counters.certified();
-            let floors = counters.hold_floors();
-            let applied: Vec<u64> = counters
-                .applied()
-                .into_iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    a.max(certified.get(i).copied().unwrap_or(0))
-                        .min(floors.get(i).copied().unwrap_or(u64::MAX))
-                })
-                .collect();
-            // Read after the applied positions: a change of ours they cover (and the trim may remove) was
-            // acknowledged by then in all but the rarest timings.
-            let published_upto = counters
-                .published_upto
-                .load(std::sync::atomic::Ordering::Acquire);
-            let mine = Positions {
-                node_id: cfg.node_id,
-                incarnation,
-                positions: streams
-                    .iter()
-                    .zip(&applied)
-                    .filter(|(_, p)| **p > 0)
-                    .map(|(s, p)| (s.clone(), *p))
-                    .collect(),
-                published_upto,
-            };
-            if written.as_ref() != Some(&mine) && !mine.positions.is_empty() {
-                write(kv, &key, &mine).await?;
-                written = Some(mine);
-            }
-            tick += 1;
-            if tick.is_multiple_of(TRIM_EVERY) {
-                let removed = crate::cluster::removals::removed(&js).await?;
-                let mut dated = read_all_dated(kv).await?;
-                dated.retain(|k, (p, _)| {
-                    !k.starts_with("node-") || !removed.contains_key(&p.node_id)
-                });
-                // Naming stale nodes never holds up the trim: when the status bucket does not answer (a
-                // leader election), it waits for the next look.
-                let heard = match tokio::time::timeout(
-                    Duration::from_secs(2),
-                    crate::ops::status::last_heard(&js),
-                )
-                .await
-                {
-                    Ok(Ok(h)) => Some(h),
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "status entries not read; stale nodes not looked for");
-                        None
-                    }
-                    Err(_) => None,
-                };
-                if let Some(mut heard) = heard {
-                    heard.retain(|id, _| !removed.contains_key(id));
-                    let stale = stale_nodes(
-                        &dated,
-                        &heard,
-                        cfg.node_id,
-                        &streams,
-                        &counters,
-                        stale_after,
-                    );
-                    for h in &stale {
-                        if warned
-                            .get(&h.node_id)
-                            .is_none_or(|at: &tokio::time::Instant| at.elapsed() >= stale_after)
-                        {
-                            tracing::warn!(
-                                node_id = h.node_id,
-                                "{}",
-                                crate::cluster::holding::holding_text(h)
-                            );
-                            warned.insert(h.node_id, tokio::time::Instant::now());
-                        }
-                    }
-                    warned.retain(|id, _| stale.iter().any(|h| h.node_id == *id));
-                    counters.set_stale_nodes(stale);
-                }
-                let entries: BTreeMap<String, Positions> =
-                    dated.into_iter().map(|(k, (p, _))| (k, p)).collect();
-                if floors.iter().any(|&f| f != u64::MAX) {
-                    counters.release_holds(&others_lowest(&entries, &key, &streams));
-                }
-                let expected =
-                    crate::cluster::removals::expected_without_removed(expected_nodes, &removed);
-                for (stream, below) in trim_points(&entries, &streams, expected) {
-                    if purged.get(&stream).is_some_and(|&p| p >= below) {
-                        continue;
-                    }
-                    let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
-                    // Everything up to and including `below` has been handled by every node.
-                    let r = s
-                        .purge()
-                        .sequence(below + 1)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    tracing::debug!(stream, below, removed = r.purged, "stream trimmed");
-                    purged.insert(stream, below);
-                }
-            }
-            Ok::<(), String>(())
-        };
-        match step.await {
+        match r.step(&mut store).await {
             Ok(()) => backoff.reset(),
             Err(e) => {
                 store = None;
@@ -287,6 +164,225 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(PERIOD) => {}
         }
+    }
+}
+
+/// What [`run`] works with, and what it remembers from one step to the next.
+struct Retention {
+    js: jetstream::Context,
+    cfg: Arc<Config>,
+    counters: Arc<Counters>,
+    incarnation: u64,
+    replicas: usize,
+    expected_nodes: usize,
+    certified_unknown: bool,
+    streams: Vec<String>,
+    key: String,
+    written: Option<Positions>,
+    purged: BTreeMap<String, u64>,
+    tick: u32,
+    stale_after: Duration,
+    /// Stale nodes named at WARN, and when (each once per `stale_after`).
+    warned: BTreeMap<u64, tokio::time::Instant>,
+}
+
+impl Retention {
+    /// The state of a run that has written and trimmed nothing yet.
+    fn new(
+        js: jetstream::Context,
+        cfg: Arc<Config>,
+        counters: Arc<Counters>,
+        incarnation: u64,
+        replicas: usize,
+        expected_nodes: usize,
+        certified_unknown: bool,
+    ) -> Retention {
+        let streams: Vec<String> = (1..=cfg.replication_log.shards.get())
+            .map(|s| cfg.stream_name(s))
+            .collect();
+        let key = node_key(cfg.node_id);
+        let stale_after = Duration::from_secs(cfg.replication_log.stale_node_seconds.get());
+        Retention {
+            js,
+            cfg,
+            counters,
+            incarnation,
+            replicas,
+            expected_nodes,
+            certified_unknown,
+            streams,
+            key,
+            written: None,
+            purged: BTreeMap::new(),
+            tick: 0,
+            stale_after,
+            warned: BTreeMap::new(),
+        }
+    }
+
+    /// One look: the bucket opened (into `store`) when it is not, the entry read when it was not at start, this
+    /// node's positions written when they changed, and every [`TRIM_EVERY`] looks the trim.
+    async fn step(&mut self, store: &mut Option<kv::Store>) -> anyhow::Result<()> {
+        if store.is_none() {
+            *store = Some(bucket(&self.js, self.replicas).await?);
+        }
+        let kv = store.as_ref().expect("set above");
+        if self.certified_unknown {
+            self.read_certified().await?;
+        }
+        let (mine, floors) = self.handled_now();
+        if self.written.as_ref() != Some(&mine) && !mine.positions.is_empty() {
+            write(kv, &self.key, &mine).await?;
+            self.written = Some(mine);
+        }
+        self.tick += 1;
+        if self.tick.is_multiple_of(TRIM_EVERY) {
+            self.trim(kv, &floors).await?;
+        }
+        Ok(())
+    }
+
+    /// Read this node's entry, which could not be read at start, and set the positions it certifies.
+    async fn read_certified(&mut self) -> anyhow::Result<()> {
+        let found = tokio::time::timeout(
+            Duration::from_secs(5),
+            read_entry(&self.js, self.cfg.node_id),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("positions entry: no answer within 5 s"))??;
+        let found = certifies(found, self.incarnation);
+        for (i, stream) in self.streams.iter().enumerate() {
+            if let Some(&p) = found.get(stream) {
+                self.counters.set_certified(i as u32 + 1, p);
+            }
+        }
+        tracing::info!(certified = ?found, "positions entry read");
+        self.certified_unknown = false;
+        Ok(())
+    }
+
+    /// This node's entry as of now (applied positions, raised to the certified ones and held at the floors),
+    /// and the hold floors.
+    fn handled_now(&self) -> (Positions, Vec<u64>) {
+        let counters = &self.counters;
+        let certified = counters.certified();
+        let floors = counters.hold_floors();
+        let applied: Vec<u64> = counters
+            .applied()
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| {
+                a.max(certified.get(i).copied().unwrap_or(0))
+                    .min(floors.get(i).copied().unwrap_or(u64::MAX))
+            })
+            .collect();
+        // Read after the applied positions: a change of ours they cover (and the trim may remove) was
+        // acknowledged by then in all but the rarest timings.
+        let published_upto = counters
+            .published_upto
+            .load(std::sync::atomic::Ordering::Acquire);
+        let mine = Positions {
+            node_id: self.cfg.node_id,
+            incarnation: self.incarnation,
+            positions: self
+                .streams
+                .iter()
+                .zip(&applied)
+                .filter(|(_, p)| **p > 0)
+                .map(|(s, p)| (s.clone(), *p))
+                .collect(),
+            published_upto,
+        };
+        (mine, floors)
+    }
+
+    /// The trim: every node's entry read (removed nodes left out), stale nodes named, holds released, and each
+    /// stream purged below its trim point.
+    async fn trim(&mut self, kv: &kv::Store, floors: &[u64]) -> anyhow::Result<()> {
+        let removed = crate::cluster::removals::removed(&self.js).await?;
+        let mut dated = read_all_dated(kv).await?;
+        dated.retain(|k, (p, _)| !k.starts_with("node-") || !removed.contains_key(&p.node_id));
+        // Naming stale nodes never holds up the trim: when the status bucket does not answer (a leader
+        // election), it waits for the next look.
+        if let Some(mut heard) = status_heard(&self.js).await {
+            heard.retain(|id, _| !removed.contains_key(id));
+            self.name_stale(&dated, &heard);
+        }
+        let entries: BTreeMap<String, Positions> =
+            dated.into_iter().map(|(k, (p, _))| (k, p)).collect();
+        if floors.iter().any(|&f| f != u64::MAX) {
+            self.counters
+                .release_holds(&others_lowest(&entries, &self.key, &self.streams));
+        }
+        let expected =
+            crate::cluster::removals::expected_without_removed(self.expected_nodes, &removed);
+        self.purge(&entries, expected).await
+    }
+
+    /// Name at WARN the nodes that hold back a stream (each once per `stale_after`), and set them in the
+    /// counters.
+    fn name_stale(
+        &mut self,
+        dated: &BTreeMap<String, (Positions, u64)>,
+        heard: &BTreeMap<u64, u64>,
+    ) {
+        let stale = stale_nodes(
+            dated,
+            heard,
+            self.cfg.node_id,
+            &self.streams,
+            &self.counters,
+            self.stale_after,
+        );
+        for h in &stale {
+            if self
+                .warned
+                .get(&h.node_id)
+                .is_none_or(|at: &tokio::time::Instant| at.elapsed() >= self.stale_after)
+            {
+                tracing::warn!(
+                    node_id = h.node_id,
+                    "{}",
+                    crate::cluster::holding::holding_text(h)
+                );
+                self.warned.insert(h.node_id, tokio::time::Instant::now());
+            }
+        }
+        self.warned
+            .retain(|id, _| stale.iter().any(|h| h.node_id == *id));
+        self.counters.set_stale_nodes(stale);
+    }
+
+    /// Purge each stream below its trim point, unless it was purged that far already.
+    async fn purge(
+        &mut self,
+        entries: &BTreeMap<String, Positions>,
+        expected: usize,
+    ) -> anyhow::Result<()> {
+        for (stream, below) in trim_points(entries, &self.streams, expected) {
+            if self.purged.get(&stream).is_some_and(|&p| p >= below) {
+                continue;
+            }
+            let s = self.js.get_stream(&stream).await?;
+            // Everything up to and including `below` has been handled by every node.
+            let r = s.purge().sequence(below + 1).await?;
+            tracing::debug!(stream, below, removed = r.purged, "stream trimmed");
+            self.purged.insert(stream, below);
+        }
+        Ok(())
+    }
+}
+
+/// When each node was last heard of ([`crate::ops::status::last_heard`]); `None` when the status bucket does
+/// not answer within 2 s.
+async fn status_heard(js: &jetstream::Context) -> Option<BTreeMap<u64, u64>> {
+    match tokio::time::timeout(Duration::from_secs(2), crate::ops::status::last_heard(js)).await {
+        Ok(Ok(h)) => Some(h),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "status entries not read; stale nodes not looked for");
+            None
+        }
+        Err(_) => None,
     }
 }
 

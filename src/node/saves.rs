@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::positions;
 use crate::config::Config;
+use crate::nats::KvError;
 use crate::snapshot;
 
 /// How long [`save_now`] waits for this node's recorded positions to reach the latest snapshot's.
@@ -99,7 +100,7 @@ impl Lease {
         ttl: Duration,
         replicas: usize,
         node_id: u64,
-    ) -> Result<Lease, String> {
+    ) -> Result<Lease, KvError> {
         let store = crate::nats::placement::kv_bucket(
             js,
             LEASE_BUCKET,
@@ -123,12 +124,12 @@ impl Lease {
                 .store
                 .update(LEASE_KEY, value, rev)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| KvError::write(LEASE_BUCKET, LEASE_KEY, e)),
             None => self
                 .store
                 .create(LEASE_KEY, value)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| KvError::write(LEASE_BUCKET, LEASE_KEY, e)),
         };
         match r {
             Ok(rev) => {

@@ -113,61 +113,21 @@ pub fn report(o: &Observed) -> Health {
             db.error.as_deref().unwrap_or("not looked at yet")
         ));
     }
-    if o.nats().is_none() {
-        problems.push("NATS is not up yet".to_string());
-    } else {
-        if !nats_server_running {
-            problems.push("the embedded nats-server is not running".to_string());
-        }
-        if !nats_connected {
-            problems.push("the NATS client is not connected".to_string());
-        }
-        if !quorum {
-            problems.push("JetStream has no quorum for this node's streams".to_string());
-        }
-    }
-    let disk_full: Vec<String> = crate::disk_full::full_parts()
-        .into_iter()
-        .map(String::from)
-        .collect();
+    problems.extend(nats_problems(
+        o.nats().is_some(),
+        nats_server_running,
+        nats_connected,
+        quorum,
+    ));
+    let disk_full = disk_full_parts();
     if !disk_full.is_empty() {
         problems.push(format!(
             "the disk is full: {} stopped",
             disk_full.join(", ")
         ));
     }
-    for v in &views {
-        if v.stuck_for_ms > max_stuck_ms {
-            let what = match (&v.gap, &v.paused) {
-                (Some(n), _) => format!("stopped at a gap (needs sequence {n})"),
-                (None, Some(r)) => format!("paused: {r}"),
-                (None, None) => "stuck".to_string(),
-            };
-            problems.push(format!(
-                "shard {} {what} for {} s",
-                v.shard,
-                v.stuck_for_ms / 1000
-            ));
-        }
-    }
-
-    let mut not_ready = Vec::new();
-    if !streams_ready {
-        not_ready.push("the streams do not exist yet".to_string());
-    }
-    for v in &views {
-        match v.lag_msgs {
-            None => not_ready.push(format!(
-                "shard {}: the stream's last sequence is not known yet",
-                v.shard
-            )),
-            Some(lag) if lag > cfg.health_check.ready_max_lag => not_ready.push(format!(
-                "shard {} is {lag} messages behind (ready_max_lag {})",
-                v.shard, cfg.health_check.ready_max_lag
-            )),
-            Some(_) => {}
-        }
-    }
+    problems.extend(stuck_shards(&views, max_stuck_ms));
+    let not_ready = not_ready(cfg, streams_ready, &views);
 
     Health {
         status: if problems.is_empty() {
@@ -189,39 +149,9 @@ pub fn report(o: &Observed) -> Health {
         nats_server_restarts: o.nats_server_restarts(),
         streams_ready,
         pending_publish: c.pending_rows.load(Ordering::Relaxed),
-        paused_shards: views
-            .iter()
-            .filter(|v| v.paused.is_some())
-            .map(|v| v.shard)
-            .collect(),
-        gap_shards: views
-            .iter()
-            .filter(|v| v.gap.is_some())
-            .map(|v| v.shard)
-            .collect(),
-        lag: views
-            .iter()
-            .zip(c.held())
-            .map(|(v, held)| ShardHealth {
-                shard: v.shard,
-                stream: cfg.stream_name(v.shard),
-                applied: v.applied,
-                last_sequence: v.last_seq,
-                lag_messages: v.lag_msgs,
-                lag_seconds: v.lag_ms as f64 / 1000.0,
-                paused: v.paused.clone(),
-                gap_needs: v.gap,
-                stuck_seconds: v.stuck_for_ms / 1000,
-                held: held
-                    .into_iter()
-                    .map(|(table, (rows, since))| HeldTable {
-                        table,
-                        rows,
-                        seconds: crate::counters::now_ms().saturating_sub(since) / 1000,
-                    })
-                    .collect(),
-            })
-            .collect(),
+        paused_shards: shards_where(&views, |v| v.paused.is_some()),
+        gap_shards: shards_where(&views, |v| v.gap.is_some()),
+        lag: shard_health(cfg, &views, c.held()),
         problems,
         not_ready,
         security_warnings: c.security_warnings(),
@@ -230,6 +160,116 @@ pub fn report(o: &Observed) -> Health {
         stale_nodes: c.stale_nodes(),
         disk_full,
     }
+}
+
+/// The parts of this node a full disk stops now.
+fn disk_full_parts() -> Vec<String> {
+    crate::disk_full::full_parts()
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+/// The shards of `views` for which `pick` holds.
+fn shards_where(views: &[ShardView], pick: impl Fn(&ShardView) -> bool) -> Vec<u32> {
+    views.iter().filter(|v| pick(v)).map(|v| v.shard).collect()
+}
+
+/// What makes the node unhealthy on the NATS side (`nats_up`: NATS was started).
+fn nats_problems(
+    nats_up: bool,
+    nats_server_running: bool,
+    nats_connected: bool,
+    quorum: bool,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !nats_up {
+        problems.push("NATS is not up yet".to_string());
+    } else {
+        if !nats_server_running {
+            problems.push("the embedded nats-server is not running".to_string());
+        }
+        if !nats_connected {
+            problems.push("the NATS client is not connected".to_string());
+        }
+        if !quorum {
+            problems.push("JetStream has no quorum for this node's streams".to_string());
+        }
+    }
+    problems
+}
+
+/// The shards paused, stopped at a gap or otherwise stuck for longer than `max_stuck_ms`.
+fn stuck_shards(views: &[ShardView], max_stuck_ms: u64) -> Vec<String> {
+    let mut problems = Vec::new();
+    for v in views {
+        if v.stuck_for_ms > max_stuck_ms {
+            let what = match (&v.gap, &v.paused) {
+                (Some(n), _) => format!("stopped at a gap (needs sequence {n})"),
+                (None, Some(r)) => format!("paused: {r}"),
+                (None, None) => "stuck".to_string(),
+            };
+            problems.push(format!(
+                "shard {} {what} for {} s",
+                v.shard,
+                v.stuck_for_ms / 1000
+            ));
+        }
+    }
+    problems
+}
+
+/// Why the node is not ready, besides being unhealthy: streams missing, shards too far behind.
+fn not_ready(cfg: &crate::config::Config, streams_ready: bool, views: &[ShardView]) -> Vec<String> {
+    let mut not_ready = Vec::new();
+    if !streams_ready {
+        not_ready.push("the streams do not exist yet".to_string());
+    }
+    for v in views {
+        match v.lag_msgs {
+            None => not_ready.push(format!(
+                "shard {}: the stream's last sequence is not known yet",
+                v.shard
+            )),
+            Some(lag) if lag > cfg.health_check.ready_max_lag => not_ready.push(format!(
+                "shard {} is {lag} messages behind (ready_max_lag {})",
+                v.shard, cfg.health_check.ready_max_lag
+            )),
+            Some(_) => {}
+        }
+    }
+    not_ready
+}
+
+/// Each shard's part of the body, with the tables whose changes it holds (`held`, per shard).
+fn shard_health(
+    cfg: &crate::config::Config,
+    views: &[ShardView],
+    held: Vec<std::collections::BTreeMap<String, (u64, u64)>>,
+) -> Vec<ShardHealth> {
+    views
+        .iter()
+        .zip(held)
+        .map(|(v, held)| ShardHealth {
+            shard: v.shard,
+            stream: cfg.stream_name(v.shard),
+            applied: v.applied,
+            last_sequence: v.last_seq,
+            lag_messages: v.lag_msgs,
+            lag_seconds: v.lag_ms as f64 / 1000.0,
+            paused: v.paused.clone(),
+            gap_needs: v.gap,
+            stuck_seconds: v.stuck_for_ms / 1000,
+            held: held
+                .into_iter()
+                .map(|(table, (rows, since))| HeldTable {
+                    table,
+                    rows,
+                    seconds: crate::counters::now_ms().saturating_sub(since) / 1000,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 fn rfc3339(unix_ms: u64) -> String {

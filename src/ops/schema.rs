@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, Capture, CurrentCapture, TableInfo, schema::fingerprint};
 use crate::config::Config;
+use crate::nats::KvError;
 use crate::retry::Backoff;
 
 /// The registry's bucket (the original's name).
@@ -118,7 +119,7 @@ async fn put(
     store: &mut Option<kv::Store>,
     replicas: usize,
     entry: &Entry,
-) -> Result<(), String> {
+) -> Result<(), KvError> {
     if store.is_none() {
         let s = crate::nats::placement::kv_bucket(
             js,
@@ -131,10 +132,11 @@ async fn put(
         *store = Some(s);
     }
     let s = store.as_ref().expect("store set above");
-    let body = serde_json::to_vec(entry).map_err(|e| e.to_string())?;
-    s.put(format!("node-{}", entry.node_id), body.into())
+    let key = format!("node-{}", entry.node_id);
+    let body = serde_json::to_vec(entry).map_err(|e| KvError::write(BUCKET, &key, e))?;
+    s.put(&key, body.into())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| KvError::write(BUCKET, &key, e))?;
     Ok(())
 }
 

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::counters::{Counters, Total};
+use crate::nats::KvError;
 
 pub use report::Report;
 
@@ -112,9 +113,9 @@ pub struct Activity {
 pub enum StatusError {
     #[error("cannot read the {bucket} bucket: {reason}")]
     Bucket { bucket: String, reason: String },
-    /// The handled positions could not be read (the reader's message).
-    #[error("{0}")]
-    Handled(String),
+    /// The handled positions or the removal records could not be read.
+    #[error(transparent)]
+    Kv(#[from] KvError),
     #[error("cannot read stream {stream}: {reason}")]
     Stream { stream: String, reason: String },
     #[error("the cluster's JetStream did not answer within {within:?} (last: {error})")]
@@ -249,7 +250,7 @@ pub async fn refuse_twin(
 }
 
 /// Open the bucket, creating it when missing.
-async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, String> {
+async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, KvError> {
     crate::nats::placement::kv_bucket(
         js,
         BUCKET,
@@ -266,13 +267,15 @@ async fn put(
     replicas: usize,
     key: &str,
     entry: &Entry,
-) -> Result<(), String> {
+) -> Result<(), KvError> {
     if store.is_none() {
         *store = Some(bucket(js, replicas).await?);
     }
     let s = store.as_ref().expect("store set above");
-    let body = serde_json::to_vec(entry).map_err(|e| e.to_string())?;
-    s.put(key, body.into()).await.map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(entry).map_err(|e| KvError::write(BUCKET, key, e))?;
+    s.put(key, body.into())
+        .await
+        .map_err(|e| KvError::write(BUCKET, key, e))?;
     Ok(())
 }
 
@@ -358,12 +361,7 @@ pub async fn command(
     cfg: &Config,
     within: Duration,
 ) -> Result<Report, StatusError> {
-    use crate::cluster::positions;
-    let handled = || async {
-        positions::handled_by_node(js)
-            .await
-            .map_err(|e| format!("cannot read the {} bucket: {e}", positions::BUCKET))
-    };
+    let handled = || crate::cluster::positions::handled_by_node(js);
     gather(js, cfg, handled, within).await
 }
 
@@ -381,7 +379,7 @@ where
     // A plain closure returning a future, not an async closure: the future stays `Send` for callers that need
     // it (the HTTP server's `-wait-replicated` route).
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<Handled, String>>,
+    Fut: std::future::Future<Output = Result<Handled, KvError>>,
 {
     let deadline = tokio::time::Instant::now() + within;
     let mut attempt = Duration::from_secs(1);
@@ -390,7 +388,7 @@ where
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let once = async {
-            let h = handled().await.map_err(StatusError::Handled)?;
+            let h = handled().await?;
             gather_once(js, cfg, h).await
         };
         let error = match tokio::time::timeout(attempt.min(left), once).await {
@@ -439,30 +437,25 @@ async fn gather_once(
             last_sequence,
         });
     }
-    let removed = crate::cluster::removals::removed(js)
-        .await
-        .map_err(|reason| StatusError::Bucket {
-            bucket: crate::cluster::removals::BUCKET.to_string(),
-            reason,
-        })?;
+    let removed = crate::cluster::removals::removed(js).await?;
     let now_ms = report::unix_ms(std::time::SystemTime::now());
     Ok(Report::assess(stored, unreadable, handled, streams, now_ms)
         .without_removed(removed)
         .with_stale_nodes(cfg.replication_log.stale_node_seconds.get() * 1000))
 }
 
-/// Every readable entry of the status bucket, and the ids of nodes whose entry could not be read (empty when
-/// the bucket does not exist yet).
 /// When each node's status entry was last written (unix ms, by the servers' clock), by node id: when it was
 /// last heard of. Empty when the bucket does not exist yet.
-pub async fn last_heard(js: &jetstream::Context) -> Result<BTreeMap<u64, u64>, String> {
-    let (stored, _) = read_entries(js).await.map_err(|e| e.to_string())?;
+pub async fn last_heard(js: &jetstream::Context) -> Result<BTreeMap<u64, u64>, StatusError> {
+    let (stored, _) = read_entries(js).await?;
     Ok(stored
         .into_iter()
         .map(|s| (s.entry.node_id, s.created_ms))
         .collect())
 }
 
+/// Every readable entry of the status bucket, and the ids of nodes whose entry could not be read (empty when
+/// the bucket does not exist yet).
 async fn read_entries(
     js: &jetstream::Context,
 ) -> Result<(Vec<Stored>, BTreeSet<u64>), StatusError> {

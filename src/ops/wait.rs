@@ -29,6 +29,7 @@ use serde::Serialize;
 use super::status::{self, Handled, Report, StatusError, StreamState};
 use crate::config::Config;
 use crate::counters::Counters;
+use crate::nats::KvError;
 
 /// The path of the health server's route.
 pub const ROUTE: &str = crate::config::WAIT_REPLICATED_ROUTE;
@@ -415,15 +416,8 @@ pub async fn command(
 }
 
 /// The retention bucket's handled positions by node.
-async fn handled_positions(js: &jetstream::Context) -> Result<Handled, String> {
-    crate::cluster::positions::handled_by_node(js)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot read the {} bucket: {e}",
-                crate::cluster::positions::BUCKET
-            )
-        })
+async fn handled_positions(js: &jetstream::Context) -> Result<Handled, KvError> {
+    crate::cluster::positions::handled_by_node(js).await
 }
 
 #[cfg(test)]

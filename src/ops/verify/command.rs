@@ -86,11 +86,7 @@ pub async fn verify(cfg: &Config, cli: &Cli, timeout: Duration) -> Result<Outcom
         js,
         cfg,
         nats.cluster_size_hint(),
-        || async {
-            positions::handled_by_node(js)
-                .await
-                .map_err(|e| format!("cannot read the {} bucket: {e}", positions::BUCKET))
-        },
+        || positions::handled_by_node(js),
         timeout,
     )
     .await;
@@ -111,7 +107,7 @@ pub async fn run<F, Fut>(
 ) -> Result<Outcome, VerifyError>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<status::Handled, String>>,
+    Fut: std::future::Future<Output = Result<status::Handled, crate::nats::KvError>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -142,59 +138,13 @@ where
                 continue;
             }
         };
-        let req = Request {
-            round,
-            target: target.clone(),
-            wait_ms: MAX_WAIT.min(left()).as_millis() as u64,
-        };
-        let body: bytes::Bytes = serde_json::to_vec(&req)
-            .expect("a request serialises")
-            .into();
-        let send = || async {
-            client
-                .publish_with_reply(subject(cfg), inbox.clone(), body.clone())
-                .await
-                .map_err(|e| nats_err("send the verify request")(&e))?;
-            client
-                .flush()
-                .await
-                .map_err(|e| nats_err("send the verify request")(&e))
-        };
-        send().await?;
-        let mut got: BTreeMap<u64, Reply> = BTreeMap::new();
-        let all_answered = |nodes: &BTreeSet<u64>, got: &BTreeMap<u64, Reply>| {
-            !got.is_empty() && nodes.iter().all(|n| got.contains_key(n)) && got.len() >= expected
-        };
-        let mut grace_until: Option<tokio::time::Instant> = None;
-        // A node whose responder was not subscribed yet (it is starting) never saw the request: it is sent
-        // again while some node has not answered (each node answers one round once, see `serve`).
-        let mut resend_at = tokio::time::Instant::now() + RESEND;
-        loop {
-            if grace_until.is_none() && all_answered(&nodes, &got) {
-                grace_until = Some(tokio::time::Instant::now() + GRACE);
-            }
-            let until = grace_until.unwrap_or(resend_at).min(deadline);
-            let wait = until.saturating_duration_since(tokio::time::Instant::now());
-            let msg = match tokio::time::timeout(wait, replies.next()).await {
-                Ok(Some(msg)) => msg,
-                Ok(None) => break,
-                Err(_) if grace_until.is_none() && tokio::time::Instant::now() < deadline => {
-                    send().await?;
-                    resend_at = tokio::time::Instant::now() + RESEND;
-                    continue;
-                }
-                Err(_) => break,
-            };
-            match serde_json::from_slice::<Reply>(&msg.payload) {
-                Ok(r) if r.round == round => {
-                    got.insert(r.node_id, r);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "unreadable verify reply ignored"),
-            }
-        }
+        let ask = Ask::new(client, cfg, &inbox, round, &target, left());
+        ask.send().await?;
+        let got = ask
+            .collect(&mut replies, &nodes, expected, deadline)
+            .await?;
         nodes.extend(got.keys().copied());
-        if !all_answered(&nodes, &got) {
+        if !all_answered(&nodes, &got, expected) {
             let missing: Vec<u64> = nodes
                 .iter()
                 .filter(|n| !got.contains_key(n))
@@ -216,6 +166,100 @@ where
         tokio::time::sleep(ROUND_PAUSE).await;
     };
     Ok(Outcome::Unverified(no_common_point(&last_round, timeout)))
+}
+
+/// Whether every node of `nodes`, and at least `expected` nodes, have answered.
+fn all_answered(nodes: &BTreeSet<u64>, got: &BTreeMap<u64, Reply>, expected: usize) -> bool {
+    !got.is_empty() && nodes.iter().all(|n| got.contains_key(n)) && got.len() >= expected
+}
+
+/// One round's request, sent to every node with replies to `inbox`.
+struct Ask<'a> {
+    client: &'a async_nats::Client,
+    cfg: &'a Config,
+    inbox: &'a str,
+    round: u64,
+    body: bytes::Bytes,
+}
+
+impl<'a> Ask<'a> {
+    /// Round `round`'s request for positions `target`, the nodes waiting at most `left` for them.
+    fn new(
+        client: &'a async_nats::Client,
+        cfg: &'a Config,
+        inbox: &'a str,
+        round: u64,
+        target: &BTreeMap<String, u64>,
+        left: Duration,
+    ) -> Ask<'a> {
+        let req = Request {
+            round,
+            target: target.clone(),
+            wait_ms: MAX_WAIT.min(left).as_millis() as u64,
+        };
+        let body: bytes::Bytes = serde_json::to_vec(&req)
+            .expect("a request serialises")
+            .into();
+        Ask {
+            client,
+            cfg,
+            inbox,
+            round,
+            body,
+        }
+    }
+
+    /// Publish the request and flush it.
+    async fn send(&self) -> Result<(), VerifyError> {
+        self.client
+            .publish_with_reply(subject(self.cfg), self.inbox.to_string(), self.body.clone())
+            .await
+            .map_err(|e| nats_err("send the verify request")(&e))?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| nats_err("send the verify request")(&e))
+    }
+
+    /// The replies of this round from `replies`, until every node answered and [`GRACE`] passed, or `deadline`.
+    async fn collect(
+        &self,
+        replies: &mut async_nats::Subscriber,
+        nodes: &BTreeSet<u64>,
+        expected: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<BTreeMap<u64, Reply>, VerifyError> {
+        let mut got: BTreeMap<u64, Reply> = BTreeMap::new();
+        let mut grace_until: Option<tokio::time::Instant> = None;
+        // A node whose responder was not subscribed yet (it is starting) never saw the request: it is sent
+        // again while some node has not answered (each node answers one round once, see `serve`).
+        let mut resend_at = tokio::time::Instant::now() + RESEND;
+        loop {
+            if grace_until.is_none() && all_answered(nodes, &got, expected) {
+                grace_until = Some(tokio::time::Instant::now() + GRACE);
+            }
+            let until = grace_until.unwrap_or(resend_at).min(deadline);
+            let wait = until.saturating_duration_since(tokio::time::Instant::now());
+            let msg = match tokio::time::timeout(wait, replies.next()).await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(_) if grace_until.is_none() && tokio::time::Instant::now() < deadline => {
+                    self.send().await?;
+                    resend_at = tokio::time::Instant::now() + RESEND;
+                    continue;
+                }
+                Err(_) => break,
+            };
+            match serde_json::from_slice::<Reply>(&msg.payload) {
+                Ok(r) if r.round == self.round => {
+                    got.insert(r.node_id, r);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "unreadable verify reply ignored"),
+            }
+        }
+        Ok(got)
+    }
 }
 
 /// Every shard's stream and its last sequence now (0 for a stream that does not exist yet), and the ids of the
