@@ -26,6 +26,7 @@ struct Harness {
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     stream: String,
+    capture: CurrentCapture,
 }
 
 impl Harness {
@@ -54,10 +55,11 @@ impl Harness {
         let counters = Arc::new(Counters::default());
         let in_flight = Arc::new(InFlight::new(true, 0));
         let stream = cfg.stream_name(1);
+        let capture = CurrentCapture::new(cap);
         let (applier, mut inputs) = Applier::new(
             Arc::new(cfg),
             async_nats::jetstream::new(client),
-            CurrentCapture::new(cap),
+            capture.clone(),
             in_flight.clone(),
             counters.clone(),
             conn,
@@ -73,6 +75,7 @@ impl Harness {
             cancel,
             task,
             stream,
+            capture,
         }
     }
 
@@ -185,6 +188,73 @@ fn message(origin: u64, unit: &str, part: u32, last: bool, rows: Vec<Row>) -> Me
         own_upto: 0,
         piece: None,
         replayed: Vec::new(),
+    }
+}
+
+/// A unit of one message from `origin` changing `table` (its `columns`, keyed by `id`).
+fn changes(origin: u64, unit: &str, table: &str, columns: &[&str], rows: Vec<Row>) -> Message {
+    let mut m = message(origin, unit, 1, true, Vec::new());
+    m.tables = vec![TableChanges {
+        table: table.into(),
+        columns: columns.iter().map(|c| c.to_string()).collect(),
+        key: vec!["id".into()],
+        rows,
+    }];
+    m
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.as_bytes().to_vec())
+}
+
+impl Harness {
+    fn quarantined(&self) -> i64 {
+        self.read()
+            .query_row(
+                &format!("SELECT count(*) FROM {}", capture::QUARANTINE),
+                [],
+                |r| r.get(0),
+            )
+            .expect("quarantine")
+    }
+
+    /// Poll `done` until it holds; panics with `what` after [`WAIT`].
+    async fn until(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} not within {WAIT:?}: {:?}, recorded position {}",
+                self.counters.shard_views().first(),
+                self.snapshot().1
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The shard's counters once `taken` messages were taken (applied, skipped or held), its reported
+    /// position is `applied` and it holds changes or not (the counters move just after the commit).
+    async fn settled(&self, taken: u64, applied: u64, holding: bool) -> crate::counters::ShardView {
+        self.until("the shard settled", || {
+            let v = self.counters.shard_views().remove(0);
+            self.counters.totals().get(Total::AppliedMessages) == taken
+                && v.applied == applied
+                && v.schema_paused == holding
+                && v.paused.is_some() == holding
+        })
+        .await;
+        self.counters.shard_views().remove(0)
+    }
+
+    /// Create what `sql` says, as an application migrating this node would, and put the new capture in
+    /// force as the node does when it finds the schema changed.
+    fn migrate(&self, sql: &str) {
+        let mut conn = self.read();
+        conn.execute_batch(sql).expect("migration");
+        assert!(
+            self.capture.refresh(&mut conn, &[], &[]).expect("capture"),
+            "capture re-installed"
+        );
     }
 }
 
@@ -347,5 +417,143 @@ async fn an_own_echo_takes_a_unique_value_from_a_row_applied_while_our_newer_wri
         )
         .expect("journal");
     assert_eq!(journaled, 1, "the displaced row is in the conflict journal");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_to_a_table_this_node_lacks_is_held_until_the_table_exists() {
+    let h = Harness::start().await;
+    let author = |unit, name| {
+        changes(
+            OTHER,
+            unit,
+            "Authors",
+            &["id", "name"],
+            vec![Row::Upsert(vec![Value::Integer(1), text(name)])],
+        )
+    };
+    h.deliver(1, &message(OTHER, "u1", 1, true, vec![book(1, "before")]))
+        .await;
+    h.deliver(2, &author("u2", "Herbert")).await;
+    h.deliver(3, &message(OTHER, "u3", 1, true, vec![book(2, "after")]))
+        .await;
+    // A later change to the held table waits behind it, in order.
+    h.deliver(4, &author("u4", "Frank Herbert")).await;
+    // The shard goes on past the held changes; its position stays before the first of them.
+    let view = h.settled(4, 1, true).await;
+    let (books, seq) = h.snapshot();
+    assert_eq!(
+        books,
+        vec![(1, "before".to_string()), (2, "after".to_string())]
+    );
+    assert_eq!(seq, 1, "recorded position past a held change");
+    assert!(
+        view.paused
+            .as_deref()
+            .is_some_and(|p| p.contains("Authors")),
+        "pause reason: {:?}",
+        view.paused
+    );
+    assert_eq!(h.counters.totals().get(Total::SchemaPauses), 1);
+    assert_eq!(h.quarantined(), 0);
+
+    h.migrate("CREATE TABLE Authors (id INTEGER PRIMARY KEY, name TEXT NOT NULL);");
+    h.settled(4, 4, false).await;
+    h.until("position 4 recorded", || h.snapshot().1 == 4).await;
+    let name: String = h
+        .read()
+        .query_row("SELECT name FROM Authors WHERE id = 1", [], |r| r.get(0))
+        .expect("author applied");
+    assert_eq!(
+        name, "Frank Herbert",
+        "held changes applied in stream order"
+    );
+    assert_eq!(h.quarantined(), 0);
+    assert_eq!(h.counters.totals().get(Total::Quarantined), 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_with_a_column_this_node_lacks_is_held_until_the_column_exists() {
+    let h = Harness::start().await;
+    h.deliver(
+        1,
+        &changes(
+            OTHER,
+            "u1",
+            "Books",
+            &["id", "title", "year"],
+            vec![Row::Upsert(vec![
+                Value::Integer(1),
+                text("Dune"),
+                Value::Integer(1965),
+            ])],
+        ),
+    )
+    .await;
+    h.deliver(2, &user(OTHER, "u2", 1, "a@x")).await;
+    // Another table's change applies; the position stays before the held one.
+    h.settled(2, 0, true).await;
+    let users: i64 = h
+        .read()
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .expect("users");
+    assert_eq!(users, 1);
+    assert_eq!(h.snapshot(), (Vec::new(), 0));
+
+    h.migrate("ALTER TABLE Books ADD COLUMN year INTEGER;");
+    h.settled(2, 2, false).await;
+    h.until("position 2 recorded", || h.snapshot().1 == 2).await;
+    let row: (String, i64) = h
+        .read()
+        .query_row("SELECT title, year FROM Books WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .expect("book applied");
+    assert_eq!(row, ("Dune".to_string(), 1965));
+    assert_eq!(h.quarantined(), 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_own_echo_of_a_table_without_unique_index_is_skipped_without_the_write_lock() {
+    let h = Harness::start().await;
+    // Another node's change: the applier learns that Books has no unique index but its key.
+    h.deliver(1, &message(OTHER, "u1", 1, true, vec![book(1, "theirs")]))
+        .await;
+    h.wait_applied(1).await;
+    // Our change of book 2 (change-log id 1) was stored at sequence 2; the database holds a newer value.
+    h.read()
+        .execute_batch("INSERT INTO Books VALUES (2, 'newer');")
+        .expect("local write");
+    let echo = message(ME, "mine", 1, true, vec![book(2, "echo")]);
+    let key = super::sql::row_keys(&echo).remove(0);
+    h.in_flight.mark_sent(&[(key.clone(), 1)], 1);
+    h.in_flight.mark_acked([(&key, 1, Some(2))]);
+    // An application holds the write lock while the echo comes back.
+    let app = h.read();
+    app.execute_batch("BEGIN IMMEDIATE;").expect("write lock");
+    h.deliver(2, &echo).await;
+    // Shorter than the applier connection's busy timeout (5 s): an apply transaction could not have begun.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while h.applied() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the echo waited for the write lock"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(h.counters.totals().get(Total::SkippedRows), 1);
+    assert_eq!(h.counters.totals().get(Total::AppliedRows), 1);
+    app.execute_batch("COMMIT;").expect("release");
+    let (books, seq) = h.snapshot();
+    assert_eq!(
+        books,
+        vec![(1, "theirs".to_string()), (2, "newer".to_string())]
+    );
+    assert_eq!(
+        seq, 1,
+        "a skipped position is written with the next transaction"
+    );
     h.stop().await;
 }

@@ -12,6 +12,9 @@ pub mod large;
 pub mod recover;
 pub mod state;
 
+#[cfg(test)]
+mod engine_tests;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
