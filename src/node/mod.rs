@@ -15,7 +15,7 @@ mod join;
 pub mod membership;
 mod retention;
 mod saves;
-mod streams;
+pub(crate) mod streams;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use rusqlite::Connection;
 use tokio_util::sync::CancellationToken;
 
@@ -162,24 +162,11 @@ impl Harness {
         }
     }
 
-    /// One stream per shard, configured as the node creates them.
+    /// One stream per shard, created as the node creates them.
     async fn create_streams(&self) {
-        for shard in 1..=self.cfg.replication_log.shards.get() {
-            self.js
-                .create_stream(stream::Config {
-                    name: self.cfg.stream_name(shard),
-                    subjects: vec![self.cfg.subject_name(shard)],
-                    storage: stream::StorageType::File,
-                    retention: stream::RetentionPolicy::Limits,
-                    discard: stream::DiscardPolicy::Old,
-                    allow_direct: true,
-                    allow_atomic_publish: true,
-                    num_replicas: 1,
-                    ..Default::default()
-                })
-                .await
-                .expect("create stream");
-        }
+        crate::node::streams::ensure(&self.js, &self.cfg, 1, Duration::from_secs(10))
+            .await
+            .expect("create streams");
     }
 
     /// A publisher on its own connection, from the state file as it is.

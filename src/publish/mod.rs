@@ -62,7 +62,6 @@ pub enum PublishError {
 /// JetStream's error code for an atomic batch whose message id it has already stored.
 const BATCH_DUPLICATE_MESSAGE_ID: jetstream::ErrorCode = jetstream::ErrorCode(10201);
 
-/// True when a batch commit was refused because an earlier attempt already stored the batch.
 impl PublishError {
     /// A short name of the kind, for the error counters.
     pub fn kind(&self) -> &'static str {
@@ -98,6 +97,7 @@ impl PublishError {
     }
 }
 
+/// True when a batch commit was refused because an earlier attempt already stored the batch.
 fn is_duplicate_batch(e: &jetstream::context::PublishError) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<jetstream::Error>())
