@@ -9,6 +9,7 @@
 //! own write transaction, the log rows its writes produced (SQLite's single writer makes them invisible to
 //! everyone else).
 
+pub mod ddl;
 mod install;
 pub mod keys;
 pub mod local;

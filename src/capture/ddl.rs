@@ -1,0 +1,617 @@
+//! Schema changes as they replicate: the shared schema objects of a database, what changed between two looks at
+//! them, and bringing another database's objects to the changed shape.
+//!
+//! SQLite has no hook for DDL, and the statements that made a change (typed in the `sqlite3` CLI, run by a
+//! migration tool, split over several transactions) are not known afterwards: what is known is `sqlite_master`
+//! before and after. So a change is described by its result, object by object ([`diff`]): an object created
+//! (its SQL as `sqlite_master` holds it), dropped, a table renamed, or a table whose SQL went from one text to
+//! another. A receiver brings its own objects to that result ([`apply`]) with the statements SQLite itself would
+//! have used where it can tell them (`ADD COLUMN`, `RENAME COLUMN`, `DROP COLUMN`, `RENAME TO`), so its rows stay
+//! in place and the text in its `sqlite_master` ends identical; otherwise (a table rebuilt by a migration tool,
+//! a constraint changed) it rebuilds the table with the exact SQL and copies the columns both shapes share.
+//! Every object a change touches is then compared with the result; a difference is an error, never a silent
+//! split.
+//!
+//! Shared objects are the tables that replicate ([`super::local::selected`]), their indexes and user triggers,
+//! and views; never SQLite's own objects, ours (`__harmonylite__*`), or those of node-local tables.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rusqlite::{Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use super::PREFIX;
+use super::schema::ident;
+
+/// What kind of schema object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    Table,
+    Index,
+    View,
+    Trigger,
+}
+
+impl Kind {
+    fn keyword(self) -> &'static str {
+        match self {
+            Kind::Table => "TABLE",
+            Kind::Index => "INDEX",
+            Kind::View => "VIEW",
+            Kind::Trigger => "TRIGGER",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "table" => Some(Kind::Table),
+            "index" => Some(Kind::Index),
+            "view" => Some(Kind::View),
+            "trigger" => Some(Kind::Trigger),
+            _ => None,
+        }
+    }
+}
+
+/// One shared schema object as `sqlite_master` holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Object {
+    pub kind: Kind,
+    pub name: String,
+    /// The table an index or trigger belongs to (a table's or view's own name otherwise).
+    pub table: String,
+    pub sql: String,
+}
+
+/// The shared schema of a database: its objects and `PRAGMA user_version`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shared {
+    pub objects: Vec<Object>,
+    pub user_version: i64,
+}
+
+/// One change, described by its result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// A new object, created with this SQL.
+    Create(Object),
+    /// An object gone.
+    Drop { kind: Kind, name: String },
+    /// A table renamed; its SQL afterwards (indexes and triggers follow it).
+    Rename {
+        from: String,
+        to: String,
+        sql: String,
+    },
+    /// A table's SQL went from `from` to `to` (columns added, renamed or dropped, or the table rebuilt).
+    Alter {
+        table: String,
+        from: String,
+        to: String,
+    },
+    /// An index, view or trigger whose SQL changed: dropped and created again.
+    Replace(Object),
+    /// `PRAGMA user_version`, which some migration tools use to record their migrations.
+    UserVersion(i64),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DdlError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{kind:?} {name} names a reserved object (sqlite_* or {PREFIX}*)")]
+    Reserved { kind: Kind, name: String },
+    #[error("{what}: this node's schema ends as {here:?}, the change made it {wanted:?}")]
+    Differs {
+        what: String,
+        here: Option<String>,
+        wanted: Option<String>,
+    },
+}
+
+/// Whether an object name is SQLite's or ours: nothing from another node may create, alter or drop it.
+pub fn is_reserved(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("sqlite_") || lower.starts_with(PREFIX)
+}
+
+/// The shared objects of `conn`'s main schema under `include` / `exclude`, in a stable order.
+pub fn shared(
+    conn: &Connection,
+    include: &[String],
+    exclude: &[String],
+) -> rusqlite::Result<Shared> {
+    let mut stmt = conn.prepare(
+        "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY type, name",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut objects = Vec::new();
+    for row in rows {
+        let (kind, name, table, sql) = row?;
+        let Some(kind) = Kind::parse(&kind) else {
+            continue;
+        };
+        if is_reserved(&name) || is_reserved(&table) {
+            continue;
+        }
+        // A view is shared unless its own name is node-local; everything else follows its table.
+        let owner = if kind == Kind::View { &name } else { &table };
+        if !super::local::selected(owner, include, exclude) {
+            continue;
+        }
+        objects.push(Object {
+            kind,
+            name,
+            table,
+            sql,
+        });
+    }
+    let user_version = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    Ok(Shared {
+        objects,
+        user_version,
+    })
+}
+
+/// What changed from `before` to `after`, in the order a receiver applies it.
+pub fn diff(before: &Shared, after: &Shared) -> Vec<Change> {
+    let key = |o: &Object| (o.kind, o.name.to_ascii_lowercase());
+    let old: BTreeMap<_, &Object> = before.objects.iter().map(|o| (key(o), o)).collect();
+    let new: BTreeMap<_, &Object> = after.objects.iter().map(|o| (key(o), o)).collect();
+    let mut gone: Vec<&Object> = old
+        .iter()
+        .filter(|(k, _)| !new.contains_key(k))
+        .map(|(_, o)| *o)
+        .collect();
+    let mut created: Vec<&Object> = new
+        .iter()
+        .filter(|(k, _)| !old.contains_key(k))
+        .map(|(_, o)| *o)
+        .collect();
+    let mut out = Vec::new();
+    // A table gone and one created whose SQL is the same but for the name: renamed. (Its indexes and triggers
+    // keep their names; their SQL, naming the new table, is replaced where the rename did not already.)
+    gone.retain(|g| {
+        if g.kind != Kind::Table {
+            return true;
+        }
+        let Some(i) = created
+            .iter()
+            .position(|c| c.kind == Kind::Table && without_name(&c.sql) == without_name(&g.sql))
+        else {
+            return true;
+        };
+        let c = created.remove(i);
+        out.push(Change::Rename {
+            from: g.name.clone(),
+            to: c.name.clone(),
+            sql: c.sql.clone(),
+        });
+        false
+    });
+    // Indexes, views and triggers first dropped, then tables; created in the opposite order.
+    gone.sort_by_key(|o| std::cmp::Reverse(o.kind));
+    for g in gone {
+        out.push(Change::Drop {
+            kind: g.kind,
+            name: g.name.clone(),
+        });
+    }
+    for (k, o) in &new {
+        let Some(was) = old.get(k) else {
+            continue;
+        };
+        if was.sql == o.sql {
+            continue;
+        }
+        out.push(match o.kind {
+            Kind::Table => Change::Alter {
+                table: o.name.clone(),
+                from: was.sql.clone(),
+                to: o.sql.clone(),
+            },
+            _ => Change::Replace((*o).clone()),
+        });
+    }
+    created.sort_by_key(|o| o.kind);
+    for c in created {
+        out.push(Change::Create(c.clone()));
+    }
+    if before.user_version != after.user_version {
+        out.push(Change::UserVersion(after.user_version));
+    }
+    out
+}
+
+/// Bring `conn`'s objects to the result of `changes` (inside the caller's transaction). Fails, changing
+/// nothing the caller keeps, when a change names a reserved object or when an object ends other than the
+/// change made it.
+pub fn apply(conn: &Connection, changes: &[Change]) -> Result<(), DdlError> {
+    for c in changes {
+        let (kind, name) = match c {
+            Change::Create(o) | Change::Replace(o) => (o.kind, o.name.as_str()),
+            Change::Drop { kind, name } => (*kind, name.as_str()),
+            Change::Rename { to, .. } => (Kind::Table, to.as_str()),
+            Change::Alter { table, .. } => (Kind::Table, table.as_str()),
+            Change::UserVersion(_) => continue,
+        };
+        let from = match c {
+            Change::Rename { from, .. } => Some(from.as_str()),
+            _ => None,
+        };
+        for n in std::iter::once(name).chain(from) {
+            if is_reserved(n) {
+                return Err(DdlError::Reserved {
+                    kind,
+                    name: n.to_string(),
+                });
+            }
+        }
+    }
+    // SQLite's current rules for ALTER TABLE (references in triggers, views and foreign keys follow a rename).
+    conn.execute_batch("PRAGMA legacy_alter_table = OFF")?;
+    for c in changes {
+        match c {
+            Change::Create(o) => match sql_of(conn, o.kind, &o.name)? {
+                None => conn.execute_batch(&o.sql)?,
+                Some(here) if here == o.sql => {}
+                // A table of that name made otherwise here: its rows are not thrown away.
+                Some(here) if o.kind == Kind::Table => {
+                    return Err(DdlError::Differs {
+                        what: format!("table {} (created on another node)", o.name),
+                        here: Some(here),
+                        wanted: Some(o.sql.clone()),
+                    });
+                }
+                Some(_) => {
+                    drop_object(conn, o.kind, &o.name)?;
+                    conn.execute_batch(&o.sql)?;
+                }
+            },
+            Change::Replace(o) => {
+                if sql_of(conn, o.kind, &o.name)?.as_deref() != Some(o.sql.as_str()) {
+                    drop_object(conn, o.kind, &o.name)?;
+                    conn.execute_batch(&o.sql)?;
+                }
+            }
+            Change::Drop { kind, name } => drop_object(conn, *kind, name)?,
+            Change::Rename { from, to, .. } => {
+                if sql_of(conn, Kind::Table, from)?.is_some()
+                    && sql_of(conn, Kind::Table, to)?.is_none()
+                {
+                    conn.execute_batch(&format!(
+                        "ALTER TABLE {} RENAME TO {}",
+                        ident(from),
+                        ident(to)
+                    ))?;
+                }
+            }
+            Change::Alter { table, from, to } => alter(conn, table, from, to)?,
+            Change::UserVersion(v) => conn.execute_batch(&format!("PRAGMA user_version = {v}"))?,
+        }
+    }
+    check(conn, changes)
+}
+
+/// Every object `changes` touch is as they made it.
+fn check(conn: &Connection, changes: &[Change]) -> Result<(), DdlError> {
+    let mut wanted: HashMap<(Kind, String), Option<&str>> = HashMap::new();
+    for c in changes {
+        match c {
+            Change::Create(o) | Change::Replace(o) => {
+                wanted.insert((o.kind, o.name.clone()), Some(&o.sql));
+            }
+            Change::Drop { kind, name } => {
+                wanted.insert((*kind, name.clone()), None);
+            }
+            Change::Rename { from, to, sql } => {
+                wanted.insert((Kind::Table, from.clone()), None);
+                wanted.insert((Kind::Table, to.clone()), Some(sql));
+            }
+            Change::Alter { table, to, .. } => {
+                wanted.insert((Kind::Table, table.clone()), Some(to));
+            }
+            Change::UserVersion(_) => {}
+        }
+    }
+    for ((kind, name), want) in wanted {
+        let here = sql_of(conn, kind, &name)?;
+        if here.as_deref() != want {
+            return Err(DdlError::Differs {
+                what: format!("{kind:?} {name}"),
+                here,
+                wanted: want.map(str::to_string),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The SQL of object `name` of `kind`, when it exists.
+fn sql_of(conn: &Connection, kind: Kind, name: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT sql FROM sqlite_schema WHERE type = ?1 AND name = ?2 COLLATE NOCASE",
+        [kind.keyword().to_ascii_lowercase(), name.to_string()],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+fn drop_object(conn: &Connection, kind: Kind, name: &str) -> rusqlite::Result<()> {
+    conn.execute_batch(&format!(
+        "DROP {} IF EXISTS {}",
+        kind.keyword(),
+        ident(name)
+    ))
+}
+
+/// Bring table `table` from the SQL `from` to `to`: with the `ALTER TABLE` statements that make it, when they
+/// do, or by rebuilding it. A table that is not `from` here (changed here meanwhile) is not touched: the
+/// caller learns how it differs.
+fn alter(conn: &Connection, table: &str, from: &str, to: &str) -> Result<(), DdlError> {
+    let here = sql_of(conn, Kind::Table, table)?;
+    if here.as_deref() == Some(to) {
+        return Ok(());
+    }
+    if here.as_deref() != Some(from) {
+        return Err(DdlError::Differs {
+            what: format!("table {table} (before the change)"),
+            here,
+            wanted: Some(from.to_string()),
+        });
+    }
+    let cols_here = columns_of(conn, table)?;
+    let cols_to = columns_of_sql(to)?;
+    // Each way is tried in a savepoint and kept only when the table's SQL ends exactly as `to`.
+    for statements in alter_statements(table, from, to, &cols_here, &cols_to) {
+        conn.execute_batch("SAVEPOINT hl_alter")?;
+        let done = statements.iter().try_for_each(|s| conn.execute_batch(s));
+        if done.is_ok() && sql_of(conn, Kind::Table, table)?.as_deref() == Some(to) {
+            conn.execute_batch("RELEASE hl_alter")?;
+            return Ok(());
+        }
+        conn.execute_batch("ROLLBACK TO hl_alter; RELEASE hl_alter")?;
+    }
+    rebuild(conn, table, to, &cols_here, &cols_to)
+}
+
+/// The ways (each a list of `ALTER TABLE` statements) that may take a table from `here` to `to`, when the
+/// difference is columns added at the end (SQLite appends `, <definition>` before the closing parenthesis), one
+/// column renamed (SQLite writes the new name as the statement spells it: bare or quoted), or one dropped; none
+/// otherwise.
+fn alter_statements(
+    table: &str,
+    here: &str,
+    to: &str,
+    cols_here: &[String],
+    cols_to: &[String],
+) -> Vec<Vec<String>> {
+    let t = ident(table);
+    if cols_to.len() > cols_here.len() && cols_to[..cols_here.len()] == *cols_here {
+        if let Some(close) = here.rfind(')')
+            && to.len() > here.len()
+            && to.starts_with(&here[..close])
+            && to.ends_with(&here[close..])
+        {
+            let added = &to[close..to.len() - (here.len() - close)];
+            if let Some(defs) = added.strip_prefix(", ") {
+                return vec![
+                    split_top_level(defs)
+                        .into_iter()
+                        .map(|d| format!("ALTER TABLE {t} ADD COLUMN {d}"))
+                        .collect(),
+                ];
+            }
+        }
+        return Vec::new();
+    }
+    if cols_to.len() == cols_here.len() {
+        let differ: Vec<usize> = (0..cols_to.len())
+            .filter(|&i| cols_to[i] != cols_here[i])
+            .collect();
+        let [i] = differ[..] else {
+            return Vec::new();
+        };
+        let old = ident(&cols_here[i]);
+        let mut ways = Vec::new();
+        let bare = &cols_to[i];
+        if !bare.is_empty()
+            && !bare.starts_with(|c: char| c.is_ascii_digit())
+            && bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            ways.push(vec![format!(
+                "ALTER TABLE {t} RENAME COLUMN {old} TO {bare}"
+            )]);
+        }
+        ways.push(vec![format!(
+            "ALTER TABLE {t} RENAME COLUMN {old} TO {}",
+            ident(bare)
+        )]);
+        return ways;
+    }
+    if cols_to.len() + 1 == cols_here.len()
+        && let Some(i) = (0..cols_here.len()).find(|&i| {
+            let mut rest = cols_here.to_vec();
+            rest.remove(i);
+            rest == cols_to
+        })
+    {
+        return vec![vec![format!(
+            "ALTER TABLE {t} DROP COLUMN {}",
+            ident(&cols_here[i])
+        )]];
+    }
+    Vec::new()
+}
+
+/// Rebuild `table` with the SQL `to`: the old table moved aside (references elsewhere left naming `table`),
+/// the new one created with the exact SQL, the columns both have copied (rowids too), the old one dropped,
+/// and its indexes and triggers that are not part of the change created again.
+fn rebuild(
+    conn: &Connection,
+    table: &str,
+    to: &str,
+    cols_here: &[String],
+    cols_to: &[String],
+) -> Result<(), DdlError> {
+    let aside = format!("{PREFIX}rebuild");
+    let mut stmt = conn.prepare(
+        "SELECT sql FROM sqlite_schema WHERE tbl_name = ?1 COLLATE NOCASE AND type IN ('index', 'trigger')
+         AND sql IS NOT NULL AND name NOT LIKE '\\_\\_harmonylite\\_\\_%' ESCAPE '\\'",
+    )?;
+    let dependents: Vec<String> = stmt
+        .query_map([table], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let keeps_rowid = !to.to_ascii_uppercase().contains("WITHOUT ROWID")
+        && conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_list WHERE name = ?1 AND wr = 0",
+                [table],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)?;
+    conn.execute_batch("PRAGMA legacy_alter_table = ON")?;
+    let moved = conn.execute_batch(&format!(
+        "DROP TABLE IF EXISTS {a}; ALTER TABLE {t} RENAME TO {a}",
+        a = ident(&aside),
+        t = ident(table)
+    ));
+    conn.execute_batch("PRAGMA legacy_alter_table = OFF")?;
+    moved?;
+    conn.execute_batch(to)?;
+    let common: Vec<String> = cols_to
+        .iter()
+        .filter(|c| cols_here.iter().any(|h| h.eq_ignore_ascii_case(c)))
+        .map(|c| ident(c))
+        .collect();
+    if !common.is_empty() {
+        let list = common.join(", ");
+        let (rowid, rowid_sel) = if keeps_rowid {
+            ("rowid, ", "rowid, ")
+        } else {
+            ("", "")
+        };
+        conn.execute_batch(&format!(
+            "INSERT INTO {t} ({rowid}{list}) SELECT {rowid_sel}{list} FROM {a}",
+            t = ident(table),
+            a = ident(&aside)
+        ))?;
+    }
+    conn.execute_batch(&format!("DROP TABLE {}", ident(&aside)))?;
+    for sql in dependents {
+        // Those the change replaces are created by its own step; the others come back as they were.
+        if let Err(e) = conn.execute_batch(&sql) {
+            tracing::debug!(error = %e, sql, "an index or trigger of a rebuilt table was not created again");
+        }
+    }
+    Ok(())
+}
+
+/// Column names of table `table` in `conn`, in order.
+fn columns_of(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_xinfo(?1) ORDER BY cid")?;
+    stmt.query_map([table], |r| r.get(0))?.collect()
+}
+
+/// Column names of the table a `CREATE TABLE` statement makes, in order (read from a scratch database).
+fn columns_of_sql(sql: &str) -> rusqlite::Result<Vec<String>> {
+    let scratch = Connection::open_in_memory()?;
+    scratch.execute_batch(sql)?;
+    let name: String = scratch.query_row(
+        "SELECT name FROM sqlite_schema WHERE type = 'table'",
+        [],
+        |r| r.get(0),
+    )?;
+    columns_of(&scratch, &name)
+}
+
+/// A `CREATE TABLE` statement with its table name taken out (to tell a renamed table by its unchanged SQL).
+fn without_name(sql: &str) -> String {
+    let s = sql.trim_start();
+    let Some(after) = strip_keyword(s, "CREATE").and_then(|r| strip_keyword(r, "TABLE")) else {
+        return sql.to_string();
+    };
+    let after = strip_keyword(after, "IF")
+        .and_then(|r| strip_keyword(r, "NOT"))
+        .and_then(|r| strip_keyword(r, "EXISTS"))
+        .unwrap_or(after);
+    let rest = skip_name(after.trim_start());
+    format!("CREATE TABLE ?{rest}")
+}
+
+fn strip_keyword<'a>(s: &'a str, word: &str) -> Option<&'a str> {
+    let s = s.trim_start();
+    let head = s.get(..word.len())?;
+    let next = s[word.len()..].chars().next();
+    (head.eq_ignore_ascii_case(word) && next.is_none_or(|c| !c.is_alphanumeric() && c != '_'))
+        .then(|| &s[word.len()..])
+}
+
+/// `s` after the (possibly quoted, possibly schema-qualified) name it starts with.
+fn skip_name(s: &str) -> &str {
+    let mut rest = s;
+    loop {
+        let b = rest.as_bytes();
+        let end = match b.first() {
+            Some(&q @ (b'"' | b'`' | b'\'')) => {
+                let mut i = 1;
+                while i < b.len() {
+                    if b[i] == q {
+                        if b.get(i + 1) == Some(&q) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                (i + 1).min(b.len())
+            }
+            Some(b'[') => rest.find(']').map_or(b.len(), |i| i + 1),
+            _ => b
+                .iter()
+                .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80))
+                .unwrap_or(b.len()),
+        };
+        rest = &rest[end..];
+        match rest.strip_prefix('.') {
+            Some(r) => rest = r,
+            None => return rest,
+        }
+    }
+}
+
+/// `s` split at its commas outside parentheses and quotes, each part trimmed.
+fn split_top_level(s: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let (mut depth, mut quote, mut start) = (0i32, None::<char>, 0usize);
+    for (i, c) in s.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"' | '`') => quote = Some(c),
+            (None, '[') => quote = Some(']'),
+            (None, '(') => depth += 1,
+            (None, ')') => depth -= 1,
+            (None, ',') if depth == 0 => {
+                parts.push(s[start..i].trim().to_string());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(s[start..].trim().to_string());
+    parts.retain(|p| !p.is_empty());
+    parts
+}
+
+#[cfg(test)]
+#[path = "ddl_tests.rs"]
+mod tests;

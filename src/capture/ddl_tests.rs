@@ -1,0 +1,266 @@
+//! Schema changes described by their result: a change made on one database with ordinary statements, read as
+//! [`diff`] of its shared schema before and after, and brought to a second database by [`apply`], must leave
+//! the second one's `sqlite_master` identical and its rows in place.
+
+use rusqlite::Connection;
+
+use super::*;
+
+const BASE: &str = "
+    CREATE TABLE Books (id INTEGER PRIMARY KEY, title TEXT NOT NULL, price REAL);
+    CREATE INDEX books_title ON Books(title);
+    CREATE TABLE notes (body TEXT);
+    CREATE VIEW cheap AS SELECT id, title FROM Books WHERE price < 10;
+    CREATE TRIGGER books_audit AFTER UPDATE ON Books BEGIN UPDATE notes SET body = body; END;
+    INSERT INTO Books VALUES (1, 'Dune', 9.5), (2, 'Emma', 12.0);
+    INSERT INTO notes VALUES ('a'), ('b');
+    CREATE TABLE django_migrations (id INTEGER PRIMARY KEY, name TEXT);
+    CREATE TABLE __harmonylite__meta (key TEXT PRIMARY KEY, value);
+";
+
+/// Two databases with the same schema and rows: `a` where the change is made, `b` where it is brought.
+fn pair() -> (Connection, Connection) {
+    let a = Connection::open_in_memory().expect("a");
+    let b = Connection::open_in_memory().expect("b");
+    a.execute_batch(BASE).expect("base a");
+    b.execute_batch(BASE).expect("base b");
+    (a, b)
+}
+
+fn shared_of(c: &Connection) -> Shared {
+    shared(c, &[], &[]).expect("shared")
+}
+
+/// Make the change with `statements` on `a`, bring it to `b` in one transaction, and check both schemas are the
+/// same; returns the changes.
+fn replicate(a: &Connection, b: &mut Connection, statements: &str) -> Vec<Change> {
+    let before = shared_of(a);
+    a.execute_batch(statements).expect("change on a");
+    let after = shared_of(a);
+    let changes = diff(&before, &after);
+    assert!(!changes.is_empty(), "no change seen for {statements}");
+    let tx = b.transaction().expect("tx");
+    apply(&tx, &changes).unwrap_or_else(|e| panic!("apply {changes:?}: {e}"));
+    tx.commit().expect("commit");
+    assert_eq!(shared_of(b), after, "schemas differ after {statements}");
+    changes
+}
+
+fn rows(c: &Connection, sql: &str) -> Vec<String> {
+    let mut stmt = c.prepare(sql).expect("prepare");
+    let n = stmt.column_count();
+    stmt.query_map([], |r| {
+        let mut parts = Vec::new();
+        for i in 0..n {
+            let v: rusqlite::types::Value = r.get(i)?;
+            parts.push(format!("{v:?}"));
+        }
+        Ok(parts.join("|"))
+    })
+    .expect("query")
+    .collect::<Result<_, _>>()
+    .expect("rows")
+}
+
+#[test]
+fn shared_objects_leave_out_ours_sqlite_s_and_node_local_tables() {
+    let (a, _) = pair();
+    let s = shared_of(&a);
+    let names: Vec<&str> = s.objects.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["books_title", "Books", "notes", "books_audit", "cheap"]
+    );
+    let excluded = shared(&a, &[], &["notes".into()]).expect("shared");
+    assert!(excluded.objects.iter().all(|o| o.table != "notes"));
+}
+
+#[test]
+fn new_tables_indexes_views_and_triggers_are_created() {
+    let (a, mut b) = pair();
+    let changes = replicate(
+        &a,
+        &mut b,
+        "CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT UNIQUE, born DATE DEFAULT (date('now')));
+         CREATE UNIQUE INDEX authors_name ON authors(lower(name)) WHERE name IS NOT NULL;
+         CREATE VIEW author_names AS SELECT name FROM authors;
+         CREATE TRIGGER authors_ins AFTER INSERT ON authors BEGIN SELECT 1; END;",
+    );
+    // Tables come before what depends on them.
+    assert!(matches!(&changes[0], Change::Create(o) if o.kind == Kind::Table));
+    assert_eq!(changes.len(), 4);
+}
+
+#[test]
+fn columns_added_keep_their_definitions_text_and_the_rows() {
+    let (a, mut b) = pair();
+    let changes = replicate(
+        &a,
+        &mut b,
+        "ALTER TABLE Books ADD COLUMN isbn TEXT DEFAULT 'x, y' CHECK (isbn <> '(');
+         ALTER TABLE Books ADD   COLUMN   year INTEGER NOT NULL DEFAULT 0 ;",
+    );
+    assert!(matches!(&changes[..], [Change::Alter { .. }]));
+    assert_eq!(
+        rows(&b, "SELECT id, title, isbn, year FROM Books ORDER BY id"),
+        [
+            "Integer(1)|Text(\"Dune\")|Text(\"x, y\")|Integer(0)",
+            "Integer(2)|Text(\"Emma\")|Text(\"x, y\")|Integer(0)"
+        ]
+    );
+}
+
+#[test]
+fn a_column_renamed_takes_its_index_view_and_trigger_along() {
+    let (a, mut b) = pair();
+    replicate(&a, &mut b, "ALTER TABLE Books RENAME COLUMN title TO name;");
+    assert_eq!(
+        rows(&b, "SELECT name FROM Books ORDER BY id"),
+        ["Text(\"Dune\")", "Text(\"Emma\")"]
+    );
+}
+
+#[test]
+fn a_column_dropped_leaves_the_others() {
+    let (a, mut b) = pair();
+    replicate(
+        &a,
+        &mut b,
+        "DROP VIEW cheap; ALTER TABLE Books DROP COLUMN price;",
+    );
+    assert_eq!(
+        rows(&b, "SELECT * FROM Books ORDER BY id"),
+        ["Integer(1)|Text(\"Dune\")", "Integer(2)|Text(\"Emma\")"]
+    );
+}
+
+#[test]
+fn a_table_renamed_keeps_its_rows_index_and_trigger() {
+    let (a, mut b) = pair();
+    let changes = replicate(&a, &mut b, "ALTER TABLE Books RENAME TO Tomes;");
+    assert!(
+        changes.iter().any(
+            |c| matches!(c, Change::Rename { from, to, .. } if from == "Books" && to == "Tomes")
+        ),
+        "{changes:?}"
+    );
+    assert_eq!(rows(&b, "SELECT count(*) FROM Tomes"), ["Integer(2)"]);
+}
+
+#[test]
+fn drops_of_every_kind() {
+    let (a, mut b) = pair();
+    replicate(
+        &a,
+        &mut b,
+        "DROP TRIGGER books_audit; DROP VIEW cheap; DROP INDEX books_title; DROP TABLE notes;",
+    );
+}
+
+#[test]
+fn a_rebuild_by_a_migration_tool_arrives_as_the_table_s_new_shape_with_the_rows_kept() {
+    let (a, mut b) = pair();
+    // What Django's schema editor and sqlite-utils `transform` do: a new table, copy, drop, rename.
+    let changes = replicate(
+        &a,
+        &mut b,
+        "PRAGMA legacy_alter_table = ON;
+         CREATE TABLE new__Books (id INTEGER PRIMARY KEY, title TEXT NOT NULL UNIQUE, price NUMERIC NOT NULL DEFAULT 0);
+         INSERT INTO new__Books (id, title, price) SELECT id, title, coalesce(price, 0) FROM Books;
+         DROP TABLE Books;
+         ALTER TABLE new__Books RENAME TO Books;
+         CREATE INDEX books_title ON Books(title);
+         PRAGMA legacy_alter_table = OFF;",
+    );
+    assert!(
+        changes
+            .iter()
+            .any(|c| matches!(c, Change::Alter { table, .. } if table == "Books")),
+        "{changes:?}"
+    );
+    assert_eq!(
+        rows(&b, "SELECT id, title, price FROM Books ORDER BY id"),
+        [
+            "Integer(1)|Text(\"Dune\")|Real(9.5)",
+            "Integer(2)|Text(\"Emma\")|Integer(12)"
+        ]
+    );
+}
+
+#[test]
+fn user_version_follows() {
+    let (a, mut b) = pair();
+    replicate(&a, &mut b, "PRAGMA user_version = 7;");
+    let v: i64 = b
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("user_version");
+    assert_eq!(v, 7);
+}
+
+#[test]
+fn nothing_from_another_node_touches_sqlite_s_or_our_objects() {
+    let (_, b) = pair();
+    for name in ["__harmonylite__meta", "sqlite_sequence", "__HARMONYLITE__x"] {
+        let changes = [Change::Drop {
+            kind: Kind::Table,
+            name: name.into(),
+        }];
+        assert!(
+            matches!(apply(&b, &changes), Err(DdlError::Reserved { .. })),
+            "{name}"
+        );
+    }
+    let create = [Change::Create(Object {
+        kind: Kind::Trigger,
+        name: "t".into(),
+        table: "Books".into(),
+        sql: "CREATE TRIGGER t AFTER INSERT ON Books BEGIN SELECT 1; END".into(),
+    })];
+    assert!(apply(&b, &create).is_ok());
+    assert!(
+        b.query_row("SELECT count(*) FROM __harmonylite__meta", [], |r| r
+            .get::<_, i64>(0))
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_table_changed_here_meanwhile_is_not_reshaped_and_says_how_it_differs() {
+    let (a, mut b) = pair();
+    b.execute_batch("ALTER TABLE Books ADD COLUMN here_only TEXT")
+        .expect("local change");
+    let before = shared_of(&a);
+    a.execute_batch("ALTER TABLE Books ADD COLUMN there TEXT")
+        .expect("change on a");
+    let changes = diff(&before, &shared_of(&a));
+    let tx = b.transaction().expect("tx");
+    let err = apply(&tx, &changes).expect_err("must not apply");
+    assert!(matches!(err, DdlError::Differs { .. }), "{err}");
+    assert!(err.to_string().contains("here_only"), "{err}");
+}
+
+#[test]
+fn a_table_created_otherwise_here_keeps_its_rows() {
+    let (_, b) = pair();
+    let changes = [Change::Create(Object {
+        kind: Kind::Table,
+        name: "notes".into(),
+        table: "notes".into(),
+        sql: "CREATE TABLE notes (body TEXT, extra INT)".into(),
+    })];
+    assert!(matches!(apply(&b, &changes), Err(DdlError::Differs { .. })));
+    assert_eq!(rows(&b, "SELECT count(*) FROM notes"), ["Integer(2)"]);
+}
+
+#[test]
+fn names_are_read_past_quotes_and_commas_split_outside_parentheses() {
+    assert_eq!(
+        without_name("CREATE TABLE \"my \"\"t\"\" \"(a, b)"),
+        without_name("create table IF NOT EXISTS main.[other](a, b)")
+    );
+    assert_eq!(without_name("CREATE TABLE t (a)"), "CREATE TABLE ? (a)");
+    assert_eq!(
+        split_top_level("a TEXT DEFAULT 'x, y', b CHECK (b IN (1, 2)), c"),
+        ["a TEXT DEFAULT 'x, y'", "b CHECK (b IN (1, 2))", "c"]
+    );
+}
