@@ -6,7 +6,8 @@
 //! rebuilt table's backfill, see `docs/DESIGN.md` "Schema changes"); it is written only for messages that carry
 //! such rows, so every other message stays version 2 and a node of the previous release still reads it. Version
 //! 4 adds large values (a [`Piece`] of one, and [`Value::Staged`] naming one; see `docs/DESIGN.md` "Large
-//! values"), likewise written only for messages that carry them. Values travel as their SQLite storage class:
+//! values"), likewise written only for messages that carry them. Version 5 adds a schema change ([`Ddl`], see
+//! `docs/DESIGN.md` "Schema replication"), written only for the message that carries one. Values travel as their SQLite storage class:
 //! integers as i64, reals as their IEEE-754 bits, text and blobs as raw bytes — so a DATETIME text, `-0.0` or
 //! invalid UTF-8 arrive byte-exact.
 
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::ids::fnv1_64;
 
 /// Current wire version. A node refuses (and parks) messages of a version it does not know.
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 /// The highest version byte a later release may plausibly write. A message whose first byte is above
 /// [`VERSION`] up to this one waits for an upgrade that reads it; any higher first byte is garbage (random
 /// bytes would otherwise stop a shard for good).
@@ -26,6 +27,8 @@ const VERSION_1: u8 = 1;
 const VERSION_2: u8 = 2;
 /// The version before large values (pieces and staged values); still written for backfills without them.
 const VERSION_3: u8 = 3;
+/// The version before schema changes; still written for messages with large values.
+const VERSION_4: u8 = 4;
 const FLAG_ZSTD: u8 = 1;
 
 /// One SQLite value, by storage class.
@@ -52,6 +55,60 @@ pub struct StagedValue {
     pub text: bool,
     /// FNV-1 64 of the bytes ([`fnv1_64`]).
     pub hash: u64,
+}
+
+/// A schema change, described by its result (`capture::ddl`): a message of its own, on the first shard's
+/// stream (version 5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ddl {
+    pub changes: Vec<SchemaChange>,
+    /// Per shard (index 0 = shard 1), the stream position up to which the origin had published or applied
+    /// changes when it made this one: a node applies the change once each shard is past it.
+    pub after: Vec<u64>,
+}
+
+/// What kind of schema object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ObjectKind {
+    Table,
+    Index,
+    View,
+    Trigger,
+}
+
+/// One schema object as `sqlite_master` holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaObject {
+    pub kind: ObjectKind,
+    pub name: String,
+    /// The table an index or trigger belongs to (a table's or view's own name otherwise).
+    pub table: String,
+    pub sql: String,
+}
+
+/// One schema change, described by its result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SchemaChange {
+    /// A new object, created with this SQL.
+    Create(SchemaObject),
+    /// An object gone.
+    Drop { kind: ObjectKind, name: String },
+    /// A table renamed; its SQL afterwards (indexes and triggers follow it).
+    Rename {
+        from: String,
+        to: String,
+        sql: String,
+    },
+    /// A table's SQL went from `from` to `to` (columns added, renamed or dropped, or the table rebuilt).
+    Alter {
+        table: String,
+        from: String,
+        to: String,
+    },
+    /// An index, view or trigger whose SQL changed: dropped and created again.
+    Replace(SchemaObject),
+    /// `PRAGMA user_version`, which some migration tools use to record their migrations.
+    UserVersion(i64),
 }
 
 /// One slice of a large value (a message of its own, before the unit whose row refers to it).
@@ -199,6 +256,8 @@ pub struct Message {
     pub own_upto: u64,
     /// A slice of a large value (version 4): such a message carries no tables and is a unit of its own.
     pub piece: Option<Piece>,
+    /// A schema change (version 5): such a message carries no tables and is a unit of its own.
+    pub ddl: Option<Ddl>,
     /// Not on the wire: indexes into `tables` of groups a node put in place of superseded conditional rows
     /// (`apply::window::decide`); their rows are not journaled as conflicts.
     #[serde(skip)]
@@ -261,6 +320,7 @@ impl From<MessageV2> for Message {
             conditional: Vec::new(),
             own_upto: 0,
             piece: None,
+            ddl: None,
             replayed: Vec::new(),
         }
     }
@@ -310,6 +370,59 @@ impl From<MessageV3> for Message {
             conditional: m.conditional,
             own_upto: m.own_upto,
             piece: None,
+            ddl: None,
+            replayed: Vec::new(),
+        }
+    }
+}
+
+/// A version 4 message (large values), as decoded.
+#[derive(Deserialize)]
+struct MessageV4 {
+    origin: u64,
+    unit: String,
+    part: u32,
+    last: bool,
+    schema: u64,
+    tables: Vec<TableChanges>,
+    seen: Option<u64>,
+    at_ms: u64,
+    conditional: Vec<u32>,
+    own_upto: u64,
+    piece: Option<Piece>,
+}
+
+/// A version 4 message, as encoded (the same fields, borrowed).
+#[derive(Serialize)]
+struct MessageV4Ref<'a> {
+    origin: u64,
+    unit: &'a str,
+    part: u32,
+    last: bool,
+    schema: u64,
+    tables: &'a [TableChanges],
+    seen: Option<u64>,
+    at_ms: u64,
+    conditional: &'a [u32],
+    own_upto: u64,
+    piece: &'a Option<Piece>,
+}
+
+impl From<MessageV4> for Message {
+    fn from(m: MessageV4) -> Message {
+        Message {
+            origin: m.origin,
+            unit: m.unit,
+            part: m.part,
+            last: m.last,
+            schema: m.schema,
+            tables: m.tables,
+            seen: m.seen,
+            at_ms: m.at_ms,
+            conditional: m.conditional,
+            own_upto: m.own_upto,
+            piece: m.piece,
+            ddl: None,
             replayed: Vec::new(),
         }
     }
@@ -340,6 +453,7 @@ impl From<MessageV1> for Message {
             conditional: Vec::new(),
             own_upto: 0,
             piece: None,
+            ddl: None,
             replayed: Vec::new(),
         }
     }
@@ -357,11 +471,26 @@ pub enum WireError {
     Decode(#[from] postcard::Error),
 }
 
-/// Encode a message in the oldest version that carries it: 4 with a piece or a staged value, 3 with conditional
-/// rows, 2 otherwise; zstd-compress the body when `compress`.
+/// Encode a message in the oldest version that carries it: 5 with a schema change, 4 with a piece or a staged
+/// value, 3 with conditional rows, 2 otherwise; zstd-compress the body when `compress`.
 pub fn encode(msg: &Message, compress: bool) -> Vec<u8> {
-    let (version, body) = if msg.piece.is_some() || msg.has_staged() {
+    let (version, body) = if msg.ddl.is_some() {
         (VERSION, postcard::to_stdvec(msg))
+    } else if msg.piece.is_some() || msg.has_staged() {
+        let v4 = MessageV4Ref {
+            origin: msg.origin,
+            unit: &msg.unit,
+            part: msg.part,
+            last: msg.last,
+            schema: msg.schema,
+            tables: &msg.tables,
+            seen: msg.seen,
+            at_ms: msg.at_ms,
+            conditional: &msg.conditional,
+            own_upto: msg.own_upto,
+            piece: &msg.piece,
+        };
+        (VERSION_4, postcard::to_stdvec(&v4))
     } else if !msg.conditional.is_empty() {
         let v3 = MessageV3Ref {
             origin: msg.origin,
@@ -422,6 +551,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
         VERSION_1 => Ok(postcard::from_bytes::<MessageV1>(&body)?.into()),
         VERSION_2 => Ok(postcard::from_bytes::<MessageV2>(&body)?.into()),
         VERSION_3 => Ok(postcard::from_bytes::<MessageV3>(&body)?.into()),
+        VERSION_4 => Ok(postcard::from_bytes::<MessageV4>(&body)?.into()),
         _ => Ok(postcard::from_bytes(&body)?),
     }
 }
@@ -473,6 +603,7 @@ mod tests {
             conditional: Vec::new(),
             own_upto: 0,
             piece: None,
+            ddl: None,
             replayed: Vec::new(),
         }
     }
@@ -526,6 +657,45 @@ mod tests {
         let mut c = sample();
         c.conditional = vec![0];
         assert_eq!(encode(&c, false)[0], 3);
+    }
+
+    #[test]
+    fn a_schema_change_is_version_5_and_nothing_else_is() {
+        let mut m = sample();
+        m.tables.clear();
+        m.ddl = Some(Ddl {
+            changes: vec![
+                SchemaChange::Alter {
+                    table: "T".into(),
+                    from: "CREATE TABLE T (id, v)".into(),
+                    to: "CREATE TABLE T (id, v, w)".into(),
+                },
+                SchemaChange::Drop {
+                    kind: ObjectKind::Index,
+                    name: "t_v".into(),
+                },
+                SchemaChange::UserVersion(3),
+            ],
+            after: vec![12, 0, 7],
+        });
+        for compress in [false, true] {
+            let b = encode(&m, compress);
+            assert_eq!(b[0], 5);
+            assert_eq!(decode(&b).unwrap(), m);
+        }
+        // Large values without a schema change stay version 4, which the previous release reads; the previous
+        // release's version 4 bytes decode here.
+        let mut p = sample();
+        p.piece = Some(Piece {
+            id: "x".into(),
+            offset: 0,
+            len: 1,
+            data: vec![1],
+        });
+        let b = encode(&p, false);
+        assert_eq!(b[0], 4);
+        assert_eq!(decode(&b).unwrap(), p);
+        assert_eq!(encode(&sample(), false)[0], 2);
     }
 
     #[test]

@@ -187,6 +187,7 @@ fn message(origin: u64, unit: &str, part: u32, last: bool, rows: Vec<Row>) -> Me
         conditional: Vec::new(),
         own_upto: 0,
         piece: None,
+        ddl: None,
         replayed: Vec::new(),
     }
 }

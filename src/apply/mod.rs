@@ -462,6 +462,30 @@ impl Applier {
     /// How many queued messages of each shard go into the next transaction: whole units only, within the
     /// row budget (a single unit larger than the budget still goes whole).
     fn plan(&self) -> Vec<usize> {
+        // Another node's schema change is applied alone, once every shard is past what its node had published
+        // or applied when it made it; until then its shard stops before it and the others go on.
+        let me = self.cfg.node_id;
+        fn ddl_at(s: &ShardState, i: usize, me: u64) -> Option<&wire::Ddl> {
+            let m = s.queue[i].msg.as_ref().ok()?;
+            m.ddl.as_ref().filter(|_| m.origin != me)
+        }
+        for (si, s) in self.shards.iter().enumerate() {
+            if s.paused_until.is_some() || s.queue.is_empty() {
+                continue;
+            }
+            if let Some(ddl) = ddl_at(s, 0, me)
+                && self.cfg.ddl.enabled
+                && self
+                    .shards
+                    .iter()
+                    .enumerate()
+                    .all(|(k, o)| k == si || o.processed >= ddl.after.get(k).copied().unwrap_or(0))
+            {
+                let mut plan = vec![0; self.shards.len()];
+                plan[si] = 1;
+                return plan;
+            }
+        }
         let mut budget = MAX_TXN_ROWS;
         self.shards
             .iter()
@@ -479,6 +503,9 @@ impl Applier {
                     let Some(len) = unit_len(&s.queue, i) else {
                         break;
                     };
+                    if self.cfg.ddl.enabled && ddl_at(s, i, me).is_some() {
+                        break;
+                    }
                     let rows = s
                         .queue
                         .range(i..i + len)

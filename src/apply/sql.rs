@@ -59,6 +59,8 @@ pub enum ApplyError {
         "large value {id} cannot be assembled: {have} of its {len} bytes are staged here in order, or they do not match what the origin sent"
     )]
     PiecesMissing { id: String, have: u64, len: u64 },
+    #[error("schema change from node {origin} does not apply here: {reason}")]
+    SchemaChange { origin: u64, reason: String },
 }
 
 impl ApplyError {
@@ -74,6 +76,7 @@ impl ApplyError {
             ApplyError::SchemaBehind { .. } => "schema_behind",
             ApplyError::ReservedTable { .. } => "reserved_table",
             ApplyError::PiecesMissing { .. } => "pieces_missing",
+            ApplyError::SchemaChange { .. } => "schema_change",
         }
     }
 
@@ -89,7 +92,8 @@ impl ApplyError {
             | ApplyError::RowWidth { .. }
             | ApplyError::KeyWidth { .. }
             | ApplyError::ReservedTable { .. }
-            | ApplyError::PiecesMissing { .. } => true,
+            | ApplyError::PiecesMissing { .. }
+            | ApplyError::SchemaChange { .. } => true,
             // A CHECK, NOT NULL or trigger RAISE this node's schema has and the origin's had not: these values
             // can never be written here.
             ApplyError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(

@@ -61,6 +61,7 @@ impl Applier {
             mem: &mut self.mem,
             total: sql::Applied::default(),
             quarantined: Vec::new(),
+            reshaped: None,
         };
         let now = Instant::now();
         let mut outcome = Vec::with_capacity(plan.len());
@@ -68,8 +69,22 @@ impl Applier {
             outcome.push(txn.shard(s, n, now)?);
         }
         let Txn {
-            total, quarantined, ..
+            total,
+            quarantined,
+            reshaped,
+            ..
         } = txn;
+        // A schema change applied: capture installed again in this transaction, the tables it reshaped not
+        // backfilled (their rows are the stream's).
+        let installed = match &reshaped {
+            Some(r) => Some(capture::install_in(
+                &tx,
+                &self.cfg.include_tables,
+                &self.cfg.exclude_tables,
+                r,
+            )?),
+            None => None,
+        };
         if total.conflicts > 0 {
             journal::prune(&tx, &self.cfg.conflicts)?;
         }
@@ -83,6 +98,13 @@ impl Applier {
         )?;
         tx.commit()?;
         self.mem.committed(&self.in_flight);
+        if let Some(cap) = installed {
+            tracing::info!(
+                tables = cap.tables.len(),
+                "schema change from another node applied; capture re-installed"
+            );
+            self.capture.set(cap);
+        }
 
         let stats = &*self.counters;
         count(stats, &total, &quarantined);
@@ -132,6 +154,8 @@ struct Txn<'a> {
     total: sql::Applied,
     /// The poison of each quarantined unit, and the unit's number of messages.
     quarantined: Vec<(Stuck, usize)>,
+    /// Tables (lower-cased) another node's schema change created or reshaped here, once one was applied.
+    reshaped: Option<HashSet<String>>,
 }
 
 impl Txn<'_> {
@@ -229,10 +253,18 @@ impl Txn<'_> {
         self.tx.execute_batch("SAVEPOINT unit")?;
         let mark = self.mem.settled.len();
         let (tx, in_flight, cfg, cap) = (self.tx, self.in_flight, self.cfg, self.cap);
-        match apply_unit(tx, msgs, s, in_flight, cfg, cap, self.mem) {
+        let msgs: Vec<&Decoded> = msgs.into_iter().collect();
+        match apply_unit(tx, msgs.iter().copied(), s, in_flight, cfg, cap, self.mem) {
             Ok(a) => {
                 self.tx.execute_batch("RELEASE unit")?;
                 self.total.add(a);
+                for m in msgs.iter().filter_map(|d| d.msg.as_ref().ok()) {
+                    if let Some(ddl) = m.ddl.as_ref().filter(|_| applies_ddl(m, cfg)) {
+                        self.reshaped
+                            .get_or_insert_default()
+                            .extend(capture::ddl::reshaped(&ddl.changes));
+                    }
+                }
                 Ok(None)
             }
             Err(UnitError::MustWait) => Err(TxnError::MustWait),
@@ -370,6 +402,7 @@ fn apply_unit<'a>(
     let mut total = sql::Applied::default();
     for d in msgs {
         let r = match &d.msg {
+            Ok(m) if m.ddl.is_some() => schema_change(tx, m, cfg),
             Ok(m) => match &m.piece {
                 // Our own pieces come back: this database has the value.
                 Some(_) if pieces::own_now(m, cfg, cap) => Ok(sql::Applied::default()),
@@ -398,6 +431,46 @@ fn apply_unit<'a>(
         }
     }
     Ok(total)
+}
+
+/// Whether this node applies the schema change `m` carries: another node's, with schema replication on here.
+fn applies_ddl(m: &wire::Message, cfg: &Config) -> bool {
+    m.origin != cfg.node_id && cfg.ddl.enabled
+}
+
+/// Another node's schema change brought to this database, and the schema recorded as replicated (so it is not
+/// sent back). Our own comes back to a database that has it; with schema replication off here it is not
+/// applied (changes that need it are held until this node's own migration).
+fn schema_change(
+    tx: &rusqlite::Transaction<'_>,
+    m: &wire::Message,
+    cfg: &Config,
+) -> Result<sql::Applied, sql::ApplyError> {
+    let Some(ddl) = &m.ddl else {
+        return Ok(sql::Applied::default());
+    };
+    if !applies_ddl(m, cfg) {
+        if m.origin != cfg.node_id {
+            tracing::info!(
+                origin = m.origin,
+                changes = ddl.changes.len(),
+                "schema change from another node not applied: [ddl] enabled is off here"
+            );
+        }
+        return Ok(sql::Applied::default());
+    }
+    let refused = |reason: String| sql::ApplyError::SchemaChange {
+        origin: m.origin,
+        reason,
+    };
+    capture::ddl::apply(tx, &ddl.changes).map_err(|e| refused(e.to_string()))?;
+    capture::ddl::record(tx, &cfg.include_tables, &cfg.exclude_tables)?;
+    tracing::info!(
+        origin = m.origin,
+        changes = ddl.changes.len(),
+        "schema change from another node applied"
+    );
+    Ok(sql::Applied::default())
 }
 
 enum UnitError {

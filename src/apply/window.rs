@@ -227,6 +227,7 @@ pub fn decide(m: &Message, w: &Touched) -> (Message, u64) {
         conditional: Vec::new(),
         own_upto: m.own_upto,
         piece: None,
+        ddl: None,
         replayed: Vec::new(),
     };
     let mut superseded = 0u64;
@@ -485,6 +486,7 @@ mod tests {
             conditional,
             own_upto: 0x40,
             piece: None,
+            ddl: None,
             replayed: Vec::new(),
         }
     }

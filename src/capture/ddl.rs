@@ -20,17 +20,10 @@ use std::collections::{BTreeMap, HashMap};
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use super::PREFIX;
 use super::schema::ident;
+use super::{LOG, META, PREFIX};
 
-/// What kind of schema object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Kind {
-    Table,
-    Index,
-    View,
-    Trigger,
-}
+pub use crate::wire::{ObjectKind as Kind, SchemaChange as Change, SchemaObject as Object};
 
 impl Kind {
     fn keyword(self) -> &'static str {
@@ -53,46 +46,11 @@ impl Kind {
     }
 }
 
-/// One shared schema object as `sqlite_master` holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Object {
-    pub kind: Kind,
-    pub name: String,
-    /// The table an index or trigger belongs to (a table's or view's own name otherwise).
-    pub table: String,
-    pub sql: String,
-}
-
 /// The shared schema of a database: its objects and `PRAGMA user_version`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shared {
     pub objects: Vec<Object>,
     pub user_version: i64,
-}
-
-/// One change, described by its result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Change {
-    /// A new object, created with this SQL.
-    Create(Object),
-    /// An object gone.
-    Drop { kind: Kind, name: String },
-    /// A table renamed; its SQL afterwards (indexes and triggers follow it).
-    Rename {
-        from: String,
-        to: String,
-        sql: String,
-    },
-    /// A table's SQL went from `from` to `to` (columns added, renamed or dropped, or the table rebuilt).
-    Alter {
-        table: String,
-        from: String,
-        to: String,
-    },
-    /// An index, view or trigger whose SQL changed: dropped and created again.
-    Replace(Object),
-    /// `PRAGMA user_version`, which some migration tools use to record their migrations.
-    UserVersion(i64),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +65,115 @@ pub enum DdlError {
         here: Option<String>,
         wanted: Option<String>,
     },
+}
+
+/// The change log's table id of a row that is a schema change (its key column holds the changes as JSON).
+pub const LOGGED: i64 = 0;
+
+/// Whether schema changes replicate for this database (`[ddl] enabled`, recorded by [`set_enabled`]).
+fn enabled(conn: &Connection) -> rusqlite::Result<bool> {
+    let v: Option<i64> = conn
+        .query_row(
+            &format!("SELECT value FROM {META} WHERE key = 'ddl'"),
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(v == Some(1))
+}
+
+/// The shared schema last replicated (sent or applied), when recorded.
+fn recorded(conn: &Connection) -> rusqlite::Result<Option<Shared>> {
+    let text: Option<String> = conn
+        .query_row(
+            &format!("SELECT value FROM {META} WHERE key = 'ddl_schema'"),
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+}
+
+/// Record `conn`'s shared schema as the one last replicated.
+pub fn record(conn: &Connection, include: &[String], exclude: &[String]) -> rusqlite::Result<()> {
+    let now = shared(conn, include, exclude)?;
+    conn.execute(
+        &format!("INSERT OR REPLACE INTO {META}(key, value) VALUES('ddl_schema', ?1)"),
+        [serde_json::to_string(&now).expect("a schema serialises")],
+    )?;
+    Ok(())
+}
+
+/// Turn schema replication on or off for this database (at start, from `[ddl] enabled`). Turned on, the schema
+/// as it is now is where changes are counted from; turned off, nothing is remembered.
+pub fn set_enabled(
+    conn: &Connection,
+    on: bool,
+    include: &[String],
+    exclude: &[String],
+) -> rusqlite::Result<()> {
+    if !on {
+        conn.execute(
+            &format!("DELETE FROM {META} WHERE key IN ('ddl', 'ddl_schema')"),
+            [],
+        )?;
+        return Ok(());
+    }
+    if recorded(conn)?.is_none() || !enabled(conn)? {
+        record(conn, include, exclude)?;
+    }
+    conn.execute(
+        &format!("INSERT OR REPLACE INTO {META}(key, value) VALUES('ddl', 1)"),
+        [],
+    )?;
+    Ok(())
+}
+
+/// With schema replication on: the changes made here since the schema last replicated, logged as one change-log
+/// row (published in order with the rows around it), and the schema recorded as replicated. Runs inside every
+/// install, before any backfill.
+pub fn log_local(
+    conn: &Connection,
+    include: &[String],
+    exclude: &[String],
+) -> rusqlite::Result<()> {
+    if !enabled(conn)? {
+        return Ok(());
+    }
+    let now = shared(conn, include, exclude)?;
+    let Some(before) = recorded(conn)? else {
+        return record(conn, include, exclude);
+    };
+    let changes = diff(&before, &now);
+    if changes.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        changes = changes.len(),
+        "schema changed here; the change is sent to every node"
+    );
+    conn.execute(
+        &format!("INSERT INTO {LOG}(tbl, k) VALUES({LOGGED}, ?1)"),
+        [serde_json::to_string(&changes).expect("changes serialise")],
+    )?;
+    conn.execute(
+        &format!("INSERT OR REPLACE INTO {META}(key, value) VALUES('ddl_schema', ?1)"),
+        [serde_json::to_string(&now).expect("a schema serialises")],
+    )?;
+    Ok(())
+}
+
+/// The tables (lower-cased) `changes` create or reshape here: their rows come from the stream.
+pub fn reshaped(changes: &[Change]) -> Vec<String> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Create(o) if o.kind == Kind::Table => Some(o.name.to_lowercase()),
+            Change::Rename { to, .. } => Some(to.to_lowercase()),
+            Change::Alter { table, .. } => Some(table.to_lowercase()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether an object name is SQLite's or ours: nothing from another node may create, alter or drop it.

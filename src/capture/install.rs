@@ -32,15 +32,28 @@ pub fn install(
     exclude: &[String],
 ) -> Result<Capture, CaptureError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let captured_before = table_exists(&tx, TABLES)?;
-    create_tables(&tx)?;
-    let incarnation = incarnation(&tx)?;
+    let cap = install_in(&tx, include, exclude, &HashSet::new())?;
+    tx.commit()?;
+    Ok(cap)
+}
+
+/// [`install`] inside the caller's write transaction `tx`. Tables named in `reshaped` (lower-cased: brought to
+/// another node's schema change in this transaction) are not backfilled: their rows are the stream's.
+pub fn install_in(
+    tx: &Transaction<'_>,
+    include: &[String],
+    exclude: &[String],
+    reshaped: &HashSet<String>,
+) -> Result<Capture, CaptureError> {
+    let captured_before = table_exists(tx, TABLES)?;
+    create_tables(tx)?;
+    let incarnation = incarnation(tx)?;
 
     // Our triggers as they are now, by the table they are attached to; then drop them all and re-create those
     // of the selected tables below.
-    let triggers = drop_triggers(&tx)?;
+    let triggers = drop_triggers(tx)?;
 
-    let listed_tables = schema::user_tables(&tx)?;
+    let listed_tables = schema::user_tables(tx)?;
     let rebuilding = listed_tables
         .iter()
         .any(|t| super::local::is_rebuild_temporary(&t.name));
@@ -49,19 +62,22 @@ pub fn install(
         [],
         |r| r.get(0),
     )?;
-    let (floor, rebuild_log) = rebuild_floor(&tx, rebuilding, log_before)?;
+    let (floor, rebuild_log) = rebuild_floor(tx, rebuilding, log_before)?;
+    // A schema change made here is logged before any backfill: the rows it reads have the new shape.
+    super::ddl::log_local(tx, include, exclude)?;
     let mut backfilled = false;
     let mut tables = Vec::new();
     for listed in listed_tables {
         if !schema::selected(&listed.name, include, exclude) {
             continue;
         }
-        let (info, filled) = capture_table(&tx, listed, &triggers, captured_before)?;
+        let quiet = reshaped.contains(&listed.name.to_lowercase());
+        let (info, filled) = capture_table(tx, listed, &triggers, captured_before && !quiet)?;
         backfilled |= filled;
         tables.push(info);
     }
     if backfilled {
-        record_backfill(&tx, &floor, rebuild_log.unwrap_or(log_before))?;
+        record_backfill(tx, &floor, rebuild_log.unwrap_or(log_before))?;
     }
     if !rebuilding {
         tx.execute(
@@ -69,9 +85,8 @@ pub fn install(
             [],
         )?;
     }
-    let known = known(&tx)?;
-    let schema_version = super::schema_version(&tx)?;
-    tx.commit()?;
+    let known = known(tx)?;
+    let schema_version = super::schema_version(tx)?;
     Ok(Capture::new(tables, known, incarnation, schema_version))
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, params};
 
-pub use install::{install, uninstall};
+pub use install::{install, install_in, uninstall};
 pub use schema::{KeyKind, TableInfo, ident, literal};
 
 use crate::wire::Value;
@@ -243,10 +243,18 @@ impl CurrentCapture {
     }
 }
 
-/// The database's schema version (`PRAGMA schema_version`); inside a transaction, the one that transaction
-/// sees.
+/// The database's schema version (`PRAGMA schema_version`) with `PRAGMA user_version` in its high 32 bits (some
+/// migration tools record their migrations there, and a change of it replicates with the schema); inside a
+/// transaction, the one that transaction sees. Compared only for equality.
 pub fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("PRAGMA schema_version", [], |r| r.get(0))
+    conn.query_row(
+        "SELECT s.schema_version, u.user_version FROM pragma_schema_version AS s, pragma_user_version AS u",
+        [],
+        |r| {
+            let (schema, user): (i64, i64) = (r.get(0)?, r.get(1)?);
+            Ok(((user as u32 as u64) << 32 | schema as u32 as u64) as i64)
+        },
+    )
 }
 
 /// The SQL expression a trigger writes as the key, for `NEW` or `OLD`.
@@ -272,6 +280,8 @@ pub struct LogRow {
     /// Recorded by a rebuilt (or newly captured) table's backfill, not by a trigger: the log holds the table's
     /// id negated.
     pub backfill: bool,
+    /// A schema change made here ([`ddl::log_local`]): table id [`ddl::LOGGED`], no key.
+    pub ddl: Option<Vec<ddl::Change>>,
 }
 
 /// Highest change-log id (0 when empty).
@@ -299,6 +309,21 @@ pub fn read_log(
         let id: i64 = r.get(0)?;
         let logged: i64 = r.get(1)?;
         let (table_id, backfill) = (logged.abs(), logged < 0);
+        if logged == ddl::LOGGED {
+            let text: String = r.get(2)?;
+            let changes = serde_json::from_str(&text).map_err(|_| CaptureError::BadKey {
+                table_id,
+                text: text.clone(),
+            })?;
+            out.push(LogRow {
+                id,
+                table_id,
+                key: Vec::new(),
+                backfill: false,
+                ddl: Some(changes),
+            });
+            continue;
+        }
         let Some(info) = cap.table(table_id) else {
             continue;
         };
@@ -325,6 +350,7 @@ pub fn read_log(
             table_id,
             key,
             backfill,
+            ddl: None,
         });
     }
     Ok(out)

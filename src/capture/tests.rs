@@ -213,6 +213,7 @@ fn apply_sql_reproduces_rows_exactly() {
         conditional: Vec::new(),
         own_upto: 0,
         piece: None,
+        ddl: None,
         replayed: Vec::new(),
     };
     let msg = wire::decode(&wire::encode(&msg, true)).unwrap();

@@ -26,7 +26,7 @@ use serde_path_to_error::Segment;
 use toml::{Table, Value};
 
 pub use types::{
-    Config, ConflictsConfig, HealthCheckConfig, LogFormat, LoggingConfig, NatsConfig,
+    Config, ConflictsConfig, DdlConfig, HealthCheckConfig, LogFormat, LoggingConfig, NatsConfig,
     PrometheusConfig, ReplicationLogConfig, SnapshotConfig, SnapshotNatsConfig, SnapshotS3Config,
     SnapshotSftpConfig, SnapshotStore, SnapshotWebdavConfig,
 };

@@ -65,6 +65,8 @@ pub struct Config {
     pub health_check: HealthCheckConfig,
     #[serde(deserialize_with = "de::table")]
     pub conflicts: ConflictsConfig,
+    #[serde(deserialize_with = "de::table")]
+    pub ddl: DdlConfig,
 }
 
 impl Default for Config {
@@ -89,6 +91,7 @@ impl Default for Config {
             prometheus: PrometheusConfig::default(),
             health_check: HealthCheckConfig::default(),
             conflicts: ConflictsConfig::default(),
+            ddl: DdlConfig::default(),
         }
     }
 }
@@ -436,6 +439,16 @@ impl Default for ConflictsConfig {
             max_rows: 10_000,
         }
     }
+}
+
+/// `[ddl]` (ours): schema changes replicated.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct DdlConfig {
+    /// `enabled` (default false): a schema change made on this node (any client, any migration tool) is sent to
+    /// every node, and schema changes from other nodes are applied here.
+    #[serde(deserialize_with = "de::boolean")]
+    pub enabled: bool,
 }
 
 // Debug of what may hold credentials: passwords, keys, tokens and the passwords inside URLs print as

@@ -850,6 +850,15 @@ fn prepare(cfg: &Config) -> anyhow::Result<Prepared> {
         capture::install(&mut conn, &cfg.include_tables, &cfg.exclude_tables)
     })
     .context("cannot install change capture")?;
+    tokio::task::block_in_place(|| {
+        capture::ddl::set_enabled(
+            &conn,
+            cfg.ddl.enabled,
+            &cfg.include_tables,
+            &cfg.exclude_tables,
+        )
+    })
+    .context("cannot record whether schema changes replicate")?;
     if first && cfg.replicate {
         capture::set_join_pending(&conn, true)
             .context("cannot record the database's join state")?;

@@ -235,6 +235,7 @@ impl PieceSink<'_> {
                     len: bytes.len() as u64,
                     data: chunk.to_vec(),
                 }),
+                ddl: None,
                 replayed: Vec::new(),
             };
             let payload = wire::encode(&msg, self.compress);

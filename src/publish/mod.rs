@@ -477,8 +477,18 @@ impl Publisher {
         } else {
             max.min(from + MAX_PASS_ROWS)
         };
-        let log = capture::read_log(&tx, &cap, from, end)?;
+        let mut log = capture::read_log(&tx, &cap, from, end)?;
+        // A schema change made here goes alone, in its place among the rows: a pass ends before it, or is it.
+        let mut end = end;
+        if let Some(d) = log.iter().position(|r| r.ddl.is_some()) {
+            end = if d == 0 { log[0].id } else { log[d].id - 1 };
+            log.truncate(d.max(1));
+        }
         let ctx = unit_context(&tx, cfg, &cap, &log, end, self.limits)?;
+        if let Some(changes) = log.first().and_then(|r| r.ddl.clone()) {
+            tx.commit()?;
+            return self.schema_pass(&ctx, changes, end).map(Some);
+        }
         let sink = large::PieceSink {
             js: &self.js,
             counters: &self.counters,
@@ -538,6 +548,58 @@ impl Publisher {
             units,
             aside,
         }))
+    }
+}
+
+impl Publisher {
+    /// The pass of a schema change made here: one message on the first shard's stream, saying how far each
+    /// shard was published or applied here when it was made (a node applies it once each shard is past that).
+    fn schema_pass(
+        &mut self,
+        ctx: &UnitContext,
+        changes: Vec<wire::SchemaChange>,
+        end: i64,
+    ) -> Result<Pass, PublishError> {
+        let published = self.counters.published_seqs();
+        let after = ctx
+            .seen
+            .iter()
+            .enumerate()
+            .map(|(i, &seen)| seen.max(published.get(i).copied().unwrap_or(0)))
+            .collect();
+        let unit = format!("{}.1.0", ctx.prefix);
+        let msg = Message {
+            origin: ctx.origin,
+            unit: unit.clone(),
+            part: 1,
+            last: true,
+            schema: ctx.schema,
+            tables: Vec::new(),
+            seen: ctx.seen.first().copied(),
+            at_ms: ctx.at_ms,
+            conditional: Vec::new(),
+            own_upto: 0,
+            piece: None,
+            ddl: Some(wire::Ddl { changes, after }),
+            replayed: Vec::new(),
+        };
+        let payload = wire::encode(&msg, ctx.compress);
+        if self.state.inflight_end != end {
+            self.state.inflight_end = end;
+            self.state.save()?;
+        }
+        Ok(Pass {
+            end,
+            rows: 1,
+            units: vec![ShardUnit {
+                shard: 1,
+                msg_id: unit,
+                payloads: vec![payload],
+                rows: vec![Vec::new()],
+                conditional: false,
+            }],
+            aside: Vec::new(),
+        })
     }
 }
 
@@ -786,6 +848,7 @@ impl ShardBuild {
                 conditional: Vec::new(),
                 own_upto: 0,
                 piece: None,
+                ddl: None,
                 replayed: Vec::new(),
             };
             (msg, Vec::new(), 0, 0)

@@ -105,10 +105,12 @@ fn combine(
     }
     let mut upto = top;
     for row in capture::read_log(conn, cap, low, top)? {
-        let Some(info) = cap.table(row.table_id) else {
-            continue;
+        // A schema change goes to the first shard.
+        let shard = match cap.table(row.table_id) {
+            _ if row.ddl.is_some() => 1,
+            Some(info) => wire::shard_of(&info.name, &wire::key_bytes(&row.key), shards),
+            None => continue,
         };
-        let shard = wire::shard_of(&info.name, &wire::key_bytes(&row.key), shards);
         if row.id > covered[shard as usize - 1] {
             upto = upto.min(row.id - 1);
             break;

@@ -41,6 +41,7 @@ pub fn upsert(table: &str, columns: &[&str], key: &str, row: Vec<Value>) -> Mess
         conditional: Vec::new(),
         own_upto: 0,
         piece: None,
+        ddl: None,
         replayed: Vec::new(),
     }
 }

@@ -1,0 +1,189 @@
+//! Schema changes replicated (`[ddl] enabled = true`): a change made on one node with the real `sqlite3` CLI, or
+//! a table rebuilt by the real `sqlite-utils transform`, reaches every node while applications write on all of
+//! them, and every node ends with the same schema and the same rows. A node with the feature off keeps today's
+//! behaviour: it holds what needs the change until its own migration. Application writes go through
+//! `Node::sql`, which fails the test when SQLite refuses one.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const T: Duration = Duration::from_secs(60);
+const DDL_ON: &str = "[ddl]\nenabled = true\n";
+
+/// A node's shared schema as text: every object but SQLite's and ours, and `user_version`.
+fn schema(node: &Node) -> String {
+    node.sql(
+        "SELECT type || ' ' || name || ': ' || sql FROM sqlite_master
+           WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '\\_\\_harmonylite\\_\\_%' ESCAPE '\\'
+           ORDER BY type, name;
+         PRAGMA user_version;",
+    )
+}
+
+/// Wait until every node's schema is node 1's, and return it.
+fn same_schema(c: &Cluster, what: &str) -> String {
+    c.eventually(T, what, || {
+        let one = schema(c.node(1));
+        (2..=c.nodes.len())
+            .all(|i| schema(c.node(i)) == one)
+            .then_some(one)
+    })
+}
+
+/// Every node writes a row into Books (the applications going on between migration steps).
+fn write_everywhere(c: &Cluster, step: &str) {
+    for i in 1..=c.nodes.len() {
+        c.node(i).sql(&format!(
+            "INSERT INTO Books (title, author, publication_year) VALUES ('{step} on {i}', 'A', 2000);"
+        ));
+    }
+}
+
+#[test]
+fn every_kind_of_schema_change_made_on_one_node_reaches_the_others() {
+    let mut c = Cluster::new(Options {
+        extra_toml: DDL_ON.into(),
+        shards: 2,
+        ..Options::default()
+    });
+    c.start_all();
+    c.wait_all_running(T);
+    let n1 = c.node(1);
+
+    n1.sql(
+        "CREATE TABLE Publishers (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, city TEXT DEFAULT 'x, y');
+         CREATE INDEX publishers_city ON Publishers(city);
+         CREATE VIEW old_books AS SELECT title FROM Books WHERE publication_year < 1950;
+         CREATE TRIGGER books_year AFTER INSERT ON Books WHEN NEW.publication_year IS NULL
+           BEGIN UPDATE Books SET publication_year = 0 WHERE id = NEW.id; END;",
+    );
+    let s = same_schema(&c, "the new table, index, view and trigger on every node");
+    assert!(
+        s.contains("table Publishers") && s.contains("trigger books_year"),
+        "{s}"
+    );
+    write_everywhere(&c, "created");
+    for i in 1..=3 {
+        c.node(i).sql(&format!(
+            "INSERT INTO Publishers (id, name) VALUES ({i}, 'publisher {i}');"
+        ));
+    }
+    c.converged("Publishers", T);
+
+    n1.sql("ALTER TABLE Books ADD COLUMN isbn TEXT DEFAULT '';");
+    same_schema(&c, "the added column on every node");
+    // Each node writes the new column once it has it.
+    for i in 1..=3 {
+        c.node(i).sql(&format!(
+            "INSERT INTO Books (title, author, publication_year, isbn) VALUES ('isbn {i}', 'B', 2001, 'isbn-{i}');"
+        ));
+    }
+    c.converged("Books", T);
+
+    n1.sql("ALTER TABLE Publishers RENAME COLUMN city TO town;");
+    same_schema(&c, "the renamed column on every node");
+    write_everywhere(&c, "renamed column");
+    n1.sql("UPDATE Publishers SET town = 'Oslo' WHERE id = 2;");
+
+    n1.sql("DROP INDEX publishers_city; ALTER TABLE Publishers DROP COLUMN town;");
+    same_schema(&c, "the dropped column on every node");
+
+    n1.sql("ALTER TABLE Publishers RENAME TO Houses;");
+    same_schema(&c, "the renamed table on every node");
+    for i in 1..=3 {
+        c.node(i).sql(&format!(
+            "INSERT INTO Houses (id, name) VALUES ({}, 'house {i}');",
+            10 + i
+        ));
+    }
+    c.converged("Houses", T);
+
+    n1.sql("PRAGMA user_version = 42;");
+    let s = same_schema(&c, "user_version on every node");
+    assert!(s.trim_end().ends_with("42"), "{s}");
+
+    n1.sql("DROP VIEW old_books; DROP TRIGGER books_year; DROP TABLE Houses;");
+    let s = same_schema(&c, "the drops on every node");
+    assert!(!s.contains("Houses") && !s.contains("old_books"), "{s}");
+    write_everywhere(&c, "after the drops");
+
+    let sums = c.converged_all(T);
+    assert!(sums.contains_key("Books"), "{sums:?}");
+    c.assert_verified(1);
+    c.assert_all_alive();
+}
+
+#[test]
+fn a_table_rebuilt_by_sqlite_utils_on_one_node_reaches_the_others_with_its_rows() {
+    let mut c = Cluster::new(Options {
+        extra_toml: DDL_ON.into(),
+        ..Options::default()
+    });
+    c.start_all();
+    c.wait_all_running(T);
+    write_everywhere(&c, "before");
+    c.converged("Books", T);
+    // The rebuild sqlite-utils makes: a new table with the new types, the rows copied, the old one dropped and
+    // the new one renamed into place.
+    let out = std::process::Command::new("sqlite-utils")
+        .args(["transform"])
+        .arg(&c.node(1).db)
+        .args([
+            "Books",
+            "--type",
+            "publication_year",
+            "text",
+            "--not-null",
+            "author",
+        ])
+        .output()
+        .expect("run sqlite-utils (scripts/test.sh installs it)");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let s = same_schema(&c, "the rebuilt table on every node");
+    assert!(s.contains("\"publication_year\" TEXT"), "{s}");
+    write_everywhere(&c, "after");
+    c.converged_all(T);
+    c.assert_verified(1);
+    for i in 1..=3 {
+        assert_eq!(
+            c.node(i)
+                .sql("SELECT typeof(publication_year) FROM Books WHERE title = '1984';")
+                .trim(),
+            "text",
+            "node {i}"
+        );
+    }
+    c.assert_all_alive();
+}
+
+#[test]
+fn a_node_with_the_feature_off_holds_until_its_own_migration() {
+    let mut c = Cluster::new(Options {
+        per_node_toml: vec![DDL_ON.into(), DDL_ON.into(), String::new()],
+        ..Options::default()
+    });
+    c.start_all();
+    c.wait_all_running(T);
+    c.node(1).sql(
+        "ALTER TABLE Books ADD COLUMN rating INTEGER;
+         INSERT INTO Books (title, author, publication_year, rating) VALUES ('Rated', 'R', 2000, 5);",
+    );
+    c.eventually(T, "node 2 has the column", || {
+        schema(c.node(2)).contains("rating INTEGER")
+    });
+    c.node(3).wait_paused_on("Books", Some("rating"), T);
+    assert!(!schema(c.node(3)).contains("rating"));
+    c.node(3)
+        .sql("ALTER TABLE Books ADD COLUMN rating INTEGER;");
+    c.converged("Books", T);
+    assert_eq!(
+        c.node(3)
+            .sql("SELECT rating FROM Books WHERE title = 'Rated';")
+            .trim(),
+        "5"
+    );
+    c.assert_all_alive();
+}
