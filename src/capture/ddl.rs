@@ -59,6 +59,8 @@ pub enum DdlError {
     Sqlite(#[from] rusqlite::Error),
     #[error("{kind:?} {name} names a reserved object (sqlite_* or {PREFIX}*)")]
     Reserved { kind: Kind, name: String },
+    #[error("not one CREATE statement: {0:?}")]
+    NotCreate(String),
     #[error("{what}: this node's schema ends as {here:?}, the change made it {wanted:?}")]
     Differs {
         what: String,
@@ -327,7 +329,7 @@ pub fn apply(conn: &Connection, changes: &[Change]) -> Result<(), DdlError> {
     for c in changes {
         match c {
             Change::Create(o) => match sql_of(conn, o.kind, &o.name)? {
-                None => conn.execute_batch(&o.sql)?,
+                None => create(conn, &o.sql)?,
                 Some(here) if here == o.sql => {}
                 // A table of that name made otherwise here: its rows are not thrown away.
                 Some(here) if o.kind == Kind::Table => {
@@ -339,13 +341,13 @@ pub fn apply(conn: &Connection, changes: &[Change]) -> Result<(), DdlError> {
                 }
                 Some(_) => {
                     drop_object(conn, o.kind, &o.name)?;
-                    conn.execute_batch(&o.sql)?;
+                    create(conn, &o.sql)?;
                 }
             },
             Change::Replace(o) => {
                 if sql_of(conn, o.kind, &o.name)?.as_deref() != Some(o.sql.as_str()) {
                     drop_object(conn, o.kind, &o.name)?;
-                    conn.execute_batch(&o.sql)?;
+                    create(conn, &o.sql)?;
                 }
             }
             Change::Drop { kind, name } => drop_object(conn, *kind, name)?,
@@ -398,6 +400,23 @@ fn check(conn: &Connection, changes: &[Change]) -> Result<(), DdlError> {
             });
         }
     }
+    Ok(())
+}
+
+/// Run the SQL of an object from `sqlite_master`: exactly one `CREATE` statement (a message carrying anything
+/// else is refused, never run).
+fn create(conn: &Connection, sql: &str) -> Result<(), DdlError> {
+    let head: String = sql
+        .trim_start()
+        .chars()
+        .take(6)
+        .collect::<String>()
+        .to_ascii_uppercase();
+    if head != "CREATE" {
+        return Err(DdlError::NotCreate(sql.to_string()));
+    }
+    // `prepare` refuses a text of more than one statement.
+    conn.prepare(sql)?.execute([])?;
     Ok(())
 }
 
@@ -552,7 +571,7 @@ fn rebuild(
     ));
     conn.execute_batch("PRAGMA legacy_alter_table = OFF")?;
     moved?;
-    conn.execute_batch(to)?;
+    create(conn, to)?;
     let common: Vec<String> = cols_to
         .iter()
         .filter(|c| cols_here.iter().any(|h| h.eq_ignore_ascii_case(c)))
@@ -588,15 +607,15 @@ fn columns_of(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
 }
 
 /// Column names of the table a `CREATE TABLE` statement makes, in order (read from a scratch database).
-fn columns_of_sql(sql: &str) -> rusqlite::Result<Vec<String>> {
+fn columns_of_sql(sql: &str) -> Result<Vec<String>, DdlError> {
     let scratch = Connection::open_in_memory()?;
-    scratch.execute_batch(sql)?;
+    create(&scratch, sql)?;
     let name: String = scratch.query_row(
-        "SELECT name FROM sqlite_schema WHERE type = 'table'",
+        "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY rowid LIMIT 1",
         [],
         |r| r.get(0),
     )?;
-    columns_of(&scratch, &name)
+    Ok(columns_of(&scratch, &name)?)
 }
 
 /// A `CREATE TABLE` statement with its table name taken out (to tell a renamed table by its unchanged SQL).

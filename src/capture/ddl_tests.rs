@@ -225,6 +225,29 @@ fn nothing_from_another_node_touches_sqlite_s_or_our_objects() {
 }
 
 #[test]
+fn an_object_s_sql_is_one_create_statement_or_nothing_runs() {
+    let (_, b) = pair();
+    for sql in [
+        "CREATE VIEW v AS SELECT 1; DELETE FROM Books",
+        "DELETE FROM Books",
+        "DROP TABLE Books",
+    ] {
+        let changes = [Change::Create(Object {
+            kind: Kind::View,
+            name: "v".into(),
+            table: "v".into(),
+            sql: sql.into(),
+        })];
+        assert!(apply(&b, &changes).is_err(), "{sql}");
+        assert_eq!(
+            rows(&b, "SELECT count(*) FROM Books"),
+            ["Integer(2)"],
+            "{sql}"
+        );
+    }
+}
+
+#[test]
 fn a_table_changed_here_meanwhile_is_not_reshaped_and_says_how_it_differs() {
     let (a, mut b) = pair();
     b.execute_batch("ALTER TABLE Books ADD COLUMN here_only TEXT")
