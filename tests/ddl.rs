@@ -176,6 +176,19 @@ fn a_node_with_the_feature_off_holds_until_its_own_migration() {
     });
     c.node(3).wait_paused_on("Books", Some("rating"), T);
     assert!(!schema(c.node(3)).contains("rating"));
+    // The cluster's schema report names the node that needs its own migration.
+    let report = c.eventually(T, "the schema report names node 3", || {
+        let out = c
+            .node(1)
+            .command()
+            .arg("-schema-status-cluster")
+            .output()
+            .expect("run harmonylite");
+        let text = output_text(&out);
+        text.contains("Schema changes are not replicated to node 3 ")
+            .then_some(text)
+    });
+    assert!(report.contains("NOT consistent"), "{report}");
     c.node(3)
         .sql("ALTER TABLE Books ADD COLUMN rating INTEGER;");
     c.converged("Books", T);

@@ -37,6 +37,9 @@ pub struct Entry {
     /// Captured table → its fingerprint.
     #[serde(default)]
     pub tables: BTreeMap<String, String>,
+    /// Whether schema changes replicate on this node (`[ddl] enabled`); absent from older versions' entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ddl: Option<bool>,
 }
 
 fn hex(v: u64) -> String {
@@ -49,7 +52,7 @@ pub fn table_hash(t: &TableInfo) -> String {
 }
 
 impl Entry {
-    fn of(node_id: u64, cap: &Capture, previous_hash: Option<String>) -> Entry {
+    fn of(node_id: u64, cap: &Capture, previous_hash: Option<String>, ddl: bool) -> Entry {
         Entry {
             node_id,
             schema_hash: hex(cap.fingerprint),
@@ -61,6 +64,7 @@ impl Entry {
                 .iter()
                 .map(|t| (t.name.clone(), table_hash(t)))
                 .collect(),
+            ddl: Some(ddl),
         }
     }
 }
@@ -84,7 +88,7 @@ pub async fn publish_entries(
         let cap = capture.get();
         let hash = hex(cap.fingerprint);
         if written.as_deref() != Some(hash.as_str()) {
-            let entry = Entry::of(cfg.node_id, &cap, previous.clone());
+            let entry = Entry::of(cfg.node_id, &cap, previous.clone(), cfg.ddl.enabled);
             match put(&js, &mut store, replicas, &entry).await {
                 Ok(()) => {
                     tracing::debug!(schema_hash = %hash, "schema registry entry written");
@@ -256,10 +260,31 @@ pub fn cluster_report(entries: &BTreeMap<u64, Entry>) -> (String, bool) {
         let word = if ids.len() == 1 { "node" } else { "nodes" };
         out.push_str(&format!("  hash {hash}: {word} {}\n", list(ids)));
     }
+    // Where schema changes replicate on some nodes only, the others are named: they need their own migrations.
+    if entries.values().any(|e| e.ddl == Some(true)) {
+        let off: Vec<u64> = entries
+            .values()
+            .filter(|e| e.ddl != Some(true))
+            .map(|e| e.node_id)
+            .collect();
+        if !off.is_empty() {
+            out.push_str(&format!(
+                "Schema changes are not replicated to node{} {} ([ddl] enabled off, or an older version): \
+                 migrate there yourself\n",
+                if off.len() == 1 { "" } else { "s" },
+                list(&off)
+            ));
+        }
+    }
     out.push_str("Nodes:\n");
     for e in entries.values() {
+        let ddl = match e.ddl {
+            Some(true) => ", schema changes replicated",
+            Some(false) => ", schema changes not replicated",
+            None => "",
+        };
         out.push_str(&format!(
-            "  node {}: hash {}, {} tables, version {}, updated {}\n",
+            "  node {}: hash {}, {} tables, version {}, updated {}{ddl}\n",
             e.node_id,
             e.schema_hash,
             e.tables.len(),
@@ -317,7 +342,33 @@ mod tests {
             harmonylite_version: "0".into(),
             updated_at: "now".into(),
             tables,
+            ddl: None,
         }
+    }
+
+    #[test]
+    fn the_report_names_nodes_where_schema_changes_do_not_replicate() {
+        let mut m = BTreeMap::new();
+        for (id, ddl) in [(1, Some(true)), (2, Some(false)), (3, None)] {
+            let mut e = entry(id, &[("books", "aa")]);
+            e.ddl = ddl;
+            m.insert(id, e);
+        }
+        let (text, ok) = cluster_report(&m);
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("Schema changes are not replicated to nodes 2, 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("node 1: hash") && text.contains(", schema changes replicated\n"),
+            "{text}"
+        );
+        for e in m.values_mut() {
+            e.ddl = Some(false);
+        }
+        let (text, _) = cluster_report(&m);
+        assert!(!text.contains("are not replicated to"), "{text}");
     }
 
     #[test]
