@@ -478,12 +478,7 @@ impl Publisher {
             max.min(from + MAX_PASS_ROWS)
         };
         let mut log = capture::read_log(&tx, &cap, from, end)?;
-        // A schema change made here goes alone, in its place among the rows: a pass ends before it, or is it.
-        let mut end = end;
-        if let Some(d) = log.iter().position(|r| r.ddl.is_some()) {
-            end = if d == 0 { log[0].id } else { log[d].id - 1 };
-            log.truncate(d.max(1));
-        }
+        let end = alone_schema_change(&mut log, end);
         let ctx = unit_context(&tx, cfg, &cap, &log, end, self.limits)?;
         if let Some(changes) = log.first().and_then(|r| r.ddl.clone()) {
             tx.commit()?;
@@ -600,6 +595,23 @@ impl Publisher {
             }],
             aside: Vec::new(),
         })
+    }
+}
+
+/// A schema change made here goes alone, in its place among the rows: the pass ends before it, or is it.
+/// Returns the pass's end, `log` cut to match.
+fn alone_schema_change(log: &mut Vec<capture::LogRow>, end: i64) -> i64 {
+    match log.iter().position(|r| r.ddl.is_some()) {
+        Some(0) => {
+            log.truncate(1);
+            log[0].id
+        }
+        Some(d) => {
+            let before = log[d].id - 1;
+            log.truncate(d);
+            before
+        }
+        None => end,
     }
 }
 
