@@ -21,7 +21,7 @@ use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use super::schema::ident;
-use super::{LOG, META, PREFIX};
+use super::{LOG, META, PREFIX, TABLES};
 
 pub use crate::wire::{ObjectKind as Kind, SchemaChange as Change, SchemaObject as Object};
 
@@ -73,7 +73,7 @@ pub enum DdlError {
 pub const LOGGED: i64 = 0;
 
 /// Whether schema changes replicate for this database (`[ddl] enabled`, recorded by [`set_enabled`]).
-fn enabled(conn: &Connection) -> rusqlite::Result<bool> {
+pub fn enabled(conn: &Connection) -> rusqlite::Result<bool> {
     let v: Option<i64> = conn
         .query_row(
             &format!("SELECT value FROM {META} WHERE key = 'ddl'"),
@@ -158,10 +158,42 @@ pub fn log_local(
         &format!("INSERT INTO {LOG}(tbl, k) VALUES({LOGGED}, ?1)"),
         [serde_json::to_string(&changes).expect("changes serialise")],
     )?;
+    records_after(conn, conn.last_insert_rowid())?;
     conn.execute(
         &format!("INSERT OR REPLACE INTO {META}(key, value) VALUES('ddl_schema', ?1)"),
         [serde_json::to_string(&now).expect("a schema serialises")],
     )?;
+    Ok(())
+}
+
+/// Move the change-log rows of the records of applied migrations logged before the schema change `ddl` (a log
+/// id) to after it. A migration tool records a migration in the transaction that changes the schema, so its
+/// triggers log the record before the install that notices the change logs the change: moved, the record
+/// reaches every node with the change, never before it.
+fn records_after(conn: &Connection, ddl: i64) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(&format!("SELECT id, name FROM {TABLES}"))?;
+    let ids: Vec<i64> = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+        .filter_map(|r| match r {
+            Ok((id, name)) if super::local::is_migration_record(&name) => Some(Ok(id)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<rusqlite::Result<_>>()?;
+    for id in ids {
+        let moved = conn.execute(
+            &format!(
+                "INSERT INTO {LOG}(tbl, k) SELECT tbl, k FROM {LOG} WHERE tbl = ?1 AND id < ?2 ORDER BY id"
+            ),
+            [id, ddl],
+        )?;
+        if moved > 0 {
+            conn.execute(
+                &format!("DELETE FROM {LOG} WHERE tbl = ?1 AND id < ?2"),
+                [id, ddl],
+            )?;
+        }
+    }
     Ok(())
 }
 

@@ -14,7 +14,7 @@ const BASE: &str = "
     CREATE TRIGGER books_audit AFTER UPDATE ON Books BEGIN UPDATE notes SET body = body; END;
     INSERT INTO Books VALUES (1, 'Dune', 9.5), (2, 'Emma', 12.0);
     INSERT INTO notes VALUES ('a'), ('b');
-    CREATE TABLE django_migrations (id INTEGER PRIMARY KEY, name TEXT);
+    CREATE TABLE _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER);
     CREATE TABLE __harmonylite__meta (key TEXT PRIMARY KEY, value);
 ";
 

@@ -1,38 +1,25 @@
 //! Which tables replicate: `include_tables`, `exclude_tables`, and the built-in node-local tables.
 //!
 //! Some tables belong to a tool running beside one node, never to the data the nodes share: Litestream's
-//! bookkeeping, the record of applied migrations that migration tools keep while schema changes are made node
-//! by node (each node's tool must see what ran on that node), and the temporary tables a table rebuild uses
-//! between its steps. They are never captured or applied, in addition to the user's `exclude_tables`.
+//! bookkeeping and the temporary tables a table rebuild uses between its steps. They are never captured or
+//! applied, in addition to the user's `exclude_tables` (which, with `[ddl] enabled` off, also holds the records
+//! of applied migrations: each node's tool must see what ran on that node while migrations run node by node).
 //!
 //! Names are compared without regard to ASCII case (as SQLite does); a pattern may use `*` (any run of
 //! characters, also none) and `?` (one character).
 
-/// The built-in node-local tables (patterns). Listed in docs/CONFIGURATION.md.
-pub const BUILTIN_LOCAL: &[&str] = &[
-    // Litestream: `_litestream_seq`, `_litestream_lock`.
-    "_litestream_*",
-    // Records of applied migrations.
-    "django_migrations",
-    "alembic_version",
-    "schema_migrations",
-    "ar_internal_metadata",
-    "knex_migrations",
-    "knex_migrations_lock",
-    "goose_db_version",
-    "_prisma_migrations",
-    "__diesel_schema_migrations",
-    "flyway_schema_history",
-    "sequelize_meta",
-    "SequelizeMeta",
-    "typeorm_migrations",
-    "__efmigrationshistory",
-    "_sqlx_migrations",
-    "seaql_migrations",
-    "refinery_schema_history",
-    "atlas_schema_revisions",
-    "gorp_migrations",
-];
+/// The built-in node-local tables (patterns) whatever `[ddl]` says: Litestream's bookkeeping (`_litestream_seq`,
+/// `_litestream_lock`). The records of applied migrations ([`MIGRATION_RECORDS`]) are node-local only while
+/// schema changes are made node by node: the configuration adds them to `exclude_tables` when `[ddl] enabled` is
+/// off. Listed in docs/CONFIGURATION.md.
+pub const BUILTIN_LOCAL: &[&str] = &["_litestream_*"];
+
+pub use crate::config::MIGRATION_RECORDS;
+
+/// Whether `name` is a migration tool's record of applied migrations.
+pub fn is_migration_record(name: &str) -> bool {
+    MIGRATION_RECORDS.iter().any(|p| matches(p, name))
+}
 
 /// Temporary tables of table rebuilds: Alembic's batch mode, Django's schema editor, sqlite-utils `transform`
 /// (`<table>_new_<12 hex digits>`). Node-local too; while one exists, a rebuild is under way (see
@@ -108,12 +95,8 @@ mod tests {
         for local in [
             "_litestream_seq",
             "_litestream_lock",
-            "django_migrations",
-            "alembic_version",
             "_alembic_tmp_book",
             "new__library_book",
-            "schema_migrations",
-            "knex_migrations_lock",
             "Books_new_a1b2c3d4e5f6",
         ] {
             assert!(!selected(local, &[], &[]), "{local} must stay local");
@@ -129,6 +112,17 @@ mod tests {
         ] {
             assert!(selected(shared, &[], &[]), "{shared} must replicate");
         }
+        // The records of applied migrations are the configuration's to exclude (with `[ddl]` off).
+        for record in [
+            "django_migrations",
+            "Alembic_Version",
+            "schema_migrations",
+            "knex_migrations_lock",
+        ] {
+            assert!(is_migration_record(record), "{record}");
+            assert!(selected(record, &[], &[]), "{record}");
+        }
+        assert!(!is_migration_record("library_book"));
         assert!(!selected("Books", &[], &["books".into()]));
         assert!(!selected("audit_2024", &[], &["audit_*".into()]));
         assert!(selected("Books", &["b*".into()], &[]));

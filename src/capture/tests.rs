@@ -380,3 +380,49 @@ fn incoming_tables_and_columns_resolve_against_what_this_node_has_and_had() {
         Target::Table { drop, .. } if drop.is_empty()
     ));
 }
+
+#[test]
+fn a_migration_record_follows_the_schema_change_it_was_written_with() {
+    let (_d, db, mut conn, _) = setup();
+    ddl::set_enabled(&conn, true, &[], &[]).unwrap();
+    cli(
+        &db,
+        "CREATE TABLE django_migrations (id INTEGER PRIMARY KEY, app TEXT, name TEXT);",
+    );
+    install(&mut conn, &[], &[]).unwrap();
+    let last = |conn: &Connection| -> i64 {
+        conn.query_row(&format!("SELECT max(id) FROM {LOG}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = last(&conn);
+    // As a migration tool does it: the schema change and its record in one transaction; the record's trigger
+    // logs it at once, the change is logged by the next install.
+    cli(
+        &db,
+        "BEGIN; ALTER TABLE plain ADD COLUMN w TEXT;
+         INSERT INTO django_migrations(app, name) VALUES ('library', '0002'); COMMIT;",
+    );
+    let records: i64 = conn
+        .query_row(
+            &format!(
+                "SELECT id FROM {LOG} WHERE id > ?1 AND tbl <> {}",
+                ddl::LOGGED
+            ),
+            [before],
+            |r| r.get(0),
+        )
+        .unwrap();
+    install(&mut conn, &[], &[]).unwrap();
+    let order: Vec<(i64, i64)> = conn
+        .prepare(&format!(
+            "SELECT id, tbl FROM {LOG} WHERE id > ?1 ORDER BY id"
+        ))
+        .unwrap()
+        .query_map([before], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(order.len(), 2, "{order:?}");
+    assert_eq!(order[0].1, ddl::LOGGED, "the change comes first: {order:?}");
+    assert!(order[1].0 > records, "the record moved after it: {order:?}");
+}

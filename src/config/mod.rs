@@ -26,9 +26,9 @@ use serde_path_to_error::Segment;
 use toml::{Table, Value};
 
 pub use types::{
-    Config, ConflictsConfig, DdlConfig, HealthCheckConfig, LogFormat, LoggingConfig, NatsConfig,
-    PrometheusConfig, ReplicationLogConfig, SnapshotConfig, SnapshotNatsConfig, SnapshotS3Config,
-    SnapshotSftpConfig, SnapshotStore, SnapshotWebdavConfig,
+    Config, ConflictsConfig, DdlConfig, HealthCheckConfig, LogFormat, LoggingConfig,
+    MIGRATION_RECORDS, NatsConfig, PrometheusConfig, ReplicationLogConfig, SnapshotConfig,
+    SnapshotNatsConfig, SnapshotS3Config, SnapshotSftpConfig, SnapshotStore, SnapshotWebdavConfig,
 };
 
 /// Errors from loading or validating the configuration. Each names the key and the value at fault.
@@ -209,6 +209,12 @@ fn from_table(table: Table, overrides: &Overrides) -> Result<(Config, Vec<String
         config.nats.cluster_secret = secret.clone();
     }
     validate::validate(&config)?;
+    if !config.ddl.enabled {
+        // Migrations run node by node: each node's records of them stay its own.
+        config
+            .exclude_tables
+            .extend(MIGRATION_RECORDS.iter().map(|p| p.to_string()));
+    }
     if config.seq_map_path.as_os_str().is_empty() {
         config.seq_map_path = config.data_root_dir().join("seq-map.cbor");
     }

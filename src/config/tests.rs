@@ -62,7 +62,9 @@ fn defaults_without_file() {
     assert_eq!(c.scan_max_changes.get(), 512);
     assert_eq!(c.cleanup_interval_ms.get(), 5000);
     assert_eq!((c.sleep_timeout_ms, c.polling_interval_ms), (0, 0));
-    assert!(c.include_tables.is_empty() && c.exclude_tables.is_empty());
+    assert!(c.include_tables.is_empty());
+    // With `[ddl]` off (the default) the records of applied migrations stay on their node.
+    assert_eq!(c.exclude_tables, MIGRATION_RECORDS);
     assert_eq!(
         c.replication_log,
         ReplicationLogConfig {
@@ -287,7 +289,8 @@ detailed = false
         (100, 1000, 9000, 250)
     );
     assert_eq!(c.include_tables, ["a", "b"]);
-    assert_eq!(c.exclude_tables, ["c"]);
+    assert_eq!(c.exclude_tables[0], "c");
+    assert_eq!(&c.exclude_tables[1..], MIGRATION_RECORDS);
     assert_eq!(
         c.replication_log,
         ReplicationLogConfig {
@@ -673,4 +676,12 @@ fn shipped_config_toml_has_every_key_at_its_default() {
         loaded, defaults,
         "config.toml sets a value other than its default"
     );
+}
+
+#[test]
+fn migration_records_replicate_only_with_ddl_on() {
+    let (off, _) = load_ok("exclude_tables = [\"audit\"]\n");
+    assert!(off.exclude_tables.iter().any(|t| t == "django_migrations"));
+    let (on, _) = load_ok("exclude_tables = [\"audit\"]\n[ddl]\nenabled = true\n");
+    assert_eq!(on.exclude_tables, ["audit"]);
 }

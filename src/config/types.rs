@@ -48,7 +48,8 @@ pub struct Config {
     /// `include_tables`: when non-empty, only these tables are captured and applied.
     #[serde(deserialize_with = "de::strings")]
     pub include_tables: Vec<String>,
-    /// `exclude_tables`: these tables are never captured or applied.
+    /// `exclude_tables`: these tables are never captured or applied. With `[ddl] enabled` off, the records of
+    /// applied migrations ([`MIGRATION_RECORDS`]) are added to the user's list when the configuration is loaded.
     #[serde(deserialize_with = "de::strings")]
     pub exclude_tables: Vec<String>,
     #[serde(deserialize_with = "de::table")]
@@ -440,6 +441,32 @@ impl Default for ConflictsConfig {
         }
     }
 }
+
+/// The tables where migration tools record the migrations they applied (patterns, compared without regard to
+/// case). Node-local with `[ddl] enabled` off (each node's tool must see what ran on that node); shared with it
+/// on, so a migration run on one node is recorded as applied on every node that applies its schema change.
+pub const MIGRATION_RECORDS: &[&str] = &[
+    "django_migrations",
+    "alembic_version",
+    // Rails, and golang-migrate.
+    "schema_migrations",
+    "ar_internal_metadata",
+    "knex_migrations",
+    "knex_migrations_lock",
+    "goose_db_version",
+    "_prisma_migrations",
+    "__diesel_schema_migrations",
+    "flyway_schema_history",
+    "sequelize_meta",
+    "SequelizeMeta",
+    "typeorm_migrations",
+    "__efmigrationshistory",
+    "_sqlx_migrations",
+    "seaql_migrations",
+    "refinery_schema_history",
+    "atlas_schema_revisions",
+    "gorp_migrations",
+];
 
 /// `[ddl]` (ours): schema changes replicated.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -113,6 +113,9 @@ struct Prepared {
     state: PublishState,
     /// Capture was installed now for the first time on this database.
     first: bool,
+    /// `[ddl] enabled` is on but schema changes do not replicate for this database yet: they start once
+    /// [`enable_schema_changes`] has checked this node's records of applied migrations against the cluster's.
+    ddl_pending: bool,
 }
 
 /// What the start found or did before the engine's tasks run (see [`RunningNode::recover_before_start`]).
@@ -197,7 +200,7 @@ impl RunningNode {
         let footprint = Footprint::before_start(&cfg);
         // Before the database is touched: a command run meanwhile waits for this node's server.
         let lock = crate::nats::NodeLock::for_node(&cfg).await?;
-        let prepared = match prepare(&cfg) {
+        let prepared = match prepare_with(&cfg, true) {
             Ok(p) => p,
             Err(e) => {
                 footprint.remove_new(lock);
@@ -222,6 +225,10 @@ impl RunningNode {
         {
             Ok(()) => membership::refuse_removed(&nats.jetstream, cfg.node_id).await,
             Err(e) => Err(e),
+        };
+        let (refused, prepared) = match refused {
+            Ok(()) => enable_schema_changes(&cfg, &nats.jetstream, prepared).await,
+            Err(e) => (Err(anyhow::anyhow!(e)), prepared),
         };
         if let Err(e) = refused {
             nats.shutdown().await;
@@ -839,6 +846,12 @@ impl RunningNode {
 
 /// Check the database, install capture, open the publisher's state: everything that needs no network.
 fn prepare(cfg: &Config) -> anyhow::Result<Prepared> {
+    prepare_with(cfg, false)
+}
+
+/// [`prepare`]; `check_records`: when `[ddl] enabled` is turned on for this database now, leave the records of
+/// applied migrations node-local until [`enable_schema_changes`] has checked them against the cluster's.
+fn prepare_with(cfg: &Config, check_records: bool) -> anyhow::Result<Prepared> {
     check_db(cfg)?;
     let mut conn = open_db(&cfg.db_path).context("cannot open the database")?;
     // A database captured for the first time may be joining a cluster that holds data (`join`).
@@ -846,19 +859,31 @@ fn prepare(cfg: &Config) -> anyhow::Result<Prepared> {
     if first && cfg.replicate {
         tokio::task::block_in_place(|| join::keep_pre_join(&conn, cfg))?;
     }
-    let capture = tokio::task::block_in_place(|| {
-        capture::install(&mut conn, &cfg.include_tables, &cfg.exclude_tables)
-    })
-    .context("cannot install change capture")?;
-    tokio::task::block_in_place(|| {
-        capture::ddl::set_enabled(
-            &conn,
-            cfg.ddl.enabled,
-            &cfg.include_tables,
-            &cfg.exclude_tables,
-        )
-    })
-    .context("cannot record whether schema changes replicate")?;
+    let ddl_pending = check_records
+        && cfg.ddl.enabled
+        && !(capture::installed(&conn)? && capture::ddl::enabled(&conn)?);
+    let mut exclude = cfg.exclude_tables.clone();
+    if ddl_pending {
+        exclude.extend(
+            crate::config::MIGRATION_RECORDS
+                .iter()
+                .map(|p| p.to_string()),
+        );
+    }
+    let capture =
+        tokio::task::block_in_place(|| capture::install(&mut conn, &cfg.include_tables, &exclude))
+            .context("cannot install change capture")?;
+    if !ddl_pending {
+        tokio::task::block_in_place(|| {
+            capture::ddl::set_enabled(
+                &conn,
+                cfg.ddl.enabled,
+                &cfg.include_tables,
+                &cfg.exclude_tables,
+            )
+        })
+        .context("cannot record whether schema changes replicate")?;
+    }
     if first && cfg.replicate {
         capture::set_join_pending(&conn, true)
             .context("cannot record the database's join state")?;
@@ -871,7 +896,48 @@ fn prepare(cfg: &Config) -> anyhow::Result<Prepared> {
         capture,
         state,
         first,
+        ddl_pending,
     })
+}
+
+/// `[ddl] enabled` turned on for this database: refused when this node's records of applied migrations differ
+/// from those of a node where schema changes already replicate; otherwise schema changes replicate from now on
+/// and the records are captured like any shared table (their rows published, so every node ends with the same).
+async fn enable_schema_changes(
+    cfg: &Config,
+    js: &async_nats::jetstream::Context,
+    mut prepared: Prepared,
+) -> (anyhow::Result<()>, Prepared) {
+    if !prepared.ddl_pending {
+        return (Ok(()), prepared);
+    }
+    if let Err(e) =
+        crate::ops::schema::refuse_diverged_records(js, cfg.node_id, &prepared.conn).await
+    {
+        return (Err(e), prepared);
+    }
+    let enabled = tokio::task::block_in_place(|| {
+        capture::ddl::set_enabled(
+            &prepared.conn,
+            true,
+            &cfg.include_tables,
+            &cfg.exclude_tables,
+        )?;
+        capture::install(&mut prepared.conn, &cfg.include_tables, &cfg.exclude_tables)
+            .map_err(anyhow::Error::from)
+    });
+    match enabled {
+        Ok(capture) => {
+            tracing::info!("schema changes replicate from now on ([ddl] enabled)");
+            prepared.capture = capture;
+            prepared.ddl_pending = false;
+            (Ok(()), prepared)
+        }
+        Err(e) => (
+            Err(e.context("cannot turn on schema replication")),
+            prepared,
+        ),
+    }
 }
 
 /// Give memory freed after bursts back to the system, so the resident size follows the load.

@@ -40,6 +40,122 @@ pub struct Entry {
     /// Whether schema changes replicate on this node (`[ddl] enabled`); absent from older versions' entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ddl: Option<bool>,
+    /// With schema changes replicated: the records of applied migrations this node holds, by table.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub records: BTreeMap<String, Records>,
+}
+
+/// What a node holds in one table of migration records: its rows, and a digest of them that leaves out the
+/// columns of dates and times (when a node applied a migration is its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Records {
+    pub rows: u64,
+    pub digest: String,
+}
+
+/// The records of applied migrations in `conn`, by table (tables with no row left out).
+pub fn records(conn: &Connection) -> anyhow::Result<BTreeMap<String, Records>> {
+    let mut out = BTreeMap::new();
+    for t in capture::schema::user_tables(conn)? {
+        if !capture::local::is_migration_record(&t.name) {
+            continue;
+        }
+        let mut stmt =
+            conn.prepare("SELECT name, upper(type) FROM pragma_table_info(?1) ORDER BY cid")?;
+        let columns: Vec<String> = stmt
+            .query_map([&t.name], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
+            .filter_map(|r| match r {
+                Ok((_, ty)) if ty.contains("DATE") || ty.contains("TIME") => None,
+                other => {
+                    Some(other.map(|(name, _)| format!("quote({})", capture::schema::ident(&name))))
+                }
+            })
+            .collect::<rusqlite::Result<_>>()?;
+        if columns.is_empty() {
+            continue;
+        }
+        let mut rows: Vec<String> = conn
+            .prepare(&format!(
+                "SELECT {} FROM {}",
+                columns.join(" || ',' || "),
+                capture::schema::ident(&t.name)
+            ))?
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if rows.is_empty() {
+            continue;
+        }
+        rows.sort();
+        let digest = hex(crate::ids::fnv1_64(rows.join("\n").as_bytes()));
+        out.insert(
+            t.name,
+            Records {
+                rows: rows.len() as u64,
+                digest,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Before schema changes start replicating on a node (`[ddl] enabled` turned on): refused when this node holds
+/// records of applied migrations that differ from those of a node where they already replicate, naming the
+/// tables and nodes (the records would mix: a migration one node ran could look applied, or not, on another).
+/// A node with no records, or a cluster where no node replicates schema changes yet, is never refused.
+pub async fn refuse_diverged_records(
+    js: &jetstream::Context,
+    node_id: u64,
+    conn: &Connection,
+) -> anyhow::Result<()> {
+    let ours = tokio::task::block_in_place(|| records(conn))?;
+    if ours.is_empty() {
+        return Ok(());
+    }
+    let entries = read_entries(js).await?;
+    let problems = diverged(node_id, &ours, &entries);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "cannot turn on [ddl] enabled: this node's records of applied migrations differ from those of nodes \
+         where schema changes already replicate: {}. Bring this node to the same migrations as those nodes (or \
+         copy the records table from one of them), then start it again; or start it with [ddl] enabled off",
+        problems.join("; ")
+    )
+}
+
+/// How `ours` differs from the records of every other node that replicates schema changes.
+fn diverged(
+    node_id: u64,
+    ours: &BTreeMap<String, Records>,
+    entries: &BTreeMap<u64, Entry>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in entries.values() {
+        if e.node_id == node_id || e.ddl != Some(true) || e.records.is_empty() {
+            continue;
+        }
+        let names: BTreeSet<&String> = ours.keys().chain(e.records.keys()).collect();
+        for name in names {
+            match (ours.get(name), e.records.get(name)) {
+                (Some(a), Some(b)) if a == b => {}
+                (a, b) => out.push(format!(
+                    "{name}: {} row(s) here, {} on node {}{}",
+                    a.map_or(0, |r| r.rows),
+                    b.map_or(0, |r| r.rows),
+                    e.node_id,
+                    if a.map(|r| r.rows) == b.map(|r| r.rows) {
+                        " (other contents)"
+                    } else {
+                        ""
+                    }
+                )),
+            }
+        }
+    }
+    out
 }
 
 fn hex(v: u64) -> String {
@@ -52,7 +168,13 @@ pub fn table_hash(t: &TableInfo) -> String {
 }
 
 impl Entry {
-    fn of(node_id: u64, cap: &Capture, previous_hash: Option<String>, ddl: bool) -> Entry {
+    fn of(
+        node_id: u64,
+        cap: &Capture,
+        previous_hash: Option<String>,
+        ddl: bool,
+        records: BTreeMap<String, Records>,
+    ) -> Entry {
         Entry {
             node_id,
             schema_hash: hex(cap.fingerprint),
@@ -65,12 +187,14 @@ impl Entry {
                 .map(|t| (t.name.clone(), table_hash(t)))
                 .collect(),
             ddl: Some(ddl),
+            records,
         }
     }
 }
 
 /// Keep this node's registry entry current until cancelled: written once the bucket can be reached, then
-/// after every schema change. Failures are retried; they never stop replication.
+/// after every schema change, and (with schema changes replicated) when its records of applied migrations
+/// change, looked at every few seconds. Failures are retried; they never stop replication.
 pub async fn publish_entries(
     js: jetstream::Context,
     cfg: std::sync::Arc<Config>,
@@ -81,19 +205,36 @@ pub async fn publish_entries(
     let mut changes = capture.subscribe();
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let mut store: Option<kv::Store> = None;
-    let mut written: Option<String> = None;
+    let mut written: Option<(String, BTreeMap<String, Records>)> = None;
     let mut previous: Option<String> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         changes.borrow_and_update();
         let cap = capture.get();
         let hash = hex(cap.fingerprint);
-        if written.as_deref() != Some(hash.as_str()) {
-            let entry = Entry::of(cfg.node_id, &cap, previous.clone(), cfg.ddl.enabled);
+        let held = if cfg.ddl.enabled {
+            tokio::task::block_in_place(|| records_of(&cfg))
+        } else {
+            BTreeMap::new()
+        };
+        if written.as_ref() != Some(&(hash.clone(), held.clone())) {
+            // The hash before this one (kept while only the records change).
+            let previous_hash = match &written {
+                Some((h, _)) if *h != hash => Some(h.clone()),
+                _ => previous.clone(),
+            };
+            let entry = Entry::of(
+                cfg.node_id,
+                &cap,
+                previous_hash.clone(),
+                cfg.ddl.enabled,
+                held.clone(),
+            );
             match put(&js, &mut store, replicas, &entry).await {
                 Ok(()) => {
                     tracing::debug!(schema_hash = %hash, "schema registry entry written");
-                    previous = Some(hash.clone());
-                    written = Some(hash);
+                    previous = previous_hash;
+                    written = Some((hash, held));
                     backoff.reset();
                 }
                 Err(e) => {
@@ -114,8 +255,23 @@ pub async fn publish_entries(
         tokio::select! {
             _ = cancel.cancelled() => return,
             r = changes.changed() => if r.is_err() { return },
+            _ = tick.tick(), if cfg.ddl.enabled => {}
         }
     }
+}
+
+/// [`records`] of the node's database; empty (and logged) when it cannot be read now.
+fn records_of(cfg: &Config) -> BTreeMap<String, Records> {
+    let read = Connection::open_with_flags(&cfg.db_path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(anyhow::Error::from)
+        .and_then(|c| {
+            c.busy_timeout(Duration::from_secs(1))?;
+            records(&c)
+        });
+    read.unwrap_or_else(|e| {
+        tracing::debug!(error = %format!("{e:#}"), "cannot read the records of applied migrations now");
+        BTreeMap::new()
+    })
 }
 
 async fn put(
@@ -343,7 +499,69 @@ mod tests {
             updated_at: "now".into(),
             tables,
             ddl: None,
+            records: BTreeMap::new(),
         }
+    }
+
+    fn db(statements: &str) -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(statements).unwrap();
+        c
+    }
+
+    const DJANGO: &str = "CREATE TABLE django_migrations (id INTEGER PRIMARY KEY, app TEXT, name TEXT, applied datetime);
+        CREATE TABLE library_book (id INTEGER PRIMARY KEY, title TEXT);
+        INSERT INTO library_book VALUES (1, 'x');";
+
+    #[test]
+    fn records_leave_out_when_a_node_applied_them_and_other_tables() {
+        let a = db(&format!("{DJANGO} INSERT INTO django_migrations VALUES (1, 'library', '0001', '2026-01-01 10:00'),
+            (2, 'library', '0002', '2026-01-02 10:00');"));
+        // The same migrations applied at other times, listed in another order: the same records.
+        let b = db(&format!("{DJANGO} INSERT INTO django_migrations VALUES (2, 'library', '0002', '2026-03-01 09:00'),
+            (1, 'library', '0001', '2026-03-01 08:00');"));
+        let c = db(&format!("{DJANGO} INSERT INTO django_migrations VALUES (1, 'library', '0001', '2026-01-01 10:00'),
+            (2, 'shelf', '0001', '2026-01-02 10:00');"));
+        let (ra, rb, rc) = (
+            records(&a).unwrap(),
+            records(&b).unwrap(),
+            records(&c).unwrap(),
+        );
+        assert_eq!(ra.keys().collect::<Vec<_>>(), ["django_migrations"]);
+        assert_eq!(ra["django_migrations"].rows, 2);
+        assert_eq!(ra, rb);
+        assert_ne!(ra, rc);
+        assert!(
+            records(&db(DJANGO)).unwrap().is_empty(),
+            "a table without rows holds no record"
+        );
+    }
+
+    #[test]
+    fn records_diverge_only_from_nodes_that_replicate_schema_changes() {
+        let ours = records(&db(&format!(
+            "{DJANGO} INSERT INTO django_migrations VALUES (1, 'library', '0001', 'now');"
+        )))
+        .unwrap();
+        let other = records(&db(&format!(
+            "{DJANGO} INSERT INTO django_migrations VALUES (1, 'library', '0001', 'then'), (2, 'library', '0002', 'x');"
+        )))
+        .unwrap();
+        let mut m = BTreeMap::new();
+        let mut same = entry(2, &[]);
+        (same.ddl, same.records) = (Some(true), ours.clone());
+        let mut off = entry(3, &[]);
+        (off.ddl, off.records) = (Some(false), other.clone());
+        m.insert(2, same);
+        m.insert(3, off);
+        assert!(diverged(1, &ours, &m).is_empty());
+        let mut differs = entry(4, &[]);
+        (differs.ddl, differs.records) = (Some(true), other);
+        m.insert(4, differs);
+        assert_eq!(
+            diverged(1, &ours, &m),
+            ["django_migrations: 1 row(s) here, 2 on node 4"]
+        );
     }
 
     #[test]
