@@ -13,24 +13,9 @@ use support::*;
 const T: Duration = Duration::from_secs(60);
 const DDL_ON: &str = "[ddl]\nenabled = true\n";
 
-/// A node's shared schema as text: every object but SQLite's and ours, and `user_version`.
-fn schema(node: &Node) -> String {
-    node.sql(
-        "SELECT type || ' ' || name || ': ' || sql FROM sqlite_master
-           WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '\\_\\_harmonylite\\_\\_%' ESCAPE '\\'
-           ORDER BY type, name;
-         PRAGMA user_version;",
-    )
-}
-
 /// Wait until every node's schema is node 1's, and return it.
 fn same_schema(c: &Cluster, what: &str) -> String {
-    c.eventually(T, what, || {
-        let one = schema(c.node(1));
-        (2..=c.nodes.len())
-            .all(|i| schema(c.node(i)) == one)
-            .then_some(one)
-    })
+    c.same_schema(T, what)
 }
 
 /// Every node writes a row into Books (the applications going on between migration steps).
@@ -172,10 +157,10 @@ fn a_node_with_the_feature_off_holds_until_its_own_migration() {
          INSERT INTO Books (title, author, publication_year, rating) VALUES ('Rated', 'R', 2000, 5);",
     );
     c.eventually(T, "node 2 has the column", || {
-        schema(c.node(2)).contains("rating INTEGER")
+        c.node(2).schema().contains("rating INTEGER")
     });
     c.node(3).wait_paused_on("Books", Some("rating"), T);
-    assert!(!schema(c.node(3)).contains("rating"));
+    assert!(!c.node(3).schema().contains("rating"));
     // The cluster's schema report names the node that needs its own migration.
     let report = c.eventually(T, "the schema report names node 3", || {
         let out = c

@@ -813,3 +813,224 @@ fn django_unique_field_claimed_on_two_nodes_at_once_converges() {
     eprintln!("{}", c.assert_verified(3));
     c.assert_all_alive();
 }
+
+/// With `[ddl] enabled`, the way its users would run Django: every `migrate` on node 1 only (Django's and our
+/// apps, then the release: `library.0002`, two table rebuilds with a database default that fills the new column,
+/// and `catalog.0002`, an added column) while the application writes books through the ORM on node 2 with the
+/// old code. Every node ends with node 1's schema and with `django_migrations` saying the migrations are applied
+/// there (`migrate --check` on nodes 2 and 3 has nothing to do), the ORM writes the new columns on all three,
+/// no application write fails, and `-verify` finds the nodes identical.
+#[test]
+fn django_migrated_on_one_node_with_ddl_enabled_reaches_every_node() {
+    let mut c = Cluster::new(Options {
+        extra_toml: "[ddl]\nenabled = true\n".into(),
+        ..Options::default()
+    });
+    c.start_all();
+    c.wait_all_running(Duration::from_secs(90));
+    let django = Django::new("django", c.path());
+
+    migrate(
+        &django,
+        &c,
+        1,
+        &["auth"],
+        &["contenttypes.0001_initial", "auth.0001_initial"],
+    );
+    migrate(
+        &django,
+        &c,
+        1,
+        &["library", "0001"],
+        &["library.0001_initial"],
+    );
+    migrate(&django, &c, 1, &["shelf"], &["shelf.0001_initial"]);
+    migrate(
+        &django,
+        &c,
+        1,
+        &["catalog", "0001"],
+        &["catalog.0001_initial"],
+    );
+    c.same_schema(T, "the first deploy's schema on every node");
+    let (_, records) = c.converged("django_migrations", T);
+    eprintln!("django_migrations: {records} rows on every node");
+    for i in [2, 3] {
+        manage(
+            &django,
+            &c,
+            i,
+            OLD,
+            &["migrate", "library", "0001", "--check"],
+        );
+        manage(
+            &django,
+            &c,
+            i,
+            OLD,
+            &["migrate", "catalog", "0001", "--check"],
+        );
+    }
+    manage(&django, &c, 2, OLD, &["seed_library"]);
+    c.converged("library_book", T);
+
+    // The release, migrated on node 1 while node 2's application (old code) writes.
+    let mut writer = AppWriter::start(&django, &c, 2, OLD, "w2", 2001, false);
+    writer.wait_ops(0, 30);
+    migrate(
+        &django,
+        &c,
+        1,
+        &[],
+        &[
+            "library.0002_book_edition_alter_book_title",
+            "catalog.0002_entry_summary",
+        ],
+    );
+    let schema = c.same_schema(T, "the release's schema on every node");
+    assert!(
+        schema.contains("\"edition\" integer unsigned DEFAULT 1 NOT NULL CHECK"),
+        "{schema}"
+    );
+    let from = writer.ops_this_run();
+    writer.wait_ops(from, 30);
+    let (st, log) = writer.stop();
+    assert!(st.success(), "writer w2 (old code) exited {st}:\n{log}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.path().join("w2.json")).unwrap()).unwrap();
+    assert_eq!(state["errors"], 0, "application writes failed:\n{log}");
+
+    c.converged("django_migrations", T);
+    for i in 1..=3 {
+        assert_has_column(c.node(i), "library_book", EDITION);
+        assert_has_column(c.node(i), "catalog_entry", "summary");
+        // Nothing left to apply: node 1's migrations are recorded on every node.
+        manage(&django, &c, i, NEW, &["migrate", "--check"]);
+    }
+    let ran = django.run(c.node(3), NEW, &["migrate", "--no-input"], MANAGE);
+    assert!(
+        ran.success() && ran.output.contains("No migrations to apply."),
+        "{}",
+        ran.output
+    );
+
+    // The new code writes the new columns on every node.
+    for i in 1..=3u32 {
+        let id = i.to_string();
+        let summary = format!("written on node {i}");
+        manage(
+            &django,
+            &c,
+            i as usize,
+            NEW,
+            &[
+                "put_entry",
+                "--id",
+                &id,
+                "--name",
+                "new code",
+                "--summary",
+                &summary,
+            ],
+        );
+    }
+    c.converged("catalog_entry", T);
+    assert_eq!(
+        c.node(3)
+            .sql("SELECT id, summary FROM catalog_entry ORDER BY id;"),
+        "1|written on node 1\n2|written on node 2\n3|written on node 3\n"
+    );
+    let tables = c.converged_all(T);
+    assert!(tables.contains_key("django_migrations"), "{tables:?}");
+    eprintln!("{}", c.assert_verified(2));
+    c.assert_all_alive();
+}
+
+/// `[ddl] enabled` turned on for a cluster whose nodes ran their migrations themselves: a node whose records
+/// of applied migrations are those of the nodes already replicating schema changes (the same migrations,
+/// applied at other times) starts and the records converge; a node that ran a migration the others did not is
+/// refused, told which table differs and from which node, and starts once it holds the same migrations.
+#[test]
+fn turning_ddl_on_takes_equal_migration_records_and_refuses_differing_ones() {
+    let mut c = Cluster::new(Options::default());
+    c.start_all();
+    c.wait_all_running(Duration::from_secs(90));
+    let django = Django::new("django", c.path());
+    for i in 1..=3 {
+        migrate(
+            &django,
+            &c,
+            i,
+            &["catalog", "0001"],
+            &["catalog.0001_initial"],
+        );
+    }
+    // Only node 3 runs the release's migration (each node's records are its own with `[ddl]` off).
+    migrate(
+        &django,
+        &c,
+        3,
+        &["catalog"],
+        &["catalog.0002_entry_summary"],
+    );
+
+    let on = "[ddl]\nenabled = true\n";
+    c.node_mut(1).add_toml(on);
+    c.node_mut(1).restart(T);
+    c.eventually(T, "node 1's records in the schema registry", || {
+        let o = output_retrying(c.node(2).command().arg("-schema-status-cluster"));
+        output_text(&o).contains("node 1: hash ")
+            && output_text(&o)
+                .lines()
+                .any(|l| l.contains("node 1: ") && l.contains("django_migrations: 1 record(s)"))
+    });
+    c.node_mut(2).add_toml(on);
+    c.node_mut(2).restart(T);
+
+    // Node 3 holds a record the others do not: refused, and told why.
+    c.node_mut(3).stop();
+    c.node_mut(3).add_toml(on);
+    c.node_mut(3).start();
+    let code = c.node_mut(3).wait_exit(T);
+    assert_ne!(code, Some(0), "node 3 started with differing records");
+    let log = c.node(3).log_tail(20);
+    assert!(
+        log.contains("cannot turn on [ddl] enabled")
+            && log.contains("django_migrations: 2 row(s) here, 1 on node 1"),
+        "{log}"
+    );
+
+    // Node 3 back at the others' migrations (Django unapplies the release there): it starts.
+    let ran = django.run(
+        c.node(3),
+        OLD,
+        &["migrate", "--no-input", "catalog", "0001"],
+        MANAGE,
+    );
+    assert!(
+        ran.success()
+            && ran
+                .output
+                .contains("Unapplying catalog.0002_entry_summary... OK"),
+        "{}",
+        ran.output
+    );
+    c.node_mut(3).start_and_wait(T);
+    c.converged("django_migrations", T);
+    c.same_schema(T, "one schema on every node");
+    // From now on a migration runs once.
+    migrate(
+        &django,
+        &c,
+        2,
+        &["catalog"],
+        &["catalog.0002_entry_summary"],
+    );
+    c.same_schema(T, "the release's schema on every node");
+    c.converged("django_migrations", T);
+    for i in 1..=3 {
+        manage(&django, &c, i, NEW, &["migrate", "catalog", "--check"]);
+    }
+    eprintln!("{}", c.assert_verified(1));
+    c.assert_all_alive();
+}

@@ -439,8 +439,13 @@ pub fn cluster_report(entries: &BTreeMap<u64, Entry>) -> (String, bool) {
             Some(false) => ", schema changes not replicated",
             None => "",
         };
+        let records: String = e
+            .records
+            .iter()
+            .map(|(t, r)| format!(", {t}: {} record(s) {}", r.rows, r.digest))
+            .collect();
         out.push_str(&format!(
-            "  node {}: hash {}, {} tables, version {}, updated {}{ddl}\n",
+            "  node {}: hash {}, {} tables, version {}, updated {}{ddl}{records}\n",
             e.node_id,
             e.schema_hash,
             e.tables.len(),

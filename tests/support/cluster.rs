@@ -227,10 +227,10 @@ impl Cluster {
     }
 
     /// Waits until every node has the same user tables (all of them, found in `sqlite_master`, but HarmonyLite's
-    /// `__harmonylite%`, SQLite's `sqlite_%`, and the built-in node-local tables HarmonyLite never replicates,
-    /// e.g. `django_migrations`, whose `applied` times differ from node to node: see
-    /// `harmonylite::capture::local::is_builtin_local`) with identical contents; returns each table's (checksum,
-    /// rows). Panics after `timeout` with what differs and every node's last log lines.
+    /// `__harmonylite%`, SQLite's `sqlite_%`, and the tables a node's config keeps node-local, e.g.
+    /// `django_migrations` with `[ddl] enabled` off, whose `applied` times differ from node to node: see
+    /// [`Node::replicates`]) with identical contents; returns each table's (checksum, rows). Panics after
+    /// `timeout` with what differs and every node's last log lines.
     pub fn converged_all(&self, timeout: Duration) -> BTreeMap<String, Checksum> {
         let mut last = Vec::new();
         let result = wait::poll(timeout, || {
@@ -241,7 +241,7 @@ impl Cluster {
                     sql::try_checksums(&n.db)
                         .map(|m| {
                             m.into_iter()
-                                .filter(|(t, _)| !harmonylite::capture::local::is_builtin_local(t))
+                                .filter(|(t, _)| self.nodes.iter().all(|n| n.replicates(t)))
                                 .collect()
                         })
                         .map_err(|e| e.to_string())
@@ -256,6 +256,18 @@ impl Cluster {
                 self.differing_rows(&last),
                 self.logs_tail()
             )
+        })
+    }
+
+    /// Waits until every node's shared schema ([`Node::schema`]) is node 1's; returns it. `what` names the
+    /// change awaited in the failure message.
+    pub fn same_schema(&self, timeout: Duration, what: &str) -> String {
+        self.eventually(timeout, what, || {
+            let one = self.node(1).schema();
+            self.nodes[1..]
+                .iter()
+                .all(|n| n.schema() == one)
+                .then_some(one)
         })
     }
 

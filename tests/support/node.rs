@@ -458,6 +458,27 @@ impl Node {
             .collect()
     }
 
+    /// Whether the node's config replicates `table` (`include_tables`, `exclude_tables`, the built-in node-local
+    /// tables, and the records of applied migrations unless `[ddl] enabled`), read from its config file.
+    pub fn replicates(&self, table: &str) -> bool {
+        let cfg = harmonylite::config::load(Some(&self.config), &Default::default())
+            .unwrap_or_else(|e| panic!("node {}: its config: {e}", self.id))
+            .0;
+        harmonylite::capture::schema::selected(table, &cfg.include_tables, &cfg.exclude_tables)
+    }
+
+    /// The node's shared schema as text: every object but SQLite's and HarmonyLite's, one per line (`type name:
+    /// sql`), then `PRAGMA user_version`.
+    pub fn schema(&self) -> String {
+        self.sql(
+            "SELECT type || ' ' || name || ': ' || sql FROM sqlite_master
+               WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'
+                 AND name NOT LIKE '\\_\\_harmonylite\\_\\_%' ESCAPE '\\'
+               ORDER BY type, name;
+             PRAGMA user_version;",
+        )
+    }
+
     /// The node's user tables (see [`sql::user_tables`]).
     pub fn tables(&self) -> Vec<String> {
         sql::user_tables(&self.db)
