@@ -228,6 +228,25 @@ fn migrate_holding_deletes(
     std::fs::remove_file(&hold).unwrap();
 }
 
+/// The first deploy on `node`: Django's apps, then `library` at the release before the change, and `shelf`.
+fn first_deploy(django: &Django, c: &Cluster, node: usize) {
+    migrate(
+        django,
+        c,
+        node,
+        &["auth"],
+        &["contenttypes.0001_initial", "auth.0001_initial"],
+    );
+    migrate(
+        django,
+        c,
+        node,
+        &["library", "0001"],
+        &["library.0001_initial"],
+    );
+    migrate(django, c, node, &["shelf"], &["shelf.0001_initial"]);
+}
+
 /// The column the release adds to `library_book`.
 const EDITION: &str = "edition";
 
@@ -245,21 +264,7 @@ fn django_migrations_node_by_node_revert_nothing() {
 
     // The first deploy, node by node: Django's apps, then ours at the release before the change.
     for i in 1..=3 {
-        migrate(
-            &django,
-            &c,
-            i,
-            &["auth"],
-            &["contenttypes.0001_initial", "auth.0001_initial"],
-        );
-        migrate(
-            &django,
-            &c,
-            i,
-            &["library", "0001"],
-            &["library.0001_initial"],
-        );
-        migrate(&django, &c, i, &["shelf"], &["shelf.0001_initial"]);
+        first_deploy(&django, &c, i);
     }
     manage(&django, &c, 1, OLD, &["seed_library"]);
     for t in ["library_author", "library_book", "shelf_placement"] {
@@ -830,21 +835,7 @@ fn django_migrated_on_one_node_with_ddl_enabled_reaches_every_node() {
     c.wait_all_running(Duration::from_secs(90));
     let django = Django::new("django", c.path());
 
-    migrate(
-        &django,
-        &c,
-        1,
-        &["auth"],
-        &["contenttypes.0001_initial", "auth.0001_initial"],
-    );
-    migrate(
-        &django,
-        &c,
-        1,
-        &["library", "0001"],
-        &["library.0001_initial"],
-    );
-    migrate(&django, &c, 1, &["shelf"], &["shelf.0001_initial"]);
+    first_deploy(&django, &c, 1);
     migrate(
         &django,
         &c,
