@@ -185,3 +185,59 @@ fn a_node_with_the_feature_off_holds_until_its_own_migration() {
     );
     c.assert_all_alive();
 }
+
+/// The rows of `__harmonylite__quarantine` on `node`.
+fn quarantined(node: &Node) -> String {
+    node.sql("SELECT count(*) FROM __harmonylite__quarantine;")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn two_nodes_adding_columns_to_one_table_at_the_same_moment_converge() {
+    let mut c = Cluster::new(Options {
+        extra_toml: DDL_ON.into(),
+        shards: 2,
+        ..Options::default()
+    });
+    c.start_all();
+    c.wait_all_running(T);
+    write_everywhere(&c, "before");
+    c.converged("Books", T);
+    // Two migrations started together with the real `sqlite3` CLI, each writing its new column at once.
+    let (n1, n2) = (c.node(1), c.node(2));
+    std::thread::scope(|s| {
+        let one = s.spawn(|| {
+            n1.sql(
+                "ALTER TABLE Books ADD COLUMN isbn TEXT;
+                 INSERT INTO Books (title, author, publication_year, isbn) VALUES ('isbn on 1', 'A', 2001, '978-1');",
+            )
+        });
+        let two = s.spawn(|| {
+            n2.sql(
+                "ALTER TABLE Books ADD COLUMN rating INTEGER DEFAULT 3;
+                 INSERT INTO Books (title, author, publication_year, rating) VALUES ('rated on 2', 'B', 2002, 5);",
+            )
+        });
+        one.join().expect("node 1's migration");
+        two.join().expect("node 2's migration");
+    });
+    let s = same_schema(&c, "both columns on every node");
+    assert!(
+        s.contains("isbn TEXT") && s.contains("rating INTEGER DEFAULT 3"),
+        "{s}"
+    );
+    write_everywhere(&c, "after");
+    c.converged("Books", T);
+    assert_eq!(
+        c.node(3).sql(
+            "SELECT title, isbn, rating FROM Books WHERE title IN ('isbn on 1', 'rated on 2', 'after on 1') ORDER BY title;"
+        ),
+        "after on 1||3\nisbn on 1|978-1|3\nrated on 2||5\n"
+    );
+    for i in 1..=3 {
+        assert_eq!(quarantined(c.node(i)), "0", "node {i}");
+    }
+    c.assert_verified(1);
+    c.assert_all_alive();
+}

@@ -307,8 +307,15 @@ fn count(stats: &Counters, total: &sql::Applied, quarantined: &[(Stuck, usize)])
     for (f, messages) in quarantined {
         stats.add(Total::Quarantined, *messages as u64);
         stats.error("apply", f.error.kind());
-        tracing::error!(stream = %f.stream, seq = f.seq, messages, error = %f.error,
-            "message can never be applied: quarantined in __harmonylite__quarantine with the rest of its transaction; the shard goes on");
+        if matches!(f.error, sql::ApplyError::SchemaChange { .. }) {
+            // Another node's schema change that no longer applies after an earlier one (or to this node's
+            // table as it is): every node that applies it refuses it the same way.
+            tracing::warn!(stream = %f.stream, seq = f.seq, error = %f.error,
+                "schema change quarantined in __harmonylite__quarantine; the shard goes on");
+        } else {
+            tracing::error!(stream = %f.stream, seq = f.seq, messages, error = %f.error,
+                "message can never be applied: quarantined in __harmonylite__quarantine with the rest of its transaction; the shard goes on");
+        }
     }
     if total.conflicts > 0 {
         stats.add(Total::Conflicts, total.conflicts);
@@ -450,7 +457,10 @@ fn schema_change(
         return Ok(sql::Applied::default());
     };
     if !applies_ddl(m, cfg) {
-        if m.origin != cfg.node_id {
+        if m.origin == cfg.node_id && cfg.ddl.enabled {
+            // Ours, back: every change after it in stream order is applied on top of it.
+            capture::ddl::own_returned(tx, &ddl.changes)?;
+        } else if m.origin != cfg.node_id {
             tracing::info!(
                 origin = m.origin,
                 changes = ddl.changes.len(),

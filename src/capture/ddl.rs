@@ -116,7 +116,7 @@ pub fn set_enabled(
 ) -> rusqlite::Result<()> {
     if !on {
         conn.execute(
-            &format!("DELETE FROM {META} WHERE key IN ('ddl', 'ddl_schema')"),
+            &format!("DELETE FROM {META} WHERE key IN ('ddl', 'ddl_schema', 'ddl_own')"),
             [],
         )?;
         return Ok(());
@@ -159,11 +159,60 @@ pub fn log_local(
         [serde_json::to_string(&changes).expect("changes serialise")],
     )?;
     records_after(conn, conn.last_insert_rowid())?;
+    let mut own = own_pending(conn)?;
+    own.push(changes);
+    set_own_pending(conn, &own)?;
     conn.execute(
         &format!("INSERT OR REPLACE INTO {META}(key, value) VALUES('ddl_schema', ?1)"),
         [serde_json::to_string(&now).expect("a schema serialises")],
     )?;
     Ok(())
+}
+
+/// This node's own schema changes that have not come back from the stream yet, in the order it made them: in
+/// stream order they come after any change from another node that arrives now.
+fn own_pending(conn: &Connection) -> rusqlite::Result<Vec<Vec<Change>>> {
+    let text: Option<String> = conn
+        .query_row(
+            &format!("SELECT value FROM {META} WHERE key = 'ddl_own'"),
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(text
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default())
+}
+
+fn set_own_pending(conn: &Connection, own: &[Vec<Change>]) -> rusqlite::Result<()> {
+    if own.is_empty() {
+        conn.execute(&format!("DELETE FROM {META} WHERE key = 'ddl_own'"), [])?;
+    } else {
+        conn.execute(
+            &format!("INSERT OR REPLACE INTO {META}(key, value) VALUES('ddl_own', ?1)"),
+            [serde_json::to_string(own).expect("changes serialise")],
+        )?;
+    }
+    Ok(())
+}
+
+/// This node's oldest own schema change came back from the stream (they come back in the order they were
+/// made, all on the first shard): no longer pending. `changes` is the change as it was sent; the pending one
+/// may have been rebased since (see [`rebased`]).
+pub fn own_returned(conn: &Connection, changes: &[Change]) -> rusqlite::Result<()> {
+    let mut own = own_pending(conn)?;
+    if own.is_empty() {
+        return Ok(());
+    }
+    let first = own.remove(0);
+    if first.len() != changes.len() {
+        tracing::debug!(
+            pending = first.len(),
+            returned = changes.len(),
+            "an own schema change came back other than the oldest pending one"
+        );
+    }
+    set_own_pending(conn, &own)
 }
 
 /// Move the change-log rows of the records of applied migrations logged before the schema change `ddl` (a log
@@ -358,6 +407,10 @@ pub fn apply(conn: &Connection, changes: &[Change]) -> Result<(), DdlError> {
     }
     // SQLite's current rules for ALTER TABLE (references in triggers, views and foreign keys follow a rename).
     conn.execute_batch("PRAGMA legacy_alter_table = OFF")?;
+    let mut own = own_pending(conn)?;
+    let own_before = own.clone();
+    // Tables brought to another SQL than the change's own result (rebased, see [`alter`]).
+    let mut rebased: HashMap<String, String> = HashMap::new();
     for c in changes {
         match c {
             Change::Create(o) => match sql_of(conn, o.kind, &o.name)? {
@@ -394,15 +447,64 @@ pub fn apply(conn: &Connection, changes: &[Change]) -> Result<(), DdlError> {
                     ))?;
                 }
             }
-            Change::Alter { table, from, to } => alter(conn, table, from, to)?,
+            Change::Alter { table, from, to } => {
+                let (ended, chain) = alter(conn, table, from, to, &own_alters(&own, table))?;
+                if let Some(chain) = chain {
+                    set_own_alters(&mut own, table, chain);
+                }
+                if ended != *to {
+                    rebased.insert(table.to_lowercase(), ended);
+                }
+            }
             Change::UserVersion(v) => conn.execute_batch(&format!("PRAGMA user_version = {v}"))?,
         }
     }
-    check(conn, changes)
+    check(conn, changes, &rebased)?;
+    if own != own_before {
+        set_own_pending(conn, &own)?;
+    }
+    Ok(())
 }
 
-/// Every object `changes` touch is as they made it.
-fn check(conn: &Connection, changes: &[Change]) -> Result<(), DdlError> {
+/// The (from, to) SQL of this node's own pending changes to `table`, in order.
+fn own_alters(own: &[Vec<Change>], table: &str) -> Vec<(String, String)> {
+    own.iter()
+        .flatten()
+        .filter_map(|c| match c {
+            Change::Alter { table: t, from, to } if t.eq_ignore_ascii_case(table) => {
+                Some((from.clone(), to.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Replace this node's own pending changes to `table` by `chain` (rebased on a change from another node: one
+/// per change, in order; `None` for one that no longer applies, taken out).
+fn set_own_alters(own: &mut [Vec<Change>], table: &str, chain: Vec<Option<(String, String)>>) {
+    let mut chain = chain.into_iter();
+    for changes in own.iter_mut() {
+        changes.retain_mut(|c| match c {
+            Change::Alter { table: t, from, to } if t.eq_ignore_ascii_case(table) => {
+                match chain.next().flatten() {
+                    Some((f, n)) => {
+                        (*from, *to) = (f, n);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => true,
+        });
+    }
+}
+
+/// Every object `changes` touch is as they made it (a table in `rebased`: as its rebased SQL).
+fn check(
+    conn: &Connection,
+    changes: &[Change],
+    rebased: &HashMap<String, String>,
+) -> Result<(), DdlError> {
     let mut wanted: HashMap<(Kind, String), Option<&str>> = HashMap::new();
     for c in changes {
         match c {
@@ -417,7 +519,8 @@ fn check(conn: &Connection, changes: &[Change]) -> Result<(), DdlError> {
                 wanted.insert((Kind::Table, to.clone()), Some(sql));
             }
             Change::Alter { table, to, .. } => {
-                wanted.insert((Kind::Table, table.clone()), Some(to));
+                let sql = rebased.get(&table.to_lowercase()).unwrap_or(to);
+                wanted.insert((Kind::Table, table.clone()), Some(sql));
             }
             Change::UserVersion(_) => {}
         }
@@ -470,25 +573,120 @@ fn drop_object(conn: &Connection, kind: Kind, name: &str) -> rusqlite::Result<()
     ))
 }
 
-/// Bring table `table` from the SQL `from` to `to`: with the `ALTER TABLE` statements that make it, when they
-/// do, or by rebuilding it. A table that is not `from` here (changed here meanwhile) is not touched: the
-/// caller learns how it differs.
-fn alter(conn: &Connection, table: &str, from: &str, to: &str) -> Result<(), DdlError> {
-    let here = sql_of(conn, Kind::Table, table)?;
-    if here.as_deref() == Some(to) {
-        return Ok(());
-    }
-    if here.as_deref() != Some(from) {
+/// Bring table `table` from the SQL `from` to `to`, with the `ALTER TABLE` statements that make it when they
+/// do, or by rebuilding it; returns the SQL it ends with. A table that is no longer `from` here was changed by
+/// a change before this one in stream order (another node's, applied here) or by one of this node's own that
+/// comes after it (`own`, not back from the stream yet): the change is rebased ([`rebased`]). Where it cannot
+/// be, the table is not touched and the caller learns how it differs.
+///
+/// Also returns, when this node's own pending changes were made again on top of it, their rebased chain.
+fn alter(
+    conn: &Connection,
+    table: &str,
+    from: &str,
+    to: &str,
+    own: &[(String, String)],
+) -> Result<(String, Option<Chain>), DdlError> {
+    let Some(here) = sql_of(conn, Kind::Table, table)? else {
         return Err(DdlError::Differs {
-            what: format!("table {table} (before the change)"),
-            here,
+            what: format!("table {table} (not here: dropped or never created)"),
+            here: None,
             wanted: Some(from.to_string()),
         });
+    };
+    if here == to {
+        return Ok((here, None));
     }
+    let (target, chain) = if here == from {
+        (to.to_string(), None)
+    } else {
+        rebased(table, from, to, &here, own)?
+    };
+    reshape(conn, table, &here, &target)?;
+    Ok((target, chain))
+}
+
+/// This node's own pending changes to one table, rebased: (from, to) each, `None` where one no longer applies.
+type Chain = Vec<Option<(String, String)>>;
+
+/// Where a change of `table` from `from` to `to` takes the table that is `here`, which is not `from`. Every
+/// node ends the same, in stream order: this node's own pending changes (`own`, from `from` to `here`) come
+/// after it, so they are made again on top of `to` (each that no longer applies is left out: every other node
+/// quarantines it); otherwise the changes before it are already in `here`, and its statements run on it.
+fn rebased(
+    table: &str,
+    from: &str,
+    to: &str,
+    here: &str,
+    own: &[(String, String)],
+) -> Result<(String, Option<Chain>), DdlError> {
+    let differs = |why: &str| DdlError::Differs {
+        what: format!("table {table} ({why})"),
+        here: Some(here.to_string()),
+        wanted: Some(from.to_string()),
+    };
+    let chained = own.first().is_some_and(|(f, _)| f == from)
+        && own.last().is_some_and(|(_, t)| t == here)
+        && own.windows(2).all(|w| w[0].1 == w[1].0);
+    if chained {
+        let mut sql = to.to_string();
+        let mut chain = Vec::with_capacity(own.len());
+        for (f, t) in own {
+            match statements_between(table, f, t).and_then(|s| run_on(table, &sql, &s)) {
+                Some(next) => {
+                    chain.push(Some((sql.clone(), next.clone())));
+                    sql = next;
+                }
+                None => {
+                    chain.push(None);
+                    tracing::warn!(
+                    table,
+                    from = %f,
+                    to = %t,
+                    "this node's own schema change no longer applies after an earlier one from another node: \
+                     undone here, and quarantined on every other node"
+                    );
+                }
+            }
+        }
+        return Ok((sql, Some(chain)));
+    }
+    let statements = statements_between(table, from, to).ok_or_else(|| {
+        differs(
+            "changed since the change was made, which rebuilt it: it cannot be made again on top",
+        )
+    })?;
+    let sql = run_on(table, here, &statements).ok_or_else(|| {
+        differs("changed since the change was made: its statements no longer apply")
+    })?;
+    Ok((sql, None))
+}
+
+/// The `ALTER TABLE` statements that take `table` from the SQL `from` to exactly `to`, when there are.
+fn statements_between(table: &str, from: &str, to: &str) -> Option<Vec<String>> {
+    let cols_from = columns_of_sql(from).ok()?;
+    let cols_to = columns_of_sql(to).ok()?;
+    alter_statements(table, from, to, &cols_from, &cols_to)
+        .into_iter()
+        .find(|way| run_on(table, from, way).as_deref() == Some(to))
+}
+
+/// The SQL of `table` made with `sql` after `statements`, on a scratch database; `None` when one fails.
+fn run_on(table: &str, sql: &str, statements: &[String]) -> Option<String> {
+    let scratch = Connection::open_in_memory().ok()?;
+    create(&scratch, sql).ok()?;
+    for s in statements {
+        scratch.execute_batch(s).ok()?;
+    }
+    sql_of(&scratch, Kind::Table, table).ok().flatten()
+}
+
+/// Bring `table`, whose SQL is `here`, to the SQL `to`: each way of [`alter_statements`] is tried in a
+/// savepoint and kept only when the table's SQL ends exactly as `to`; otherwise the table is rebuilt.
+fn reshape(conn: &Connection, table: &str, here: &str, to: &str) -> Result<(), DdlError> {
     let cols_here = columns_of(conn, table)?;
     let cols_to = columns_of_sql(to)?;
-    // Each way is tried in a savepoint and kept only when the table's SQL ends exactly as `to`.
-    for statements in alter_statements(table, from, to, &cols_here, &cols_to) {
+    for statements in alter_statements(table, here, to, &cols_here, &cols_to) {
         conn.execute_batch("SAVEPOINT hl_alter")?;
         let done = statements.iter().try_for_each(|s| conn.execute_batch(s));
         if done.is_ok() && sql_of(conn, Kind::Table, table)?.as_deref() == Some(to) {

@@ -248,18 +248,133 @@ fn an_object_s_sql_is_one_create_statement_or_nothing_runs() {
 }
 
 #[test]
-fn a_table_changed_here_meanwhile_is_not_reshaped_and_says_how_it_differs() {
+fn a_rebuild_of_a_table_changed_here_meanwhile_is_not_made_and_says_how_it_differs() {
     let (a, mut b) = pair();
     b.execute_batch("ALTER TABLE Books ADD COLUMN here_only TEXT")
         .expect("local change");
     let before = shared_of(&a);
-    a.execute_batch("ALTER TABLE Books ADD COLUMN there TEXT")
-        .expect("change on a");
+    // A type changed: a rebuild, which cannot be made again on top of another shape.
+    a.execute_batch(
+        "PRAGMA legacy_alter_table = ON;
+         CREATE TABLE new_books (id INTEGER PRIMARY KEY, title TEXT NOT NULL, price TEXT);
+         INSERT INTO new_books SELECT * FROM Books; DROP TABLE Books; ALTER TABLE new_books RENAME TO Books;
+         CREATE INDEX books_title ON Books(title);
+         PRAGMA legacy_alter_table = OFF;",
+    )
+    .expect("change on a");
     let changes = diff(&before, &shared_of(&a));
     let tx = b.transaction().expect("tx");
     let err = apply(&tx, &changes).expect_err("must not apply");
     assert!(matches!(err, DdlError::Differs { .. }), "{err}");
     assert!(err.to_string().contains("here_only"), "{err}");
+}
+
+/// A change made on `db` with `statements` (taken as one of its own, pending until it comes back).
+fn change_here(db: &Connection, statements: &str) -> Vec<Change> {
+    let before = shared_of(db);
+    db.execute_batch(statements).expect("change");
+    let changes = diff(&before, &shared_of(db));
+    let mut own = own_pending(db).expect("own");
+    own.push(changes.clone());
+    set_own_pending(db, &own).expect("own");
+    changes
+}
+
+/// `changes` from another node applied on `db` in one transaction (committed only when they apply).
+fn from_stream(db: &mut Connection, changes: &[Change]) -> Result<(), DdlError> {
+    let tx = db.transaction().expect("tx");
+    apply(&tx, changes)?;
+    tx.commit().expect("commit");
+    Ok(())
+}
+
+#[test]
+fn two_nodes_adding_columns_at_once_end_with_both_in_stream_order() {
+    let (mut a, mut b) = pair();
+    let mut c = Connection::open_in_memory().expect("c");
+    c.execute_batch(BASE).expect("base c");
+    let from_a = change_here(
+        &a,
+        "ALTER TABLE Books ADD COLUMN x TEXT; ALTER TABLE Books ADD COLUMN z INT",
+    );
+    let from_b = change_here(&b, "ALTER TABLE Books ADD COLUMN y INTEGER DEFAULT 7");
+    b.execute_batch("INSERT INTO Books (id, title, y) VALUES (3, 'Ubik', 8)")
+        .expect("row on b");
+    // The stream: a's change, then b's. c applies both.
+    from_stream(&mut c, &from_a).expect("a's on c");
+    from_stream(&mut c, &from_b).expect("b's on c, on top of a's");
+    // a: its own comes back, then b's.
+    own_returned(&a, &from_a).expect("own");
+    from_stream(&mut a, &from_b).expect("b's on a");
+    // b: a's arrives while its own is still on its way; then its own comes back.
+    from_stream(&mut b, &from_a).expect("a's on b, under its own");
+    own_returned(&b, &from_b).expect("own");
+    assert!(own_pending(&b).expect("own").is_empty());
+    let want = shared_of(&c);
+    assert_eq!(shared_of(&a), want);
+    assert_eq!(shared_of(&b), want);
+    assert_eq!(
+        columns_of(&b, "Books").expect("columns"),
+        ["id", "title", "price", "x", "z", "y"]
+    );
+    assert_eq!(
+        rows(&b, "SELECT id, title, x, z, y FROM Books ORDER BY id"),
+        [
+            "Integer(1)|Text(\"Dune\")|Null|Null|Integer(7)",
+            "Integer(2)|Text(\"Emma\")|Null|Null|Integer(7)",
+            "Integer(3)|Text(\"Ubik\")|Null|Null|Integer(8)"
+        ]
+    );
+}
+
+#[test]
+fn a_later_change_from_the_same_node_lands_under_a_pending_own_change_too() {
+    let (mut a, mut b) = pair();
+    let a1 = change_here(&a, "ALTER TABLE Books ADD COLUMN x TEXT");
+    let a2 = change_here(&a, "ALTER TABLE Books ADD COLUMN z TEXT");
+    let b1 = change_here(&b, "ALTER TABLE Books ADD COLUMN y TEXT");
+    // The stream: a1, a2, b1.
+    from_stream(&mut b, &a1).expect("a1 on b");
+    from_stream(&mut b, &a2).expect("a2 on b");
+    own_returned(&b, &b1).expect("own");
+    own_returned(&a, &a1).expect("own");
+    own_returned(&a, &a2).expect("own");
+    from_stream(&mut a, &b1).expect("b1 on a");
+    assert_eq!(shared_of(&a), shared_of(&b));
+    assert_eq!(
+        columns_of(&a, "Books").expect("columns"),
+        ["id", "title", "price", "x", "z", "y"]
+    );
+}
+
+#[test]
+fn a_change_that_no_longer_applies_after_an_earlier_one_is_refused_everywhere_and_undone_where_made()
+ {
+    let (mut a, mut b) = pair();
+    let mut c = Connection::open_in_memory().expect("c");
+    c.execute_batch(BASE).expect("base c");
+    for db in [&a, &b, &c] {
+        db.execute_batch("ALTER TABLE Books ADD COLUMN extra TEXT")
+            .expect("extra");
+    }
+    let from_a = change_here(&a, "ALTER TABLE Books DROP COLUMN extra");
+    let from_b = change_here(&b, "ALTER TABLE Books RENAME COLUMN extra TO more");
+    // The stream: a's drop, then b's rename, which no longer applies.
+    from_stream(&mut c, &from_a).expect("a's on c");
+    let err = from_stream(&mut c, &from_b).expect_err("b's rename on c");
+    assert!(err.to_string().contains("no longer apply"), "{err}");
+    own_returned(&a, &from_a).expect("own");
+    from_stream(&mut a, &from_b).expect_err("b's rename on a");
+    // b: a's drop arrives under its own rename, which is undone here.
+    from_stream(&mut b, &from_a).expect("a's on b");
+    own_returned(&b, &from_b).expect("own");
+    let want = shared_of(&c);
+    assert_eq!(shared_of(&a), want);
+    assert_eq!(shared_of(&b), want);
+    assert_eq!(
+        columns_of(&b, "Books").expect("columns"),
+        ["id", "title", "price"]
+    );
 }
 
 #[test]
