@@ -554,6 +554,8 @@ impl Applier {
                 {
                     false
                 }
+                // A schema change, also our own coming back (it is no longer pending here).
+                Ok(m) if m.ddl.is_some() => false,
                 // Another node's change skipped for our newer write may still take a unique value from
                 // another row (DESIGN.md, "Unique collisions"): only our own changes skip the transaction.
                 Ok(m) if m.origin != cfg.node_id => false,
