@@ -27,15 +27,21 @@ fn write_everywhere(c: &Cluster, step: &str) {
     }
 }
 
-#[test]
-fn every_kind_of_schema_change_made_on_one_node_reaches_the_others() {
+/// Three nodes with schema changes replicated and `shards` shards, running.
+fn running_with_ddl(shards: u32) -> Cluster {
     let mut c = Cluster::new(Options {
         extra_toml: DDL_ON.into(),
-        shards: 2,
+        shards,
         ..Options::default()
     });
     c.start_all();
     c.wait_all_running(T);
+    c
+}
+
+#[test]
+fn every_kind_of_schema_change_made_on_one_node_reaches_the_others() {
+    let c = running_with_ddl(2);
     let n1 = c.node(1);
 
     n1.sql(
@@ -195,13 +201,7 @@ fn quarantined(node: &Node) -> String {
 
 #[test]
 fn two_nodes_adding_columns_to_one_table_at_the_same_moment_converge() {
-    let mut c = Cluster::new(Options {
-        extra_toml: DDL_ON.into(),
-        shards: 2,
-        ..Options::default()
-    });
-    c.start_all();
-    c.wait_all_running(T);
+    let c = running_with_ddl(2);
     // Each node writes its own rows (ids of its own): rows written on two nodes at once collide by key, which
     // is the conflict journal's matter, not this test's.
     let insert = |node: usize, id: u32, what: &str| {

@@ -432,27 +432,7 @@ pub fn cluster_report(entries: &BTreeMap<u64, Entry>) -> (String, bool) {
             ));
         }
     }
-    out.push_str("Nodes:\n");
-    for e in entries.values() {
-        let ddl = match e.ddl {
-            Some(true) => ", schema changes replicated",
-            Some(false) => ", schema changes not replicated",
-            None => "",
-        };
-        let records: String = e
-            .records
-            .iter()
-            .map(|(t, r)| format!(", {t}: {} record(s) {}", r.rows, r.digest))
-            .collect();
-        out.push_str(&format!(
-            "  node {}: hash {}, {} tables, version {}, updated {}{ddl}{records}\n",
-            e.node_id,
-            e.schema_hash,
-            e.tables.len(),
-            e.harmonylite_version,
-            e.updated_at
-        ));
-    }
+    out.push_str(&node_lines(entries));
     let names: BTreeSet<&String> = entries.values().flat_map(|e| e.tables.keys()).collect();
     let differing: Vec<String> = names
         .into_iter()
@@ -482,6 +462,33 @@ pub fn cluster_report(entries: &BTreeMap<u64, Entry>) -> (String, bool) {
         }
     }
     (out, consistent)
+}
+
+/// `-schema-status-cluster`'s line per node: its fingerprint, tables, version, whether schema changes replicate
+/// there, and its records of applied migrations.
+fn node_lines(entries: &BTreeMap<u64, Entry>) -> String {
+    let mut out = String::from("Nodes:\n");
+    for e in entries.values() {
+        let ddl = match e.ddl {
+            Some(true) => ", schema changes replicated",
+            Some(false) => ", schema changes not replicated",
+            None => "",
+        };
+        let records: String = e
+            .records
+            .iter()
+            .map(|(t, r)| format!(", {t}: {} record(s) {}", r.rows, r.digest))
+            .collect();
+        out.push_str(&format!(
+            "  node {}: hash {}, {} tables, version {}, updated {}{ddl}{records}\n",
+            e.node_id,
+            e.schema_hash,
+            e.tables.len(),
+            e.harmonylite_version,
+            e.updated_at
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
