@@ -223,6 +223,10 @@ const QUEUE: &str = "harmonylite-snapshot";
 pub struct Request {
     /// The node asking.
     pub node_id: u64,
+    /// A snapshot a peer gave before that did not cover the streams as the asking node saw them: never given
+    /// again, a new one is taken (absent from older versions' requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not: Option<String>,
 }
 
 /// The answer (JSON): the snapshot's object, or why none was taken.
@@ -274,16 +278,16 @@ pub async fn serve(
         };
         let Some(msg) = msg else { break };
         let Some(reply_to) = msg.reply else { continue };
-        let asking = serde_json::from_slice::<Request>(&msg.payload)
-            .map(|r| r.node_id)
-            .unwrap_or(0);
+        let (asking, not) = serde_json::from_slice::<Request>(&msg.payload)
+            .map(|r| (r.node_id, r.not))
+            .unwrap_or((0, None));
         tracing::info!(
             node = asking,
             "a joining node asks for a snapshot of the cluster's data"
         );
         let answer = tokio::select! {
             _ = cancel.cancelled() => break,
-            a = take(&js, &cfg, &counters, replicas) => a,
+            a = take(&js, &cfg, &counters, replicas, not.as_deref()) => a,
         };
         let reply = match answer {
             Ok(object) => Reply {
@@ -308,15 +312,19 @@ pub async fn serve(
     let _ = sub.unsubscribe().await;
 }
 
-/// A snapshot for a joining node: the latest when it is fresh and covers the streams, else a new one.
+/// A snapshot for a joining node: the latest when it is fresh and covers the streams (and is not `not`, one
+/// the joining node found short), else a new one.
 async fn take(
     js: &jetstream::Context,
     cfg: &Config,
     counters: &Counters,
     replicas: usize,
+    not: Option<&str>,
 ) -> Result<String, String> {
     let store = store::open(cfg, js).await.map_err(|e| e.to_string())?;
-    if let Ok(Some(m)) = snapshot::latest(store.as_ref()).await {
+    if let Ok(Some(m)) = snapshot::latest(store.as_ref()).await
+        && not != Some(m.object.as_str())
+    {
         let age = humantime::parse_rfc3339(&m.created_at)
             .ok()
             .and_then(|t| std::time::SystemTime::now().duration_since(t).ok());
@@ -335,24 +343,27 @@ async fn take(
     Ok(m.object)
 }
 
-/// Ask the cluster's nodes for a snapshot until one says it saved one (then return true), `until`, or
-/// `cancel`. Says at WARN, at most once a minute, while no node answers.
+/// Ask the cluster's nodes for a snapshot until one says it saved one (then return its object), `until`, or
+/// `cancel`; `not`: the object a peer gave last time, which did not cover the streams. Says at WARN, at most
+/// once a minute, while no node answers.
 pub async fn ask_peer(
     client: async_nats::Client,
     cfg: Arc<Config>,
     until: std::time::Instant,
+    not: Option<String>,
     cancel: CancellationToken,
-) -> bool {
+) -> Option<String> {
     let subject = subject(&cfg);
     let body = serde_json::to_vec(&Request {
         node_id: cfg.node_id,
+        not,
     })
     .expect("a request serialises");
     let mut last_warn: Option<std::time::Instant> = None;
     loop {
         let left = until.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            return false;
+            return None;
         }
         tracing::info!(
             "this node joins a cluster that holds data and there is no snapshot of it: asking a peer to take one"
@@ -361,7 +372,7 @@ pub async fn ask_peer(
             .payload(body.clone().into())
             .timeout(Some(ANSWER_TIMEOUT.min(left)));
         let outcome = tokio::select! {
-            _ = cancel.cancelled() => return false,
+            _ = cancel.cancelled() => return None,
             r = client.send_request(subject.clone(), request) => r,
         };
         let problem = match outcome {
@@ -376,7 +387,7 @@ pub async fn ask_peer(
                         peer = node_id,
                         "a peer saved a snapshot for this node"
                     );
-                    return true;
+                    return Some(object);
                 }
                 Ok(Reply { error, node_id, .. }) => format!(
                     "node {node_id} could not take one: {}",
@@ -395,7 +406,7 @@ pub async fn ask_peer(
             );
         }
         tokio::select! {
-            _ = cancel.cancelled() => return false,
+            _ = cancel.cancelled() => return None,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }

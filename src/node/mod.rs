@@ -653,6 +653,8 @@ impl RunningNode {
         };
         let patience = std::time::Instant::now() + join::PATIENCE;
         let mut prepared = prepared;
+        // The snapshot a peer gave last, when this node asks again.
+        let mut given: Option<String> = None;
         loop {
             let decision = self.join_decision(replicas).await?;
             let ask = match decision {
@@ -713,15 +715,11 @@ impl RunningNode {
                 }
                 join::Decision::AskPeer => true,
             };
-            if ask
-                && !join::ask_peer(
-                    self.nats.client.clone(),
-                    cfg.clone(),
-                    patience,
-                    self.cancel.clone(),
-                )
-                .await
-            {
+            if !ask {
+                continue;
+            }
+            given = self.ask_peer(patience, given.take()).await?;
+            if given.is_none() {
                 tracing::warn!(
                     "no peer gave this joining node a snapshot within {:?}: it applies the stream without the rows \
                      that predate capture, and asks again at its next start (a node with snapshots enabled must be \
@@ -731,6 +729,29 @@ impl RunningNode {
                 return Ok((prepared, false));
             }
         }
+    }
+
+    /// [`join::ask_peer`]; `given`: the snapshot a peer gave last time, which did not cover the streams here
+    /// (a new one is wanted, asked for after a moment so the streams' view settles).
+    async fn ask_peer(
+        &self,
+        patience: std::time::Instant,
+        given: Option<String>,
+    ) -> anyhow::Result<Option<String>> {
+        if given.is_some() {
+            tokio::select! {
+                _ = self.cancel.cancelled() => anyhow::bail!("stopped"),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        Ok(join::ask_peer(
+            self.nats.client.clone(),
+            self.cfg.clone(),
+            patience,
+            given,
+            self.cancel.clone(),
+        )
+        .await)
     }
 
     /// [`join::decide`], asked again for a minute while the cluster's JetStream does not answer (a cluster
