@@ -2,6 +2,7 @@
 """An application for the fault tests: a separate process writing a node's database through Python's sqlite3
 driver, one small transaction at a time, and saying what became of each on stdout (flushed per line):
 
+    ready                    once SIGTERM is handled (the first line)
     try <id>                 before BEGIN
     ok <id>                  after COMMIT returned
     err <id> <Class>: <msg>  an SQLite error (the transaction is rolled back; the writer goes on)
@@ -29,6 +30,7 @@ def on_term(_signum, _frame):
 
 
 signal.signal(signal.SIGTERM, on_term)
+print("ready", flush=True)
 conn = sqlite3.connect(db, timeout=busy_ms / 1000.0, isolation_level=None)
 period = 1.0 / rate if rate > 0 else 0.0
 # A restarted writer must not reuse ids: the pid tells its incarnations apart.

@@ -119,7 +119,19 @@ impl Apps {
             .stderr(err)
             .spawn()
             .expect("python3 must be installed");
-        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        // Until it says so, SIGTERM would end it without finishing anything: wait (a stop right after a
+        // restart must not find it still starting).
+        let mut first = String::new();
+        let _ = out.read_line(&mut first);
+        assert_eq!(
+            first.trim(),
+            "ready",
+            "application {} on node {} did not start: {}",
+            app.name,
+            app.node,
+            super::process::read_lossy(&app.stderr)
+        );
         let seen = self.seen.clone();
         app.reader = Some(std::thread::spawn(move || {
             for line in out.lines() {
