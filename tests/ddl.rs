@@ -255,3 +255,120 @@ fn two_nodes_adding_columns_to_one_table_at_the_same_moment_converge() {
     c.assert_verified(1);
     c.assert_all_alive();
 }
+
+/// Node 3 made a table by hand before it turned schema replication on; node 1's migration then creates a table
+/// of that name with another shape. On node 3 the change does not apply: it is held there (with the rows written
+/// to the table, in every shard) and said at WARN with the statement and the reason, shown in `/health`,
+/// `-status` and the metrics, kept across a restart, while everything else replicates. Node 3's operator drops
+/// the hand-made table: that fix stays local (nodes 1 and 2 keep theirs), the held change applies, and every
+/// node ends with one schema and the same rows.
+#[test]
+fn a_schema_change_that_does_not_apply_to_one_node_is_held_there_until_fixed() {
+    let (m3, h3) = (free_port(), free_port());
+    let mut c = Cluster::new(Options {
+        per_node_toml: vec![
+            DDL_ON.into(),
+            DDL_ON.into(),
+            format!(
+                "[prometheus]\nenable = true\nbind = \"127.0.0.1:{m3}\"\n\n\
+                 [health_check]\nenable = true\nbind = \"127.0.0.1:{h3}\"\n"
+            ),
+        ],
+        shards: 2,
+        ..Options::default()
+    });
+    c.start_all();
+    c.wait_all_running(T);
+    c.node(3)
+        .sql("CREATE TABLE Reviews (id INTEGER PRIMARY KEY, body TEXT);");
+    c.node_mut(3).add_toml(DDL_ON);
+    c.node_mut(3).restart(Duration::from_secs(90));
+
+    c.node(1).sql(
+        "CREATE TABLE Reviews (id INTEGER PRIMARY KEY, book TEXT NOT NULL, stars INTEGER);
+         INSERT INTO Reviews VALUES (1, 'Dune', 5);",
+    );
+    for (id, book) in [(2, "Emma"), (3, "Ulysses"), (4, "Beloved")] {
+        c.node(1)
+            .sql(&format!("INSERT INTO Reviews VALUES ({id}, '{book}', 4);"));
+    }
+    c.eventually(T, "node 2 has node 1's reviews", || {
+        c.node(2)
+            .try_sql("SELECT count(*) FROM Reviews;")
+            .is_ok_and(|n| n.trim() == "4")
+    });
+    let warn = c.eventually(T, "node 3 holds the schema change", || {
+        c.node(3)
+            .log_lines_with(&[" WARN ", "changes held", "schema change", "reviews"])
+            .pop()
+    });
+    assert!(
+        warn.contains("book TEXT NOT NULL")
+            && warn.contains("table Reviews (created on another node)"),
+        "the statement and the reason: {warn}"
+    );
+    // Everything else goes on.
+    c.book_reaches_the_others(1, "While reviews are held, from 1");
+    c.book_reaches_the_others(3, "While reviews are held, from 3");
+    assert_eq!(c.node(3).sql("SELECT count(*) FROM Reviews;").trim(), "0");
+    let health = eventually(T, "health shows the held change", || {
+        http_get(h3, "/health").filter(|r| r.body.contains("reviews"))
+    });
+    assert!(
+        health.body.contains("does not apply to this node's schema"),
+        "{}",
+        health.body
+    );
+    eventually(T, "the held gauge of reviews", || {
+        http_get(m3, "/metrics").filter(|r| {
+            r.body.lines().any(|l| {
+                l.starts_with("harmonylite_held_changes{") && l.contains("table=\"reviews\"")
+            })
+        })
+    });
+    c.eventually(T, "-status shows the held change", || {
+        output_text(&c.node(3).command().arg("-status").output().unwrap())
+            .contains("does not apply")
+    });
+
+    // Held across a restart.
+    c.node_mut(3).kill9();
+    c.node_mut(3).start_and_wait(Duration::from_secs(90));
+    c.eventually(T, "held again after the restart", || {
+        c.node(3)
+            .log_lines_with(&[" WARN ", "changes held", "schema change", "reviews"])
+            .len()
+            >= 2
+    });
+
+    // The fix: node 3's own table goes; that stays on node 3.
+    c.node(3).sql("DROP TABLE Reviews;");
+    c.eventually(T, "node 3 has node 1's reviews", || {
+        c.node(3)
+            .try_sql("SELECT count(*) FROM Reviews;")
+            .ok()?
+            .trim()
+            .eq("4")
+            .then_some(())
+    });
+    assert!(
+        !c.node(3)
+            .log_lines_with(&["this node's fix, kept local"])
+            .is_empty()
+    );
+    let s = same_schema(&c, "node 1's Reviews on every node");
+    assert!(s.contains("book TEXT NOT NULL"), "{s}");
+    c.converged_all(T);
+    for i in 1..=3 {
+        assert_eq!(
+            c.node(i)
+                .sql("SELECT group_concat(book) FROM (SELECT book FROM Reviews ORDER BY id);")
+                .trim(),
+            "Dune,Emma,Ulysses,Beloved",
+            "node {i}"
+        );
+        assert_eq!(quarantined(c.node(i)), "0", "node {i}");
+    }
+    c.assert_verified(1);
+    c.assert_all_alive();
+}

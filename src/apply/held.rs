@@ -21,6 +21,8 @@ pub const MAX_HELD: usize = 10_000;
 pub struct HeldUnit {
     pub msgs: Vec<Decoded>,
     pub tables: HashSet<String>,
+    /// Whether it is a schema change (it waits only behind held schema changes, never behind rows).
+    pub ddl: bool,
 }
 
 impl HeldUnit {
@@ -29,11 +31,14 @@ impl HeldUnit {
     }
 }
 
-/// Why a table is held: the missing table (or column) first named, and since when.
+/// Why a table is held: the missing table (or column) first named, or the schema change that does not apply
+/// here, and since when.
 #[derive(Debug, Clone)]
 pub struct Cause {
     pub table: String,
     pub column: Option<String>,
+    /// A held schema change: what it is and why it does not apply.
+    pub change: Option<String>,
     pub since: Instant,
     /// Unix ms of `since`, for the gauges.
     pub since_ms: u64,
@@ -41,12 +46,22 @@ pub struct Cause {
     pub said_error: bool,
 }
 
-/// Lower-cased names of every table `msgs` touch.
+/// Lower-cased names of every table `msgs` touch (with a schema change, the tables it touches).
 pub fn tables_of<'a>(msgs: impl IntoIterator<Item = &'a Decoded>) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for m in msgs.into_iter().filter_map(|d| d.msg.as_ref().ok()) {
+        out.extend(m.tables.iter().map(|t| t.table.to_lowercase()));
+        if let Some(ddl) = &m.ddl {
+            out.extend(crate::capture::ddl_hold::tables_of(&ddl.changes));
+        }
+    }
+    out
+}
+
+/// Whether `msgs` carry a schema change.
+pub fn is_ddl<'a>(msgs: impl IntoIterator<Item = &'a Decoded>) -> bool {
     msgs.into_iter()
-        .filter_map(|d| d.msg.as_ref().ok())
-        .flat_map(|m: &Message| m.tables.iter().map(|t| t.table.to_lowercase()))
-        .collect()
+        .any(|d| d.msg.as_ref().is_ok_and(|m: &Message| m.ddl.is_some()))
 }
 
 /// What a shard holds, per lower-cased table: (rows held, since when in unix ms).
@@ -57,6 +72,12 @@ pub fn gauges(
     let since = causes.values().map(|c| c.since_ms).min().unwrap_or(0);
     let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for u in units {
+        if u.ddl {
+            // A held schema change shows under its tables even before a row waits behind it.
+            for t in &u.tables {
+                out.entry(t.clone()).or_insert((0, since));
+            }
+        }
         for d in &u.msgs {
             let Ok(m) = &d.msg else { continue };
             for t in &m.tables {
@@ -73,8 +94,12 @@ pub fn gauges(
     out
 }
 
-/// A unit of `s` is held at `f` (a table or column this node lacks): said once per missing table.
+/// A unit of `s` is held at `f` (a table or column this node lacks, or a schema change that does not apply
+/// here): said once per table.
 pub(super) fn note(s: &mut ShardState, stats: &Counters, f: &Stuck) {
+    if let sql::ApplyError::SchemaHeld { .. } = &f.error {
+        return note_change(s, stats, f);
+    }
     let sql::ApplyError::SchemaBehind { table, column } = &f.error else {
         tracing::warn!(shard = s.shard, error = %f, "held changes could not be applied yet; retrying");
         return;
@@ -95,11 +120,48 @@ pub(super) fn note(s: &mut ShardState, stats: &Counters, f: &Stuck) {
         Cause {
             table: table.clone(),
             column: column.clone(),
+            change: None,
             since: Instant::now(),
             since_ms: crate::counters::now_ms(),
             said_error: false,
         },
     );
+}
+
+/// A schema change from another node held at `f`: said once per table it touches, with the change and why.
+fn note_change(s: &mut ShardState, stats: &Counters, f: &Stuck) {
+    let tables: Vec<String> = s
+        .held
+        .iter()
+        .filter(|u| u.ddl && u.msgs.iter().any(|d| d.seq == f.seq))
+        .flat_map(|u| u.tables.iter().cloned())
+        .filter(|t| !s.causes.contains_key(t))
+        .collect();
+    if tables.is_empty() {
+        return;
+    }
+    stats.add(Total::SchemaPauses, 1);
+    stats.error("apply", f.error.kind());
+    tracing::warn!(shard = s.shard, stream = %f.stream, seq = f.seq, tables = %tables.join(","),
+        error = %f.error,
+        "changes held: a schema change does not apply to this node's schema; it and every later change to the \
+         tables it touches wait, the rest goes on. Bring this node's schema (or rows) to what the change \
+         expects: a schema change made here to these tables meanwhile is this node's fix and stays local. \
+         The held change is tried again every second");
+    let since_ms = crate::counters::now_ms();
+    for t in tables {
+        s.causes.insert(
+            t.clone(),
+            Cause {
+                table: t,
+                column: None,
+                change: Some(f.error.to_string()),
+                since: Instant::now(),
+                since_ms,
+                said_error: false,
+            },
+        );
+    }
 }
 
 /// The shard's pause reason while it holds changes (health and status read it).
@@ -110,16 +172,27 @@ pub(super) fn reason(s: &ShardState) -> Option<String> {
     let missing: Vec<String> = s
         .causes
         .values()
+        .filter(|c| c.change.is_none())
         .map(|c| match &c.column {
             Some(col) => format!("{}.{col}", c.table),
             None => c.table.clone(),
         })
         .collect();
+    let mut why: Vec<String> = Vec::new();
+    if !missing.is_empty() {
+        why.push(format!("this node has no {} yet", missing.join(", ")));
+    }
+    let changes: std::collections::BTreeSet<&String> = s
+        .causes
+        .values()
+        .filter_map(|c| c.change.as_ref())
+        .collect();
+    why.extend(changes.into_iter().cloned());
     let mut tables: Vec<&String> = s.held_tables.iter().collect();
     tables.sort();
     Some(format!(
-        "changes held: this node has no {} yet; held tables: {}",
-        missing.join(", "),
+        "changes held: {}; held tables: {}",
+        why.join("; "),
         tables
             .iter()
             .map(|t| t.as_str())
@@ -139,6 +212,14 @@ pub(super) fn say_long(s: &mut ShardState, max_stuck: Duration) {
     for c in s.causes.values_mut() {
         if !c.said_error && c.since.elapsed() > max_stuck {
             c.said_error = true;
+            if let Some(change) = &c.change {
+                tracing::error!(shard = s.shard, stream = %s.stream, table = %c.table,
+                    held_s = c.since.elapsed().as_secs(), error = %change,
+                    "changes held for long: a schema change from another node still does not apply to this \
+                     node's schema; the stream keeps everything from it on. Bring the table to what the change \
+                     expects (see OPERATIONS.md, \"A held schema change\")");
+                continue;
+            }
             tracing::error!(shard = s.shard, stream = %s.stream, table = %c.table,
                 column = %c.column.as_deref().unwrap_or(""), held_s = c.since.elapsed().as_secs(),
                 "changes held for long: this node still lacks a table or column other nodes write; \

@@ -61,6 +61,14 @@ pub enum ApplyError {
     PiecesMissing { id: String, have: u64, len: u64 },
     #[error("schema change from node {origin} does not apply here: {reason}")]
     SchemaChange { origin: u64, reason: String },
+    #[error(
+        "schema change from node {origin} does not apply to this node's schema, which differs from the one it was made on: {reason}; the change: {statement}"
+    )]
+    SchemaHeld {
+        origin: u64,
+        statement: String,
+        reason: String,
+    },
 }
 
 impl ApplyError {
@@ -77,6 +85,7 @@ impl ApplyError {
             ApplyError::ReservedTable { .. } => "reserved_table",
             ApplyError::PiecesMissing { .. } => "pieces_missing",
             ApplyError::SchemaChange { .. } => "schema_change",
+            ApplyError::SchemaHeld { .. } => "schema_change_held",
         }
     }
 
@@ -102,7 +111,10 @@ impl ApplyError {
                     | rusqlite::ffi::SQLITE_CONSTRAINT_NOTNULL
                     | rusqlite::ffi::SQLITE_CONSTRAINT_TRIGGER
             ),
-            ApplyError::Sqlite(_) | ApplyError::MustWait | ApplyError::SchemaBehind { .. } => false,
+            ApplyError::Sqlite(_)
+            | ApplyError::MustWait
+            | ApplyError::SchemaBehind { .. }
+            | ApplyError::SchemaHeld { .. } => false,
         }
     }
 }

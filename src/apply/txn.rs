@@ -62,11 +62,17 @@ impl Applier {
             total: sql::Applied::default(),
             quarantined: Vec::new(),
             reshaped: None,
+            ddl_held: HashSet::new(),
         };
         let now = Instant::now();
         let mut outcome = Vec::with_capacity(plan.len());
         for (s, &n) in self.shards.iter().zip(plan) {
-            outcome.push(txn.shard(s, n, now)?);
+            let o = txn.shard(s, n, now)?;
+            if outcome.is_empty() {
+                // Schema changes travel on the first shard: the tables one held there holds in every shard.
+                txn.ddl_held = o.ddl_still.clone();
+            }
+            outcome.push(o);
         }
         let Txn {
             total,
@@ -156,6 +162,9 @@ struct Txn<'a> {
     quarantined: Vec<(Stuck, usize)>,
     /// Tables (lower-cased) another node's schema change created or reshaped here, once one was applied.
     reshaped: Option<HashSet<String>>,
+    /// Tables (lower-cased) a schema change held on the first shard touches: the other shards' changes to them
+    /// wait too.
+    ddl_held: HashSet<String>,
 }
 
 impl Txn<'_> {
@@ -172,6 +181,12 @@ impl Txn<'_> {
             self.retry_held(s, &mut o)?;
         } else {
             o.still = s.held_tables.clone();
+            o.ddl_still = s
+                .held
+                .iter()
+                .filter(|u| u.ddl)
+                .flat_map(|u| u.tables.iter().cloned())
+                .collect();
         }
         self.queued(s, n, &mut o)?;
         // The recorded position stays before the first message still held.
@@ -196,13 +211,29 @@ impl Txn<'_> {
     /// Try the held units again, oldest first; one whose tables are still held behind an older one waits.
     fn retry_held(&mut self, s: &ShardState, o: &mut Outcome) -> Result<(), TxnError> {
         for (ui, u) in s.held.iter().enumerate() {
-            if !u.tables.is_disjoint(&o.still) {
+            // After a schema change, the next transaction (its capture describes the new schema) goes on.
+            if self.reshaped.is_some() {
+                o.hold(&u.tables, u.ddl);
+                continue;
+            }
+            if self.waits(&u.tables, u.ddl, o) {
+                if u.ddl {
+                    o.hold(&u.tables, true);
+                }
                 continue;
             }
             match self.unit(s, &u.msgs)? {
-                None => o.released.push(ui),
+                None => {
+                    o.released.push(ui);
+                    if u.ddl {
+                        capture::ddl_hold::release(self.tx, &u.tables)?;
+                    }
+                }
                 Some(f) => {
-                    o.still.extend(u.tables.iter().cloned());
+                    if let sql::ApplyError::SchemaHeld { .. } = f.error {
+                        capture::ddl_hold::hold(self.tx, &u.tables)?;
+                    }
+                    o.hold(&u.tables, u.ddl);
                     o.causes.push(f);
                 }
             }
@@ -210,22 +241,41 @@ impl Txn<'_> {
         Ok(())
     }
 
+    /// Whether a unit touching `tables` waits behind a held one: a schema change behind a held schema change
+    /// to one of its tables, any other unit behind any held unit touching one of them (in any shard, for a held
+    /// schema change).
+    fn waits(&self, tables: &HashSet<String>, ddl: bool, o: &Outcome) -> bool {
+        if ddl {
+            !tables.is_disjoint(&o.ddl_still)
+        } else {
+            !tables.is_disjoint(&o.still) || !tables.is_disjoint(&self.ddl_held)
+        }
+    }
+
     /// The first `n` queued messages, unit by unit: applied, held (behind a held unit, or naming what the local
     /// schema lacks), quarantined (never applicable); the first other failure stops the shard there.
     fn queued(&mut self, s: &ShardState, n: usize, o: &mut Outcome) -> Result<(), TxnError> {
         let mut i = 0;
-        while i < n {
+        // After a schema change, the next transaction (its capture describes the new schema) goes on.
+        while i < n && self.reshaped.is_none() {
             let unit_len = unit_len(&s.queue, i).unwrap_or(1).min(n - i);
             let last_seq = s.queue[i + unit_len - 1].seq;
             // The tables a unit touches matter only while something is held (or once it is).
-            let tables = || held::tables_of(s.queue.range(i..i + unit_len));
-            if !o.still.is_empty() && !tables().is_disjoint(&o.still) {
+            let unit = || s.queue.range(i..i + unit_len);
+            let holding = !o.still.is_empty() || !self.ddl_held.is_empty();
+            if holding && self.waits(&held::tables_of(unit()), held::is_ddl(unit()), o) {
                 // A held unit touches these tables: this one waits behind it.
-                o.still.extend(tables());
+                o.hold(&held::tables_of(unit()), held::is_ddl(unit()));
                 o.newly_held.push((i, unit_len));
-            } else if let Some(f) = self.unit(s, s.queue.range(i..i + unit_len))? {
-                if matches!(f.error, sql::ApplyError::SchemaBehind { .. }) {
-                    o.still.extend(tables());
+            } else if let Some(f) = self.unit(s, unit())? {
+                if let sql::ApplyError::SchemaHeld { .. } = f.error {
+                    let tables = held::tables_of(unit());
+                    capture::ddl_hold::hold(self.tx, &tables)?;
+                    o.hold(&tables, true);
+                    o.newly_held.push((i, unit_len));
+                    o.causes.push(f);
+                } else if matches!(f.error, sql::ApplyError::SchemaBehind { .. }) {
+                    o.hold(&held::tables_of(unit()), false);
                     o.newly_held.push((i, unit_len));
                     o.causes.push(f);
                 } else if !f.error.is_poison() {
@@ -356,7 +406,8 @@ fn settle_shard(s: &mut ShardState, o: Outcome, stats: &Counters, max_stuck: Dur
             .filter_map(Option::take)
             .collect();
         let tables = held::tables_of(msgs.iter());
-        s.held.push(held::HeldUnit { msgs, tables });
+        let ddl = held::is_ddl(msgs.iter());
+        s.held.push(held::HeldUnit { msgs, tables, ddl });
     }
     let was_holding = !s.held_tables.is_empty();
     s.held_tables = o.still;
@@ -409,7 +460,7 @@ fn apply_unit<'a>(
     let mut total = sql::Applied::default();
     for d in msgs {
         let r = match &d.msg {
-            Ok(m) if m.ddl.is_some() => schema_change(tx, m, cfg),
+            Ok(m) if m.ddl.is_some() => schema_change(tx, m, d.seq, cfg),
             Ok(m) => match &m.piece {
                 // Our own pieces come back: this database has the value.
                 Some(_) if pieces::own_now(m, cfg, cap) => Ok(sql::Applied::default()),
@@ -451,6 +502,7 @@ fn applies_ddl(m: &wire::Message, cfg: &Config) -> bool {
 fn schema_change(
     tx: &rusqlite::Transaction<'_>,
     m: &wire::Message,
+    seq: u64,
     cfg: &Config,
 ) -> Result<sql::Applied, sql::ApplyError> {
     let Some(ddl) = &m.ddl else {
@@ -460,6 +512,7 @@ fn schema_change(
         if m.origin == cfg.node_id && cfg.ddl.enabled {
             // Ours, back: every change after it in stream order is applied on top of it.
             capture::ddl::own_returned(tx, &ddl.changes)?;
+            capture::ddl_hold::applied(tx, &ddl.changes, seq)?;
         } else if m.origin != cfg.node_id {
             tracing::info!(
                 origin = m.origin,
@@ -469,12 +522,29 @@ fn schema_change(
         }
         return Ok(sql::Applied::default());
     }
-    let refused = |reason: String| sql::ApplyError::SchemaChange {
-        origin: m.origin,
-        reason,
-    };
-    capture::ddl::apply(tx, &ddl.changes).map_err(|e| refused(e.to_string()))?;
+    if let Err(e) = capture::ddl::apply(tx, &ddl.changes) {
+        let reason = e.to_string();
+        let after = ddl.after.first().copied().unwrap_or(0);
+        // Made without knowing a change this node has: stream order decides, this one is quarantined. A
+        // change that names a reserved object or is not a schema statement never applies anywhere.
+        let holdable = matches!(
+            e,
+            capture::ddl::DdlError::Sqlite(_) | capture::ddl::DdlError::Differs { .. }
+        );
+        if !holdable || capture::ddl_hold::concurrent(tx, &ddl.changes, after)? {
+            return Err(sql::ApplyError::SchemaChange {
+                origin: m.origin,
+                reason,
+            });
+        }
+        return Err(sql::ApplyError::SchemaHeld {
+            origin: m.origin,
+            statement: capture::ddl_hold::describe(&ddl.changes),
+            reason,
+        });
+    }
     capture::ddl::record(tx, &cfg.include_tables, &cfg.exclude_tables)?;
+    capture::ddl_hold::applied(tx, &ddl.changes, seq)?;
     tracing::info!(
         origin = m.origin,
         changes = ddl.changes.len(),
@@ -505,8 +575,20 @@ struct Outcome {
     newly_held: Vec<(usize, usize)>,
     /// Lower-cased tables still held after it.
     still: HashSet<String>,
+    /// Those of them a held schema change touches.
+    ddl_still: HashSet<String>,
     /// Why units are held (the missing table or column each one named).
     causes: Vec<Stuck>,
+}
+
+impl Outcome {
+    /// A unit touching `tables` (a schema change: `ddl`) is held.
+    fn hold(&mut self, tables: &HashSet<String>, ddl: bool) {
+        self.still.extend(tables.iter().cloned());
+        if ddl {
+            self.ddl_still.extend(tables.iter().cloned());
+        }
+    }
 }
 
 /// Pause shard `s` at the message it could not apply (a change naming a table or column this node lacks is held

@@ -119,7 +119,7 @@ pub fn set_enabled(
             &format!("DELETE FROM {META} WHERE key IN ('ddl', 'ddl_schema', 'ddl_own')"),
             [],
         )?;
-        return Ok(());
+        return super::ddl_hold::forget(conn);
     }
     if recorded(conn)?.is_none() || !enabled(conn)? {
         record(conn, include, exclude)?;
@@ -146,22 +146,31 @@ pub fn log_local(
     let Some(before) = recorded(conn)? else {
         return record(conn, include, exclude);
     };
-    let changes = diff(&before, &now);
-    if changes.is_empty() {
+    let (changes, local) = super::ddl_hold::kept_local(conn, diff(&before, &now))?;
+    if changes.is_empty() && local.is_empty() {
         return Ok(());
     }
-    tracing::info!(
-        changes = changes.len(),
-        "schema changed here; the change is sent to every node"
-    );
-    conn.execute(
-        &format!("INSERT INTO {LOG}(tbl, k) VALUES({LOGGED}, ?1)"),
-        [serde_json::to_string(&changes).expect("changes serialise")],
-    )?;
-    records_after(conn, conn.last_insert_rowid())?;
-    let mut own = own_pending(conn)?;
-    own.push(changes);
-    set_own_pending(conn, &own)?;
+    if !local.is_empty() {
+        tracing::info!(
+            changes = %super::ddl_hold::describe(&local),
+            "schema changed here on a table a schema change from another node is held on: this node's fix, \
+             kept local (the held change is tried again)"
+        );
+    }
+    if !changes.is_empty() {
+        tracing::info!(
+            changes = changes.len(),
+            "schema changed here; the change is sent to every node"
+        );
+        conn.execute(
+            &format!("INSERT INTO {LOG}(tbl, k) VALUES({LOGGED}, ?1)"),
+            [serde_json::to_string(&changes).expect("changes serialise")],
+        )?;
+        records_after(conn, conn.last_insert_rowid())?;
+        let mut own = own_pending(conn)?;
+        own.push(changes);
+        set_own_pending(conn, &own)?;
+    }
     conn.execute(
         &format!("INSERT OR REPLACE INTO {META}(key, value) VALUES('ddl_schema', ?1)"),
         [serde_json::to_string(&now).expect("a schema serialises")],
@@ -171,7 +180,7 @@ pub fn log_local(
 
 /// This node's own schema changes that have not come back from the stream yet, in the order it made them: in
 /// stream order they come after any change from another node that arrives now.
-fn own_pending(conn: &Connection) -> rusqlite::Result<Vec<Vec<Change>>> {
+pub(super) fn own_pending(conn: &Connection) -> rusqlite::Result<Vec<Vec<Change>>> {
     let text: Option<String> = conn
         .query_row(
             &format!("SELECT value FROM {META} WHERE key = 'ddl_own'"),

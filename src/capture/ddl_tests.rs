@@ -402,3 +402,51 @@ fn names_are_read_past_quotes_and_commas_split_outside_parentheses() {
         ["a TEXT DEFAULT 'x, y'", "b CHECK (b IN (1, 2))", "c"]
     );
 }
+
+#[test]
+fn a_failing_change_is_concurrent_only_when_made_without_a_change_this_node_has() {
+    use crate::capture::ddl_hold::{applied, concurrent, held, hold, kept_local, release};
+    let (a, b) = pair();
+    // Made on a after a had the first shard up to 10.
+    let change = change_here(&a, "ALTER TABLE Books ADD COLUMN x TEXT");
+    // Nothing here touches Books: not concurrent (held if it fails).
+    assert!(!concurrent(&b, &change, 10).unwrap());
+    // A change to notes applied here at 12 does not matter; one to Books at 12 does, at 9 it does not.
+    let notes = vec![Change::Create(Object {
+        kind: Kind::Table,
+        name: "n".into(),
+        table: "n".into(),
+        sql: "CREATE TABLE n (v)".into(),
+    })];
+    applied(&b, &notes, 12).unwrap();
+    assert!(!concurrent(&b, &change, 10).unwrap());
+    applied(&b, &change, 9).unwrap();
+    assert!(!concurrent(&b, &change, 10).unwrap());
+    applied(&b, &change, 12).unwrap();
+    assert!(concurrent(&b, &change, 10).unwrap());
+    assert!(!concurrent(&b, &change, 12).unwrap());
+    // One of this node's own changes to Books not come back yet: concurrent whatever the positions.
+    let (_, c) = pair();
+    change_here(&c, "ALTER TABLE Books ADD COLUMN y TEXT");
+    assert!(concurrent(&c, &change, 100).unwrap());
+
+    // While a change to Books is held, this node's own change to Books is its fix (kept local); others are sent.
+    let books = "books".to_string();
+    hold(&b, [&books]).unwrap();
+    let before = shared_of(&b);
+    b.execute_batch("ALTER TABLE Books ADD COLUMN fix TEXT; CREATE TABLE other (v);")
+        .unwrap();
+    let (sent, local) = kept_local(&b, diff(&before, &shared_of(&b))).unwrap();
+    assert!(
+        matches!(&sent[..], [Change::Create(o)] if o.name == "other"),
+        "{sent:?}"
+    );
+    assert!(
+        matches!(&local[..], [Change::Alter { table, .. }] if table == "Books"),
+        "{local:?}"
+    );
+    release(&b, [&books]).unwrap();
+    assert!(held(&b).unwrap().is_empty());
+    let (sent, local) = kept_local(&b, change.clone()).unwrap();
+    assert_eq!((sent.len(), local.len()), (1, 0));
+}

@@ -10,6 +10,7 @@
 //! everyone else).
 
 pub mod ddl;
+pub mod ddl_hold;
 mod install;
 pub mod keys;
 pub mod local;
