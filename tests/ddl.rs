@@ -372,3 +372,51 @@ fn a_schema_change_that_does_not_apply_to_one_node_is_held_there_until_fixed() {
     c.assert_verified(1);
     c.assert_all_alive();
 }
+
+/// Node 2 creates a table while it has not yet received the table of that name node 1 created (its process is
+/// stopped meanwhile, so its change is sent after node 1's). In stream order node 1's comes first: nodes 1 and 3
+/// quarantine node 2's, and node 2, which cannot take node 1's without losing its own table, holds it until its
+/// operator drops that table; then every node has node 1's table and the same rows.
+#[test]
+fn a_table_created_on_two_nodes_at_once_ends_as_the_first_in_stream_order_everywhere() {
+    let c = running_with_ddl(1);
+    c.node(2).signal(Signal::SIGSTOP);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        c.node(2).sql(
+            "CREATE TABLE Shelves (id INTEGER PRIMARY KEY, label TEXT NOT NULL, floor INTEGER);",
+        );
+        c.node(1)
+            .sql("CREATE TABLE Shelves (id INTEGER PRIMARY KEY, name TEXT);");
+        c.eventually(T, "node 3 has node 1's Shelves", || {
+            c.node(3).schema().contains("name TEXT")
+        });
+    }));
+    c.node(2).signal(Signal::SIGCONT);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    let held = c.eventually(T, "node 2 holds node 1's table", || {
+        c.node(2)
+            .log_lines_with(&[" WARN ", "changes held", "schema change", "shelves"])
+            .pop()
+    });
+    assert!(held.contains("name TEXT"), "{held}");
+    for i in [1, 3] {
+        c.eventually(T, "node 2's table quarantined on nodes 1 and 3", || {
+            quarantined(c.node(i)) == "1"
+        });
+    }
+    c.book_reaches_the_others(2, "While node 2 holds Shelves");
+    c.node(2).sql("DROP TABLE Shelves;");
+    let s = same_schema(&c, "node 1's Shelves on every node");
+    assert!(s.contains("name TEXT") && !s.contains("label"), "{s}");
+    for i in 1..=3 {
+        c.node(i).sql(&format!(
+            "INSERT INTO Shelves (id, name) VALUES ({i}, 'shelf {i}');"
+        ));
+    }
+    c.converged_all(T);
+    assert_eq!(quarantined(c.node(2)), "0");
+    c.assert_verified(1);
+    c.assert_all_alive();
+}

@@ -525,8 +525,9 @@ fn schema_change(
     if let Err(e) = capture::ddl::apply(tx, &ddl.changes) {
         let reason = e.to_string();
         let after = ddl.after.first().copied().unwrap_or(0);
-        // Made without knowing a change this node has: stream order decides, this one is quarantined. A
-        // change that names a reserved object or is not a schema statement never applies anywhere.
+        // Made without knowing a change applied here before it in stream order: it no longer applies anywhere,
+        // quarantined. Nor does one naming a reserved object or carrying anything but a schema statement.
+        // Otherwise this node's schema differs for a reason of its own: held until fixed.
         let holdable = matches!(
             e,
             capture::ddl::DdlError::Sqlite(_) | capture::ddl::DdlError::Differs { .. }

@@ -180,7 +180,7 @@ pub fn log_local(
 
 /// This node's own schema changes that have not come back from the stream yet, in the order it made them: in
 /// stream order they come after any change from another node that arrives now.
-pub(super) fn own_pending(conn: &Connection) -> rusqlite::Result<Vec<Vec<Change>>> {
+fn own_pending(conn: &Connection) -> rusqlite::Result<Vec<Vec<Change>>> {
     let text: Option<String> = conn
         .query_row(
             &format!("SELECT value FROM {META} WHERE key = 'ddl_own'"),

@@ -1,19 +1,20 @@
 //! A schema change from another node that does not apply to this node's schema: held, or quarantined.
 //!
-//! When the change was made without knowing a schema change this node has (one of its own still on its way, or
-//! one applied here that the origin had not applied yet), the two are concurrent: stream order decides, and the
-//! later one, which no longer applies, is quarantined ([`concurrent`]). Otherwise this node's schema differs for
-//! a reason of its own (a table made by hand before schema replication was turned on, rows a new constraint
-//! refuses): the change is held with everything after it that touches its tables, until the node's schema is
-//! fixed. The tables it touches are recorded ([`hold`]); a schema change made here to them meanwhile is the
-//! fix, kept local ([`kept_local`]): sent to the others, it would change the nodes that are right.
+//! When the change was made without knowing a schema change this node applied before it in stream order (its
+//! origin had not applied that one yet), the later one is what no longer applies, on every node: it is
+//! quarantined ([`concurrent`]). Otherwise this node's schema differs for a reason of its own (a table made by
+//! hand before schema replication was turned on, rows a new constraint refuses, a table of the same name this
+//! node created at the same moment): the change is held with everything after it that touches its tables, until
+//! the node's schema is fixed. The tables it touches are recorded ([`hold`]); a schema change made here to them
+//! meanwhile is the fix, kept local ([`kept_local`]): sent to the others, it would change the nodes that are
+//! right.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{Connection, OptionalExtension};
 
 use super::META;
-use super::ddl::{Change, own_pending};
+use super::ddl::Change;
 
 /// The tables (lower-cased) `changes` touch: the tables created, dropped, renamed or reshaped, and those an
 /// index or trigger belongs to (a dropped index, view or trigger: its own name).
@@ -98,20 +99,16 @@ pub fn applied(conn: &Connection, changes: &[Change], seq: u64) -> rusqlite::Res
     write(conn, "ddl_seen", &seen, seen.is_empty())
 }
 
-/// Whether `changes`, made on a node that had the first shard up to `after`, were made without knowing a
-/// schema change this node has to one of their tables: one of this node's own not come back yet, or one
-/// applied here from past `after`.
+/// Whether `changes`, made on a node that had the first shard up to `after`, come after a schema change this
+/// node applied to one of their tables from past `after` (their origin had not applied it): in stream order that
+/// one came first, and these no longer apply to its result anywhere. One of this node's own changes not come back
+/// yet comes after them in stream order instead: they stand, and when they cannot be brought under it (its
+/// rebase, see `ddl::apply`) they are held here until this node's operator decides.
 pub fn concurrent(conn: &Connection, changes: &[Change], after: u64) -> rusqlite::Result<bool> {
-    let tables = tables_of(changes);
     let seen: BTreeMap<String, u64> = read(conn, "ddl_seen")?;
-    if tables
+    Ok(tables_of(changes)
         .iter()
-        .any(|t| seen.get(t).is_some_and(|&s| s > after))
-    {
-        return Ok(true);
-    }
-    let own = own_pending(conn)?;
-    Ok(own.iter().any(|c| !tables_of(c).is_disjoint(&tables)))
+        .any(|t| seen.get(t).is_some_and(|&s| s > after)))
 }
 
 /// The tables held here by a schema change that does not apply (see the module's text).
