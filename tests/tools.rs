@@ -55,21 +55,11 @@ fn converged_without_pauses(c: &Cluster, tables: &[&str], timeout: Duration) {
     );
 }
 
-/// Runs `-verify` on `node`'s config and asserts that every node holds the same data.
+/// Runs `-verify` on `node`'s config and asserts that every node of the three holds the same data.
 fn assert_verified(c: &Cluster, node: usize) {
-    let o = output_retrying(c.node(node).command().args(["-verify", "-timeout", "30"]));
-    let out = output_text(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "-verify: {out}\n{}",
-        c.logs_tail()
-    );
-    assert!(
-        String::from_utf8_lossy(&o.stdout).starts_with("verified: 3 nodes, "),
-        "{out}"
-    );
-    eprint!("{}", String::from_utf8_lossy(&o.stdout));
+    let out = c.assert_verified(node);
+    assert!(out.starts_with("verified: 3 nodes, "), "{out}");
+    eprintln!("{out}");
 }
 
 /// Litestream replicates node 1's database to a file replica while node 1 applies the writes of nodes 2 and 3
@@ -458,6 +448,71 @@ fn alembic_single_added_column_release_reaches_every_node() {
             n.id
         );
     }
+    assert_verified(&c, 2);
+    c.assert_all_alive();
+}
+
+/// With `[ddl] enabled`, Alembic runs on node 1 only: release 1 (0001: two tables with a foreign key and a unique
+/// constraint), release 2 (0002: an added column) and release 3 (0003: a batch-mode rebuild, `_alembic_tmp_book`,
+/// copy, drop, rename), while every node writes authors and books between them. Every node ends with the same
+/// schema and rows, its `alembic_version` at 0003 (the record replicates with the schema change), and
+/// `alembic upgrade head` run afterwards on node 2 has nothing to do.
+#[test]
+fn alembic_with_ddl_enabled_migrated_on_one_node_reaches_every_node() {
+    let mut c = Cluster::new(Options {
+        extra_toml: "[ddl]\nenabled = true\n".into(),
+        ..Options::default()
+    });
+    c.start_all();
+    c.wait_all_running(Duration::from_secs(90));
+    let write = |step: u32| {
+        for i in 1..=3u32 {
+            let id = 100 * step + i;
+            c.node(i as usize).sql(&format!(
+                "INSERT INTO author (id, name) VALUES ({id}, 'author {id}');
+                 INSERT INTO book (id, title, author_id, price) VALUES ({id}, 'book {id}', {id}, {id}.5);"
+            ));
+        }
+    };
+    c.node(1).alembic_upgrade("0001");
+    c.same_schema(T, "release 1 on every node");
+    write(1);
+    c.node(1).alembic_upgrade("0002");
+    c.node(1).sql(
+        "INSERT INTO book (id, title, author_id, price, isbn) VALUES (10, 'With an ISBN', 101, 9.5, '978-3-16-148410-0');",
+    );
+    c.same_schema(T, "release 2 on every node");
+    write(2);
+    let log = c.node(1).alembic_upgrade("head");
+    assert!(log.contains("0002 -> 0003"), "node 1 ran 0003:\n{log}");
+    let schema = c.same_schema(T, "release 3 on every node");
+    assert!(
+        schema.contains("VARCHAR(200)") && !schema.contains("_alembic_tmp"),
+        "{schema}"
+    );
+    write(3);
+    // (A row written right after a migration may reach a node before the change and wait for it there.)
+    c.converged_all(T);
+    for n in &c.nodes {
+        assert_eq!(
+            n.alembic_revision().as_deref(),
+            Some("0003"),
+            "node {}",
+            n.id
+        );
+        assert_eq!(
+            n.sql("SELECT count(*), sum(isbn IS NOT NULL) FROM book;")
+                .trim(),
+            "10|1",
+            "node {}",
+            n.id
+        );
+    }
+    let again = c.node(2).alembic_upgrade("head");
+    assert!(
+        !again.contains("Running upgrade"),
+        "node 2 had migrations to run:\n{again}"
+    );
     assert_verified(&c, 2);
     c.assert_all_alive();
 }
