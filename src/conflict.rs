@@ -40,6 +40,8 @@ struct Entry {
     /// Change-log id of the newest local change to the key that this entry describes.
     log_id: i64,
     state: State,
+    /// Once sent: the schema version of the capture its message was built with.
+    published_with: i64,
 }
 
 /// What the applier does with an incoming change.
@@ -98,11 +100,13 @@ impl InFlight {
             let e = inner.map.entry(key).or_insert(Entry {
                 log_id: 0,
                 state: State::Unsent,
+                published_with: 0,
             });
             if id > e.log_id {
                 *e = Entry {
                     log_id: id,
                     state: State::Unsent,
+                    published_with: 0,
                 };
             }
         }
@@ -111,7 +115,12 @@ impl InFlight {
 
     /// The publisher is about to hand these changes (key, newest log id in the publish) to JetStream; its pass
     /// covers every change-log row up to `upto`.
-    pub fn mark_sent<'a>(&self, rows: impl IntoIterator<Item = &'a (RowKey, i64)>, upto: i64) {
+    pub fn mark_sent<'a>(
+        &self,
+        rows: impl IntoIterator<Item = &'a (RowKey, i64)>,
+        upto: i64,
+        schema_version: i64,
+    ) {
         if !self.enabled {
             return;
         }
@@ -124,6 +133,7 @@ impl InFlight {
                     *e = Entry {
                         log_id: *id,
                         state: State::Sent,
+                        published_with: schema_version,
                     }
                 }
                 None => {
@@ -132,6 +142,7 @@ impl InFlight {
                         Entry {
                             log_id: *id,
                             state: State::Sent,
+                            published_with: schema_version,
                         },
                     );
                 }
@@ -228,6 +239,17 @@ impl InFlight {
         }
     }
 
+    /// The schema version of the capture `key`'s newest local change was published with, once it is handed to
+    /// JetStream or stored (its message carries the columns the table had then).
+    pub fn published_with(&self, key: &RowKey) -> Option<i64> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .map
+            .get(key)
+            .filter(|e| e.state != State::Unsent)
+            .map(|e| e.published_with)
+    }
+
     /// True when any of `keys` waits for an acknowledgement.
     pub fn any_sent<'a>(&self, mut keys: impl Iterator<Item = &'a RowKey>) -> bool {
         if !self.enabled {
@@ -272,7 +294,7 @@ mod tests {
     fn acked_change_orders_by_stream_position() {
         let p = InFlight::new(true, 0);
         p.record_local([(k(1), 5)], 5);
-        p.mark_sent(&[(k(1), 5)], 5);
+        p.mark_sent(&[(k(1), 5)], 5, 0);
         assert_eq!(p.decide(&k(1), 3), Decision::Wait);
         p.mark_acked([(&k(1), 5, Some(10))]);
         assert_eq!(
@@ -283,7 +305,7 @@ mod tests {
         assert_eq!(p.decide(&k(1), 10), Decision::Skip, "our own message");
         assert_eq!(p.decide(&k(1), 11), Decision::Apply, "entry ended");
         p.record_local([(k(1), 6)], 6);
-        p.mark_sent(&[(k(1), 6)], 6);
+        p.mark_sent(&[(k(1), 6)], 6, 0);
         p.mark_acked([(&k(1), 6, Some(20))]);
         assert_eq!(p.decide(&k(1), 21), Decision::Apply, "newer change wins");
         assert!(p.is_empty());
@@ -293,7 +315,7 @@ mod tests {
     fn newer_local_write_keeps_the_key_unsent() {
         let p = InFlight::new(true, 0);
         p.record_local([(k(1), 5)], 5);
-        p.mark_sent(&[(k(1), 5)], 5);
+        p.mark_sent(&[(k(1), 5)], 5, 0);
         p.record_local([(k(1), 7)], 7);
         p.mark_acked([(&k(1), 5, Some(10))]);
         assert_eq!(p.decide(&k(1), 50), Decision::Skip);
@@ -305,7 +327,7 @@ mod tests {
     #[test]
     fn a_completed_change_seen_again_by_a_scan_is_not_resurrected() {
         let p = InFlight::new(true, 0);
-        p.mark_sent(&[(k(1), 1)], 1); // the publisher got there before any scan
+        p.mark_sent(&[(k(1), 1)], 1, 0); // the publisher got there before any scan
         p.mark_acked([(&k(1), 1, Some(1))]);
         assert_eq!(p.decide(&k(1), 1), Decision::Skip, "own message");
         p.record_local([(k(1), 1)], 1); // a late scan reads the same log row

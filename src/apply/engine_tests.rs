@@ -322,7 +322,7 @@ async fn an_own_echo_is_skipped_and_its_position_still_handled() {
     // database already holds the value.
     let echo = message(ME, "mine", 1, true, vec![book(1, "echo")]);
     let key = super::sql::row_keys(&echo).remove(0);
-    h.in_flight.mark_sent(&[(key.clone(), 1)], 1);
+    h.in_flight.mark_sent(&[(key.clone(), 1)], 1, 0);
     h.in_flight.mark_acked([(&key, 1, Some(1))]);
     h.deliver(1, &echo).await;
     h.wait_applied(1).await;
@@ -378,7 +378,7 @@ async fn an_own_echo_takes_a_unique_value_from_a_row_applied_while_our_newer_wri
         .expect("local write");
     let echo = user(ME, "mine", 1, "a@x");
     let key = super::sql::row_keys(&echo).remove(0);
-    h.in_flight.mark_sent(&[(key.clone(), 1)], 1);
+    h.in_flight.mark_sent(&[(key.clone(), 1)], 1, 0);
     h.in_flight.mark_acked([(&key, 1, Some(2))]);
     h.in_flight.record_local([(key, 2)], 2);
     // Another node's user 9 takes a@x at sequence 1: free here, so it is written.
@@ -529,7 +529,7 @@ async fn an_own_echo_of_a_table_without_unique_index_is_skipped_without_the_writ
         .expect("local write");
     let echo = message(ME, "mine", 1, true, vec![book(2, "echo")]);
     let key = super::sql::row_keys(&echo).remove(0);
-    h.in_flight.mark_sent(&[(key.clone(), 1)], 1);
+    h.in_flight.mark_sent(&[(key.clone(), 1)], 1, 0);
     h.in_flight.mark_acked([(&key, 1, Some(2))]);
     // An application holds the write lock while the echo comes back.
     let app = h.read();

@@ -342,6 +342,41 @@ pub struct Memory {
     pub settled: Vec<(RowKey, u64)>,
     /// Whether pieces of large values are staged.
     pub staged: super::pieces::Staged,
+    /// Per lower-cased table, the columns schema changes from other nodes added to it here, each with the
+    /// schema version of the capture before: a write of ours published with that capture or an older one went
+    /// out without them ([`narrowed`]).
+    pub narrow: std::collections::HashMap<String, Vec<(i64, Vec<String>)>>,
+}
+
+/// Another node's schema change reshaped `tables` here (`old` → `new` capture): writes of ours published with
+/// the old capture go out without the columns it added, so in stream order those columns keep what an older
+/// change from another node sets, also where that change is skipped for our write: remember them
+/// ([`Memory::narrow`]; the last few changes per table).
+pub fn narrowed(
+    old: &Capture,
+    new: &Capture,
+    tables: &std::collections::HashSet<String>,
+    mem: &mut Memory,
+) {
+    for t in tables {
+        let (Some(before), Some(now)) = (old.table_named(t), new.table_named(t)) else {
+            continue;
+        };
+        let added: Vec<String> = now
+            .columns
+            .iter()
+            .filter(|c| !before.columns.iter().any(|b| b.eq_ignore_ascii_case(c)))
+            .cloned()
+            .collect();
+        if added.is_empty() {
+            continue;
+        }
+        let list = mem.narrow.entry(t.to_lowercase()).or_default();
+        list.push((old.schema_version, added));
+        if list.len() > 16 {
+            list.remove(0);
+        }
+    }
 }
 
 impl Memory {
@@ -521,12 +556,23 @@ impl Here<'_> {
                     {
                         out.conflicts += self.displace(uniques, values, &mut mem.recent, None)?;
                     }
-                } else if let Row::Upsert(values) = row
-                    && uniques.any()
-                {
-                    // Our newer write keeps the row, but what this change took from other rows in stream
-                    // order it takes here too.
-                    out.conflicts += self.displace(uniques, values, &mut mem.recent, None)?;
+                } else if let Row::Upsert(values) = row {
+                    if !mem.narrow.is_empty()
+                        && let Some(list) = mem.narrow.get(&t.table.to_lowercase())
+                        && let Some(v) = self.in_flight.published_with(&rk)
+                    {
+                        let added: Vec<&String> = list
+                            .iter()
+                            .filter(|(before, _)| v <= *before)
+                            .flat_map(|(_, a)| a)
+                            .collect();
+                        self.merge_columns(values, pos, &added)?;
+                    }
+                    if uniques.any() {
+                        // Our newer write keeps the row, but what this change took from other rows in stream
+                        // order it takes here too.
+                        out.conflicts += self.displace(uniques, values, &mut mem.recent, None)?;
+                    }
                 }
                 out.skipped += 1;
                 return Ok(());
@@ -570,6 +616,41 @@ impl Here<'_> {
     }
 
     /// Write a row by its key: update it, or insert it when absent. Plain statements: a collision is an error.
+    /// Write the columns `added` of an incoming row skipped for our own newer write, which was published
+    /// before this node had them (see [`narrowed`]): in stream order that write left them as this change set
+    /// them, as on every other node.
+    fn merge_columns(
+        &self,
+        values: &[Value],
+        pos: &[usize],
+        added: &[&String],
+    ) -> rusqlite::Result<()> {
+        let mut sets = Vec::new();
+        let mut params: Vec<&Value> = Vec::new();
+        for (i, c) in self.t.columns.iter().enumerate() {
+            if added.iter().any(|a| a.eq_ignore_ascii_case(c)) {
+                params.push(&values[i]);
+                sets.push(format!("{} = ?{}", ident(c), params.len()));
+            }
+        }
+        if sets.is_empty() {
+            return Ok(());
+        }
+        let mut keys = Vec::new();
+        for &p in pos {
+            params.push(&values[p]);
+            keys.push(format!("{} = ?{}", ident(&self.t.columns[p]), params.len()));
+        }
+        let sql = format!(
+            "UPDATE {} SET {} WHERE {}",
+            ident(self.local),
+            sets.join(", "),
+            keys.join(" AND ")
+        );
+        self.tx.execute(&sql, rusqlite::params_from_iter(params))?;
+        Ok(())
+    }
+
     fn upsert(&self, values: &[Value]) -> rusqlite::Result<()> {
         let p = || rusqlite::params_from_iter(values.iter());
         let there = match &self.st.update {

@@ -105,6 +105,9 @@ impl Applier {
         tx.commit()?;
         self.mem.committed(&self.in_flight);
         if let Some(cap) = installed {
+            if let Some(r) = &reshaped {
+                sql::narrowed(&self.capture.get(), &cap, r, &mut self.mem);
+            }
             tracing::info!(
                 tables = cap.tables.len(),
                 "schema change from another node applied; capture re-installed"

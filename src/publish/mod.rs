@@ -122,6 +122,8 @@ struct Pass {
     units: Vec<ShardUnit>,
     /// Changes that can never be published (see [`large`]).
     aside: Vec<large::Aside>,
+    /// The schema version of the capture the rows were read with (their columns).
+    schema_version: i64,
 }
 
 pub struct Publisher {
@@ -306,6 +308,7 @@ impl Publisher {
         self.in_flight.mark_sent(
             pass.units.iter().flat_map(|u| u.rows.iter().flatten()),
             pass.end,
+            pass.schema_version,
         );
 
         let Some(acks) = self.send(&pass, cancel).await? else {
@@ -440,7 +443,7 @@ impl Publisher {
     /// from the stream may land on them.
     fn forget(&self, rows: impl Iterator<Item = (crate::conflict::RowKey, i64)>, upto: i64) {
         let rows: Vec<(crate::conflict::RowKey, i64)> = rows.collect();
-        self.in_flight.mark_sent(rows.iter(), upto);
+        self.in_flight.mark_sent(rows.iter(), upto, 0);
         self.in_flight
             .mark_acked(rows.iter().map(|(k, id)| (k, *id, None)));
     }
@@ -542,6 +545,7 @@ impl Publisher {
             rows,
             units,
             aside,
+            schema_version: cap.schema_version,
         }))
     }
 }
@@ -594,6 +598,7 @@ impl Publisher {
                 conditional: false,
             }],
             aside: Vec::new(),
+            schema_version: 0,
         })
     }
 }
