@@ -144,13 +144,20 @@ async fn entry_patiently(
 ) -> Result<Option<Positions>, KvError> {
     let deadline = tokio::time::Instant::now() + ENTRY_PATIENCE;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+    // A request sent while the cluster forms can go unanswered for seconds: each try has a short time of its
+    // own, longer each time.
+    let mut attempt = Duration::from_secs(1);
     loop {
-        let error =
-            match tokio::time::timeout(Duration::from_secs(5), read_entry(js, node_id)).await {
-                Ok(Ok(found)) => return Ok(found),
-                Ok(Err(e)) => e,
-                Err(_) => KvError::read(BUCKET, &node_key(node_id), "no answer within 5 s"),
-            };
+        let error = match tokio::time::timeout(attempt, read_entry(js, node_id)).await {
+            Ok(Ok(found)) => return Ok(found),
+            Ok(Err(e)) => e,
+            Err(_) => KvError::read(
+                BUCKET,
+                &node_key(node_id),
+                format!("no answer within {attempt:?}"),
+            ),
+        };
+        attempt = (attempt * 2).min(Duration::from_secs(5));
         if tokio::time::Instant::now() >= deadline {
             return Err(error);
         }

@@ -759,8 +759,19 @@ impl RunningNode {
     /// guess.
     async fn join_decision(&self, replicas: usize) -> anyhow::Result<join::Decision> {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // A request sent while the cluster forms (a bucket just created, its leader just elected) can go
+        // unanswered for the client's whole request timeout: each try has a short time of its own, longer each
+        // time.
+        let mut attempt = Duration::from_secs(2);
         loop {
-            match join::decide(&self.cfg, &self.nats.jetstream, replicas).await {
+            let decided = tokio::time::timeout(
+                attempt,
+                join::decide(&self.cfg, &self.nats.jetstream, replicas),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {attempt:?}")));
+            attempt = (attempt * 2).min(Duration::from_secs(10));
+            match decided {
                 Ok(d) => return Ok(d),
                 Err(e) if std::time::Instant::now() >= deadline => anyhow::bail!(
                     "cannot tell whether this node joins a cluster that holds data (its database was never \

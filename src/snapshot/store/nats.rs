@@ -42,28 +42,15 @@ impl NatsStore {
             std::time::Duration::from_millis(250),
             std::time::Duration::from_secs(2),
         );
+        // A request sent while the cluster forms can go unanswered for the client's whole request timeout
+        // (seconds): each try is given a short time of its own (longer each time, for a slow cluster).
+        let mut attempt = FIRST_ATTEMPT;
         loop {
-            let replicas = match cfg.snapshot.nats.replicas {
-                0 => streams_replicas(cfg, js).await,
-                n => n as usize,
+            let r = match tokio::time::timeout(attempt, open_once(cfg, js, &bucket)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {attempt:?}")),
             };
-            let r = match js.get_object_store(&bucket).await {
-                Ok(s) => Ok(s),
-                Err(_) => js
-                    .create_object_store(object_store::Config {
-                        bucket: bucket.clone(),
-                        description: Some("HarmonyLite snapshots".into()),
-                        num_replicas: replicas,
-                        storage: jetstream::stream::StorageType::File,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| e.to_string()),
-            };
-            let r = match r {
-                Ok(store) => read_through_leader(js, &bucket, store).await,
-                Err(e) => Err(e),
-            };
+            attempt = (attempt * 2).min(std::time::Duration::from_secs(8));
             match r {
                 Ok(store) => return Ok(NatsStore { bucket, store }),
                 Err(e) if std::time::Instant::now() < deadline => {
@@ -79,6 +66,36 @@ impl NatsStore {
             }
         }
     }
+}
+
+/// How long the first try of opening (or creating) the bucket may take.
+const FIRST_ATTEMPT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One try: the bucket opened, or created (replicated like the streams unless configured), read through its
+/// leader.
+async fn open_once(
+    cfg: &Config,
+    js: &jetstream::Context,
+    bucket: &str,
+) -> Result<object_store::ObjectStore, String> {
+    let replicas = match cfg.snapshot.nats.replicas {
+        0 => streams_replicas(cfg, js).await,
+        n => n as usize,
+    };
+    let store = match js.get_object_store(bucket).await {
+        Ok(s) => s,
+        Err(_) => js
+            .create_object_store(object_store::Config {
+                bucket: bucket.to_string(),
+                description: Some("HarmonyLite snapshots".into()),
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    read_through_leader(js, bucket, store).await
 }
 
 /// The bucket's objects read through its stream's leader, never a replica: a direct get (what the client
