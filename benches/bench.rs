@@ -1,21 +1,27 @@
-//! `bench`: HarmonyLite's own benchmark. Starts a local three-node cluster (real `harmonylite` processes with
-//! their bundled nats-servers, R3, fsync always) and prints, from one run, as a table and as JSON:
+//! `bench`: HarmonyLite's own benchmark. Starts a local cluster (three nodes, or `--nodes N`: real `harmonylite`
+//! processes with their bundled nats-servers, R3, fsync always) and prints, from one run, as a table and as JSON:
 //! plain SQLite insert rates, the cost of our capture triggers, the original's one-row-per-acked-message design
 //! on the same cluster, our sustained replicated rows/s for 1-, 10- and 100-row transactions, replication lag
-//! percentiles idle and at half the maximum rate, sidecar and nats-server RSS, three-node cold start, and
+//! p50 / p99 / max idle, at half the maximum rate and under a fixed load of 30,000 rows/s, the leaderless section
+//! (one writer on every node at once against one writer alone, each a thread with its own connection and keys),
+//! one large transaction, a node catching up on rows written while it was stopped (rows/s from its start), the
+//! largest RSS of a `harmonylite` process and, apart, of a nats-server over the whole run, the cold start,
 //! snapshot save and restore rates with their peak RSS (64 MiB database with `--quick`, 1 GiB otherwise), and
 //! large rows: replicated MB/s for rows of 1 KB, 1 MB and 64 MB, with the nodes' peak RSS while the 64 MB rows
 //! replicate (fewer rows with `--quick`).
 //!
-//! Run it with `scripts/bench.sh [--quick] [--soak SECS] [--json FILE]`, which builds the release `harmonylite`
-//! binary and runs this bench against it through `cargo bench --bench bench -- ARGS`. `--quick` finishes within
-//! about a minute; `--json FILE` also writes the JSON there; `--soak SECS` adds a run of SECS seconds at half the
-//! maximum rate, sampling sidecar RSS. It measures only when given `--bench` (as `cargo bench` does): `cargo
-//! test --benches` runs it without and it returns at once. The nodes' binary is found by the test kit
-//! (`HARMONYLITE_BIN`, else the `harmonylite` that cargo built alongside).
+//! Run it with `scripts/bench.sh [--quick] [--nodes N] [--catch-up-rows N] [--soak SECS] [--json FILE]`, which builds the release
+//! `harmonylite` binary and runs this bench against it through `cargo bench --bench bench -- ARGS`. `--quick`
+//! finishes within about a minute; `--json FILE` also writes the JSON there; `--catch-up-rows N` sets how many rows the catch-up section's node misses (2,000,000, or 100,000 with `--quick`); `--soak SECS` adds a run of SECS
+//! seconds at half the maximum rate, sampling sidecar RSS. It measures only when given `--bench` (as `cargo
+//! bench` does): `cargo test --benches` runs it without and it returns at once. The nodes' binary is found by
+//! the test kit (`HARMONYLITE_BIN`, else the `harmonylite` that cargo built alongside).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "bench/sections.rs"]
+mod sections;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -131,13 +137,12 @@ fn count(conn: &Connection) -> i64 {
         .unwrap()
 }
 
-/// Write on node 1 in transactions of `batch` rows for `secs`, then wait until nodes 2 and 3 have every row.
+/// Write on node 1 in transactions of `batch` rows for `secs`, then wait until every other node has every row.
 /// Returns (replicated rows/s, local write rows/s).
 fn throughput(c: &support::Cluster, batch: usize, secs: f64, next_id: &mut i64) -> (f64, f64) {
     let mut w = support::open(&c.node(1).db);
-    let peers: Vec<Connection> = [2, 3]
-        .iter()
-        .map(|&i| support::open(&c.node(i).db))
+    let peers: Vec<Connection> = (2..=c.nodes.len())
+        .map(|i| support::open(&c.node(i).db))
         .collect();
     let base: Vec<i64> = peers.iter().map(count).collect();
     let start = Instant::now();
@@ -183,22 +188,26 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy)
 }
 
-/// Replication lag of single-row writes on node 1 as seen on node 2, with an optional background load of
-/// `load_rows_per_s` (100-row transactions on node 1): p50, p99, max, and how many writes found the database
-/// locked for the whole 10 s busy timeout (written again; a probe's lag counts from its first try).
+/// Replication lag of single-row writes on node 1 as seen on node 2 (and until every peer holds them), with an optional background load of
+/// `load_rows_per_s` (100-row transactions on node 1): p50, p99, max from the moment the probe's `INSERT`
+/// returns; apart, how long the probe's own `INSERT` took (`probe_write_ms`: waiting for node 1's write lock),
+/// and how many writes found the database locked for the whole 10 s busy timeout (written again).
 fn lag(
     c: &support::Cluster,
     samples: usize,
     load_rows_per_s: f64,
     next_id: &mut i64,
-) -> (f64, f64, f64, u64) {
+) -> serde_json::Value {
     let busy = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let loader = (load_rows_per_s > 0.0).then(|| {
         let db = c.node(1).db.clone();
         let stop = stop.clone();
         let busy = busy.clone();
-        let mut id = 1_000_000_000i64 + *next_id;
+        // Each loaded run writes its own range of keys.
+        static LOAD_RUNS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
+        let run = LOAD_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut id = 1_000_000_000i64 * run;
         std::thread::spawn(move || {
             let mut w = support::open(&db);
             let per_txn = 100;
@@ -228,51 +237,73 @@ fn lag(
         })
     });
     let w = support::open(&c.node(1).db);
-    let r = support::open(&c.node(2).db);
+    let peers: Vec<Connection> = (2..=c.nodes.len())
+        .map(|i| support::open(&c.node(i).db))
+        .collect();
     let mut lags = Vec::new();
+    let mut lags_all = Vec::new();
+    let mut writes = Vec::new();
     for _ in 0..samples {
         let id = *next_id;
         *next_id += 1;
         let t0 = Instant::now();
-        loop {
+        let committed = loop {
             match w.execute(
                 "INSERT INTO bench (id, payload, t) VALUES (?1, 'probe', 1)",
                 [id],
             ) {
-                Ok(_) => break,
+                Ok(_) => break Instant::now(),
                 Err(e) if is_busy(&e) && t0.elapsed() < Duration::from_secs(60) => {
                     busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 Err(e) => panic!("probe {id}: {e}"),
             }
-        }
-        loop {
-            let seen: i64 = r
-                .query_row("SELECT count(*) FROM bench WHERE id = ?1", [id], |x| {
-                    x.get(0)
-                })
-                .unwrap();
-            if seen == 1 {
-                break;
+        };
+        writes.push(committed.duration_since(t0).as_secs_f64() * 1000.0);
+        // When each peer first holds the probe (node 2 first in the list).
+        let mut seen: Vec<Option<f64>> = vec![None; peers.len()];
+        while seen.iter().any(Option::is_none) {
+            for (r, s) in peers.iter().zip(&mut seen) {
+                if s.is_none()
+                    && r.query_row("SELECT count(*) FROM bench WHERE id = ?1", [id], |x| {
+                        x.get::<_, i64>(0)
+                    })
+                    .unwrap()
+                        == 1
+                {
+                    *s = Some(committed.elapsed().as_secs_f64() * 1000.0);
+                }
             }
             if t0.elapsed() > Duration::from_secs(30) {
-                panic!("probe {id} not replicated within 30 s");
+                panic!("probe {id} not replicated everywhere within 30 s");
             }
             std::thread::sleep(Duration::from_micros(300));
         }
-        lags.push(t0.elapsed().as_secs_f64() * 1000.0);
+        lags.push(seen[0].unwrap());
+        lags_all.push(seen.iter().flatten().copied().fold(0.0, f64::max));
         std::thread::sleep(Duration::from_millis(20));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(l) = loader {
         l.join().unwrap();
     }
-    (
-        percentile(&mut lags, 0.5),
-        percentile(&mut lags, 0.99),
-        percentile(&mut lags, 1.0),
-        busy.load(std::sync::atomic::Ordering::Relaxed),
-    )
+    json!({
+        "p50": percentile(&mut lags, 0.5),
+        "p99": percentile(&mut lags, 0.99),
+        "max": percentile(&mut lags, 1.0),
+        "every_peer": {
+            "p50": percentile(&mut lags_all, 0.5),
+            "p99": percentile(&mut lags_all, 0.99),
+            "max": percentile(&mut lags_all, 1.0),
+        },
+        "probe_write_ms": {
+            "p50": percentile(&mut writes, 0.5),
+            "p99": percentile(&mut writes, 0.99),
+            "max": percentile(&mut writes, 1.0),
+        },
+        "load_rows_per_s": load_rows_per_s.round(),
+        "busy_timeouts": busy.load(std::sync::atomic::Ordering::Relaxed),
+    })
 }
 
 /// Load node 1 at `rows_per_s` (100-row transactions) for `secs`, sampling the largest sidecar RSS every 10 s.
@@ -477,9 +508,8 @@ fn large_rows_bench(quick: bool) -> serde_json::Value {
     let sidecars: Vec<u32> = c.nodes.iter().filter_map(|n| n.pid()).collect();
     let servers: Vec<u32> = sidecars.iter().flat_map(|&p| child_pids(p)).collect();
     let mut w = support::open(&c.node(1).db);
-    let peers: Vec<Connection> = [2, 3]
-        .iter()
-        .map(|&i| support::open(&c.node(i).db))
+    let peers: Vec<Connection> = (2..=c.nodes.len())
+        .map(|i| support::open(&c.node(i).db))
         .collect();
     let mut res = serde_json::Map::new();
     let mut next_id = 1i64;
@@ -548,26 +578,120 @@ fn large_rows_bench(quick: bool) -> serde_json::Value {
     serde_json::Value::Object(res)
 }
 
-fn main() {
+/// What the command line asks for.
+struct Args {
+    quick: bool,
+    json_out: Option<String>,
+    soak_secs: u64,
+    nodes: usize,
+    /// Rows the catch-up section's node misses (default: 2,000,000; 100,000 with `--quick`).
+    catch_up_rows: Option<i64>,
+}
+
+fn args() -> Option<Args> {
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
+        return None;
+    }
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let nodes = value("--nodes").map_or(3, |v| v.parse().expect("--nodes takes a number of nodes"));
+    assert!(nodes >= 2, "--nodes: at least 2 nodes");
+    Some(Args {
+        quick: args.iter().any(|a| a == "--quick"),
+        json_out: value("--json"),
+        soak_secs: value("--soak")
+            .map(|v| v.parse().expect("--soak takes a number of seconds"))
+            .unwrap_or(0),
+        nodes,
+        catch_up_rows: value("--catch-up-rows")
+            .map(|v| v.parse().expect("--catch-up-rows takes a number of rows")),
+    })
+}
+
+/// Background load of the fixed-rate lag run (rows/s, 100-row transactions on node 1).
+const FIXED_LOAD: f64 = 30_000.0;
+
+/// Everything measured on the running cluster: replication rates, lag, the leaderless, large-transaction and
+/// catch-up sections, memory.
+fn cluster_sections(
+    c: &mut support::Cluster,
+    scale: &Scale,
+    quick: bool,
+    soak_secs: u64,
+    catch_up_rows: Option<i64>,
+) -> serde_json::Value {
+    let sidecar_pids: Vec<u32> = c.nodes.iter().filter_map(|n| n.pid()).collect();
+    let rss = sections::RssSampler::start(sidecar_pids.clone());
+    let mut next_id = 1i64;
+    let mut results = serde_json::Map::new();
+    let mut max_rate: f64 = 0.0;
+    for batch in [1usize, 10, 100] {
+        eprintln!("bench: sustained replication, {batch}-row transactions...");
+        rss.phase(&format!("{batch}-row transactions"));
+        let (repl, write) = throughput(c, batch, scale.run_secs, &mut next_id);
+        max_rate = max_rate.max(repl);
+        results.insert(
+            format!("txn_{batch}"),
+            json!({"replicated_rows_per_s": repl.round(), "written_rows_per_s": write.round()}),
+        );
+    }
+    let mut lags = serde_json::Map::new();
+    for (name, load) in [
+        ("idle", 0.0),
+        ("half_max_rate", max_rate / 2.0),
+        ("fixed_load", FIXED_LOAD),
+    ] {
+        eprintln!("bench: lag, {name} ({load:.0} rows/s of load)...");
+        rss.phase(&format!("lag, {name}"));
+        lags.insert(name.into(), lag(c, scale.lag_samples, load, &mut next_id));
+    }
+    let soak_report =
+        (soak_secs > 0).then(|| soak(c, soak_secs, max_rate / 2.0, &sidecar_pids, &mut next_id));
+    rss.phase("leaderless");
+    let leaderless = sections::leaderless(c, scale.run_secs);
+    let big = if quick { 50_000 } else { 200_000 };
+    rss.phase("large transaction");
+    let large_txn = sections::large_transaction(c, big, 50_000_000_000);
+    let missed = catch_up_rows.unwrap_or(if quick { 100_000 } else { 2_000_000 });
+    rss.phase("catch-up: the rows written while a node is stopped");
+    let (catch_up, _) = sections::catch_up(c, missed, 60_000_000_000, &rss);
+    // Let the sampler see the restarted node at least once.
+    std::thread::sleep(Duration::from_millis(250));
+    let phases = rss.finish();
+    let (whole, rss_phases) = phases.split_last().unwrap();
+    let mb = |kb: u64| (kb as f64 / 1024.0 * 10.0).round() / 10.0;
+    let rss_phases: Vec<serde_json::Value> = rss_phases
+        .iter()
+        .map(|(name, p)| json!({"phase": name, "sidecar": mb(p.sidecar), "node": p.node, "nats_server": mb(p.nats)}))
+        .collect();
+    json!({
+        "replication": results,
+        "max_replicated_rows_per_s": max_rate.round(),
+        "lag_ms": lags,
+        "leaderless": leaderless,
+        "large_transaction": large_txn,
+        "catch_up": catch_up,
+        "sidecar_rss_mb_max": mb(whole.1.sidecar),
+        "sidecar_rss_max_node": whole.1.node,
+        "nats_server_rss_mb_max": mb(whole.1.nats),
+        "rss_mb_by_phase": rss_phases,
+        "soak": soak_report,
+    })
+}
+
+fn main() {
+    let Some(a) = args() else {
         eprintln!(
             "bench: not run as a benchmark (no --bench): nothing measured; run scripts/bench.sh or cargo bench --bench bench"
         );
         return;
-    }
-    let quick = args.iter().any(|a| a == "--quick");
-    let json_out = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
-    let soak_secs: u64 = args
-        .iter()
-        .position(|a| a == "--soak")
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("--soak takes a number of seconds"))
-        .unwrap_or(0);
+    };
+    let quick = a.quick;
     let scale = if quick {
         Scale {
             bulk_rows: 50_000,
@@ -598,8 +722,9 @@ fn main() {
     eprintln!("bench: local SQLite insert rates...");
     let local = sqlite_rates(dir.path(), &scale);
 
-    eprintln!("bench: starting three nodes...");
+    eprintln!("bench: starting {} nodes...", a.nodes);
     let opts = support::Options {
+        nodes: a.nodes,
         schema: "CREATE TABLE bench (id INTEGER PRIMARY KEY, payload TEXT, t INTEGER);".into(),
         verbose: false,
         ..Default::default()
@@ -609,166 +734,262 @@ fn main() {
     c.start_all();
     c.wait_all_running(Duration::from_secs(120));
     let cold_start = t0.elapsed().as_secs_f64();
+    let first_row = sections::first_row(&c);
 
     eprintln!("bench: baseline (one row per acknowledged message)...");
     let base = baseline(&rt, c.node(1).client_port, scale.baseline_msgs);
-
-    let mut next_id = 1i64;
-    let mut results = serde_json::Map::new();
-    let mut max_rate: f64 = 0.0;
-    let mut rss_max = 0u64;
-    let sidecar_pids: Vec<u32> = c.nodes.iter().filter_map(|n| n.pid()).collect();
-    for batch in [1usize, 10, 100] {
-        eprintln!("bench: sustained replication, {batch}-row transactions...");
-        let (repl, write) = throughput(&c, batch, scale.run_secs, &mut next_id);
-        rss_max = rss_max.max(sidecar_pids.iter().map(|&p| rss_kb(p)).max().unwrap_or(0));
-        max_rate = max_rate.max(repl);
-        results.insert(
-            format!("txn_{batch}"),
-            json!({"replicated_rows_per_s": repl.round(), "written_rows_per_s": write.round()}),
-        );
-    }
-    eprintln!("bench: lag idle...");
-    let (idle50, idle99, idlemax, idle_busy) = lag(&c, scale.lag_samples, 0.0, &mut next_id);
-    eprintln!(
-        "bench: lag at half the maximum rate ({:.0} rows/s)...",
-        max_rate / 2.0
-    );
-    let (load50, load99, loadmax, load_busy) =
-        lag(&c, scale.lag_samples, max_rate / 2.0, &mut next_id);
-    rss_max = rss_max.max(sidecar_pids.iter().map(|&p| rss_kb(p)).max().unwrap_or(0));
-    let nats_rss: u64 = sidecar_pids
-        .iter()
-        .flat_map(|&p| child_pids(p))
-        .map(rss_kb)
-        .max()
-        .unwrap_or(0);
-    let soak_report =
-        (soak_secs > 0).then(|| soak(&c, soak_secs, max_rate / 2.0, &sidecar_pids, &mut next_id));
+    let mut report = cluster_sections(&mut c, &scale, quick, a.soak_secs, a.catch_up_rows);
     c.stop_all();
     let snapshot_mb = if quick { 64 } else { 1024 };
     eprintln!("bench: snapshot save and restore of a {snapshot_mb} MiB database...");
     let snap = snapshot_bench(snapshot_mb);
     let large = large_rows_bench(quick);
-
-    let report = json!({
+    let max_rate = report["max_replicated_rows_per_s"].as_f64().unwrap();
+    let extra = json!({
         "quick": quick,
+        "nodes": a.nodes,
         "local_sqlite": local,
         "baseline_one_row_per_acked_message_rows_per_s": base.round(),
-        "replication": results,
-        "max_replicated_rows_per_s": max_rate.round(),
         "speedup_vs_baseline": max_rate / base,
-        "lag_ms": {"idle": {"p50": idle50, "p99": idle99, "max": idlemax, "busy_timeouts": idle_busy},
-                   "half_max_rate": {"p50": load50, "p99": load99, "max": loadmax, "load_rows_per_s": (max_rate / 2.0).round(), "busy_timeouts": load_busy}},
-        "sidecar_rss_mb_max": rss_max as f64 / 1024.0,
-        "nats_server_rss_mb": nats_rss as f64 / 1024.0,
-        "cold_start_3_nodes_s": cold_start,
-        "soak": soak_report,
+        "cold_start_s": cold_start,
+        "first_row_after_start_ms": first_row,
         "snapshot": snap,
         "large_rows": large,
     });
+    for (k, v) in extra.as_object().unwrap() {
+        report[k] = v.clone();
+    }
+    print_table(&report);
+    let text = serde_json::to_string_pretty(&report).unwrap();
+    println!("{text}");
+    if let Some(path) = a.json_out {
+        std::fs::write(path, &text).unwrap();
+    }
+}
 
-    let l = &report["local_sqlite"];
-    println!("HarmonyLite bench{}", if quick { " (quick)" } else { "" });
-    println!("{:<58} {:>14}", "measure", "value");
-    let row = |k: &str, v: String| println!("{k:<58} {v:>14}");
+/// A JSON number as a whole number (`NaN` when absent).
+fn whole(v: &serde_json::Value) -> String {
+    v.as_f64().map_or("NaN".into(), |x| format!("{x:.0}"))
+}
+
+fn print_table(r: &serde_json::Value) {
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let l = &r["local_sqlite"];
+    let n = r["nodes"].as_u64().unwrap();
+    println!(
+        "HarmonyLite bench{}, {n} nodes",
+        if r["quick"] == true { " (quick)" } else { "" }
+    );
+    println!("{:<62} {:>16}", "measure", "value");
+    let row = |k: &str, v: String| println!("{k:<62} {v:>16}");
     row(
         "plain SQLite bulk insert (rows/s)",
-        format!("{}", l["plain_bulk_rows_per_s"]),
+        whole(&l["plain_bulk_rows_per_s"]),
     );
     row(
         "with capture, bulk insert (rows/s)",
-        format!("{}", l["capture_bulk_rows_per_s"]),
+        whole(&l["capture_bulk_rows_per_s"]),
     );
     row(
         "capture overhead, bulk (x)",
-        format!("{:.2}", l["bulk_overhead"].as_f64().unwrap()),
+        format!("{:.2}", f(&l["bulk_overhead"])),
     );
     row(
         "plain SQLite autocommit insert (rows/s)",
-        format!("{}", l["plain_autocommit_rows_per_s"]),
+        whole(&l["plain_autocommit_rows_per_s"]),
     );
     row(
         "with capture, autocommit insert (rows/s)",
-        format!("{}", l["capture_autocommit_rows_per_s"]),
+        whole(&l["capture_autocommit_rows_per_s"]),
     );
     row(
         "capture overhead, autocommit (x)",
-        format!("{:.2}", l["autocommit_overhead"].as_f64().unwrap()),
+        format!("{:.2}", f(&l["autocommit_overhead"])),
     );
     row(
         "baseline: one row per acked message (rows/s)",
-        format!("{base:.0}"),
+        whole(&r["baseline_one_row_per_acked_message_rows_per_s"]),
     );
+    let repl = &r["replication"];
     for b in [1, 10, 100] {
+        let t = &repl[format!("txn_{b}")];
         row(
-            &format!("replicated rows/s, {b}-row transactions"),
-            format!("{}", results[&format!("txn_{b}")]["replicated_rows_per_s"]),
+            &format!("replicated rows/s, {b}-row transactions (written rows/s)"),
+            format!(
+                "{} ({})",
+                whole(&t["replicated_rows_per_s"]),
+                whole(&t["written_rows_per_s"])
+            ),
         );
     }
-    row("speedup vs baseline (x)", format!("{:.1}", max_rate / base));
+    let t100 = &repl["txn_100"];
     row(
-        "lag idle p50 / p99 (ms)",
-        format!("{idle50:.1} / {idle99:.1}"),
+        "replicated / written, 100-row transactions",
+        format!(
+            "{:.2}",
+            f(&t100["replicated_rows_per_s"]) / f(&t100["written_rows_per_s"])
+        ),
     );
     row(
-        "lag at half max rate p50 / p99 (ms)",
-        format!("{load50:.1} / {load99:.1}"),
+        "speedup vs baseline (x)",
+        format!("{:.1}", f(&r["speedup_vs_baseline"])),
     );
+    for (name, label) in [
+        ("idle", "idle".to_string()),
+        (
+            "half_max_rate",
+            format!(
+                "at half max rate, {} rows/s",
+                whole(&r["lag_ms"]["half_max_rate"]["load_rows_per_s"])
+            ),
+        ),
+        (
+            "fixed_load",
+            format!(
+                "under {} rows/s of load",
+                whole(&r["lag_ms"]["fixed_load"]["load_rows_per_s"])
+            ),
+        ),
+    ] {
+        let g = &r["lag_ms"][name];
+        row(
+            &format!("lag {label}, p50 / p99 / max (ms)"),
+            format!(
+                "{:.1} / {:.1} / {:.1}",
+                f(&g["p50"]),
+                f(&g["p99"]),
+                f(&g["max"])
+            ),
+        );
+        let e = &g["every_peer"];
+        row(
+            "  until every peer holds it, p50 / p99 / max (ms)",
+            format!(
+                "{:.1} / {:.1} / {:.1}",
+                f(&e["p50"]),
+                f(&e["p99"]),
+                f(&e["max"])
+            ),
+        );
+        let w = &g["probe_write_ms"];
+        row(
+            "  the probe's own INSERT on node 1, p50 / p99 / max (ms)",
+            format!(
+                "{:.1} / {:.1} / {:.1}",
+                f(&w["p50"]),
+                f(&w["p99"]),
+                f(&w["max"])
+            ),
+        );
+    }
+    let busy: u64 = ["idle", "half_max_rate", "fixed_load"]
+        .iter()
+        .map(|k| r["lag_ms"][k]["busy_timeouts"].as_u64().unwrap_or(0))
+        .sum();
     row(
         "lag runs: writes that found the database locked 10 s",
-        format!("{}", idle_busy + load_busy),
+        format!("{busy}"),
+    );
+    let ll = &r["leaderless"];
+    row(
+        "one writer alone, replicated rows/s",
+        whole(&ll["one_writer_rows_per_s"]),
     );
     row(
-        "sidecar RSS max (MB)",
-        format!("{:.1}", rss_max as f64 / 1024.0),
+        &format!("one writer on each of the {n} nodes, replicated rows/s"),
+        whole(&ll["all_writers_rows_per_s"]),
     );
     row(
-        "nats-server RSS (MB)",
-        format!("{:.1}", nats_rss as f64 / 1024.0),
+        "all writers / one writer",
+        format!("{:.2}", f(&ll["ratio"])),
+    );
+    let lt = &r["large_transaction"];
+    row(
+        &format!("one {}-row transaction, replicated rows/s", lt["rows"]),
+        whole(&lt["replicated_rows_per_s"]),
+    );
+    let cu = &r["catch_up"];
+    row(
+        &format!(
+            "catch-up of {} missed rows, rows/s from start",
+            cu["missed_rows"]
+        ),
+        format!(
+            "{} ({:.1} s)",
+            whole(&cu["rows_per_s"]),
+            f(&cu["seconds_from_start"])
+        ),
     );
     row(
-        "three-node cold start to ready (s)",
-        format!("{cold_start:.2}"),
+        "  the node running / first rows applied after (s)",
+        format!(
+            "{:.2} / {:.2}",
+            f(&cu["node_running_after_s"]),
+            f(&cu["first_rows_applied_after_s"])
+        ),
     );
+    row(
+        "sidecar RSS max, harmonylite alone (MB)",
+        format!("{:.1}", f(&r["sidecar_rss_mb_max"])),
+    );
+    if let Some(phases) = r["rss_mb_by_phase"].as_array() {
+        for p in phases {
+            row(
+                &format!(
+                    "  sidecar (node) / nats-server RSS max, {} (MB)",
+                    p["phase"].as_str().unwrap_or("")
+                ),
+                format!(
+                    "{:.1} ({}) / {:.1}",
+                    f(&p["sidecar"]),
+                    p["node"],
+                    f(&p["nats_server"])
+                ),
+            );
+        }
+    }
+    row(
+        "nats-server RSS max (MB)",
+        format!("{:.1}", f(&r["nats_server_rss_mb_max"])),
+    );
+    row(
+        &format!("{n}-node cold start to ready (s)"),
+        format!("{:.2}", f(&r["cold_start_s"])),
+    );
+    row(
+        "first row after the start, until every peer holds it (ms)",
+        format!("{:.1}", f(&r["first_row_after_start_ms"])),
+    );
+    let snap = &r["snapshot"];
     row(
         &format!(
             "snapshot save / restore, {:.0} MB database (MB/s)",
-            snap["database_mb"].as_f64().unwrap()
+            f(&snap["database_mb"])
         ),
         format!(
             "{:.0} / {:.0}",
-            snap["save_mb_per_s"].as_f64().unwrap(),
-            snap["restore_mb_per_s"].as_f64().unwrap()
+            f(&snap["save_mb_per_s"]),
+            f(&snap["restore_mb_per_s"])
         ),
     );
     row(
         "peak RSS during save / restore (MB)",
         format!(
             "{:.1} / {:.1}",
-            snap["save_peak_rss_mb"].as_f64().unwrap(),
-            snap["restore_peak_rss_mb"].as_f64().unwrap()
+            f(&snap["save_peak_rss_mb"]),
+            f(&snap["restore_peak_rss_mb"])
         ),
     );
+    let large = &r["large_rows"];
     for key in ["1kb", "1mb", "64mb"] {
         row(
             &format!("replicated MB/s, {}", large[key]["label"].as_str().unwrap()),
-            format!("{:.1}", large[key]["replicated_mb_per_s"].as_f64().unwrap()),
+            format!("{:.1}", f(&large[key]["replicated_mb_per_s"])),
         );
     }
+    let p = &large["64mb"]["peak_rss_mb"];
     row(
         "peak RSS sidecar / nats-server, 64 MB rows (MB)",
-        format!(
-            "{:.1} / {:.1}",
-            large["64mb"]["peak_rss_mb"]["sidecar"].as_f64().unwrap(),
-            large["64mb"]["peak_rss_mb"]["nats_server"]
-                .as_f64()
-                .unwrap()
-        ),
+        format!("{:.1} / {:.1}", f(&p["sidecar"]), f(&p["nats_server"])),
     );
-    let text = serde_json::to_string_pretty(&report).unwrap();
-    println!("{text}");
-    if let Some(path) = json_out {
-        std::fs::write(path, &text).unwrap();
-    }
 }

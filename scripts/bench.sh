@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # HarmonyLite benchmark: builds the release harmonylite binary and runs the bench (benches/bench.rs, a local
-# three-node cluster) against it.
+# cluster of three nodes, or N with --nodes N) against it.
 #   scripts/bench.sh            full run (a few minutes)
 #   scripts/bench.sh --quick    short run (about a minute), as CI does
+#   scripts/bench.sh --nodes 5   the same with five nodes
 #   scripts/bench.sh --soak 600 adds ten minutes at half the maximum rate, sampling memory
 #   scripts/bench.sh --json out.json
 set -euo pipefail

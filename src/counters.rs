@@ -88,6 +88,8 @@ pub struct Counters {
     security_warnings: Mutex<Vec<String>>,
     /// See [`Counters::set_stale_nodes`].
     stale_nodes: Mutex<Vec<crate::cluster::Holding>>,
+    /// See [`Counters::set_catch_up`].
+    catch_up: Mutex<Option<crate::ops::catch_up::CatchUp>>,
     /// Change-log rows written by applications and not yet published (measured about once a second).
     pub pending_rows: AtomicU64,
     /// Unix ms when the latest snapshot this node saved or restored finished, and how long it took.
@@ -191,6 +193,18 @@ impl Counters {
     /// [`crate::cluster::holding::holding_back`]), as the last look found them.
     pub fn set_stale_nodes(&self, nodes: Vec<crate::cluster::Holding>) {
         *self.stale_nodes.lock().unwrap_or_else(|e| e.into_inner()) = nodes;
+    }
+
+    /// The catch-up going on, as the last look found it (`None` when the node is not far behind).
+    pub fn set_catch_up(&self, c: Option<crate::ops::catch_up::CatchUp>) {
+        *self.catch_up.lock().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    pub fn catch_up(&self) -> Option<crate::ops::catch_up::CatchUp> {
+        self.catch_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn stale_nodes(&self) -> Vec<crate::cluster::Holding> {

@@ -11,8 +11,10 @@ use crate::capture;
 use crate::config::Config;
 
 /// Open a connection to the user's database for our own use: WAL mode (needed so readers and the
-/// application's writers do not block each other), a busy timeout, and `synchronous = NORMAL` (our applied
-/// positions commit with the rows, so a lost tail is re-applied after a crash).
+/// application's writers do not block each other), a busy timeout, `synchronous = NORMAL` (our applied
+/// positions commit with the rows, so a lost tail is re-applied after a crash), and `temp_store = MEMORY`: the
+/// applier writes each unit inside a savepoint, whose statement journal SQLite otherwise spills to a temporary
+/// file past 64 KiB, one `pwrite` per journaled page (half the applier's time when catching up).
 pub fn open_db(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
@@ -20,7 +22,9 @@ pub fn open_db(path: &Path) -> rusqlite::Result<Connection> {
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(mode, "database could not be switched to WAL mode");
     }
-    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")?;
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;",
+    )?;
     Ok(conn)
 }
 

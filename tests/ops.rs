@@ -244,3 +244,83 @@ fn readiness_waits_for_the_streams() {
     assert_eq!(j["not_ready"].as_array().map(Vec::len), Some(0));
     c.assert_all_alive();
 }
+
+/// A node far behind its streams shows its catch-up: `catch_up` in `/health`, `harmonylite_catching_up` in the
+/// metrics, `catching up` in its log; and says `caught up` with what it applied once it holds every row. Node 3
+/// is held behind by a write transaction the test keeps open on its database while node 1 publishes 3,000
+/// messages (one row each: `scan_max_changes = 1`).
+#[test]
+fn a_node_far_behind_shows_its_catch_up_and_says_when_it_is_done() {
+    let (mut opts, ports) = observed_cluster(3);
+    opts.per_node_toml[0].insert_str(0, "scan_max_changes = 1\n");
+    let c = Cluster::start(opts);
+    c.book_reaches_the_others(1, "before the lock");
+    let lock = c.node(3).open();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // An application committing 3,000 single-row transactions on node 1.
+    let app = c.node(1).open();
+    for i in 0..3_000 {
+        app.execute(
+            "INSERT INTO Books (id, title, author) VALUES (?1, ?2, 'A')",
+            rusqlite::params![10_000 + i, format!("row {i}")],
+        )
+        .unwrap();
+    }
+    let health = eventually(T, "node 3's health shows a catch-up", || {
+        http_get(ports[2].1, "/health").filter(|r| !r.json()["catch_up"].is_null())
+    });
+    let j = health.json();
+    let behind = j["catch_up"]["behind_messages"].as_u64().unwrap();
+    assert!(behind >= 1_000, "{}", health.body);
+    assert!(
+        j["catch_up"]["seconds"].as_f64().is_some(),
+        "{}",
+        health.body
+    );
+    let body = scrape(ports[2].0);
+    assert_eq!(
+        metric(&body, "harmonylite_catching_up", &[("node_id", "3")]),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        c.node(3)
+            .log_lines_with(&[
+                "catching up: this node is behind its streams",
+                "behind_messages="
+            ])
+            .len(),
+        1
+    );
+
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    let done = c.node(3).eventually(T, "node 3 says it caught up", || {
+        c.node(3)
+            .log_lines_with(&["caught up", "applied_rows="])
+            .pop()
+    });
+    let applied: u64 = done
+        .split("applied_rows=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no applied_rows in {done}"));
+    assert!(applied >= 2_000, "{done}");
+    assert_eq!(
+        c.node(3)
+            .sql("SELECT count(*) FROM Books WHERE id >= 10000;")
+            .trim(),
+        "3000"
+    );
+    eventually(T, "node 3's health without a catch-up", || {
+        http_get(ports[2].1, "/health").is_some_and(|r| r.json()["catch_up"].is_null())
+    });
+    let body = scrape(ports[2].0);
+    assert_eq!(
+        metric(&body, "harmonylite_catching_up", &[("node_id", "3")]),
+        Some(0.0),
+        "{body}"
+    );
+    c.assert_all_alive();
+}

@@ -558,3 +558,78 @@ async fn an_own_echo_of_a_table_without_unique_index_is_skipped_without_the_writ
     );
     h.stop().await;
 }
+
+/// Rows new here and rows already here, mixed in one message, are all written: after a new row the next is
+/// tried as an insert first, and a row already there is then updated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_and_existing_rows_mixed_in_one_message_are_all_written() {
+    let h = Harness::start().await;
+    h.deliver(
+        1,
+        &message(OTHER, "u1", 1, true, vec![book(1, "a"), book(2, "b")]),
+    )
+    .await;
+    h.wait_applied(1).await;
+    let rows = vec![
+        book(3, "c"),
+        book(1, "A"),
+        book(4, "d"),
+        book(5, "e"),
+        book(2, "B"),
+        book(2, "B2"),
+    ];
+    h.deliver(2, &message(OTHER, "u2", 1, true, rows)).await;
+    h.wait_applied(2).await;
+    let books: Vec<(i64, String)> = [(1, "A"), (2, "B2"), (3, "c"), (4, "d"), (5, "e")]
+        .iter()
+        .map(|(i, t)| (*i, t.to_string()))
+        .collect();
+    assert_eq!(h.snapshot(), (books, 2));
+    assert_eq!(h.counters.totals().get(Total::AppliedRows), 8);
+    h.stop().await;
+}
+
+/// A new row colliding on a unique value is a collision whether it comes first in its message or after a
+/// new row (tried as an insert first): the stream's older row loses to it the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unique_collision_after_a_new_row_is_handled_as_when_it_comes_first() {
+    let mut outcomes = Vec::new();
+    for collision_first in [true, false] {
+        let h = Harness::start().await;
+        h.deliver(1, &user(OTHER, "u1", 1, "x@example.org")).await;
+        h.wait_applied(1).await;
+        let new = Row::Upsert(vec![Value::Integer(2), text("y@example.org")]);
+        let colliding = Row::Upsert(vec![Value::Integer(3), text("x@example.org")]);
+        let rows = if collision_first {
+            vec![colliding, new]
+        } else {
+            vec![new, colliding]
+        };
+        let m = changes(OTHER, "u2", "users", &["id", "email"], rows);
+        h.deliver(2, &m).await;
+        h.wait_applied(2).await;
+        let users: Vec<(i64, String)> = h
+            .read()
+            .prepare("SELECT id, email FROM users ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        outcomes.push((users, h.counters.totals().get(Total::Conflicts)));
+        h.stop().await;
+    }
+    assert_eq!(
+        outcomes[0], outcomes[1],
+        "collision first, then after a new row"
+    );
+    let (users, conflicts) = &outcomes[0];
+    assert_eq!(
+        users,
+        &vec![
+            (2, "y@example.org".to_string()),
+            (3, "x@example.org".to_string())
+        ]
+    );
+    assert!(*conflicts >= 1, "{outcomes:?}");
+}

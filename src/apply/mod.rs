@@ -45,10 +45,16 @@ use crate::wire::{self, Message};
 
 /// Most rows applied in one SQLite transaction (a larger unit is still applied whole).
 const MAX_TXN_ROWS: usize = 20_000;
+/// Longest an apply transaction goes on taking units (it holds the write lock meanwhile): about 20,000 rows'
+/// worth when catching up, still one unit at least.
+const MAX_TXN_TIME: Duration = Duration::from_millis(100);
 /// Most messages buffered per shard.
 const MAX_QUEUED: usize = 1_000;
 /// Most bytes (as received) buffered per shard: pieces of large values are large messages.
 const MAX_QUEUED_BYTES: usize = 32 << 20;
+/// Most rows buffered per shard, decoded (a decoded row takes several times its compressed size): two
+/// transactions' worth keeps the next one ready while this one is written.
+const MAX_QUEUED_ROWS: usize = 2 * MAX_TXN_ROWS;
 
 /// A message delivered by a shard's consumer.
 pub struct Incoming {
@@ -155,6 +161,22 @@ pub struct Applier {
     mem: sql::Memory,
 }
 
+/// How long the applier waits for the write lock before its transaction fails as busy (and is tried again).
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How often it asks for the lock meanwhile.
+const LOCK_POLL: Duration = Duration::from_millis(1);
+
+/// The applier's busy handler: ask for the write lock again every [`LOCK_POLL`] for [`LOCK_WAIT`]. SQLite's own
+/// waits grow to 100 ms between tries, and an application committing one transaction after another leaves the
+/// lock free for moments that long sleeps miss: the applier fell behind for as long as the application wrote.
+fn wait_for_the_lock(tries: i32) -> bool {
+    if LOCK_POLL * tries.max(0) as u32 >= LOCK_WAIT {
+        return false;
+    }
+    std::thread::sleep(LOCK_POLL);
+    true
+}
+
 /// How long a paused shard waits before it tries its message again: 0.5 s, doubling up to 30 s.
 const PAUSE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 /// How often a shard waiting for the local schema looks again, when no schema change woke it first.
@@ -171,8 +193,9 @@ impl Applier {
         capture: CurrentCapture,
         in_flight: Arc<InFlight>,
         counters: Arc<Counters>,
-        conn: Connection,
+        mut conn: Connection,
     ) -> Result<(Applier, Vec<ShardInput>), rusqlite::Error> {
+        conn.busy_handler(Some(wait_for_the_lock))?;
         let positions = capture::applied_positions(&conn)?;
         let expired = pieces::expire(
             &conn,
@@ -422,13 +445,19 @@ impl Applier {
     fn fill(&mut self) {
         for s in &mut self.shards {
             let mut bytes: usize = s.queue.iter().map(|d| d.bytes).sum();
+            let mut rows: usize = s
+                .queue
+                .iter()
+                .map(|d| d.msg.as_ref().map_or(0, row_count))
+                .sum();
             // The byte bound holds between units only: a unit is applied whole, so it must fit whole.
             let between_units = |q: &VecDeque<Decoded>| {
                 q.back()
                     .is_none_or(|d| d.msg.as_ref().map_or(true, |m| m.last))
             };
             while s.queue.len() < MAX_QUEUED
-                && (bytes < MAX_QUEUED_BYTES || !between_units(&s.queue))
+                && ((bytes < MAX_QUEUED_BYTES && rows < MAX_QUEUED_ROWS)
+                    || !between_units(&s.queue))
             {
                 match s.rx.try_recv() {
                     Ok(inc) => {
@@ -439,6 +468,7 @@ impl Applier {
                         }
                         let msg = wire::decode(&inc.payload).map_err(Arc::new);
                         bytes += inc.payload.len();
+                        rows += msg.as_ref().map_or(0, row_count);
                         let size = inc.payload.len();
                         let raw = msg.is_err().then_some(inc.payload);
                         s.queue.push_back(Decoded {

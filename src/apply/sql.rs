@@ -239,6 +239,8 @@ fn col(name: &str, rowid_keyed: bool) -> String {
 struct Statements {
     update: Option<String>,
     insert: String,
+    /// `INSERT OR ABORT`: fails on any constraint, whatever the table declares.
+    insert_abort: String,
     /// With `OR REPLACE`: only when a collision could not be resolved row by row.
     update_replace: Option<String>,
     insert_replace: String,
@@ -289,6 +291,7 @@ fn statements(table: &str, t: &TableChanges, pos: &[usize], collated: bool) -> S
     Statements {
         update: update(""),
         insert: insert(""),
+        insert_abort: insert(" OR ABORT"),
         update_replace: update(" OR REPLACE"),
         insert_replace: insert(" OR REPLACE"),
         delete: format!("DELETE FROM {table} WHERE {dcond}"),
@@ -442,6 +445,7 @@ pub fn apply_message(
             seq,
             in_flight,
             cfg,
+            insert_first: std::cell::Cell::new(false),
         };
         let replayed = m.replayed.contains(&(ti as u32));
         for row in &t.rows {
@@ -500,6 +504,9 @@ struct Here<'a> {
     seq: u64,
     in_flight: &'a InFlight,
     cfg: &'a Config,
+    /// Whether the last row written was new here: the next one is then tried as an insert first (one statement
+    /// for a new row instead of an update that finds nothing and an insert).
+    insert_first: std::cell::Cell<bool>,
 }
 
 impl Here<'_> {
@@ -615,7 +622,6 @@ impl Here<'_> {
         }
     }
 
-    /// Write a row by its key: update it, or insert it when absent. Plain statements: a collision is an error.
     /// Write the columns `added` of an incoming row skipped for our own newer write, which was published
     /// before this node had them (see [`narrowed`]): in stream order that write left them as this change set
     /// them, as on every other node.
@@ -651,8 +657,23 @@ impl Here<'_> {
         Ok(())
     }
 
+    /// Write a row by its key: update it, or insert it when absent. Plain statements: a collision is an error.
+    /// After a new row, the next is tried first with `INSERT OR ABORT` (which overrides any `ON CONFLICT`
+    /// clause of the table, so it changes nothing when the row is there); when that meets any constraint, the
+    /// row is written as before, update first.
     fn upsert(&self, values: &[Value]) -> rusqlite::Result<()> {
         let p = || rusqlite::params_from_iter(values.iter());
+        if self.insert_first.get() {
+            match self.tx.prepare_cached(&self.st.insert_abort)?.execute(p()) {
+                Ok(_) => return Ok(()),
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    self.insert_first.set(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let there = match &self.st.update {
             Some(u) => self.tx.prepare_cached(u)?.execute(p())? > 0,
             None => {
@@ -664,6 +685,7 @@ impl Here<'_> {
         };
         if !there {
             self.tx.prepare_cached(&self.st.insert)?.execute(p())?;
+            self.insert_first.set(true);
         }
         Ok(())
     }

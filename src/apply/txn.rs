@@ -63,6 +63,7 @@ impl Applier {
             quarantined: Vec::new(),
             reshaped: None,
             ddl_held: HashSet::new(),
+            began: Instant::now(),
         };
         let now = Instant::now();
         let mut outcome = Vec::with_capacity(plan.len());
@@ -168,6 +169,8 @@ struct Txn<'a> {
     /// Tables (lower-cased) a schema change held on the first shard touches: the other shards' changes to them
     /// wait too.
     ddl_held: HashSet<String>,
+    /// When the transaction began: past [`super::MAX_TXN_TIME`] it takes no further unit.
+    began: Instant,
 }
 
 impl Txn<'_> {
@@ -259,8 +262,12 @@ impl Txn<'_> {
     /// schema lacks), quarantined (never applicable); the first other failure stops the shard there.
     fn queued(&mut self, s: &ShardState, n: usize, o: &mut Outcome) -> Result<(), TxnError> {
         let mut i = 0;
-        // After a schema change, the next transaction (its capture describes the new schema) goes on.
-        while i < n && self.reshaped.is_none() {
+        // After a schema change, the next transaction (its capture describes the new schema) goes on; past its
+        // time, the write lock is let go and the rest waits for the next one (the first unit always goes).
+        while i < n
+            && self.reshaped.is_none()
+            && (i == 0 || self.began.elapsed() < super::MAX_TXN_TIME)
+        {
             let unit_len = unit_len(&s.queue, i).unwrap_or(1).min(n - i);
             let last_seq = s.queue[i + unit_len - 1].seq;
             // The tables a unit touches matter only while something is held (or once it is).

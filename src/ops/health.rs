@@ -77,6 +77,9 @@ pub struct Health {
     /// A snapshot being saved, downloaded or restored by this node: bytes, total, rate and time left
     /// (`null` when none).
     pub snapshot_transfer: Option<crate::snapshot::Transfer>,
+    /// While this node is far behind its streams (at least `ops::catch_up::BEHIND_MESSAGES` messages): what it
+    /// applied since, its pace and the time left (`null` otherwise).
+    pub catch_up: Option<super::catch_up::CatchUp>,
     /// Nodes not heard of for `replication_log.stale_node_seconds` that hold back a stream's retention.
     pub stale_nodes: Vec<crate::cluster::Holding>,
     /// The parts of this node a full disk stops now ("publishing", "applying", "nats-server JetStream
@@ -157,6 +160,7 @@ pub fn report(o: &Observed) -> Health {
         security_warnings: c.security_warnings(),
         db_error: db.error,
         snapshot_transfer: crate::snapshot::transfer(),
+        catch_up: c.catch_up(),
         stale_nodes: c.stale_nodes(),
         disk_full,
     }

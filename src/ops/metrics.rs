@@ -134,6 +134,21 @@ enum Kind {
 /// there): name, kind, help text. `update` sets them.
 const METRICS: &[(&str, Kind, &str)] = &[
     (
+        "harmonylite_catching_up",
+        Kind::Gauge,
+        "1 while this node is far behind its streams and catching up.",
+    ),
+    (
+        "harmonylite_catch_up_rows_per_second",
+        Kind::Gauge,
+        "Rows applied per second while catching up, over the last few seconds (0 otherwise).",
+    ),
+    (
+        "harmonylite_catch_up_remaining_seconds",
+        Kind::Gauge,
+        "Estimated seconds until caught up at the current pace (0 when not catching up or not known yet).",
+    ),
+    (
         "harmonylite_pending_publish",
         Kind::Gauge,
         "Change-log rows written by applications and not yet published.",
@@ -306,6 +321,12 @@ fn update(o: &Observed) {
     let c = &o.counters;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     gauge!("harmonylite_pending_publish").set(get(&c.pending_rows) as f64);
+    let catch_up = c.catch_up();
+    gauge!("harmonylite_catching_up").set(catch_up.is_some() as u8 as f64);
+    gauge!("harmonylite_catch_up_rows_per_second")
+        .set(catch_up.as_ref().map_or(0.0, |u| u.rows_per_second));
+    gauge!("harmonylite_catch_up_remaining_seconds")
+        .set(catch_up.and_then(|u| u.remaining_seconds).unwrap_or(0.0));
     gauge!("harmonylite_schema_mismatch_paused").set((c.schema_paused() > 0) as u8 as f64);
     let totals = c.totals();
     for &t in Total::ALL {

@@ -4,6 +4,7 @@
 //! of every node's tables compared at one agreed point of the streams, `-verify` ([`verify`]), and write
 //! confirmation, `-wait-replicated` ([`wait`]).
 
+pub mod catch_up;
 pub mod health;
 pub mod http;
 pub mod metrics;

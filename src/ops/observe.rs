@@ -105,6 +105,7 @@ impl Observed {
 pub async fn run(observed: Arc<Observed>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut catching_up = super::catch_up::Tracker::default();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -132,6 +133,7 @@ pub async fn run(observed: Arc<Observed>, cancel: CancellationToken) {
         *observed.db.lock().unwrap_or_else(|e| e.into_inner()) = db.0;
         if let Some(nats) = observed.nats() {
             look_at_streams(&observed, &nats).await;
+            catching_up.look(&observed.counters);
         }
     }
 }
