@@ -903,6 +903,19 @@ fn print_table(r: &serde_json::Value) {
         "all writers / one writer",
         format!("{:.2}", f(&ll["ratio"])),
     );
+    let (c1, ca) = (&ll["one_writer_cpu"], &ll["all_writers_cpu"]);
+    row(
+        "  machine CPU µs per replicated row, one / all writers",
+        format!(
+            "{:.1} / {:.1}",
+            f(&c1["cpu_microseconds_per_row"]),
+            f(&ca["cpu_microseconds_per_row"])
+        ),
+    );
+    row(
+        "  machine idle share, one / all writers",
+        format!("{:.2} / {:.2}", f(&c1["idle_share"]), f(&ca["idle_share"])),
+    );
     let lt = &r["large_transaction"];
     row(
         &format!("one {}-row transaction, replicated rows/s", lt["rows"]),

@@ -45,13 +45,36 @@ fn write_until(db: &std::path::Path, first: i64, stop: &AtomicBool) -> i64 {
     id - first
 }
 
+/// The machine's CPU time so far, from `/proc/stat`: (busy, idle) in seconds over all cores.
+pub fn cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0.0, 0.0);
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: idle and iowait are the idle time.
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    let busy: f64 = v.iter().take(8).sum::<f64>() - idle;
+    (busy / 100.0, idle / 100.0)
+}
+
 /// Writers on the nodes `writers` (1-based) for `secs` at once, each in its own thread; then waits until every
 /// node of the cluster holds every row. Returns (replicated rows/s: rows written ÷ time until all nodes hold
 /// them, rows written).
-fn writers_on(c: &support::Cluster, writers: &[usize], secs: f64, round: usize) -> (f64, i64) {
+fn writers_on(
+    c: &support::Cluster,
+    writers: &[usize],
+    secs: f64,
+    round: usize,
+) -> (f64, i64, serde_json::Value) {
     let all: Vec<Connection> = c.nodes.iter().map(|n| support::open(&n.db)).collect();
     let base: Vec<i64> = all.iter().map(count).collect();
     let stop = Arc::new(AtomicBool::new(false));
+    let cpu0 = cpu_seconds();
     let start = Instant::now();
     let threads: Vec<_> = writers
         .iter()
@@ -79,7 +102,15 @@ fn writers_on(c: &support::Cluster, writers: &[usize], secs: f64, round: usize) 
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    (rows as f64 / start.elapsed().as_secs_f64(), rows)
+    let took = start.elapsed().as_secs_f64();
+    let cpu1 = cpu_seconds();
+    let (busy, idle) = (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
+    let cpu = json!({
+        "busy_cpu_seconds": busy,
+        "idle_share": idle / (busy + idle).max(1e-9),
+        "cpu_microseconds_per_row": busy * 1e6 / rows as f64,
+    });
+    (rows as f64 / took, rows, cpu)
 }
 
 /// One writer on node 1 alone, then one writer on every node at once (same length, 100-row transactions):
@@ -87,9 +118,10 @@ fn writers_on(c: &support::Cluster, writers: &[usize], secs: f64, round: usize) 
 pub fn leaderless(c: &support::Cluster, secs: f64) -> serde_json::Value {
     let n = c.nodes.len();
     eprintln!("bench: leaderless: one writer alone, then one writer on each of the {n} nodes...");
-    let (alone, alone_rows) = writers_on(c, &[1], secs, 0);
+    let (alone, alone_rows, alone_cpu) = writers_on(c, &[1], secs, 0);
+    eprintln!("bench: leaderless: {n} writers at once...");
     let every: Vec<usize> = (1..=n).collect();
-    let (all, all_rows) = writers_on(c, &every, secs, 1);
+    let (all, all_rows, all_cpu) = writers_on(c, &every, secs, 1);
     json!({
         "one_writer_rows_per_s": alone.round(),
         "one_writer_rows": alone_rows,
@@ -97,6 +129,8 @@ pub fn leaderless(c: &support::Cluster, secs: f64) -> serde_json::Value {
         "all_writers_rows_per_s": all.round(),
         "all_writers_rows": all_rows,
         "ratio": all / alone,
+        "one_writer_cpu": alone_cpu,
+        "all_writers_cpu": all_cpu,
     })
 }
 
