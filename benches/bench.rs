@@ -656,10 +656,10 @@ fn cluster_sections(
     let leaderless = sections::leaderless(c, scale.run_secs);
     let big = if quick { 50_000 } else { 200_000 };
     rss.phase("large transaction");
-    let large_txn = sections::large_transaction(c, big, 50_000_000_000);
+    let large_txn = sections::large_transaction(c, big, 800_000_000_000_000_000);
     let missed = catch_up_rows.unwrap_or(if quick { 100_000 } else { 2_000_000 });
     rss.phase("catch-up: the rows written while a node is stopped");
-    let (catch_up, _) = sections::catch_up(c, missed, 60_000_000_000, &rss);
+    let (catch_up, _) = sections::catch_up(c, missed, 900_000_000_000_000_000, &rss);
     // Let the sampler see the restarted node at least once.
     std::thread::sleep(Duration::from_millis(250));
     let phases = rss.finish();

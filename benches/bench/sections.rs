@@ -11,7 +11,8 @@ use serde_json::json;
 
 use crate::support;
 
-/// Keys of writer `w` start here: ranges far apart, so writers never touch each other's rows.
+/// Keys of writer `w` start here: ranges far apart, so writers never touch each other's rows (the large
+/// transaction and the catch-up write far above every writer's range).
 fn key_base(w: usize) -> i64 {
     10_000_000_000 * (w as i64 + 1)
 }
