@@ -22,26 +22,31 @@ fn count(conn: &Connection) -> i64 {
         .unwrap()
 }
 
+/// One transaction of rows `first..first + n` in `w`; returns the next key.
+fn insert_rows(w: &mut Connection, first: i64, n: i64) -> i64 {
+    let tx = w.transaction().unwrap();
+    {
+        let mut st = tx
+            .prepare_cached("INSERT INTO bench (id, payload, t) VALUES (?1, ?2, 0)")
+            .unwrap();
+        for id in first..first + n {
+            st.execute(rusqlite::params![
+                id,
+                "payload-payload-payload-payload-payload"
+            ])
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    first + n
+}
+
 /// Write 100-row transactions into `db` from `first` on until `stop`; returns the rows written.
 fn write_until(db: &std::path::Path, first: i64, stop: &AtomicBool) -> i64 {
     let mut w = support::open(db);
     let mut id = first;
     while !stop.load(Ordering::Relaxed) {
-        let tx = w.transaction().unwrap();
-        {
-            let mut st = tx
-                .prepare_cached("INSERT INTO bench (id, payload, t) VALUES (?1, ?2, 0)")
-                .unwrap();
-            for _ in 0..100 {
-                st.execute(rusqlite::params![
-                    id,
-                    "payload-payload-payload-payload-payload"
-                ])
-                .unwrap();
-                id += 1;
-            }
-        }
-        tx.commit().unwrap();
+        id = insert_rows(&mut w, id, 100);
     }
     id - first
 }
@@ -153,21 +158,7 @@ pub fn catch_up(
     let mut w = support::open(&c.node(1).db);
     let mut id = first_id;
     while id < first_id + rows {
-        let tx = w.transaction().unwrap();
-        {
-            let mut st = tx
-                .prepare_cached("INSERT INTO bench (id, payload, t) VALUES (?1, ?2, 0)")
-                .unwrap();
-            for _ in 0..1_000.min(first_id + rows - id) {
-                st.execute(rusqlite::params![
-                    id,
-                    "payload-payload-payload-payload-payload"
-                ])
-                .unwrap();
-                id += 1;
-            }
-        }
-        tx.commit().unwrap();
+        id = insert_rows(&mut w, id, 1_000.min(first_id + rows - id));
     }
     support::eventually(
         Duration::from_secs(600),
@@ -262,20 +253,7 @@ pub fn large_transaction(c: &support::Cluster, rows: i64, first_id: i64) -> serd
     let base: Vec<i64> = others.iter().map(count).collect();
     let mut w = support::open(&c.node(1).db);
     let start = Instant::now();
-    let tx = w.transaction().unwrap();
-    {
-        let mut st = tx
-            .prepare_cached("INSERT INTO bench (id, payload, t) VALUES (?1, ?2, 0)")
-            .unwrap();
-        for id in first_id..first_id + rows {
-            st.execute(rusqlite::params![
-                id,
-                "payload-payload-payload-payload-payload"
-            ])
-            .unwrap();
-        }
-    }
-    tx.commit().unwrap();
+    insert_rows(&mut w, first_id, rows);
     let committed = start.elapsed().as_secs_f64();
     support::eventually(
         Duration::from_secs(600),
