@@ -89,7 +89,7 @@ pub struct Counters {
     /// See [`Counters::set_stale_nodes`].
     stale_nodes: Mutex<Vec<crate::cluster::Holding>>,
     /// See [`Counters::set_catch_up`].
-    catch_up: Mutex<Option<crate::ops::catch_up::CatchUp>>,
+    catch_up: Mutex<Option<CatchUp>>,
     /// Change-log rows written by applications and not yet published (measured about once a second).
     pub pending_rows: AtomicU64,
     /// Unix ms when the latest snapshot this node saved or restored finished, and how long it took.
@@ -158,6 +158,23 @@ impl ShardGauges {
     }
 }
 
+/// A catch-up going on, as operators see it (followed by `ops::catch_up`).
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct CatchUp {
+    /// Messages in the streams this node has not handled yet.
+    pub behind_messages: u64,
+    /// Rows from other nodes applied since the catch-up began.
+    pub applied_rows: u64,
+    /// Rows applied per second, over the last few seconds.
+    pub rows_per_second: f64,
+    /// Stream messages handled per second, over the last few seconds.
+    pub messages_per_second: f64,
+    /// Time left at that pace (`null` until a pace is measured).
+    pub remaining_seconds: Option<f64>,
+    /// Since the catch-up began.
+    pub seconds: f64,
+}
+
 /// One shard as operators see it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardView {
@@ -196,11 +213,11 @@ impl Counters {
     }
 
     /// The catch-up going on, as the last look found it (`None` when the node is not far behind).
-    pub fn set_catch_up(&self, c: Option<crate::ops::catch_up::CatchUp>) {
+    pub fn set_catch_up(&self, c: Option<CatchUp>) {
         *self.catch_up.lock().unwrap_or_else(|e| e.into_inner()) = c;
     }
 
-    pub fn catch_up(&self) -> Option<crate::ops::catch_up::CatchUp> {
+    pub fn catch_up(&self) -> Option<CatchUp> {
         self.catch_up
             .lock()
             .unwrap_or_else(|e| e.into_inner())

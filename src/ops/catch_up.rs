@@ -6,8 +6,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
+pub use crate::counters::CatchUp;
 use crate::counters::{Counters, Total};
 
 /// Behind by at least this many messages, the node is catching up.
@@ -16,23 +15,6 @@ pub const BEHIND_MESSAGES: u64 = 1_000;
 pub const LOG_EVERY: Duration = Duration::from_secs(5);
 /// Rates are measured over about this long.
 const WINDOW: Duration = Duration::from_secs(5);
-
-/// A catch-up going on, as operators see it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct CatchUp {
-    /// Messages in the streams this node has not handled yet.
-    pub behind_messages: u64,
-    /// Rows from other nodes applied since the catch-up began.
-    pub applied_rows: u64,
-    /// Rows applied per second, over the last few seconds.
-    pub rows_per_second: f64,
-    /// Stream messages handled per second, over the last few seconds.
-    pub messages_per_second: f64,
-    /// Time left at that pace (`null` until a pace is measured).
-    pub remaining_seconds: Option<f64>,
-    /// Since the catch-up began.
-    pub seconds: f64,
-}
 
 /// One look: when, rows applied so far (running total), messages handled so far (sum of applied positions).
 #[derive(Clone, Copy)]
