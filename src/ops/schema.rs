@@ -113,7 +113,7 @@ pub async fn refuse_diverged_records(
     if ours.is_empty() {
         return Ok(());
     }
-    let entries = read_entries(js).await?;
+    let entries = read_all_entries(js).await?;
     let problems = diverged(node_id, &ours, &entries);
     if problems.is_empty() {
         return Ok(());
@@ -124,6 +124,37 @@ pub async fn refuse_diverged_records(
          copy the records table from one of them), then start it again; or start it with [ddl] enabled off",
         problems.join("; ")
     )
+}
+
+/// How long [`read_all_entries`] reads the registry again while it finds fewer entries than its stream says.
+const REGISTRY_SETTLE: Duration = Duration::from_secs(10);
+
+/// Every node's registry entry, read again (every 250 ms, for [`REGISTRY_SETTLE`]) while fewer entries come back
+/// than the bucket's stream has keys: right after this node's nats-server started, a listing can come from a
+/// stream whose leader is still being chosen and see nothing. A removed node's deleted entry also counts as a
+/// key: then the last reading is taken after that time.
+async fn read_all_entries(js: &jetstream::Context) -> anyhow::Result<BTreeMap<u64, Entry>> {
+    let started = std::time::Instant::now();
+    loop {
+        let entries = read_entries(js).await?;
+        let keys = match js.get_key_value(BUCKET).await {
+            Ok(store) => store
+                .status()
+                .await
+                .map(|s| s.info.state.subjects_count)
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        if entries.len() as u64 >= keys || started.elapsed() >= REGISTRY_SETTLE {
+            return Ok(entries);
+        }
+        tracing::debug!(
+            read = entries.len(),
+            keys,
+            "schema registry read short; reading it again"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// How `ours` differs from the records of every other node that replicates schema changes.
