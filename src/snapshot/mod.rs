@@ -215,26 +215,6 @@ impl Drop for Progress {
     }
 }
 
-/// A reader that reports the bytes read through it to a [`Progress`].
-struct Counted<R> {
-    inner: R,
-    progress: Progress,
-}
-
-impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        self.progress.add(n as u64);
-        r
-    }
-}
-
 /// A writer that hashes what passes through it.
 struct Hashing<W> {
     inner: W,
@@ -334,19 +314,65 @@ fn copy_database(
     Ok((copy, positions))
 }
 
-/// Compress `src` into `dst` with zstd, hashing the compressed bytes: (sha256 hex, compressed size).
-fn compress(src: &Path, dst: &Path) -> Result<(String, u64), SnapshotError> {
+/// Bytes of compressed data handed to the upload at a time.
+const PIECE: usize = 1 << 20;
+
+/// A writer that hands what is written to it to the upload, [`PIECE`] bytes at a time (blocking while the
+/// upload is that far behind: the channel holds a few pieces).
+struct ToUpload {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ToUpload {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE)));
+        self.tx
+            .blocking_send(Ok(piece))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload ended"))
+    }
+}
+
+impl Write for ToUpload {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(PIECE - self.buf.len());
+        self.buf.extend_from_slice(&buf[..n]);
+        if self.buf.len() >= PIECE {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// Compress `src` with zstd into `out` (the upload), hashing the compressed bytes: (sha256 hex, compressed
+/// size). A read error is also handed to the upload, so that it fails rather than store a partial object.
+fn compress(src: &Path, out: ToUpload) -> Result<(String, u64), SnapshotError> {
+    let tx = out.tx.clone();
+    let result = compress_inner(src, out);
+    if let Err(e) = &result {
+        let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+    }
+    result
+}
+
+fn compress_inner(src: &Path, out: ToUpload) -> Result<(String, u64), SnapshotError> {
+    let upload = Path::new("the upload");
     let input = std::fs::File::open(src).map_err(io("cannot read", src))?;
     let total = input.metadata().map(|m| m.len()).unwrap_or(0);
-    let out = std::fs::File::create(dst).map_err(io("cannot create", dst))?;
     let mut hashing = Hashing {
-        inner: std::io::BufWriter::new(out),
+        inner: out,
         hash: Sha256::new(),
         bytes: 0,
     };
     {
-        let mut enc = zstd::stream::Encoder::new(&mut hashing, 1).map_err(io("zstd", dst))?;
-        let mut progress = Progress::new("compressing snapshot", total);
+        let mut enc = zstd::stream::Encoder::new(&mut hashing, 1).map_err(io("zstd", src))?;
+        let mut progress = Progress::new("saving snapshot", total);
         let mut input = std::io::BufReader::with_capacity(1 << 20, input);
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -354,12 +380,13 @@ fn compress(src: &Path, dst: &Path) -> Result<(String, u64), SnapshotError> {
             if n == 0 {
                 break;
             }
-            enc.write_all(&buf[..n]).map_err(io("cannot write", dst))?;
+            enc.write_all(&buf[..n])
+                .map_err(io("cannot write", upload))?;
             progress.add(n as u64);
         }
-        enc.finish().map_err(io("cannot write", dst))?;
+        enc.finish().map_err(io("cannot write", upload))?;
     }
-    hashing.flush().map_err(io("cannot write", dst))?;
+    hashing.flush().map_err(io("cannot write", upload))?;
     Ok((hex::encode(hashing.hash.finalize()), hashing.bytes))
 }
 
@@ -389,25 +416,44 @@ pub async fn save(
         });
     }
     let database_bytes = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
-    let packed = dir.path().join("snapshot.db.zst");
-    let (c, p) = (copy.clone(), packed.clone());
-    let (sha256, compressed_bytes) = tokio::task::spawn_blocking(move || compress(&c, &p))
-        .await
-        .expect("snapshot compression panicked")?;
+    let copied = started.elapsed();
     let now = std::time::SystemTime::now();
     let ms = now
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
     let object = format!("harmonylite-snapshot-{}-{ms}.db.zst", cfg.node_id);
-    let file = tokio::fs::File::open(&packed)
-        .await
-        .map_err(io("cannot read", &packed))?;
-    let upload = Counted {
-        inner: file,
-        progress: Progress::new("uploading snapshot", compressed_bytes),
+    // Compressed while it is uploaded: no compressed file on disk, and the compression (one core) and the
+    // store's writing (the network, the store's disk) overlap.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let out = ToUpload {
+        tx,
+        buf: Vec::with_capacity(PIECE),
     };
-    store.put(&object, Box::pin(upload)).await?;
+    let c = copy.clone();
+    let packing = tokio::task::spawn_blocking(move || compress(&c, out));
+    let pieces =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) });
+    let stored = store
+        .put(&object, Box::pin(tokio_util::io::StreamReader::new(pieces)))
+        .await;
+    let packed = packing.await.expect("snapshot compression panicked");
+    let (sha256, compressed_bytes) = match (stored, packed) {
+        (Ok(()), packed) => packed?,
+        // The compression stopped because the upload did: the upload's error says why.
+        (Err(e), Err(SnapshotError::Io { source, .. }))
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            return Err(e.into());
+        }
+        (Err(_), Err(e)) => return Err(e),
+        (Err(e), Ok(_)) => return Err(e.into()),
+    };
+    tracing::debug!(
+        copy_s = format!("{:.2}", copied.as_secs_f64()),
+        compress_and_upload_s = format!("{:.2}", (started.elapsed() - copied).as_secs_f64()),
+        "snapshot data stored"
+    );
     let manifest = Manifest {
         format: 1,
         object: object.clone(),
