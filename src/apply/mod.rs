@@ -52,9 +52,9 @@ const MAX_TXN_TIME: Duration = Duration::from_millis(100);
 const MAX_QUEUED: usize = 1_000;
 /// Most bytes (as received) buffered per shard: pieces of large values are large messages.
 const MAX_QUEUED_BYTES: usize = 32 << 20;
-/// Most rows buffered per shard, decoded (a decoded row takes several times its compressed size): two
-/// transactions' worth keeps the next one ready while this one is written.
-const MAX_QUEUED_ROWS: usize = 2 * MAX_TXN_ROWS;
+/// Most rows buffered per shard, decoded (a decoded row takes several times its compressed size): one
+/// transaction's worth; the next ones wait undecoded between the consumer and the queue.
+const MAX_QUEUED_ROWS: usize = MAX_TXN_ROWS;
 
 /// A message delivered by a shard's consumer.
 pub struct Incoming {
