@@ -143,10 +143,10 @@ async fn entry_patiently(
     node_id: u64,
 ) -> Result<Option<Positions>, KvError> {
     let deadline = tokio::time::Instant::now() + ENTRY_PATIENCE;
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
-    // A request sent while the cluster forms can go unanswered for seconds: each try has a short time of its
-    // own, longer each time.
-    let mut attempt = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    // A request sent while the cluster forms can go unanswered for seconds (sent before the bucket's stream had
+    // a leader, it is never answered): each try has a short time of its own, longer each time.
+    let mut attempt = Duration::from_millis(250);
     loop {
         let error = match tokio::time::timeout(attempt, read_entry(js, node_id)).await {
             Ok(Ok(found)) => return Ok(found),

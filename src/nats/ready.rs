@@ -14,7 +14,7 @@ use super::NatsError;
 
 /// A query sent before the cluster has a meta leader goes unanswered: start with short attempts (the leader
 /// is usually there within a few hundred milliseconds) and lengthen them for slow or loaded machines.
-const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(250);
+const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(100);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(50);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);

@@ -762,7 +762,7 @@ impl RunningNode {
         // A request sent while the cluster forms (a bucket just created, its leader just elected) can go
         // unanswered for the client's whole request timeout: each try has a short time of its own, longer each
         // time.
-        let mut attempt = Duration::from_secs(2);
+        let mut attempt = Duration::from_millis(500);
         loop {
             let decided = tokio::time::timeout(
                 attempt,
@@ -781,7 +781,7 @@ impl RunningNode {
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => anyhow::bail!("stopped"),
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
     }

@@ -80,9 +80,9 @@ pub async fn ensure(
     for shard in 1..=cfg.replication_log.shards.get() {
         let config = stream_config(cfg, shard, replicas);
         // Nodes starting together create the same stream at once; a request caught in that race can go
-        // unanswered, so each attempt is short (growing from 0.5 s to 5 s) and retried.
-        let mut attempt_timeout = Duration::from_millis(500);
-        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_millis(250));
+        // unanswered, so each attempt is short (growing from 0.25 s to 5 s) and retried.
+        let mut attempt_timeout = Duration::from_millis(250);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(250));
         let mut warned = false;
         loop {
             let r = tokio::time::timeout(attempt_timeout, ensure_one(js, cfg, &config, replicas))
