@@ -586,6 +586,9 @@ struct Args {
     nodes: usize,
     /// Rows the catch-up section's node misses (default: 2,000,000; 100,000 with `--quick`).
     catch_up_rows: Option<i64>,
+    /// Fresh clusters started (and stopped) after the run's own, for the spread of the cold start (default: 5;
+    /// 1 with `--quick`).
+    cold_starts: Option<usize>,
 }
 
 fn args() -> Option<Args> {
@@ -610,6 +613,8 @@ fn args() -> Option<Args> {
         nodes,
         catch_up_rows: value("--catch-up-rows")
             .map(|v| v.parse().expect("--catch-up-rows takes a number of rows")),
+        cold_starts: value("--cold-starts")
+            .map(|v| v.parse().expect("--cold-starts takes a number of starts")),
     })
 }
 
@@ -729,7 +734,7 @@ fn main() {
         verbose: false,
         ..Default::default()
     };
-    let mut c = support::Cluster::new(opts);
+    let mut c = support::Cluster::new(opts.clone());
     let t0 = Instant::now();
     c.start_all();
     c.wait_all_running(Duration::from_secs(120));
@@ -744,6 +749,20 @@ fn main() {
     eprintln!("bench: snapshot save and restore of a {snapshot_mb} MiB database...");
     let snap = snapshot_bench(snapshot_mb);
     let large = large_rows_bench(quick);
+    let starts = a.cold_starts.unwrap_or(if quick { 1 } else { 5 });
+    eprintln!(
+        "bench: {starts} more cold starts of {} fresh nodes...",
+        a.nodes
+    );
+    let mut cold_starts = vec![cold_start];
+    for _ in 0..starts {
+        let mut fresh = support::Cluster::new(opts.clone());
+        let t = Instant::now();
+        fresh.start_all();
+        fresh.wait_all_running(Duration::from_secs(120));
+        cold_starts.push(t.elapsed().as_secs_f64());
+        fresh.stop_all();
+    }
     let max_rate = report["max_replicated_rows_per_s"].as_f64().unwrap();
     let extra = json!({
         "quick": quick,
@@ -752,6 +771,8 @@ fn main() {
         "baseline_one_row_per_acked_message_rows_per_s": base.round(),
         "speedup_vs_baseline": max_rate / base,
         "cold_start_s": cold_start,
+        "cold_starts_s": cold_starts,
+        "cold_start_max_s": cold_starts.iter().copied().fold(0.0, f64::max),
         "first_row_after_start_ms": first_row,
         "snapshot": snap,
         "large_rows": large,
@@ -969,6 +990,17 @@ fn print_table(r: &serde_json::Value) {
         &format!("{n}-node cold start to ready (s)"),
         format!("{:.2}", f(&r["cold_start_s"])),
     );
+    if let Some(starts) = r["cold_starts_s"].as_array() {
+        let each: Vec<String> = starts.iter().map(|s| format!("{:.2}", f(s))).collect();
+        row(
+            &format!("{n}-node cold starts, each (s)"),
+            format!(
+                "{} (max {:.2})",
+                each.join(" / "),
+                f(&r["cold_start_max_s"])
+            ),
+        );
+    }
     row(
         "first row after the start, until every peer holds it (ms)",
         format!("{:.1}", f(&r["first_row_after_start_ms"])),

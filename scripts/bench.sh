@@ -5,6 +5,7 @@
 #   scripts/bench.sh --quick    short run (about a minute), as CI does
 #   scripts/bench.sh --nodes 5   the same with five nodes
 #   scripts/bench.sh --soak 600 adds ten minutes at half the maximum rate, sampling memory
+#   scripts/bench.sh --cold-starts 20   twenty more fresh clusters started after the run (5 by default)
 #   scripts/bench.sh --json out.json
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -24,6 +24,7 @@ INSERT INTO Books (title, author, publication_year) VALUES
 
 /// What [`Cluster::new`] prepares. Anything finer (one node's database, directory, arguments) is set on the
 /// [`Node`]s between [`Cluster::new`] and [`Cluster::start_all`].
+#[derive(Clone)]
 pub struct Options {
     pub nodes: usize,
     /// Schema SQL run with the sqlite3 CLI on every node's database before start (empty: no database file).
