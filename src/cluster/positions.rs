@@ -12,7 +12,6 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::nats::KvError;
-use crate::retry::Backoff;
 
 /// The bucket of handled positions.
 pub const BUCKET: &str = "harmonylite-positions";
@@ -142,32 +141,16 @@ async fn entry_patiently(
     js: &jetstream::Context,
     node_id: u64,
 ) -> Result<Option<Positions>, KvError> {
-    let deadline = tokio::time::Instant::now() + ENTRY_PATIENCE;
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     // A request sent while the cluster forms can go unanswered for seconds (sent before the bucket's stream had
-    // a leader, it is never answered): each try has a short time of its own, longer each time.
-    let mut attempt = Duration::from_millis(250);
-    loop {
-        let error = match tokio::time::timeout(attempt, read_entry(js, node_id)).await {
-            Ok(Ok(found)) => return Ok(found),
-            Ok(Err(e)) => e,
-            Err(_) => KvError::read(
-                BUCKET,
-                &node_key(node_id),
-                format!("no answer within {attempt:?}"),
-            ),
-        };
-        attempt = (attempt * 2).min(Duration::from_secs(5));
-        if tokio::time::Instant::now() >= deadline {
-            return Err(error);
-        }
-        tracing::debug!(
-            bucket = BUCKET,
-            error = %error,
-            "positions entry not read yet; asking again"
-        );
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
+    // a leader, it is never answered): tries overlap, each with a short time of its own.
+    crate::retry::ask(
+        crate::retry::Asking::FORMING,
+        tokio::time::Instant::now() + ENTRY_PATIENCE,
+        || read_entry(js, node_id),
+        |t| KvError::read(BUCKET, &node_key(node_id), format!("no answer within {t:?}")),
+        |e| tracing::debug!(bucket = BUCKET, error = %e, "positions entry not read yet; asking again"),
+    )
+    .await
 }
 
 /// One try of [`entry`]: `Ok(None)` only when the bucket or the key does not exist.

@@ -15,6 +15,8 @@ use super::NatsError;
 /// A query sent before the cluster has a meta leader goes unanswered: start with short attempts (the leader
 /// is usually there within a few hundred milliseconds) and lengthen them for slow or loaded machines.
 const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(100);
+/// The most queries [`wait_ready`] keeps waiting at once.
+const MAX_ASKING: usize = 16;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(50);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -64,53 +66,67 @@ fn watch_forming(probe: &Probe) {
 }
 
 /// Waits until JetStream answers. Logs "cluster formed" and "JetStream ready" with the time taken.
+///
+/// A query sent before the meta leader exists is never answered, so queries overlap: a new one goes out every
+/// [`POLL`] while earlier ones still wait (each for up to its own timeout, longer for later ones), and the first
+/// answer ends the wait: the leader's election is seen within about [`POLL`] rather than after the timeout of
+/// a query sent just before it.
 pub(crate) async fn wait_ready(
     js: &Context,
     timeout: Duration,
     probe: &Probe,
 ) -> Result<(), NatsError> {
+    use futures::StreamExt;
     let started = Instant::now();
-    let deadline = started + timeout;
-    let mut last_error;
+    let deadline = tokio::time::Instant::from_std(started + timeout);
+    let mut last_error = String::from("no answer yet");
     let mut logged_waiting = false;
     let mut attempt_timeout = FIRST_ATTEMPT_TIMEOUT;
-    let mut backoff = crate::retry::Backoff::new(POLL, POLL * 4);
+    let mut asking = futures::stream::FuturesUnordered::new();
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let attempt = attempt_timeout
-            .min(deadline.saturating_duration_since(Instant::now()))
-            .max(POLL);
-        attempt_timeout = (attempt_timeout * 3 / 2).min(ATTEMPT_TIMEOUT);
-        match tokio::time::timeout(attempt, js.query_account()).await {
-            Ok(Ok(_)) => {
-                if let Some(servers) = connected_servers(probe).await {
-                    tracing::info!(
-                        servers,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "cluster formed"
-                    );
-                }
-                tracing::debug!(
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "JetStream ready"
-                );
-                watch_forming(probe);
-                return Ok(());
+        tokio::select! {
+            _ = tick.tick(), if asking.len() < MAX_ASKING => {
+                let attempt = attempt_timeout;
+                attempt_timeout = (attempt_timeout * 3 / 2).min(ATTEMPT_TIMEOUT);
+                asking.push(async move {
+                    tokio::time::timeout(attempt, js.query_account())
+                        .await
+                        .map_err(|_| format!("no answer within {attempt:?}"))
+                });
             }
-            Ok(Err(e)) => last_error = e.to_string(),
-            Err(_) => last_error = format!("no answer within {attempt:?}"),
+            Some(answer) = asking.next() => match answer {
+                Ok(Ok(_)) => {
+                    if let Some(servers) = connected_servers(probe).await {
+                        tracing::info!(
+                            servers,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "cluster formed"
+                        );
+                    }
+                    tracing::debug!(
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "JetStream ready"
+                    );
+                    watch_forming(probe);
+                    return Ok(());
+                }
+                Ok(Err(e)) => last_error = e.to_string(),
+                Err(e) => last_error = e,
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(NatsError::NotReady {
+                    waited_seconds: timeout.as_secs(),
+                    last_error,
+                    cluster: diagnose(probe).await,
+                });
+            }
         }
         if !logged_waiting && started.elapsed() > Duration::from_secs(5) {
             logged_waiting = true;
             tracing::info!(last_error = %last_error, "waiting for JetStream (cluster peers and a meta leader)");
         }
-        if Instant::now() + POLL >= deadline {
-            return Err(NatsError::NotReady {
-                waited_seconds: timeout.as_secs(),
-                last_error,
-                cluster: diagnose(probe).await,
-            });
-        }
-        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

@@ -279,6 +279,11 @@ impl RunningNode {
             .map(|r| r as usize)
             .unwrap_or_else(|| self.nats.cluster_size_hint().clamp(1, 3));
         streams::explain_caps(&cfg);
+        tokio::spawn(streams::prepare_buckets(
+            self.nats.jetstream.clone(),
+            cfg.clone(),
+            replicas,
+        ));
         streams::ensure(
             &self.nats.jetstream,
             &cfg,
@@ -758,32 +763,25 @@ impl RunningNode {
     /// starting for the first time elects its buckets' leaders meanwhile); then the start fails rather than
     /// guess.
     async fn join_decision(&self, replicas: usize) -> anyhow::Result<join::Decision> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         // A request sent while the cluster forms (a bucket just created, its leader just elected) can go
-        // unanswered for the client's whole request timeout: each try has a short time of its own, longer each
-        // time.
-        let mut attempt = Duration::from_millis(500);
-        loop {
-            let decided = tokio::time::timeout(
-                attempt,
-                join::decide(&self.cfg, &self.nats.jetstream, replicas),
+        // unanswered for the client's whole request timeout: tries overlap, each with a short time of its own.
+        let decided = tokio::select! {
+            _ = self.cancel.cancelled() => anyhow::bail!("stopped"),
+            d = crate::retry::ask(
+                crate::retry::Asking::FORMING,
+                deadline,
+                || join::decide(&self.cfg, &self.nats.jetstream, replicas),
+                |t| format!("no answer within {t:?}"),
+                |e| tracing::debug!(error = %e, "join: the cluster does not answer yet"),
+            ) => d,
+        };
+        decided.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot tell whether this node joins a cluster that holds data (its database was never \
+                 captured before): {e}"
             )
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {attempt:?}")));
-            attempt = (attempt * 2).min(Duration::from_secs(10));
-            match decided {
-                Ok(d) => return Ok(d),
-                Err(e) if std::time::Instant::now() >= deadline => anyhow::bail!(
-                    "cannot tell whether this node joins a cluster that holds data (its database was never \
-                     captured before): {e}"
-                ),
-                Err(e) => tracing::debug!(error = %e, "join: the cluster does not answer yet"),
-            }
-            tokio::select! {
-                _ = self.cancel.cancelled() => anyhow::bail!("stopped"),
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-        }
+        })
     }
 
     /// A shard met a gap while running: when the latest snapshot covers it, stop the engine, restore, and

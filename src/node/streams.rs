@@ -7,7 +7,6 @@ use async_nats::jetstream::{self, stream};
 
 use crate::config::Config;
 use crate::repeat::{Repeats, Report};
-use crate::retry::Backoff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -80,59 +79,85 @@ pub async fn ensure(
     for shard in 1..=cfg.replication_log.shards.get() {
         let config = stream_config(cfg, shard, replicas);
         // Nodes starting together create the same stream at once; a request caught in that race can go
-        // unanswered, so each attempt is short (growing from 0.25 s to 5 s) and retried.
-        let mut attempt_timeout = Duration::from_millis(250);
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(250));
+        // unanswered, so tries overlap, each short at first (0.25 s, growing to 5 s), a new one every 0.1 to
+        // 0.25 s.
         let mut warned = false;
-        loop {
-            let r = tokio::time::timeout(attempt_timeout, ensure_one(js, cfg, &config, replicas))
-                .await
-                .unwrap_or(Err(Attempt::NoAnswer(attempt_timeout)));
-            attempt_timeout = (attempt_timeout * 2).min(Duration::from_secs(5));
-            match r {
-                Ok(()) => {
-                    if let Some(Report::Ended { total, lasted, .. }) =
-                        trouble.resolve(&config.name, Instant::now())
-                    {
-                        if warned {
-                            tracing::info!(stream = %config.name, failed_attempts = total, after_s = lasted.as_secs(),
-                                "stream available after {total} failed attempts");
-                        } else {
-                            tracing::debug!(stream = %config.name, failed_attempts = total,
-                                "stream available after {total} failed attempts");
-                        }
+        let asked = crate::retry::ask(
+            crate::retry::Asking {
+                longest_gap: Duration::from_millis(250),
+                ..crate::retry::Asking::FORMING
+            },
+            tokio::time::Instant::from_std(start + deadline),
+            || ensure_one(js, cfg, &config, replicas),
+            Attempt::NoAnswer,
+            |e| {
+                let error = e.to_string();
+                match trouble.observe(&config.name, &error, Instant::now()) {
+                    // Nodes starting together race to create the streams: a few seconds of refusals and
+                    // unanswered requests are routine, said at DEBUG.
+                    _ if !warned && start.elapsed() >= ROUTINE => {
+                        warned = true;
+                        tracing::warn!(stream = %config.name, error,
+                            "cannot create or open the stream yet; replication waits for it; retrying")
                     }
-                    break;
-                }
-                Err(e) if start.elapsed() < deadline => {
-                    let error = e.to_string();
-                    match trouble.observe(&config.name, &error, Instant::now()) {
-                        // Nodes starting together race to create the streams: a few seconds of refusals and
-                        // unanswered requests are routine, said at DEBUG.
-                        _ if !warned && start.elapsed() >= ROUTINE => {
-                            warned = true;
-                            tracing::warn!(stream = %config.name, error,
-                                "cannot create or open the stream yet; replication waits for it; retrying")
-                        }
-                        Some(Report::Repeating { count, ongoing, .. }) if warned => {
-                            tracing::warn!(stream = %config.name, error, failed_attempts = count,
-                                ongoing_s = ongoing.as_secs(),
-                                "still cannot create or open the stream; replication waits for it; retrying")
-                        }
-                        _ => tracing::debug!(stream = %config.name, error, "stream not ready yet"),
+                    Some(Report::Repeating { count, ongoing, .. }) if warned => {
+                        tracing::warn!(stream = %config.name, error, failed_attempts = count,
+                            ongoing_s = ongoing.as_secs(),
+                            "still cannot create or open the stream; replication waits for it; retrying")
                     }
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    _ => tracing::debug!(stream = %config.name, error, "stream not ready yet"),
                 }
-                Err(e) => {
-                    return Err(StreamError::Unavailable {
-                        stream: config.name.clone(),
-                        reason: e.to_string(),
-                    });
-                }
+            },
+        )
+        .await;
+        if let Err(e) = asked {
+            return Err(StreamError::Unavailable {
+                stream: config.name.clone(),
+                reason: e.to_string(),
+            });
+        }
+        if let Some(Report::Ended { total, lasted, .. }) =
+            trouble.resolve(&config.name, Instant::now())
+        {
+            if warned {
+                tracing::info!(stream = %config.name, failed_attempts = total, after_s = lasted.as_secs(),
+                    "stream available after {total} failed attempts");
+            } else {
+                tracing::debug!(stream = %config.name, failed_attempts = total,
+                    "stream available after {total} failed attempts");
             }
         }
     }
     Ok(())
+}
+
+/// How long [`prepare_buckets`] tries.
+const AHEAD: Duration = Duration::from_secs(5);
+
+/// The buckets a node's start opens after the change streams (the positions bucket; the snapshot object store
+/// when snapshots live in NATS), created at the same time as the streams: on a cluster's first start each is a
+/// RAFT group of its own electing its leader (30–100 ms here), and the start's later steps then find them ready
+/// instead of creating them one after another. One try each; failures are left to those steps, which open or
+/// create the buckets themselves.
+pub async fn prepare_buckets(js: jetstream::Context, cfg: std::sync::Arc<Config>, replicas: usize) {
+    let positions = async {
+        match tokio::time::timeout(AHEAD, crate::cluster::positions::bucket(&js, replicas)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "positions bucket not created ahead"),
+            Err(_) => {
+                tracing::debug!("positions bucket not created ahead: no answer within {AHEAD:?}")
+            }
+        }
+    };
+    let snapshots = async {
+        if cfg.replicate
+            && cfg.snapshot.enabled
+            && cfg.snapshot.store == crate::config::SnapshotStore::Nats
+        {
+            crate::snapshot::store::nats::prepare(&cfg, &js, replicas, AHEAD).await;
+        }
+    };
+    futures::join!(positions, snapshots);
 }
 
 /// Every stream the node creates (the change streams, the buckets' streams) with the replicas it should

@@ -49,48 +49,28 @@ impl NatsStore {
         let bucket = bucket_name(cfg);
         // The bucket is created on first use; while the cluster elects a leader (a node just went away) the
         // request can time out: retry within the node's readiness timeout.
-        let deadline = std::time::Instant::now()
+        let deadline = tokio::time::Instant::now()
             + std::time::Duration::from_secs(cfg.nats.ready_timeout_seconds.get());
-        let mut backoff = crate::retry::Backoff::new(
-            std::time::Duration::from_millis(250),
-            std::time::Duration::from_secs(2),
-        );
         // A request sent while the cluster forms can go unanswered for the client's whole request timeout
-        // (seconds): each try is given a short time of its own (longer each time, for a slow cluster).
-        let mut attempt = FIRST_ATTEMPT;
-        loop {
-            let r = match tokio::time::timeout(attempt, open_once(cfg, js, &bucket)).await {
-                Ok(r) => r,
-                Err(_) => Err(format!("no answer within {attempt:?}")),
-            };
-            attempt = (attempt * 2).min(std::time::Duration::from_secs(8));
-            match r {
-                Ok(store) => {
-                    let chunk = chunk_size(js.client().server_info().max_payload);
-                    return Ok(NatsStore {
-                        bucket,
-                        js: js.clone(),
-                        store,
-                        chunk,
-                    });
-                }
-                Err(e) if std::time::Instant::now() < deadline => {
-                    tracing::debug!(bucket, error = %e, "snapshot bucket not reachable yet");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-                Err(e) => {
-                    return Err(StoreError::failed(
-                        &format!("nats object store {bucket}"),
-                        e,
-                    ));
-                }
-            }
-        }
+        // (seconds): tries overlap, each with a short time of its own.
+        let store = crate::retry::ask(
+            crate::retry::Asking::FORMING,
+            deadline,
+            || open_once(cfg, js, &bucket),
+            |t| format!("no answer within {t:?}"),
+            |e| tracing::debug!(bucket, error = %e, "snapshot bucket not reachable yet"),
+        )
+        .await
+        .map_err(|e| StoreError::failed(&format!("nats object store {bucket}"), e))?;
+        let chunk = chunk_size(js.client().server_info().max_payload);
+        Ok(NatsStore {
+            bucket,
+            js: js.clone(),
+            store,
+            chunk,
+        })
     }
 }
-
-/// How long the first try of opening (or creating) the bucket may take.
-const FIRST_ATTEMPT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Bytes of an object's chunks asked for at a time when it is read (the client's own reader lets the server
 /// send up to 64 MiB ahead of the reader).
@@ -163,24 +143,65 @@ async fn open_once(
     js: &jetstream::Context,
     bucket: &str,
 ) -> Result<object_store::ObjectStore, String> {
+    if let Ok(store) = js.get_object_store(bucket).await {
+        return read_through_leader(js, bucket, store).await;
+    }
     let replicas = match cfg.snapshot.nats.replicas {
         0 => streams_replicas(cfg, js).await,
         n => n as usize,
     };
-    let store = match js.get_object_store(bucket).await {
-        Ok(s) => s,
-        Err(_) => js
-            .create_object_store(object_store::Config {
-                bucket: bucket.to_string(),
-                description: Some("HarmonyLite snapshots".into()),
-                num_replicas: replicas,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?,
+    create(js, bucket, replicas).await?;
+    js.get_object_store(bucket).await.map_err(|e| e.to_string())
+}
+
+/// Creates the bucket's stream as the client's object store would, except that its reads go through the leader
+/// from the start (see [`read_through_leader`]): on a cluster's first start a change of the stream right after
+/// its creation could go unanswered while its group settles. Succeeds when another node created it meanwhile.
+async fn create(js: &jetstream::Context, bucket: &str, replicas: usize) -> Result<(), String> {
+    let config = jetstream::stream::Config {
+        name: format!("OBJ_{bucket}"),
+        description: Some("HarmonyLite snapshots".into()),
+        subjects: vec![format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")],
+        max_bytes: -1,
+        max_messages: -1,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        discard: jetstream::stream::DiscardPolicy::New,
+        allow_rollup: true,
+        allow_direct: false,
+        ..Default::default()
     };
-    read_through_leader(js, bucket, store).await
+    match js.create_stream(config).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("already in use") => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Creates the bucket with `replicas` replicas when it is missing, one try within `within`: what a node's
+/// start does while it creates the change streams, so that the join decision finds the bucket's group
+/// elected. Errors are left to [`NatsStore::open`].
+pub async fn prepare(
+    cfg: &Config,
+    js: &jetstream::Context,
+    replicas: usize,
+    within: std::time::Duration,
+) {
+    let bucket = bucket_name(cfg);
+    let replicas = match cfg.snapshot.nats.replicas {
+        0 => replicas,
+        n => n as usize,
+    };
+    let tried = tokio::time::timeout(within, async {
+        if js.get_object_store(&bucket).await.is_err() {
+            create(js, &bucket, replicas).await?;
+        }
+        Ok::<(), String>(())
+    })
+    .await;
+    if let Ok(Err(e)) | Err(e) = tried.map_err(|_| format!("no answer within {within:?}")) {
+        tracing::debug!(bucket, error = %e, "snapshot bucket not created ahead; opened when needed");
+    }
 }
 
 /// The bucket's objects read through its stream's leader, never a replica: a direct get (what the client
