@@ -76,12 +76,13 @@ pub struct Asking {
 
 impl Asking {
     /// For the requests of a node's start while its cluster forms: tries of 250 ms and longer, a new one every
-    /// 100 ms at first.
+    /// 100 to 250 ms (an answer becomes possible only for a try sent after the group's leader exists, so the
+    /// gap bounds the wait once it does).
     pub const FORMING: Asking = Asking {
         first: Duration::from_millis(250),
         longest: Duration::from_secs(5),
         gap: Duration::from_millis(100),
-        longest_gap: Duration::from_secs(2),
+        longest_gap: Duration::from_millis(250),
     };
 }
 

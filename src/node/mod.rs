@@ -504,7 +504,9 @@ impl RunningNode {
         cfg: &Config,
         prepared: &Prepared,
     ) -> (std::collections::BTreeMap<String, u64>, bool) {
-        if !cfg.replicate {
+        // An entry certifies only the database it was written for (its change log's incarnation): a capture
+        // installed now has a new incarnation that no entry can name, so there is nothing to read.
+        if !cfg.replicate || prepared.first {
             return Default::default();
         }
         match positions::certified(

@@ -79,14 +79,10 @@ pub async fn ensure(
     for shard in 1..=cfg.replication_log.shards.get() {
         let config = stream_config(cfg, shard, replicas);
         // Nodes starting together create the same stream at once; a request caught in that race can go
-        // unanswered, so tries overlap, each short at first (0.25 s, growing to 5 s), a new one every 0.1 to
-        // 0.25 s.
+        // unanswered, so tries overlap (`Asking::FORMING`).
         let mut warned = false;
         let asked = crate::retry::ask(
-            crate::retry::Asking {
-                longest_gap: Duration::from_millis(250),
-                ..crate::retry::Asking::FORMING
-            },
+            crate::retry::Asking::FORMING,
             tokio::time::Instant::from_std(start + deadline),
             || ensure_one(js, cfg, &config, replicas),
             Attempt::NoAnswer,
