@@ -291,6 +291,7 @@ impl RunningNode {
             Duration::from_secs(cfg.nats.ready_timeout_seconds.get()),
         )
         .await?;
+        tracing::debug!("start: change streams ready");
 
         let Recovered {
             prepared,
@@ -461,6 +462,7 @@ impl RunningNode {
                 .set_published_upto(prepared.state.published_upto.max(0) as u64);
         }
         let (mut certified, mut certified_unknown) = self.certified(&cfg, &prepared).await;
+        tracing::debug!(certified_unknown, "start: positions entry read");
         let mut join_pending = cfg.replicate
             && capture::join_pending(&prepared.conn)
                 .context("cannot read the database's join state")?;
@@ -539,6 +541,7 @@ impl RunningNode {
         let cfg = self.cfg.clone();
         let applied = comeback::applied_positions(&prepared.conn);
         let gaps = comeback::gaps(&self.nats.jetstream, &cfg, &applied, certified).await;
+        tracing::debug!(gaps = gaps.len(), "start: streams checked for gaps");
         if gaps.is_empty() {
             return Ok((prepared, false));
         }
