@@ -128,6 +128,10 @@ pub async fn refuse_diverged_records(
 
 /// How long [`read_all_entries`] reads the registry again while it finds fewer entries than its stream says.
 const REGISTRY_SETTLE: Duration = Duration::from_secs(10);
+/// Longest one reading of the registry may take.
+const REGISTRY_READ: Duration = Duration::from_secs(2);
+/// How long readings that do not end are tried again before the start fails.
+const REGISTRY_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Every node's registry entry, read again (every 250 ms, for [`REGISTRY_SETTLE`]) while fewer entries come back
 /// than the bucket's stream has keys: right after this node's nats-server started, a listing can come from a
@@ -136,7 +140,19 @@ const REGISTRY_SETTLE: Duration = Duration::from_secs(10);
 async fn read_all_entries(js: &jetstream::Context) -> anyhow::Result<BTreeMap<u64, Entry>> {
     let started = std::time::Instant::now();
     loop {
-        let entries = read_entries(js).await?;
+        // A listing is a consumer's delivery, which a server not current with its cluster (just restarted) may
+        // never make: each reading is bounded, and one that does not end counts as a short one.
+        let entries = match tokio::time::timeout(REGISTRY_READ, read_entries(js)).await {
+            Ok(read) => Some(read?),
+            Err(_) if started.elapsed() < REGISTRY_PATIENCE => None,
+            Err(_) => anyhow::bail!(
+                "the schema registry {BUCKET} did not answer within {REGISTRY_PATIENCE:?}"
+            ),
+        };
+        let Some(entries) = entries else {
+            tracing::debug!("schema registry listing did not end; reading it again");
+            continue;
+        };
         let keys = match js.get_key_value(BUCKET).await {
             Ok(store) => store
                 .status()

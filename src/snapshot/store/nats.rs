@@ -72,6 +72,9 @@ impl NatsStore {
     }
 }
 
+/// Longest wait for the next chunk of an object being read.
+const CHUNK_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Bytes of an object's chunks asked for at a time when it is read (the client's own reader lets the server
 /// send up to 64 MiB ahead of the reader).
 const READ_AHEAD: usize = 8 << 20;
@@ -117,7 +120,19 @@ impl NatsStore {
                     (Err(e), (None, read, bytes))
                 });
             }
-            match messages.next().await {
+            // A consumer whose server is not current (just restarted, catching up with its cluster) can be
+            // created and then deliver nothing: a chunk that does not come is an error, not a wait without end.
+            let next = match tokio::time::timeout(CHUNK_WAIT, messages.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let e = std::io::Error::other(format!(
+                        "chunk {} of {chunks} did not come within {CHUNK_WAIT:?}",
+                        read + 1
+                    ));
+                    return Some((Err(e), (None, read, bytes)));
+                }
+            };
+            match next {
                 Some(Ok(m)) => {
                     let payload = m.payload.clone();
                     let bytes = bytes + payload.len();
