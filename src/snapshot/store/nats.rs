@@ -56,7 +56,7 @@ impl NatsStore {
         let store = crate::retry::ask(
             crate::retry::Asking::FORMING,
             deadline,
-            || open_once(cfg, js, &bucket),
+            || open_once(cfg, js, &bucket, None),
             |t| format!("no answer within {t:?}"),
             |e| tracing::debug!(bucket, error = %e, "snapshot bucket not reachable yet"),
         )
@@ -151,19 +151,21 @@ impl NatsStore {
     }
 }
 
-/// One try: the bucket opened, or created (replicated like the streams unless configured), read through its
-/// leader.
+/// One try: the bucket opened, or created (with `[snapshot.nats] replicas`, else `streams` replicas, else as
+/// many as the change streams have), read through its leader.
 async fn open_once(
     cfg: &Config,
     js: &jetstream::Context,
     bucket: &str,
+    streams: Option<usize>,
 ) -> Result<object_store::ObjectStore, String> {
     if let Ok(store) = js.get_object_store(bucket).await {
         return read_through_leader(js, bucket, store).await;
     }
-    let replicas = match cfg.snapshot.nats.replicas {
-        0 => streams_replicas(cfg, js).await,
-        n => n as usize,
+    let replicas = match (cfg.snapshot.nats.replicas, streams) {
+        (0, Some(r)) => r,
+        (0, None) => streams_replicas(cfg, js).await,
+        (n, _) => n as usize,
     };
     create(js, bucket, replicas).await?;
     js.get_object_store(bucket).await.map_err(|e| e.to_string())
@@ -193,9 +195,9 @@ async fn create(js: &jetstream::Context, bucket: &str, replicas: usize) -> Resul
     }
 }
 
-/// Creates the bucket with `replicas` replicas when it is missing, one try within `within`: what a node's
-/// start does while it creates the change streams, so that the join decision finds the bucket's group
-/// elected. Errors are left to [`NatsStore::open`].
+/// The bucket opened or created, the change streams having `replicas` replicas (they may not exist yet), one try
+/// within `within`: what a node's start does while it creates the change streams, so that the join decision
+/// finds the bucket's group elected. Errors are left to [`NatsStore::open`].
 pub async fn prepare(
     cfg: &Config,
     js: &jetstream::Context,
@@ -203,20 +205,13 @@ pub async fn prepare(
     within: std::time::Duration,
 ) {
     let bucket = bucket_name(cfg);
-    let replicas = match cfg.snapshot.nats.replicas {
-        0 => replicas,
-        n => n as usize,
-    };
-    let tried = tokio::time::timeout(within, async {
-        if js.get_object_store(&bucket).await.is_err() {
-            create(js, &bucket, replicas).await?;
-        }
-        Ok::<(), String>(())
-    })
-    .await;
-    if let Ok(Err(e)) | Err(e) = tried.map_err(|_| format!("no answer within {within:?}")) {
-        tracing::debug!(bucket, error = %e, "snapshot bucket not created ahead; opened when needed");
-    }
+    let error =
+        match tokio::time::timeout(within, open_once(cfg, js, &bucket, Some(replicas))).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => e,
+            Err(_) => format!("no answer within {within:?}"),
+        };
+    tracing::debug!(bucket, error = %error, "snapshot bucket not created ahead; opened when needed");
 }
 
 /// The bucket's objects read through its stream's leader, never a replica: a direct get (what the client
