@@ -12,16 +12,53 @@ use std::sync::Mutex;
 use rustc_hash::FxBuildHasher;
 use tokio::sync::Notify;
 
-/// A row's identity: table name, a zero byte, canonical key bytes ([`crate::wire::key_bytes`]); one allocation.
-pub type RowKey = Box<[u8]>;
+/// A row's identity: table name, a zero byte, canonical key bytes ([`crate::wire::key_bytes`]). Short ones
+/// (most: a table name and an integer key) are held inline, with no allocation of their own; the table of rows
+/// in flight holds one per row a writer has not yet seen come back through the stream.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum RowKey {
+    /// Up to [`INLINE`] bytes; the rest zero, so equal bytes are equal keys.
+    Inline { len: u8, bytes: [u8; INLINE] },
+    /// Longer keys.
+    Heap(Box<[u8]>),
+}
+
+/// The longest key held inline (the enum is then 24 bytes, the size of a boxed slice and a tag rounded up).
+pub const INLINE: usize = 22;
+
+impl std::ops::Deref for RowKey {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            RowKey::Inline { len, bytes } => &bytes[..*len as usize],
+            RowKey::Heap(b) => b,
+        }
+    }
+}
+
+impl std::fmt::Debug for RowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RowKey({:?})", String::from_utf8_lossy(self))
+    }
+}
 
 /// The [`RowKey`] of a row of `table` with key bytes `key`.
 pub fn row_key(table: &str, key: &[u8]) -> RowKey {
-    let mut b = Vec::with_capacity(table.len() + 1 + key.len());
+    let len = table.len() + 1 + key.len();
+    if len <= INLINE {
+        let mut bytes = [0u8; INLINE];
+        bytes[..table.len()].copy_from_slice(table.as_bytes());
+        bytes[table.len() + 1..len].copy_from_slice(key);
+        return RowKey::Inline {
+            len: len as u8,
+            bytes,
+        };
+    }
+    let mut b = Vec::with_capacity(len);
     b.extend_from_slice(table.as_bytes());
     b.push(0);
     b.extend_from_slice(key);
-    b.into_boxed_slice()
+    RowKey::Heap(b.into_boxed_slice())
 }
 
 /// Where a local change is (the three states of the rule in `docs/DESIGN.md`).
@@ -35,11 +72,37 @@ enum State {
     Acked(u64),
 }
 
+/// A [`State`] in one word (an entry is then 24 bytes instead of 32): stream sequences never come near the
+/// two values at the top.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Packed(u64);
+
+impl Packed {
+    const UNSENT: u64 = u64::MAX;
+    const SENT: u64 = u64::MAX - 1;
+
+    fn of(s: State) -> Packed {
+        Packed(match s {
+            State::Unsent => Self::UNSENT,
+            State::Sent => Self::SENT,
+            State::Acked(seq) => seq.min(Self::SENT - 1),
+        })
+    }
+
+    fn get(self) -> State {
+        match self.0 {
+            Self::UNSENT => State::Unsent,
+            Self::SENT => State::Sent,
+            seq => State::Acked(seq),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     /// Change-log id of the newest local change to the key that this entry describes.
     log_id: i64,
-    state: State,
+    state: Packed,
     /// Once sent: the schema version of the capture its message was built with.
     published_with: i64,
 }
@@ -86,10 +149,11 @@ impl InFlight {
 
     /// Register local changes read from the change log (ids in `(scanned_upto, upto]`).
     pub fn record_local(&self, rows: impl IntoIterator<Item = (RowKey, i64)>, upto: i64) {
+        let mut inner = self.inner.lock().unwrap();
         if !self.enabled {
+            inner.scanned_upto = inner.scanned_upto.max(upto);
             return;
         }
-        let mut inner = self.inner.lock().unwrap();
         let horizon = inner.scanned_upto;
         for (key, id) in rows {
             // Rows up to the horizon are already registered (by an earlier scan or by the publisher); seeing
@@ -99,13 +163,13 @@ impl InFlight {
             }
             let e = inner.map.entry(key).or_insert(Entry {
                 log_id: 0,
-                state: State::Unsent,
+                state: Packed::of(State::Unsent),
                 published_with: 0,
             });
             if id > e.log_id {
                 *e = Entry {
                     log_id: id,
-                    state: State::Unsent,
+                    state: Packed::of(State::Unsent),
                     published_with: 0,
                 };
             }
@@ -132,7 +196,7 @@ impl InFlight {
                 Some(e) => {
                     *e = Entry {
                         log_id: *id,
-                        state: State::Sent,
+                        state: Packed::of(State::Sent),
                         published_with: schema_version,
                     }
                 }
@@ -141,7 +205,7 @@ impl InFlight {
                         key.clone(),
                         Entry {
                             log_id: *id,
-                            state: State::Sent,
+                            state: Packed::of(State::Sent),
                             published_with: schema_version,
                         },
                     );
@@ -161,10 +225,10 @@ impl InFlight {
             for (key, id, seq) in rows {
                 if let Some(e) = inner.map.get_mut(key)
                     && e.log_id == id
-                    && e.state == State::Sent
+                    && e.state.get() == State::Sent
                 {
                     match seq {
-                        Some(s) => e.state = State::Acked(s),
+                        Some(s) => e.state = Packed::of(State::Acked(s)),
                         None => {
                             inner.map.remove(key);
                         }
@@ -184,7 +248,7 @@ impl InFlight {
         let Some(e) = inner.map.get(key).copied() else {
             return Decision::Apply;
         };
-        match e.state {
+        match e.state.get() {
             State::Unsent => Decision::Skip,
             State::Sent => Decision::Wait,
             State::Acked(a) if seq < a => Decision::Skip,
@@ -214,7 +278,7 @@ impl InFlight {
             return (Decision::Apply, false);
         }
         let inner = self.inner.lock().unwrap();
-        match inner.map.get(key).map(|e| e.state) {
+        match inner.map.get(key).map(|e| e.state.get()) {
             Some(State::Unsent) => (Decision::Skip, false),
             Some(State::Sent) => (Decision::Wait, false),
             Some(State::Acked(a)) if seq < a => (Decision::Skip, false),
@@ -232,7 +296,7 @@ impl InFlight {
             return false;
         }
         let inner = self.inner.lock().unwrap();
-        match inner.map.get(key).map(|e| e.state) {
+        match inner.map.get(key).map(|e| e.state.get()) {
             Some(State::Unsent) => true,
             Some(State::Acked(a)) => seq <= a,
             _ => false,
@@ -246,7 +310,7 @@ impl InFlight {
         inner
             .map
             .get(key)
-            .filter(|e| e.state != State::Unsent)
+            .filter(|e| e.state.get() != State::Unsent)
             .map(|e| e.published_with)
     }
 
@@ -256,7 +320,12 @@ impl InFlight {
             return false;
         }
         let inner = self.inner.lock().unwrap();
-        keys.any(|k| inner.map.get(k).is_some_and(|e| e.state == State::Sent))
+        keys.any(|k| {
+            inner
+                .map
+                .get(k)
+                .is_some_and(|e| e.state.get() == State::Sent)
+        })
     }
 
     /// Wait until the next acknowledgement is recorded (or the timeout passes).
@@ -336,6 +405,28 @@ mod tests {
             Decision::Apply,
             "a newer change from elsewhere must win"
         );
+    }
+
+    #[test]
+    fn keys_inline_and_on_the_heap_compare_by_their_bytes_and_states_pack_into_one_word() {
+        let short = row_key("books", &[1, 0, 0, 0, 0, 0, 0, 0, 42]);
+        assert!(matches!(short, RowKey::Inline { .. }));
+        assert_eq!(&short[..], b"books\0\x01\0\0\0\0\0\0\0\x2a");
+        let long = row_key("a_table_with_a_long_name", b"key");
+        assert!(matches!(long, RowKey::Heap(_)));
+        assert_eq!(&long[..], b"a_table_with_a_long_name\0key");
+        assert_ne!(row_key("t", b"a"), row_key("t", b"a\0"));
+        assert_eq!(row_key("t", b"ab"), row_key("t", b"ab"));
+        assert_eq!(std::mem::size_of::<RowKey>(), 24);
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        for s in [
+            State::Unsent,
+            State::Sent,
+            State::Acked(1),
+            State::Acked(1 << 40),
+        ] {
+            assert_eq!(Packed::of(s).get(), s);
+        }
     }
 
     #[test]

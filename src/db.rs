@@ -28,6 +28,23 @@ pub fn open_db(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Make every transaction committed so far durable: our connections commit with `synchronous = NORMAL`, which
+/// writes a commit to the WAL without syncing it, so a power loss can take the last ones back. The positions a
+/// node reports to the cluster let the streams be trimmed below them: they are read first and reported only
+/// after this (`node::retention`), so a stream never loses a change the node's disk does not hold. The WAL is
+/// synced, then the database file (a checkpoint may have moved frames there); a WAL that does not exist (every
+/// connection closed, everything checkpointed) holds nothing to sync.
+pub fn sync_committed(db: &Path) -> std::io::Result<()> {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    match std::fs::File::open(&wal) {
+        Ok(f) => f.sync_data()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::File::open(db)?.sync_data()
+}
+
 /// The database must exist and be a file: HarmonyLite replicates an existing database. The node's state file
 /// must not be a directory, and the NATS files the configuration names must be readable files: all checked
 /// before anything is written, so a wrong path changes nothing.
@@ -75,4 +92,33 @@ pub fn cleanup(cfg: &Config) -> anyhow::Result<usize> {
     let n = capture::uninstall(&mut conn)?;
     tracing::debug!(objects = n, db = %cfg.db_path.display(), "removed HarmonyLite triggers and tables");
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_changes_are_synced_with_or_without_a_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let c = open_db(&path).unwrap();
+        c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        assert!(
+            std::path::Path::new(&wal).exists(),
+            "a WAL database with a connection open has its WAL"
+        );
+        sync_committed(&path).unwrap();
+        drop(c);
+        assert!(
+            !std::path::Path::new(&wal).exists(),
+            "the last connection closed removes the WAL"
+        );
+        sync_committed(&path).unwrap();
+        let e = sync_committed(&dir.path().join("missing.db")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    }
 }

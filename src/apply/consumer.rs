@@ -188,9 +188,9 @@ impl ShardConsumer {
                 ..Default::default()
             })
             .await?;
-        // Pieces of large values are large messages: a pull brings a few megabytes at once, at least two of the
+        // Pieces of large values are large messages: a pull brings two megabytes at once, at least two of the
         // largest messages the server takes.
-        let pull_bytes = (8usize << 20).max(2 * self.js.client().server_info().max_payload);
+        let pull_bytes = (2usize << 20).max(2 * self.js.client().server_info().max_payload);
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(1000)

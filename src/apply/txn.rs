@@ -44,6 +44,14 @@ impl Applier {
     }
 
     fn apply_txn(&mut self, plan: &[usize]) -> Result<(), TxnError> {
+        {
+            // Most of the local changes to register, read before the write lock is taken.
+            let cap = self.capture.get();
+            let read = self.conn.transaction()?;
+            if capture::schema_version(&read)? == cap.schema_version {
+                register_local(&read, &cap, &self.in_flight)?;
+            }
+        }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -126,17 +134,28 @@ impl Applier {
     }
 }
 
+/// Change-log rows read at a time when registering local changes: a writer far ahead of the publisher leaves
+/// hundreds of thousands, which read at once took tens of megabytes for a moment.
+const REGISTER_CHUNK: i64 = 8192;
+
 /// Register the local changes committed since the last look, before our own writes add echo rows; returns the
-/// change log's last id, above which the rows are our applies' echoes.
+/// change log's last id, above which the rows are our applies' echoes. Also called before the write
+/// transaction (on a read transaction), so that inside it, with the write lock held, only the few rows committed
+/// in between are left to read.
 fn register_local(
     tx: &rusqlite::Transaction<'_>,
     cap: &capture::Capture,
     in_flight: &InFlight,
 ) -> Result<i64, TxnError> {
     let before = capture::max_log_id(tx)?;
-    let scanned = in_flight.scanned_upto();
-    if before > scanned {
-        let rows = capture::read_log(tx, cap, scanned, before)?;
+    loop {
+        // The publisher may have registered further meanwhile (as sent): start from wherever the table is.
+        let scanned = in_flight.scanned_upto();
+        if scanned >= before {
+            break;
+        }
+        let upto = before.min(scanned + REGISTER_CHUNK);
+        let rows = capture::read_log(tx, cap, scanned, upto)?;
         // A backfill is not a local write: newer changes from the stream must land over it (see
         // `window`), so it is not tracked as one.
         in_flight.record_local(
@@ -148,7 +167,7 @@ fn register_local(
                     )
                 })
             }),
-            before,
+            upto,
         );
     }
     Ok(before)

@@ -232,6 +232,8 @@ impl Retention {
         }
         let (mine, floors) = self.handled_now();
         if self.written.as_ref() != Some(&mine) && !mine.positions.is_empty() {
+            // The positions were read before: every change they cover as applied is on disk before they go out.
+            tokio::task::block_in_place(|| crate::db::sync_committed(&self.cfg.db_path))?;
             write(kv, &self.key, &mine).await?;
             self.written = Some(mine);
         }
