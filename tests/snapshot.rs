@@ -27,8 +27,8 @@ fn count(node: &Node, sql: &str) -> i64 {
 }
 
 /// `n` single-statement transactions from `sql(k)` on nodes 1 and 2 in turn, in batches of 40 after each of
-/// which both have everything: the running nodes stay within a small `max_entries`; only the stopped node
-/// falls past it.
+/// which both have everything (counted in `table`: a table's name, or one with a `WHERE` clause): the running
+/// nodes stay within a small `max_entries`; only the stopped node falls past it.
 fn write_while_down(c: &Cluster, n: usize, sql: impl Fn(usize) -> String, table: &str) {
     let want = |c: &Cluster, i: usize| count(c.node(i), &format!("SELECT count(*) FROM {table};"));
     let base = want(c, 1);
@@ -101,7 +101,9 @@ fn a_node_past_the_cap_restores_a_snapshot_and_keeps_its_last_write() {
                 1000 + k
             )
         },
-        "Books",
+        // Node 3's last write may reach the others at any moment (published or not before the kill, and
+        // their consumers may be re-electing leaders that were on node 3's server): not counted.
+        "Books WHERE id <> 300",
     );
     let o = save_snapshot(c.node(2));
     assert!(o.status.success(), "{}", text(&o));
