@@ -143,6 +143,11 @@ impl InFlight {
         }
     }
 
+    /// False when the node does not publish: every decision is `Apply` and nothing needs registering.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     pub fn scanned_upto(&self) -> i64 {
         self.inner.lock().unwrap().scanned_upto
     }
