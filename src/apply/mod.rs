@@ -51,7 +51,7 @@ const MAX_TXN_TIME: Duration = Duration::from_millis(100);
 /// Most messages buffered per shard.
 const MAX_QUEUED: usize = 1_000;
 /// Most bytes (as received) buffered per shard: pieces of large values are large messages.
-const MAX_QUEUED_BYTES: usize = 8 << 20;
+const MAX_QUEUED_BYTES: usize = 4 << 20;
 /// Most rows buffered per shard, decoded (a decoded row takes several times its compressed size): one
 /// transaction's worth; the next ones wait undecoded between the consumer and the queue.
 const MAX_QUEUED_ROWS: usize = MAX_TXN_ROWS;
