@@ -103,7 +103,12 @@ fn a_new_node_without_a_snapshot_in_the_store_asks_a_peer_and_gets_every_row() {
                 .len()
         })
         .sum();
-    assert_eq!(answered, 1, "one peer took one snapshot");
+    assert_eq!(
+        answered,
+        1,
+        "one peer took one snapshot; node 4's log:\n{}",
+        node4.log_tail(80)
+    );
     assert!(
         !node4.pre_join_copy().exists(),
         "a database with no rows leaves no pre-join copy"
@@ -136,7 +141,11 @@ fn a_new_node_restores_the_stores_snapshot_before_applying_the_stream() {
         "{}",
         node4.log_tail(40)
     );
-    assert!(node4.log_lines_with(&["asking a peer"]).is_empty());
+    assert!(
+        node4.log_lines_with(&["asking a peer"]).is_empty(),
+        "node 4 restored the store's snapshot without asking:\n{}",
+        node4.log_tail(80)
+    );
     c.assert_verified(2);
     c.assert_all_alive();
 }
