@@ -188,11 +188,6 @@ impl ShardConsumer {
                     start_sequence: input.next.max(1),
                 },
                 ack_policy: consumer::AckPolicy::None,
-                // Created again from our own position whenever it is interrupted, so it needs no replicas of
-                // its own state: one replica in memory starts at once, where a replicated one first waits
-                // for its leader's election (about 100 ms after a fresh start, the first rows' wait).
-                num_replicas: 1,
-                memory_storage: true,
                 ..Default::default()
             })
             .await?;
