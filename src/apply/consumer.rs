@@ -21,6 +21,9 @@ use crate::counters::Counters;
 use crate::repeat::{Repeats, Report};
 use crate::retry::Backoff;
 
+/// How long a start waits for the last run's consumer to answer a reset before it makes a new one.
+const RESET_WAIT: Duration = Duration::from_millis(100);
+
 /// How often a shard stopped at a gap looks at the stream again.
 pub const GAP_RECHECK: Duration = Duration::from_secs(30);
 
@@ -70,6 +73,10 @@ pub struct ShardConsumer {
     /// raised as the cluster forms answers "insufficient resources" for a moment), said at DEBUG unless it
     /// lasts past [`STARTING`] (then at WARN, as the repeat).
     starting: Option<Instant>,
+    /// Told once: sent when the consumer first pulls, dropped when its first attempt fails.
+    first_pull: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Until the first attempt to consume: the last run's consumer may be reused.
+    first_attempt: bool,
 }
 
 /// How long interruptions before the first delivery count as part of the start.
@@ -80,14 +87,16 @@ const INTERRUPTED: &str = "interrupted";
 
 impl ShardConsumer {
     /// The consumer named `durable` (this node's server name) feeding `input`; gaps are reported on `gaps`.
+    /// The receiver resolves when the consumer first pulls, or fails when its first attempt does.
     pub fn new(
         js: jetstream::Context,
         durable: String,
         input: ShardInput,
         counters: std::sync::Arc<Counters>,
         gaps: tokio::sync::mpsc::UnboundedSender<Gap>,
-    ) -> ShardConsumer {
-        ShardConsumer {
+    ) -> (ShardConsumer, tokio::sync::oneshot::Receiver<()>) {
+        let (first_pull, pulling) = tokio::sync::oneshot::channel();
+        let c = ShardConsumer {
             js,
             durable,
             input,
@@ -95,7 +104,10 @@ impl ShardConsumer {
             gaps,
             trouble: Repeats::default(),
             starting: Some(Instant::now()),
-        }
+            first_pull: Some(first_pull),
+            first_attempt: true,
+        };
+        (c, pulling)
     }
 
     pub async fn run(mut self, cancel: CancellationToken) {
@@ -105,6 +117,8 @@ impl ShardConsumer {
                 _ = cancel.cancelled() => return,
                 r = self.consume(&mut backoff) => r,
             };
+            // Whatever the first attempt ended with, the start waits no longer.
+            self.first_pull = None;
             match result {
                 Ok(()) => return, // applier gone
                 Err(ConsumeError::AtGap(gap)) => {
@@ -179,18 +193,40 @@ impl ShardConsumer {
             }));
         }
         self.counters.set_gap(input.shard, None);
-        let _ = stream.delete_consumer(&self.durable).await;
-        let deleted = began.elapsed();
-        let consumer: consumer::PullConsumer = stream
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some(self.durable.clone()),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: input.next.max(1),
-                },
-                ack_policy: consumer::AckPolicy::None,
-                ..Default::default()
-            })
-            .await?;
+        let next = input.next.max(1);
+        // At a process start, the consumer left by the last run (its pull requests gone with that run's
+        // connection) is moved to this start's position: one request its leader answers. A new consumer waits
+        // for its replicas' election, longer when they are placed on a server still catching up the stream.
+        let reset = if self.first_attempt {
+            reset_existing(&self.js, &mut stream, &self.durable, next).await
+        } else {
+            None
+        };
+        self.first_attempt = false;
+        let reused = reset.is_some();
+        let deleted;
+        let consumer: consumer::PullConsumer = match reset {
+            Some(c) => {
+                deleted = began.elapsed();
+                c
+            }
+            None => {
+                let _ = stream.delete_consumer(&self.durable).await;
+                deleted = began.elapsed();
+                stream
+                    .create_consumer(consumer::pull::Config {
+                        durable_name: Some(self.durable.clone()),
+                        deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                            start_sequence: next,
+                        },
+                        ack_policy: consumer::AckPolicy::None,
+                        num_replicas: 1,
+                        memory_storage: true,
+                        ..Default::default()
+                    })
+                    .await?
+            }
+        };
         let created = began.elapsed();
         // Pieces of large values are large messages: a pull brings two megabytes at once, at least two of the
         // largest messages the server takes.
@@ -209,8 +245,12 @@ impl ShardConsumer {
             old_deleted_ms = deleted.as_millis() as u64,
             created_ms = created.as_millis() as u64,
             pulling_ms = began.elapsed().as_millis() as u64,
+            reused,
             "consumer started"
         );
+        if let Some(told) = self.first_pull.take() {
+            let _ = told.send(());
+        }
         let starting = self.starting.take().is_some();
         if let Some(Report::Ended { total, lasted, .. }) =
             self.trouble.resolve(INTERRUPTED, Instant::now())
@@ -254,4 +294,81 @@ impl ShardConsumer {
         }
         Err(ConsumeError::Ended)
     }
+}
+
+/// This node's consumer on `stream` as the last run left it, moved to deliver from `next` on
+/// (`$JS.API.CONSUMER.RESET`, nats-server 2.14 and later): `None` when there is none, its configuration is
+/// not the one a start gives (a position below the one it was made with included), or it does not answer
+/// within [`RESET_WAIT`] (its one replica is on this node's own server, which has just started and is still
+/// catching up; then a new one is made).
+async fn reset_existing(
+    js: &jetstream::Context,
+    stream: &mut jetstream::stream::Stream,
+    durable: &str,
+    next: u64,
+) -> Option<consumer::PullConsumer> {
+    #[derive(serde::Deserialize)]
+    struct Reset {
+        reset_seq: u64,
+        #[serde(flatten)]
+        info: consumer::Info,
+    }
+    let name = stream.cached_info().config.name.clone();
+    let same = |c: &consumer::Config| {
+        c.durable_name.as_deref() == Some(durable)
+            && c.ack_policy == consumer::AckPolicy::None
+            && c.num_replicas == 1
+            && c.memory_storage
+            && matches!(
+                c.deliver_policy,
+                consumer::DeliverPolicy::ByStartSequence { start_sequence } if start_sequence <= next
+            )
+            && c.filter_subject.is_empty()
+            && c.filter_subjects.is_empty()
+    };
+    let reset = async {
+        // The server answers a reset of a consumer that does not exist with silence: ask about it first (the
+        // stream's leader says "not found" at once).
+        let info = stream
+            .consumer_info(durable)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !same(&info.config) {
+            return Err("other settings".to_string());
+        }
+        let subject = format!("CONSUMER.RESET.{name}.{durable}");
+        let body = serde_json::json!({ "seq": next });
+        match js
+            .request::<_, _, jetstream::response::Response<Reset>>(subject, &body)
+            .await
+        {
+            Ok(jetstream::response::Response::Ok(a))
+                if a.reset_seq == next && same(&a.info.config) =>
+            {
+                Ok(a)
+            }
+            Ok(jetstream::response::Response::Ok(a)) => {
+                Err(format!("reset to {} instead of {next}", a.reset_seq))
+            }
+            Ok(jetstream::response::Response::Err { error }) => Err(error.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let answer = match tokio::time::timeout(RESET_WAIT, reset).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(why)) => {
+            tracing::debug!(stream = %name, why, "the last run's consumer not reused");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(stream = %name, wait_ms = RESET_WAIT.as_millis() as u64,
+                "the last run's consumer not reused: no answer");
+            return None;
+        }
+    };
+    let config = <consumer::pull::Config as consumer::FromConsumer>::try_from_consumer_config(
+        answer.info.config.clone(),
+    )
+    .ok()?;
+    Some(consumer::Consumer::new(config, answer.info, js.clone()))
 }

@@ -44,6 +44,10 @@ use crate::publish::{Publisher, state::PublishState};
 /// How long shutdown waits for the engine's tasks before stopping NATS anyway.
 const ENGINE_STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a start waits for its shard consumers to pull before it says "node running" (a consumer's
+/// creation waits for its replicas to elect a leader: about 0.1 s here).
+const FIRST_PULL_WAIT: Duration = Duration::from_secs(3);
+
 /// Run a node until SIGTERM/SIGINT or `sleep_timeout`. The metrics and health endpoints (when enabled) start
 /// first and answer while the node waits for its cluster.
 pub async fn run(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
@@ -312,13 +316,26 @@ impl RunningNode {
         let current = CurrentCapture::new(capture);
         self.counters.touch();
         self.spawn_cluster_tasks(replicas, &current, join_pending);
-        if cfg.replicate {
-            self.start_applier(conn, &current, &in_flight, &certified)?;
+        let pulling = if cfg.replicate {
+            self.start_applier(conn, &current, &in_flight, &certified)?
         } else {
             drop(conn);
-        }
+            Vec::new()
+        };
         self.spawn_bookkeeping(replicas, current.get().incarnation, certified_unknown);
         self.start_publisher(state, current, in_flight)?;
+        // "Running" means receiving too: a change a peer writes from now on is on its way here. A consumer
+        // whose first attempt failed (no quorum, a gap) goes on trying in the background; the start does not
+        // wait for it, nor longer than FIRST_PULL_WAIT for one that neither pulls nor fails.
+        let waited = std::time::Instant::now();
+        let receiving = tokio::time::timeout(FIRST_PULL_WAIT, futures::future::join_all(pulling))
+            .await
+            .is_ok_and(|firsts| firsts.iter().all(Result::is_ok));
+        tracing::debug!(
+            receiving,
+            waited_ms = waited.elapsed().as_millis() as u64,
+            "start: shard consumers asked to pull"
+        );
         tracing::info!(
             node_id = cfg.node_id,
             shards = cfg.replication_log.shards,
@@ -574,7 +591,7 @@ impl RunningNode {
         current: &CurrentCapture,
         in_flight: &Arc<InFlight>,
         certified: &std::collections::BTreeMap<String, u64>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Vec<tokio::sync::oneshot::Receiver<()>>> {
         let (applier, inputs) = Applier::new(
             self.cfg.clone(),
             self.nats.jetstream.clone(),
@@ -583,12 +600,13 @@ impl RunningNode {
             self.counters.clone(),
             conn,
         )?;
+        let mut pulling = Vec::with_capacity(inputs.len());
         for input in inputs {
             self.counters.set_certified(
                 input.shard,
                 certified.get(&input.stream).copied().unwrap_or(0),
             );
-            let c = ShardConsumer::new(
+            let (c, first_pull) = ShardConsumer::new(
                 self.nats.jetstream.clone(),
                 self.cfg.server_name(),
                 input,
@@ -596,9 +614,10 @@ impl RunningNode {
                 self.gaps_tx.clone(),
             );
             self.tasks.spawn(c.run(self.cancel.clone()));
+            pulling.push(first_pull);
         }
         self.tasks.spawn(applier.run(self.cancel.clone()));
-        Ok(())
+        Ok(pulling)
     }
 
     /// Publish the local changes still in the change log, then restore snapshot `m`, then prepare again
