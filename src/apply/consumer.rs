@@ -59,6 +59,10 @@ enum ConsumeError {
     Ended,
     #[error("stopped at a gap: needed sequence {}, the stream starts at {}", .0.needed, .0.first_available)]
     AtGap(Gap),
+    #[error(
+        "the copy of the stream on this node's own server is current: the consumer moves there"
+    )]
+    Home,
 }
 
 pub struct ShardConsumer {
@@ -78,6 +82,16 @@ pub struct ShardConsumer {
     /// Until the first attempt to consume: the last run's consumer may be reused.
     first_attempt: bool,
 }
+
+/// The suffix of a consumer's name while it is away from the node's own server.
+const AWAY: &str = "-away";
+
+/// How long a consumer away from home without pulls lasts (its node stopped).
+const AWAY_INACTIVE: Duration = Duration::from_secs(300);
+
+/// How often a consumer placed away from the node's own server (its copy of the stream was catching up) looks
+/// whether it can move back.
+const HOME_CHECK: Duration = Duration::from_secs(2);
 
 /// How long interruptions before the first delivery count as part of the start.
 const STARTING: Duration = Duration::from_secs(30);
@@ -121,6 +135,10 @@ impl ShardConsumer {
             self.first_pull = None;
             match result {
                 Ok(()) => return, // applier gone
+                Err(ConsumeError::Home) => {
+                    tracing::debug!(shard = self.input.shard, stream = %self.input.stream,
+                        "the own server's copy of the stream is current: the consumer moves there");
+                }
                 Err(ConsumeError::AtGap(gap)) => {
                     tracing::error!(shard = gap.shard, stream = %gap.stream, needed = gap.needed,
                         first_available = gap.first_available, recheck_s = GAP_RECHECK.as_secs(),
@@ -194,37 +212,73 @@ impl ShardConsumer {
         }
         self.counters.set_gap(input.shard, None);
         let next = input.next.max(1);
+        let place = Placement::of(stream.cached_info().cluster.as_ref(), &self.durable);
+        // Away from the own server the consumer has another name: the one there may not answer yet (its server
+        // has just started), and deleting it would wait for that server.
+        let name = if place.away() {
+            format!("{}{AWAY}", self.durable)
+        } else {
+            self.durable.clone()
+        };
+        let config = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            // One left behind away from home (the node stopped) goes by itself.
+            inactive_threshold: if place.away() {
+                AWAY_INACTIVE
+            } else {
+                Duration::ZERO
+            },
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: next,
+            },
+            ack_policy: consumer::AckPolicy::None,
+            num_replicas: if place.alone() { 1 } else { 0 },
+            memory_storage: place.alone(),
+            ..Default::default()
+        };
         // At a process start, the consumer left by the last run (its pull requests gone with that run's
-        // connection) is moved to this start's position: one request its leader answers. A new consumer waits
-        // for its replicas' election, longer when they are placed on a server still catching up the stream.
+        // connection) is moved to this start's position: one request its leader answers.
         let reset = if self.first_attempt {
-            reset_existing(&self.js, &mut stream, &self.durable, next).await
+            reset_existing(&self.js, &mut stream, &self.durable, next, &config, &place).await
         } else {
             None
         };
         self.first_attempt = false;
         let reused = reset.is_some();
         let deleted;
+        let mut made = 0;
         let consumer: consumer::PullConsumer = match reset {
             Some(c) => {
                 deleted = began.elapsed();
                 c
             }
             None => {
-                let _ = stream.delete_consumer(&self.durable).await;
+                let _ = stream.delete_consumer(&name).await;
                 deleted = began.elapsed();
-                stream
-                    .create_consumer(consumer::pull::Config {
-                        durable_name: Some(self.durable.clone()),
-                        deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                            start_sequence: next,
-                        },
-                        ack_policy: consumer::AckPolicy::None,
-                        num_replicas: 1,
-                        memory_storage: true,
-                        ..Default::default()
-                    })
-                    .await?
+                loop {
+                    let c = stream.create_consumer(config.clone()).await?;
+                    made += 1;
+                    let Placement::OwnServer { peers, .. } = place else {
+                        break c;
+                    };
+                    let leader = c
+                        .cached_info()
+                        .cluster
+                        .as_ref()
+                        .and_then(|c| c.leader.clone());
+                    if place.wants(leader.as_deref(), &self.durable) || leader.is_none() {
+                        break c;
+                    }
+                    if made >= PLACEMENT_TRIES_PER_PEER * peers {
+                        tracing::warn!(shard = input.shard, stream = %input.stream, tries = made,
+                            leader = leader.as_deref().unwrap_or("unknown"), away = place.away(),
+                            "the consumer could not be placed where it should be; it stays where it is");
+                        break c;
+                    }
+                    // The server picks the one replica's place at random among the stream's servers: made
+                    // again until it is where it should be.
+                    let _ = stream.delete_consumer(&name).await;
+                }
             }
         };
         let created = began.elapsed();
@@ -246,6 +300,7 @@ impl ShardConsumer {
             created_ms = created.as_millis() as u64,
             pulling_ms = began.elapsed().as_millis() as u64,
             reused,
+            made,
             "consumer started"
         );
         if let Some(told) = self.first_pull.take() {
@@ -264,7 +319,28 @@ impl ShardConsumer {
             }
         }
         backoff.reset();
-        while let Some(m) = messages.next().await {
+        let mut look_home = place
+            .away()
+            .then(|| tokio::time::Instant::now() + HOME_CHECK);
+        loop {
+            let m = match look_home {
+                None => messages.next().await,
+                Some(at) => tokio::select! {
+                    m = messages.next() => m,
+                    _ = tokio::time::sleep_until(at) => {
+                        let info = stream.info().await?;
+                        if matches!(Placement::of(info.cluster.as_ref(), &self.durable),
+                            Placement::OwnServer { current: true, .. }) {
+                            drop(messages);
+                            let _ = stream.delete_consumer(&name).await;
+                            return Err(ConsumeError::Home);
+                        }
+                        look_home = Some(tokio::time::Instant::now() + HOME_CHECK);
+                        continue;
+                    }
+                },
+            };
+            let Some(m) = m else { break };
             let m = m?;
             let seq = m.info().map_err(ConsumeError::Metadata)?.stream_sequence;
             if seq < input.next {
@@ -296,16 +372,86 @@ impl ShardConsumer {
     }
 }
 
-/// This node's consumer on `stream` as the last run left it, moved to deliver from `next` on
-/// (`$JS.API.CONSUMER.RESET`, nats-server 2.14 and later): `None` when there is none, its configuration is
-/// not the one a start gives (a position below the one it was made with included), or it does not answer
-/// within [`RESET_WAIT`] (its one replica is on this node's own server, which has just started and is still
-/// catching up; then a new one is made).
+/// Where a shard's consumer lives. With a copy of the stream on this node's own server, the consumer is there
+/// alone (one replica, in memory): no election to wait for when it is made, and it dies only with this node
+/// (one placed on a peer's server would stop delivering when that peer dies). Without one (external NATS, a
+/// leaf node) it has the stream's replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Placement {
+    /// A single server, this node's own or not: nothing to place.
+    Standalone,
+    /// The stream has a copy on this node's own server, among `peers` servers; `current` when that copy is up
+    /// to date (not when the server has just started after missing changes: a consumer there would deliver
+    /// only as fast as the copy catches up, so it is placed on another server until then).
+    OwnServer { peers: usize, current: bool },
+    /// The stream lives on other servers only.
+    Elsewhere,
+}
+
+/// How many times a new consumer is made per stream server before one elsewhere is kept (the chance that
+/// none lands on the own server is then below (1 - 1/n)^(4n), under 2 % for any n).
+const PLACEMENT_TRIES_PER_PEER: usize = 4;
+
+impl Placement {
+    /// From the stream's cluster part of its info (none: a single server).
+    fn of(cluster: Option<&jetstream::stream::ClusterInfo>, server: &str) -> Placement {
+        let Some(cluster) = cluster else {
+            return Placement::Standalone;
+        };
+        let mut peers: Vec<&str> = cluster.replicas.iter().map(|p| p.name.as_str()).collect();
+        peers.extend(cluster.leader.as_deref());
+        if peers.len() <= 1 && cluster.leader.is_none() {
+            return Placement::Standalone;
+        }
+        if peers.contains(&server) {
+            let current = cluster.leader.as_deref() == Some(server)
+                || cluster
+                    .replicas
+                    .iter()
+                    .any(|p| p.name == server && p.current && !p.offline);
+            Placement::OwnServer {
+                peers: peers.len(),
+                current,
+            }
+        } else {
+            Placement::Elsewhere
+        }
+    }
+
+    /// The consumer has one replica, in memory.
+    fn alone(&self) -> bool {
+        !matches!(self, Placement::Elsewhere)
+    }
+
+    /// Whether a consumer whose one replica's server is `leader` is where this placement wants it: on the own
+    /// server once its copy is current, on another one before.
+    fn wants(&self, leader: Option<&str>, own: &str) -> bool {
+        match self {
+            Placement::OwnServer { current: true, .. } => leader == Some(own),
+            Placement::OwnServer { current: false, .. } => leader.is_some_and(|l| l != own),
+            Placement::Standalone | Placement::Elsewhere => true,
+        }
+    }
+
+    /// The consumer is away from the own server for now and goes back once the copy there is current.
+    fn away(&self) -> bool {
+        matches!(self, Placement::OwnServer { current: false, .. })
+    }
+}
+
+/// This node's consumer on `stream` (named in `wanted`) as the last run left it, moved to deliver from `next` on
+/// (`$JS.API.CONSUMER.RESET`, nats-server 2.14 and later): `None` when there is none, its settings are not
+/// `wanted` (a position below the one it was made with included), it is not where `place` wants it for the
+/// node whose server is `server`, or it does
+/// not answer within [`RESET_WAIT`] (it is on this node's own server, which has just started and is still
+/// catching up the stream; then a new one is made).
 async fn reset_existing(
     js: &jetstream::Context,
     stream: &mut jetstream::stream::Stream,
-    durable: &str,
+    server: &str,
     next: u64,
+    wanted: &consumer::pull::Config,
+    place: &Placement,
 ) -> Option<consumer::PullConsumer> {
     #[derive(serde::Deserialize)]
     struct Reset {
@@ -314,11 +460,13 @@ async fn reset_existing(
         info: consumer::Info,
     }
     let name = stream.cached_info().config.name.clone();
+    let consumer_name = wanted.durable_name.as_deref()?;
     let same = |c: &consumer::Config| {
-        c.durable_name.as_deref() == Some(durable)
+        c.durable_name.as_deref() == Some(consumer_name)
+            && c.inactive_threshold == wanted.inactive_threshold
             && c.ack_policy == consumer::AckPolicy::None
-            && c.num_replicas == 1
-            && c.memory_storage
+            && c.num_replicas == wanted.num_replicas
+            && c.memory_storage == wanted.memory_storage
             && matches!(
                 c.deliver_policy,
                 consumer::DeliverPolicy::ByStartSequence { start_sequence } if start_sequence <= next
@@ -326,17 +474,23 @@ async fn reset_existing(
             && c.filter_subject.is_empty()
             && c.filter_subjects.is_empty()
     };
+    let placed = |i: &consumer::Info| {
+        place.wants(i.cluster.as_ref().and_then(|c| c.leader.as_deref()), server)
+    };
     let reset = async {
         // The server answers a reset of a consumer that does not exist with silence: ask about it first (the
         // stream's leader says "not found" at once).
         let info = stream
-            .consumer_info(durable)
+            .consumer_info(consumer_name)
             .await
             .map_err(|e| e.to_string())?;
         if !same(&info.config) {
             return Err("other settings".to_string());
         }
-        let subject = format!("CONSUMER.RESET.{name}.{durable}");
+        if !placed(&info) {
+            return Err("on another server".to_string());
+        }
+        let subject = format!("CONSUMER.RESET.{name}.{consumer_name}");
         let body = serde_json::json!({ "seq": next });
         match js
             .request::<_, _, jetstream::response::Response<Reset>>(subject, &body)
@@ -371,4 +525,75 @@ async fn reset_existing(
     )
     .ok()?;
     Some(consumer::Consumer::new(config, answer.info, js.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Placement;
+
+    fn cluster(json: &str) -> async_nats::jetstream::stream::ClusterInfo {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn the_consumer_is_placed_on_the_own_server_when_it_holds_a_copy() {
+        let three = cluster(
+            r#"{"leader":"harmonylite-node-2","replicas":[
+                {"name":"harmonylite-node-1","current":true,"active":1000},
+                {"name":"harmonylite-node-3","current":false,"active":1000}]}"#,
+        );
+        // The leader's copy and a current follower's: the consumer goes there.
+        for own in ["harmonylite-node-1", "harmonylite-node-2"] {
+            let p = Placement::of(Some(&three), own);
+            assert_eq!(
+                p,
+                Placement::OwnServer {
+                    peers: 3,
+                    current: true
+                },
+                "{own}"
+            );
+            assert!(p.alone() && !p.away());
+            assert!(p.wants(Some(own), own));
+            assert!(!p.wants(Some("harmonylite-node-3"), own));
+        }
+        // A follower still catching up: the consumer goes elsewhere until it is current.
+        let behind = Placement::of(Some(&three), "harmonylite-node-3");
+        assert_eq!(
+            behind,
+            Placement::OwnServer {
+                peers: 3,
+                current: false
+            }
+        );
+        assert!(behind.alone() && behind.away());
+        assert!(behind.wants(Some("harmonylite-node-1"), "harmonylite-node-3"));
+        assert!(!behind.wants(Some("harmonylite-node-3"), "harmonylite-node-3"));
+        // A leaf node or a client of external NATS: the stream is on other servers.
+        assert_eq!(
+            Placement::of(Some(&three), "harmonylite-node-4"),
+            Placement::Elsewhere
+        );
+        assert!(!Placement::Elsewhere.alone());
+        // One server without clustering.
+        assert_eq!(
+            Placement::of(None, "harmonylite-node-1"),
+            Placement::Standalone
+        );
+        assert!(Placement::Standalone.alone());
+        assert!(Placement::Standalone.wants(Some("anyone"), "harmonylite-node-1"));
+        // A clustered stream with one replica.
+        let one = cluster(r#"{"leader":"harmonylite-node-1"}"#);
+        assert_eq!(
+            Placement::of(Some(&one), "harmonylite-node-1"),
+            Placement::OwnServer {
+                peers: 1,
+                current: true
+            }
+        );
+        assert_eq!(
+            Placement::of(Some(&one), "harmonylite-node-2"),
+            Placement::Elsewhere
+        );
+    }
 }

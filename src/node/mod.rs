@@ -44,8 +44,8 @@ use crate::publish::{Publisher, state::PublishState};
 /// How long shutdown waits for the engine's tasks before stopping NATS anyway.
 const ENGINE_STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// How long a start waits for its shard consumers to pull before it says "node running" (a consumer's
-/// creation waits for its replicas to elect a leader: about 0.1 s here).
+/// How long a start waits for its shard consumers to pull before it says "node running" (a consumer is made
+/// again until it lands on the node's own server: a few milliseconds each time here).
 const FIRST_PULL_WAIT: Duration = Duration::from_secs(3);
 
 /// Run a node until SIGTERM/SIGINT or `sleep_timeout`. The metrics and health endpoints (when enabled) start
