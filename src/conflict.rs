@@ -120,7 +120,33 @@ pub enum Decision {
 struct Inner {
     /// Change-log ids up to here have been registered.
     scanned_upto: i64,
+    /// Change-log ids up to here have been handed to a publish pass: their rows are in `map` (or set aside).
+    sent_upto: i64,
     map: HashMap<RowKey, Entry, FxBuildHasher>,
+    /// Local changes no publish pass has reached yet, to rows not in `map`: the newest change-log id by the
+    /// fingerprint of the row's key ([`fingerprint`]). A writer far ahead of the publisher leaves hundreds of
+    /// thousands of them; 16 bytes each here instead of a key and an entry (48). Entries at or below
+    /// `sent_upto` are out of date (the publisher has the keys now). A fingerprint is checked against the
+    /// change log before it decides anything ([`ChangeLog`]), so two keys with one fingerprint cost a search,
+    /// never a wrong decision.
+    unsent: HashMap<u64, i64, FxBuildHasher>,
+}
+
+/// A row key's 64-bit fingerprint, for the table of changes not yet published.
+fn fingerprint(key: &RowKey) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(&key[..])
+}
+
+/// The change log, where the applier checks a local change the table of changes not yet published holds only
+/// by its key's fingerprint. Read inside the applier's write transaction, so nothing the check reads can be
+/// deleted or added meanwhile.
+pub trait ChangeLog {
+    type Error;
+    /// Whether change-log row `id` is a local change to `key` (not a backfill).
+    fn is_change_to(&self, id: i64, key: &RowKey) -> Result<bool, Self::Error>;
+    /// Whether a change-log row in `(after, upto]` is a local change to `key` (not a backfill).
+    fn has_change_to(&self, after: i64, upto: i64, key: &RowKey) -> Result<bool, Self::Error>;
 }
 
 /// Shared between the publisher and the applier of one node.
@@ -137,7 +163,9 @@ impl InFlight {
             enabled,
             inner: Mutex::new(Inner {
                 scanned_upto,
+                sent_upto: scanned_upto,
                 map: HashMap::default(),
+                unsent: HashMap::default(),
             }),
             acked: Notify::new(),
         }
@@ -166,18 +194,18 @@ impl InFlight {
             if id <= horizon {
                 continue;
             }
-            let e = inner.map.entry(key).or_insert(Entry {
-                log_id: 0,
-                state: Packed::of(State::Unsent),
-                published_with: 0,
-            });
-            if id > e.log_id {
-                *e = Entry {
-                    log_id: id,
-                    state: Packed::of(State::Unsent),
-                    published_with: 0,
-                };
+            if let Some(e) = inner.map.get_mut(&key) {
+                if id > e.log_id {
+                    *e = Entry {
+                        log_id: id,
+                        state: Packed::of(State::Unsent),
+                        published_with: 0,
+                    };
+                }
+                continue;
             }
+            let newest = inner.unsent.entry(fingerprint(&key)).or_insert(id);
+            *newest = (*newest).max(id);
         }
         inner.scanned_upto = inner.scanned_upto.max(upto);
     }
@@ -195,6 +223,17 @@ impl InFlight {
         }
         let mut inner = self.inner.lock().unwrap();
         inner.scanned_upto = inner.scanned_upto.max(upto);
+        if upto > inner.sent_upto {
+            inner.sent_upto = upto;
+            if !inner.unsent.is_empty() {
+                inner.unsent.retain(|_, id| *id > upto);
+                let cap = inner.unsent.capacity();
+                if cap > 4096 && inner.unsent.len() * 8 < cap {
+                    let len = inner.unsent.len();
+                    inner.unsent.shrink_to(len * 2);
+                }
+            }
+        }
         for (key, id) in rows {
             match inner.map.get_mut(key) {
                 Some(e) if *id < e.log_id => {}
@@ -244,58 +283,88 @@ impl InFlight {
         self.acked.notify_waiters();
     }
 
-    /// Decide what to do with an incoming change to `key` stored at stream position `seq`.
-    pub fn decide(&self, key: &RowKey, seq: u64) -> Decision {
+    /// What to do with an incoming change to `key` stored at stream position `seq`, changing nothing; and
+    /// whether the change ends the tracking of our own (it is at or past our own stored one: [`InFlight::settle`]
+    /// once the transaction that decided it committed, so a transaction rolled back and tried again decides the
+    /// same). Called inside the applier's write transaction, after the local changes committed before it were
+    /// registered; `log` reads that transaction's change log.
+    pub fn peek<L: ChangeLog>(
+        &self,
+        key: &RowKey,
+        seq: u64,
+        log: &L,
+    ) -> Result<(Decision, bool), L::Error> {
         if !self.enabled {
-            return Decision::Apply;
+            return Ok((Decision::Apply, false));
         }
-        let mut inner = self.inner.lock().unwrap();
-        let Some(e) = inner.map.get(key).copied() else {
-            return Decision::Apply;
-        };
-        match e.state.get() {
-            State::Unsent => Decision::Skip,
-            State::Sent => Decision::Wait,
-            State::Acked(a) if seq < a => Decision::Skip,
-            State::Acked(a) => {
-                inner.map.remove(key);
-                // A burst of local writes can leave a huge, mostly empty table behind: give it back.
-                let cap = inner.map.capacity();
-                if cap > 4096 && inner.map.len() * 8 < cap {
-                    let len = inner.map.len();
-                    inner.map.shrink_to(len * 2);
-                }
-                if seq == a {
-                    Decision::Skip
-                } else {
-                    Decision::Apply
-                }
-            }
+        // A local change no publish pass has reached: it will be stored after this change, which is stored
+        // already, so it wins.
+        if self.unsent_local(key, log)? {
+            return Ok((Decision::Skip, false));
         }
-    }
-
-    /// What [`InFlight::decide`] would answer now for a change to `key` at `seq`, changing nothing; and whether
-    /// `decide` would end the tracking (the change is at or past our own stored one). The applier decides with
-    /// this inside its transaction and ends the tracking with `decide` once the transaction committed, so a
-    /// transaction rolled back and tried again decides the same.
-    pub fn peek(&self, key: &RowKey, seq: u64) -> (Decision, bool) {
-        if !self.enabled {
-            return (Decision::Apply, false);
-        }
-        let inner = self.inner.lock().unwrap();
-        match inner.map.get(key).map(|e| e.state.get()) {
+        let state = self
+            .inner
+            .lock()
+            .unwrap()
+            .map
+            .get(key)
+            .map(|e| e.state.get());
+        Ok(match state {
             Some(State::Unsent) => (Decision::Skip, false),
             Some(State::Sent) => (Decision::Wait, false),
             Some(State::Acked(a)) if seq < a => (Decision::Skip, false),
             Some(State::Acked(a)) if seq == a => (Decision::Skip, true),
             Some(State::Acked(_)) => (Decision::Apply, true),
             None => (Decision::Apply, false),
+        })
+    }
+
+    /// Whether `key` has a local change that no publish pass has reached and that the table holds only by its
+    /// fingerprint (checked in the change log).
+    fn unsent_local<L: ChangeLog>(&self, key: &RowKey, log: &L) -> Result<bool, L::Error> {
+        let candidate = {
+            let inner = self.inner.lock().unwrap();
+            if inner.unsent.is_empty() {
+                return Ok(false);
+            }
+            inner
+                .unsent
+                .get(&fingerprint(key))
+                .filter(|&&id| id > inner.sent_upto)
+                .map(|&id| (id, inner.sent_upto, inner.scanned_upto))
+        };
+        let Some((id, sent, scanned)) = candidate else {
+            return Ok(false);
+        };
+        // The newest change with this fingerprint is usually the key's own; otherwise another key shares the
+        // fingerprint, and only a search of the changes not yet published tells.
+        Ok(log.is_change_to(id, key)? || log.has_change_to(sent, scanned, key)?)
+    }
+
+    /// A change to `key` at stream position `seq` was applied or skipped for good: when it is at or past our own
+    /// stored change to the row, the tracking of that change ends.
+    pub fn settle(&self, key: &RowKey, seq: u64) {
+        if !self.enabled {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(State::Acked(a)) = inner.map.get(key).map(|e| e.state.get())
+            && seq >= a
+        {
+            inner.map.remove(key);
+            // A burst of local writes can leave a huge, mostly empty table behind: give it back.
+            let cap = inner.map.capacity();
+            if cap > 4096 && inner.map.len() * 8 < cap {
+                let len = inner.map.len();
+                inner.map.shrink_to(len * 2);
+            }
         }
     }
 
-    /// True when [`InFlight::decide`] would certainly skip this change (without changing anything). Newer local
-    /// writes found later can only turn an `Apply` into a `Skip`, never the reverse, so a batch whose rows all
-    /// pass this test can be skipped without opening a write transaction.
+    /// True when [`InFlight::peek`] would certainly skip this change (without changing anything or reading the
+    /// change log). Newer local writes found later can only turn an `Apply` into a `Skip`, never the reverse, so
+    /// a batch whose rows all pass this test can be skipped without opening a write transaction. A local change
+    /// held only by its fingerprint is not certain without the change log: false.
     pub fn would_skip(&self, key: &RowKey, seq: u64) -> bool {
         if !self.enabled {
             return false;
@@ -309,14 +378,22 @@ impl InFlight {
     }
 
     /// The schema version of the capture `key`'s newest local change was published with, once it is handed to
-    /// JetStream or stored (its message carries the columns the table had then).
-    pub fn published_with(&self, key: &RowKey) -> Option<i64> {
+    /// JetStream or stored (its message carries the columns the table had then). `log` as for
+    /// [`InFlight::peek`].
+    pub fn published_with<L: ChangeLog>(
+        &self,
+        key: &RowKey,
+        log: &L,
+    ) -> Result<Option<i64>, L::Error> {
+        if self.unsent_local(key, log)? {
+            return Ok(None);
+        }
         let inner = self.inner.lock().unwrap();
-        inner
+        Ok(inner
             .map
             .get(key)
             .filter(|e| e.state.get() != State::Unsent)
-            .map(|e| e.published_with)
+            .map(|e| e.published_with))
     }
 
     /// True when any of `keys` waits for an acknowledgement.
@@ -338,9 +415,10 @@ impl InFlight {
         let _ = tokio::time::timeout(timeout, self.acked.notified()).await;
     }
 
-    /// Number of rows with a local change in flight.
+    /// Number of rows with a local change in flight (those no publish pass has reached counted by fingerprint).
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap().map.len()
+        let inner = self.inner.lock().unwrap();
+        inner.map.len() + inner.unsent.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -356,18 +434,77 @@ mod tests {
         row_key("t", &[n])
     }
 
+    /// The change log: (id, key) rows.
+    #[derive(Default)]
+    struct Log(std::cell::RefCell<Vec<(i64, RowKey)>>);
+
+    impl ChangeLog for Log {
+        type Error = std::convert::Infallible;
+        fn is_change_to(&self, id: i64, key: &RowKey) -> Result<bool, Self::Error> {
+            Ok(self.0.borrow().iter().any(|(i, k)| *i == id && k == key))
+        }
+        fn has_change_to(&self, after: i64, upto: i64, key: &RowKey) -> Result<bool, Self::Error> {
+            Ok(self
+                .0
+                .borrow()
+                .iter()
+                .any(|(i, k)| *i > after && *i <= upto && k == key))
+        }
+    }
+
+    /// A node's table and its change log, which every registered change is in.
+    struct Node {
+        p: InFlight,
+        log: Log,
+    }
+
+    impl std::ops::Deref for Node {
+        type Target = InFlight;
+        fn deref(&self) -> &InFlight {
+            &self.p
+        }
+    }
+
+    impl Node {
+        fn new(enabled: bool, scanned_upto: i64) -> Node {
+            Node {
+                p: InFlight::new(enabled, scanned_upto),
+                log: Log::default(),
+            }
+        }
+
+        fn record<const N: usize>(&self, rows: [(RowKey, i64); N], upto: i64) {
+            for (key, id) in &rows {
+                let mut log = self.log.0.borrow_mut();
+                if !log.iter().any(|(i, _)| i == id) {
+                    log.push((*id, key.clone()));
+                }
+            }
+            self.p.record_local(rows, upto);
+        }
+
+        /// What the applier decides, and the tracking it ends once its transaction committed.
+        fn decide(&self, key: &RowKey, seq: u64) -> Decision {
+            let Ok((d, settles)) = self.p.peek(key, seq, &self.log);
+            if settles {
+                self.p.settle(key, seq);
+            }
+            d
+        }
+    }
+
     #[test]
     fn unsent_local_change_beats_every_incoming_change() {
-        let p = InFlight::new(true, 0);
-        p.record_local([(k(1), 5)], 5);
+        let p = Node::new(true, 0);
+        p.record([(k(1), 5)], 5);
         assert_eq!(p.decide(&k(1), 100), Decision::Skip);
         assert_eq!(p.decide(&k(2), 100), Decision::Apply);
     }
 
     #[test]
     fn acked_change_orders_by_stream_position() {
-        let p = InFlight::new(true, 0);
-        p.record_local([(k(1), 5)], 5);
+        let p = Node::new(true, 0);
+        p.record([(k(1), 5)], 5);
         p.mark_sent(&[(k(1), 5)], 5, 0);
         assert_eq!(p.decide(&k(1), 3), Decision::Wait);
         p.mark_acked([(&k(1), 5, Some(10))]);
@@ -378,7 +515,7 @@ mod tests {
         );
         assert_eq!(p.decide(&k(1), 10), Decision::Skip, "our own message");
         assert_eq!(p.decide(&k(1), 11), Decision::Apply, "entry ended");
-        p.record_local([(k(1), 6)], 6);
+        p.record([(k(1), 6)], 6);
         p.mark_sent(&[(k(1), 6)], 6, 0);
         p.mark_acked([(&k(1), 6, Some(20))]);
         assert_eq!(p.decide(&k(1), 21), Decision::Apply, "newer change wins");
@@ -387,24 +524,24 @@ mod tests {
 
     #[test]
     fn newer_local_write_keeps_the_key_unsent() {
-        let p = InFlight::new(true, 0);
-        p.record_local([(k(1), 5)], 5);
+        let p = Node::new(true, 0);
+        p.record([(k(1), 5)], 5);
         p.mark_sent(&[(k(1), 5)], 5, 0);
-        p.record_local([(k(1), 7)], 7);
+        p.record([(k(1), 7)], 7);
         p.mark_acked([(&k(1), 5, Some(10))]);
         assert_eq!(p.decide(&k(1), 50), Decision::Skip);
         // a rescan of an older id does not downgrade the entry
-        p.record_local([(k(1), 6)], 7);
+        p.record([(k(1), 6)], 7);
         assert_eq!(p.decide(&k(1), 50), Decision::Skip);
     }
 
     #[test]
     fn a_completed_change_seen_again_by_a_scan_is_not_resurrected() {
-        let p = InFlight::new(true, 0);
+        let p = Node::new(true, 0);
         p.mark_sent(&[(k(1), 1)], 1, 0); // the publisher got there before any scan
         p.mark_acked([(&k(1), 1, Some(1))]);
         assert_eq!(p.decide(&k(1), 1), Decision::Skip, "own message");
-        p.record_local([(k(1), 1)], 1); // a late scan reads the same log row
+        p.record([(k(1), 1)], 1); // a late scan reads the same log row
         assert_eq!(
             p.decide(&k(1), 2),
             Decision::Apply,
@@ -435,9 +572,66 @@ mod tests {
     }
 
     #[test]
+    fn changes_no_publish_pass_reached_are_held_by_fingerprint_until_one_does() {
+        let p = Node::new(true, 0);
+        p.record([(k(1), 1), (k(2), 2), (k(3), 3)], 3);
+        assert_eq!(p.inner.lock().unwrap().unsent.len(), 3);
+        assert!(p.inner.lock().unwrap().map.is_empty());
+        assert_eq!(p.decide(&k(2), 100), Decision::Skip);
+        assert_eq!(p.decide(&k(4), 100), Decision::Apply);
+        assert!(!p.would_skip(&k(2), 100), "not certain without the log");
+        // A pass reaches ids 1 and 2: their keys move to the table, the fingerprints up to 2 go.
+        p.mark_sent(&[(k(1), 1), (k(2), 2)], 2, 0);
+        assert_eq!(p.inner.lock().unwrap().unsent.len(), 1);
+        assert_eq!(p.decide(&k(2), 100), Decision::Wait);
+        assert_eq!(p.decide(&k(3), 100), Decision::Skip);
+        p.mark_acked([(&k(2), 2, Some(7))]);
+        assert_eq!(p.decide(&k(2), 6), Decision::Skip);
+        assert_eq!(p.decide(&k(2), 8), Decision::Apply);
+        // A newer write to a key the publisher has, registered while it was in the table: kept there.
+        p.record([(k(1), 4)], 4);
+        assert_eq!(p.inner.lock().unwrap().unsent.len(), 1);
+        assert_eq!(p.published_with(&k(1), &p.log), Ok(None));
+    }
+
+    #[test]
+    fn a_key_sent_with_an_older_change_skips_while_its_newer_change_is_unsent() {
+        let p = Node::new(true, 0);
+        // The applier registers id 1 (key 1) and id 5 (key 1 again) before the publisher gets there.
+        p.record([(k(1), 1), (k(2), 2), (k(1), 5)], 5);
+        // A pass up to id 2 sends key 1's change at id 1 only.
+        p.mark_sent(&[(k(1), 1), (k(2), 2)], 2, 0);
+        p.mark_acked([(&k(1), 1, Some(10))]);
+        assert_eq!(
+            p.decide(&k(1), 11),
+            Decision::Skip,
+            "id 5 is not published yet: it will be stored after 11"
+        );
+        assert_eq!(p.published_with(&k(1), &p.log), Ok(None));
+        p.mark_sent(&[(k(1), 5)], 5, 3);
+        assert_eq!(p.decide(&k(1), 12), Decision::Wait);
+        assert!(p.inner.lock().unwrap().unsent.is_empty());
+    }
+
+    #[test]
+    fn keys_sharing_a_fingerprint_are_told_apart_by_the_change_log() {
+        let p = Node::new(true, 0);
+        p.record([(k(1), 1), (k(2), 2)], 2);
+        // Pretend key 3's fingerprint is key 2's, holding key 2's id, and key 1's is taken by id 2 as well.
+        {
+            let mut inner = p.inner.lock().unwrap();
+            inner.unsent.insert(fingerprint(&k(3)), 2);
+            inner.unsent.insert(fingerprint(&k(1)), 2);
+        }
+        assert_eq!(p.decide(&k(3), 100), Decision::Apply, "no change to key 3");
+        assert_eq!(p.decide(&k(1), 100), Decision::Skip, "found in the log");
+        assert_eq!(p.decide(&k(2), 100), Decision::Skip);
+    }
+
+    #[test]
     fn disabled_applies_everything() {
-        let p = InFlight::new(false, 0);
-        p.record_local([(k(1), 5)], 5);
+        let p = Node::new(false, 0);
+        p.record([(k(1), 5)], 5);
         assert_eq!(p.decide(&k(1), 1), Decision::Apply);
     }
 }

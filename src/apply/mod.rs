@@ -635,7 +635,7 @@ impl Applier {
                         .sum::<u64>();
                     let own = m.origin == self.cfg.node_id;
                     for key in sql::row_keys(m) {
-                        self.in_flight.decide(&key, d.seq);
+                        self.in_flight.settle(&key, d.seq);
                         if own {
                             let last = journal::Last {
                                 seq: d.seq,

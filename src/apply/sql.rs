@@ -46,6 +46,8 @@ pub enum ApplyError {
     Decode(#[source] std::sync::Arc<WireError>),
     #[error("must wait for a local publish")]
     MustWait,
+    #[error("reading the change log: {0}")]
+    Capture(#[from] crate::capture::CaptureError),
     #[error(
         "refused message: table {table:?} is reserved (HarmonyLite's or SQLite's own); no change from the stream may write it"
     )]
@@ -81,6 +83,7 @@ impl ApplyError {
             ApplyError::KeyWidth { .. } => "key_width",
             ApplyError::Decode(_) => "decode",
             ApplyError::MustWait => "must_wait",
+            ApplyError::Capture(_) => "change_log",
             ApplyError::SchemaBehind { .. } => "schema_behind",
             ApplyError::ReservedTable { .. } => "reserved_table",
             ApplyError::PiecesMissing { .. } => "pieces_missing",
@@ -113,6 +116,7 @@ impl ApplyError {
             ),
             ApplyError::Sqlite(_)
             | ApplyError::MustWait
+            | ApplyError::Capture(_)
             | ApplyError::SchemaBehind { .. }
             | ApplyError::SchemaHeld { .. } => false,
         }
@@ -386,7 +390,7 @@ impl Memory {
     /// The open transaction committed: end the tracking of the rows it settled.
     pub fn committed(&mut self, in_flight: &InFlight) {
         for (k, seq) in self.settled.drain(..) {
-            in_flight.decide(&k, seq);
+            in_flight.settle(&k, seq);
         }
     }
 
@@ -445,6 +449,7 @@ pub fn apply_message(
             seq,
             in_flight,
             cfg,
+            cap,
             insert_first: std::cell::Cell::new(false),
         };
         let replayed = m.replayed.contains(&(ti as u32));
@@ -504,12 +509,21 @@ struct Here<'a> {
     seq: u64,
     in_flight: &'a InFlight,
     cfg: &'a Config,
+    cap: &'a Capture,
     /// Whether the last row written was new here: the next one is then tried as an insert first (one statement
     /// for a new row instead of an update that finds nothing and an insert).
     insert_first: std::cell::Cell<bool>,
 }
 
 impl Here<'_> {
+    /// The change log this transaction sees, for the conflict rule.
+    fn log(&self) -> super::txn::LocalLog<'_> {
+        super::txn::LocalLog {
+            tx: self.tx,
+            cap: self.cap,
+        }
+    }
+
     /// One row of the message: skipped (a newer write here, or our own change back), waited for (our own change
     /// to it is being published), or written, with what it overwrote or collided with kept in the journal.
     fn row(
@@ -529,7 +543,7 @@ impl Here<'_> {
         };
         let key = key_of(t, pos, row)?;
         let rk = row_key(&t.table, &key);
-        let (decision, settles) = self.in_flight.peek(&rk, seq);
+        let (decision, settles) = self.in_flight.peek(&rk, seq, &self.log())?;
         if settles {
             mem.settled.push((rk.clone(), seq));
         }
@@ -566,7 +580,7 @@ impl Here<'_> {
                 } else if let Row::Upsert(values) = row {
                     if !mem.narrow.is_empty()
                         && let Some(list) = mem.narrow.get(&t.table.to_lowercase())
-                        && let Some(v) = self.in_flight.published_with(&rk)
+                        && let Some(v) = self.in_flight.published_with(&rk, &self.log())?
                     {
                         let added: Vec<&String> = list
                             .iter()
@@ -775,7 +789,7 @@ impl Here<'_> {
         for c in &found {
             let refs: Vec<&Value> = c.key.iter().collect();
             let rk = row_key(&self.t.table, &refs);
-            match self.in_flight.peek(&rk, self.seq).0 {
+            match self.in_flight.peek(&rk, self.seq, &self.log())?.0 {
                 Decision::Wait => return Err(ApplyError::MustWait),
                 Decision::Skip => {
                     if let Some(o) = ours.as_deref_mut()

@@ -160,18 +160,61 @@ fn register_local(
         // A backfill is not a local write: newer changes from the stream must land over it (see
         // `window`), so it is not tracked as one.
         in_flight.record_local(
-            rows.iter().filter(|r| !r.backfill).filter_map(|r| {
-                cap.table(r.table_id).map(|t| {
-                    (
-                        crate::conflict::row_key(&t.name, &wire::key_bytes(&r.key)),
-                        r.id,
-                    )
-                })
-            }),
+            rows.iter()
+                .filter_map(|r| local_key(cap, r).map(|k| (k, r.id))),
             upto,
         );
     }
     Ok(before)
+}
+
+/// The row a change-log row records a local change to; `None` for a backfill (not a local write: newer changes
+/// from the stream must land over it, see `window`), a schema change, or a table no longer captured.
+fn local_key(cap: &capture::Capture, r: &capture::LogRow) -> Option<crate::conflict::RowKey> {
+    if r.backfill || r.ddl.is_some() {
+        return None;
+    }
+    cap.table(r.table_id)
+        .map(|t| crate::conflict::row_key(&t.name, &wire::key_bytes(&r.key)))
+}
+
+/// The change log as the applier's write transaction sees it, for the conflict rule's local changes held only
+/// by fingerprint.
+pub(super) struct LocalLog<'a> {
+    pub tx: &'a rusqlite::Connection,
+    pub cap: &'a capture::Capture,
+}
+
+impl crate::conflict::ChangeLog for LocalLog<'_> {
+    type Error = capture::CaptureError;
+
+    fn is_change_to(&self, id: i64, key: &crate::conflict::RowKey) -> Result<bool, Self::Error> {
+        let rows = capture::read_log(self.tx, self.cap, id - 1, id)?;
+        Ok(rows
+            .iter()
+            .any(|r| local_key(self.cap, r).is_some_and(|k| &k == key)))
+    }
+
+    fn has_change_to(
+        &self,
+        after: i64,
+        upto: i64,
+        key: &crate::conflict::RowKey,
+    ) -> Result<bool, Self::Error> {
+        let mut from = after;
+        while from < upto {
+            let to = upto.min(from + REGISTER_CHUNK);
+            let rows = capture::read_log(self.tx, self.cap, from, to)?;
+            if rows
+                .iter()
+                .any(|r| local_key(self.cap, r).is_some_and(|k| &k == key))
+            {
+                return Ok(true);
+            }
+            from = to;
+        }
+        Ok(false)
+    }
 }
 
 /// What the transaction works with, and what it did over all shards.
