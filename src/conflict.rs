@@ -132,6 +132,35 @@ struct Inner {
     unsent: HashMap<u64, i64, FxBuildHasher>,
 }
 
+impl Inner {
+    /// For a key whose fingerprint is held as a change no publish pass has reached: that change's log id, and the
+    /// publisher's and the registration's horizons, for [`unsent_local`] to check.
+    fn candidate(&self, key: &RowKey) -> Option<(i64, i64, i64)> {
+        if self.unsent.is_empty() {
+            return None;
+        }
+        self.unsent
+            .get(&fingerprint(key))
+            .filter(|&&id| id > self.sent_upto)
+            .map(|&id| (id, self.sent_upto, self.scanned_upto))
+    }
+}
+
+/// Whether `key` has a local change that no publish pass has reached, held by its fingerprint as `candidate`
+/// ([`Inner::candidate`]): checked in the change log, without the table's lock.
+fn unsent_local<L: ChangeLog>(
+    key: &RowKey,
+    candidate: Option<(i64, i64, i64)>,
+    log: &L,
+) -> Result<bool, L::Error> {
+    let Some((id, sent, scanned)) = candidate else {
+        return Ok(false);
+    };
+    // The newest change with this fingerprint is usually the key's own; otherwise another key shares the
+    // fingerprint, and only a search of the changes not yet published tells.
+    Ok(log.is_change_to(id, key)? || log.has_change_to(sent, scanned, key)?)
+}
+
 /// A row key's 64-bit fingerprint, for the table of changes not yet published.
 fn fingerprint(key: &RowKey) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault};
@@ -297,18 +326,18 @@ impl InFlight {
         if !self.enabled {
             return Ok((Decision::Apply, false));
         }
+        let (state, candidate) = {
+            let inner = self.inner.lock().unwrap();
+            (
+                inner.map.get(key).map(|e| e.state.get()),
+                inner.candidate(key),
+            )
+        };
         // A local change no publish pass has reached: it will be stored after this change, which is stored
         // already, so it wins.
-        if self.unsent_local(key, log)? {
+        if unsent_local(key, candidate, log)? {
             return Ok((Decision::Skip, false));
         }
-        let state = self
-            .inner
-            .lock()
-            .unwrap()
-            .map
-            .get(key)
-            .map(|e| e.state.get());
         Ok(match state {
             Some(State::Unsent) => (Decision::Skip, false),
             Some(State::Sent) => (Decision::Wait, false),
@@ -317,28 +346,6 @@ impl InFlight {
             Some(State::Acked(_)) => (Decision::Apply, true),
             None => (Decision::Apply, false),
         })
-    }
-
-    /// Whether `key` has a local change that no publish pass has reached and that the table holds only by its
-    /// fingerprint (checked in the change log).
-    fn unsent_local<L: ChangeLog>(&self, key: &RowKey, log: &L) -> Result<bool, L::Error> {
-        let candidate = {
-            let inner = self.inner.lock().unwrap();
-            if inner.unsent.is_empty() {
-                return Ok(false);
-            }
-            inner
-                .unsent
-                .get(&fingerprint(key))
-                .filter(|&&id| id > inner.sent_upto)
-                .map(|&id| (id, inner.sent_upto, inner.scanned_upto))
-        };
-        let Some((id, sent, scanned)) = candidate else {
-            return Ok(false);
-        };
-        // The newest change with this fingerprint is usually the key's own; otherwise another key shares the
-        // fingerprint, and only a search of the changes not yet published tells.
-        Ok(log.is_change_to(id, key)? || log.has_change_to(sent, scanned, key)?)
     }
 
     /// A change to `key` at stream position `seq` was applied or skipped for good: when it is at or past our own
@@ -385,15 +392,19 @@ impl InFlight {
         key: &RowKey,
         log: &L,
     ) -> Result<Option<i64>, L::Error> {
-        if self.unsent_local(key, log)? {
+        let (with, candidate) = {
+            let inner = self.inner.lock().unwrap();
+            let with = inner
+                .map
+                .get(key)
+                .filter(|e| e.state.get() != State::Unsent)
+                .map(|e| e.published_with);
+            (with, inner.candidate(key))
+        };
+        if unsent_local(key, candidate, log)? {
             return Ok(None);
         }
-        let inner = self.inner.lock().unwrap();
-        Ok(inner
-            .map
-            .get(key)
-            .filter(|e| e.state.get() != State::Unsent)
-            .map(|e| e.published_with))
+        Ok(with)
     }
 
     /// True when any of `keys` waits for an acknowledgement.
