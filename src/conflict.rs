@@ -158,7 +158,15 @@ fn unsent_local<L: ChangeLog>(
     };
     // The newest change with this fingerprint is usually the key's own; otherwise another key shares the
     // fingerprint, and only a search of the changes not yet published tells.
-    Ok(log.is_change_to(id, key)? || log.has_change_to(sent, scanned, key)?)
+    Ok(log.has_change_to(id - 1, id, key)? || log.has_change_to(sent, scanned, key)?)
+}
+
+/// A burst of local writes can leave a huge, mostly empty table behind: give it back.
+fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V, FxBuildHasher>) {
+    let cap = map.capacity();
+    if cap > 4096 && map.len() * 8 < cap {
+        map.shrink_to(map.len() * 2);
+    }
 }
 
 /// A row key's 64-bit fingerprint, for the table of changes not yet published.
@@ -172,8 +180,6 @@ fn fingerprint(key: &RowKey) -> u64 {
 /// deleted or added meanwhile.
 pub trait ChangeLog {
     type Error;
-    /// Whether change-log row `id` is a local change to `key` (not a backfill).
-    fn is_change_to(&self, id: i64, key: &RowKey) -> Result<bool, Self::Error>;
     /// Whether a change-log row in `(after, upto]` is a local change to `key` (not a backfill).
     fn has_change_to(&self, after: i64, upto: i64, key: &RowKey) -> Result<bool, Self::Error>;
 }
@@ -256,11 +262,7 @@ impl InFlight {
             inner.sent_upto = upto;
             if !inner.unsent.is_empty() {
                 inner.unsent.retain(|_, id| *id > upto);
-                let cap = inner.unsent.capacity();
-                if cap > 4096 && inner.unsent.len() * 8 < cap {
-                    let len = inner.unsent.len();
-                    inner.unsent.shrink_to(len * 2);
-                }
+                shrink_if_sparse(&mut inner.unsent);
             }
         }
         for (key, id) in rows {
@@ -359,12 +361,7 @@ impl InFlight {
             && seq >= a
         {
             inner.map.remove(key);
-            // A burst of local writes can leave a huge, mostly empty table behind: give it back.
-            let cap = inner.map.capacity();
-            if cap > 4096 && inner.map.len() * 8 < cap {
-                let len = inner.map.len();
-                inner.map.shrink_to(len * 2);
-            }
+            shrink_if_sparse(&mut inner.map);
         }
     }
 
@@ -451,9 +448,6 @@ mod tests {
 
     impl ChangeLog for Log {
         type Error = std::convert::Infallible;
-        fn is_change_to(&self, id: i64, key: &RowKey) -> Result<bool, Self::Error> {
-            Ok(self.0.borrow().iter().any(|(i, k)| *i == id && k == key))
-        }
         fn has_change_to(&self, after: i64, upto: i64, key: &RowKey) -> Result<bool, Self::Error> {
             Ok(self
                 .0

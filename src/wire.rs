@@ -534,21 +534,16 @@ pub fn encode(msg: &Message, compress: bool) -> Vec<u8> {
 thread_local! {
     /// One zstd context per thread, used again for every message: a new one per message took 150 KB (to
     /// compress) or 100 KB (to decompress) of heap each time, and the time to set it up.
-    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
+    static COMPRESSOR: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Compressor::new(1).expect("zstd context"));
+    /// `None` if the context could not be made: bodies are then read as a stream.
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
 }
 
 /// The body compressed at level 1, one zstd frame that records its content size.
 fn compress_body(body: &[u8]) -> Vec<u8> {
-    COMPRESSOR.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.is_none() {
-            *c = Some(zstd::bulk::Compressor::new(1).expect("zstd context"));
-        }
-        c.as_mut().unwrap().compress(body).expect("zstd compress")
-    })
+    COMPRESSOR.with(|c| c.borrow_mut().compress(body).expect("zstd compress"))
 }
 
 /// Largest body decompressed into a buffer of its recorded size at once; a larger one is read as a stream.
@@ -561,11 +556,9 @@ fn decompress_body(data: &[u8]) -> Result<Vec<u8>, WireError> {
         && len <= MAX_BULK_BODY
     {
         let bulk = DECOMPRESSOR.with(|d| {
-            let mut d = d.borrow_mut();
-            if d.is_none() {
-                *d = zstd::bulk::Decompressor::new().ok();
-            }
-            d.as_mut().map(|d| d.decompress(data, len as usize))
+            d.borrow_mut()
+                .as_mut()
+                .map(|d| d.decompress(data, len as usize))
         });
         if let Some(Ok(body)) = bulk
             && body.len() as u64 == len

@@ -188,13 +188,6 @@ pub(super) struct LocalLog<'a> {
 impl crate::conflict::ChangeLog for LocalLog<'_> {
     type Error = capture::CaptureError;
 
-    fn is_change_to(&self, id: i64, key: &crate::conflict::RowKey) -> Result<bool, Self::Error> {
-        let rows = capture::read_log(self.tx, self.cap, id - 1, id)?;
-        Ok(rows
-            .iter()
-            .any(|r| local_key(self.cap, r).is_some_and(|k| &k == key)))
-    }
-
     fn has_change_to(
         &self,
         after: i64,
