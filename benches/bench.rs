@@ -237,6 +237,7 @@ fn lag(
         })
     });
     let w = support::open(&c.node(1).db);
+    let cpu_before = sections::cpu_seconds();
     let peers: Vec<Connection> = (2..=c.nodes.len())
         .map(|i| support::open(&c.node(i).db))
         .collect();
@@ -284,10 +285,13 @@ fn lag(
         std::thread::sleep(Duration::from_millis(20));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let cpu_after = sections::cpu_seconds();
     if let Some(l) = loader {
         l.join().unwrap();
     }
+    let (busy_s, idle_s) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
     json!({
+        "cpu_busy_fraction": ((busy_s / (busy_s + idle_s).max(f64::EPSILON)) * 1000.0).round() / 1000.0,
         "p50": percentile(&mut lags, 0.5),
         "p99": percentile(&mut lags, 0.99),
         "max": percentile(&mut lags, 1.0),

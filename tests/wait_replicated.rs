@@ -165,7 +165,7 @@ fn a_dead_node_makes_the_wait_time_out_and_is_named() {
     let o = wait_replicated(c.node(1), &["-timeout", "5"]);
     let took = started.elapsed();
     let text = output_text(&o);
-    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert_eq!(o.status.code(), Some(1), "{text}\n{}", c.logs_tail());
     assert!(
         took < Duration::from_secs(25),
         "a 5 s timeout took {took:?}"
@@ -176,7 +176,12 @@ fn a_dead_node_makes_the_wait_time_out_and_is_named() {
         .lines()
         .filter(|l| l.trim_start().starts_with("node "))
         .collect();
-    assert_eq!(named.len(), 1, "only node 3 is behind: {text}");
+    assert_eq!(
+        named.len(),
+        1,
+        "only node 3 is behind: {text}\n{}",
+        c.logs_tail()
+    );
     assert!(
         named[0].contains("node 3 (unreachable") && named[0].contains("shard 1 behind by "),
         "{text}"

@@ -81,6 +81,9 @@ pub struct ShardConsumer {
     first_pull: Option<tokio::sync::oneshot::Sender<()>>,
     /// Until the first attempt to consume: the last run's consumer may be reused.
     first_attempt: bool,
+    /// How many consumers in a row were left on another server than the one their placement wants (every
+    /// try landed elsewhere): each looks again later than the last, up to [`MISPLACED_CHECK_MAX`].
+    misplaced: u32,
 }
 
 /// The suffix of a consumer's name while it is away from the node's own server.
@@ -92,6 +95,11 @@ const AWAY_INACTIVE: Duration = Duration::from_secs(300);
 /// How often a consumer placed away from the node's own server (its copy of the stream was catching up) looks
 /// whether it can move back.
 const HOME_CHECK: Duration = Duration::from_secs(2);
+
+/// The longest wait before a consumer left on another server than its placement wants is made again. Such a
+/// consumer dies with that server: left there, a node would apply nothing from the moment the other server
+/// dies until its pulls miss two heartbeats.
+const MISPLACED_CHECK_MAX: Duration = Duration::from_secs(30);
 
 /// How long interruptions before the first delivery count as part of the start.
 const STARTING: Duration = Duration::from_secs(30);
@@ -120,6 +128,7 @@ impl ShardConsumer {
             starting: Some(Instant::now()),
             first_pull: Some(first_pull),
             first_attempt: true,
+            misplaced: 0,
         };
         (c, pulling)
     }
@@ -213,6 +222,9 @@ impl ShardConsumer {
         self.counters.set_gap(input.shard, None);
         let next = input.next.max(1);
         let place = Placement::of(stream.cached_info().cluster.as_ref(), &self.durable);
+        // Elsewhere while the stream has fewer servers than it is made for (its replicas are being raised as
+        // the cluster forms): the own server may be among them soon, and the consumer moves there then.
+        let growing = matches!(place, Placement::Elsewhere) && stream_growing(stream.cached_info());
         // Away from the own server the consumer has another name: the one there may not answer yet (its server
         // has just started), and deleting it would wait for that server.
         let name = if place.away() {
@@ -282,6 +294,13 @@ impl ShardConsumer {
             }
         };
         let created = began.elapsed();
+        let leader = consumer
+            .cached_info()
+            .cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone());
+        let misplaced = !place.away() && !place.wants(leader.as_deref(), &self.durable);
+        self.misplaced = if misplaced { self.misplaced + 1 } else { 0 };
         // Pieces of large values are large messages: a pull brings two megabytes at once, at least two of the
         // largest messages the server takes.
         let pull_bytes = (2usize << 20).max(2 * self.js.client().server_info().max_payload);
@@ -301,6 +320,9 @@ impl ShardConsumer {
             pulling_ms = began.elapsed().as_millis() as u64,
             reused,
             made,
+            server = leader.as_deref().unwrap_or("unknown"),
+            misplaced,
+            growing,
             "consumer started"
         );
         if let Some(told) = self.first_pull.take() {
@@ -319,9 +341,18 @@ impl ShardConsumer {
             }
         }
         backoff.reset();
-        let mut look_home = place
-            .away()
-            .then(|| tokio::time::Instant::now() + HOME_CHECK);
+        // Away (or elsewhere while the stream grows), it looks whether the own copy is current yet; misplaced,
+        // whether it can be placed well now (the same look: the own copy is current), less often each time it
+        // could not.
+        let mut look_home = if place.away() || growing {
+            Some(tokio::time::Instant::now() + HOME_CHECK)
+        } else if misplaced {
+            let wait = (HOME_CHECK * 2u32.saturating_pow(self.misplaced.min(8) - 1))
+                .min(MISPLACED_CHECK_MAX);
+            Some(tokio::time::Instant::now() + wait)
+        } else {
+            None
+        };
         loop {
             let m = match look_home {
                 None => messages.next().await,
@@ -329,13 +360,20 @@ impl ShardConsumer {
                     m = messages.next() => m,
                     _ = tokio::time::sleep_until(at) => {
                         let info = stream.info().await?;
-                        if matches!(Placement::of(info.cluster.as_ref(), &self.durable),
-                            Placement::OwnServer { current: true, .. }) {
+                        let now = Placement::of(info.cluster.as_ref(), &self.durable);
+                        // Grown without the own server (external NATS), or a single server: nothing more to
+                        // look for.
+                        let look_again = match now {
+                            Placement::OwnServer { .. } => true,
+                            Placement::Elsewhere => stream_growing(info),
+                            Placement::Standalone => false,
+                        };
+                        if matches!(now, Placement::OwnServer { current: true, .. }) {
                             drop(messages);
                             let _ = stream.delete_consumer(&name).await;
                             return Err(ConsumeError::Home);
                         }
-                        look_home = Some(tokio::time::Instant::now() + HOME_CHECK);
+                        look_home = look_again.then(|| tokio::time::Instant::now() + HOME_CHECK);
                         continue;
                     }
                 },
@@ -437,6 +475,14 @@ impl Placement {
     fn away(&self) -> bool {
         matches!(self, Placement::OwnServer { current: false, .. })
     }
+}
+
+/// Whether the stream has fewer servers than its configured replicas: they are being raised (the cluster is
+/// forming) or a server is missing.
+fn stream_growing(info: &jetstream::stream::Info) -> bool {
+    info.cluster.as_ref().is_some_and(|c| {
+        c.replicas.len() + usize::from(c.leader.is_some()) < info.config.num_replicas
+    })
 }
 
 /// This node's consumer on `stream` (named in `wanted`) as the last run left it, moved to deliver from `next` on
