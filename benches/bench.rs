@@ -238,6 +238,19 @@ fn lag(
     });
     let w = support::open(&c.node(1).db);
     let cpu_before = sections::cpu_seconds();
+    // Per process kind: the sidecars and their nats-servers, CPU time and time runnable but waiting for a CPU.
+    let kinds: Vec<(&str, Vec<u32>)> = {
+        let sidecars: Vec<u32> = c.nodes.iter().filter_map(|n| n.pid()).collect();
+        let servers = sidecars.iter().flat_map(|&p| child_pids(p)).collect();
+        vec![("sidecars", sidecars), ("nats_servers", servers)]
+    };
+    let sched = |pids: &[u32]| {
+        pids.iter()
+            .map(|&p| support::cpu_and_runqueue_ns(p))
+            .fold((0u64, 0u64), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    let sched_before: Vec<(u64, u64)> = kinds.iter().map(|(_, p)| sched(p)).collect();
+    let phase_start = Instant::now();
     let peers: Vec<Connection> = (2..=c.nodes.len())
         .map(|i| support::open(&c.node(i).db))
         .collect();
@@ -286,12 +299,26 @@ fn lag(
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let cpu_after = sections::cpu_seconds();
+    let phase_s = phase_start.elapsed().as_secs_f64();
+    let per_s = |ns: u64| (ns as f64 / 1e6 / phase_s * 10.0).round() / 10.0;
+    let mut processes = serde_json::Map::new();
+    for ((kind, pids), before) in kinds.iter().zip(&sched_before) {
+        let after = sched(pids);
+        processes.insert(
+            (*kind).into(),
+            json!({
+                "cpu_ms_per_s": per_s(after.0.saturating_sub(before.0)),
+                "runqueue_wait_ms_per_s": per_s(after.1.saturating_sub(before.1)),
+            }),
+        );
+    }
     if let Some(l) = loader {
         l.join().unwrap();
     }
     let (busy_s, idle_s) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
     json!({
         "cpu_busy_fraction": ((busy_s / (busy_s + idle_s).max(f64::EPSILON)) * 1000.0).round() / 1000.0,
+        "processes": processes,
         "p50": percentile(&mut lags, 0.5),
         "p99": percentile(&mut lags, 0.99),
         "max": percentile(&mut lags, 1.0),

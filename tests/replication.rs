@@ -154,36 +154,63 @@ fn concurrent_writers_on_the_same_rows_converge() {
     c.converged("hot", Duration::from_secs(1));
 }
 
+/// A reader on a node's database in a thread of its own ([`keep_reading`]).
+struct Reading<S> {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(S, u64)>,
+}
+
+impl<S> Reading<S> {
+    /// Stops the reader: its state, and how many looks it took.
+    fn finish(self) -> (S, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Reads `node`'s database in a thread of its own: `look` runs again and again, gathering into its state, until
+/// [`Reading::finish`].
+fn keep_reading<S: Default + Send + 'static>(
+    node: &Node,
+    mut look: impl FnMut(&rusqlite::Connection, &mut S) + Send + 'static,
+) -> Reading<S> {
+    let db = node.db.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        let mut state = S::default();
+        let mut looks = 0;
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            look(&conn, &mut state);
+            looks += 1;
+        }
+        (state, looks)
+    });
+    Reading { stop, thread }
+}
+
 /// A 10,000-row transaction over two tables is seen whole or not at all by a reader on a peer.
 #[test]
 fn large_two_table_transaction_is_atomic_on_peers() {
     let c = Cluster::start(Options::default());
     let (n1, n2) = (c.node(1), c.node(2));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let db = n2.db.clone();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let conn = rusqlite::Connection::open_with_flags(
-                &db,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-            )
-            .unwrap();
-            conn.busy_timeout(Duration::from_secs(5)).unwrap();
-            let mut seen = std::collections::BTreeSet::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let (a, b): (i64, i64) = conn
-                    .query_row(
-                        "SELECT (SELECT count(*) FROM Books WHERE id >= 5000), (SELECT count(*) FROM Authors WHERE id >= 5000)",
-                        [],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .unwrap();
-                seen.insert((a, b));
-            }
-            seen
-        })
-    };
+    let reader = keep_reading(
+        n2,
+        |conn, seen: &mut std::collections::BTreeSet<(i64, i64)>| {
+            let (a, b): (i64, i64) = conn
+                .query_row(
+                    "SELECT (SELECT count(*) FROM Books WHERE id >= 5000), (SELECT count(*) FROM Authors WHERE id >= 5000)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            seen.insert((a, b));
+        },
+    );
     n1.sql(
         "BEGIN;
          WITH RECURSIVE s(x) AS (SELECT 5000 UNION ALL SELECT x + 1 FROM s WHERE x < 9999)
@@ -195,8 +222,7 @@ fn large_two_table_transaction_is_atomic_on_peers() {
     c.eventually(Duration::from_secs(60), "big transaction on node 2", || {
         count(n2, "SELECT count(*) FROM Authors WHERE id >= 5000;") == 5000
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let seen = reader.join().unwrap();
+    let (seen, _) = reader.finish();
     assert!(
         seen.iter().all(|&s| s == (0, 0) || s == (5000, 5000)),
         "reader saw a partial transaction: {seen:?}"
@@ -204,6 +230,65 @@ fn large_two_table_transaction_is_atomic_on_peers() {
     assert!(seen.contains(&(5000, 5000)));
     c.converged("Books", T);
     c.converged("Authors", T);
+}
+
+/// An application writing faster than the cluster takes its changes (a backlog of many transactions builds up
+/// in the change log): a reader on a peer still sees each of its transactions whole or not at all.
+#[test]
+fn transactions_stay_whole_on_peers_under_a_backlog() {
+    const TXNS: i64 = 150;
+    const ROWS: i64 = 1_500;
+    const FIRST: i64 = 1_000_000;
+    let c = Cluster::start(Options::default());
+    let (n1, n2) = (c.node(1), c.node(2));
+    let reader = keep_reading(
+        n2,
+        |conn, partial: &mut std::collections::BTreeMap<i64, i64>| {
+            let mut q = conn
+                .prepare_cached(&format!(
+                    "SELECT (id - {FIRST}) / {ROWS}, count(*) FROM Books WHERE id >= {FIRST} \
+                     GROUP BY 1 HAVING count(*) != {ROWS}"
+                ))
+                .unwrap();
+            let rows = q
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                .unwrap();
+            for r in rows {
+                let (txn, n) = r.unwrap();
+                partial.insert(txn, n);
+            }
+        },
+    );
+    // One `sqlite3` process commits the transactions one after the other, as fast as it can.
+    let script: String = (0..TXNS)
+        .map(|t| {
+            let lo = FIRST + t * ROWS;
+            format!(
+                "BEGIN; WITH RECURSIVE s(x) AS (SELECT {lo} UNION ALL SELECT x + 1 FROM s WHERE x < {hi}) \
+                 INSERT INTO Books (id, title, author, publication_year) SELECT x, 'T' || x, 'A', x FROM s; \
+                 COMMIT;\n",
+                hi = lo + ROWS - 1
+            )
+        })
+        .collect();
+    n1.sql(&script);
+    c.eventually(
+        Duration::from_secs(120),
+        "every transaction on node 2",
+        || {
+            count(
+                n2,
+                &format!("SELECT count(*) FROM Books WHERE id >= {FIRST};"),
+            ) == TXNS * ROWS
+        },
+    );
+    let (partial, looks) = reader.finish();
+    assert!(looks > 0, "the reader never looked");
+    assert!(
+        partial.is_empty(),
+        "a reader on node 2 saw transactions in part (transaction: rows seen): {partial:?}"
+    );
+    c.converged("Books", T);
 }
 
 /// Values arrive byte-exact, and every kind of key works: composite, WITHOUT ROWID, no primary key, quoted

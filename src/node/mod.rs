@@ -436,6 +436,11 @@ impl RunningNode {
             self.nats.client.clone(),
         )?;
         let wake = publisher.waker();
+        crate::publish::ends::start_sampler(
+            &cfg.db_path,
+            publisher.commit_ends(),
+            self.cancel.clone(),
+        );
         self.tasks.spawn(publisher.run(self.cancel.clone()));
         // After the publisher: it sets the published position the answers rely on.
         self.tasks.spawn(crate::ops::verify::serve(

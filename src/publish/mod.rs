@@ -8,6 +8,7 @@
 //! only when every shard is acknowledged. On any error the same messages are retried with backoff under the
 //! same message ids, so nothing is lost and nothing is stored twice.
 
+pub mod ends;
 pub mod large;
 pub mod recover;
 pub mod state;
@@ -137,6 +138,8 @@ pub struct Publisher {
     client: async_nats::Client,
     wake: Arc<Notify>,
     limits: large::Limits,
+    /// Where local transactions end, as far as seen: passes under a backlog end at one.
+    ends: Arc<ends::CommitEnds>,
 }
 
 impl Publisher {
@@ -176,7 +179,13 @@ impl Publisher {
             js,
             client,
             wake: Arc::new(Notify::new()),
+            ends: Arc::default(),
         })
+    }
+
+    /// Where local transactions end, as seen by the sampler ([`ends::start_sampler`]) that feeds it.
+    pub fn commit_ends(&self) -> Arc<ends::CommitEnds> {
+        self.ends.clone()
     }
 
     /// Wakes the publisher for a pass (file events, start-up).
@@ -475,10 +484,12 @@ impl Publisher {
         if max <= from {
             return Ok(None);
         }
+        self.ends.note(max);
+        self.ends.set_behind(max - from > ends::TARGET_PASS_ROWS);
         let end = if self.state.inflight_end > from {
             self.state.inflight_end.min(max)
         } else {
-            max.min(from + MAX_PASS_ROWS)
+            self.ends.cut(from, max)
         };
         let mut log = capture::read_log(&tx, &cap, from, end)?;
         let end = alone_schema_change(&mut log, end);

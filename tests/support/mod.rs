@@ -52,9 +52,10 @@ pub use node::{Node, harmonylite_bin};
 pub use oracle::{Apps, LEDGER, Plan, Published, Rng, StreamWatch, Verdict};
 pub use ports::{free_port, free_ports};
 pub use process::{
-    ChildGuard, PidGuard, Signal, child_pids, file_len, last_lines, listening_sockets,
-    output_retrying, output_text, peak_rss_kb, pid_alive, process_tree, read_lossy, reexec_test,
-    release_archive, reset_peak_rss, rss_kb, script_result, send_signal, temp_dir,
+    ChildGuard, PidGuard, Signal, child_pids, cpu_and_runqueue_ns, file_len, last_lines,
+    listening_sockets, output_retrying, output_text, peak_rss_kb, pid_alive, process_tree,
+    read_lossy, reexec_test, release_archive, reset_peak_rss, rss_kb, script_result, send_signal,
+    temp_dir,
 };
 pub use servers::{NatsServer, S3Server, SftpServer, WebDavServer};
 pub use sql::{

@@ -61,6 +61,22 @@ pub fn reset_peak_rss(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
+/// Nanoseconds the threads of process `pid` have run on a CPU and waited for one while runnable, summed over
+/// its threads (`/proc/<pid>/task/*/schedstat`; threads that have ended are not counted; (0, 0) when it is
+/// gone).
+pub fn cpu_and_runqueue_ns(pid: u32) -> (u64, u64) {
+    let mut sum = (0, 0);
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let s = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            let mut v = s.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
+            sum.0 += v.next().unwrap_or(0);
+            sum.1 += v.next().unwrap_or(0);
+        }
+    }
+    sum
+}
+
 /// Direct children of process `pid` (e.g. a node's nats-server).
 pub fn child_pids(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
