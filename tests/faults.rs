@@ -173,9 +173,32 @@ fn a_node_offline_past_retention_comes_back_from_a_snapshot() {
         );
         // ... and a periodic snapshot is saved after that, then a while more.
         let marks: Vec<u64> = others.iter().map(|j| c.node(*j).log_mark()).collect();
-        c.eventually(
+        // On failure, what the remaining nodes said of snapshots and their lease (their last lines are all
+        // replication).
+        let said = || {
+            others
+                .iter()
+                .zip(&marks)
+                .map(|(j, m)| {
+                    let lines: Vec<String> = c
+                        .node(*j)
+                        .log_since(*m)
+                        .lines()
+                        .filter(|l| l.contains("snapshot") || l.contains("lease"))
+                        .map(str::to_string)
+                        .collect();
+                    format!(
+                        "--- node {j}, snapshot and lease lines ---\n{}",
+                        lines.join("\n")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        eventually_or(
             T,
             "a snapshot saved after the stream moved past the node",
+            said,
             || {
                 others
                     .iter()
