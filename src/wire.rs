@@ -41,7 +41,7 @@ pub enum Value {
     Blob(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A large text or blob value sent ahead in [`Piece`] messages on the same stream (version 4): the
     /// receiver assembles it from its staged pieces when it applies the row.
-    Staged(StagedValue),
+    Staged(Box<StagedValue>),
 }
 
 /// Names a large value sent in pieces, and what it must be once assembled.
@@ -667,12 +667,12 @@ mod tests {
         let mut m = sample();
         m.tables[0].rows.push(Row::Upsert(vec![
             Value::Integer(9),
-            Value::Staged(StagedValue {
+            Value::Staged(Box::new(StagedValue {
                 id: "7.1.2a.1.ff".into(),
                 len: 3 << 20,
                 text: true,
                 hash: 0xff,
-            }),
+            })),
         ]));
         assert!(m.has_staged() && !sample().has_staged());
         let b = encode(&m, true);

@@ -79,7 +79,7 @@ pub fn gauges(
             }
         }
         for d in &u.msgs {
-            let Ok(m) = &d.msg else { continue };
+            let Ok(m) = d.message() else { continue };
             for t in &m.tables {
                 let e = out.entry(t.table.to_lowercase()).or_insert((0, since));
                 e.0 += t.rows.len() as u64;

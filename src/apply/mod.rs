@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, APPLIED, CurrentCapture};
 use crate::config::Config;
-use crate::conflict::{InFlight, RowKey};
+use crate::conflict::InFlight;
 use crate::counters::{Counters, Total};
 use crate::retry::Backoff;
 use crate::wire::{self, Message};
@@ -70,13 +70,63 @@ pub const IN_TRANSIT_KIB: u32 = 4 * 1024;
 
 struct Decoded {
     seq: u64,
+    /// The message; without its rows when they were put back in `body` (a unit larger than a transaction's
+    /// worth of rows: see [`Decoded::message`]).
     msg: Result<Message, Arc<wire::WireError>>,
     /// The bytes received, kept only when they could not be decoded (for the quarantine).
     raw: Option<bytes::Bytes>,
+    /// The bytes received, when `msg` holds the message without its rows.
+    body: Option<Box<[u8]>>,
+    /// Rows the message carries.
+    rows: usize,
     /// For a message with conditional (backfill) rows: its window, once read (`window`).
     window: Option<Arc<window::Touched>>,
     /// Size as received.
     bytes: usize,
+}
+
+impl Decoded {
+    /// The whole message: decoded again from its bytes when its rows were left there. A unit larger than
+    /// the queue's row budget is held this way past the budget, as received (compressed), and each message
+    /// is decoded when it is used and dropped after: a node holds one message's rows decoded, not the unit's.
+    fn message(&self) -> Result<std::borrow::Cow<'_, Message>, Arc<wire::WireError>> {
+        match (&self.msg, &self.body) {
+            (Ok(_), Some(body)) => wire::decode(body)
+                .map(std::borrow::Cow::Owned)
+                .map_err(Arc::new),
+            (Ok(m), None) => Ok(std::borrow::Cow::Borrowed(m)),
+            (Err(e), _) => Err(e.clone()),
+        }
+    }
+
+    /// `payload` as received at `seq`; its rows are left in the bytes when `past_budget` (see
+    /// [`Decoded::message`]), unless the message needs them at hand (a backfill's, decided by its window).
+    fn new(seq: u64, payload: bytes::Bytes, past_budget: bool) -> Decoded {
+        let size = payload.len();
+        let mut msg = wire::decode(&payload).map_err(Arc::new);
+        let rows = msg.as_ref().map_or(0, row_count);
+        let mut body = None;
+        if let Ok(m) = &mut msg
+            && past_budget
+            && rows > 0
+            && m.conditional.is_empty()
+        {
+            for t in &mut m.tables {
+                t.rows = Vec::new();
+            }
+            body = Some(payload.to_vec().into_boxed_slice());
+        }
+        let raw = msg.is_err().then_some(payload);
+        Decoded {
+            seq,
+            msg,
+            raw,
+            body,
+            rows,
+            window: None,
+            bytes: size,
+        }
+    }
 }
 
 /// What a shard's consumer needs to feed the applier: where to start and where to deliver.
@@ -445,11 +495,7 @@ impl Applier {
     fn fill(&mut self) {
         for s in &mut self.shards {
             let mut bytes: usize = s.queue.iter().map(|d| d.bytes).sum();
-            let mut rows: usize = s
-                .queue
-                .iter()
-                .map(|d| d.msg.as_ref().map_or(0, row_count))
-                .sum();
+            let mut rows: usize = s.queue.iter().map(|d| d.rows).sum();
             // The byte bound holds between units only: a unit is applied whole, so it must fit whole.
             let between_units = |q: &VecDeque<Decoded>| {
                 q.back()
@@ -466,18 +512,10 @@ impl Applier {
                         {
                             continue;
                         }
-                        let msg = wire::decode(&inc.payload).map_err(Arc::new);
                         bytes += inc.payload.len();
-                        rows += msg.as_ref().map_or(0, row_count);
-                        let size = inc.payload.len();
-                        let raw = msg.is_err().then_some(inc.payload);
-                        s.queue.push_back(Decoded {
-                            seq: inc.seq,
-                            msg,
-                            raw,
-                            window: None,
-                            bytes: size,
-                        });
+                        let d = Decoded::new(inc.seq, inc.payload, rows >= MAX_QUEUED_ROWS);
+                        rows += d.rows;
+                        s.queue.push_back(d);
                     }
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
@@ -536,11 +574,7 @@ impl Applier {
                     if self.cfg.ddl.enabled && ddl_at(s, i, me).is_some() {
                         break;
                     }
-                    let rows = s
-                        .queue
-                        .range(i..i + len)
-                        .map(|d| d.msg.as_ref().map(row_count).unwrap_or(0))
-                        .sum();
+                    let rows = s.queue.range(i..i + len).map(|d| d.rows).sum();
                     if take > 0 && rows > budget {
                         break;
                     }
@@ -560,15 +594,12 @@ impl Applier {
         if self.in_flight.is_empty() {
             return false;
         }
-        let mut keys: Vec<RowKey> = Vec::new();
-        for (s, &n) in self.shards.iter().zip(plan) {
-            for d in s.queue.iter().take(n) {
-                if let Ok(m) = &d.msg {
-                    keys.extend(sql::row_keys(m));
-                }
-            }
-        }
-        self.in_flight.any_sent(keys.iter())
+        self.shards.iter().zip(plan).any(|(s, &n)| {
+            s.queue.iter().take(n).any(|d| {
+                d.message()
+                    .is_ok_and(|m| self.in_flight.any_sent(sql::row_keys(&m).iter()))
+            })
+        })
     }
 
     fn all_skipped(&self, plan: &[usize]) -> bool {
@@ -593,15 +624,20 @@ impl Applier {
                 // Our own change skipped for a newer write of ours may still take a unique value from a row
                 // another node wrote meanwhile: only tables known to have no unique index skip the
                 // transaction.
-                Ok(m) => m.tables.iter().all(|t| {
-                    !capture::schema::selected(&t.table, &cfg.include_tables, &cfg.exclude_tables)
-                        || (self
+                Ok(_) => d.message().is_ok_and(|m| {
+                    m.tables.iter().all(|t| {
+                        !capture::schema::selected(
+                            &t.table,
+                            &cfg.include_tables,
+                            &cfg.exclude_tables,
+                        ) || (self
                             .mem
                             .uniques
                             .known_without(self.capture.get().schema_version, &t.table)
                             && sql::row_keys_of(t).is_some_and(|keys| {
                                 keys.iter().all(|k| self.in_flight.would_skip(k, d.seq))
                             }))
+                    })
                 }),
                 Err(_) => false,
             })
@@ -619,7 +655,7 @@ impl Applier {
             let mut rows = 0u64;
             let mut dropped = 0u64;
             for d in s.queue.drain(..n) {
-                if let Ok(m) = &d.msg {
+                if let Ok(m) = d.message() {
                     let cfg = &self.cfg;
                     dropped += m
                         .tables
@@ -634,7 +670,7 @@ impl Applier {
                         .map(|t| t.rows.len() as u64)
                         .sum::<u64>();
                     let own = m.origin == self.cfg.node_id;
-                    for key in sql::row_keys(m) {
+                    for key in sql::row_keys(&m) {
                         self.in_flight.settle(&key, d.seq);
                         if own {
                             let last = journal::Last {

@@ -396,11 +396,14 @@ impl Memory {
 
     /// The open transaction was rolled back: what it settled is still in flight, and what it noted of the
     /// messages `rolled_back` is forgotten (they are applied again later).
-    pub fn rolled_back<'a>(&mut self, rolled_back: impl IntoIterator<Item = &'a Message>) {
+    pub fn rolled_back<M: std::ops::Deref<Target = Message>>(
+        &mut self,
+        rolled_back: impl IntoIterator<Item = M>,
+    ) {
         self.settled.clear();
         self.staged.forget();
         for m in rolled_back {
-            for k in row_keys(m) {
+            for k in row_keys(&m) {
                 self.recent.forget(&k);
             }
         }

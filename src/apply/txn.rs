@@ -36,7 +36,7 @@ impl Applier {
                     .iter()
                     .flat_map(|u| u.msgs.iter())
                     .chain(s.queue.range(..n))
-                    .filter_map(|d| d.msg.as_ref().ok())
+                    .filter_map(|d| d.message().ok())
             });
             self.mem.rolled_back(msgs);
         }
@@ -400,8 +400,9 @@ impl Txn<'_> {
             } else {
                 format!("same transaction as message {} ({})", f.seq, f.error)
             };
-            let msg = match (&d.msg, &d.raw) {
-                (Ok(m), _) => Ok(m),
+            let whole = d.message();
+            let msg = match (&whole, &d.raw) {
+                (Ok(m), _) => Ok(&**m),
                 (Err(_), raw) => Err(raw.as_deref().unwrap_or_default()),
             };
             quarantine::record(self.tx, &s.stream, d.seq, &reason, msg)?;
@@ -525,7 +526,8 @@ fn apply_unit<'a>(
 ) -> Result<sql::Applied, UnitError> {
     let mut total = sql::Applied::default();
     for d in msgs {
-        let r = match &d.msg {
+        let whole = d.message();
+        let r = match &whole {
             Ok(m) if m.ddl.is_some() => schema_change(tx, m, d.seq, cfg),
             Ok(m) => match &m.piece {
                 // Our own pieces come back: this database has the value.

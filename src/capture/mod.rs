@@ -307,54 +307,142 @@ pub fn read_log(
     let mut rows = stmt.query(params![after, upto])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        let id: i64 = r.get(0)?;
-        let logged: i64 = r.get(1)?;
-        let (table_id, backfill) = (logged.abs(), logged < 0);
-        if logged == ddl::LOGGED {
-            let text: String = r.get(2)?;
-            let changes = serde_json::from_str(&text).map_err(|_| CaptureError::BadKey {
-                table_id,
-                text: text.clone(),
-            })?;
-            out.push(LogRow {
-                id,
-                table_id,
-                key: Vec::new(),
-                backfill: false,
-                ddl: Some(changes),
-            });
-            continue;
+        if let Some(row) = log_row(cap, r.get(0)?, r.get(1)?, r.get_ref(2)?)? {
+            out.push(row);
         }
-        let Some(info) = cap.table(table_id) else {
-            continue;
-        };
-        let raw = Value::from_ref(r.get_ref(2)?);
-        let key = match &info.key {
-            KeyKind::Columns(cols) if cols.len() > 1 => match &raw {
-                Value::Text(t) => {
-                    keys::parse_quoted_list(t, cols.len()).ok_or_else(|| CaptureError::BadKey {
-                        table_id,
-                        text: String::from_utf8_lossy(t).into(),
-                    })?
-                }
-                other => {
-                    return Err(CaptureError::BadKey {
-                        table_id,
-                        text: format!("{other:?}"),
-                    });
-                }
-            },
-            _ => vec![raw],
-        };
-        out.push(LogRow {
-            id,
-            table_id,
-            key,
-            backfill,
-            ddl: None,
-        });
     }
     Ok(out)
+}
+
+/// The change-log row `id` as logged (`logged`: the table id, negated for a backfill; [`ddl::LOGGED`] for a
+/// schema change) with key `k`; `None` for a table no longer captured.
+fn log_row(
+    cap: &Capture,
+    id: i64,
+    logged: i64,
+    k: rusqlite::types::ValueRef<'_>,
+) -> Result<Option<LogRow>, CaptureError> {
+    let (table_id, backfill) = (logged.abs(), logged < 0);
+    if logged == ddl::LOGGED {
+        let text = k.as_str().map_err(rusqlite::Error::from)?;
+        let changes = serde_json::from_str(text).map_err(|_| CaptureError::BadKey {
+            table_id,
+            text: text.to_string(),
+        })?;
+        return Ok(Some(LogRow {
+            id,
+            table_id,
+            key: Vec::new(),
+            backfill: false,
+            ddl: Some(changes),
+        }));
+    }
+    let Some(info) = cap.table(table_id) else {
+        return Ok(None);
+    };
+    let raw = Value::from_ref(k);
+    let key = match &info.key {
+        KeyKind::Columns(cols) if cols.len() > 1 => match &raw {
+            Value::Text(t) => {
+                keys::parse_quoted_list(t, cols.len()).ok_or_else(|| CaptureError::BadKey {
+                    table_id,
+                    text: String::from_utf8_lossy(t).into(),
+                })?
+            }
+            other => {
+                return Err(CaptureError::BadKey {
+                    table_id,
+                    text: format!("{other:?}"),
+                });
+            }
+        },
+        _ => vec![raw],
+    };
+    Ok(Some(LogRow {
+        id,
+        table_id,
+        key,
+        backfill,
+        ddl: None,
+    }))
+}
+
+/// Id of the first schema change logged with `after < id <= upto`.
+pub fn first_schema_change(
+    conn: &Connection,
+    after: i64,
+    upto: i64,
+) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached(&format!(
+        "SELECT min(id) FROM {LOG} WHERE id > ?1 AND id <= ?2 AND tbl = {}",
+        ddl::LOGGED
+    ))?
+    .query_row(params![after, upto], |r| r.get(0))
+}
+
+/// Whether a captured table has a change logged with `after < id <= upto` (schema changes aside).
+pub fn any_captured(
+    conn: &Connection,
+    cap: &Capture,
+    after: i64,
+    upto: i64,
+) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT DISTINCT abs(tbl) FROM {LOG} WHERE id > ?1 AND id <= ?2 AND tbl <> {}",
+        ddl::LOGGED
+    ))?;
+    let mut rows = stmt.query(params![after, upto])?;
+    while let Some(r) = rows.next()? {
+        if cap.table(r.get(0)?).is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether a backfill wrote change-log rows with `after < id <= upto`.
+pub fn any_backfill(conn: &Connection, after: i64, upto: i64) -> rusqlite::Result<bool> {
+    conn.prepare_cached(&format!(
+        "SELECT EXISTS (SELECT 1 FROM {LOG} WHERE id > ?1 AND id <= ?2 AND tbl < 0)"
+    ))?
+    .query_row(params![after, upto], |r| r.get(0))
+}
+
+/// The rows of captured tables changed with `after < id <= upto` (a range without schema changes), each once,
+/// in the order of its newest change there: `f` gets that change, marked `backfill` only when every change of
+/// the row in the range is a backfill's (one change by a trigger makes it an ordinary write). SQLite groups
+/// the changes, so a range of any length is never held in memory here. Returns how many change-log rows of
+/// captured tables the range holds.
+pub fn for_each_newest<E: From<CaptureError>>(
+    conn: &Connection,
+    cap: &Capture,
+    after: i64,
+    upto: i64,
+    mut f: impl FnMut(LogRow) -> Result<(), E>,
+) -> Result<usize, E> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT max(id), abs(tbl), k, max(tbl) < 0, count(*) FROM {LOG} \
+             WHERE id > ?1 AND id <= ?2 AND tbl <> {} GROUP BY abs(tbl), k ORDER BY 1",
+            ddl::LOGGED
+        ))
+        .map_err(CaptureError::from)?;
+    let mut rows = stmt
+        .query(params![after, upto])
+        .map_err(CaptureError::from)?;
+    let mut logged = 0usize;
+    while let Some(r) = rows.next().map_err(CaptureError::from)? {
+        let (id, table_id, backfill, n): (i64, i64, bool, i64) =
+            (|| Ok::<_, rusqlite::Error>((r.get(0)?, r.get(1)?, r.get(3)?, r.get(4)?)))()
+                .map_err(CaptureError::from)?;
+        let k = r.get_ref(2).map_err(CaptureError::from)?;
+        let signed = if backfill { -table_id } else { table_id };
+        if let Some(row) = log_row(cap, id, signed, k)? {
+            logged += n as usize;
+            f(row)?;
+        }
+    }
+    Ok(logged)
 }
 
 /// Delete published change-log rows with `id < below`. The row at `below` itself stays, so ids never go

@@ -426,3 +426,76 @@ fn a_migration_record_follows_the_schema_change_it_was_written_with() {
     assert_eq!(order[0].1, ddl::LOGGED, "the change comes first: {order:?}");
     assert!(order[1].0 > records, "the record moved after it: {order:?}");
 }
+
+/// A pass's changes grouped by SQLite: each row once, in the order of its newest change, with composite keys
+/// parsed; a row is a backfill's (conditional) only when every change of it in the range is; rows of tables
+/// no longer captured and schema changes are left out, and the count is of the captured change-log rows.
+#[test]
+fn changes_grouped_by_row_in_the_order_of_their_newest_change() {
+    let (_dir, db, conn, cap) = setup();
+    cli(
+        &db,
+        "INSERT INTO plain VALUES (1, 'a');
+         INSERT INTO plain VALUES (2, 'b');
+         INSERT INTO comp VALUES ('x', 1, 'c');
+         UPDATE plain SET v = 'a2' WHERE id = 1;
+         DELETE FROM plain WHERE id = 2;",
+    );
+    let plain = cap.table_named("plain").unwrap().id;
+    // A backfill of rows 1 and 3: row 1 was also written by a trigger in the range, row 3 only backfilled.
+    conn.execute_batch(&format!(
+        "INSERT INTO {LOG}(tbl, k) VALUES (-{plain}, 3), (-{plain}, 1);
+         INSERT INTO {LOG}(tbl, k) VALUES (999, 1);"
+    ))
+    .unwrap();
+    let max = max_log_id(&conn).unwrap();
+    let mut got = Vec::new();
+    let logged = for_each_newest(&conn, &cap, 0, max, |r| {
+        got.push((
+            cap.table(r.table_id).unwrap().name.clone(),
+            r.key.clone(),
+            r.id,
+            r.backfill,
+        ));
+        Ok::<(), CaptureError>(())
+    })
+    .unwrap();
+    let txt = |s: &str| Value::Text(s.as_bytes().to_vec());
+    let first = max - 7;
+    assert_eq!(
+        got,
+        [
+            (
+                "comp".to_string(),
+                vec![txt("x"), Value::Integer(1)],
+                first + 2,
+                false
+            ),
+            (
+                "plain".to_string(),
+                vec![Value::Integer(2)],
+                first + 4,
+                false
+            ),
+            (
+                "plain".to_string(),
+                vec![Value::Integer(3)],
+                first + 5,
+                true
+            ),
+            (
+                "plain".to_string(),
+                vec![Value::Integer(1)],
+                first + 6,
+                false
+            ),
+        ]
+    );
+    // The table id 999 is not captured; the seven others are.
+    assert_eq!(logged, 7);
+    assert!(any_backfill(&conn, 0, max).unwrap());
+    assert!(!any_backfill(&conn, 0, first + 4).unwrap());
+    assert_eq!(first_schema_change(&conn, 0, max).unwrap(), None);
+    assert!(any_captured(&conn, &cap, 0, max).unwrap());
+    assert!(!any_captured(&conn, &cap, max - 1, max).unwrap());
+}

@@ -45,6 +45,8 @@ const ROUTINE_AT_START: Duration = Duration::from_secs(5);
 /// The shortest time between two writes: progress (an applied position or `published_upto` moving) writes the
 /// entry sooner than [`PERIOD`], at most this often.
 const MIN_GAP: Duration = Duration::from_millis(250);
+/// Longest a write of the entry (opening the bucket first when needed) may take before it is tried again.
+const ATTEMPT: Duration = Duration::from_secs(2);
 
 /// One node's status entry (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,9 +308,16 @@ pub async fn run(
         }
         let mut entry = Entry::of(&cfg, &counters, expected_nodes);
         entry.instance = Some(incarnation);
+        // One try at a time, bounded: after a server dies, a request can wait seconds for an answer that a new
+        // stream leader would give at once to the next one, and an entry missing that long reads as this node
+        // being unreachable.
         let r = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = put(&js, &mut store, replicas, &key, &entry) => r,
+            r = tokio::time::timeout(ATTEMPT, put(&js, &mut store, replicas, &key, &entry)) => {
+                r.unwrap_or_else(|_| {
+                    Err(KvError::write(BUCKET, &key, format!("no answer within {} s", ATTEMPT.as_secs())))
+                })
+            }
         };
         match r {
             Ok(()) if failing => {

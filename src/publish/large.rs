@@ -143,12 +143,12 @@ pub fn read_row(
         let v = r.get_ref(i)?;
         if staged[i] {
             large.push(i);
-            values.push(Value::Staged(StagedValue {
+            values.push(Value::Staged(Box::new(StagedValue {
                 id: String::new(),
                 len: lens[i].0 as u64,
                 text: matches!(v, ValueRef::Text(_)),
                 hash: 0,
-            }));
+            })));
         } else {
             values.push(Value::from_ref(v));
         }

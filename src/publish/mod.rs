@@ -491,13 +491,23 @@ impl Publisher {
         } else {
             self.ends.cut(from, max)
         };
-        let mut log = capture::read_log(&tx, &cap, from, end)?;
-        let end = alone_schema_change(&mut log, end);
-        let ctx = unit_context(&tx, cfg, &cap, &log, end, self.limits)?;
-        if let Some(changes) = log.first().and_then(|r| r.ddl.clone()) {
-            tx.commit()?;
-            return self.schema_pass(&ctx, changes, end).map(Some);
+        // A schema change made here goes alone in a pass of its own; the changes before it go first.
+        let mut end = end;
+        if let Some(d) = capture::first_schema_change(&tx, from, end)? {
+            if capture::any_captured(&tx, &cap, from, d - 1)? {
+                end = d - 1;
+            } else {
+                let ctx = unit_context(&tx, cfg, &cap, false, d, self.limits)?;
+                let changes = capture::read_log(&tx, &cap, d - 1, d)?
+                    .pop()
+                    .and_then(|r| r.ddl)
+                    .unwrap_or_default();
+                tx.commit()?;
+                return self.schema_pass(&ctx, changes, d).map(Some);
+            }
         }
+        let backfill = capture::any_backfill(&tx, from, end)?;
+        let ctx = unit_context(&tx, cfg, &cap, backfill, end, self.limits)?;
         let sink = large::PieceSink {
             js: &self.js,
             counters: &self.counters,
@@ -511,15 +521,16 @@ impl Publisher {
         };
         let mut aside = Vec::new();
         let mut shards: HashMap<u32, ShardBuild> = HashMap::new();
-        for (i, conditional) in coalesce(&log) {
-            let lr = &log[i];
+        // Each row is read and encoded as its change comes: a pass holds its encoded messages, not its rows.
+        let rows = capture::for_each_newest(&tx, &cap, from, end, |lr| {
             let Some(info) = cap.table(lr.table_id) else {
-                continue;
+                return Ok(());
             };
+            let conditional = lr.backfill;
             let kb = wire::key_bytes(&lr.key);
             let shard = wire::shard_of(&info.name, &kb, cfg.replication_log.shards.get());
             let key = crate::conflict::row_key(&info.name, &kb);
-            match read_change(&tx, cfg, &sink, info, lr, shard)? {
+            match read_change(&tx, cfg, &sink, info, &lr, shard)? {
                 Ok(row) => shards
                     .entry(shard)
                     .or_insert_with(|| ShardBuild::new(shard))
@@ -530,10 +541,9 @@ impl Publisher {
                     reason,
                 }),
             }
-        }
+            Ok::<(), PublishError>(())
+        })?;
         tx.commit()?;
-        let rows = log.len();
-        drop(log);
         let mut builds: Vec<ShardBuild> = shards.into_values().collect();
         builds.sort_unstable_by_key(|b| b.shard);
         let units: Vec<ShardUnit> = builds.into_iter().flat_map(|b| b.finish(&ctx)).collect();
@@ -614,52 +624,19 @@ impl Publisher {
     }
 }
 
-/// A schema change made here goes alone, in its place among the rows: the pass ends before it, or is it.
-/// Returns the pass's end, `log` cut to match.
-fn alone_schema_change(log: &mut Vec<capture::LogRow>, end: i64) -> i64 {
-    match log.iter().position(|r| r.ddl.is_some()) {
-        Some(0) => {
-            log.truncate(1);
-            log[0].id
-        }
-        Some(d) => {
-            let before = log[d].id - 1;
-            log.truncate(d);
-            before
-        }
-        None => end,
-    }
-}
-
-/// The pass's changes in the order they go out: each row once (index of its newest change in `log`), ordered
-/// by its newest change, and whether it is a conditional backfill row: only when every change of it in the pass
-/// is a backfill (one trigger-recorded change makes it an ordinary write).
-fn coalesce(log: &[capture::LogRow]) -> Vec<(usize, bool)> {
-    let mut newest: HashMap<(i64, Vec<u8>), (usize, bool)> = HashMap::with_capacity(log.len());
-    for (i, r) in log.iter().enumerate() {
-        let e = newest
-            .entry((r.table_id, wire::key_bytes(&r.key)))
-            .or_insert((i, true));
-        *e = (i, e.1 && r.backfill);
-    }
-    let mut order: Vec<(usize, bool)> = newest.into_values().collect();
-    order.sort_unstable();
-    order
-}
-
 /// What every message of the pass ending at change-log id `end` shares, read in its transaction `tx`.
 fn unit_context(
     tx: &rusqlite::Transaction<'_>,
     cfg: &Config,
     cap: &capture::Capture,
-    log: &[capture::LogRow],
+    backfill: bool,
     end: i64,
     limits: large::Limits,
 ) -> Result<UnitContext, PublishError> {
     // What this node had applied when it read these values: the conflict journal's `seen`.
     let applied = capture::applied_positions(tx)?;
     // A backfill's values may hold less (a rebuild in steps): its conditional rows' `seen`.
-    let (backfill_seen, own_upto) = if log.iter().any(|r| r.backfill) {
+    let (backfill_seen, own_upto) = if backfill {
         (capture::backfill_seen(tx)?, capture::backfill_own_upto(tx)?)
     } else {
         (HashMap::new(), 0)
@@ -702,7 +679,7 @@ fn read_change(
                 let subject = cfg.subject_name(shard);
                 for &col in &read.large {
                     match sink.send(tx, info, &lr.key, col, lr.id, shard, &subject) {
-                        Ok(v) => read.values[col] = Value::Staged(v),
+                        Ok(v) => read.values[col] = Value::Staged(Box::new(v)),
                         Err(e) if e.is_permanent() => {
                             return Ok(Err(format!(
                                 "the server refused a piece of its large value for good: {e}"
