@@ -408,12 +408,66 @@ pub fn any_backfill(conn: &Connection, after: i64, upto: i64) -> rusqlite::Resul
     .query_row(params![after, upto], |r| r.get(0))
 }
 
+/// Ranges of up to this many change-log ids are grouped in memory from one plain read (the small passes of
+/// steady replication: cheaper than SQLite's sort); longer ones by SQLite, so they are never held whole.
+const GROUP_IN_MEMORY: i64 = 20_000;
+
 /// The rows of captured tables changed with `after < id <= upto` (a range without schema changes), each once,
 /// in the order of its newest change there: `f` gets that change, marked `backfill` only when every change of
-/// the row in the range is a backfill's (one change by a trigger makes it an ordinary write). SQLite groups
-/// the changes, so a range of any length is never held in memory here. Returns how many change-log rows of
-/// captured tables the range holds.
+/// the row in the range is a backfill's (one change by a trigger makes it an ordinary write). A long range is
+/// grouped by SQLite, so it is never held in memory here. Returns how many change-log rows of captured tables
+/// the range holds.
 pub fn for_each_newest<E: From<CaptureError>>(
+    conn: &Connection,
+    cap: &Capture,
+    after: i64,
+    upto: i64,
+    mut f: impl FnMut(LogRow) -> Result<(), E>,
+) -> Result<usize, E> {
+    if upto - after > GROUP_IN_MEMORY {
+        return newest_by_sqlite(conn, cap, after, upto, &mut f);
+    }
+    let (rows, logged) = newest_in_memory(conn, cap, after, upto)?;
+    rows.into_iter().try_for_each(f)?;
+    Ok(logged)
+}
+
+/// [`for_each_newest`]'s rows in their order, from the range read whole, and the count of its change-log rows.
+fn newest_in_memory(
+    conn: &Connection,
+    cap: &Capture,
+    after: i64,
+    upto: i64,
+) -> Result<(Vec<LogRow>, usize), CaptureError> {
+    let mut log = read_log(conn, cap, after, upto)?;
+    log.retain(|r| r.ddl.is_none());
+    let mut newest: HashMap<(i64, Vec<u8>), (usize, bool)> = HashMap::with_capacity(log.len());
+    for (i, r) in log.iter().enumerate() {
+        let e = newest
+            .entry((r.table_id, crate::wire::key_bytes(&r.key)))
+            .or_insert((i, true));
+        *e = (i, e.1 && r.backfill);
+    }
+    let mut order: Vec<(usize, bool)> = newest.into_values().collect();
+    order.sort_unstable();
+    let rows = order
+        .into_iter()
+        .map(|(i, backfill)| {
+            let r = &mut log[i];
+            LogRow {
+                id: r.id,
+                table_id: r.table_id,
+                key: std::mem::take(&mut r.key),
+                backfill,
+                ddl: None,
+            }
+        })
+        .collect();
+    Ok((rows, log.len()))
+}
+
+/// [`for_each_newest`] grouped by SQLite.
+fn newest_by_sqlite<E: From<CaptureError>>(
     conn: &Connection,
     cap: &Capture,
     after: i64,

@@ -427,7 +427,7 @@ fn a_migration_record_follows_the_schema_change_it_was_written_with() {
     assert!(order[1].0 > records, "the record moved after it: {order:?}");
 }
 
-/// A pass's changes grouped by SQLite: each row once, in the order of its newest change, with composite keys
+/// A pass's changes grouped, in memory and by SQLite alike: each row once, in the order of its newest change, with composite keys
 /// parsed; a row is a backfill's (conditional) only when every change of it in the range is; rows of tables
 /// no longer captured and schema changes are left out, and the count is of the captured change-log rows.
 #[test]
@@ -449,17 +449,28 @@ fn changes_grouped_by_row_in_the_order_of_their_newest_change() {
     ))
     .unwrap();
     let max = max_log_id(&conn).unwrap();
-    let mut got = Vec::new();
-    let logged = for_each_newest(&conn, &cap, 0, max, |r| {
-        got.push((
-            cap.table(r.table_id).unwrap().name.clone(),
-            r.key.clone(),
-            r.id,
-            r.backfill,
-        ));
-        Ok::<(), CaptureError>(())
-    })
-    .unwrap();
+    let grouped = |by_sqlite: bool| {
+        let mut got = Vec::new();
+        let f = |r: LogRow| {
+            got.push((
+                cap.table(r.table_id).unwrap().name.clone(),
+                r.key.clone(),
+                r.id,
+                r.backfill,
+            ));
+            Ok::<(), CaptureError>(())
+        };
+        let logged = if by_sqlite {
+            newest_by_sqlite(&conn, &cap, 0, max, f).unwrap()
+        } else {
+            let (rows, logged) = newest_in_memory(&conn, &cap, 0, max).unwrap();
+            rows.into_iter().try_for_each(f).unwrap();
+            logged
+        };
+        (got, logged)
+    };
+    let (got, logged) = grouped(true);
+    assert_eq!((got.clone(), logged), grouped(false));
     let txt = |s: &str| Value::Text(s.as_bytes().to_vec());
     let first = max - 7;
     assert_eq!(
