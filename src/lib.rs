@@ -7,7 +7,8 @@
 //! 2. `node`: start-up order, the engine's tasks, recovery, retention's trim, join and removal, snapshots taken.
 //! 3. `ops`: what operators see (health, metrics, status, `-verify`, `-wait-replicated`, the schema registry).
 //! 4. `snapshot`: consistent copies of the database and the stores that keep them.
-//! 5. `apply` (JetStream → SQLite) and `publish` (change log → JetStream): the engine.
+//! 5. `apply` (JetStream → SQLite) and `publish` (change log → JetStream): the engine; `feed`, the change feed
+//!    for other programs.
 //! 6. `counters`: what the node did.
 //! 7. `cluster` (positions, removals, nodes holding a stream: the KV records nodes keep about each other) and
 //!    `db` (the node's connections to the user's database, `-cleanup`).
@@ -27,6 +28,7 @@ pub(crate) mod conflict;
 pub mod counters;
 pub mod db;
 pub(crate) mod disk_full;
+pub mod feed;
 pub mod ids;
 pub mod logging;
 pub mod memory;

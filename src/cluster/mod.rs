@@ -3,6 +3,7 @@
 //! [`holding`] a stream back.
 
 pub mod holding;
+pub mod lease;
 pub mod positions;
 pub mod removals;
 

@@ -44,6 +44,7 @@ pub fn run(mode: Mode, cfg: Config, cli: &Cli) -> ExitCode {
         Mode::WaitReplicated => runtime().block_on(wait_replicated(&cfg, cli)),
         Mode::RemoveNode(n) => runtime().block_on(remove_node(&cfg, cli, n)),
         Mode::SaveSnapshot => runtime().block_on(save_snapshot(&cfg, cli)),
+        Mode::Changes => return runtime().block_on(changes(&cfg, cli)),
     };
     match result {
         Ok(code) => code,
@@ -122,6 +123,67 @@ async fn status(cfg: &Config, cli: &Cli) -> anyhow::Result<ExitCode> {
         print!("{}", report.text());
     }
     exit(true, 1)
+}
+
+/// `-changes` (`-from`, `-tables`, `-follow`): the change feed as NDJSON on stdout; 1 when the feed is not
+/// enabled, the cursor is older than what the feed holds, or the cluster cannot be read; 2 for a cursor that
+/// is not one.
+async fn changes(cfg: &Config, cli: &Cli) -> ExitCode {
+    use crate::feed::read::{Reader, Start};
+    use std::io::Write;
+    let start = match cli.from.as_deref().map(str::parse::<Start>) {
+        None => Start::Oldest,
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            tracing::error!("-from: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let failed = |e: &dyn std::fmt::Display| {
+        tracing::error!("{e}");
+        ExitCode::from(1)
+    };
+    if !cfg.feed.enabled {
+        return failed(&crate::feed::read::ReadError::NotEnabled);
+    }
+    let nats = match attach(cfg, cli).await {
+        Ok(n) => n,
+        Err(e) => return failed(&format!("{e:#}")),
+    };
+    let code = async {
+        let mut reader =
+            match Reader::open(&nats.jetstream, cfg, start, &cli.tables, cli.follow).await {
+                Ok(r) => r,
+                Err(e) => return failed(&e),
+            };
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
+        loop {
+            let next = tokio::select! {
+                _ = &mut interrupted => break,
+                n = reader.next() => n,
+            };
+            let line = match next {
+                None => break,
+                Some(Ok((line, _))) => line,
+                Some(Err(e)) => return failed(&e),
+            };
+            let written = out
+                .write_all(&line)
+                .and_then(|()| out.write_all(b"\n"))
+                .and_then(|()| if cli.follow { out.flush() } else { Ok(()) });
+            if written.is_err() {
+                // The reader of our output went away (a closed pipe): nothing more to say.
+                return ExitCode::SUCCESS;
+            }
+        }
+        let _ = out.flush();
+        ExitCode::SUCCESS
+    }
+    .await;
+    nats.shutdown().await;
+    code
 }
 
 /// `-verify`: 0 identical, 1 some table differs, 2 not verified (a node did not answer, no common point, the

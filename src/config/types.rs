@@ -68,6 +68,8 @@ pub struct Config {
     pub conflicts: ConflictsConfig,
     #[serde(deserialize_with = "de::table")]
     pub ddl: DdlConfig,
+    #[serde(deserialize_with = "de::table")]
+    pub feed: FeedConfig,
 }
 
 impl Default for Config {
@@ -93,6 +95,7 @@ impl Default for Config {
             health_check: HealthCheckConfig::default(),
             conflicts: ConflictsConfig::default(),
             ddl: DdlConfig::default(),
+            feed: FeedConfig::default(),
         }
     }
 }
@@ -476,6 +479,47 @@ pub struct DdlConfig {
     /// every node, and schema changes from other nodes are applied here.
     #[serde(deserialize_with = "de::boolean")]
     pub enabled: bool,
+}
+
+/// `[feed]` (ours): the change feed for other programs (`docs/FEED.md`).
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct FeedConfig {
+    /// `enabled` (default false): keep the feed stream, written by one node at a time, and serve it.
+    #[serde(deserialize_with = "de::boolean")]
+    pub enabled: bool,
+    /// `max_age_seconds` (default 7 days): a record older than this leaves the feed.
+    #[serde(deserialize_with = "de::positive_u64_any")]
+    pub max_age_seconds: NonZeroU64,
+    /// `max_bytes` (default 1 GiB, -1: none): the oldest records leave the feed beyond this size.
+    #[serde(deserialize_with = "de::max_entries")]
+    pub max_bytes: i64,
+    /// `http_token` (default none): when set, `/changes` also answers other hosts than loopback that present
+    /// it as a bearer token.
+    #[serde(deserialize_with = "de::string")]
+    pub http_token: String,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            enabled: false,
+            max_age_seconds: NonZeroU64::new(7 * 24 * 3600).expect("non-zero"),
+            max_bytes: 1 << 30,
+            http_token: String::new(),
+        }
+    }
+}
+
+impl fmt::Debug for FeedConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FeedConfig")
+            .field("enabled", &self.enabled)
+            .field("max_age_seconds", &self.max_age_seconds)
+            .field("max_bytes", &self.max_bytes)
+            .field("http_token", &Secret(&self.http_token))
+            .finish()
+    }
 }
 
 // Debug of what may hold credentials: passwords, keys, tokens and the passwords inside URLs print as

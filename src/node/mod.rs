@@ -381,7 +381,7 @@ impl RunningNode {
     }
 
     /// The tasks that write what this node is and holds: its status entry, its snapshots, its positions entry
-    /// and the streams' trim.
+    /// and the streams' trim; and, with `[feed] enabled`, the change feed while this node holds its lease.
     fn spawn_bookkeeping(&mut self, replicas: usize, incarnation: u64, certified_unknown: bool) {
         let cfg = &self.cfg;
         let expected_nodes = if self.nats.is_embedded() {
@@ -415,6 +415,14 @@ impl RunningNode {
             certified_unknown,
             self.cancel.clone(),
         ));
+        if cfg.feed.enabled {
+            self.tasks.spawn(crate::feed::writer::run(
+                self.nats.jetstream.clone(),
+                cfg.clone(),
+                replicas,
+                self.cancel.clone(),
+            ));
+        }
     }
 
     /// The publisher on its own connection, the `-verify` answers that rely on its position, the watch on the

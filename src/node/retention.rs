@@ -74,8 +74,8 @@ fn stale_nodes(
     crate::cluster::holding::holding_back(&nodes, &last, after.as_millis() as u64)
 }
 
-/// What the trim keeps: for each stream, the lowest position of the registered nodes and the snapshot, once
-/// at least `expected_nodes` nodes have registered. Below that, nothing is purged.
+/// What the trim keeps: for each stream, the lowest position of the registered nodes, the snapshot and the
+/// change feed's writer, once at least `expected_nodes` nodes have registered. Below that, nothing is purged.
 pub fn trim_points(
     entries: &BTreeMap<String, Positions>,
     streams: &[String],
@@ -90,12 +90,14 @@ pub fn trim_points(
         return BTreeMap::new();
     }
     let snapshot = entries.get(SNAPSHOT_KEY);
+    let feed = entries.get(crate::feed::POSITIONS_KEY);
     streams
         .iter()
         .filter_map(|s| {
             let lowest = nodes
                 .iter()
                 .chain(snapshot.iter())
+                .chain(feed.iter())
                 .map(|p| p.positions.get(s).copied().unwrap_or(0))
                 .min()?;
             (lowest > 0).then(|| (s.clone(), lowest))
@@ -304,6 +306,14 @@ impl Retention {
         let removed = crate::cluster::removals::removed(&self.js).await?;
         let mut dated = read_all_dated(kv).await?;
         dated.retain(|k, (p, _)| !k.starts_with("node-") || !removed.contains_key(&p.node_id));
+        // The change feed's entry holds the streams while its writer is heard of: one not written for
+        // `stale_node_seconds` (the feed turned off on every node, or every node that writes it away) no longer
+        // does, so a feed abandoned does not keep the streams growing to their caps.
+        let now = crate::ops::status::report::unix_ms(std::time::SystemTime::now());
+        dated.retain(|k, (_, written)| {
+            k != crate::feed::POSITIONS_KEY
+                || now.saturating_sub(*written) < self.stale_after.as_millis() as u64
+        });
         // Naming stale nodes never holds up the trim: when the status bucket does not answer (a leader
         // election), it waits for the next look.
         if let Some(mut heard) = status_heard(&self.js).await {

@@ -12,12 +12,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::lease::{Kind, Lease};
 use crate::cluster::positions;
 use crate::config::Config;
-use crate::nats::KvError;
 use crate::snapshot;
 
 /// How long [`save_now`] waits for this node's recorded positions to reach the latest snapshot's.
@@ -86,68 +86,13 @@ pub(super) async fn record_snapshot_positions(
 pub const LEASE_BUCKET: &str = "e-harmonylite";
 pub const LEASE_KEY: &str = "snapshot-leader";
 
-/// The lease as this node sees it.
-struct Lease {
-    store: kv::Store,
-    node_id: u64,
-    /// The revision this node last wrote while holding the lease.
-    revision: Option<u64>,
-}
-
-impl Lease {
-    async fn open(
-        js: &jetstream::Context,
-        ttl: Duration,
-        replicas: usize,
-        node_id: u64,
-    ) -> Result<Lease, KvError> {
-        let store = crate::nats::placement::kv_bucket(
-            js,
-            LEASE_BUCKET,
-            "HarmonyLite: which node takes the periodic snapshots",
-            replicas,
-            ttl,
-        )
-        .await?;
-        Ok(Lease {
-            store,
-            node_id,
-            revision: None,
-        })
-    }
-
-    /// Take or renew the lease; true while this node holds it.
-    async fn hold(&mut self) -> bool {
-        let value = bytes::Bytes::from(self.node_id.to_string());
-        let r = match self.revision {
-            Some(rev) => self
-                .store
-                .update(LEASE_KEY, value, rev)
-                .await
-                .map_err(|e| KvError::write(LEASE_BUCKET, LEASE_KEY, e)),
-            None => self
-                .store
-                .create(LEASE_KEY, value)
-                .await
-                .map_err(|e| KvError::write(LEASE_BUCKET, LEASE_KEY, e)),
-        };
-        match r {
-            Ok(rev) => {
-                if self.revision.is_none() {
-                    tracing::info!("this node takes the periodic snapshots (lease acquired)");
-                }
-                self.revision = Some(rev);
-                true
-            }
-            Err(e) => {
-                if self.revision.take().is_some() {
-                    tracing::info!(error = %e, "snapshot lease lost");
-                }
-                false
-            }
-        }
-    }
-}
+/// The snapshot lease.
+static LEASE: Kind = Kind {
+    bucket: LEASE_BUCKET,
+    key: LEASE_KEY,
+    description: "HarmonyLite: which node takes the periodic snapshots",
+    role: "takes the periodic snapshots",
+};
 
 /// Messages a stream may grow by before a new snapshot is taken, when no other rule asked for one sooner.
 const GROWTH: u64 = 100_000;
@@ -220,7 +165,7 @@ pub async fn run(
             _ = tokio::time::sleep(ttl / 3) => {}
         }
         if lease.is_none() {
-            match Lease::open(&js, ttl, replicas, cfg.node_id).await {
+            match Lease::open(&LEASE, &js, ttl, replicas, cfg.node_id).await {
                 Ok(l) => lease = Some(l),
                 Err(e) => {
                     tracing::debug!(error = %e, "snapshot lease bucket not reachable yet");

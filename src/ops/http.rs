@@ -79,6 +79,7 @@ pub async fn start(
             .route(&h.path, get(health_handler))
             .route(&h.ready_path, get(ready_handler))
             .route(wait::ROUTE, get(wait_replicated_handler))
+            .route(CHANGES, get(changes_handler))
     };
     let metrics_router = || Router::new().fallback(get(metrics_handler));
     let mut servers: Vec<(&'static str, String, Router<AppState>)> = Vec::new();
@@ -117,9 +118,12 @@ pub async fn start(
         let app = router.with_state(state.clone());
         let stop = cancel.clone();
         tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
+            let served = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
             if let Err(e) = served {
                 tracing::error!(key, error = %e, "HTTP server stopped");
             }
@@ -222,6 +226,217 @@ fn timeout_param(query: Option<&str>) -> Result<std::time::Duration, String> {
     }
 }
 
+/// The change feed's path (`docs/FEED.md`).
+pub const CHANGES: &str = "/changes";
+
+/// Records a `/changes` reader may fall behind the feed before it is cut off.
+const CHANGES_BUFFER: usize = 256;
+
+/// `GET /changes?from=CURSOR&tables=a,b`: the change feed as NDJSON, or as Server-Sent Events when the request
+/// accepts `text/event-stream`, kept open for new changes (without `from`: new changes only; an event
+/// stream's `Last-Event-ID` stands for `from`). Only loopback clients, or those presenting `[feed] http_token`
+/// as a bearer token. A reader that falls [`CHANGES_BUFFER`] records behind is sent a last error record and
+/// cut off, so a slow reader never grows the node's memory.
+async fn changes_handler(
+    State(s): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    uri: Uri,
+) -> Response {
+    use crate::feed::read::{ReadError, Reader, Start};
+    let cfg = s.observed.cfg.clone();
+    let error = |code: StatusCode, e: &dyn std::fmt::Display| {
+        let body = serde_json::json!({ "error": e.to_string() });
+        (
+            code,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    };
+    if !cfg.feed.enabled {
+        return error(StatusCode::NOT_FOUND, &ReadError::NotEnabled);
+    }
+    if let Err((code, why)) = may_read_changes(&cfg.feed.http_token, peer, &headers) {
+        let mut r = error(code, &why);
+        if code == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("a header value"),
+            );
+        }
+        return r;
+    }
+    let sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let from = query_param(uri.query(), "from").or_else(|| {
+        headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    });
+    let start = match from.as_deref().map(str::parse::<Start>) {
+        None => Start::Now,
+        Some(Ok(s)) => s,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("from: {e}")),
+    };
+    let tables: Vec<String> = query_param(uri.query(), "tables")
+        .map(|t| {
+            t.split(',')
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(nats) = s.observed.nats() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, &"NATS is not up yet");
+    };
+    let mut reader = match Reader::open(&nats.jetstream, &cfg, start, &tables, true).await {
+        Ok(r) => r,
+        Err(e @ ReadError::Expired { .. }) => return error(StatusCode::GONE, &e),
+        Err(e @ (ReadError::NotEnabled | ReadError::NotWritten(_))) => {
+            return error(StatusCode::NOT_FOUND, &e);
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(CHANGES_BUFFER);
+    tokio::spawn(async move {
+        loop {
+            let record = tokio::select! {
+                _ = tx.closed() => return,
+                r = reader.next() => r,
+            };
+            let last = match record {
+                Some(Ok((line, cursor))) => match tx.try_send(frame(&line, sse, Some(cursor))) {
+                    Ok(()) => continue,
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                        tracing::info!(
+                            %peer,
+                            "a /changes reader fell behind by {CHANGES_BUFFER} records and is cut off"
+                        );
+                        format!(
+                            "this reader fell {CHANGES_BUFFER} records behind the feed and was cut off; read \
+                             again from the last cursor received"
+                        )
+                    }
+                },
+                Some(Err(e)) => e.to_string(),
+                None => return,
+            };
+            let line = serde_json::json!({ "error": last }).to_string();
+            // The records already queued go first; a reader that takes none of them in a minute is left.
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                tx.send(frame(line.as_bytes(), sse, None)),
+            )
+            .await;
+            return;
+        }
+    });
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// Whether `peer` may read `/changes`: loopback always; others only with the configured token as a bearer
+/// token (401 when it is missing or wrong, 403 when none is configured).
+fn may_read_changes(
+    token: &str,
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), (StatusCode, String)> {
+    let ip = match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(peer.ip()),
+        ip => ip,
+    };
+    if ip.is_loopback() {
+        return Ok(());
+    }
+    if token.is_empty() {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!(
+                "the change feed is served to loopback clients only ({ip} is not one); set [feed] http_token to serve others"
+            ),
+        ));
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
+        _ => Err((
+            StatusCode::UNAUTHORIZED,
+            "the change feed needs \"Authorization: Bearer <[feed] http_token>\" from this address"
+                .into(),
+        )),
+    }
+}
+
+/// Equal bytes, compared in a time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One record (or, without a cursor, the last error) as a line of NDJSON or a Server-Sent Event (the record's
+/// cursor as its id, the error as an `error` event).
+fn frame(line: &[u8], sse: bool, cursor: Option<crate::feed::Cursor>) -> bytes::Bytes {
+    if !sse {
+        let mut b = Vec::with_capacity(line.len() + 1);
+        b.extend_from_slice(line);
+        b.push(b'\n');
+        return b.into();
+    }
+    let mut b = Vec::with_capacity(line.len() + 64);
+    match cursor {
+        None => b.extend_from_slice(b"event: error\n"),
+        Some(c) => {
+            b.extend_from_slice(b"id: ");
+            b.extend_from_slice(c.to_string().as_bytes());
+            b.push(b'\n');
+        }
+    }
+    b.extend_from_slice(b"data: ");
+    b.extend_from_slice(line);
+    b.extend_from_slice(b"\n\n");
+    b.into()
+}
+
+/// The value of query parameter `name`, percent-decoded.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+}
+
 /// The JSON body: the whole report when `detailed`, else the status alone.
 fn body(code: StatusCode, h: &health::Health, detailed: bool) -> Response {
     let json = if detailed {
@@ -252,6 +467,47 @@ mod tests {
         );
         assert!(timeout_param(Some("timeout=soon")).is_err());
         assert!(timeout_param(Some("timeout=-1")).is_err());
+    }
+
+    #[test]
+    fn changes_go_to_loopback_or_to_the_token_bearer() {
+        use axum::http::HeaderMap;
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        let far: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        let none = HeaderMap::new();
+        let mut good = HeaderMap::new();
+        good.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        let mut bad = HeaderMap::new();
+        bad.insert(header::AUTHORIZATION, "Bearer s3creT".parse().unwrap());
+        assert!(may_read_changes("", local, &none).is_ok());
+        assert!(may_read_changes("", mapped, &none).is_ok());
+        assert_eq!(
+            may_read_changes("", far, &good).unwrap_err().0,
+            StatusCode::FORBIDDEN
+        );
+        assert!(may_read_changes("s3cret", far, &good).is_ok());
+        assert_eq!(
+            may_read_changes("s3cret", far, &bad).unwrap_err().0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            may_read_changes("s3cret", far, &none).unwrap_err().0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[test]
+    fn a_record_as_a_line_or_an_event() {
+        let c = Some(crate::feed::Cursor(7));
+        assert_eq!(&frame(b"{}", false, c)[..], b"{}\n");
+        assert_eq!(&frame(b"{}", true, c)[..], b"id: 1.7\ndata: {}\n\n");
+        assert_eq!(&frame(b"{}", true, None)[..], b"event: error\ndata: {}\n\n");
+        assert_eq!(
+            query_param(Some("a=1&from=1.5&tables=x%2Cy"), "tables").as_deref(),
+            Some("x,y")
+        );
+        assert_eq!(query_param(Some("a=1"), "from"), None);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! | [`oracle`]   | the fault suite's oracle: [`Apps`] (application processes writing every node, `app_writer.py`; commits per node: [`Apps::committed_on`]), [`Cluster::verdict`] (nothing committed lost, all converged, no node dead or panicked, application errors counted: a [`Verdict`]), [`LEDGER`] (its schema), [`Plan`] (seed, cycles, duration from the environment), [`Rng`], [`oracle::report`], [`StreamWatch`] (reads a replication stream as it grows: `ledger` rows published twice, a [`Published`]) |
 //! | [`netns`]    | [`netns::Network`]: one network namespace per node on a hub bridge (veth pairs), [`netns::Network::place`] puts a cluster's nodes there (a [`Node`] runs in its namespace: `netns`, `cluster_host`, `peer_hosts`), [`netns::Network::partition`] / [`netns::Network::heal`]; namespaces removed on drop, also on panic; [`netns::namespaces_with_prefix`] |
 //! | [`stream`]   | messages the test puts on a change stream: [`stream::upsert`] (a real wire message), [`stream::publish`] (any bytes, with JetStream acknowledgements); [`Node::loaded_config`] (subject and stream names), [`Node::wait_paused_on`] (a shard paused on a table or column this node lacks), [`Node::handled_positions`] and [`Cluster::caught_up`] (every node handled everything on the streams), [`Node::quarantined`] (its `__harmonylite__quarantine`, [`stream::Quarantined`]) |
+//! | [`feed`]     | the change feed as its users read it: [`Node::changes`] (`-changes` run, its NDJSON parsed: [`feed::Changes`]), [`Node::wait_feed`] (until a table has N records), [`Cluster::feed_writer`], [`feed::FEED_ON`], [`FeedHttp`] (a `GET /changes` held open, read line by line) |
 //! | [`http`]     | [`http_get`] (and [`http_get_within`] for slow answers) from the test process to a node's metrics, health and readiness endpoints; [`metric`] reads one Prometheus series |
 //! | [`docker`]   | [`docker::engine_unavailable`] (the SKIPPED reason), [`docker::Image`] (built for a test, tag removed on drop), [`docker::Compose`] (one compose project, `down -v` on drop, also on panic) |
 //! | [`django`]   | [`django::Django`]: a Django project of `tests/tools/` run on a node's database (`manage.py` to completion within a deadline, or in the background as an application) |
@@ -29,6 +30,7 @@
 pub mod cluster;
 pub mod django;
 pub mod docker;
+pub mod feed;
 pub mod http;
 pub mod large;
 pub mod logs;
@@ -45,6 +47,7 @@ pub mod tools;
 pub mod wait;
 
 pub use cluster::{BOOKS, Cluster, Options};
+pub use feed::{Changes, FEED_ON, FeedHttp};
 pub use http::{Response, http_get, http_get_within, metric};
 pub use large::{Digest, MB, Sampler, SetAside, random_blob_inserts};
 pub use logs::json_lines;

@@ -1,0 +1,562 @@
+//! The change feed (`[feed]`, docs/FEED.md) on real three-node clusters, written with the real `sqlite3` CLI and
+//! read with the `-changes` command: every kind of value exactly; upserts, deletes and a primary-key change once
+//! each, in order; reading on from a cursor; refused cursors (garbage, expired); the feed's writer killed -9
+//! mid-run, with another node going on and nothing lost or doubled.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use support::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// `z` has no type: SQLite keeps -0.0 there (a REAL column stores an integral value as an integer, so its -0.0
+/// reads back as 0.0 even on the node that wrote it).
+const VALS: &str =
+    "CREATE TABLE vals (id INTEGER PRIMARY KEY, i INTEGER, r REAL, t TEXT, b BLOB, n, z);";
+
+fn feed_cluster(schema: &str) -> Cluster {
+    let mut c = Cluster::new(Options {
+        schema: format!("{BOOKS}\n{schema}"),
+        extra_toml: FEED_ON.to_string(),
+        ..Default::default()
+    });
+    c.start_all_until_captured(T);
+    c
+}
+
+#[test]
+fn every_change_and_value_reaches_the_feed_exactly_once_in_order() {
+    let c = feed_cluster(VALS);
+    let (n1, n2) = (c.node(1), c.node(2));
+    // One statement at a time, each awaited in the feed, so that no two are sent as one unit (a unit carries
+    // the newest value of each row it changed).
+    let steps: [(&str, usize); 6] = [
+        (
+            "INSERT INTO vals VALUES (1, -9223372036854775808, 1.0, 'héllo \"q\"', x'00ff10', NULL, -0.0);",
+            1,
+        ),
+        (
+            "INSERT INTO vals VALUES (2, 9223372036854775807, -0.0, CAST(x'ff61' AS TEXT), x'', 9e999, 0.5);",
+            2,
+        ),
+        (
+            "INSERT INTO vals VALUES (3, 0, 1e300, '2026-12-07 12:00:00', zeroblob(3), -9e999, 12);",
+            3,
+        ),
+        ("UPDATE vals SET t = 'changed', r = 0.1 WHERE id = 1;", 4),
+        ("DELETE FROM vals WHERE id = 3;", 5),
+        ("UPDATE vals SET id = 20 WHERE id = 2;", 7),
+    ];
+    let mut feed = None;
+    for (sql, n) in steps {
+        n1.sql(sql);
+        feed = Some(n2.wait_feed("vals", n, T));
+    }
+    let feed = feed.expect("six steps");
+    let vals: Vec<&str> = feed
+        .lines
+        .iter()
+        .filter(|l| l.contains("\"table\":\"vals\""))
+        .map(String::as_str)
+        .collect();
+    // The exact text of the values (the record's other fields checked apart).
+    let rows: Vec<String> = vals
+        .iter()
+        .map(|l| {
+            let from = l.find("\"key\"").expect("a key");
+            let to = l.find(",\"origin\"").expect("an origin");
+            l[from..to].to_string()
+        })
+        .collect();
+    assert_eq!(
+        rows[..5],
+        [
+            r#""key":{"id":1},"row":{"id":1,"i":-9223372036854775808,"r":1.0,"t":"héllo \"q\"","b":{"base64":"AP8Q"},"n":null,"z":-0.0}"#,
+            r#""key":{"id":2},"row":{"id":2,"i":9223372036854775807,"r":0.0,"t":{"text_base64":"/2E="},"b":{"base64":""},"n":"Infinity","z":0.5}"#,
+            r#""key":{"id":3},"row":{"id":3,"i":0,"r":1e+300,"t":"2026-12-07 12:00:00","b":{"base64":"AAAA"},"n":"-Infinity","z":12}"#,
+            r#""key":{"id":1},"row":{"id":1,"i":-9223372036854775808,"r":0.1,"t":"changed","b":{"base64":"AP8Q"},"n":null,"z":-0.0}"#,
+            r#""key":{"id":3},"row":null"#,
+        ],
+        "{vals:#?}"
+    );
+    let mut last_two = rows[5..].to_vec();
+    last_two.sort();
+    assert_eq!(
+        last_two,
+        [
+            r#""key":{"id":20},"row":{"id":20,"i":9223372036854775807,"r":0.0,"t":{"text_base64":"/2E="},"b":{"base64":""},"n":"Infinity","z":0.5}"#,
+            r#""key":{"id":2},"row":null"#,
+        ],
+        "a primary-key change is a delete and an upsert"
+    );
+    let recs = feed.of("vals");
+    let ops: Vec<&str> = recs.iter().map(|r| r["op"].as_str().unwrap()).collect();
+    assert_eq!(
+        &ops[..5],
+        ["upsert", "upsert", "upsert", "upsert", "delete"]
+    );
+    for r in &recs {
+        assert_eq!(r["v"], 1);
+        assert_eq!(r["origin"], 1, "written on node 1: {r}");
+        let ts = r["ts"].as_str().expect("the origin's read time");
+        assert!(
+            ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.',
+            "RFC 3339 UTC with milliseconds: {ts}"
+        );
+        assert!(r["unit"].as_str().is_some_and(|u| !u.is_empty()));
+    }
+    // The final rows as SQLite holds them on another node are the last records' rows.
+    let on_n3: BTreeMap<i64, (i64, f64, Vec<u8>, f64)> = open_read_only(&c.node(3).db)
+        .prepare("SELECT id, i, r, CAST(t AS BLOB), z FROM vals")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(on_n3.keys().copied().collect::<Vec<_>>(), [1, 20]);
+    assert_eq!(on_n3[&1].0, i64::MIN);
+    assert_eq!(on_n3[&1].1, 0.1);
+    assert_eq!(on_n3[&20].0, i64::MAX);
+    assert!(
+        on_n3[&1].3 == 0.0 && on_n3[&1].3.is_sign_negative(),
+        "-0.0 arrived as it is"
+    );
+    assert_eq!(on_n3[&20].2, [0xff, b'a']);
+
+    // Reading on from a cursor gives exactly what follows it, on any node.
+    let cursors = feed.cursors();
+    let third = feed
+        .records
+        .iter()
+        .position(|r| r["table"] == "vals" && r["key"]["id"] == 3)
+        .expect("the record of row 3");
+    let after = c.node(3).changes(&["-from", &cursors[third]]);
+    assert_eq!(after.code, Some(0), "{}", after.stderr);
+    assert_eq!(
+        after.lines,
+        feed.lines[third + 1..],
+        "read on from {}",
+        cursors[third]
+    );
+    let only_books = n2.changes(&["-tables", "Books"]);
+    assert_eq!(only_books.code, Some(0));
+    assert!(
+        only_books.records.is_empty(),
+        "no change to Books was made: {:?}",
+        only_books.lines
+    );
+    let now = n2.changes(&["-from", "now"]);
+    assert_eq!((now.code, now.lines.len()), (Some(0), 0), "{}", now.stderr);
+
+    // Cursors that are not ones, and one older than what the feed holds, are refused.
+    for bad in ["garbage", "1.0", "2.5", ""] {
+        let r = n2.changes(&["-from", bad]);
+        assert_eq!(r.code, Some(2), "-from {bad:?}: {}", r.stderr);
+        assert!(r.records.is_empty());
+    }
+    let feed_stream = "harmonylite-feed";
+    let purged = n2.with_jetstream(async |js| {
+        let s = js.get_stream(feed_stream).await.ok()?;
+        s.purge().sequence(4).await.ok()
+    });
+    assert!(purged.is_some(), "the feed's first three records purged");
+    let expired = n2.changes(&["-from", &cursors[0]]);
+    assert_eq!(expired.code, Some(1), "{}", expired.stderr);
+    assert!(expired.records.is_empty());
+    assert!(
+        expired.stderr.contains("no longer holds"),
+        "the refusal says why: {}",
+        expired.stderr
+    );
+    let still = n2.changes(&["-from", &cursors[2]]);
+    assert_eq!(
+        still.code,
+        Some(0),
+        "the cursor right before the oldest record held: {}",
+        still.stderr
+    );
+    assert_eq!(still.lines, feed.lines[3..]);
+}
+
+#[test]
+fn the_feed_writer_killed_mid_run_is_replaced_and_nothing_is_lost_or_doubled() {
+    let mut c = feed_cluster("");
+    let first = c.feed_writer(T);
+    let writer_node = first % 3 + 1;
+    let db = c.node(writer_node).db.clone();
+    let w = Writer::start(&db, Duration::from_millis(5), |i| {
+        format!(
+            "INSERT INTO Books (id, title, author) VALUES ({}, 'feed {i}', 'W');",
+            1000 + i
+        )
+    });
+    let reader = (first + 1) % 3 + 1;
+    // Some records written, then the feed's writer killed while rows keep coming.
+    let r = c.node(reader);
+    r.eventually(T, "records in the feed", || {
+        r.changes(&[]).of("Books").len() >= 100
+    });
+    c.node_mut(first).kill9();
+    let next = poll(T, || {
+        c.nodes
+            .iter()
+            .enumerate()
+            .find(|(i, n)| {
+                *i != first
+                    && !n
+                        .log_lines_with(&["writes the change feed (lease acquired)"])
+                        .is_empty()
+            })
+            .map(|(i, _)| i)
+    })
+    .unwrap_or_else(|| panic!("no other node took the feed over\n{}", c.logs_tail()));
+    let r = c.node(reader);
+    r.eventually(T, "more records after the takeover", || {
+        r.changes(&[]).of("Books").len() >= 400
+    });
+    let (ok, _) = w.stop();
+    let ids: Vec<i64> = open_read_only(&db)
+        .prepare("SELECT id FROM Books WHERE id >= 1000 ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        ids.len() as u64 >= ok.min(400),
+        "{} rows committed",
+        ids.len()
+    );
+    let feed = c.node(reader).wait_feed("Books", ids.len(), T);
+    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+    for r in feed.of("Books") {
+        assert_eq!(r["op"], "upsert");
+        *seen
+            .entry(r["key"]["id"].as_i64().expect("an integer key"))
+            .or_default() += 1;
+    }
+    let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "records written twice: {doubled:?}");
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        ids,
+        "every committed row once"
+    );
+    // In order: the rows were inserted in id order on one node, so their records are too.
+    let order: Vec<i64> = feed
+        .of("Books")
+        .iter()
+        .map(|r| r["key"]["id"].as_i64().unwrap())
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "records out of order"
+    );
+    // Every cursor is distinct and increasing.
+    let cursors = feed.cursors();
+    let seqs: Vec<u64> = cursors
+        .iter()
+        .map(|c| {
+            c.strip_prefix("1.")
+                .and_then(|n| n.parse().ok())
+                .expect("a cursor")
+        })
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    assert_ne!(next, first);
+}
+
+/// Inserts books `from..to` (ids from 1000) on `node` with one `sqlite3` run, one transaction each.
+fn insert_books(node: &Node, from: usize, to: usize) {
+    let sql: String = (from..to)
+        .map(|i| {
+            format!(
+                "INSERT INTO Books (id, title, author) VALUES ({}, 'feed {i}', 'W');\n",
+                1000 + i
+            )
+        })
+        .collect();
+    node.sql(&sql);
+}
+
+/// The lines of a file written by a child (empty when it does not exist yet).
+fn lines_of(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_nats_client_with_a_durable_consumer_resumes_after_it_is_killed() {
+    let c = feed_cluster("");
+    let n1 = c.node(1);
+    insert_books(n1, 0, 200);
+    n1.wait_feed("Books", 200, T);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/feed_consumer.py");
+    let consumer = |out: &std::path::Path, idle: &str, delay: &str| {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(&script)
+            .arg(format!("nats://127.0.0.1:{}", c.node(2).client_port))
+            .args([
+                "harmonylite-feed",
+                "harmonylite.feed.>",
+                "audit",
+                idle,
+                delay,
+            ]);
+        ChildGuard::spawn_logged(cmd, out)
+    };
+    // The first run reads slowly and is killed -9 partway.
+    let first_out = c.path().join("consumer-1.out");
+    let mut first = consumer(&first_out, "60", "0.02");
+    eventually(T, "the first consumer has read 50 records", || {
+        lines_of(&first_out).len() >= 50
+    });
+    first.kill();
+    // More changes while it is away; the second run reads on from what the first acknowledged.
+    insert_books(n1, 200, 300);
+    n1.wait_feed("Books", 300, T);
+    let second_out = c.path().join("consumer-2.out");
+    let mut second = consumer(&second_out, "3", "0");
+    let status =
+        poll(T, || second.exited()).expect("the second consumer ends once it has read everything");
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&second_out).unwrap_or_default()
+    );
+    let parse = |l: &String| -> (u64, i64) {
+        let (seq, json) = l.split_once(' ').expect("`<seq> <record>`");
+        let r: serde_json::Value = serde_json::from_str(json).expect("a JSON record");
+        (
+            seq.parse().expect("a sequence"),
+            r["key"]["id"].as_i64().expect("an integer key"),
+        )
+    };
+    let first_read: Vec<(u64, i64)> = lines_of(&first_out).iter().map(parse).collect();
+    let second_read: Vec<(u64, i64)> = lines_of(&second_out).iter().map(parse).collect();
+    let mut ids: Vec<i64> = first_read.iter().chain(&second_read).map(|r| r.1).collect();
+    let read = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids,
+        (1000..1300).collect::<Vec<i64>>(),
+        "every change reached the consumer"
+    );
+    // At least once, resuming where it acknowledged: the second run reads again nothing the first one
+    // acknowledged (it prints a record, then acknowledges it, so only its last one may come again); what the
+    // first run had fetched but not handled when it was killed comes again (after the consumer's ack wait).
+    let first_seqs: std::collections::BTreeSet<u64> = first_read.iter().map(|r| r.0).collect();
+    let again: Vec<u64> = second_read
+        .iter()
+        .map(|r| r.0)
+        .filter(|s| first_seqs.contains(s))
+        .collect();
+    let first_last = *first_seqs.last().expect("the first run read records");
+    assert!(
+        again.iter().all(|&s| s == first_last),
+        "read again after the restart: {again:?} (the first run's last was {first_last})"
+    );
+    assert!(read - 300 <= 1, "{} records read twice", read - 300);
+    let mut seqs: Vec<u64> = first_read.iter().chain(&second_read).map(|r| r.0).collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(
+        seqs,
+        (1..=300).collect::<Vec<u64>>(),
+        "every record of the feed, by position"
+    );
+    assert!(
+        first_read.windows(2).all(|w| w[0].0 < w[1].0),
+        "a consumer reads in order"
+    );
+}
+
+/// The next record of `h`, failing with every node's last log lines when none comes.
+fn next_or_logs(h: &mut FeedHttp, c: &Cluster) -> serde_json::Value {
+    match h.try_next_line() {
+        Ok(Some(l)) => serde_json::from_str(&l).expect("a JSON record"),
+        other => panic!(
+            "no record: {other:?}; the feed stream: {:?}\n{}",
+            c.node(1).stream_info("harmonylite-feed").map(|i| i.state),
+            c.logs_tail()
+        ),
+    }
+}
+
+#[test]
+fn changes_over_http_from_loopback_resume_after_a_restart_and_a_slow_reader_is_cut_off() {
+    let port = free_port();
+    let mut c = Cluster::new(Options {
+        extra_toml: FEED_ON.to_string(),
+        per_node_toml: vec![
+            String::new(),
+            format!("[health_check]\nenable = true\nbind = \"0.0.0.0:{port}\"\n"),
+        ],
+        ..Default::default()
+    });
+    c.start_all_until_captured(T);
+    // New changes only without `from`: open (once the feed's writer has made its stream), then write.
+    let mut live = poll(T, || {
+        let h = FeedHttp::open(port, "/changes", &[]);
+        (h.status == 200).then_some(h)
+    })
+    .expect("/changes answers 200 once the feed stream exists");
+    assert!(
+        live.headers
+            .to_ascii_lowercase()
+            .contains("application/x-ndjson"),
+        "{}",
+        live.headers
+    );
+    insert_books(c.node(1), 0, 1);
+    let first = next_or_logs(&mut live, &c);
+    assert_eq!(
+        (first["table"].as_str(), first["key"]["id"].as_i64()),
+        (Some("Books"), Some(1000))
+    );
+    let cursor = first["cursor"].as_str().expect("a cursor").to_string();
+    drop(live);
+
+    // The node serving it restarts; reading on from the cursor loses and doubles nothing.
+    c.node_mut(2).restart(T);
+    insert_books(c.node(1), 1, 5);
+    let mut again = poll(T, || {
+        let h = FeedHttp::open(port, &format!("/changes?from={cursor}"), &[]);
+        (h.status == 200).then_some(h)
+    })
+    .expect("/changes answers after the restart");
+    let ids: Vec<i64> = (0..4)
+        .map(|_| next_or_logs(&mut again, &c)["key"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [1001, 1002, 1003, 1004]);
+    drop(again);
+
+    // Server-Sent Events, with each cursor as the event id.
+    let mut sse = FeedHttp::open(
+        port,
+        &format!("/changes?from={cursor}&tables=Books"),
+        &[("Accept", "text/event-stream")],
+    );
+    assert_eq!(sse.status, 200);
+    assert!(sse.headers.contains("text/event-stream"), "{}", sse.headers);
+    let id = sse.next_line().expect("an event");
+    assert!(id.starts_with("id: 1."), "{id}");
+    let data = sse.next_line().expect("its data");
+    let r: serde_json::Value =
+        serde_json::from_str(data.strip_prefix("data: ").expect("data")).unwrap();
+    assert_eq!(r["cursor"].as_str(), id.strip_prefix("id: "));
+    drop(sse);
+
+    // Refused: a cursor that is not one.
+    let bad = FeedHttp::open(port, "/changes?from=nonsense", &[]);
+    assert_eq!(bad.status, 400, "{}", bad.headers);
+
+    // A reader that reads nothing while 200,000 changes arrive is cut off, and the node's memory stays flat.
+    let pid = c.node(2).pid().expect("node 2 runs");
+    let base = rss_kb(pid);
+    let mut slow = FeedHttp::open(port, "/changes", &[]);
+    assert_eq!(slow.status, 200);
+    c.node(1).sql(
+        "BEGIN; WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 199999) \
+         INSERT INTO Books (id, title, author) SELECT 10000 + i, 'bulk ' || i, 'B' FROM n; COMMIT;",
+    );
+    let mut peak = base;
+    let node2 = c.node(2);
+    node2.eventually(T * 3, "the slow reader is cut off", || {
+        peak = peak.max(rss_kb(pid));
+        !node2.log_lines_with(&["reader fell behind"]).is_empty()
+    });
+    // What was queued for it, then its last line, then the end.
+    let mut last = None;
+    let mut lines = 0usize;
+    while let Some(l) = slow.next_line() {
+        lines += 1;
+        last = Some(l);
+        if lines.is_multiple_of(1000) {
+            peak = peak.max(rss_kb(pid));
+        }
+    }
+    node2.eventually(T * 3, "the feed holds the 200,000 changes", || {
+        peak = peak.max(rss_kb(pid));
+        node2
+            .stream_info("harmonylite-feed")
+            .is_some_and(|i| i.state.messages >= 200_005)
+    });
+    let last = last.expect("the slow reader got lines");
+    assert!(
+        last.contains("\"error\"") && last.contains("cut off"),
+        "the last line says why: {last}"
+    );
+    assert!(
+        lines < 200_005,
+        "the slow reader was cut off before the end ({lines} lines)"
+    );
+    assert!(
+        peak < base + 40_000,
+        "node 2's RSS grew from {base} kB to {peak} kB while a reader fell behind"
+    );
+}
+
+/// The records a `-changes -follow` run has printed to `out` so far (its log lines left out).
+fn followed(out: &std::path::Path) -> Vec<serde_json::Value> {
+    lines_of(out)
+        .iter()
+        .filter(|l| l.starts_with("{\"v\":"))
+        .map(|l| serde_json::from_str(l).expect("a JSON record"))
+        .collect()
+}
+
+#[test]
+fn a_follow_reader_goes_on_from_its_last_cursor_after_its_node_restarts() {
+    let mut c = feed_cluster("");
+    insert_books(c.node(1), 0, 2);
+    c.node(2).wait_feed("Books", 2, T);
+    let out1 = c.path().join("follow-1.out");
+    let mut cmd = c.node(2).command();
+    cmd.args(["-changes", "-follow"]);
+    let mut follower = ChildGuard::spawn_logged(cmd, &out1);
+    let first = eventually(T, "the follower prints what the feed holds", || {
+        let r = followed(&out1);
+        (r.len() == 2).then_some(r)
+    });
+    let cursor = first[1]["cursor"].as_str().expect("a cursor").to_string();
+    // Its node restarts under it (its NATS connection goes with it); changes go on meanwhile.
+    c.node_mut(2).restart(T);
+    insert_books(c.node(1), 2, 6);
+    follower.kill();
+    let seen_before: Vec<i64> = followed(&out1)
+        .iter()
+        .map(|r| r["key"]["id"].as_i64().unwrap())
+        .collect();
+    // Started again from the last cursor it printed: the rest, once each.
+    let last = followed(&out1)
+        .last()
+        .and_then(|r| r["cursor"].as_str().map(str::to_string))
+        .unwrap_or(cursor);
+    let out2 = c.path().join("follow-2.out");
+    let mut cmd = c.node(2).command();
+    cmd.args(["-changes", "-follow", "-from", &last]);
+    let mut again = ChildGuard::spawn_logged(cmd, &out2);
+    let after = eventually(T, "the follower prints the rest", || {
+        let r = followed(&out2);
+        (seen_before.len() + r.len() >= 6).then_some(r)
+    });
+    let mut ids = seen_before.clone();
+    ids.extend(after.iter().map(|r| r["key"]["id"].as_i64().unwrap()));
+    assert_eq!(
+        ids,
+        (1000..1006).collect::<Vec<i64>>(),
+        "nothing lost, nothing twice, in order"
+    );
+    again.kill();
+}
