@@ -8,7 +8,8 @@
 //! largest RSS of a `harmonylite` process and, apart, of a nats-server over the whole run, the cold start,
 //! snapshot save and restore rates with their peak RSS (64 MiB database with `--quick`, 1 GiB otherwise), and
 //! large rows: replicated MB/s for rows of 1 KB, 1 MB and 64 MB, with the nodes' peak RSS while the 64 MB rows
-//! replicate (fewer rows with `--quick`).
+//! replicate (fewer rows with `--quick`), and the change feed's cost (100-row replication on fresh clusters with
+//! the feed off, then on with one `-changes -follow` reader).
 //!
 //! Run it with `scripts/bench.sh [--quick] [--nodes N] [--catch-up-rows N] [--soak SECS] [--json FILE]`, which builds the release
 //! `harmonylite` binary and runs this bench against it through `cargo bench --bench bench -- ARGS`. `--quick`
@@ -797,6 +798,7 @@ fn main() {
         first_rows.push(sections::first_row(&fresh));
         fresh.stop_all();
     }
+    let feed = feed_cost(&opts, scale.run_secs);
     let max_rate = report["max_replicated_rows_per_s"].as_f64().unwrap();
     let extra = json!({
         "quick": quick,
@@ -812,6 +814,7 @@ fn main() {
         "first_row_after_start_max_ms": first_rows.iter().copied().fold(0.0, f64::max),
         "snapshot": snap,
         "large_rows": large,
+        "feed": feed,
     });
     for (k, v) in extra.as_object().unwrap() {
         report[k] = v.clone();
@@ -822,6 +825,76 @@ fn main() {
     if let Some(path) = a.json_out {
         std::fs::write(path, &text).unwrap();
     }
+}
+
+/// The change feed's cost: 100-row transactions on node 1 for `secs` on a fresh cluster without the feed, then on
+/// one with `[feed] enabled` and a `-changes -follow` reader on node 2 counting the records it prints. The
+/// replicated rows/s of both, their ratio (goal ≥ 0.9), and how long after the writing ended the reader had
+/// every row.
+fn feed_cost(opts: &support::Options, secs: f64) -> serde_json::Value {
+    use std::io::BufRead;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let run = |feed: bool| -> (f64, Option<f64>) {
+        let mut o = opts.clone();
+        if feed {
+            o.extra_toml.push_str(support::FEED_ON);
+        }
+        let mut c = support::Cluster::new(o);
+        c.start_all();
+        c.wait_all_running(Duration::from_secs(120));
+        let seen = Arc::new(AtomicU64::new(0));
+        let mut reader = None;
+        if feed {
+            // The feed's writer makes its stream: the reader starts once it exists.
+            support::poll(Duration::from_secs(60), || {
+                c.node(2).stream_info("harmonylite-feed").is_some()
+            })
+            .expect("a node writes the feed");
+            let mut cmd = c.node(2).command();
+            cmd.args(["-changes", "-follow"])
+                .stdout(std::process::Stdio::piped());
+            let mut child = cmd.spawn().expect("the reader starts");
+            let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+            let counter = seen.clone();
+            std::thread::spawn(move || {
+                for line in out.lines() {
+                    if line.is_err() {
+                        break;
+                    }
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            reader = Some(child);
+        }
+        let mut next_id = 1i64;
+        let (repl, _) = throughput(&c, 100, secs, &mut next_id);
+        let rows = (next_id - 1) as u64;
+        let caught_up = reader.as_ref().map(|_| {
+            let t = Instant::now();
+            support::poll(Duration::from_secs(300), || {
+                seen.load(Ordering::Relaxed) >= rows
+            })
+            .expect("the reader has every row within 300 s");
+            t.elapsed().as_secs_f64()
+        });
+        if let Some(mut r) = reader {
+            let _ = r.kill();
+            let _ = r.wait();
+        }
+        c.stop_all();
+        (repl, caught_up)
+    };
+    eprintln!("bench: the change feed's cost: without the feed...");
+    let (without, _) = run(false);
+    eprintln!("bench: the change feed's cost: with the feed and one -changes -follow reader...");
+    let (with, caught_up) = run(true);
+    json!({
+        "without_feed_rows_per_s": without.round(),
+        "with_feed_and_reader_rows_per_s": with.round(),
+        "ratio": with / without,
+        "reader_had_every_row_after_s": caught_up,
+    })
 }
 
 /// A JSON number as a whole number (`NaN` when absent).
@@ -1083,5 +1156,19 @@ fn print_table(r: &serde_json::Value) {
     row(
         "peak RSS sidecar / nats-server, 64 MB rows (MB)",
         format!("{:.1} / {:.1}", f(&p["sidecar"]), f(&p["nats_server"])),
+    );
+    let feed = &r["feed"];
+    row(
+        "100-row rows/s, feed off / feed on + reader (ratio)",
+        format!(
+            "{} / {} ({:.2})",
+            whole(&feed["without_feed_rows_per_s"]),
+            whole(&feed["with_feed_and_reader_rows_per_s"]),
+            f(&feed["ratio"])
+        ),
+    );
+    row(
+        "the feed's reader had every row, after the writes (s)",
+        format!("{:.2}", f(&feed["reader_had_every_row_after_s"])),
     );
 }

@@ -64,4 +64,5 @@ pids+=($!)
 pids+=($!)
 
 echo "Cluster starting (node pids ${pids[*]}); press Ctrl+C to stop."
+echo "Watch replication live: http://127.0.0.1:8090/ (node 1), http://127.0.0.1:8091/ (node 2), http://127.0.0.1:8092/ (node 3)"
 wait

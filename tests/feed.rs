@@ -560,3 +560,79 @@ fn a_follow_reader_goes_on_from_its_last_cursor_after_its_node_restarts() {
     );
     again.kill();
 }
+
+#[test]
+fn the_live_page_shows_the_nodes_and_a_new_row_within_two_seconds_in_a_real_browser() {
+    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|b| {
+        std::process::Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        panic!("chromium is needed (scripts/test.sh installs it: apt-get install chromium)");
+    };
+    let port = free_port();
+    let c = {
+        let mut c = Cluster::new(Options {
+            extra_toml: FEED_ON.to_string(),
+            per_node_toml: vec![format!(
+                "[health_check]\nenable = true\nbind = \"127.0.0.1:{port}\"\n"
+            )],
+            ..Default::default()
+        });
+        c.start_all_until_captured(T);
+        c
+    };
+    // The feed's stream exists once a node writes it: the page's change list needs it.
+    poll(T, || {
+        let h = FeedHttp::open(port, "/changes", &[]);
+        (h.status == 200).then_some(())
+    })
+    .expect("/changes answers");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/page_check.py");
+    let profile = c.fresh_dir("chromium-profile");
+    let mut browser = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(chromium)
+        .arg(free_port().to_string())
+        .arg(&profile)
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg("3")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut stdin = browser.stdin.take().expect("stdin");
+    let mut out = std::io::BufReader::new(browser.stdout.take().expect("stdout"));
+    let mut line = || {
+        use std::io::BufRead;
+        let mut l = String::new();
+        out.read_line(&mut l).expect("the page checker's output");
+        l.trim_end().to_string()
+    };
+    let ready = line();
+    if ready != "READY" {
+        let _ = browser.kill();
+        let _ = browser.wait();
+        panic!(
+            "the page did not show three reachable nodes: {ready}\n{}\n{}",
+            line(),
+            c.logs_tail()
+        );
+    }
+    insert_books(c.node(1), 0, 1);
+    use std::io::Write;
+    writeln!(stdin, "INSERTED Books {{\"id\":1000}}").expect("tell the checker");
+    let appeared = line();
+    let errors = line();
+    let status = browser.wait().expect("the checker ends");
+    assert!(status.success(), "{appeared}\n{errors}");
+    let ms: u64 = appeared
+        .strip_prefix("APPEARED ")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| {
+            panic!("the row inserted on node 1 is not in the page's change list: {appeared}")
+        });
+    assert!(ms <= 2000, "the row appeared after {ms} ms");
+    assert_eq!(errors, "ERRORS []", "the page logged errors");
+}

@@ -65,6 +65,10 @@ pub const HEADROOM: u64 = 16 * 1024;
 /// paths may not take it.
 pub const WAIT_REPLICATED_ROUTE: &str = "/wait-replicated";
 
+/// The health server's fixed paths, which `path` and `ready_path` cannot take: write confirmation, the change
+/// feed (`/changes`) and the live page (`/`).
+pub const RESERVED_ROUTES: &[&str] = &[WAIT_REPLICATED_ROUTE, "/changes", "/"];
+
 pub const CLUSTER_SECRET_ENV: &str = "HARMONYLITE_CLUSTER_SECRET";
 
 impl Overrides {

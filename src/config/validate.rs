@@ -100,24 +100,24 @@ fn check_prometheus(p: &PrometheusConfig) -> Result<(), ConfigError> {
 fn check_health_check(h: &HealthCheckConfig) -> Result<(), ConfigError> {
     check_host_port(&h.bind, false)
         .map_err(|r| invalid("health_check.bind", quoted(&h.bind), r))?;
-    // The health server also answers write confirmation on a fixed path.
-    let wait_route = super::WAIT_REPLICATED_ROUTE;
-    if !h.path.starts_with('/') || h.path.chars().any(char::is_whitespace) || h.path == wait_route {
+    // The health server also answers write confirmation, the change feed and the live page on fixed paths.
+    let reserved = |p: &str| super::RESERVED_ROUTES.contains(&p);
+    if !h.path.starts_with('/') || h.path.chars().any(char::is_whitespace) || reserved(&h.path) {
         return Err(invalid(
             "health_check.path",
             quoted(&h.path),
-            "expected an HTTP path starting with \"/\", other than \"/wait-replicated\"",
+            "expected an HTTP path starting with \"/\", other than \"/\", \"/changes\" and \"/wait-replicated\"",
         ));
     }
     if !h.ready_path.starts_with('/')
         || h.ready_path.chars().any(char::is_whitespace)
         || h.ready_path == h.path
-        || h.ready_path == wait_route
+        || reserved(&h.ready_path)
     {
         return Err(invalid(
             "health_check.ready_path",
             quoted(&h.ready_path),
-            "expected an HTTP path starting with \"/\", other than health_check.path and \"/wait-replicated\"",
+            "expected an HTTP path starting with \"/\", other than health_check.path, \"/\", \"/changes\" and \"/wait-replicated\"",
         ));
     }
     Ok(())

@@ -80,6 +80,7 @@ pub async fn start(
             .route(&h.ready_path, get(ready_handler))
             .route(wait::ROUTE, get(wait_replicated_handler))
             .route(CHANGES, get(changes_handler))
+            .route(PAGE, get(page_handler))
     };
     let metrics_router = || Router::new().fallback(get(metrics_handler));
     let mut servers: Vec<(&'static str, String, Router<AppState>)> = Vec::new();
@@ -226,8 +227,76 @@ fn timeout_param(query: Option<&str>) -> Result<std::time::Duration, String> {
     }
 }
 
+/// The live page's path.
+pub const PAGE: &str = crate::config::RESERVED_ROUTES[2];
+
+/// The live page: one file, no asset from anywhere else.
+const PAGE_HTML: &str = include_str!("page.html");
+
+/// `GET /`: the live page (HTML), or, asked with `Accept: application/json` (as the page does every 2 s), what
+/// it shows: this node's health, the cluster's status (every node's reachability, positions, lag, pauses, held
+/// tables and counters), whether the nodes' schemas agree, and whether the feed is on.
+async fn page_handler(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let cfg = &s.observed.cfg;
+    let json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    if !json {
+        let html = PAGE_HTML
+            .replace("__NODE_ID__", &cfg.node_id.to_string())
+            .replace("__FEED__", if cfg.feed.enabled { "true" } else { "false" });
+        return (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            html,
+        )
+            .into_response();
+    }
+    let within = std::time::Duration::from_secs(2);
+    let (cluster, schema) = match s.observed.nats() {
+        None => (
+            serde_json::json!({ "error": "NATS is not up yet" }),
+            serde_json::Value::Null,
+        ),
+        Some(nats) => {
+            let js = &nats.jetstream;
+            let (status, entries) = tokio::join!(
+                super::status::command(js, cfg, within),
+                tokio::time::timeout(within, super::schema::read_entries(js))
+            );
+            let cluster = match status {
+                Ok(r) => serde_json::to_value(&r).unwrap_or_default(),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            };
+            let schema = match entries {
+                Ok(Ok(entries)) => {
+                    let (text, consistent) = super::schema::cluster_report(&entries);
+                    serde_json::json!({ "consistent": consistent, "text": text })
+                }
+                _ => serde_json::Value::Null,
+            };
+            (cluster, schema)
+        }
+    };
+    let body = serde_json::json!({
+        "node_id": cfg.node_id,
+        "feed": cfg.feed.enabled,
+        "health": health::report(&s.observed),
+        "cluster": cluster,
+        "schema": schema,
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
 /// The change feed's path (`docs/FEED.md`).
-pub const CHANGES: &str = "/changes";
+pub const CHANGES: &str = crate::config::RESERVED_ROUTES[1];
 
 /// Records a `/changes` reader may fall behind the feed before it is cut off.
 const CHANGES_BUFFER: usize = 256;

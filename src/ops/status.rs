@@ -88,6 +88,10 @@ pub struct ShardEntry {
     /// The first sequence needed, while the shard is stopped at a gap.
     #[serde(default)]
     pub gap: Option<u64>,
+    /// Tables whose changes the shard holds (this node lacks a table or column they need): rows held.
+    /// Absent in entries of earlier builds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub held: BTreeMap<String, u64>,
 }
 
 /// A node's counters since it started.
@@ -108,6 +112,10 @@ pub struct Activity {
     /// Absent in entries of earlier builds.
     #[serde(default)]
     pub unpublished: u64,
+    /// Values overwritten by a concurrent change, kept in the conflict journal. Absent in entries of earlier
+    /// builds.
+    #[serde(default)]
+    pub conflicts: u64,
 }
 
 /// Why the cluster status could not be read.
@@ -129,6 +137,7 @@ impl Entry {
     pub fn of(cfg: &Config, counters: &Counters, expected_nodes: usize) -> Entry {
         use std::sync::atomic::Ordering::Relaxed;
         let gauges = counters.shard_views();
+        let held = counters.held();
         let shards = (1..=cfg.replication_log.shards.get())
             .map(|shard| {
                 let g = gauges.get(shard as usize - 1).cloned().unwrap_or_default();
@@ -139,6 +148,10 @@ impl Entry {
                     paused: g.paused,
                     schema_paused: g.schema_paused,
                     gap: g.gap,
+                    held: held
+                        .get(shard as usize - 1)
+                        .map(|h| h.iter().map(|(t, (rows, _))| (t.clone(), *rows)).collect())
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -160,6 +173,7 @@ impl Entry {
                 schema_pauses: totals.get(Total::SchemaPauses),
                 quarantined: totals.get(Total::Quarantined),
                 unpublished: totals.get(Total::Unpublished),
+                conflicts: totals.get(Total::Conflicts),
             },
             published_upto: cfg.publish.then(|| counters.published_upto.load(Relaxed)),
             expected_nodes: Some(expected_nodes as u64),

@@ -65,6 +65,9 @@ pub struct ShardRow {
     pub paused: Option<String>,
     pub schema_paused: bool,
     pub gap: Option<u64>,
+    /// Tables whose changes the shard holds, and how many rows.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub held: BTreeMap<String, u64>,
 }
 
 /// Unix ms of `t`.
@@ -119,6 +122,7 @@ impl Report {
                             paused: mine.and_then(|sh| sh.paused.clone()),
                             schema_paused: mine.is_some_and(|sh| sh.schema_paused),
                             gap: mine.and_then(|sh| sh.gap),
+                            held: mine.map(|sh| sh.held.clone()).unwrap_or_default(),
                         }
                     })
                     .collect();
