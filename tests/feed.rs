@@ -636,3 +636,59 @@ fn the_live_page_shows_the_nodes_and_a_new_row_within_two_seconds_in_a_real_brow
     assert!(ms <= 2000, "the row appeared after {ms} ms");
     assert_eq!(errors, "ERRORS []", "the page logged errors");
 }
+
+#[test]
+fn changes_are_refused_to_other_hosts_without_the_token() {
+    // Declared before the cluster: dropped after it (the nodes are killed first), also on a panic.
+    let Some(net) = support::netns::Network::create_or_skip(3) else {
+        return;
+    };
+    let port = free_port();
+    let health = format!("[health_check]\nenable = true\nbind = \"0.0.0.0:{port}\"\n");
+    // Node 1 has a token, node 2 none; each serves `/changes` on all its addresses.
+    let mut c = Cluster::new(Options {
+        extra_toml: "[nats]\ncluster_secret = \"feed-test-secret\"\n".into(),
+        per_node_toml: vec![
+            format!("{health}[feed]\nenabled = true\nhttp_token = \"s3cret-token\"\n"),
+            format!("{health}{FEED_ON}"),
+            FEED_ON.to_string(),
+        ],
+        ..Default::default()
+    });
+    net.place(&mut c);
+    c.start_all_until_captured(T);
+    let status = |from: usize, to: usize, headers: &[(&str, &str)]| {
+        let host = if from == to {
+            "127.0.0.1".to_string()
+        } else {
+            net.addr(to)
+        };
+        net.run_in(from, || {
+            FeedHttp::open_at(&host, port, "/changes", headers).status
+        })
+    };
+    // From the node's own loopback: served (once a node writes the feed).
+    for node in [1, 2] {
+        poll(T, || (status(node, node, &[]) == 200).then_some(())).unwrap_or_else(|| {
+            panic!("node {node} serves /changes on loopback\n{}", c.logs_tail())
+        });
+    }
+    // From another host: the token, and only it, opens node 1's; node 2's is closed to other hosts.
+    assert_eq!(status(3, 1, &[]), 401, "no token");
+    assert_eq!(
+        status(3, 1, &[("Authorization", "Bearer s3cret-tokeN")]),
+        401,
+        "a wrong token"
+    );
+    assert_eq!(
+        status(3, 1, &[("Authorization", "Bearer s3cret-token")]),
+        200,
+        "the token"
+    );
+    assert_eq!(
+        status(3, 2, &[("Authorization", "Bearer s3cret-token")]),
+        403,
+        "no token configured"
+    );
+    drop(c);
+}

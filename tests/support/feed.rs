@@ -123,12 +123,17 @@ pub struct FeedHttp {
 impl FeedHttp {
     /// Sends `GET path` with `headers` to `127.0.0.1:port` and reads the status and header lines.
     pub fn open(port: u16, path: &str, headers: &[(&str, &str)]) -> FeedHttp {
+        FeedHttp::open_at("127.0.0.1", port, path, headers)
+    }
+
+    /// [`FeedHttp::open`] on `host` (e.g. a node's address in its network namespace).
+    pub fn open_at(host: &str, port: u16, path: &str, headers: &[(&str, &str)]) -> FeedHttp {
         use std::io::{BufRead, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
-            .expect("connect to the health server");
+        let mut s =
+            std::net::TcpStream::connect((host, port)).expect("connect to the health server");
         s.set_read_timeout(Some(Duration::from_secs(30)))
             .expect("read timeout");
-        let mut req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
+        let mut req = format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
