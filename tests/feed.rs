@@ -692,3 +692,95 @@ fn changes_are_refused_to_other_hosts_without_the_token() {
     );
     drop(c);
 }
+
+#[test]
+fn a_ten_thousand_row_transaction_reaches_every_kind_of_reader_once_in_order() {
+    let port = free_port();
+    let mut c = Cluster::new(Options {
+        extra_toml: FEED_ON.to_string(),
+        per_node_toml: vec![
+            String::new(),
+            format!("[health_check]\nenable = true\nbind = \"127.0.0.1:{port}\"\n"),
+        ],
+        ..Default::default()
+    });
+    c.start_all_until_captured(T);
+    let mut http = poll(T, || {
+        let h = FeedHttp::open(port, "/changes", &[]);
+        (h.status == 200).then_some(h)
+    })
+    .expect("/changes answers 200 once the feed stream exists");
+    c.node(1).sql(
+        "BEGIN; WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 9999) \
+         INSERT INTO Books (id, title, author) SELECT 10000 + i, 'row ' || i, 'T' FROM n; COMMIT;",
+    );
+    let want: Vec<i64> = (10_000..20_000).collect();
+    let id = |r: &serde_json::Value| {
+        r["key"]["id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("not a record of Books: {r}"))
+    };
+    // HTTP, read as it comes (a reader that falls 256 records behind is cut off).
+    let http_reader = std::thread::spawn(move || {
+        (0..10_000)
+            .map(|_| http.next_record().expect("a record"))
+            .collect::<Vec<serde_json::Value>>()
+    });
+
+    // The command.
+    let feed = c.node(2).wait_feed("Books", 10_000, T);
+    let books = feed.of("Books");
+    assert_eq!(
+        books.iter().map(|r| id(r)).collect::<Vec<_>>(),
+        want,
+        "-changes"
+    );
+    let units: std::collections::BTreeSet<&str> =
+        books.iter().map(|r| r["unit"].as_str().unwrap()).collect();
+    assert_eq!(
+        units.len(),
+        1,
+        "one local transaction travels as one unit: {units:?}"
+    );
+
+    let over_http: Vec<i64> = http_reader
+        .join()
+        .expect("the HTTP reader")
+        .iter()
+        .map(id)
+        .collect();
+    assert_eq!(over_http, want, "/changes");
+
+    // A NATS client.
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/feed_consumer.py");
+    let out = c.path().join("consumer.out");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(&script)
+        .arg(format!("nats://127.0.0.1:{}", c.node(3).client_port))
+        .args([
+            "harmonylite-feed",
+            "harmonylite.feed.Books",
+            "ten",
+            "3",
+            "0",
+        ]);
+    let mut consumer = ChildGuard::spawn_logged(cmd, &out);
+    let status =
+        poll(T, || consumer.exited()).expect("the consumer ends once it has read everything");
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&out).unwrap_or_default()
+    );
+    let by_nats: Vec<i64> = lines_of(&out)
+        .iter()
+        .map(|l| {
+            let r: serde_json::Value =
+                serde_json::from_str(l.split_once(' ').expect("`<seq> <record>`").1)
+                    .expect("a JSON record");
+            id(&r)
+        })
+        .collect();
+    assert_eq!(by_nats, want, "a NATS client");
+}

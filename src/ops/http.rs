@@ -298,14 +298,17 @@ async fn page_handler(State(s): State<AppState>, headers: axum::http::HeaderMap)
 /// The change feed's path (`docs/FEED.md`).
 pub const CHANGES: &str = crate::config::RESERVED_ROUTES[1];
 
-/// Records a `/changes` reader may fall behind the feed before it is cut off.
+/// Records queued for a `/changes` reader at most.
 const CHANGES_BUFFER: usize = 256;
+
+/// How long a full queue waits for its `/changes` reader before the reader is cut off.
+const SLOW_READER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `GET /changes?from=CURSOR&tables=a,b`: the change feed as NDJSON, or as Server-Sent Events when the request
 /// accepts `text/event-stream`, kept open for new changes (without `from`: new changes only; an event
 /// stream's `Last-Event-ID` stands for `from`). Only loopback clients, or those presenting `[feed] http_token`
-/// as a bearer token. A reader that falls [`CHANGES_BUFFER`] records behind is sent a last error record and
-/// cut off, so a slow reader never grows the node's memory.
+/// as a bearer token. A reader that lets [`CHANGES_BUFFER`] records wait for [`SLOW_READER`] is sent a last
+/// error record and cut off, so a slow reader never grows the node's memory.
 async fn changes_handler(
     State(s): State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
@@ -378,20 +381,28 @@ async fn changes_handler(
                 r = reader.next() => r,
             };
             let last = match record {
-                Some(Ok((line, cursor))) => match tx.try_send(frame(&line, sse, Some(cursor))) {
-                    Ok(()) => continue,
-                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
-                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                        tracing::info!(
-                            %peer,
-                            "a /changes reader fell behind by {CHANGES_BUFFER} records and is cut off"
-                        );
-                        format!(
-                            "this reader fell {CHANGES_BUFFER} records behind the feed and was cut off; read \
-                             again from the last cursor received"
-                        )
+                Some(Ok((line, cursor))) => {
+                    match tokio::time::timeout(
+                        SLOW_READER,
+                        tx.send(frame(&line, sse, Some(cursor))),
+                    )
+                    .await
+                    {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            tracing::info!(
+                                %peer,
+                                "a /changes reader fell behind: {CHANGES_BUFFER} records waited for it for \
+                                 {SLOW_READER:?}; it is cut off"
+                            );
+                            format!(
+                                "this reader fell behind the feed ({CHANGES_BUFFER} records waited for it for \
+                                 {SLOW_READER:?}) and was cut off; read again from the last cursor received"
+                            )
+                        }
                     }
-                },
+                }
                 Some(Err(e)) => e.to_string(),
                 None => return,
             };
