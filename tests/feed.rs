@@ -29,8 +29,30 @@ fn feed_cluster(schema: &str) -> Cluster {
 
 #[test]
 fn every_change_and_value_reaches_the_feed_exactly_once_in_order() {
-    let c = feed_cluster(VALS);
+    let port = free_port();
+    let mut c = Cluster::new(Options {
+        schema: format!("{BOOKS}\n{VALS}"),
+        extra_toml: FEED_ON.to_string(),
+        per_node_toml: vec![
+            String::new(),
+            String::new(),
+            format!("[health_check]\nenable = true\nbind = \"127.0.0.1:{port}\"\n"),
+        ],
+        ..Default::default()
+    });
+    c.start_all_until_captured(T);
     let (n1, n2) = (c.node(1), c.node(2));
+    // Beside the command: an HTTP reader of node 3, open from before the first change.
+    let mut http = poll(T, || {
+        let h = FeedHttp::open(port, "/changes?tables=vals", &[]);
+        (h.status == 200).then_some(h)
+    })
+    .expect("/changes answers 200 once the feed stream exists");
+    let http_reader = std::thread::spawn(move || {
+        (0..7)
+            .map(|_| http.next_line().expect("a record"))
+            .collect::<Vec<String>>()
+    });
     // One statement at a time, each awaited in the feed, so that no two are sent as one unit (a unit carries
     // the newest value of each row it changed).
     let steps: [(&str, usize); 6] = [
@@ -82,6 +104,43 @@ fn every_change_and_value_reaches_the_feed_exactly_once_in_order() {
         ],
         "{vals:#?}"
     );
+    // The same records over HTTP, and to a NATS client (its messages carry no cursor: their stream sequence is
+    // the position).
+    let over_http = http_reader.join().expect("the HTTP reader");
+    assert_eq!(over_http, vals, "/changes");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/feed_consumer.py");
+    let out = c.path().join("consumer.out");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(&script)
+        .arg(format!("nats://127.0.0.1:{}", c.node(3).client_port))
+        .args([
+            "harmonylite-feed",
+            "harmonylite.feed.vals",
+            "vals",
+            "3",
+            "0",
+        ]);
+    let mut consumer = ChildGuard::spawn_logged(cmd, &out);
+    let status =
+        poll(T, || consumer.exited()).expect("the consumer ends once it has read everything");
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&out).unwrap_or_default()
+    );
+    let by_nats: Vec<String> = lines_of(&out)
+        .iter()
+        .map(|l| {
+            let (seq, payload) = l.split_once(' ').expect("`<seq> <record>`");
+            format!(
+                "{},\"cursor\":\"1.{seq}\"}}",
+                payload.strip_suffix('}').expect("a JSON object")
+            )
+        })
+        .collect();
+    assert_eq!(by_nats, vals, "a NATS client");
+
     let mut last_two = rows[5..].to_vec();
     last_two.sort();
     assert_eq!(
@@ -173,6 +232,8 @@ fn every_change_and_value_reaches_the_feed_exactly_once_in_order() {
         "the refusal says why: {}",
         expired.stderr
     );
+    let gone = FeedHttp::open(port, &format!("/changes?from={}", cursors[0]), &[]);
+    assert_eq!(gone.status, 410, "over HTTP too: {}", gone.headers);
     let still = n2.changes(&["-from", &cursors[2]]);
     assert_eq!(
         still.code,
