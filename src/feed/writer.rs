@@ -29,9 +29,11 @@ use crate::cluster::positions::{self, Positions};
 use crate::config::Config;
 use crate::wire::{self, Message, Row, Value};
 
-/// The feed writer's lease: its own bucket, so its lease time is its own.
+/// The feed writer's lease bucket: its own, so its lease time is its own.
+pub const LEASE_BUCKET: &str = "harmonylite-feed-lease";
+
 static LEASE: Kind = Kind {
-    bucket: "harmonylite-feed-lease",
+    bucket: LEASE_BUCKET,
     key: "feed-writer",
     description: "HarmonyLite: which node writes the change feed",
     role: "writes the change feed",

@@ -156,8 +156,8 @@ pub async fn prepare_buckets(js: jetstream::Context, cfg: std::sync::Arc<Config>
     futures::join!(positions, snapshots);
 }
 
-/// Every stream the node creates (the change streams, the buckets' streams) with the replicas it should
-/// have: what [`crate::nats::placement::raise`] watches.
+/// Every stream the node creates (the change streams, the buckets' streams, with `[feed] enabled` the feed's
+/// stream and lease bucket) with the replicas it should have: what [`crate::nats::placement::raise`] watches.
 pub fn wanted_replicas(cfg: &Config, replicas: usize) -> Vec<(String, usize)> {
     use crate::nats::placement::{kv_stream, object_stream};
     let mut out: Vec<(String, usize)> = (1..=cfg.replication_log.shards.get())
@@ -170,6 +170,10 @@ pub fn wanted_replicas(cfg: &Config, replicas: usize) -> Vec<(String, usize)> {
         super::saves::LEASE_BUCKET,
     ] {
         out.push((kv_stream(bucket), replicas));
+    }
+    if cfg.feed.enabled {
+        out.push((crate::feed::stream_name(cfg), replicas));
+        out.push((kv_stream(crate::feed::writer::LEASE_BUCKET), replicas));
     }
     let snapshots = match cfg.snapshot.nats.replicas {
         0 => replicas,
@@ -220,5 +224,29 @@ async fn ensure_one(
             tracing::info!(stream = %config.name, replicas = placed, "stream created");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_feed_stream_and_its_lease_are_raised_only_with_the_feed_on() {
+        let mut cfg = Config::default();
+        let names = |cfg: &Config| -> Vec<String> {
+            wanted_replicas(cfg, 3)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect()
+        };
+        assert!(!names(&cfg).iter().any(|n| n.contains("feed")));
+        cfg.feed.enabled = true;
+        let on = names(&cfg);
+        assert!(on.contains(&"harmonylite-feed".to_string()), "{on:?}");
+        assert!(
+            on.contains(&"KV_harmonylite-feed-lease".to_string()),
+            "{on:?}"
+        );
     }
 }
