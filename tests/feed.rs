@@ -845,3 +845,26 @@ fn a_ten_thousand_row_transaction_reaches_every_kind_of_reader_once_in_order() {
         .collect();
     assert_eq!(by_nats, want, "a NATS client");
 }
+
+#[test]
+fn a_row_too_large_for_one_message_is_written_without_its_row_and_the_feed_goes_on() {
+    let c = feed_cluster("CREATE TABLE files (id INTEGER PRIMARY KEY, body BLOB);");
+    c.node(1)
+        .sql("INSERT INTO files VALUES (1, randomblob(2 * 1024 * 1024));");
+    c.node(1).sql("INSERT INTO files VALUES (2, x'0102');");
+    let feed = c.node(2).wait_feed("files", 2, T);
+    let files = feed.of("files");
+    assert_eq!(files[0]["key"]["id"], 1);
+    assert!(files[0]["row"].is_null(), "{}", files[0]);
+    assert!(
+        files[0]["omitted_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 2 * 1024 * 1024),
+        "the record says how large it was: {}",
+        files[0]
+    );
+    assert_eq!(
+        files[1]["row"],
+        serde_json::json!({"id": 2, "body": {"base64": "AQI="}})
+    );
+}

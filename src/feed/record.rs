@@ -19,6 +19,28 @@ pub struct Origin<'a> {
 /// closing brace left off, so a reader can add `,"cursor":"..."}` (see [`close`]). `None` when the row
 /// carries a large value that was not assembled (the caller puts assembled values in place first).
 pub fn open(t: &TableChanges, row: &Row, origin: &Origin<'_>, out: &mut Vec<u8>) -> Option<()> {
+    write(t, row, origin, None, out)
+}
+
+/// The record of an upsert too large for one message: its key and no row (`"row":null`), and
+/// `"omitted_bytes"`, the size its record would have had.
+pub fn open_omitted(
+    t: &TableChanges,
+    row: &Row,
+    origin: &Origin<'_>,
+    bytes: usize,
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    write(t, row, origin, Some(bytes), out)
+}
+
+fn write(
+    t: &TableChanges,
+    row: &Row,
+    origin: &Origin<'_>,
+    omitted: Option<usize>,
+    out: &mut Vec<u8>,
+) -> Option<()> {
     out.extend_from_slice(b"{\"v\":");
     out.extend_from_slice(VERSION.to_string().as_bytes());
     let (op, values) = match row {
@@ -48,9 +70,13 @@ pub fn open(t: &TableChanges, row: &Row, origin: &Origin<'_>, out: &mut Vec<u8>)
         .collect();
     object(key?, out)?;
     out.extend_from_slice(b",\"row\":");
-    match row {
-        Row::Upsert(v) => object(t.columns.iter().zip(v), out)?,
-        Row::Delete(_) => out.extend_from_slice(b"null"),
+    match (row, omitted) {
+        (Row::Upsert(v), None) => object(t.columns.iter().zip(v), out)?,
+        (Row::Upsert(_), Some(bytes)) => {
+            out.extend_from_slice(b"null,\"omitted_bytes\":");
+            out.extend_from_slice(bytes.to_string().as_bytes());
+        }
+        (Row::Delete(_), _) => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"origin\":");
     out.extend_from_slice(origin.node.to_string().as_bytes());
@@ -219,6 +245,28 @@ mod tests {
         assert_eq!(
             record(row, 0),
             r#"{"v":1,"op":"delete","table":"t \"x\"","key":{"id":{"text_base64":"/2E="}},"row":null,"origin":7,"ts":null,"unit":"7.1.42","cursor":"c"}"#
+        );
+    }
+
+    #[test]
+    fn a_record_too_large_keeps_its_key_and_says_how_large() {
+        let row = Row::Upsert(vec![
+            Value::Integer(5),
+            Value::Real(1.5),
+            Value::Text("x".into()),
+            Value::Null,
+            Value::Null,
+        ]);
+        let mut out = Vec::new();
+        let o = Origin {
+            node: 7,
+            at_ms: 0,
+            unit: "u",
+        };
+        open_omitted(&table(), &row, &o, 3_000_000, &mut out).expect("no staged value");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"v":1,"op":"upsert","table":"t \"x\"","key":{"id":5},"row":null,"omitted_bytes":3000000,"origin":7,"ts":null,"unit":"u""#
         );
     }
 

@@ -397,6 +397,8 @@ impl<'a> Writer<'a> {
             at_ms: m.at_ms,
             unit: &m.unit,
         };
+        // Room for the headers under the server's largest message.
+        let limit = (self.js.client().server_info().max_payload as usize).saturating_sub(16 * 1024);
         let mut index = 0u32;
         for (ti, t) in m.tables.iter().enumerate() {
             let conditional = m.is_conditional(ti);
@@ -412,6 +414,16 @@ impl<'a> Writer<'a> {
                     continue;
                 }
                 body.push(b'}');
+                if body.len() > limit {
+                    // More than a message may carry: the record says so, with the row's key, rather than
+                    // stop the feed.
+                    tracing::error!(shard, seq, table = %t.table, bytes = body.len(),
+                        "a change's feed record is larger than the server's max_payload: written without its row");
+                    let bytes = body.len();
+                    body.clear();
+                    record::open_omitted(t, row, &origin, bytes, &mut body);
+                    body.push(b'}');
+                }
                 self.next[i] = if index as usize >= total {
                     Next {
                         seq: seq + 1,

@@ -27,7 +27,8 @@ async def main():
     while waited < idle:
         try:
             msgs = await sub.fetch(50, timeout=1)
-        except NatsTimeout:
+        # nats-py says "nothing came" with its own TimeoutError or with asyncio's, depending on the path.
+        except (NatsTimeout, asyncio.TimeoutError):
             waited += 1
             continue
         waited = 0.0
