@@ -398,7 +398,12 @@ impl<'a> Writer<'a> {
             unit: &m.unit,
         };
         // Room for the headers under the server's largest message.
-        let limit = (self.js.client().server_info().max_payload as usize).saturating_sub(16 * 1024);
+        let limit = self
+            .js
+            .client()
+            .server_info()
+            .max_payload
+            .saturating_sub(16 * 1024);
         let mut index = 0u32;
         for (ti, t) in m.tables.iter().enumerate() {
             let conditional = m.is_conditional(ti);
