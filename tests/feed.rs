@@ -108,31 +108,18 @@ fn every_change_and_value_reaches_the_feed_exactly_once_in_order() {
     // the position).
     let over_http = http_reader.join().expect("the HTTP reader");
     assert_eq!(over_http, vals, "/changes");
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/feed_consumer.py");
-    let out = c.path().join("consumer.out");
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg(&script)
-        .arg(format!("nats://127.0.0.1:{}", c.node(3).client_port))
-        .args([
-            "harmonylite-feed",
+    let by_nats: Vec<String> = c
+        .node(3)
+        .feed_consumer(
             "harmonylite.feed.vals",
             "vals",
             "3",
             "0",
-        ]);
-    let mut consumer = ChildGuard::spawn_logged(cmd, &out);
-    let status =
-        poll(T, || consumer.exited()).expect("the consumer ends once it has read everything");
-    assert!(
-        status.success(),
-        "{}",
-        std::fs::read_to_string(&out).unwrap_or_default()
-    );
-    let by_nats: Vec<String> = lines_of(&out)
-        .iter()
-        .map(|l| {
-            let (seq, payload) = l.split_once(' ').expect("`<seq> <record>`");
+            &c.path().join("consumer.out"),
+        )
+        .finish(T)
+        .into_iter()
+        .map(|(seq, payload)| {
             format!(
                 "{},\"cursor\":\"1.{seq}\"}}",
                 payload.strip_suffix('}').expect("a JSON object")
@@ -360,50 +347,34 @@ fn a_nats_client_with_a_durable_consumer_resumes_after_it_is_killed() {
     let n1 = c.node(1);
     insert_books(n1, 0, 200);
     n1.wait_feed("Books", 200, T);
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/feed_consumer.py");
-    let consumer = |out: &std::path::Path, idle: &str, delay: &str| {
-        let mut cmd = std::process::Command::new("python3");
-        cmd.arg(&script)
-            .arg(format!("nats://127.0.0.1:{}", c.node(2).client_port))
-            .args([
-                "harmonylite-feed",
-                "harmonylite.feed.>",
-                "audit",
-                idle,
-                delay,
-            ]);
-        ChildGuard::spawn_logged(cmd, out)
+    let consumer = |name: &str, idle: &str, delay: &str| {
+        c.node(2).feed_consumer(
+            "harmonylite.feed.>",
+            "audit",
+            idle,
+            delay,
+            &c.path().join(name),
+        )
+    };
+    let key = |(seq, record): &(u64, String)| -> (u64, i64) {
+        let r: serde_json::Value = serde_json::from_str(record).expect("a JSON record");
+        (*seq, r["key"]["id"].as_i64().expect("an integer key"))
     };
     // The first run reads slowly and is killed -9 partway.
-    let first_out = c.path().join("consumer-1.out");
-    let mut first = consumer(&first_out, "60", "0.02");
+    let mut first = consumer("consumer-1.out", "60", "0.02");
     eventually(T, "the first consumer has read 50 records", || {
-        lines_of(&first_out).len() >= 50
+        first.read().len() >= 50
     });
-    first.kill();
+    first.child.kill();
     // More changes while it is away; the second run reads on from what the first acknowledged.
     insert_books(n1, 200, 300);
     n1.wait_feed("Books", 300, T);
-    let second_out = c.path().join("consumer-2.out");
-    let mut second = consumer(&second_out, "3", "0");
-    let status =
-        poll(T, || second.exited()).expect("the second consumer ends once it has read everything");
-    assert!(
-        status.success(),
-        "{}",
-        std::fs::read_to_string(&second_out).unwrap_or_default()
-    );
-    let parse = |l: &String| -> (u64, i64) {
-        let (seq, json) = l.split_once(' ').expect("`<seq> <record>`");
-        let r: serde_json::Value = serde_json::from_str(json).expect("a JSON record");
-        (
-            seq.parse().expect("a sequence"),
-            r["key"]["id"].as_i64().expect("an integer key"),
-        )
-    };
-    let first_read: Vec<(u64, i64)> = lines_of(&first_out).iter().map(parse).collect();
-    let second_read: Vec<(u64, i64)> = lines_of(&second_out).iter().map(parse).collect();
+    let second_read: Vec<(u64, i64)> = consumer("consumer-2.out", "3", "0")
+        .finish(T)
+        .iter()
+        .map(key)
+        .collect();
+    let first_read: Vec<(u64, i64)> = first.read().iter().map(key).collect();
     let mut ids: Vec<i64> = first_read.iter().chain(&second_read).map(|r| r.1).collect();
     let read = ids.len();
     ids.sort();
@@ -813,35 +784,18 @@ fn a_ten_thousand_row_transaction_reaches_every_kind_of_reader_once_in_order() {
     assert_eq!(over_http, want, "/changes");
 
     // A NATS client.
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/feed_consumer.py");
-    let out = c.path().join("consumer.out");
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg(&script)
-        .arg(format!("nats://127.0.0.1:{}", c.node(3).client_port))
-        .args([
-            "harmonylite-feed",
+    let by_nats: Vec<i64> = c
+        .node(3)
+        .feed_consumer(
             "harmonylite.feed.Books",
             "ten",
             "3",
             "0",
-        ]);
-    let mut consumer = ChildGuard::spawn_logged(cmd, &out);
-    let status =
-        poll(T, || consumer.exited()).expect("the consumer ends once it has read everything");
-    assert!(
-        status.success(),
-        "{}",
-        std::fs::read_to_string(&out).unwrap_or_default()
-    );
-    let by_nats: Vec<i64> = lines_of(&out)
+            &c.path().join("consumer.out"),
+        )
+        .finish(T)
         .iter()
-        .map(|l| {
-            let r: serde_json::Value =
-                serde_json::from_str(l.split_once(' ').expect("`<seq> <record>`").1)
-                    .expect("a JSON record");
-            id(&r)
-        })
+        .map(|(_, record)| id(&serde_json::from_str(record).expect("a JSON record")))
         .collect();
     assert_eq!(by_nats, want, "a NATS client");
 }

@@ -190,3 +190,60 @@ impl FeedHttp {
             .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
     }
 }
+
+/// A program of another language following the feed: `tests/tools/feed_consumer.py` (nats-py), its output in a
+/// file, killed on drop.
+pub struct FeedConsumer {
+    pub child: super::process::ChildGuard,
+    pub out: std::path::PathBuf,
+}
+
+impl Node {
+    /// Starts the nats-py consumer on this node's NATS: durable consumer `durable` of the feed filtered by
+    /// `subject`, ending after `idle` seconds without a record, spending `delay` seconds on each one before it
+    /// acknowledges it; its output goes to `out`.
+    pub fn feed_consumer(
+        &self,
+        subject: &str,
+        durable: &str,
+        idle: &str,
+        delay: &str,
+        out: &std::path::Path,
+    ) -> FeedConsumer {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/feed_consumer.py");
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(&script)
+            .arg(format!("nats://127.0.0.1:{}", self.client_port))
+            .args(["harmonylite-feed", subject, durable, idle, delay]);
+        FeedConsumer {
+            child: super::process::ChildGuard::spawn_logged(cmd, out),
+            out: out.to_path_buf(),
+        }
+    }
+}
+
+impl FeedConsumer {
+    /// What it has printed so far: (stream sequence, record as stored) per record.
+    pub fn read(&self) -> Vec<(u64, String)> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter_map(|(seq, record)| Some((seq.parse().ok()?, record.to_string())))
+            .collect()
+    }
+
+    /// Waits (within `timeout`) until it ends by itself, having read everything; fails with its output when
+    /// it does not end or ends with an error.
+    pub fn finish(&mut self, timeout: Duration) -> Vec<(u64, String)> {
+        let status = poll(timeout, || self.child.exited())
+            .expect("the consumer ends once it has read everything");
+        assert!(
+            status.success(),
+            "{}",
+            std::fs::read_to_string(&self.out).unwrap_or_default()
+        );
+        self.read()
+    }
+}
