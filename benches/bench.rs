@@ -14,7 +14,7 @@
 //! Run it with `scripts/bench.sh [--quick] [--nodes N] [--catch-up-rows N] [--soak SECS] [--json FILE]`, which builds the release
 //! `harmonylite` binary and runs this bench against it through `cargo bench --bench bench -- ARGS`. `--quick`
 //! finishes within about a minute; `--json FILE` also writes the JSON there; `--catch-up-rows N` sets how many rows the catch-up section's node misses (2,000,000, or 100,000 with `--quick`); `--soak SECS` adds a run of SECS
-//! seconds at half the maximum rate, sampling sidecar RSS. It measures only when given `--bench` (as `cargo
+//! seconds at half the maximum rate, sampling sidecar RSS; `--feed-cost-only` measures only the change feed's cost. It measures only when given `--bench` (as `cargo
 //! bench` does): `cargo test --benches` runs it without and it returns at once. The nodes' binary is found by
 //! the test kit (`HARMONYLITE_BIN`, else the `harmonylite` that cargo built alongside).
 
@@ -621,6 +621,8 @@ struct Args {
     /// Fresh clusters started (and stopped) after the run's own, for the spread of the cold start (default: 5;
     /// 1 with `--quick`).
     cold_starts: Option<usize>,
+    /// Only the change feed's cost (`--feed-cost-only`), for work on the feed.
+    feed_cost_only: bool,
 }
 
 fn args() -> Option<Args> {
@@ -647,6 +649,7 @@ fn args() -> Option<Args> {
             .map(|v| v.parse().expect("--catch-up-rows takes a number of rows")),
         cold_starts: value("--cold-starts")
             .map(|v| v.parse().expect("--cold-starts takes a number of starts")),
+        feed_cost_only: args.iter().any(|a| a == "--feed-cost-only"),
     })
 }
 
@@ -756,16 +759,21 @@ fn main() {
         .tempdir()
         .unwrap();
 
-    eprintln!("bench: local SQLite insert rates...");
-    let local = sqlite_rates(dir.path(), &scale);
-
-    eprintln!("bench: starting {} nodes...", a.nodes);
     let opts = support::Options {
         nodes: a.nodes,
         schema: "CREATE TABLE bench (id INTEGER PRIMARY KEY, payload TEXT, t INTEGER);".into(),
         verbose: false,
         ..Default::default()
     };
+    if a.feed_cost_only {
+        let feed = feed_cost(&opts, scale.run_secs);
+        println!("{}", serde_json::to_string_pretty(&feed).unwrap());
+        return;
+    }
+    eprintln!("bench: local SQLite insert rates...");
+    let local = sqlite_rates(dir.path(), &scale);
+
+    eprintln!("bench: starting {} nodes...", a.nodes);
     let mut c = support::Cluster::new(opts.clone());
     let t0 = Instant::now();
     c.start_all();
@@ -835,7 +843,7 @@ fn feed_cost(opts: &support::Options, secs: f64) -> serde_json::Value {
     use std::io::BufRead;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
-    let run = |feed: bool| -> (f64, Option<f64>) {
+    let run = |feed: bool| -> (f64, Option<f64>, serde_json::Value) {
         let mut o = opts.clone();
         if feed {
             o.extra_toml.push_str(support::FEED_ON);
@@ -867,6 +875,16 @@ fn feed_cost(opts: &support::Options, secs: f64) -> serde_json::Value {
             });
             reader = Some(child);
         }
+        // CPU seconds of each sidecar, of the nats-servers and of the reader over the writing and catching up.
+        let sidecars: Vec<u32> = c.nodes.iter().filter_map(|n| n.pid()).collect();
+        let servers: Vec<u32> = sidecars.iter().flat_map(|&p| child_pids(p)).collect();
+        let reader_pid: Vec<u32> = reader.iter().map(std::process::Child::id).collect();
+        let cpu = |pids: &[u32]| -> Vec<u64> {
+            pids.iter()
+                .map(|&p| support::cpu_and_runqueue_ns(p).0)
+                .collect()
+        };
+        let before = [cpu(&sidecars), cpu(&servers), cpu(&reader_pid)];
         let mut next_id = 1i64;
         let (repl, _) = throughput(&c, 100, secs, &mut next_id);
         let rows = (next_id - 1) as u64;
@@ -878,22 +896,39 @@ fn feed_cost(opts: &support::Options, secs: f64) -> serde_json::Value {
             .expect("the reader has every row within 300 s");
             t.elapsed().as_secs_f64()
         });
+        let after = [cpu(&sidecars), cpu(&servers), cpu(&reader_pid)];
+        let secs_of = |i: usize| -> Vec<f64> {
+            after[i]
+                .iter()
+                .zip(&before[i])
+                .map(|(a, b)| ((a - b) as f64 / 1e7).round() / 100.0)
+                .collect()
+        };
+        let servers_total: f64 = secs_of(1).iter().sum();
+        let cpu_s = json!({
+            "feed_writer_node": reader_pid.first().map(|_| c.feed_writer(Duration::from_secs(10))),
+            "sidecars": secs_of(0),
+            "nats_servers": (servers_total * 100.0).round() / 100.0,
+            "reader": secs_of(2).first(),
+        });
         if let Some(mut r) = reader {
             let _ = r.kill();
             let _ = r.wait();
         }
         c.stop_all();
-        (repl, caught_up)
+        (repl, caught_up, cpu_s)
     };
     eprintln!("bench: the change feed's cost: without the feed...");
-    let (without, _) = run(false);
+    let (without, _, cpu_without) = run(false);
     eprintln!("bench: the change feed's cost: with the feed and one -changes -follow reader...");
-    let (with, caught_up) = run(true);
+    let (with, caught_up, cpu_with) = run(true);
     json!({
         "without_feed_rows_per_s": without.round(),
         "with_feed_and_reader_rows_per_s": with.round(),
         "ratio": with / without,
         "reader_had_every_row_after_s": caught_up,
+        "cpu_s_without_feed": cpu_without,
+        "cpu_s_with_feed": cpu_with,
     })
 }
 

@@ -8,6 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use support::feed::Consumed;
 use support::*;
 
 const T: Duration = Duration::from_secs(60);
@@ -119,10 +120,11 @@ fn every_change_and_value_reaches_the_feed_exactly_once_in_order() {
         )
         .finish(T)
         .into_iter()
-        .map(|(seq, payload)| {
+        .map(|r| {
             format!(
-                "{},\"cursor\":\"1.{seq}\"}}",
-                payload.strip_suffix('}').expect("a JSON object")
+                "{},\"cursor\":\"{}\"}}",
+                r.record.strip_suffix('}').expect("a JSON object"),
+                r.cursor()
             )
         })
         .collect();
@@ -306,17 +308,19 @@ fn the_feed_writer_killed_mid_run_is_replaced_and_nothing_is_lost_or_doubled() {
         "records out of order"
     );
     // Every cursor is distinct and increasing.
-    let cursors = feed.cursors();
-    let seqs: Vec<u64> = cursors
-        .iter()
-        .map(|c| {
-            c.strip_prefix("1.")
-                .and_then(|n| n.parse().ok())
-                .expect("a cursor")
-        })
-        .collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    let order: Vec<(u64, u32)> = feed.cursors().iter().map(|c| cursor_order(c)).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
     assert_ne!(next, first);
+}
+
+/// A cursor's place in the feed's order: its feed message, and its line there (a message's last record's
+/// cursor, `1.<seq>`, names no line: it comes after the others).
+fn cursor_order(cursor: &str) -> (u64, u32) {
+    let rest = cursor.strip_prefix("1.").expect("a version 1 cursor");
+    match rest.split_once('.') {
+        Some((seq, line)) => (seq.parse().unwrap(), line.parse().unwrap()),
+        None => (rest.parse().unwrap(), u32::MAX),
+    }
 }
 
 /// Inserts books `from..to` (ids from 1000) on `node` with one `sqlite3` run, one transaction each.
@@ -345,8 +349,12 @@ fn lines_of(path: &std::path::Path) -> Vec<String> {
 fn a_nats_client_with_a_durable_consumer_resumes_after_it_is_killed() {
     let c = feed_cluster("");
     let n1 = c.node(1);
-    insert_books(n1, 0, 200);
-    n1.wait_feed("Books", 200, T);
+    // In ten groups, each in the feed before the next is written: the records are in several feed messages (the
+    // writer gathers what comes together), so the consumer can be killed between two of them.
+    for g in 0..10 {
+        insert_books(n1, g * 20, g * 20 + 20);
+        n1.wait_feed("Books", g * 20 + 20, T);
+    }
     let consumer = |name: &str, idle: &str, delay: &str| {
         c.node(2).feed_consumer(
             "harmonylite.feed.>",
@@ -356,27 +364,26 @@ fn a_nats_client_with_a_durable_consumer_resumes_after_it_is_killed() {
             &c.path().join(name),
         )
     };
-    let key = |(seq, record): &(u64, String)| -> (u64, i64) {
-        let r: serde_json::Value = serde_json::from_str(record).expect("a JSON record");
-        (*seq, r["key"]["id"].as_i64().expect("an integer key"))
+    let key = |r: &Consumed| -> ((u64, u32), i64) {
+        let v: serde_json::Value = serde_json::from_str(&r.record).expect("a JSON record");
+        (r.order(), v["key"]["id"].as_i64().expect("an integer key"))
     };
     // The first run reads slowly and is killed -9 partway.
-    let mut first = consumer("consumer-1.out", "60", "0.02");
+    let mut first = consumer("consumer-1.out", "60", "0.2");
     eventually(T, "the first consumer has read 50 records", || {
         first.read().len() >= 50
     });
     first.child.kill();
     // More changes while it is away; the second run reads on from what the first acknowledged.
     insert_books(n1, 200, 300);
-    n1.wait_feed("Books", 300, T);
-    let second_read: Vec<(u64, i64)> = consumer("consumer-2.out", "3", "0")
+    let feed = n1.wait_feed("Books", 300, T);
+    let second_read: Vec<((u64, u32), i64)> = consumer("consumer-2.out", "3", "0")
         .finish(T)
         .iter()
         .map(key)
         .collect();
-    let first_read: Vec<(u64, i64)> = first.read().iter().map(key).collect();
+    let first_read: Vec<((u64, u32), i64)> = first.read().iter().map(key).collect();
     let mut ids: Vec<i64> = first_read.iter().chain(&second_read).map(|r| r.1).collect();
-    let read = ids.len();
     ids.sort();
     ids.dedup();
     assert_eq!(
@@ -385,28 +392,30 @@ fn a_nats_client_with_a_durable_consumer_resumes_after_it_is_killed() {
         "every change reached the consumer"
     );
     // At least once, resuming where it acknowledged: the second run reads again nothing the first one
-    // acknowledged (it prints a record, then acknowledges it, so only its last one may come again); what the
-    // first run had fetched but not handled when it was killed comes again (after the consumer's ack wait).
-    let first_seqs: std::collections::BTreeSet<u64> = first_read.iter().map(|r| r.0).collect();
-    let again: Vec<u64> = second_read
+    // acknowledged (it prints a message's records, then acknowledges the message, so only its last message may
+    // come again); what the first run had fetched but not handled when it was killed comes again (after the
+    // consumer's ack wait).
+    let first_positions: std::collections::BTreeSet<(u64, u32)> =
+        first_read.iter().map(|r| r.0).collect();
+    let first_last = first_positions
+        .last()
+        .expect("the first run read records")
+        .0;
+    let again: Vec<(u64, u32)> = second_read
         .iter()
         .map(|r| r.0)
-        .filter(|s| first_seqs.contains(s))
+        .filter(|p| first_positions.contains(p))
         .collect();
-    let first_last = *first_seqs.last().expect("the first run read records");
     assert!(
-        again.iter().all(|&s| s == first_last),
-        "read again after the restart: {again:?} (the first run's last was {first_last})"
+        again.iter().all(|p| p.0 == first_last),
+        "read again after the restart: {again:?} (the first run's last message was {first_last})"
     );
-    assert!(read - 300 <= 1, "{} records read twice", read - 300);
-    let mut seqs: Vec<u64> = first_read.iter().chain(&second_read).map(|r| r.0).collect();
-    seqs.sort();
-    seqs.dedup();
-    assert_eq!(
-        seqs,
-        (1..=300).collect::<Vec<u64>>(),
-        "every record of the feed, by position"
-    );
+    let mut positions: Vec<(u64, u32)> =
+        first_read.iter().chain(&second_read).map(|r| r.0).collect();
+    positions.sort();
+    positions.dedup();
+    let all: Vec<(u64, u32)> = feed.cursors().iter().map(|c| cursor_order(c)).collect();
+    assert_eq!(positions, all, "every record of the feed, by position");
     assert!(
         first_read.windows(2).all(|w| w[0].0 < w[1].0),
         "a consumer reads in order"
@@ -518,11 +527,13 @@ fn changes_over_http_from_loopback_resume_after_a_restart_and_a_slow_reader_is_c
             peak = peak.max(rss_kb(pid));
         }
     }
+    // The bulk's last row (id 209999) is the feed's last record of Books once the feed holds the 200,000.
     node2.eventually(T * 3, "the feed holds the 200,000 changes", || {
         peak = peak.max(rss_kb(pid));
-        node2
-            .stream_info("harmonylite-feed")
-            .is_some_and(|i| i.state.messages >= 200_005)
+        let feed = node2.changes(&["-from", &cursor, "-tables", "Books"]);
+        feed.records
+            .last()
+            .is_some_and(|r| r["key"]["id"].as_i64() == Some(209_999))
     });
     let last = last.expect("the slow reader got lines");
     assert!(
@@ -774,6 +785,31 @@ fn a_ten_thousand_row_transaction_reaches_every_kind_of_reader_once_in_order() {
         1,
         "one local transaction travels as one unit: {units:?}"
     );
+    // Its 10,000 records fill several feed messages: resuming from a record inside one (a cursor naming its
+    // line) and from the last of one gives exactly the records after it.
+    let cursors = feed.cursors();
+    let inside = (1..10_000)
+        .find(|&i| cursors[i].matches('.').count() == 2 && cursors[i + 1].matches('.').count() == 2)
+        .expect("a record with a record of its feed message after it");
+    let last_of_one = (inside..10_000)
+        .find(|&i| cursors[i].matches('.').count() == 1)
+        .expect("the last record of a feed message");
+    assert!(
+        last_of_one < 9_999,
+        "the rows fill more than one feed message"
+    );
+    for at in [inside, last_of_one] {
+        let after = c
+            .node(3)
+            .changes(&["-from", &cursors[at], "-tables", "Books"]);
+        assert_eq!(after.code, Some(0), "{}", after.stderr);
+        assert_eq!(
+            after.of("Books").iter().map(|r| id(r)).collect::<Vec<_>>(),
+            want[at + 1..],
+            "after {}",
+            cursors[at]
+        );
+    }
 
     let over_http: Vec<i64> = http_reader
         .join()
@@ -795,7 +831,7 @@ fn a_ten_thousand_row_transaction_reaches_every_kind_of_reader_once_in_order() {
         )
         .finish(T)
         .iter()
-        .map(|(_, record)| id(&serde_json::from_str(record).expect("a JSON record")))
+        .map(|r| id(&serde_json::from_str(&r.record).expect("a JSON record")))
         .collect();
     assert_eq!(by_nats, want, "a NATS client");
 }

@@ -172,7 +172,14 @@ async fn changes(cfg: &Config, cli: &Cli) -> ExitCode {
             let written = out
                 .write_all(&line)
                 .and_then(|()| out.write_all(b"\n"))
-                .and_then(|()| if cli.follow { out.flush() } else { Ok(()) });
+                // Following, what was read goes out before waiting for more.
+                .and_then(|()| {
+                    if cli.follow && !reader.has_buffered() {
+                        out.flush()
+                    } else {
+                        Ok(())
+                    }
+                });
             if written.is_err() {
                 // The reader of our output went away (a closed pipe): nothing more to say.
                 return ExitCode::SUCCESS;

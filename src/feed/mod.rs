@@ -1,10 +1,12 @@
 //! The change feed (`[feed]`, `docs/FEED.md`): every row change of the cluster once, in the cluster's order, as
-//! one JSON record per NATS message in a stream of its own (`harmonylite-feed`) with its own retention.
+//! JSON records (one per line, several per NATS message) in a stream of its own (`harmonylite-feed`) with its
+//! own retention.
 //!
 //! One node at a time writes it ([`writer`], under a lease): it reads the change streams from where the feed
-//! ends and publishes one record per row change, each under a message id naming its source (stream position
-//! and row), each expecting the previous one as the stream's last (so a record lost in a failure stops the
-//! ones after it, and the writer resumes from what the feed holds). Readers ([`read`]) follow the feed: the
+//! ends and publishes one record per row change, the records of one table in one change-stream message together
+//! in one feed message, each message under an id naming its source (stream position and first row), each
+//! expecting the previous one as the stream's last (so a message lost in a failure stops the ones after it, and
+//! the writer resumes from what the feed holds). Readers ([`read`]) follow the feed: the
 //! `-changes` command, `GET /changes` on the health server, and any NATS client with a consumer of its own.
 
 pub mod read;
@@ -52,25 +54,52 @@ pub fn table_token(table: &str) -> String {
     out
 }
 
-/// A position in the feed as readers see it: opaque to them, `1.<feed stream sequence>` here (the first field
-/// is the cursor's version). Giving it back resumes right after that record.
+/// A position in the feed as readers see it, opaque to them: the record at line `line` (from 0) of the feed
+/// message at stream sequence `seq`. Giving it back resumes right after that record.
+///
+/// Written `1.<seq>` for a message's last record (resuming goes on with the next message, and needs nothing of
+/// this one: a cursor of a message the feed no longer holds is still good when the next one is there) and
+/// `1.<seq>.<line>` for the others. The first field is the cursor's version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor(pub u64);
+pub struct Cursor {
+    pub seq: u64,
+    /// `None`: the message's last record.
+    pub line: Option<u32>,
+}
+
+impl Cursor {
+    /// After the whole message `seq`.
+    pub fn after_message(seq: u64) -> Cursor {
+        Cursor { seq, line: None }
+    }
+}
 
 impl std::fmt::Display for Cursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "1.{}", self.0)
+        match self.line {
+            None => write!(f, "1.{}", self.seq),
+            Some(l) => write!(f, "1.{}.{l}", self.seq),
+        }
     }
 }
 
 impl std::str::FromStr for Cursor {
     type Err = String;
     fn from_str(s: &str) -> Result<Cursor, String> {
+        let number = |n: &str| {
+            Some(n)
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse::<u64>().ok())
+        };
         s.strip_prefix("1.")
-            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|n| n.parse::<u64>().ok())
-            .filter(|&n| n > 0)
-            .map(Cursor)
+            .and_then(|rest| match rest.split_once('.') {
+                None => Some(Cursor::after_message(number(rest)?)),
+                Some((seq, line)) => Some(Cursor {
+                    seq: number(seq)?,
+                    line: Some(u32::try_from(number(line)?).ok()?),
+                }),
+            })
+            .filter(|c| c.seq > 0)
             .ok_or_else(|| {
                 format!("{s:?} is not a feed cursor (a cursor is the \"cursor\" of a feed record)")
             })
@@ -82,7 +111,7 @@ fn stream_config(cfg: &Config, replicas: usize) -> stream::Config {
     stream::Config {
         name: stream_name(cfg),
         description: Some(
-            "HarmonyLite: the change feed, one JSON record per row change (docs/FEED.md)".into(),
+            "HarmonyLite: the change feed, JSON records of row changes, one per line (docs/FEED.md)".into(),
         ),
         subjects: vec![format!("{}.>", subject_prefix(cfg))],
         max_age: Duration::from_secs(cfg.feed.max_age_seconds.get()),
@@ -141,9 +170,32 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {
         let c: Cursor = "1.42".parse().unwrap();
-        assert_eq!(c, Cursor(42));
+        assert_eq!(c, Cursor::after_message(42));
         assert_eq!(c.to_string(), "1.42");
-        for bad in ["", "42", "1.", "1.0", "1.-3", "2.42", "1.4x", "now"] {
+        let c: Cursor = "1.42.7".parse().unwrap();
+        assert_eq!(
+            c,
+            Cursor {
+                seq: 42,
+                line: Some(7)
+            }
+        );
+        assert_eq!(c.to_string(), "1.42.7");
+        for bad in [
+            "",
+            "42",
+            "1.",
+            "1.0",
+            "1.-3",
+            "2.42",
+            "1.4x",
+            "now",
+            "1.4.",
+            "1.4.x",
+            "1.0.3",
+            "1.4.5.6",
+            "1.4.99999999999",
+        ] {
             assert!(bad.parse::<Cursor>().is_err(), "{bad:?}");
         }
     }

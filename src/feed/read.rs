@@ -55,6 +55,9 @@ fn nats(e: impl std::fmt::Display) -> ReadError {
 /// How long a reader waits for its next record before it checks that the feed has none for it.
 const STALL_CHECK: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// Feed messages a reader's consumer fetches at once.
+const READ_AHEAD: i64 = 16;
+
 /// An open reader of the feed.
 pub struct Reader {
     stream: jetstream::stream::Stream,
@@ -63,8 +66,12 @@ pub struct Reader {
     follow: bool,
     /// Nothing to read when the reader ends at the feed's end.
     done: bool,
-    /// The feed's sequence of the last record given (or of the feed's end before the first one, from now).
+    /// The feed's sequence of the last message read (or of the feed's end before the first one, from now).
     last: u64,
+    /// The message read last, while it has records not given yet.
+    current: Option<Current>,
+    /// Records of the first message (`skip.0`) up to line `skip.1` were given before: left out.
+    skip: Option<(u64, u32)>,
 }
 
 impl Reader {
@@ -94,7 +101,7 @@ impl Reader {
         let last = match start {
             Start::Oldest => state.first_sequence.saturating_sub(1),
             Start::Now => state.last_sequence,
-            Start::After(c) => c.0,
+            Start::After(c) => first_wanted(c) - 1,
         };
         let deliver_policy = match start {
             Start::Oldest => consumer::DeliverPolicy::All,
@@ -103,20 +110,30 @@ impl Reader {
             },
             Start::After(c) => {
                 // An empty stream's first sequence is one past its last.
-                if c.0 + 1 < state.first_sequence {
+                if first_wanted(c) < state.first_sequence {
                     return Err(ReadError::Expired {
                         cursor: c,
-                        oldest: Cursor(state.first_sequence),
+                        oldest: Cursor {
+                            seq: state.first_sequence,
+                            line: Some(0),
+                        },
                     });
                 }
                 consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: c.0 + 1,
+                    start_sequence: first_wanted(c),
                 }
             }
         };
         let filter_subjects: Vec<String> = tables.iter().map(|t| super::subject(cfg, t)).collect();
         let (messages, pending) = ordered(&stream, deliver_policy, &filter_subjects).await?;
         let done = !follow && (start == Start::Now || pending == 0);
+        let skip = match start {
+            Start::After(Cursor {
+                seq,
+                line: Some(line),
+            }) => Some((seq, line)),
+            _ => None,
+        };
         Ok(Reader {
             stream,
             filter_subjects,
@@ -124,6 +141,8 @@ impl Reader {
             follow,
             done,
             last,
+            current: None,
+            skip,
         })
     }
 
@@ -173,26 +192,109 @@ impl Reader {
     /// The next record as one JSON line (no newline) with its cursor; `None` at the feed's end when not
     /// following.
     pub async fn next(&mut self) -> Option<Result<(Vec<u8>, Cursor), ReadError>> {
-        if self.done {
-            return None;
+        loop {
+            if let Some(c) = &mut self.current
+                && let Some(record) = c.next_record()
+            {
+                return Some(Ok(record));
+            }
+            self.current = None;
+            if self.done {
+                return None;
+            }
+            let m = match self.next_message().await? {
+                Ok(m) => m,
+                Err(e) => return Some(Err(e)),
+            };
+            let (seq, pending) = match m.info() {
+                Ok(i) => (i.stream_sequence, i.pending),
+                Err(e) => return Some(Err(nats(e))),
+            };
+            if !self.follow && pending == 0 {
+                self.done = true;
+            }
+            self.last = seq;
+            let mut c = Current {
+                seq,
+                payload: m.message.payload,
+                at: 0,
+                line: 0,
+            };
+            // Resuming inside a message: the records up to the cursor's were given before.
+            if let Some((s, line)) = self.skip.take()
+                && s == seq
+            {
+                for _ in 0..=line {
+                    if c.next_line().is_none() {
+                        break;
+                    }
+                }
+            }
+            self.current = Some(c);
         }
-        let m = match self.next_message().await? {
-            Ok(m) => m,
-            Err(e) => return Some(Err(e)),
-        };
-        let info = match m.info() {
-            Ok(i) => (i.stream_sequence, i.pending),
-            Err(e) => return Some(Err(nats(e))),
-        };
-        if !self.follow && info.1 == 0 {
-            self.done = true;
+    }
+
+    /// Whether the next record is at hand (in the message read last): `next` gives it without waiting.
+    pub fn has_buffered(&self) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|c| c.at < c.payload.len())
+    }
+}
+
+/// A feed message being read: its records one per line.
+struct Current {
+    seq: u64,
+    payload: bytes::Bytes,
+    /// Where its next line starts.
+    at: usize,
+    /// The next line's number (from 0).
+    line: u32,
+}
+
+impl Current {
+    /// The next line (empty lines skipped) and its number.
+    fn next_line(&mut self) -> Option<(std::ops::Range<usize>, u32)> {
+        while self.at < self.payload.len() {
+            let start = self.at;
+            let end = self.payload[start..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(self.payload.len(), |p| start + p);
+            self.at = end + 1;
+            if end > start {
+                let n = self.line;
+                self.line += 1;
+                return Some((start..end, n));
+            }
         }
-        let mut line = Vec::with_capacity(m.payload.len() + 24);
-        let body = m.payload.strip_suffix(b"}").unwrap_or(&m.payload);
-        let cursor = Cursor(info.0);
-        self.last = info.0;
+        None
+    }
+
+    /// The next record with its cursor (the message's last record's cursor names the whole message).
+    fn next_record(&mut self) -> Option<(Vec<u8>, Cursor)> {
+        let (range, n) = self.next_line()?;
+        // Empty lines after the last record do not count.
+        let last = self.payload[self.at.min(self.payload.len())..]
+            .iter()
+            .all(|&b| b == b'\n');
+        let cursor = Cursor {
+            seq: self.seq,
+            line: (!last).then_some(n),
+        };
+        let body = &self.payload[range];
+        let body = body.strip_suffix(b"}").unwrap_or(body);
+        let mut line = Vec::with_capacity(body.len() + 32);
         super::record::close(body, &cursor.to_string(), &mut line);
-        Some(Ok((line, cursor)))
+        Some((line, cursor))
+    }
+}
+
+/// The first feed message a reader resuming after `c` needs: `c`'s own when records of it come after `c`.
+fn first_wanted(c: Cursor) -> u64 {
+    match c.line {
+        Some(_) => c.seq,
+        None => c.seq + 1,
     }
 }
 
@@ -206,6 +308,9 @@ async fn ordered(
         .create_consumer(consumer::pull::OrderedConfig {
             deliver_policy,
             filter_subjects: filter_subjects.to_vec(),
+            // A feed message holds up to 256 KiB of records: the messages fetched ahead of the reader stay a few
+            // MiB, however far behind it is.
+            max_batch: READ_AHEAD,
             ..Default::default()
         })
         .await

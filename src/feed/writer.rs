@@ -1,12 +1,13 @@
 //! The feed's writer: one node at a time (a lease, [`LEASE`]) reads every change stream from where the feed
-//! ends and publishes one record per row change.
+//! ends and publishes one record per row change: the records of one table in one change-stream message go out
+//! together, one per line, in one feed message (several when they would not fit in one).
 //!
-//! Each record carries, in headers, its source (`Nats-Msg-Id`: `<shard>:<stream sequence>:<row>`) and where
-//! the writer goes on after it on every change stream ([`NEXT`]). It expects the previous record as the feed's
-//! last (`Nats-Expected-Last-Msg-Id`; an empty feed: `Nats-Expected-Last-Sequence: 0`), so a record the server
-//! did not store stops every record after it: the writer then starts again from the feed's last record. A
-//! writer that takes over does the same, and a record published twice in a handover is dropped by its message
-//! id. Records are published without waiting for each acknowledgement, up to [`IN_FLIGHT`] at once.
+//! Each feed message carries, in headers, its source (`Nats-Msg-Id`: `<shard>:<stream sequence>:<first row>`)
+//! and where the writer goes on after it on every change stream ([`NEXT`]). It expects the previous message as
+//! the feed's last (`Nats-Expected-Last-Msg-Id`; an empty feed: `Nats-Expected-Last-Sequence`), so a message the
+//! server did not store stops every message after it: the writer then starts again from the feed's last
+//! message. A writer that takes over does the same, and a message published twice in a handover is dropped by
+//! its id. Messages are published without waiting for each acknowledgement, up to [`IN_FLIGHT`] (and [`IN_FLIGHT_BYTES`]) at once.
 //!
 //! What the feed has written is recorded in the positions bucket under [`super::POSITIONS_KEY`], so the
 //! change streams are not trimmed below it (`node::retention`).
@@ -42,15 +43,27 @@ static LEASE: Kind = Kind {
 /// How long an unrenewed lease lasts; it is renewed every third of it.
 const LEASE_TIME: Duration = Duration::from_secs(6);
 
-/// Header of every record: where the writer goes on after it, per change stream (`<shard>:<seq>.<row>`,
+/// Header of every feed message: where the writer goes on after it, per change stream (`<shard>:<seq>.<row>`,
 /// comma-separated).
 pub const NEXT: &str = "Harmonylite-Feed-Next";
 
 /// How often the writer checks that each change stream's reader still delivers.
 const STALL_CHECK: Duration = Duration::from_secs(3);
 
-/// Records published and not yet acknowledged, at most.
+/// Feed messages published and not yet acknowledged, at most, and their bytes at most (a message more may go
+/// beyond).
 const IN_FLIGHT: usize = 2048;
+const IN_FLIGHT_BYTES: usize = 8 << 20;
+
+/// A feed message's records, at most (bytes; fewer when the server's `max_payload` is smaller). Fewer, larger
+/// messages cost the servers less: each is written, replicated and synced to disk on its own.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Change-stream messages whose records are gathered together, at most.
+const ROUND: usize = 256;
+
+/// How long the writer waits for more change-stream messages to gather with the first of a round.
+const LINGER: Duration = Duration::from_millis(20);
 
 /// Bytes of assembled large values held at most; beyond, they are dropped (looked up again when needed).
 const PIECES_HELD: usize = 256 << 20;
@@ -128,7 +141,22 @@ pub fn parse_next(value: &str, shards: usize) -> Option<Vec<Next>> {
 type Pending = (
     <jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture,
     Vec<Next>,
+    usize,
 );
+
+/// Consecutive records of one table from one change stream, gathered for one feed message; its id names
+/// where its first record comes from.
+#[derive(Default)]
+struct Batch {
+    /// The records, one per line.
+    body: Vec<u8>,
+    /// The change stream (its shard), message (stream sequence) and row (index in it) of the first record.
+    shard: u32,
+    seq: u64,
+    first: u32,
+    /// The table's subject.
+    subject: String,
+}
 
 struct Writer<'a> {
     js: &'a jetstream::Context,
@@ -147,6 +175,8 @@ struct Writer<'a> {
     pieces: HashMap<String, Vec<u8>>,
     /// The positions entry last written.
     recorded: Option<Positions>,
+    /// Bytes of the feed messages published and not yet acknowledged.
+    in_flight: usize,
 }
 
 impl<'a> Writer<'a> {
@@ -162,7 +192,13 @@ impl<'a> Writer<'a> {
             empty_at: 0,
             pieces: HashMap::new(),
             recorded: None,
+            in_flight: 0,
         }
+    }
+
+    /// Whether more feed messages may be published before acknowledgements come back.
+    fn room(&self, pending: &VecDeque<Pending>) -> bool {
+        pending.len() < IN_FLIGHT && self.in_flight < IN_FLIGHT_BYTES
     }
 
     /// Write until the lease is lost (Ok), cancelled (Ok) or something fails (Err).
@@ -195,7 +231,7 @@ impl<'a> Writer<'a> {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = stalled.tick() => {
                     // Reading waits while the acknowledgements are behind: not a stall.
-                    if pending.len() < IN_FLIGHT / 2 {
+                    if pending.len() < IN_FLIGHT / 2 && self.in_flight < IN_FLIGHT_BYTES / 2 {
                         self.stalled(&checked).await?;
                     }
                     checked = self.next.clone();
@@ -207,20 +243,39 @@ impl<'a> Writer<'a> {
                 }
                 _ = record.tick() => self.record(&kv).await,
                 acked = front(&mut pending), if !pending.is_empty() => {
-                    let (_, at) = pending.pop_front().expect("not empty");
+                    let (_, at, bytes) = pending.pop_front().expect("not empty");
+                    self.in_flight -= bytes;
                     acked.map_err(|e| anyhow::anyhow!("a feed record was not stored: {e}"))?;
                     self.stored = at;
                     if pending.is_empty() {
                         self.stored = self.next.clone();
                     }
                 }
-                m = merged.next(), if pending.len() < IN_FLIGHT => {
-                    let Some((shard, m)) = m else {
-                        anyhow::bail!("a change stream's reader ended");
-                    };
-                    let m = m.map_err(|e| anyhow::anyhow!("reading change stream {shard}: {e}"))?;
-                    let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
-                    self.message(shard, seq, &m.payload, &mut pending).await?;
+                m = merged.next(), if self.room(&pending) => {
+                    // This message and those already there behind it, up to a round's worth: their records
+                    // gathered in as few feed messages as they fit in.
+                    let mut m = m;
+                    let mut batch = Batch::default();
+                    let until = tokio::time::Instant::now() + LINGER;
+                    for taken in 1..=ROUND {
+                        let Some((shard, got)) = m else {
+                            anyhow::bail!("a change stream's reader ended");
+                        };
+                        let got = got.map_err(|e| anyhow::anyhow!("reading change stream {shard}: {e}"))?;
+                        let seq = got.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                        self.message(shard, seq, &got.payload, &mut batch, &mut pending).await?;
+                        // (A message taken from the stream is always handled: none is dropped.)
+                        if taken == ROUND || !self.room(&pending) {
+                            break;
+                        }
+                        match tokio::time::timeout_at(until, merged.next()).await {
+                            Ok(next) => m = next,
+                            Err(_) => break,
+                        }
+                    }
+                    if !batch.body.is_empty() {
+                        self.publish(&mut batch, &mut pending).await?;
+                    }
                     if pending.is_empty() {
                         self.stored = self.next.clone();
                     }
@@ -346,6 +401,7 @@ impl<'a> Writer<'a> {
         shard: u32,
         seq: u64,
         payload: &[u8],
+        batch: &mut Batch,
         pending: &mut VecDeque<Pending>,
     ) -> anyhow::Result<()> {
         let i = shard as usize - 1;
@@ -398,15 +454,19 @@ impl<'a> Writer<'a> {
             unit: &m.unit,
         };
         // Room for the headers under the server's largest message.
-        let limit = self
+        let max_record = self
             .js
             .client()
             .server_info()
             .max_payload
             .saturating_sub(16 * 1024);
+        // Consecutive records of one table (of one change stream) go out together, one per line, in feed messages
+        // of at most [`BATCH_BYTES`].
+        let limit = max_record.min(BATCH_BYTES);
         let mut index = 0u32;
         for (ti, t) in m.tables.iter().enumerate() {
             let conditional = m.is_conditional(ti);
+            let subject = super::subject(self.cfg, &t.table);
             for row in &t.rows {
                 let here = index;
                 index += 1;
@@ -419,7 +479,7 @@ impl<'a> Writer<'a> {
                     continue;
                 }
                 body.push(b'}');
-                if body.len() > limit {
+                if body.len() > max_record {
                     // More than a message may carry: the record says so, with the row's key, rather than
                     // stop the feed.
                     tracing::error!(shard, seq, table = %t.table, bytes = body.len(),
@@ -429,6 +489,25 @@ impl<'a> Writer<'a> {
                     record::open_omitted(t, row, &origin, bytes, &mut body);
                     body.push(b'}');
                 }
+                if !batch.body.is_empty()
+                    && (batch.shard != shard
+                        || batch.subject != subject
+                        || batch.body.len() + 1 + body.len() > limit)
+                {
+                    self.publish(batch, pending).await?;
+                }
+                if batch.body.is_empty() {
+                    *batch = Batch {
+                        body: Vec::with_capacity(limit.min(64 * 1024)),
+                        shard,
+                        seq,
+                        first: here,
+                        subject: subject.clone(),
+                    };
+                } else {
+                    batch.body.push(b'\n');
+                }
+                batch.body.extend_from_slice(&body);
                 self.next[i] = if index as usize >= total {
                     Next {
                         seq: seq + 1,
@@ -437,24 +516,6 @@ impl<'a> Writer<'a> {
                 } else {
                     Next { seq, row: index }
                 };
-                let id = format!("{shard}:{seq}:{here}");
-                let mut h = HeaderMap::new();
-                h.insert("Nats-Msg-Id", id.as_str());
-                match &self.last_id {
-                    Some(last) => h.insert("Nats-Expected-Last-Msg-Id", last.as_str()),
-                    None => h.insert(
-                        "Nats-Expected-Last-Sequence",
-                        self.empty_at.to_string().as_str(),
-                    ),
-                }
-                h.insert(NEXT, next_header(&self.next).as_str());
-                let ack = self
-                    .js
-                    .publish_with_headers(super::subject(self.cfg, &t.table), h, body.into())
-                    .await
-                    .map_err(|e| anyhow::anyhow!("publishing a feed record: {e}"))?;
-                pending.push_back((std::future::IntoFuture::into_future(ack), self.next.clone()));
-                self.last_id = Some(id);
             }
         }
         self.next[i] = Next {
@@ -465,6 +526,41 @@ impl<'a> Writer<'a> {
         if self.pieces.values().map(Vec::len).sum::<usize>() > PIECES_HELD {
             self.pieces.clear();
         }
+        Ok(())
+    }
+
+    /// Publish `batch`, expecting the last message published as the feed's last, and where reading stands
+    /// (`self.next`, just past its last record) as where the writer goes on after it; `batch` is left empty.
+    async fn publish(
+        &mut self,
+        batch: &mut Batch,
+        pending: &mut VecDeque<Pending>,
+    ) -> anyhow::Result<()> {
+        let id = format!("{}:{}:{}", batch.shard, batch.seq, batch.first);
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Msg-Id", id.as_str());
+        match &self.last_id {
+            Some(last) => h.insert("Nats-Expected-Last-Msg-Id", last.as_str()),
+            None => h.insert(
+                "Nats-Expected-Last-Sequence",
+                self.empty_at.to_string().as_str(),
+            ),
+        }
+        h.insert(NEXT, next_header(&self.next).as_str());
+        let body = std::mem::take(&mut batch.body);
+        let bytes = body.len();
+        let ack = self
+            .js
+            .publish_with_headers(batch.subject.clone(), h, body.into())
+            .await
+            .map_err(|e| anyhow::anyhow!("publishing feed records: {e}"))?;
+        pending.push_back((
+            std::future::IntoFuture::into_future(ack),
+            self.next.clone(),
+            bytes,
+        ));
+        self.in_flight += bytes;
+        self.last_id = Some(id);
         Ok(())
     }
 
@@ -560,7 +656,7 @@ impl<'a> Writer<'a> {
 async fn front(
     pending: &mut VecDeque<Pending>,
 ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
-    let (ack, _) = pending.front_mut().expect("not empty");
+    let (ack, _, _) = pending.front_mut().expect("not empty");
     ack.as_mut().await
 }
 

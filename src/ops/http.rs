@@ -579,9 +579,14 @@ mod tests {
 
     #[test]
     fn a_record_as_a_line_or_an_event() {
-        let c = Some(crate::feed::Cursor(7));
+        let c = Some(crate::feed::Cursor::after_message(7));
         assert_eq!(&frame(b"{}", false, c)[..], b"{}\n");
         assert_eq!(&frame(b"{}", true, c)[..], b"id: 1.7\ndata: {}\n\n");
+        let c = Some(crate::feed::Cursor {
+            seq: 7,
+            line: Some(2),
+        });
+        assert_eq!(&frame(b"{}", true, c)[..], b"id: 1.7.2\ndata: {}\n\n");
         assert_eq!(&frame(b"{}", true, None)[..], b"event: error\ndata: {}\n\n");
         assert_eq!(
             query_param(Some("a=1&from=1.5&tables=x%2Cy"), "tables").as_deref(),

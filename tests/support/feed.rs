@@ -223,20 +223,54 @@ impl Node {
     }
 }
 
+/// One record a [`FeedConsumer`] printed: where it is in the feed (its feed message's stream sequence, and its
+/// line there; `None` for the message's last) and the record as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumed {
+    pub seq: u64,
+    pub line: Option<u32>,
+    pub record: String,
+}
+
+impl Consumed {
+    /// The record's cursor, as `-changes` and `/changes` give it.
+    pub fn cursor(&self) -> String {
+        match self.line {
+            None => format!("1.{}", self.seq),
+            Some(l) => format!("1.{}.{l}", self.seq),
+        }
+    }
+
+    /// Its place in the feed's order.
+    pub fn order(&self) -> (u64, u32) {
+        (self.seq, self.line.unwrap_or(u32::MAX))
+    }
+}
+
 impl FeedConsumer {
-    /// What it has printed so far: (stream sequence, record as stored) per record.
-    pub fn read(&self) -> Vec<(u64, String)> {
+    /// What it has printed so far, one entry per record.
+    pub fn read(&self) -> Vec<Consumed> {
         std::fs::read_to_string(&self.out)
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.split_once(' '))
-            .filter_map(|(seq, record)| Some((seq.parse().ok()?, record.to_string())))
+            .filter_map(|(position, record)| {
+                let (seq, line) = match position.split_once('.') {
+                    Some((s, l)) => (s.parse().ok()?, Some(l.parse().ok()?)),
+                    None => (position.parse().ok()?, None),
+                };
+                Some(Consumed {
+                    seq,
+                    line,
+                    record: record.to_string(),
+                })
+            })
             .collect()
     }
 
     /// Waits (within `timeout`) until it ends by itself, having read everything; fails with its output when
     /// it does not end or ends with an error.
-    pub fn finish(&mut self, timeout: Duration) -> Vec<(u64, String)> {
+    pub fn finish(&mut self, timeout: Duration) -> Vec<Consumed> {
         let status = poll(timeout, || self.child.exited())
             .expect("the consumer ends once it has read everything");
         assert!(

@@ -1,10 +1,12 @@
 """A program following the change feed with nats-py, as another team's service would: a durable pull consumer
-on the feed stream, each record printed (one JSON line, prefixed by its stream sequence), then acknowledged.
+on the feed stream; each message's records (one JSON object per line) printed, each prefixed by its position
+(`SEQ` for the message's last record, `SEQ.LINE` for the others: what follows "1." in the record's cursor), then
+the message acknowledged.
 
     python3 feed_consumer.py NATS_URL STREAM SUBJECT DURABLE IDLE_SECONDS [DELAY_SECONDS]
 
-Stops after IDLE_SECONDS without a new record. DELAY_SECONDS (default 0) is spent on each record before its
-acknowledgement, so a test can kill the program mid-run.
+Stops after IDLE_SECONDS without a new message. DELAY_SECONDS (default 0) is spent on each message before its
+records are printed, so a test can kill the program mid-run.
 """
 
 import asyncio
@@ -35,8 +37,13 @@ async def main():
         for m in msgs:
             if delay:
                 await asyncio.sleep(delay)
-            # Handled (printed), then acknowledged: a run killed in between prints the record again next time.
-            print(m.metadata.sequence.stream, m.data.decode(), flush=True)
+            # Handled (printed), then acknowledged: a run killed in between prints the message again next time.
+            seq = m.metadata.sequence.stream
+            records = [line for line in m.data.decode().split("\n") if line]
+            for i, record in enumerate(records):
+                position = f"{seq}" if i == len(records) - 1 else f"{seq}.{i}"
+                print(position, record)
+            sys.stdout.flush()
             await m.ack_sync()
     await nc.close()
 
