@@ -355,15 +355,18 @@ impl Applier {
                 }
                 continue;
             }
+            // Our own change to one of these rows is being published: wait for its position (no lock held).
+            // Asked before whether everything is skipped: an acknowledgement arriving between the two questions
+            // (our echo and its acknowledgement come at the same moment) would otherwise find the rows neither
+            // waiting nor skipped, and open a write transaction for nothing.
+            if self.must_wait(&plan) {
+                self.in_flight.wait_acked(Duration::from_millis(20)).await;
+                continue;
+            }
             // Nothing to write (typically our own messages coming back): no write transaction at all, so an
             // application writing without a busy timeout does not meet our lock.
             if !held_due && self.all_skipped(&plan) {
                 self.skip(&plan);
-                continue;
-            }
-            // Our own change to one of these rows is being published: wait for its position (no lock held).
-            if self.must_wait(&plan) {
-                self.in_flight.wait_acked(Duration::from_millis(20)).await;
                 continue;
             }
             let started = Instant::now();
