@@ -621,6 +621,8 @@ struct Args {
     /// Fresh clusters started (and stopped) after the run's own, for the spread of the cold start (default: 5;
     /// 1 with `--quick`).
     cold_starts: Option<usize>,
+    /// Only the cold starts (`--cold-starts N` of them, 20 by default), nothing else.
+    cold_starts_only: bool,
     /// Only the change feed's cost (`--feed-cost-only`), for work on the feed.
     feed_cost_only: bool,
 }
@@ -650,6 +652,7 @@ fn args() -> Option<Args> {
         cold_starts: value("--cold-starts")
             .map(|v| v.parse().expect("--cold-starts takes a number of starts")),
         feed_cost_only: args.iter().any(|a| a == "--feed-cost-only"),
+        cold_starts_only: args.iter().any(|a| a == "--cold-starts-only"),
     })
 }
 
@@ -765,6 +768,23 @@ fn main() {
         verbose: false,
         ..Default::default()
     };
+    if a.cold_starts_only {
+        let starts = a.cold_starts.unwrap_or(20);
+        // With the nodes' debug lines, so that a slow start's kept logs tell where it waited.
+        let opts = support::Options {
+            verbose: true,
+            ..opts.clone()
+        };
+        let runs: Vec<(f64, f64)> = (0..starts).map(|_| fresh_start(&opts)).collect();
+        let secs: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        let out = json!({
+            "cold_starts_s": secs,
+            "cold_start_max_s": secs.iter().copied().fold(0.0, f64::max),
+            "first_row_ms": runs.iter().map(|r| r.1).collect::<Vec<f64>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap());
+        return;
+    }
     if a.feed_cost_only {
         let feed = feed_cost(&opts, scale.run_secs);
         println!("{}", serde_json::to_string_pretty(&feed).unwrap());
@@ -798,13 +818,9 @@ fn main() {
     // The first row is measured again after each fresh start: one figure per run hides how often it is slow.
     let mut first_rows = vec![first_row];
     for _ in 0..starts {
-        let mut fresh = support::Cluster::new(opts.clone());
-        let t = Instant::now();
-        fresh.start_all();
-        fresh.wait_all_running(Duration::from_secs(120));
-        cold_starts.push(t.elapsed().as_secs_f64());
-        first_rows.push(sections::first_row(&fresh));
-        fresh.stop_all();
+        let (secs, first) = fresh_start(&opts);
+        cold_starts.push(secs);
+        first_rows.push(first);
     }
     let feed = feed_cost(&opts, scale.run_secs);
     let max_rate = report["max_replicated_rows_per_s"].as_f64().unwrap();
@@ -1206,4 +1222,38 @@ fn print_table(r: &serde_json::Value) {
         "the feed's reader had every row, after the writes (s)",
         format!("{:.2}", f(&feed["reader_had_every_row_after_s"])),
     );
+}
+
+/// Starts a fresh cluster, waits until every node says "node running", measures the first row written right after,
+/// and stops it: (seconds to running on all, first row's ms). A start slower than a second keeps its nodes' logs
+/// in `target/bench-slow-starts/` (the cluster's directory is removed with it), and says where.
+fn fresh_start(opts: &support::Options) -> (f64, f64) {
+    let mut fresh = support::Cluster::new(opts.clone());
+    let t = Instant::now();
+    fresh.start_all();
+    fresh.wait_all_running(Duration::from_secs(120));
+    let secs = t.elapsed().as_secs_f64();
+    let first = sections::first_row(&fresh);
+    fresh.stop_all();
+    if secs > 1.0 {
+        let keep = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/bench-slow-starts")
+            .join(format!("{}", std::process::id()))
+            .join(format!(
+                "{:.0}ms-{}",
+                secs * 1000.0,
+                fresh.path().file_name().unwrap().to_string_lossy()
+            ));
+        std::fs::create_dir_all(&keep).unwrap();
+        for entry in std::fs::read_dir(fresh.path()).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                std::fs::copy(entry.path(), keep.join(entry.file_name())).unwrap();
+            }
+        }
+        eprintln!(
+            "bench: a cold start took {secs:.2} s; its logs are in {}",
+            keep.display()
+        );
+    }
+    (secs, first)
 }

@@ -47,6 +47,8 @@ enum ConsumeError {
     Info(#[from] jetstream::stream::InfoError),
     #[error("cannot create the consumer: {0}")]
     Create(#[from] jetstream::stream::ConsumerError),
+    #[error("no answer within {} ms to {what}", .wait.as_millis())]
+    NoAnswer { wait: Duration, what: &'static str },
     #[error("cannot start fetching: {0}")]
     Fetch(#[from] jetstream::consumer::StreamError),
     #[error("delivery failed: {0}")]
@@ -81,6 +83,12 @@ pub struct ShardConsumer {
     first_pull: Option<tokio::sync::oneshot::Sender<()>>,
     /// Until the first attempt to consume: the last run's consumer may be reused.
     first_attempt: bool,
+    /// Requests in a row that went unanswered while the consumer was being made (see [`ANSWER_WAIT`]).
+    unanswered: u32,
+    /// The last attempt's request creating the consumer went unanswered: the consumer it asked for may exist,
+    /// with this attempt's very settings, so it is asked for again as it is (the same request is answered with
+    /// that consumer) rather than deleted first, a second request whose answer may be lost too.
+    create_unanswered: bool,
     /// How many consumers in a row were left on another server than the one their placement wants (every
     /// try landed elsewhere): each looks again later than the last, up to [`MISPLACED_CHECK_MAX`].
     misplaced: u32,
@@ -100,6 +108,32 @@ const HOME_CHECK: Duration = Duration::from_secs(2);
 /// consumer dies with that server: left there, a node would apply nothing from the moment the other server
 /// dies until its pulls miss two heartbeats.
 const MISPLACED_CHECK_MAX: Duration = Duration::from_secs(30);
+
+/// How long a request that makes the consumer (deleting the last one, creating the new one) waits for its answer
+/// the first time; doubled after each request in a row left unanswered, up to [`ANSWER_WAIT_MAX`]. In a cluster's
+/// first second the answer to such a request can be lost (seen here: the consumer was made at once, its answer
+/// never came, and the client's own timeout kept the node from receiving for ten seconds); asked again, it is
+/// answered in milliseconds. Both requests can be made again without harm: the old consumer is deleted first.
+const ANSWER_WAIT: Duration = Duration::from_millis(300);
+const ANSWER_WAIT_MAX: Duration = Duration::from_secs(8);
+
+const DELETING: &str = "deleting the last consumer";
+const CREATING: &str = "creating the consumer";
+
+/// `request`'s result, or [`ConsumeError::NoAnswer`] after `wait`.
+async fn answered<T, E>(
+    wait: Duration,
+    what: &'static str,
+    request: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ConsumeError>
+where
+    ConsumeError: From<E>,
+{
+    match tokio::time::timeout(wait, request).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ConsumeError::NoAnswer { wait, what }),
+    }
+}
 
 /// How long interruptions before the first delivery count as part of the start.
 const STARTING: Duration = Duration::from_secs(30);
@@ -128,6 +162,8 @@ impl ShardConsumer {
             starting: Some(Instant::now()),
             first_pull: Some(first_pull),
             first_attempt: true,
+            unanswered: 0,
+            create_unanswered: false,
             misplaced: 0,
         };
         (c, pulling)
@@ -140,8 +176,14 @@ impl ShardConsumer {
                 _ = cancel.cancelled() => return,
                 r = self.consume(&mut backoff) => r,
             };
-            // Whatever the first attempt ended with, the start waits no longer.
-            self.first_pull = None;
+            // Whatever the first attempt ended with, the start waits no longer; but a request left unanswered
+            // is made again at once, and the start may wait for that (within its own bound).
+            if let Err(ConsumeError::NoAnswer { what, .. }) = &result {
+                self.unanswered += 1;
+                self.create_unanswered = *what == CREATING;
+            } else {
+                self.first_pull = None;
+            }
             match result {
                 Ok(()) => return, // applier gone
                 Err(ConsumeError::Home) => {
@@ -185,7 +227,9 @@ impl ShardConsumer {
                         _ => tracing::debug!(shard, stream = %stream, error = %e, retry_in_ms,
                             "consumer interrupted; resuming"),
                     }
-                    if !backoff.sleep(&cancel).await {
+                    // Unanswered, the request has waited already: asked again at once.
+                    if !matches!(e, ConsumeError::NoAnswer { .. }) && !backoff.sleep(&cancel).await
+                    {
                         return;
                     }
                 }
@@ -259,16 +303,23 @@ impl ShardConsumer {
         let reused = reset.is_some();
         let deleted;
         let mut made = 0;
+        let wait = ANSWER_WAIT
+            .saturating_mul(1 << self.unanswered.min(8))
+            .min(ANSWER_WAIT_MAX);
+        let keep = std::mem::take(&mut self.create_unanswered);
         let consumer: consumer::PullConsumer = match reset {
             Some(c) => {
                 deleted = began.elapsed();
                 c
             }
             None => {
-                let _ = stream.delete_consumer(&name).await;
+                if !keep {
+                    let _ = answered(wait, DELETING, stream.delete_consumer(&name)).await;
+                }
                 deleted = began.elapsed();
                 loop {
-                    let c = stream.create_consumer(config.clone()).await?;
+                    let c =
+                        answered(wait, CREATING, stream.create_consumer(config.clone())).await?;
                     made += 1;
                     let Placement::OwnServer { peers, .. } = place else {
                         break c;
@@ -325,6 +376,7 @@ impl ShardConsumer {
             growing,
             "consumer started"
         );
+        self.unanswered = 0;
         if let Some(told) = self.first_pull.take() {
             let _ = told.send(());
         }
