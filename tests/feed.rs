@@ -858,3 +858,45 @@ fn a_row_too_large_for_one_message_is_written_without_its_row_and_the_feed_goes_
         serde_json::json!({"id": 2, "body": {"base64": "AQI="}})
     );
 }
+
+/// A message another program publishes on the feed's subjects is no record: readers pass over it, and the writer,
+/// whose next message it refused (the feed's last message was no longer the writer's), goes on after it.
+#[test]
+fn a_message_another_program_publishes_on_the_feed_is_passed_over_and_the_feed_goes_on() {
+    let c = feed_cluster("");
+    insert_books(c.node(1), 0, 3);
+    c.node(2).wait_feed("Books", 3, T);
+    let published = stream::publish(
+        c.node(2).client_port,
+        "harmonylite.feed.Books",
+        vec![b"not a record".to_vec()],
+    );
+    let foreign = published[0].clone().expect("the foreign message is stored");
+    insert_books(c.node(1), 3, 6);
+    let feed = c.node(3).wait_feed("Books", 6, Duration::from_secs(60));
+    let ids: Vec<i64> = feed
+        .of("Books")
+        .iter()
+        .map(|r| r["key"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (1000..1006).collect::<Vec<i64>>(),
+        "every book once, in order"
+    );
+    // The writer said where the foreign message is.
+    let at = format!("from={foreign}");
+    let said: Vec<String> = (1..=3)
+        .flat_map(|i| {
+            c.node(i)
+                .log_lines_with(&["the feed holds messages its writer did not write", &at])
+        })
+        .collect();
+    assert!(
+        !said.is_empty(),
+        "no node's feed writer named the foreign message"
+    );
+    // And a later write still reaches the feed: the writer goes on after the foreign message.
+    insert_books(c.node(2), 6, 7);
+    c.node(1).wait_feed("Books", 7, Duration::from_secs(60));
+}

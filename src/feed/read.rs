@@ -214,6 +214,19 @@ impl Reader {
                 self.done = true;
             }
             self.last = seq;
+            // A message the feed's writer did not write (another program published on the feed's subjects):
+            // not a record, passed over.
+            if m.message
+                .headers
+                .as_ref()
+                .is_none_or(|h| h.get(super::writer::NEXT).is_none())
+            {
+                tracing::debug!(
+                    seq,
+                    "passed over a feed message the feed's writer did not write"
+                );
+                continue;
+            }
             let mut c = Current {
                 seq,
                 payload: m.message.payload,
