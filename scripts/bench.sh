@@ -6,6 +6,8 @@
 #   scripts/bench.sh --nodes 5   the same with five nodes
 #   scripts/bench.sh --soak 600 adds ten minutes at half the maximum rate, sampling memory
 #   scripts/bench.sh --cold-starts 20   twenty more fresh clusters started after the run (5 by default)
+#   scripts/bench.sh --cold-starts-only --cold-starts 40   only cold starts (slow ones' logs in target/bench-slow-starts/)
+#   scripts/bench.sh --feed-cost-only   only the change feed's cost
 #   scripts/bench.sh --json out.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
