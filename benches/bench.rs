@@ -1238,7 +1238,7 @@ fn fresh_start(opts: &support::Options) -> (f64, f64) {
     if secs > 1.0 {
         let keep = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("target/bench-slow-starts")
-            .join(format!("{}", std::process::id()))
+            .join(std::process::id().to_string())
             .join(format!(
                 "{:.0}ms-{}",
                 secs * 1000.0,

@@ -113,7 +113,8 @@ const MISPLACED_CHECK_MAX: Duration = Duration::from_secs(30);
 /// the first time; doubled after each request in a row left unanswered, up to [`ANSWER_WAIT_MAX`]. In a cluster's
 /// first second the answer to such a request can be lost (seen here: the consumer was made at once, its answer
 /// never came, and the client's own timeout kept the node from receiving for ten seconds); asked again, it is
-/// answered in milliseconds. Both requests can be made again without harm: the old consumer is deleted first.
+/// answered in milliseconds. Both can be made again without harm: a creation left unanswered is asked again
+/// with the same settings (create-or-update answers with the consumer it made), a deletion deletes nothing more.
 const ANSWER_WAIT: Duration = Duration::from_millis(300);
 const ANSWER_WAIT_MAX: Duration = Duration::from_secs(8);
 

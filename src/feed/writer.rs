@@ -3,14 +3,15 @@
 //! together, one per line, in one feed message (several when they would not fit in one).
 //!
 //! Each feed message carries, in headers, its source (`Nats-Msg-Id`: `<shard>:<stream sequence>:<first row>`)
-//! and where the writer goes on after it on every change stream ([`NEXT`]). It expects the feed's last sequence to be
-//! the one before its own (`Nats-Expected-Last-Sequence`: the stream's last at the start, one more per message
-//! published), so a message the server did not store stops every message after it, and so does a message another
-//! program published on the feed's subjects: the writer then starts again from its own last message in the feed
-//! (readers pass over messages without [`NEXT`]). An expected last message id would not do: the stream's leader
-//! accepts a message expecting the writer's last id although a message without an id was stored after it, and
-//! applying it stops the stream ("critical write error", 503 from then on). A writer that takes over does the same, and a message published twice in a handover is dropped by
-//! its id. Messages are published without waiting for each acknowledgement, up to [`IN_FLIGHT`] (and [`IN_FLIGHT_BYTES`]) at once.
+//! and where the writer goes on after it on every change stream ([`NEXT`]). It expects the feed's last sequence
+//! to be the one before its own (`Nats-Expected-Last-Sequence`: the stream's last at the start, one more per
+//! message published), so a message the server did not store stops every message after it, and so does a
+//! message another program published on the feed's subjects: the writer then starts again from its own last
+//! message in the feed (readers pass over messages without [`NEXT`]). An expected last message id would not do:
+//! the stream's leader accepts a message expecting the writer's last id although a message without an id was
+//! stored after it, and applying it stops the stream ("critical write error", 503 from then on). A writer that
+//! takes over does the same, and a message published twice in a handover is dropped by its id. Messages are
+//! published without waiting for each acknowledgement, up to [`IN_FLIGHT`] (and [`IN_FLIGHT_BYTES`]) at once.
 //!
 //! What the feed has written is recorded in the positions bucket under [`super::POSITIONS_KEY`], so the
 //! change streams are not trimmed below it (`node::retention`).
@@ -354,19 +355,16 @@ impl<'a> Writer<'a> {
                         .get(NEXT)
                         .and_then(|v| parse_next(v.as_str(), self.shards))
                 }) {
-                    break Some(next);
+                    break next;
                 }
                 if at <= info.first_sequence || info.last_sequence - at >= FOREIGN_BACK {
-                    break None;
+                    anyhow::bail!(
+                        "none of the feed's last messages (sequences {at} to {}) was written by the feed's \
+                         writer: another program publishes on the feed's subjects",
+                        info.last_sequence
+                    );
                 }
                 at -= 1;
-            };
-            let Some(next) = next else {
-                anyhow::bail!(
-                    "none of the feed's last messages (sequences {at} to {}) was written by the feed's writer: \
-                     another program publishes on the feed's subjects",
-                    info.last_sequence
-                );
             };
             if at < info.last_sequence {
                 tracing::warn!(
