@@ -14,8 +14,9 @@
 //! Run it with `scripts/bench.sh [--quick] [--nodes N] [--catch-up-rows N] [--soak SECS] [--json FILE]`, which builds the release
 //! `harmonylite` binary and runs this bench against it through `cargo bench --bench bench -- ARGS`. `--quick`
 //! finishes within about a minute; `--json FILE` also writes the JSON there; `--catch-up-rows N` sets how many rows the catch-up section's node misses (2,000,000, or 100,000 with `--quick`); `--soak SECS` adds a run of SECS
-//! seconds at half the maximum rate, sampling sidecar RSS; `--feed-cost-only` measures only the change feed's cost. It measures only when given `--bench` (as `cargo
-//! bench` does): `cargo test --benches` runs it without and it returns at once. The nodes' binary is found by
+//! seconds at half the maximum rate, sampling sidecar RSS; `--feed-cost-only` measures only the change feed's cost; `--lag-only` only the lag at half the maximum rate (`--lag-runs N`, 3; `--lag-load R` at R rows/s instead). It measures only when given `--bench` (as `cargo
+//! bench` does): `cargo test --benches` runs it without and it returns at once. `BENCH_VERBOSE=1` runs the nodes
+//! with their debug lines (`[logging] verbose`), at some cost in CPU. The nodes' binary is found by
 //! the test kit (`HARMONYLITE_BIN`, else the `harmonylite` that cargo built alongside).
 
 #[path = "../tests/support/mod.rs"]
@@ -625,6 +626,12 @@ struct Args {
     cold_starts_only: bool,
     /// Only the change feed's cost (`--feed-cost-only`), for work on the feed.
     feed_cost_only: bool,
+    /// Only the lag at half the maximum rate (`--lag-only`): the 100-row rate, then `--lag-runs N` (3) runs
+    /// of the loaded lag, for work on the lag's tail.
+    lag_only: bool,
+    lag_runs: usize,
+    /// With `--lag-only`: this load (rows/s) instead of half the rate measured first (`--lag-load N`).
+    lag_load: Option<f64>,
 }
 
 fn args() -> Option<Args> {
@@ -653,6 +660,10 @@ fn args() -> Option<Args> {
             .map(|v| v.parse().expect("--cold-starts takes a number of starts")),
         feed_cost_only: args.iter().any(|a| a == "--feed-cost-only"),
         cold_starts_only: args.iter().any(|a| a == "--cold-starts-only"),
+        lag_only: args.iter().any(|a| a == "--lag-only"),
+        lag_runs: value("--lag-runs")
+            .map_or(3, |v| v.parse().expect("--lag-runs takes a number of runs")),
+        lag_load: value("--lag-load").map(|v| v.parse().expect("--lag-load takes rows per second")),
     })
 }
 
@@ -765,7 +776,7 @@ fn main() {
     let opts = support::Options {
         nodes: a.nodes,
         schema: "CREATE TABLE bench (id INTEGER PRIMARY KEY, payload TEXT, t INTEGER);".into(),
-        verbose: false,
+        verbose: std::env::var_os("BENCH_VERBOSE").is_some(),
         ..Default::default()
     };
     if a.cold_starts_only {
@@ -788,6 +799,27 @@ fn main() {
     if a.feed_cost_only {
         let feed = feed_cost(&opts, scale.run_secs);
         println!("{}", serde_json::to_string_pretty(&feed).unwrap());
+        return;
+    }
+    if a.lag_only {
+        let mut c = support::Cluster::new(opts.clone());
+        c.start_all();
+        c.wait_all_running(Duration::from_secs(120));
+        let mut next_id = 1i64;
+        let (max_rate, _) = throughput(&c, 100, scale.run_secs, &mut next_id);
+        let load = a.lag_load.unwrap_or(max_rate / 2.0);
+        let runs: Vec<serde_json::Value> = (0..a.lag_runs)
+            .map(|i| {
+                eprintln!(
+                    "bench: lag under {load:.0} rows/s of load, run {}...",
+                    i + 1
+                );
+                lag(&c, scale.lag_samples, load, &mut next_id)
+            })
+            .collect();
+        c.stop_all();
+        let out = json!({"max_replicated_rows_per_s": max_rate.round(), "load_rows_per_s": load.round(), "lag_runs": runs});
+        println!("{}", serde_json::to_string_pretty(&out).unwrap());
         return;
     }
     eprintln!("bench: local SQLite insert rates...");

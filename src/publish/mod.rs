@@ -314,6 +314,7 @@ impl Publisher {
                 pass.end,
             );
         }
+        self.in_flight.reserve(pass.rows);
         self.in_flight.mark_sent(
             pass.units.iter().flat_map(|u| u.rows.iter().flatten()),
             pass.end,
@@ -438,6 +439,7 @@ impl Publisher {
             rows = pass.rows,
             units = pass.units.len(),
             upto = pass.end,
+            in_flight = self.in_flight.len(),
             "published"
         );
         stats.add(Total::PublishedRows, pass.rows as u64);
