@@ -8,7 +8,7 @@
 #   scripts/bench.sh --cold-starts 20   twenty more fresh clusters started after the run (5 by default)
 #   scripts/bench.sh --cold-starts-only --cold-starts 40   only cold starts (slow ones' logs in target/bench-slow-starts/)
 #   scripts/bench.sh --feed-cost-only   only the change feed's cost
-#   scripts/bench.sh --lag-only [--lag-runs N]   only the lag at half the maximum rate, N runs (3)
+#   scripts/bench.sh --lag-only [--lag-runs N] [--lag-load R]   only the loaded lag: N runs (3) at half the maximum rate, or at R rows/s
 #   scripts/bench.sh --json out.json
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -247,7 +247,9 @@ impl InFlight {
 
     /// Room for `rows` more rows in flight, made at once before a large pass is marked sent: the table grown
     /// in one step instead of doubling while the pass's rows go in, each doubling holding the old table and the
-    /// new one at the same time (a 200,000-row transaction: 13 MB instead of 19 MB at the peak).
+    /// new one at the same time (a 200,000-row transaction into a small table: 13 MB instead of 19 MB at the
+    /// peak; a table already large still ends in one doubling with both held). `rows` may count keys already
+    /// tracked: the table is then a little larger than needed, never grown twice.
     pub fn reserve(&self, rows: usize) {
         if self.enabled {
             self.inner.lock().unwrap().map.reserve(rows);
